@@ -1,0 +1,1 @@
+//! api (stub; replaced by its owner)

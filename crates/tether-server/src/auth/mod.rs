@@ -1,0 +1,1 @@
+//! auth (stub; replaced by its owner)

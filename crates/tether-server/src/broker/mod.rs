@@ -1,0 +1,1 @@
+//! broker (stub; replaced by its owner)

@@ -1,0 +1,1 @@
+//! config (stub; replaced by its owner)

@@ -1,0 +1,1 @@
+//! hub (stub; replaced by its owner)

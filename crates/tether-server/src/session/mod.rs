@@ -1,0 +1,1 @@
+//! session (stub; replaced by its owner)

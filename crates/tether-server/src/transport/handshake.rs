@@ -1,0 +1,1 @@
+//! handshake (stub; replaced by its owner)

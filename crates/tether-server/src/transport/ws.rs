@@ -1,0 +1,1 @@
+//! ws (stub; replaced by its owner)
