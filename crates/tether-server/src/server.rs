@@ -1,7 +1,248 @@
-//! Wiring and lifecycle of one tether node (stub until the core lands).
+//! Wiring and lifecycle of one tether node.
+//!
+//! [`Node`] is everything a session or an API call needs (config, hub, broker, token
+//! verifiers, clock), shared behind an `Arc`. [`Server`] binds the listener, runs the accept
+//! loop and the heartbeat sweeper, and shuts down on a cancellation token: stop accepting,
+//! tell every connection to reconnect elsewhere (3001), and wait for them with a deadline.
 
-/// Runs one node until it is told to stop.
-pub async fn serve<C>(config: C) -> anyhow::Result<()> {
-    let _ = config;
-    anyhow::bail!("the server core is not wired yet")
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tether_proto::codes::DisconnectCode;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::auth::TokenVerifier;
+use crate::broker::memory::MemoryBroker;
+use crate::config::Config;
+use crate::hub::{Hub, HubEvents, SweepSettings};
+use crate::session::Now;
+
+/// Everything shared by the sessions and the API of one node.
+#[derive(Debug)]
+pub struct Node {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Connection, user and channel registries; fan-out.
+    pub hub: Hub,
+    /// Positions, history and presence.
+    pub broker: MemoryBroker,
+    /// Verifies connection tokens (and subscription tokens unless a separate key is set).
+    pub tokens: TokenVerifier,
+    /// Verifies subscription tokens when `client.subscription_token.enabled`.
+    pub sub_tokens: Option<TokenVerifier>,
+    /// Server version reported to clients (`ConnectResult.version`).
+    pub version: String,
+    /// This node's unique id (`info` API).
+    pub id: String,
+    /// This node's name (`info` API).
+    pub name: String,
+    /// Cancelled when the node starts shutting down.
+    pub shutdown: CancellationToken,
+    started: Instant,
 }
+
+/// Failures while starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A token key in the config could not be loaded.
+    #[error("invalid token key configuration")]
+    Auth(#[from] crate::auth::AuthConfigError),
+    /// The listen address could not be bound.
+    #[error("cannot bind {addr}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Node {
+    /// Builds a node from a validated config.
+    pub fn new(config: Config) -> Result<Arc<Self>, StartError> {
+        let tokens = TokenVerifier::new(&config.client.token)?;
+        let sub_tokens = if config.client.subscription_token.enabled {
+            Some(TokenVerifier::new(&config.client.subscription_token.token)?)
+        } else {
+            None
+        };
+        let hub = Hub::new();
+        let broker = MemoryBroker::new(Arc::new(HubEvents(hub.clone())));
+        let name = if config.node.name.is_empty() { "tether".to_owned() } else { config.node.name.clone() };
+        Ok(Arc::new(Self {
+            config: Arc::new(config),
+            hub,
+            broker,
+            tokens,
+            sub_tokens,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            id: uuid::Uuid::new_v4().to_string(),
+            name,
+            shutdown: CancellationToken::new(),
+            started: Instant::now(),
+        }))
+    }
+
+    /// The current time in every form the session needs.
+    pub fn now(&self) -> Now {
+        let instant = Instant::now();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Now { instant, unix, ms: self.clock_ms(instant) }
+    }
+
+    /// Milliseconds since the node started (the sweeper's time base).
+    pub fn clock_ms(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    /// Delay of a new connection's first ping: uniform in `[interval/2, interval)` so a mass
+    /// reconnect does not ping in lock-step.
+    pub fn first_ping_delay_ms(&self) -> u64 {
+        let interval = self.config.client.ping_interval.as_millis() as u64;
+        if interval < 2 {
+            return interval;
+        }
+        rand::rng().random_range(interval / 2..interval)
+    }
+
+    /// Seconds since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn sweep_settings(&self) -> SweepSettings {
+        SweepSettings {
+            ping_interval_ms: self.config.client.ping_interval.as_millis() as u64,
+            pong_timeout_ms: self.config.client.pong_timeout.as_millis() as u64,
+        }
+    }
+}
+
+/// A bound, not yet running node.
+#[derive(Debug)]
+pub struct Server {
+    node: Arc<Node>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl Server {
+    /// Builds the node and binds its HTTP/WebSocket port.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let addr = format!("{}:{}", config.http_server.address, config.http_server.port);
+        let node = Node::new(config)?;
+        let listener = TcpListener::bind(&addr).await.map_err(|source| StartError::Bind { addr: addr.clone(), source })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        Ok(Self { node, listener, local_addr })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The node behind this server.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Serves until `stop` is cancelled, then drains.
+    pub async fn run(self, stop: CancellationToken) {
+        let Self { node, listener, local_addr } = self;
+        info!(%local_addr, "tether listening");
+        let tracker = TaskTracker::new();
+        tracker.spawn(sweeper(node.clone()));
+        let api = crate::api::router(node.clone());
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => {
+                    debug!("stop requested; no longer accepting");
+                    break;
+                }
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        tracker.spawn(crate::transport::handle_connection(node.clone(), stream, peer, api.clone()));
+                    }
+                    Err(error) => {
+                        // Per-connection accept errors are skipped; resource errors back off.
+                        warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        for conn in node.hub.all_conns() {
+            conn.close(DisconnectCode::SHUTDOWN.into());
+        }
+        node.shutdown.cancel();
+        tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+            warn!("connections still open after the shutdown grace period");
+        }
+    }
+}
+
+/// Runs one node until SIGINT/SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = Server::bind(config).await?;
+    let stop = CancellationToken::new();
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signal.cancel();
+    });
+    server.run(stop).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Heartbeats and expiries for every connection, about once a second.
+async fn sweeper(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = node.shutdown.cancelled() => return,
+            now = tick.tick() => {
+                node.hub.sweep(node.clock_ms(now), node.sweep_settings());
+                node.broker.sweep(now);
+            }
+        }
+    }
+}
+
+/// How often the sweeper wakes; heartbeat deadlines are this coarse.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How long shutdown waits for connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -1,1 +1,144 @@
-//! api (stub; replaced by its owner)
+//! The server HTTP API (`POST /api/<method>`) and the health endpoint.
+//!
+//! Backends publish and manage connections here. Each method decodes its JSON request,
+//! acts on the hub or broker, and answers `{"result": …}` or `{"error": {"code", "message"}}`
+//! with HTTP 200 — or, in transport error mode, the bare error with an HTTP status. Actions on
+//! connections (subscribe, unsubscribe, disconnect, refresh) are posted to the connections'
+//! handles and applied by their drivers; the API never touches a socket.
+
+mod methods;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::value::RawValue;
+
+use crate::config::ApiErrorMode;
+use crate::server::Node;
+
+/// An API error: a code of §4.1 and its message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    /// Numeric code (100 internal, 102 unknown channel, 107 bad request, …).
+    pub code: u32,
+    /// Human-readable message.
+    pub message: &'static str,
+}
+
+impl ApiError {
+    /// 100: internal server error.
+    pub const INTERNAL: Self = Self { code: 100, message: "internal server error" };
+    /// 102: unknown channel (namespace not configured).
+    pub const UNKNOWN_CHANNEL: Self = Self { code: 102, message: "unknown channel" };
+    /// 104: method not found.
+    pub const METHOD_NOT_FOUND: Self = Self { code: 104, message: "method not found" };
+    /// 107: bad request.
+    pub const BAD_REQUEST: Self = Self { code: 107, message: "bad request" };
+    /// 108: not available (feature off for the namespace).
+    pub const NOT_AVAILABLE: Self = Self { code: 108, message: "not available" };
+    /// 112: unrecoverable position.
+    pub const UNRECOVERABLE_POSITION: Self = Self { code: 112, message: "unrecoverable position" };
+
+    /// HTTP status in transport error mode.
+    fn status(&self) -> StatusCode {
+        match self.code {
+            102 | 104 => StatusCode::NOT_FOUND,
+            107 | 108 => StatusCode::BAD_REQUEST,
+            112 => StatusCode::RANGE_NOT_SATISFIABLE,
+            113 => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "code": self.code, "message": self.message })
+    }
+}
+
+/// The router for the API and health endpoints.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/api/{method}", post(call))
+        .route("/health", get(health))
+        .with_state(node)
+}
+
+async fn health() -> impl IntoResponse {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}")
+}
+
+async fn call(
+    State(node): State<Arc<Node>>,
+    Path(method): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&node, &headers, &query) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let transport_mode = node.config.http_api.error_mode == ApiErrorMode::Transport
+        || headers
+            .get("x-centrifugo-error-mode")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("transport"));
+    let params: &RawValue = match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
+        Ok(params) => params,
+        Err(_) => return (StatusCode::BAD_REQUEST, "bad request").into_response(),
+    };
+    if method == "batch" {
+        return match methods::batch(&node, params) {
+            Ok(replies) => json_response(StatusCode::OK, &replies),
+            Err(methods::CallError::Decode) => (StatusCode::BAD_REQUEST, "bad request").into_response(),
+            Err(methods::CallError::Api(error)) => error_response(&error, transport_mode),
+        };
+    }
+    match methods::dispatch(&node, &method, params) {
+        Ok(result) => json_response(StatusCode::OK, &serde_json::json!({ "result": result })),
+        Err(methods::CallError::Decode) => (StatusCode::BAD_REQUEST, "bad request").into_response(),
+        Err(methods::CallError::Api(error)) if error == ApiError::METHOD_NOT_FOUND => {
+            (StatusCode::NOT_FOUND, "method not found").into_response()
+        }
+        Err(methods::CallError::Api(error)) => error_response(&error, transport_mode),
+    }
+}
+
+fn error_response(error: &ApiError, transport_mode: bool) -> Response {
+    if transport_mode {
+        json_response(error.status(), &error.to_json())
+    } else {
+        json_response(StatusCode::OK, &serde_json::json!({ "error": error.to_json() }))
+    }
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+}
+
+/// `X-API-Key`, else `Authorization: apikey <key>`, else `?api_key=`; an empty configured
+/// key never matches unless the API is insecure.
+fn authorized(node: &Node, headers: &HeaderMap, query: &HashMap<String, String>) -> bool {
+    let api = &node.config.http_api;
+    if api.insecure {
+        return true;
+    }
+    if api.key.is_empty() {
+        return false;
+    }
+    if let Some(key) = headers.get("x-api-key") {
+        return key.as_bytes() == api.key.as_bytes();
+    }
+    if let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let mut parts = auth.splitn(2, ' ');
+        let scheme = parts.next().unwrap_or_default();
+        let key = parts.next().unwrap_or_default().trim();
+        return scheme.eq_ignore_ascii_case("apikey") && key == api.key;
+    }
+    query.get("api_key").is_some_and(|k| *k == api.key)
+}

@@ -1,1 +1,565 @@
-//! hub (stub; replaced by its owner)
+//! Channel hub: who is connected, who is subscribed to what, and fan-out of publications.
+//!
+//! The hub never touches sockets. Drivers register a [`Conn`] handle; fan-out encodes a
+//! publication once per wire variant (encoding × delta form), and appends the same `Bytes`
+//! to every subscriber's bounded queue. A full queue disconnects that subscriber (3008); the
+//! hub never waits on a slow connection. Registries are sharded and their locks are never
+//! held across `.await`.
+
+mod conn;
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tether_proto::codes::DisconnectCode;
+use tether_proto::{Encoding, Push, Reply};
+
+pub use self::conn::{
+    ClientId, Conn, ConnHandle, Control, Disconnect, Framing, Heartbeat, PendingPublication,
+    ServerSubscribe, Work,
+};
+use crate::broker::{BrokerEvents, ClientInfo, Publication, PublicationEvent};
+use crate::transport::ws;
+
+/// Registries and fan-out of one node. Clone = refcount bump.
+#[derive(Clone, Debug)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    conns: Box<[Mutex<HashMap<u64, ConnHandle>>]>,
+    users: Box<[Mutex<HashMap<Arc<str>, Vec<ConnHandle>>>]>,
+    channels: Box<[Mutex<HashMap<Arc<str>, Arc<Channel>>>]>,
+    next_seq: AtomicU64,
+    hasher: std::collections::hash_map::RandomState,
+    pings: Pings,
+}
+
+/// Pre-encoded ping frames, one per encoding.
+#[derive(Debug)]
+struct Pings {
+    json: Bytes,
+    protobuf: Bytes,
+}
+
+/// The subscribers of one channel on this node.
+#[derive(Debug, Default)]
+struct Channel {
+    subscribers: RwLock<HashMap<u64, Arc<Subscriber>>>,
+}
+
+/// One connection's subscription as the hub sees it.
+#[derive(Debug)]
+pub struct Subscriber {
+    conn: ConnHandle,
+    flags: SubscriberFlags,
+    /// The subscriber has received a full publication, so later ones may come as deltas.
+    delta_primed: AtomicBool,
+    /// `Some` while the subscription is being set up: publications are parked here and
+    /// replayed after the subscribe reply. `None` once live.
+    pending: Mutex<Option<Vec<PendingPublication>>>,
+}
+
+/// What a subscriber asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubscriberFlags {
+    /// Deliver join and leave pushes.
+    pub join_leave: bool,
+    /// Fossil delta negotiated.
+    pub delta: bool,
+}
+
+/// Counts for the `info` API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HubStats {
+    /// Registered connections (connected or still authenticating).
+    pub num_clients: u32,
+    /// Distinct users with at least one connection.
+    pub num_users: u32,
+    /// Channels with at least one subscriber here.
+    pub num_channels: u32,
+    /// Subscriptions summed over channels.
+    pub num_subs: u32,
+}
+
+/// Heartbeat settings the sweeper applies, in milliseconds (0 disables).
+#[derive(Clone, Copy, Debug)]
+pub struct SweepSettings {
+    /// Interval between pings.
+    pub ping_interval_ms: u64,
+    /// How long a pong may take.
+    pub pong_timeout_ms: u64,
+}
+
+/// Wire variants of one publication, encoded lazily and at most once each.
+#[derive(Default)]
+struct Variants {
+    /// Index: encoding (0 JSON, 1 Protobuf) × form (0 plain, 1 full for a delta
+    /// subscriber, 2 delta patch).
+    frames: [Option<Option<Bytes>>; 6],
+    patch: Option<Option<Bytes>>,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                conns: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                users: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                channels: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                next_seq: AtomicU64::new(1),
+                hasher: std::collections::hash_map::RandomState::new(),
+                pings: Pings {
+                    json: ws::encode_message_frame(false, b"{}"),
+                    protobuf: ws::encode_message_frame(true, &[0]),
+                },
+            }),
+        }
+    }
+
+    /// A new connection handle, registered (so the sweeper watches it from the start).
+    pub fn register(&self, encoding: Encoding, framing: Framing, queue_limit: usize) -> ConnHandle {
+        let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn::new(seq, encoding, framing, queue_limit));
+        self.shared.conns[shard_of_seq(seq)].lock().insert(seq, conn.clone());
+        conn
+    }
+
+    /// Removes a connection from every registry (its subscriptions are removed by the session).
+    pub fn unregister(&self, conn: &ConnHandle) {
+        self.shared.conns[shard_of_seq(conn.seq)].lock().remove(&conn.seq);
+        let user = conn.user();
+        let mut users = self.shared.users[self.shard(&user)].lock();
+        if let Some(list) = users.get_mut(&user) {
+            list.retain(|c| c.seq != conn.seq);
+            if list.is_empty() {
+                users.remove(&user);
+            }
+        }
+    }
+
+    /// Adds an authenticated connection to its user's index. Returns how many connections
+    /// the user has now.
+    pub fn add_user_conn(&self, conn: &ConnHandle) -> usize {
+        let user = conn.user();
+        let mut users = self.shared.users[self.shard(&user)].lock();
+        let list = users.entry(user).or_default();
+        list.push(conn.clone());
+        list.len()
+    }
+
+    /// Number of connections a user has on this node.
+    pub fn user_conn_count(&self, user: &str) -> usize {
+        self.shared.users[self.shard(user)].lock().get(user).map_or(0, Vec::len)
+    }
+
+    /// The connections of a user on this node.
+    pub fn user_conns(&self, user: &str) -> Vec<ConnHandle> {
+        self.shared.users[self.shard(user)].lock().get(user).cloned().unwrap_or_default()
+    }
+
+    /// Adds a subscriber in the pending state; publications are parked until
+    /// [`Hub::activate`]. Returns the handle the session keeps.
+    pub fn subscribe(&self, channel: &str, conn: &ConnHandle, flags: SubscriberFlags) -> Arc<Subscriber> {
+        let sub = Arc::new(Subscriber {
+            conn: conn.clone(),
+            flags,
+            delta_primed: AtomicBool::new(false),
+            pending: Mutex::new(Some(Vec::new())),
+        });
+        let entry = {
+            let mut channels = self.shared.channels[self.shard(channel)].lock();
+            channels.entry(Arc::from(channel)).or_default().clone()
+        };
+        entry.subscribers.write().insert(conn.seq, sub.clone());
+        sub
+    }
+
+    /// Makes a pending subscription live: enqueues `head` (the subscribe reply and any
+    /// recovered publications), then the parked publications whose offset is above
+    /// `delivered_up_to` (all of them when `None`), in order and under the subscriber's lock
+    /// so live fan-out cannot slip in between. Returns false if the connection's queue
+    /// overflowed.
+    pub fn activate(&self, channel: &str, sub: &Subscriber, head: Vec<Bytes>, delivered_up_to: Option<u64>) -> bool {
+        let mut pending = sub.pending.lock();
+        let parked = pending.take().unwrap_or_default();
+        let mut frames = head;
+        for item in parked {
+            if let (Some(top), Some(pos)) = (delivered_up_to, &item.position) {
+                if pos.offset <= top {
+                    continue;
+                }
+            }
+            match self.frame_for(channel, sub, &item.publication, None) {
+                Ok(frame) => frames.push(frame),
+                Err(code) => {
+                    sub.conn.close(code.into());
+                    return false;
+                }
+            }
+        }
+        sub.conn.enqueue_all(frames)
+    }
+
+    /// Removes a connection's subscription; frees the channel entry when it was the last.
+    pub fn unsubscribe(&self, channel: &str, conn: &ConnHandle) {
+        let mut channels = self.shared.channels[self.shard(channel)].lock();
+        if let Some(entry) = channels.get(channel) {
+            let mut subs = entry.subscribers.write();
+            subs.remove(&conn.seq);
+            let empty = subs.is_empty();
+            drop(subs);
+            if empty {
+                channels.remove(channel);
+            }
+        }
+    }
+
+    /// Channels with local subscribers and their subscriber counts.
+    pub fn channels(&self) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        for shard in self.shared.channels.iter() {
+            for (name, entry) in shard.lock().iter() {
+                out.push((name.to_string(), entry.subscribers.read().len() as u32));
+            }
+        }
+        out
+    }
+
+    /// Counts for `info`.
+    pub fn stats(&self) -> HubStats {
+        let mut stats = HubStats::default();
+        for shard in self.shared.conns.iter() {
+            stats.num_clients += shard.lock().len() as u32;
+        }
+        for shard in self.shared.users.iter() {
+            stats.num_users += shard.lock().len() as u32;
+        }
+        for shard in self.shared.channels.iter() {
+            let channels = shard.lock();
+            stats.num_channels += channels.len() as u32;
+            for entry in channels.values() {
+                stats.num_subs += entry.subscribers.read().len() as u32;
+            }
+        }
+        stats
+    }
+
+    /// Every registered connection (a snapshot; for shutdown and tests).
+    pub fn all_conns(&self) -> Vec<ConnHandle> {
+        self.shared.conns.iter().flat_map(|s| s.lock().values().cloned().collect::<Vec<_>>()).collect()
+    }
+
+    /// One heartbeat pass: sends due pings, closes connections whose pong, connect or
+    /// credentials are overdue. `now_ms` is the node clock.
+    pub fn sweep(&self, now_ms: u64, settings: SweepSettings) {
+        let mut due = Vec::new();
+        for shard in self.shared.conns.iter() {
+            due.clear();
+            due.extend(shard.lock().values().cloned());
+            for conn in &due {
+                self.sweep_one(conn, now_ms, settings);
+            }
+        }
+    }
+
+    fn sweep_one(&self, conn: &Conn, now: u64, settings: SweepSettings) {
+        enum Act {
+            Nothing,
+            Ping,
+            CheckExpiry,
+            Close(DisconnectCode),
+        }
+        let act = conn.with_heartbeat(|hb| {
+            if hb.stale_at != 0 && now >= hb.stale_at {
+                return Act::Close(DisconnectCode::STALE);
+            }
+            if hb.pong_by != 0 && now >= hb.pong_by {
+                return Act::Close(DisconnectCode::NO_PONG);
+            }
+            if hb.expire_at != 0 && now >= hb.expire_at {
+                return Act::Close(DisconnectCode::EXPIRED);
+            }
+            if hb.sub_expire_at != 0 && now >= hb.sub_expire_at {
+                hb.sub_expire_at = 0;
+                return Act::CheckExpiry;
+            }
+            if hb.ping_at != 0 && now >= hb.ping_at {
+                hb.ping_at = now + settings.ping_interval_ms;
+                if settings.pong_timeout_ms > 0 && hb.pong_by == 0 {
+                    hb.pong_by = now + settings.pong_timeout_ms;
+                }
+                return Act::Ping;
+            }
+            Act::Nothing
+        });
+        match act {
+            Act::Nothing => {}
+            Act::Ping => {
+                let frame = match conn.encoding {
+                    Encoding::Json => self.shared.pings.json.clone(),
+                    Encoding::Protobuf => self.shared.pings.protobuf.clone(),
+                };
+                conn.enqueue(frame);
+            }
+            Act::CheckExpiry => conn.post(Control::CheckExpiry),
+            Act::Close(code) => conn.close(code.into()),
+        }
+    }
+
+    /// Fan-out of one publication to this node's subscribers of `channel`.
+    pub fn deliver_publication(&self, channel: &str, event: &PublicationEvent) {
+        let Some(entry) = self.channel(channel) else { return };
+        let subs = entry.subscribers.read();
+        let mut variants = Variants::default();
+        for sub in subs.values() {
+            {
+                let mut pending = sub.pending.lock();
+                if let Some(parked) = pending.as_mut() {
+                    parked.push(PendingPublication {
+                        publication: event.publication.clone(),
+                        position: event.position.clone(),
+                    });
+                    continue;
+                }
+            }
+            match self.cached_frame(channel, sub, event, &mut variants) {
+                Some(frame) => {
+                    sub.conn.enqueue(frame);
+                }
+                None => sub.conn.close(DisconnectCode::INAPPROPRIATE_PROTOCOL.into()),
+            }
+        }
+    }
+
+    /// Fan-out of a join or leave to subscribers that asked for them.
+    pub fn deliver_join_leave(&self, channel: &str, info: &ClientInfo, join: bool) {
+        let Some(entry) = self.channel(channel) else { return };
+        let info = Some(to_proto_info(info));
+        let push = if join {
+            Push { channel: channel.to_owned(), join: Some(tether_proto::Join { info }), ..Default::default() }
+        } else {
+            Push { channel: channel.to_owned(), leave: Some(tether_proto::Leave { info }), ..Default::default() }
+        };
+        let reply = Reply { push: Some(push), ..Default::default() };
+        let mut frames: [Option<Bytes>; 2] = [None, None];
+        for sub in entry.subscribers.read().values() {
+            if !sub.flags.join_leave || sub.pending.lock().is_some() {
+                continue;
+            }
+            let slot = &mut frames[encoding_index(sub.conn.encoding)];
+            if slot.is_none() {
+                *slot = encode_frame(sub.conn.encoding, sub.conn.framing, &reply).ok();
+            }
+            if let Some(frame) = slot {
+                sub.conn.enqueue(frame.clone());
+            }
+        }
+    }
+
+    fn channel(&self, channel: &str) -> Option<Arc<Channel>> {
+        self.shared.channels[self.shard(channel)].lock().get(channel).cloned()
+    }
+
+    fn shard(&self, key: &str) -> usize {
+        (self.shared.hasher.hash_one(key) as usize) % SHARDS
+    }
+
+    /// Encodes a publication for one subscriber outside fan-out (replay after subscribe,
+    /// recovery). Keeps delta priming consistent with live delivery.
+    pub fn frame_for(
+        &self,
+        channel: &str,
+        sub: &Subscriber,
+        publication: &Arc<Publication>,
+        previous: Option<&Arc<Publication>>,
+    ) -> Result<Bytes, DisconnectCode> {
+        let event = PublicationEvent { publication: publication.clone(), position: None, previous: previous.cloned() };
+        let mut variants = Variants::default();
+        self.cached_frame(channel, sub, &event, &mut variants).ok_or(DisconnectCode::INAPPROPRIATE_PROTOCOL)
+    }
+
+    /// A recovered publication as it goes into a subscribe result for this subscriber: full
+    /// data (a JSON string when delta was negotiated on JSON), and the subscriber primed for
+    /// deltas after it.
+    pub fn recovered_publication(&self, sub: &Subscriber, publication: &Publication) -> tether_proto::Publication {
+        let form = if sub.flags.delta {
+            sub.delta_primed.store(true, Ordering::Relaxed);
+            Form::DeltaFull
+        } else {
+            Form::Plain
+        };
+        to_proto_publication(publication, wire_data(sub.conn.encoding, form, &publication.data), false)
+    }
+
+    fn cached_frame(&self, channel: &str, sub: &Subscriber, event: &PublicationEvent, variants: &mut Variants) -> Option<Bytes> {
+        let conn = &sub.conn;
+        let enc = encoding_index(conn.encoding);
+        let publication = &event.publication;
+        let form = if !sub.flags.delta {
+            Form::Plain
+        } else if publication.delta && sub.delta_primed.swap(true, Ordering::Relaxed) && event.previous.is_some() {
+            Form::Delta
+        } else {
+            sub.delta_primed.store(true, Ordering::Relaxed);
+            Form::DeltaFull
+        };
+        if form == Form::Delta {
+            let patch = variants
+                .patch
+                .get_or_insert_with(|| {
+                    let prev = event.previous.as_ref()?;
+                    let patch = crate::delta::fossil_delta(&prev.data, &publication.data);
+                    (patch.len() < publication.data.len()).then(|| Bytes::from(patch))
+                })
+                .clone();
+            if let Some(patch) = patch {
+                let slot = &mut variants.frames[enc * 3 + 2];
+                return slot
+                    .get_or_insert_with(|| {
+                        let data = wire_data(conn.encoding, Form::Delta, &patch);
+                        encode_publication(channel, publication, data, true, conn.encoding, conn.framing)
+                    })
+                    .clone();
+            }
+            // The patch is not smaller: send the full data instead.
+            return variants.frames[enc * 3 + 1]
+                .get_or_insert_with(|| {
+                    let data = wire_data(conn.encoding, Form::DeltaFull, &publication.data);
+                    encode_publication(channel, publication, data, false, conn.encoding, conn.framing)
+                })
+                .clone();
+        }
+        let index = enc * 3 + if form == Form::Plain { 0 } else { 1 };
+        variants.frames[index]
+            .get_or_insert_with(|| {
+                let data = wire_data(conn.encoding, form, &publication.data);
+                encode_publication(channel, publication, data, false, conn.encoding, conn.framing)
+            })
+            .clone()
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Subscriber {
+    /// The connection behind this subscription.
+    pub fn conn(&self) -> &ConnHandle {
+        &self.conn
+    }
+}
+
+/// The hub as the broker's event sink.
+#[derive(Debug)]
+pub struct HubEvents(pub Hub);
+
+impl BrokerEvents for HubEvents {
+    fn on_publication(&self, channel: &str, event: &PublicationEvent) {
+        self.0.deliver_publication(channel, event);
+    }
+
+    fn on_join(&self, channel: &str, info: &ClientInfo) {
+        self.0.deliver_join_leave(channel, info, true);
+    }
+
+    fn on_leave(&self, channel: &str, info: &ClientInfo) {
+        self.0.deliver_join_leave(channel, info, false);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    Plain,
+    DeltaFull,
+    Delta,
+}
+
+/// Data as it travels: raw for Protobuf and plain JSON; a JSON string when delta was
+/// negotiated on a JSON connection (the SDK parses it after applying the patch).
+fn wire_data(encoding: Encoding, form: Form, data: &Bytes) -> Bytes {
+    match (encoding, form) {
+        (Encoding::Json, Form::DeltaFull | Form::Delta) => {
+            let text = String::from_utf8_lossy(data);
+            Bytes::from(serde_json::to_vec(&text).unwrap_or_default())
+        }
+        _ => data.clone(),
+    }
+}
+
+fn encoding_index(encoding: Encoding) -> usize {
+    match encoding {
+        Encoding::Json => 0,
+        Encoding::Protobuf => 1,
+    }
+}
+
+/// Converts a broker publication into the protocol type with the given wire data.
+pub fn to_proto_publication(publication: &Publication, data: Bytes, delta: bool) -> tether_proto::Publication {
+    tether_proto::Publication {
+        data,
+        info: publication.info.as_ref().map(to_proto_info),
+        offset: publication.offset,
+        tags: publication.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        delta,
+        ..Default::default()
+    }
+}
+
+/// Converts broker client info into the protocol type.
+pub fn to_proto_info(info: &ClientInfo) -> tether_proto::ClientInfo {
+    tether_proto::ClientInfo {
+        user: info.user.clone(),
+        client: info.client.clone(),
+        conn_info: info.conn_info.clone().unwrap_or_default(),
+        chan_info: info.chan_info.clone().unwrap_or_default(),
+    }
+}
+
+fn encode_publication(
+    channel: &str,
+    publication: &Publication,
+    data: Bytes,
+    delta: bool,
+    encoding: Encoding,
+    framing: Framing,
+) -> Option<Bytes> {
+    let push = Push {
+        channel: channel.to_owned(),
+        r#pub: Some(to_proto_publication(publication, data, delta)),
+        ..Default::default()
+    };
+    encode_frame(encoding, framing, &Reply { push: Some(push), ..Default::default() }).ok()
+}
+
+/// Encodes one reply as a complete wire frame for a connection.
+pub fn encode_frame(encoding: Encoding, framing: Framing, reply: &Reply) -> Result<Bytes, tether_proto::EncodeError> {
+    let mut payload = Vec::with_capacity(64);
+    encoding.encode_reply(reply, &mut payload)?;
+    Ok(frame_payload(encoding, framing, &payload))
+}
+
+/// Wraps an encoded payload (one or more replies) in the transport's framing.
+pub fn frame_payload(encoding: Encoding, framing: Framing, payload: &[u8]) -> Bytes {
+    match framing {
+        Framing::WebSocket => ws::encode_message_frame(encoding == Encoding::Protobuf, payload),
+    }
+}
+
+fn shard_of_seq(seq: u64) -> usize {
+    (seq as usize) % SHARDS
+}
+
+/// Registry shards; a power of two well above the core count keeps lock contention low.
+const SHARDS: usize = 64;
+

@@ -1,1 +1,499 @@
-//! session (stub; replaced by its owner)
+//! One client's protocol session: commands in, replies out, time injected.
+//!
+//! A [`Session`] holds what the protocol needs to remember about one connection (its state,
+//! user, subscriptions and expiries) and turns each decoded [`Command`] into replies on the
+//! connection's outbound queue and calls into the hub and broker. It performs no socket I/O
+//! and never awaits: the driver in `transport` feeds it commands and control messages with
+//! the current time, and acts on the [`Disconnect`] it may return.
+//!
+//! Commands of one frame are handled in order, so the reply to `connect` is queued before the
+//! replies to the `subscribe` commands that centrifuge-js batches behind it.
+
+mod channel;
+mod subscribe;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tether_proto::codes::{ClientError, DisconnectCode};
+use tether_proto::{Command, Reply};
+use tokio::time::Instant;
+
+pub use self::channel::SubscribeOverrides;
+use self::channel::{ChannelAccess, Permission};
+use crate::auth::TokenError;
+use crate::broker::{HistoryQuery, PublishOptions, StreamPosition};
+use crate::hub::{ConnHandle, Control, Disconnect, Subscriber, encode_frame, to_proto_info, to_proto_publication};
+use crate::server::Node;
+
+/// The time as the session sees it: the monotonic instant (for the broker and the node
+/// clock) and wall-clock Unix seconds (for token expiry).
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// Monotonic time.
+    pub instant: Instant,
+    /// Unix time in seconds.
+    pub unix: i64,
+    /// Milliseconds on the node clock (the sweeper's time base).
+    pub ms: u64,
+}
+
+/// Where the session is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for `connect`.
+    Connecting,
+    /// Authenticated.
+    Connected,
+    /// A connect failed with an error reply; every further command closes the connection.
+    Failed,
+}
+
+/// Session state of one connection.
+#[derive(Debug)]
+pub struct Session {
+    conn: ConnHandle,
+    state: State,
+    user: Arc<str>,
+    /// Unix seconds at which the connection's credentials expire (`None` = never).
+    expires_at: Option<i64>,
+    subs: HashMap<String, SubState>,
+}
+
+/// One subscription of this session.
+#[derive(Debug)]
+struct SubState {
+    hub: Arc<Subscriber>,
+    server_side: bool,
+    presence: bool,
+    join_leave: bool,
+    chan_info: Option<Bytes>,
+    /// Unix seconds at which the subscription token expires.
+    expires_at: Option<i64>,
+}
+
+/// Result of handling a command: `Err` means close the connection with that code.
+pub type Outcome = Result<(), Disconnect>;
+
+impl Session {
+    /// A session for a freshly accepted connection.
+    pub fn new(conn: ConnHandle) -> Self {
+        Self { conn, state: State::Connecting, user: Arc::from(""), expires_at: None, subs: HashMap::new() }
+    }
+
+    /// The connection handle.
+    pub fn conn(&self) -> &ConnHandle {
+        &self.conn
+    }
+
+    /// Handles the commands of one transport message, in order.
+    pub fn handle_commands(&mut self, node: &Node, commands: Vec<Command>, now: Now) -> Outcome {
+        for command in commands {
+            self.handle_command(node, command, now)?;
+        }
+        Ok(())
+    }
+
+    /// Handles one command.
+    pub fn handle_command(&mut self, node: &Node, mut cmd: Command, now: Now) -> Outcome {
+        let id = cmd.id;
+        if let Some(req) = cmd.connect.take() {
+            return self.connect(node, id, req, now);
+        }
+        if is_pong(&cmd) {
+            // A pong with no ping outstanding is ignored: harmless, and SDKs never send one.
+            self.conn.with_heartbeat(|hb| hb.pong_by = 0);
+            return Ok(());
+        }
+        match self.state {
+            State::Connecting | State::Failed => return Err(DisconnectCode::BAD_REQUEST.into()),
+            State::Connected => {}
+        }
+        if let Some(req) = cmd.send.take() {
+            let _ = req;
+            // No server-side message handler is configured.
+            return Err(DisconnectCode::NOT_AVAILABLE.into());
+        }
+        if id == 0 {
+            return Err(DisconnectCode::BAD_REQUEST.into());
+        }
+        let reply = if let Some(req) = cmd.subscribe.take() {
+            return self.subscribe(node, id, req, now);
+        } else if let Some(req) = cmd.unsubscribe.take() {
+            self.unsubscribe(node, &req.channel, now)?;
+            Reply { unsubscribe: Some(Default::default()), ..Default::default() }
+        } else if let Some(req) = cmd.publish.take() {
+            self.publish(node, req, now)?
+        } else if let Some(req) = cmd.presence.take() {
+            self.presence(node, &req.channel, false)?
+        } else if let Some(req) = cmd.presence_stats.take() {
+            self.presence(node, &req.channel, true)?
+        } else if let Some(req) = cmd.history.take() {
+            self.history(node, req, now)?
+        } else if cmd.rpc.take().is_some() {
+            error_reply(ClientError::NOT_AVAILABLE)
+        } else if let Some(req) = cmd.refresh.take() {
+            self.refresh(node, &req.token, now)?
+        } else if let Some(req) = cmd.sub_refresh.take() {
+            self.sub_refresh(node, req, now)?
+        } else {
+            // `ping` (not supported in protocol v2) or an unknown method.
+            return Err(DisconnectCode::BAD_REQUEST.into());
+        };
+        self.send_reply(id, reply)
+    }
+
+    /// Applies a control message from the node (server API or sweeper).
+    pub fn handle_control(&mut self, node: &Node, control: Control, now: Now) -> Outcome {
+        if self.state != State::Connected {
+            return Ok(());
+        }
+        match control {
+            Control::Subscribe(req) => self.server_subscribe(node, req, now),
+            Control::Unsubscribe { channel } => {
+                if self.subs.contains_key(&channel) {
+                    self.unsubscribe(node, &channel, now)?;
+                    let push = tether_proto::Push {
+                        channel,
+                        unsubscribe: Some(tether_proto::Unsubscribe {
+                            code: u32::from(UNSUBSCRIBE_SERVER.0),
+                            reason: UNSUBSCRIBE_SERVER.1.to_owned(),
+                        }),
+                        ..Default::default()
+                    };
+                    self.send_push(push)?;
+                }
+                Ok(())
+            }
+            Control::Refresh { expired, expire_at, info } => {
+                if expired {
+                    return Err(DisconnectCode::EXPIRED.into());
+                }
+                if let Some(info) = info {
+                    self.conn.set_info(Some(info));
+                }
+                if expire_at > 0 {
+                    self.set_expiry(node, Some(expire_at), now);
+                }
+                Ok(())
+            }
+            Control::CheckExpiry => self.check_sub_expiry(node, now),
+        }
+    }
+
+    /// Cleans up after the connection ended: subscriptions, presence, leave events and the
+    /// registries.
+    pub fn close(&mut self, node: &Node) {
+        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        for channel in channels {
+            self.remove_subscription(node, &channel);
+        }
+        node.hub.unregister(&self.conn);
+    }
+
+    // === connect ===
+
+    fn connect(&mut self, node: &Node, id: u32, req: tether_proto::ConnectRequest, now: Now) -> Outcome {
+        if self.state != State::Connecting || id == 0 {
+            return Err(DisconnectCode::BAD_REQUEST.into());
+        }
+        let config = &node.config;
+        let mut server_subs: Vec<(String, Option<crate::auth::SubscribeOptions>)> = Vec::new();
+        let (user, info, expiry) = if req.token.is_empty() {
+            if !(config.client.insecure || config.client.allow_anonymous_connect_without_token) {
+                return Err(DisconnectCode::BAD_REQUEST.into());
+            }
+            (String::new(), None, None)
+        } else {
+            let claims = match node.tokens.verify_connect(&req.token, now.unix) {
+                Ok(claims) => claims,
+                Err(TokenError::Expired) => return self.fail_connect(id, ClientError::TOKEN_EXPIRED),
+                Err(_) => return Err(DisconnectCode::INVALID_TOKEN.into()),
+            };
+            if claims.sub.is_empty() && config.client.disallow_anonymous_connection_tokens {
+                return Err(DisconnectCode::PERMISSION_DENIED.into());
+            }
+            let expiry = match claims.expire_at {
+                Some(0) => None,
+                Some(at) => Some(at),
+                None => claims.exp,
+            };
+            for channel in &claims.channels {
+                server_subs.push((channel.clone(), None));
+            }
+            for (channel, opts) in claims.subs {
+                server_subs.push((channel, Some(opts)));
+            }
+            (claims.sub, claims.info, expiry)
+        };
+        let expiry = if config.client.insecure { None } else { expiry };
+        if let Some(at) = expiry {
+            if at <= now.unix {
+                return self.fail_connect(id, ClientError::EXPIRED);
+            }
+        }
+        let limit = config.client.user_connection_limit;
+        if limit > 0 && !user.is_empty() && node.hub.user_conn_count(&user) >= limit {
+            return Err(DisconnectCode::CONNECTION_LIMIT.into());
+        }
+        self.user = Arc::from(user.as_str());
+        self.conn.set_identity(self.user.clone(), info);
+        node.hub.add_user_conn(&self.conn);
+        self.state = State::Connected;
+        self.set_expiry(node, expiry, now);
+        let ping = config.client.ping_interval;
+        let first_ping = node.first_ping_delay_ms();
+        self.conn.with_heartbeat(|hb| {
+            hb.stale_at = 0;
+            hb.ping_at = if ping.is_zero() { 0 } else { now.ms + first_ping };
+        });
+
+        let personal = &config.client.subscribe_to_user_personal_channel;
+        if personal.enabled && !user.is_empty() {
+            let channel = if personal.personal_channel_namespace.is_empty() {
+                format!("{}{user}", config.channel.user_boundary)
+            } else {
+                format!(
+                    "{}{}{}{user}",
+                    personal.personal_channel_namespace, config.channel.namespace_boundary, config.channel.user_boundary
+                )
+            };
+            server_subs.push((channel, None));
+        }
+
+        let mut result = tether_proto::ConnectResult {
+            client: self.conn.client.to_string(),
+            version: node.version.clone(),
+            ping: ping.as_secs() as u32,
+            pong: !ping.is_zero() && !config.client.pong_timeout.is_zero(),
+            ..Default::default()
+        };
+        if let Some(at) = expiry {
+            result.expires = true;
+            result.ttl = (at - now.unix).max(0) as u32;
+        }
+        // Server-side subscriptions are set up before the reply is queued (their results go
+        // into it) and made live right after it.
+        let mut pending = Vec::new();
+        for (channel, opts) in server_subs {
+            if self.subs.contains_key(&channel) || node.config.namespace_for(&channel).is_err() {
+                continue;
+            }
+            let recover = req.subs.get(&channel).filter(|s| s.recover).map(|s| StreamPosition {
+                offset: s.offset,
+                epoch: s.epoch.clone(),
+            });
+            let opts = opts.unwrap_or_default();
+            let setup = self.setup_server_sub(
+                node,
+                &channel,
+                opts.override_.map(SubscribeOverrides::from).unwrap_or_default(),
+                opts.info,
+                recover,
+                now,
+            );
+            let (mut sub_result, top) = setup.result;
+            sub_result.data = opts.data.unwrap_or_default();
+            result.subs.insert(channel.clone(), sub_result);
+            pending.push((channel, setup.sub, top));
+        }
+        self.send_reply(id, Reply { connect: Some(result), ..Default::default() })?;
+        for (channel, sub, top) in pending {
+            node.hub.activate(&channel, &sub, Vec::new(), top);
+            self.after_subscribed(node, &channel);
+        }
+        Ok(())
+    }
+
+    fn fail_connect(&mut self, id: u32, error: ClientError) -> Outcome {
+        self.state = State::Failed;
+        self.send_reply(id, error_reply(error))
+    }
+
+    /// Sets the connection expiry and the sweeper deadline that enforces it.
+    fn set_expiry(&mut self, node: &Node, expiry: Option<i64>, now: Now) {
+        self.expires_at = expiry;
+        let deadline = expiry.map_or(0, |at| {
+            let delay = node.config.client.expired_close_delay.as_millis() as u64;
+            now.ms + ((at - now.unix).max(0) as u64) * 1000 + delay
+        });
+        self.conn.with_heartbeat(|hb| hb.expire_at = deadline);
+    }
+
+    // === refresh ===
+
+    fn refresh(&mut self, node: &Node, token: &str, now: Now) -> Result<Reply, Disconnect> {
+        if token.is_empty() {
+            return Err(DisconnectCode::BAD_REQUEST.into());
+        }
+        let claims = match node.tokens.verify_connect(token, now.unix) {
+            Ok(claims) => claims,
+            Err(TokenError::Expired) => return Ok(error_reply(ClientError::TOKEN_EXPIRED)),
+            Err(_) => return Err(DisconnectCode::INVALID_TOKEN.into()),
+        };
+        if claims.sub != *self.user {
+            return Err(DisconnectCode::INVALID_TOKEN.into());
+        }
+        let expiry = match claims.expire_at {
+            Some(0) => None,
+            Some(at) => Some(at),
+            None => claims.exp,
+        };
+        let expiry = if node.config.client.insecure { None } else { expiry };
+        if let Some(at) = expiry {
+            if at <= now.unix {
+                return Ok(error_reply(ClientError::EXPIRED));
+            }
+        }
+        if claims.info.is_some() {
+            self.conn.set_info(claims.info);
+        }
+        self.set_expiry(node, expiry, now);
+        let result = tether_proto::RefreshResult {
+            client: self.conn.client.to_string(),
+            version: node.version.clone(),
+            expires: expiry.is_some(),
+            ttl: expiry.map_or(0, |at| (at - now.unix).max(0) as u32),
+        };
+        Ok(Reply { refresh: Some(result), ..Default::default() })
+    }
+
+    // === publish, presence, history ===
+
+    fn publish(&mut self, node: &Node, req: tether_proto::PublishRequest, now: Now) -> Result<Reply, Disconnect> {
+        let access = match self.access(node, &req.channel)? {
+            Ok(access) => access,
+            Err(error) => return Ok(error_reply(error)),
+        };
+        if !access.allows(Permission::Publish) {
+            return Ok(error_reply(ClientError::PERMISSION_DENIED));
+        }
+        let chan_info = self.subs.get(&req.channel).and_then(|s| s.chan_info.clone());
+        let publication = crate::broker::Publication {
+            data: req.data,
+            info: Some(self.conn.client_info(chan_info)),
+            delta: access.options.delta_publish,
+            time_ms: now_unix_ms(),
+            ..Default::default()
+        };
+        let opts = PublishOptions { history: access.history_options(node), idempotency_key: None };
+        match node.broker.publish(&req.channel, publication, &opts, now.instant) {
+            Ok(_) => Ok(Reply { publish: Some(Default::default()), ..Default::default() }),
+            Err(_) => Ok(error_reply(ClientError::INTERNAL)),
+        }
+    }
+
+    fn presence(&mut self, node: &Node, channel: &str, stats: bool) -> Result<Reply, Disconnect> {
+        let access = match self.access(node, channel)? {
+            Ok(access) => access,
+            Err(error) => return Ok(error_reply(error)),
+        };
+        if !access.options.presence {
+            return Ok(error_reply(ClientError::NOT_AVAILABLE));
+        }
+        if !access.allows(Permission::Presence) {
+            return Ok(error_reply(ClientError::PERMISSION_DENIED));
+        }
+        if stats {
+            let s = node.broker.presence_stats(channel);
+            let result = tether_proto::PresenceStatsResult { num_clients: s.num_clients, num_users: s.num_users };
+            return Ok(Reply { presence_stats: Some(result), ..Default::default() });
+        }
+        let presence = node.broker.presence(channel).into_iter().map(|(k, v)| (k, to_proto_info(&v))).collect();
+        Ok(Reply { presence: Some(tether_proto::PresenceResult { presence }), ..Default::default() })
+    }
+
+    fn history(&mut self, node: &Node, req: tether_proto::HistoryRequest, now: Now) -> Result<Reply, Disconnect> {
+        let access = match self.access(node, &req.channel)? {
+            Ok(access) => access,
+            Err(error) => return Ok(error_reply(error)),
+        };
+        if !access.options.history_enabled() {
+            return Ok(error_reply(ClientError::NOT_AVAILABLE));
+        }
+        if !access.allows(Permission::History) {
+            return Ok(error_reply(ClientError::PERMISSION_DENIED));
+        }
+        let max = node.config.client.history_max_publication_limit;
+        let limit = if req.limit < 0 || req.limit as usize > max { max } else { req.limit as usize };
+        let since = req.since.map(|p| StreamPosition { offset: p.offset, epoch: p.epoch });
+        if req.reverse && since.as_ref().is_some_and(|s| s.offset == 0) {
+            return Ok(error_reply(ClientError::BAD_REQUEST));
+        }
+        let query = HistoryQuery {
+            since,
+            limit: Some(limit),
+            reverse: req.reverse,
+            meta_ttl: access.meta_ttl(node),
+        };
+        match node.broker.history(&req.channel, &query, now.instant) {
+            Ok(page) => {
+                let result = tether_proto::HistoryResult {
+                    publications: page
+                        .publications
+                        .iter()
+                        .map(|p| to_proto_publication(p, p.data.clone(), false))
+                        .collect(),
+                    epoch: page.top.epoch,
+                    offset: page.top.offset,
+                };
+                Ok(Reply { history: Some(result), ..Default::default() })
+            }
+            Err(crate::broker::BrokerError::UnrecoverablePosition) => {
+                Ok(error_reply(ClientError::UNRECOVERABLE_POSITION))
+            }
+            Err(_) => Ok(error_reply(ClientError::INTERNAL)),
+        }
+    }
+
+    /// Resolves a channel's namespace for publish/presence/history: an empty channel closes
+    /// the connection, a too long one or an unknown namespace is an error reply.
+    fn access<'a>(&self, node: &'a Node, channel: &str) -> Result<Result<ChannelAccess<'a>, ClientError>, Disconnect> {
+        if channel.is_empty() {
+            return Err(DisconnectCode::BAD_REQUEST.into());
+        }
+        Ok(ChannelAccess::resolve(node, channel, &self.user, self.subs.contains_key(channel)))
+    }
+
+    // === output ===
+
+    fn send_reply(&self, id: u32, mut reply: Reply) -> Outcome {
+        reply.id = id;
+        self.enqueue_reply(&reply)
+    }
+
+    fn send_push(&self, push: tether_proto::Push) -> Outcome {
+        self.enqueue_reply(&Reply { push: Some(push), ..Default::default() })
+    }
+
+    fn enqueue_reply(&self, reply: &Reply) -> Outcome {
+        let frame = self.encode(reply)?;
+        self.conn.enqueue(frame);
+        Ok(())
+    }
+
+    fn encode(&self, reply: &Reply) -> Result<Bytes, Disconnect> {
+        encode_frame(self.conn.encoding, self.conn.framing, reply)
+            .map_err(|_| DisconnectCode::INAPPROPRIATE_PROTOCOL.into())
+    }
+}
+
+fn is_pong(cmd: &Command) -> bool {
+    cmd.id == 0 && *cmd == Command::default()
+}
+
+fn error_reply(error: ClientError) -> Reply {
+    Reply { error: Some(error.into()), ..Default::default() }
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Unsubscribe push sent for a server API unsubscribe.
+const UNSUBSCRIBE_SERVER: (u16, &str) = (2000, "server unsubscribe");
+/// Unsubscribe push for an expired client-side subscription.
+const UNSUBSCRIBE_EXPIRED: (u16, &str) = (2501, "subscription expired");

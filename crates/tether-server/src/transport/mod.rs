@@ -1,4 +1,172 @@
-//! Transports: accept loop, HTTP upgrade, the WebSocket codec, and the connection driver.
+//! Transports: accept, HTTP upgrade, the WebSocket codec, and the connection driver.
+//!
+//! One port serves both the WebSocket endpoint and the HTTP API. Each accepted socket gets
+//! its own task: it reads the request head under a timeout, then either upgrades the raw
+//! `TcpStream` to a WebSocket driven by [`driver`] (no HTTP library object stays behind), or
+//! hands the stream — with the bytes already read — to hyper for the API.
 
+mod driver;
 pub mod handshake;
+mod rewind;
 pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tether_proto::Encoding;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use self::handshake::{HandshakeLimits, RequestHead};
+use crate::hub::Framing;
+use crate::server::Node;
+
+/// Serves one accepted socket to the end.
+pub async fn handle_connection(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr, api: axum::Router) {
+    let _ = stream.set_nodelay(true);
+    let limits = HandshakeLimits::default();
+    let mut buf = Vec::with_capacity(1024);
+    let head = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_head(&mut stream, &mut buf, &limits)).await;
+    let (head, consumed) = match head {
+        Ok(Ok(Some(parsed))) => parsed,
+        Ok(Ok(None)) => return,
+        Ok(Err(status)) => {
+            let _ = stream.write_all(&handshake::error_response(status, "bad request")).await;
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "request head not received in time");
+            return;
+        }
+    };
+    if head.path == WEBSOCKET_PATH {
+        let leftover = buf.split_off(consumed);
+        drop(buf);
+        upgrade(node, stream, peer, &head, leftover).await;
+    } else {
+        let io = TokioIo::new(rewind::Rewind::new(buf, stream));
+        let service = hyper_util::service::TowerToHyperService::new(api);
+        if let Err(error) = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(io, service)
+            .await
+        {
+            debug!(%peer, %error, "http connection ended with an error");
+        }
+    }
+}
+
+/// Reads until a complete request head; `Ok(None)` when the peer closed first, `Err(status)`
+/// for a malformed or oversized head.
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limits: &HandshakeLimits,
+) -> Result<Option<(RequestHead, usize)>, u16> {
+    loop {
+        match handshake::parse_request_head(buf, limits) {
+            Ok(Some(parsed)) => return Ok(Some(parsed)),
+            Ok(None) => {}
+            Err(error) => return Err(error.status()),
+        }
+        if buf.len() >= limits.max_head_bytes {
+            return Err(431);
+        }
+        let mut chunk = [0u8; 2048];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+async fn upgrade(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr, head: &RequestHead, leftover: Vec<u8>) {
+    let upgrade = match handshake::check_upgrade(head) {
+        Ok(upgrade) => upgrade,
+        Err(error) => {
+            let _ = stream.write_all(&handshake::error_response(error.status(), "websocket upgrade expected")).await;
+            return;
+        }
+    };
+    if let Some(origin) = head.header("origin") {
+        if !origin_allowed(&node.config.client.allowed_origins, origin) {
+            debug!(%peer, origin, "origin not allowed");
+            let _ = stream.write_all(&handshake::error_response(403, "origin not allowed")).await;
+            return;
+        }
+    }
+    let (encoding, protocol) = negotiate(head, &upgrade.offered_protocols);
+    if stream.write_all(&handshake::upgrade_response(&upgrade.accept, protocol)).await.is_err() {
+        return;
+    }
+    let conn = node.hub.register(encoding, Framing::WebSocket, node.config.client.queue_max_size);
+    driver::run(node, stream, conn, leftover).await;
+}
+
+/// Picks the encoding: the `centrifuge-protobuf` subprotocol or a `format` / `cf_protocol`
+/// query of `protobuf` select Protobuf; anything else is JSON.
+fn negotiate(head: &RequestHead, offered: &[String]) -> (Encoding, Option<&'static str>) {
+    if offered.iter().any(|p| p == "centrifuge-protobuf") {
+        return (Encoding::Protobuf, Some("centrifuge-protobuf"));
+    }
+    let query_protobuf = ["format", "cf_protocol"]
+        .iter()
+        .any(|k| head.query_param(k).is_some_and(|v| v == "protobuf"));
+    let protocol = offered.iter().any(|p| p == "centrifuge-json").then_some("centrifuge-json");
+    if query_protobuf {
+        (Encoding::Protobuf, None)
+    } else {
+        (Encoding::Json, protocol)
+    }
+}
+
+/// Origin check as the reference server does it: with no patterns only requests without an
+/// Origin header pass; patterns may use `*` as a wildcard.
+fn origin_allowed(patterns: &[String], origin: &str) -> bool {
+    let origin = origin.to_ascii_lowercase();
+    patterns.iter().any(|p| wildcard_match(&p.to_ascii_lowercase(), &origin))
+}
+
+pub(crate) fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else { return false };
+    let parts: Vec<&str> = parts.collect();
+    if parts.is_empty() {
+        return rest.is_empty();
+    }
+    for (i, part) in parts.iter().enumerate() {
+        if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The client WebSocket endpoint.
+const WEBSOCKET_PATH: &str = "/connection/websocket";
+/// Slow or silent upgrades are closed after this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_patterns() {
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(!origin_allowed(&[], "http://a.com"));
+        assert!(origin_allowed(&p(&["http://a.com"]), "http://A.com"));
+        assert!(!origin_allowed(&p(&["http://a.com"]), "http://a.com.evil"));
+        assert!(origin_allowed(&p(&["https://*.example.com"]), "https://app.example.com"));
+        assert!(!origin_allowed(&p(&["https://*.example.com"]), "https://example.org"));
+        assert!(origin_allowed(&p(&["*"]), "null"));
+    }
+}

@@ -1,0 +1,504 @@
+//! The API methods of §4.2: request types and what each does.
+
+use std::collections::{BTreeMap, HashMap};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use super::ApiError;
+use crate::broker::{BrokerError, ClientInfo, HistoryQuery, Publication, PublishOptions, StreamPosition};
+use crate::hub::{Control, Disconnect, ServerSubscribe};
+use crate::server::Node;
+use crate::session::SubscribeOverrides;
+
+/// Why a call failed: the body did not decode (HTTP 400), or an API error.
+#[derive(Debug)]
+pub(super) enum CallError {
+    Decode,
+    Api(ApiError),
+}
+
+impl From<ApiError> for CallError {
+    fn from(error: ApiError) -> Self {
+        Self::Api(error)
+    }
+}
+
+type CallResult = Result<Value, CallError>;
+
+/// Runs one method.
+pub(super) fn dispatch(node: &Node, method: &str, params: &RawValue) -> CallResult {
+    match method {
+        "publish" => publish(node, decode(params)?),
+        "broadcast" => broadcast(node, decode(params)?),
+        "subscribe" => subscribe(node, decode(params)?),
+        "unsubscribe" => unsubscribe(node, decode(params)?),
+        "disconnect" => disconnect(node, decode(params)?),
+        "refresh" => refresh(node, decode(params)?),
+        "presence" => presence(node, decode(params)?, false),
+        "presence_stats" => presence(node, decode(params)?, true),
+        "history" => history(node, decode(params)?),
+        "history_remove" => history_remove(node, decode(params)?),
+        "channels" => channels(node, decode(params)?),
+        "info" => Ok(info(node)),
+        "rpc" => Err(ApiError::NOT_AVAILABLE.into()),
+        _ => Err(ApiError::METHOD_NOT_FOUND.into()),
+    }
+}
+
+/// `batch`: runs the commands in order and answers `{"replies": [...]}` at the top level.
+pub(super) fn batch(node: &Node, params: &RawValue) -> Result<Value, CallError> {
+    #[derive(Deserialize)]
+    struct Batch<'a> {
+        #[serde(borrow, default)]
+        commands: Vec<HashMap<String, &'a RawValue>>,
+    }
+    let request: Batch<'_> = serde_json::from_str(params.get()).map_err(|_| CallError::Decode)?;
+    let mut replies = Vec::with_capacity(request.commands.len());
+    for command in &request.commands {
+        let Some((method, params)) = command.iter().next() else {
+            replies.push(json!({ "error": ApiError::BAD_REQUEST.to_json() }));
+            continue;
+        };
+        replies.push(match dispatch(node, method, params) {
+            Ok(result) => json!({ method.as_str(): result }),
+            Err(CallError::Decode) => json!({ "error": ApiError::BAD_REQUEST.to_json() }),
+            Err(CallError::Api(error)) => json!({ "error": error.to_json() }),
+        });
+    }
+    Ok(json!({ "replies": replies }))
+}
+
+fn decode<'a, T: Deserialize<'a>>(params: &'a RawValue) -> Result<T, CallError> {
+    serde_json::from_str(params.get()).map_err(|_| CallError::Decode)
+}
+
+#[derive(Deserialize)]
+struct PublishRequest<'a> {
+    #[serde(default)]
+    channel: String,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    b64data: String,
+    #[serde(default)]
+    skip_history: bool,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[serde(default)]
+    idempotency_key: String,
+    #[serde(default)]
+    delta: bool,
+}
+
+#[derive(Deserialize)]
+struct BroadcastRequest<'a> {
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    b64data: String,
+    #[serde(default)]
+    skip_history: bool,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[serde(default)]
+    idempotency_key: String,
+    #[serde(default)]
+    delta: bool,
+}
+
+fn payload(data: Option<&RawValue>, b64data: &str) -> Result<Bytes, ApiError> {
+    if let Some(data) = data {
+        return Ok(Bytes::copy_from_slice(data.get().as_bytes()));
+    }
+    if !b64data.is_empty() {
+        return base64::engine::general_purpose::STANDARD
+            .decode(b64data)
+            .map(Bytes::from)
+            .map_err(|_| ApiError::BAD_REQUEST);
+    }
+    Err(ApiError::BAD_REQUEST)
+}
+
+fn publish(node: &Node, req: PublishRequest<'_>) -> CallResult {
+    let data = payload(req.data, &req.b64data)?;
+    let request = OnePublish {
+        data,
+        skip_history: req.skip_history,
+        tags: req.tags,
+        idempotency_key: req.idempotency_key,
+        delta: req.delta,
+    };
+    Ok(publish_one(node, &req.channel, &request)?)
+}
+
+struct OnePublish {
+    data: Bytes,
+    skip_history: bool,
+    tags: BTreeMap<String, String>,
+    idempotency_key: String,
+    delta: bool,
+}
+
+fn publish_one(node: &Node, channel: &str, req: &OnePublish) -> Result<Value, ApiError> {
+    if channel.is_empty() {
+        return Err(ApiError::BAD_REQUEST);
+    }
+    let ns = node.config.namespace_for(channel).map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
+    let history = if req.skip_history {
+        None
+    } else {
+        ns.history_enabled().then(|| crate::broker::HistoryOptions {
+            size: ns.history_size,
+            ttl: ns.history_ttl,
+            meta_ttl: ns.history_meta_ttl.unwrap_or(node.config.channel.history_meta_ttl),
+        })
+    };
+    let publication = Publication {
+        data: req.data.clone(),
+        tags: req.tags.clone(),
+        delta: req.delta || ns.delta_publish,
+        time_ms: node.now().unix * 1000,
+        ..Default::default()
+    };
+    let opts = PublishOptions {
+        history,
+        idempotency_key: (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone()),
+    };
+    let published = node
+        .broker
+        .publish(channel, publication, &opts, node.now().instant)
+        .map_err(|_| ApiError::INTERNAL)?;
+    Ok(match published.position {
+        Some(position) => json!({ "offset": position.offset, "epoch": position.epoch }),
+        None => json!({}),
+    })
+}
+
+fn broadcast(node: &Node, req: BroadcastRequest<'_>) -> CallResult {
+    if req.channels.is_empty() {
+        return Err(ApiError::BAD_REQUEST.into());
+    }
+    let request = OnePublish {
+        data: payload(req.data, &req.b64data)?,
+        skip_history: req.skip_history,
+        tags: req.tags,
+        idempotency_key: req.idempotency_key,
+        delta: req.delta,
+    };
+    let responses: Vec<Value> = req
+        .channels
+        .iter()
+        .map(|channel| match publish_one(node, channel, &request) {
+            Ok(result) => json!({ "result": result }),
+            Err(error) => json!({ "error": error.to_json() }),
+        })
+        .collect();
+    Ok(json!({ "responses": responses }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct BoolValue {
+    value: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Override {
+    presence: Option<BoolValue>,
+    join_leave: Option<BoolValue>,
+    force_push_join_leave: Option<BoolValue>,
+    force_positioning: Option<BoolValue>,
+    force_recovery: Option<BoolValue>,
+}
+
+#[derive(Deserialize)]
+struct PositionRequest {
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    epoch: String,
+}
+
+#[derive(Deserialize)]
+struct SubscribeRequest<'a> {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    channel: String,
+    #[serde(borrow, default)]
+    info: Option<&'a RawValue>,
+    #[serde(default)]
+    b64info: String,
+    #[serde(default)]
+    client: String,
+    #[serde(default)]
+    session: String,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    b64data: String,
+    #[serde(default)]
+    recover_since: Option<PositionRequest>,
+    #[serde(default)]
+    r#override: Option<Override>,
+}
+
+fn optional_payload(data: Option<&RawValue>, b64: &str) -> Result<Option<Bytes>, ApiError> {
+    if data.is_none() && b64.is_empty() {
+        return Ok(None);
+    }
+    payload(data, b64).map(Some)
+}
+
+fn subscribe(node: &Node, req: SubscribeRequest<'_>) -> CallResult {
+    if req.user.is_empty() || req.channel.is_empty() {
+        return Err(ApiError::BAD_REQUEST.into());
+    }
+    node.config.namespace_for(&req.channel).map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
+    let o = req.r#override.unwrap_or_default();
+    let pick = |v: Option<BoolValue>| v.map(|v| v.value);
+    let control = ServerSubscribe {
+        channel: req.channel,
+        info: optional_payload(req.info, &req.b64info)?,
+        data: optional_payload(req.data, &req.b64data)?,
+        recover_since: req.recover_since.map(|p| StreamPosition { offset: p.offset, epoch: p.epoch }),
+        overrides: SubscribeOverrides {
+            presence: pick(o.presence),
+            join_leave: pick(o.join_leave),
+            force_push_join_leave: pick(o.force_push_join_leave),
+            force_recovery: pick(o.force_recovery),
+            force_positioning: pick(o.force_positioning),
+        },
+    };
+    let _ = req.session;
+    for conn in node.hub.user_conns(&req.user) {
+        if req.client.is_empty() || conn.client.as_str() == req.client {
+            conn.post(Control::Subscribe(control.clone()));
+        }
+    }
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+struct UnsubscribeRequest {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    client: String,
+}
+
+fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> CallResult {
+    if req.user.is_empty() || req.channel.is_empty() {
+        return Err(ApiError::BAD_REQUEST.into());
+    }
+    node.config.namespace_for(&req.channel).map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
+    for conn in node.hub.user_conns(&req.user) {
+        if req.client.is_empty() || conn.client.as_str() == req.client {
+            conn.post(Control::Unsubscribe { channel: req.channel.clone() });
+        }
+    }
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+struct DisconnectCodeRequest {
+    #[serde(default)]
+    code: u16,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+struct DisconnectRequest {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    client: String,
+    #[serde(default)]
+    whitelist: Vec<String>,
+    #[serde(default)]
+    disconnect: Option<DisconnectCodeRequest>,
+}
+
+fn disconnect(node: &Node, req: DisconnectRequest) -> CallResult {
+    if req.user.is_empty() {
+        return Err(ApiError::BAD_REQUEST.into());
+    }
+    let disconnect = match req.disconnect {
+        Some(d) if d.code != 0 => Disconnect { code: d.code, reason: d.reason },
+        _ => tether_proto::codes::DisconnectCode::FORCE_DISCONNECT.into(),
+    };
+    for conn in node.hub.user_conns(&req.user) {
+        let client = conn.client.as_str();
+        if (req.client.is_empty() || client == req.client) && !req.whitelist.iter().any(|w| w == client) {
+            conn.close(disconnect.clone());
+        }
+    }
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+struct RefreshRequest<'a> {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    client: String,
+    #[serde(default)]
+    expired: bool,
+    #[serde(default)]
+    expire_at: i64,
+    #[serde(borrow, default)]
+    info: Option<&'a RawValue>,
+}
+
+fn refresh(node: &Node, req: RefreshRequest<'_>) -> CallResult {
+    if req.user.is_empty() {
+        return Err(ApiError::BAD_REQUEST.into());
+    }
+    let info = req.info.map(|i| Bytes::copy_from_slice(i.get().as_bytes()));
+    for conn in node.hub.user_conns(&req.user) {
+        if req.client.is_empty() || conn.client.as_str() == req.client {
+            conn.post(Control::Refresh { expired: req.expired, expire_at: req.expire_at, info: info.clone() });
+        }
+    }
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+struct ChannelRequest {
+    #[serde(default)]
+    channel: String,
+}
+
+fn presence(node: &Node, req: ChannelRequest, stats: bool) -> CallResult {
+    if req.channel.is_empty() {
+        return Err(ApiError::BAD_REQUEST.into());
+    }
+    let ns = node.config.namespace_for(&req.channel).map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
+    if !ns.presence {
+        return Err(ApiError::NOT_AVAILABLE.into());
+    }
+    if stats {
+        let s = node.broker.presence_stats(&req.channel);
+        return Ok(json!({ "num_clients": s.num_clients, "num_users": s.num_users }));
+    }
+    let presence: serde_json::Map<String, Value> = node
+        .broker
+        .presence(&req.channel)
+        .into_iter()
+        .map(|(client, info)| (client, client_info_json(&info)))
+        .collect();
+    Ok(json!({ "presence": presence }))
+}
+
+#[derive(Deserialize)]
+struct HistoryRequest {
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    limit: i64,
+    #[serde(default)]
+    since: Option<PositionRequest>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+fn history(node: &Node, req: HistoryRequest) -> CallResult {
+    if req.channel.is_empty() {
+        return Err(ApiError::BAD_REQUEST.into());
+    }
+    let ns = node.config.namespace_for(&req.channel).map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
+    if !ns.history_enabled() {
+        return Err(ApiError::NOT_AVAILABLE.into());
+    }
+    let limit = if req.limit < 0 { None } else { Some(req.limit as usize) };
+    let query = HistoryQuery {
+        since: req.since.map(|p| StreamPosition { offset: p.offset, epoch: p.epoch }),
+        limit,
+        reverse: req.reverse,
+        meta_ttl: ns.history_meta_ttl.unwrap_or(node.config.channel.history_meta_ttl),
+    };
+    let page = node.broker.history(&req.channel, &query, node.now().instant).map_err(|e| match e {
+        BrokerError::UnrecoverablePosition => ApiError::UNRECOVERABLE_POSITION,
+        _ => ApiError::INTERNAL,
+    })?;
+    let publications: Vec<Value> = page.publications.iter().map(|p| publication_json(p)).collect();
+    Ok(json!({ "publications": publications, "epoch": page.top.epoch, "offset": page.top.offset }))
+}
+
+fn history_remove(node: &Node, req: ChannelRequest) -> CallResult {
+    if req.channel.is_empty() {
+        return Err(ApiError::BAD_REQUEST.into());
+    }
+    node.config.namespace_for(&req.channel).map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
+    node.broker.remove_history(&req.channel);
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+struct ChannelsRequest {
+    #[serde(default)]
+    pattern: String,
+}
+
+fn channels(node: &Node, req: ChannelsRequest) -> CallResult {
+    let channels: serde_json::Map<String, Value> = node
+        .hub
+        .channels()
+        .into_iter()
+        .filter(|(name, _)| req.pattern.is_empty() || crate::transport::wildcard_match(&req.pattern, name))
+        .map(|(name, n)| (name, json!({ "num_clients": n })))
+        .collect();
+    Ok(json!({ "channels": channels }))
+}
+
+fn info(node: &Node) -> Value {
+    let stats = node.hub.stats();
+    json!({ "nodes": [{
+        "uid": node.id,
+        "name": node.name,
+        "version": node.version,
+        "num_clients": stats.num_clients,
+        "num_users": stats.num_users,
+        "num_channels": stats.num_channels,
+        "num_subs": stats.num_subs,
+        "uptime": node.uptime().as_secs(),
+    }]})
+}
+
+/// Raw JSON bytes as a JSON value (non-JSON bytes become a base64 string).
+fn raw_json(bytes: &Bytes) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)))
+}
+
+fn client_info_json(info: &ClientInfo) -> Value {
+    let mut v = json!({ "client": info.client, "user": info.user });
+    if let Some(ci) = &info.conn_info {
+        v["conn_info"] = raw_json(ci);
+    }
+    if let Some(ci) = &info.chan_info {
+        v["chan_info"] = raw_json(ci);
+    }
+    v
+}
+
+fn publication_json(p: &Publication) -> Value {
+    let mut v = json!({ "data": raw_json(&p.data), "offset": p.offset });
+    if let Some(info) = &p.info {
+        v["info"] = client_info_json(info);
+    }
+    if !p.tags.is_empty() {
+        v["tags"] = json!(p.tags);
+    }
+    v
+}

@@ -1,0 +1,451 @@
+//! Subscriptions: permission checks, positioning and the recovery decision.
+//!
+//! Recovery is all or nothing (§2.3 of the compatibility reference): a reconnecting client
+//! gets exactly the publications it missed, or `recovered: false` and none of them. While a
+//! subscription is being set up the hub parks live publications; the session reads history,
+//! queues its reply and then lets the hub replay what was parked above the position it
+//! reported, so nothing is lost or duplicated between history and live delivery.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tether_proto::codes::{ClientError, DisconnectCode};
+use tether_proto::{Reply, SubscribeRequest, SubscribeResult};
+
+use super::channel::{ChannelAccess, Permission, meta_ttl};
+use super::{Now, Outcome, Session, SubState, SubscribeOverrides, UNSUBSCRIBE_EXPIRED, error_reply};
+use crate::auth::TokenError;
+use crate::broker::{BrokerError, HistoryQuery, StreamPosition};
+use crate::config::NamespaceOptions;
+use crate::hub::{Disconnect, ServerSubscribe, Subscriber, SubscriberFlags};
+use crate::server::Node;
+
+/// What a subscription was set up with.
+#[derive(Debug, Default)]
+struct SubParams {
+    positioned: bool,
+    recoverable: bool,
+    /// The client's last position when it asked to recover.
+    recover_from: Option<StreamPosition>,
+    /// Answer 112 instead of an unrecovered subscription (subscribe flag bit 2).
+    reject_unrecovered: bool,
+    delta: bool,
+    /// Push join/leave to this subscriber.
+    push_join_leave: bool,
+    presence: bool,
+    /// Emit join/leave for this subscriber.
+    join_leave: bool,
+    chan_info: Option<Bytes>,
+    expires_at: Option<i64>,
+    server_side: bool,
+}
+
+/// A subscription registered with the hub (pending) and the result to report.
+pub(super) struct Opened {
+    pub(super) sub: Arc<Subscriber>,
+    /// The result and the offset up to which publications are already accounted for.
+    pub(super) result: (SubscribeResult, Option<u64>),
+}
+
+/// Subscribe flag bit: reply 112 rather than subscribe without recovery.
+const FLAG_REJECT_UNRECOVERED: i64 = 2;
+
+impl Session {
+    /// Client-side `subscribe`.
+    pub(super) fn subscribe(&mut self, node: &Node, id: u32, req: SubscribeRequest, now: Now) -> Outcome {
+        match self.check_subscribe(node, &req, now)? {
+            Ok(params) => {
+                let channel = req.channel;
+                let opened = match self.open(node, &channel, params, now) {
+                    Ok(opened) => opened,
+                    Err(error) => return self.send_reply(id, error_reply(error)),
+                };
+                let (result, top) = opened.result;
+                let reply = Reply { id, subscribe: Some(result), ..Default::default() };
+                let frame = self.encode(&reply)?;
+                node.hub.activate(&channel, &opened.sub, vec![frame], top);
+                self.after_subscribed(node, &channel);
+                Ok(())
+            }
+            Err(error) => self.send_reply(id, error_reply(error)),
+        }
+    }
+
+    /// Runs the checks of a client-side subscribe; `Err` closes the connection, `Ok(Err)` is
+    /// an error reply.
+    fn check_subscribe(
+        &self,
+        node: &Node,
+        req: &SubscribeRequest,
+        now: Now,
+    ) -> Result<Result<SubParams, ClientError>, Disconnect> {
+        let channel = req.channel.as_str();
+        if channel.is_empty() {
+            return Err(DisconnectCode::BAD_REQUEST.into());
+        }
+        let config = &node.config;
+        let access = match ChannelAccess::resolve(node, channel, &self.user, false) {
+            Ok(access) => access,
+            Err(error) => return Ok(Err(error)),
+        };
+        if self.subs.contains_key(channel) {
+            return Ok(Err(ClientError::ALREADY_SUBSCRIBED));
+        }
+        if self.subs.len() >= config.client.channel_limit {
+            return Ok(Err(ClientError::LIMIT_EXCEEDED));
+        }
+        let ns = access.options;
+        let mut overrides = SubscribeOverrides::default();
+        let mut chan_info = None;
+        let mut expires_at = None;
+        if !req.token.is_empty() {
+            let verifier = node.sub_tokens.as_ref().unwrap_or(&node.tokens);
+            let claims = match verifier.verify_subscribe(&req.token, now.unix) {
+                Ok(claims) => claims,
+                Err(TokenError::Expired) => return Ok(Err(ClientError::TOKEN_EXPIRED)),
+                Err(_) => return Ok(Err(ClientError::PERMISSION_DENIED)),
+            };
+            if claims.channel != channel
+                || claims.sub != *self.user
+                || claims.client.as_deref().is_some_and(|c| c != self.conn.client.as_str())
+            {
+                return Err(DisconnectCode::INVALID_TOKEN.into());
+            }
+            expires_at = match claims.expire_at {
+                Some(0) => None,
+                Some(at) => Some(at),
+                None => claims.exp,
+            };
+            if let Some(at) = expires_at {
+                if at <= now.unix {
+                    return Ok(Err(ClientError::EXPIRED));
+                }
+            }
+            overrides = claims.override_.map(SubscribeOverrides::from).unwrap_or_default();
+            chan_info = claims.info;
+        } else if channel.starts_with(config.channel.private_prefix.as_str()) && !config.channel.private_prefix.is_empty()
+        {
+            return Ok(Err(ClientError::PERMISSION_DENIED));
+        } else if let Some(users) = user_limited(node, ns, channel) {
+            if self.user.is_empty() || !users.split(config.channel.user_separator.as_str()).any(|u| u == &*self.user) {
+                return Ok(Err(ClientError::PERMISSION_DENIED));
+            }
+        } else if !access.allows(Permission::Subscribe) {
+            return Ok(Err(ClientError::PERMISSION_DENIED));
+        }
+
+        let history = ChannelAccess::resolve(node, channel, &self.user, true)
+            .map(|a| a.allows(Permission::History))
+            .unwrap_or(false);
+        let presence_allowed = ChannelAccess::resolve(node, channel, &self.user, true)
+            .map(|a| a.allows(Permission::Presence))
+            .unwrap_or(false);
+        let mut params = self.params_for(ns, overrides);
+        if ns.history_enabled() {
+            params.recoverable = params.recoverable || (req.recoverable && (ns.allow_recovery || history));
+            params.positioned =
+                params.recoverable || params.positioned || (req.positioned && (ns.allow_positioning || history));
+        }
+        if params.recoverable && req.recover {
+            params.recover_from = Some(StreamPosition { offset: req.offset, epoch: req.epoch.clone() });
+        }
+        params.reject_unrecovered = req.flag & FLAG_REJECT_UNRECOVERED != 0;
+        params.delta = req.delta == "fossil"
+            && params.positioned
+            && ns.allowed_delta_types.iter().any(|t| t == "fossil");
+        let force_push = overrides.force_push_join_leave.unwrap_or(ns.force_push_join_leave);
+        params.push_join_leave = params.join_leave && (force_push || (req.join_leave && presence_allowed));
+        params.chan_info = chan_info;
+        params.expires_at = expires_at;
+        Ok(Ok(params))
+    }
+
+    /// Options every subscription to `ns` starts from, with overrides applied.
+    fn params_for(&self, ns: &NamespaceOptions, overrides: SubscribeOverrides) -> SubParams {
+        let history_on = ns.history_enabled();
+        let recoverable = history_on && overrides.force_recovery.unwrap_or(ns.force_recovery);
+        let positioned = history_on && (recoverable || overrides.force_positioning.unwrap_or(ns.force_positioning));
+        SubParams {
+            positioned,
+            recoverable,
+            presence: overrides.presence.unwrap_or(ns.presence),
+            join_leave: overrides.join_leave.unwrap_or(ns.join_leave),
+            ..Default::default()
+        }
+    }
+
+    /// Registers the subscription with the hub (pending) and computes its result: position,
+    /// and the recovery decision when the client asked to recover.
+    fn open(&mut self, node: &Node, channel: &str, params: SubParams, now: Now) -> Result<Opened, ClientError> {
+        let flags = SubscriberFlags { join_leave: params.push_join_leave, delta: params.delta };
+        let sub = node.hub.subscribe(channel, &self.conn, flags);
+        let ns = node.config.namespace_for(channel).map_err(|_| ClientError::UNKNOWN_CHANNEL)?;
+        let mut result = SubscribeResult {
+            positioned: params.positioned,
+            recoverable: params.recoverable,
+            delta: params.delta,
+            ..Default::default()
+        };
+        if let Some(at) = params.expires_at {
+            result.expires = true;
+            result.ttl = (at - now.unix).max(0) as u32;
+        }
+        let mut top = None;
+        if params.positioned {
+            let meta_ttl = meta_ttl(node, ns);
+            let position_only = HistoryQuery { since: None, limit: Some(0), reverse: false, meta_ttl };
+            let read = match &params.recover_from {
+                Some(since) => {
+                    result.was_recovering = true;
+                    let query = HistoryQuery {
+                        since: Some(since.clone()),
+                        limit: Some(node.config.client.recovery_max_publication_limit),
+                        reverse: false,
+                        meta_ttl,
+                    };
+                    match node.broker.history(channel, &query, now.instant) {
+                        Err(BrokerError::UnrecoverablePosition) => {
+                            node.broker.history(channel, &position_only, now.instant).map(|page| (page, false))
+                        }
+                        other => other.map(|page| {
+                            let recovered = match (page.publications.first(), page.publications.last()) {
+                                (Some(first), Some(last)) => {
+                                    first.offset == since.offset + 1 && last.offset == page.top.offset
+                                }
+                                _ => page.top.offset == since.offset,
+                            };
+                            (page, recovered)
+                        }),
+                    }
+                }
+                None => node.broker.history(channel, &position_only, now.instant).map(|page| (page, false)),
+            };
+            let (page, recovered) = match read {
+                Ok(read) => read,
+                Err(_) => {
+                    node.hub.unsubscribe(channel, &self.conn);
+                    return Err(ClientError::INTERNAL);
+                }
+            };
+            if result.was_recovering && !recovered && params.reject_unrecovered {
+                node.hub.unsubscribe(channel, &self.conn);
+                return Err(ClientError::UNRECOVERABLE_POSITION);
+            }
+            result.epoch = page.top.epoch.clone();
+            top = Some(page.top.offset);
+            if recovered {
+                result.recovered = true;
+                result.offset = params.recover_from.as_ref().map_or(0, |s| s.offset);
+                result.publications =
+                    page.publications.iter().map(|p| node.hub.recovered_publication(&sub, p)).collect();
+            } else {
+                result.offset = page.top.offset;
+            }
+        }
+        self.subs.insert(
+            channel.to_owned(),
+            SubState {
+                hub: sub.clone(),
+                server_side: params.server_side,
+                presence: params.presence,
+                join_leave: params.join_leave,
+                chan_info: params.chan_info,
+                expires_at: params.expires_at,
+            },
+        );
+        self.schedule_sub_expiry(node, now);
+        Ok(Opened { sub, result: (result, top) })
+    }
+
+    /// Sets up a server-side subscription (from the token, the personal channel, or the API).
+    pub(super) fn setup_server_sub(
+        &mut self,
+        node: &Node,
+        channel: &str,
+        overrides: SubscribeOverrides,
+        chan_info: Option<Bytes>,
+        recover: Option<StreamPosition>,
+        now: Now,
+    ) -> Opened {
+        let ns = node.config.namespace_for(channel).ok();
+        let mut params = ns.map(|ns| self.params_for(ns, overrides)).unwrap_or_default();
+        let force_push = ns.is_some_and(|ns| overrides.force_push_join_leave.unwrap_or(ns.force_push_join_leave));
+        params.push_join_leave = params.join_leave && force_push;
+        params.server_side = true;
+        params.chan_info = chan_info;
+        if params.recoverable {
+            params.recover_from = recover;
+        }
+        match self.open(node, channel, params, now) {
+            Ok(opened) => opened,
+            Err(_) => {
+                // History could not be read: subscribe unpositioned rather than fail the
+                // whole connect; the position check will catch up.
+                let sub = node.hub.subscribe(channel, &self.conn, SubscriberFlags::default());
+                self.subs.insert(
+                    channel.to_owned(),
+                    SubState {
+                        hub: sub.clone(),
+                        server_side: true,
+                        presence: false,
+                        join_leave: false,
+                        chan_info: None,
+                        expires_at: None,
+                    },
+                );
+                Opened { sub, result: (SubscribeResult::default(), None) }
+            }
+        }
+    }
+
+    /// A server API `subscribe` for this connection.
+    pub(super) fn server_subscribe(&mut self, node: &Node, req: ServerSubscribe, now: Now) -> Outcome {
+        if self.subs.contains_key(&req.channel) || node.config.namespace_for(&req.channel).is_err() {
+            return Ok(());
+        }
+        let channel = req.channel.clone();
+        let opened = self.setup_server_sub(node, &channel, req.overrides, req.info, req.recover_since, now);
+        let (result, top) = opened.result;
+        let push = tether_proto::Push {
+            channel: channel.clone(),
+            subscribe: Some(tether_proto::Subscribe {
+                recoverable: result.recoverable,
+                epoch: result.epoch.clone(),
+                offset: result.offset,
+                positioned: result.positioned,
+                data: req.data.unwrap_or_default(),
+            }),
+            ..Default::default()
+        };
+        let mut head = vec![self.encode(&Reply { push: Some(push), ..Default::default() })?];
+        for publication in result.publications {
+            let push = tether_proto::Push { channel: channel.clone(), r#pub: Some(publication), ..Default::default() };
+            head.push(self.encode(&Reply { push: Some(push), ..Default::default() })?);
+        }
+        node.hub.activate(&channel, &opened.sub, head, top);
+        self.after_subscribed(node, &channel);
+        Ok(())
+    }
+
+    /// Presence and join once a subscription is live.
+    pub(super) fn after_subscribed(&self, node: &Node, channel: &str) {
+        let Some(state) = self.subs.get(channel) else { return };
+        let info = self.conn.client_info(state.chan_info.clone());
+        if state.presence {
+            node.broker.add_presence(channel, self.conn.client.as_str(), info.clone());
+        }
+        if state.join_leave {
+            node.broker.publish_join(channel, &info);
+        }
+    }
+
+    /// Client or server `unsubscribe`: no error when not subscribed.
+    pub(super) fn unsubscribe(&mut self, node: &Node, channel: &str, now: Now) -> Outcome {
+        self.remove_subscription(node, channel);
+        self.schedule_sub_expiry(node, now);
+        Ok(())
+    }
+
+    /// Removes one subscription from the hub and presence, and announces the leave.
+    pub(super) fn remove_subscription(&mut self, node: &Node, channel: &str) {
+        let Some(state) = self.subs.remove(channel) else { return };
+        node.hub.unsubscribe(channel, &self.conn);
+        if state.presence {
+            node.broker.remove_presence(channel, self.conn.client.as_str());
+        }
+        if state.join_leave {
+            node.broker.publish_leave(channel, &self.conn.client_info(state.chan_info));
+        }
+    }
+
+    /// `sub_refresh`: a new subscription token for a subscribed channel.
+    pub(super) fn sub_refresh(
+        &mut self,
+        node: &Node,
+        req: tether_proto::SubRefreshRequest,
+        now: Now,
+    ) -> Result<Reply, Disconnect> {
+        if req.channel.is_empty() || req.token.is_empty() {
+            return Err(DisconnectCode::BAD_REQUEST.into());
+        }
+        if !self.subs.contains_key(&req.channel) {
+            return Ok(error_reply(ClientError::PERMISSION_DENIED));
+        }
+        let verifier = node.sub_tokens.as_ref().unwrap_or(&node.tokens);
+        let claims = match verifier.verify_subscribe(&req.token, now.unix) {
+            Ok(claims) => claims,
+            Err(TokenError::Expired) => return Ok(error_reply(ClientError::TOKEN_EXPIRED)),
+            Err(_) => return Err(DisconnectCode::INVALID_TOKEN.into()),
+        };
+        if claims.channel != req.channel || claims.sub != *self.user {
+            return Err(DisconnectCode::INVALID_TOKEN.into());
+        }
+        let expires_at = match claims.expire_at {
+            Some(0) => None,
+            Some(at) => Some(at),
+            None => claims.exp,
+        };
+        if let Some(state) = self.subs.get_mut(&req.channel) {
+            state.expires_at = expires_at;
+        }
+        self.schedule_sub_expiry(node, now);
+        let result = tether_proto::SubRefreshResult {
+            expires: expires_at.is_some(),
+            ttl: expires_at.map_or(0, |at| (at - now.unix).max(0) as u32),
+            ..Default::default()
+        };
+        Ok(Reply { sub_refresh: Some(result), ..Default::default() })
+    }
+
+    /// Ends subscriptions whose token expired and was not refreshed in time.
+    pub(super) fn check_sub_expiry(&mut self, node: &Node, now: Now) -> Outcome {
+        let grace = node.config.client.expired_sub_close_delay.as_secs() as i64;
+        let expired: Vec<(String, bool)> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.expires_at.is_some_and(|at| at + grace <= now.unix))
+            .map(|(c, s)| (c.clone(), s.server_side))
+            .collect();
+        for (channel, server_side) in expired {
+            if server_side {
+                return Err(DisconnectCode::SUBSCRIPTION_EXPIRED.into());
+            }
+            self.remove_subscription(node, &channel);
+            let push = tether_proto::Push {
+                channel,
+                unsubscribe: Some(tether_proto::Unsubscribe {
+                    code: u32::from(UNSUBSCRIBE_EXPIRED.0),
+                    reason: UNSUBSCRIBE_EXPIRED.1.to_owned(),
+                }),
+                ..Default::default()
+            };
+            self.send_push(push)?;
+        }
+        self.schedule_sub_expiry(node, now);
+        Ok(())
+    }
+
+    /// Points the sweeper at the earliest subscription expiry (plus grace), if any.
+    fn schedule_sub_expiry(&self, node: &Node, now: Now) {
+        let grace = node.config.client.expired_sub_close_delay.as_millis() as u64;
+        let deadline = self
+            .subs
+            .values()
+            .filter_map(|s| s.expires_at)
+            .min()
+            .map_or(0, |at| now.ms + ((at - now.unix).max(0) as u64) * 1000 + grace);
+        self.conn.with_heartbeat(|hb| hb.sub_expire_at = deadline);
+    }
+}
+
+/// The user list of a user-limited channel (`name#42,43`), when the namespace allows them.
+fn user_limited<'c>(node: &Node, ns: &NamespaceOptions, channel: &'c str) -> Option<&'c str> {
+    if !ns.allow_user_limited_channels {
+        return None;
+    }
+    let boundary = node.config.channel.user_boundary.as_str();
+    if boundary.is_empty() {
+        return None;
+    }
+    channel.split_once(boundary).map(|(_, users)| users)
+}

@@ -1,0 +1,195 @@
+//! Helpers for integration tests: a real server on 127.0.0.1:0 and a raw WebSocket client.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tether_server::config::{Config, Namespace, NamespaceOptions};
+use tether_server::server::Server;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-secret-key-for-integration";
+pub const API_KEY: &str = "test-api-key";
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.handle.await;
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/connection/websocket", self.addr)
+    }
+
+    /// POST /api/<method>; returns (status, body as JSON or Null).
+    pub async fn api(&self, method: &str, body: Value) -> (u16, Value) {
+        self.api_with_key(method, body, Some(API_KEY)).await
+    }
+
+    pub async fn api_with_key(&self, method: &str, body: Value, key: Option<&str>) -> (u16, Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = body.to_string();
+        let key_header = key.map(|k| format!("X-API-Key: {k}\r\n")).unwrap_or_default();
+        let request = format!(
+            "POST /api/{method} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{key_header}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let text = String::from_utf8_lossy(&response).to_string();
+        let status: u16 = text[9..12].parse().unwrap();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+}
+
+/// A config for tests: port 0, known secret and API key, a few namespaces.
+pub fn config() -> Config {
+    let mut config = Config::default();
+    config.http_server.port = 0;
+    config.client.token.hmac_secret_key = SECRET.to_owned();
+    config.http_api.key = API_KEY.to_owned();
+    config.channel.without_namespace.allow_subscribe_for_client = true;
+    config.channel.without_namespace.allow_publish_for_client = true;
+    let chat = NamespaceOptions {
+        presence: true,
+        join_leave: true,
+        force_push_join_leave: true,
+        history_size: 10,
+        history_ttl: Duration::from_secs(300),
+        force_recovery: true,
+        allow_subscribe_for_client: true,
+        allow_publish_for_client: true,
+        allow_history_for_client: true,
+        allow_presence_for_client: true,
+        ..Default::default()
+    };
+    config.channel.namespaces.push(Namespace { name: "chat".to_owned(), options: chat });
+    config
+}
+
+pub async fn start(config: Config) -> TestServer {
+    let server = Server::bind(config).await.expect("bind");
+    let addr = server.local_addr();
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(server.run(stop.clone()));
+    TestServer { addr, stop, handle }
+}
+
+pub fn token(claims: Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+pub fn user_token(user: &str) -> String {
+    token(json!({ "sub": user }))
+}
+
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u32,
+    /// Pushes and replies read while waiting for something else.
+    pub backlog: Vec<Value>,
+}
+
+impl Client {
+    pub async fn open(server: &TestServer) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.expect("ws connect");
+        Self { ws, next_id: 0, backlog: Vec::new() }
+    }
+
+    pub async fn connected(server: &TestServer, user: &str) -> (Self, Value) {
+        let mut client = Self::open(server).await;
+        let reply = client.call(json!({ "connect": { "token": user_token(user) } })).await;
+        assert!(reply.get("connect").is_some(), "connect failed: {reply}");
+        (client, reply)
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.to_owned().into())).await.unwrap();
+    }
+
+    /// Sends one command (an id is added) and waits for its reply.
+    pub async fn call(&mut self, mut command: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        command["id"] = json!(id);
+        self.send_raw(&command.to_string()).await;
+        self.wait_for(|m| m["id"] == json!(id)).await
+    }
+
+    /// Next JSON message from the server, answering pings with pongs. Panics after 5 s.
+    pub async fn next(&mut self) -> Value {
+        if !self.backlog.is_empty() {
+            return self.backlog.remove(0);
+        }
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+                .await
+                .expect("timed out waiting for a message")
+                .expect("stream ended")
+                .expect("ws error");
+            match msg {
+                Message::Text(text) => {
+                    for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
+                        let v: Value = serde_json::from_str(line).unwrap();
+                        if v == json!({}) {
+                            self.send_raw("{}").await;
+                            continue;
+                        }
+                        self.backlog.push(v);
+                    }
+                    if !self.backlog.is_empty() {
+                        return self.backlog.remove(0);
+                    }
+                }
+                Message::Close(frame) => panic!("closed: {frame:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i);
+        }
+        let mut skipped = Vec::new();
+        loop {
+            let v = self.next().await;
+            if pred(&v) {
+                skipped.extend(std::mem::take(&mut self.backlog));
+                self.backlog = skipped;
+                return v;
+            }
+            skipped.push(v);
+        }
+    }
+
+    /// Waits for the server's close frame without answering pings; returns its code.
+    pub async fn closed(&mut self, within: Duration) -> Option<CloseFrame> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.expect("no close in time");
+            match msg {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}

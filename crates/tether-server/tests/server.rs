@@ -1,0 +1,269 @@
+//! Integration tests: the real server on 127.0.0.1:0, driven over WebSocket and HTTP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, config, start, token, user_token};
+use serde_json::json;
+
+#[tokio::test]
+async fn connect_reply_carries_client_version_and_ping() {
+    let server = start(config()).await;
+    let (_client, reply) = Client::connected(&server, "42").await;
+    let connect = &reply["connect"];
+    assert_eq!(connect["client"].as_str().unwrap().len(), 36);
+    assert!(!connect["version"].as_str().unwrap().is_empty());
+    assert_eq!(connect["ping"], json!(25));
+    assert_eq!(connect["pong"], json!(true));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_token_closes_with_3500() {
+    let server = start(config()).await;
+    let mut client = Client::open(&server).await;
+    client.send_raw(r#"{"id":1,"connect":{"token":"not.a.jwt"}}"#).await;
+    let frame = client.closed(Duration::from_secs(3)).await.expect("close frame");
+    assert_eq!(u16::from(frame.code), 3500);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn expired_token_is_error_109() {
+    let server = start(config()).await;
+    let mut client = Client::open(&server).await;
+    let reply = client.call(json!({"connect": {"token": token(json!({"sub": "1", "exp": 1000}))}})).await;
+    assert_eq!(reply["error"]["code"], json!(109));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn command_before_connect_closes_with_3501() {
+    let server = start(config()).await;
+    let mut client = Client::open(&server).await;
+    client.send_raw(r#"{"id":1,"subscribe":{"channel":"news"}}"#).await;
+    let frame = client.closed(Duration::from_secs(3)).await.expect("close frame");
+    assert_eq!(u16::from(frame.code), 3501);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connect_and_subscribe_in_one_frame_reply_in_order() {
+    let server = start(config()).await;
+    let mut client = Client::open(&server).await;
+    let frame = format!(
+        "{}\n{}",
+        json!({"id": 1, "connect": {"token": user_token("7")}}),
+        json!({"id": 2, "subscribe": {"channel": "news"}})
+    );
+    client.send_raw(&frame).await;
+    let first = client.next().await;
+    let second = client.next().await;
+    assert_eq!(first["id"], json!(1));
+    assert!(first.get("connect").is_some());
+    assert_eq!(second["id"], json!(2));
+    assert!(second.get("subscribe").is_some(), "{second}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn api_publish_reaches_subscriber_with_offset() {
+    let server = start(config()).await;
+    let (mut client, _) = Client::connected(&server, "1").await;
+    let sub = client.call(json!({"subscribe": {"channel": "chat:room"}})).await;
+    assert_eq!(sub["subscribe"]["recoverable"], json!(true));
+    let epoch = sub["subscribe"]["epoch"].as_str().unwrap().to_owned();
+    let (status, body) = server.api("publish", json!({"channel": "chat:room", "data": {"text": "hi"}})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["result"]["offset"], json!(1));
+    assert_eq!(body["result"]["epoch"], json!(epoch));
+    let push = client.wait_for(|m| m.get("push").is_some_and(|p| p.get("pub").is_some())).await;
+    assert_eq!(push["push"]["channel"], json!("chat:room"));
+    assert_eq!(push["push"]["pub"]["data"], json!({"text": "hi"}));
+    assert_eq!(push["push"]["pub"]["offset"], json!(1));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_publish_reaches_other_subscriber() {
+    let server = start(config()).await;
+    let (mut alice, _) = Client::connected(&server, "alice").await;
+    let (mut bob, _) = Client::connected(&server, "bob").await;
+    bob.call(json!({"subscribe": {"channel": "news"}})).await;
+    let reply = alice.call(json!({"publish": {"channel": "news", "data": {"n": 1}}})).await;
+    assert!(reply.get("publish").is_some(), "{reply}");
+    let push = bob.wait_for(|m| m.get("push").is_some()).await;
+    assert_eq!(push["push"]["pub"]["data"], json!({"n": 1}));
+    assert_eq!(push["push"]["pub"]["info"]["user"], json!("alice"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn recovery_returns_exactly_the_missed_publications() {
+    let server = start(config()).await;
+    for n in 1..=5 {
+        server.api("publish", json!({"channel": "chat:r", "data": {"n": n}})).await;
+    }
+    let (_, body) = server.api("history", json!({"channel": "chat:r", "limit": 0})).await;
+    let epoch = body["result"]["epoch"].as_str().unwrap().to_owned();
+    let (mut client, _) = Client::connected(&server, "1").await;
+    let reply = client
+        .call(json!({"subscribe": {"channel": "chat:r", "recover": true, "offset": 2, "epoch": epoch}}))
+        .await;
+    let sub = &reply["subscribe"];
+    assert_eq!(sub["recovered"], json!(true), "{reply}");
+    assert_eq!(sub["was_recovering"], json!(true));
+    assert_eq!(sub["offset"], json!(2));
+    let offsets: Vec<u64> =
+        sub["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, vec![3, 4, 5]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn recovery_across_a_gap_larger_than_history_is_refused_whole() {
+    let server = start(config()).await;
+    for n in 1..=15 {
+        server.api("publish", json!({"channel": "chat:g", "data": {"n": n}})).await;
+    }
+    let (_, body) = server.api("history", json!({"channel": "chat:g", "limit": 0})).await;
+    let epoch = body["result"]["epoch"].as_str().unwrap().to_owned();
+    let (mut client, _) = Client::connected(&server, "1").await;
+    let reply = client
+        .call(json!({"subscribe": {"channel": "chat:g", "recover": true, "offset": 1, "epoch": epoch}}))
+        .await;
+    let sub = &reply["subscribe"];
+    assert!(sub.get("recovered").is_none() || sub["recovered"] == json!(false), "{reply}");
+    assert!(sub.get("publications").is_none() || sub["publications"] == json!([]), "{reply}");
+    assert_eq!(sub["offset"], json!(15));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn recovery_with_a_stale_epoch_is_not_recovered() {
+    let server = start(config()).await;
+    server.api("publish", json!({"channel": "chat:e", "data": {}})).await;
+    let (mut client, _) = Client::connected(&server, "1").await;
+    let reply = client
+        .call(json!({"subscribe": {"channel": "chat:e", "recover": true, "offset": 1, "epoch": "nope"}}))
+        .await;
+    assert!(reply["subscribe"].get("recovered").is_none(), "{reply}");
+    let strict = client
+        .call(json!({"subscribe": {"channel": "chat:e2", "recover": true, "offset": 5, "epoch": "nope", "flag": 2}}))
+        .await;
+    assert_eq!(strict["error"]["code"], json!(112), "{strict}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_namespace_is_102_for_clients_and_api() {
+    let server = start(config()).await;
+    let (mut client, _) = Client::connected(&server, "1").await;
+    let reply = client.call(json!({"subscribe": {"channel": "nope:x"}})).await;
+    assert_eq!(reply["error"]["code"], json!(102));
+    let (_, body) = server.api("publish", json!({"channel": "nope:x", "data": {}})).await;
+    assert_eq!(body["error"]["code"], json!(102));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn api_requires_the_key() {
+    let server = start(config()).await;
+    let (status, _) = server.api_with_key("info", json!({}), None).await;
+    assert_eq!(status, 401);
+    let (status, _) = server.api_with_key("info", json!({}), Some("wrong")).await;
+    assert_eq!(status, 401);
+    let (status, body) = server.api("info", json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["result"]["nodes"].as_array().unwrap().len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn presence_join_and_leave() {
+    let server = start(config()).await;
+    let (mut alice, _) = Client::connected(&server, "alice").await;
+    alice.call(json!({"subscribe": {"channel": "chat:p"}})).await;
+    let (mut bob, _) = Client::connected(&server, "bob").await;
+    bob.call(json!({"subscribe": {"channel": "chat:p"}})).await;
+    let join = alice.wait_for(|m| m["push"].get("join").is_some() && m["push"]["join"]["info"]["user"] == json!("bob")).await;
+    assert_eq!(join["push"]["channel"], json!("chat:p"));
+    let stats = alice.call(json!({"presence_stats": {"channel": "chat:p"}})).await;
+    assert_eq!(stats["presence_stats"], json!({"num_clients": 2, "num_users": 2}));
+    bob.call(json!({"unsubscribe": {"channel": "chat:p"}})).await;
+    alice.wait_for(|m| m["push"].get("leave").is_some()).await;
+    let presence = alice.call(json!({"presence": {"channel": "chat:p"}})).await;
+    assert_eq!(presence["presence"]["presence"].as_object().unwrap().len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn missing_pong_closes_with_3012() {
+    let mut cfg = config();
+    cfg.client.ping_interval = Duration::from_secs(2);
+    cfg.client.pong_timeout = Duration::from_secs(1);
+    let server = start(cfg).await;
+    let (mut client, _) = Client::connected(&server, "1").await;
+    // `closed` does not answer pings.
+    let frame = client.closed(Duration::from_secs(6)).await.expect("close frame");
+    assert_eq!(u16::from(frame.code), 3012);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn answered_pings_keep_the_connection() {
+    let mut cfg = config();
+    cfg.client.ping_interval = Duration::from_secs(2);
+    cfg.client.pong_timeout = Duration::from_secs(1);
+    let server = start(cfg).await;
+    let (mut client, _) = Client::connected(&server, "1").await;
+    client.call(json!({"subscribe": {"channel": "news"}})).await;
+    // `call` answers pings while it waits; keep the connection for several intervals.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    server.api("publish", json!({"channel": "news", "data": {"alive": true}})).await;
+    let push = client.wait_for(|m| m.get("push").is_some()).await;
+    assert_eq!(push["push"]["pub"]["data"], json!({"alive": true}));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn no_connect_closes_with_3502() {
+    let mut cfg = config();
+    cfg.client.stale_close_delay = Duration::from_secs(1);
+    let server = start(cfg).await;
+    let mut client = Client::open(&server).await;
+    let frame = client.closed(Duration::from_secs(4)).await.expect("close frame");
+    assert_eq!(u16::from(frame.code), 3502);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn api_disconnect_and_unsubscribe_reach_the_user() {
+    let server = start(config()).await;
+    let (mut client, _) = Client::connected(&server, "u1").await;
+    client.call(json!({"subscribe": {"channel": "news"}})).await;
+    server.api("unsubscribe", json!({"user": "u1", "channel": "news"})).await;
+    let push = client.wait_for(|m| m["push"].get("unsubscribe").is_some()).await;
+    assert_eq!(push["push"]["unsubscribe"]["code"], json!(2000));
+    server.api("subscribe", json!({"user": "u1", "channel": "chat:s"})).await;
+    let push = client.wait_for(|m| m["push"].get("subscribe").is_some()).await;
+    assert_eq!(push["push"]["channel"], json!("chat:s"));
+    server.api("disconnect", json!({"user": "u1"})).await;
+    let frame = client.closed(Duration::from_secs(3)).await.expect("close frame");
+    assert_eq!(u16::from(frame.code), 3503);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_message_closes_with_1009() {
+    let mut cfg = config();
+    cfg.websocket.message_size_limit = 1024;
+    let server = start(cfg).await;
+    let (mut client, _) = Client::connected(&server, "1").await;
+    let big = format!(r#"{{"id":5,"publish":{{"channel":"news","data":"{}"}}}}"#, "x".repeat(2000));
+    client.send_raw(&big).await;
+    let frame = client.closed(Duration::from_secs(3)).await.expect("close frame");
+    assert_eq!(u16::from(frame.code), 1009);
+    server.stop().await;
+}
