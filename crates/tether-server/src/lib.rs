@@ -27,6 +27,7 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod delta;
 pub mod hub;
 pub mod server;
 pub mod session;

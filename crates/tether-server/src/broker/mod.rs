@@ -1,1 +1,170 @@
-//! broker (stub; replaced by its owner)
+//! Broker: the one place that assigns stream positions, keeps history and presence.
+//!
+//! A channel with history is a *stream*: every publication gets the next `offset`, from 1,
+//! within an `epoch`, a random name for this incarnation of the stream. The epoch changes
+//! whenever the broker cannot prove that no acknowledged publication was lost (a restart, or
+//! the stream's metadata expiring), because a reconnecting client that is told
+//! `recovered: true` must really have received everything. Positions are exact or the epoch
+//! moves: there is no third option.
+//!
+//! The broker never calls the hub. It emits [`BrokerEvents`] instead, and for a stream it emits
+//! each publication while still holding that channel's lock, so subscribers see publications in
+//! offset order.
+//!
+//! Engines: [`memory::MemoryBroker`] (embedded, single node). Redis and NATS adapters will
+//! implement the same surface.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub mod memory;
+
+pub use memory::MemoryBroker;
+
+/// A position in a channel's stream: the offset of a publication within an epoch.
+///
+/// Two positions are only comparable when their epochs are equal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamPosition {
+    /// Offset of the last publication at this position; 0 means "before the first".
+    pub offset: u64,
+    /// Name of the stream incarnation the offset belongs to; empty means "unknown".
+    pub epoch: String,
+}
+
+/// Who a publication, join or leave is about.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClientInfo {
+    /// User id from the connection credentials; empty for anonymous connections.
+    pub user: String,
+    /// Client (connection) id, unique per connection.
+    pub client: String,
+    /// Connection-level info attached by the connect token or proxy, passed through verbatim.
+    pub conn_info: Option<Bytes>,
+    /// Channel-level info attached by the subscription token or proxy, passed through verbatim.
+    pub chan_info: Option<Bytes>,
+}
+
+/// One publication into a channel.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Publication {
+    /// Offset assigned by the broker; 0 when the channel has no history.
+    pub offset: u64,
+    /// Payload, shared and never copied.
+    pub data: Bytes,
+    /// Publisher, when a client published (absent for server API publications).
+    pub info: Option<ClientInfo>,
+    /// Free-form tags passed through to subscribers.
+    pub tags: BTreeMap<String, String>,
+    /// The publisher asked for delta encoding against the previous publication.
+    pub delta: bool,
+    /// Publication time in Unix milliseconds, set by the caller.
+    pub time_ms: i64,
+}
+
+/// History settings of a channel, taken from its namespace on every publish.
+///
+/// History is enabled only when both `size` and `ttl` are non-zero (as in Centrifugo);
+/// otherwise a publish behaves as if no history was requested.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryOptions {
+    /// Maximum number of publications retained; older ones are dropped first.
+    pub size: usize,
+    /// How long publications are kept after the *last* publish into the stream.
+    pub ttl: Duration,
+    /// How long the stream's epoch and top offset are kept after the last publish or history
+    /// read. Should exceed `ttl`. `Duration::ZERO` keeps them for the life of the process.
+    pub meta_ttl: Duration,
+}
+
+/// Options of one publish.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// Append to the channel's stream; `None` publishes without an offset.
+    pub history: Option<HistoryOptions>,
+    /// A repeat of the same key in the same channel within five minutes publishes nothing and
+    /// returns the first result.
+    pub idempotency_key: Option<String>,
+}
+
+/// Result of a publish.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Position of the publication; `None` without history.
+    pub position: Option<StreamPosition>,
+    /// An idempotency hit: nothing was published again, `position` is the first result's.
+    pub from_cache: bool,
+}
+
+/// A history read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Return publications after this position (forward) or before it (reverse). An epoch that
+    /// is non-empty and differs from the current one is an error.
+    pub since: Option<StreamPosition>,
+    /// `None` returns everything retained; `Some(0)` returns only the top position.
+    pub limit: Option<usize>,
+    /// Newest first.
+    pub reverse: bool,
+    /// Lifetime of the stream's metadata after this read (see [`HistoryOptions::meta_ttl`]).
+    pub meta_ttl: Duration,
+}
+
+/// Result of a history read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HistoryPage {
+    /// Publications in the requested order, each with its offset set.
+    pub publications: Vec<Arc<Publication>>,
+    /// The stream's current top: offset of the latest publication and the current epoch.
+    pub top: StreamPosition,
+}
+
+/// What subscribers need to know about one publication.
+#[derive(Clone, Debug)]
+pub struct PublicationEvent {
+    /// The publication, with its offset set when the channel has history.
+    pub publication: Arc<Publication>,
+    /// Its stream position; `None` without history.
+    pub position: Option<StreamPosition>,
+    /// The channel's previous publication, filled when `publication.delta` is set and the
+    /// stream still retains one, so fan-out can compute a fossil delta against it.
+    pub previous: Option<Arc<Publication>>,
+}
+
+/// Receiver of everything the broker delivers. Implemented by the hub.
+///
+/// Calls for one channel's stream are made under that channel's lock, in offset order. An
+/// implementation must therefore be quick (enqueue, do not block) and must not call back into
+/// the broker for the same channel from inside a callback.
+pub trait BrokerEvents: Send + Sync + 'static {
+    /// A publication to deliver to the channel's subscribers.
+    fn on_publication(&self, channel: &str, event: &PublicationEvent);
+    /// A client joined the channel.
+    fn on_join(&self, channel: &str, info: &ClientInfo);
+    /// A client left the channel.
+    fn on_leave(&self, channel: &str, info: &ClientInfo);
+}
+
+/// Why a broker operation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The caller's position belongs to another epoch of the stream: what it missed cannot be
+    /// known, so it must not be told it recovered.
+    #[error("stream position belongs to another epoch")]
+    UnrecoverablePosition,
+}
+
+/// Presence counters of one channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PresenceStats {
+    /// Connections present in the channel.
+    pub num_clients: u32,
+    /// Distinct users among them (a user with three devices counts once).
+    pub num_users: u32,
+}
+
+#[cfg(test)]
+mod tests;
