@@ -29,7 +29,11 @@ const EXIT_FAILURE: u8 = 1;
 const SECRET_BYTES: usize = 32;
 
 #[derive(Debug, Parser)]
-#[command(name = "tether", version, about = "A real-time gateway, wire-compatible with Centrifugo")]
+#[command(
+    name = "tether",
+    version,
+    about = "A real-time gateway, wire-compatible with Centrifugo"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -134,7 +138,7 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         config.http_api.insecure = true;
     }
     let generated = fill_missing_secrets(&mut config);
-    init_logging(&config.log).map_err(runtime)?;
+    init_logging(&config.log).map_err(failed)?;
     for warning in warnings {
         tracing::warn!("{warning}");
     }
@@ -144,8 +148,10 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")
-        .map_err(runtime)?;
-    runtime.block_on(tether_server::server::serve(config)).map_err(runtime)
+        .map_err(failed)?;
+    runtime
+        .block_on(tether_server::server::serve(config))
+        .map_err(failed)
 }
 
 /// Secrets generated for a run without configured ones.
@@ -176,7 +182,10 @@ fn print_startup_banner(config: &Config, generated: &Generated, dev: bool) {
     let mut out = String::new();
     let address = &config.http_server.address;
     let port = config.http_server.port;
-    let _ = writeln!(out, "tether: serving on http://{address}:{port} (WebSocket at /connection/websocket, API at /api)");
+    let _ = writeln!(
+        out,
+        "tether: starting on http://{address}:{port} (WebSocket at /connection/websocket, API at /api)"
+    );
     if dev {
         let _ = writeln!(
             out,
@@ -218,10 +227,13 @@ fn genconfig(args: &GenconfigArgs) -> Result<(), Failure> {
     }
     write_private(path, text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
-        .map_err(runtime)?;
+        .map_err(failed)?;
     println!("wrote {}", path.display());
     println!("start with: tether serve --config {}", path.display());
-    println!("a token:    tether gentoken --config {} --user 42 --ttl 1h", path.display());
+    println!(
+        "a token:    tether gentoken --config {} --user 42 --ttl 1h",
+        path.display()
+    );
     Ok(())
 }
 
@@ -261,9 +273,15 @@ fn starter_config(hmac_secret_key: &str, api_key: &str) -> Value {
 }
 
 fn render(value: &Value, path: &Path) -> Result<String, Failure> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let text = match ext.as_str() {
-        "json" => serde_json::to_string_pretty(value).map(|s| s + "\n").map_err(|e| e.to_string()),
+        "json" => serde_json::to_string_pretty(value)
+            .map(|s| s + "\n")
+            .map_err(|e| e.to_string()),
         "yaml" | "yml" => serde_yaml::to_string(value).map_err(|e| e.to_string()),
         "toml" => toml::to_string(value).map_err(|e| e.to_string()),
         _ => {
@@ -273,7 +291,10 @@ fn render(value: &Value, path: &Path) -> Result<String, Failure> {
             )));
         }
     };
-    text.map_err(|e| Failure { code: EXIT_FAILURE, message: format!("cannot render config: {e}") })
+    text.map_err(|e| Failure {
+        code: EXIT_FAILURE,
+        message: format!("cannot render config: {e}"),
+    })
 }
 
 /// Writes a file only its owner can read: it holds secrets.
@@ -289,11 +310,13 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn gentoken(args: &GentokenArgs) -> Result<(), Failure> {
-    let config = Config::load(args.config.config.as_deref(), &ProcessEnv).map_err(config_failure)?;
+    let config =
+        Config::load(args.config.config.as_deref(), &ProcessEnv).map_err(config_failure)?;
     let (token_config, key_name) = match &args.channel {
-        Some(_) if config.client.subscription_token.enabled => {
-            (&config.client.subscription_token.token, "client.subscription_token.hmac_secret_key")
-        }
+        Some(_) if config.client.subscription_token.enabled => (
+            &config.client.subscription_token.token,
+            "client.subscription_token.hmac_secret_key",
+        ),
         _ => (&config.client.token, "client.token.hmac_secret_key"),
     };
     if token_config.hmac_secret_key.is_empty() {
@@ -318,28 +341,36 @@ fn gentoken(args: &GentokenArgs) -> Result<(), Failure> {
         claims["iss"] = json!(token_config.issuer);
     }
     let token = auth::sign_hs256(&token_config.hmac_secret_key, &claims)
-        .map_err(|e| runtime(anyhow::Error::new(e)))?;
+        .map_err(|e| failed(anyhow::Error::new(e)))?;
     println!("{token}");
     Ok(())
 }
 
 fn checktoken(args: &ChecktokenArgs) -> Result<(), Failure> {
-    let config = Config::load(args.config.config.as_deref(), &ProcessEnv).map_err(config_failure)?;
+    let config =
+        Config::load(args.config.config.as_deref(), &ProcessEnv).map_err(config_failure)?;
     let token = args.token.trim();
     let Some(claims) = peek_claims(token) else {
         return Err(refused("invalid token: malformed token"));
     };
-    let is_subscription = claims.get("channel").and_then(Value::as_str).is_some_and(|c| !c.is_empty());
+    let is_subscription = claims
+        .get("channel")
+        .and_then(Value::as_str)
+        .is_some_and(|c| !c.is_empty());
     let now = unix_now();
     let (kind, user, expires_at) = if is_subscription {
         let verifier = TokenVerifier::new(config.client.subscription_token_config())
-            .map_err(|e| runtime(anyhow::Error::new(e)))?;
-        let verified = verifier.verify_subscribe(token, now).map_err(|e| refused(e.to_string()))?;
+            .map_err(|e| failed(anyhow::Error::new(e)))?;
+        let verified = verifier
+            .verify_subscribe(token, now)
+            .map_err(|e| refused(e.to_string()))?;
         ("subscription", verified.sub.clone(), verified.expires_at())
     } else {
         let verifier =
-            TokenVerifier::new(&config.client.token).map_err(|e| runtime(anyhow::Error::new(e)))?;
-        let verified = verifier.verify_connect(token, now).map_err(|e| refused(e.to_string()))?;
+            TokenVerifier::new(&config.client.token).map_err(|e| failed(anyhow::Error::new(e)))?;
+        let verified = verifier
+            .verify_connect(token, now)
+            .map_err(|e| refused(e.to_string()))?;
         ("connection", verified.sub.clone(), verified.expires_at())
     };
     let expiry = match expires_at {
@@ -359,16 +390,24 @@ fn checktoken(args: &ChecktokenArgs) -> Result<(), Failure> {
 /// print what was verified).
 fn peek_claims(token: &str) -> Option<Value> {
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
 fn init_logging(log: &LogConfig) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
-    let level = if log.level.eq_ignore_ascii_case("none") { "off" } else { log.level.as_str() };
+    let level = if log.level.eq_ignore_ascii_case("none") {
+        "off"
+    } else {
+        log.level.as_str()
+    };
     // RUST_LOG, when set and valid, wins over log.level.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match log.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -379,10 +418,12 @@ fn init_logging(log: &LogConfig) -> anyhow::Result<()> {
 fn random_secret() -> String {
     let mut bytes = [0u8; SECRET_BYTES];
     rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().fold(String::with_capacity(SECRET_BYTES * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(SECRET_BYTES * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
 fn unix_now() -> i64 {
@@ -391,18 +432,35 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "a map_err callback takes the error by value"
+)]
 fn config_failure(err: config::ConfigError) -> Failure {
     usage(format!("invalid config: {err}"))
 }
 
 fn usage(message: String) -> Failure {
-    Failure { code: EXIT_USAGE, message }
+    Failure {
+        code: EXIT_USAGE,
+        message,
+    }
 }
 
 fn refused(message: impl Into<String>) -> Failure {
-    Failure { code: EXIT_FAILURE, message: message.into() }
+    Failure {
+        code: EXIT_FAILURE,
+        message: message.into(),
+    }
 }
 
-fn runtime(err: anyhow::Error) -> Failure {
-    Failure { code: EXIT_FAILURE, message: format!("{err:#}") }
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "a map_err callback takes the error by value"
+)]
+fn failed(err: anyhow::Error) -> Failure {
+    Failure {
+        code: EXIT_FAILURE,
+        message: format!("{err:#}"),
+    }
 }

@@ -199,7 +199,10 @@ impl TokenVerifier {
         Ok(Self {
             hmac: non_empty(&cfg.hmac_secret_key).map(|s| DecodingKey::from_secret(s.as_bytes())),
             hmac_previous: non_empty(&cfg.hmac_previous_secret_key).map(|s| {
-                (DecodingKey::from_secret(s.as_bytes()), cfg.hmac_previous_secret_key_valid_until)
+                (
+                    DecodingKey::from_secret(s.as_bytes()),
+                    cfg.hmac_previous_secret_key_valid_until,
+                )
             }),
             rsa,
             ecdsa,
@@ -212,7 +215,9 @@ impl TokenVerifier {
     pub fn verify_connect(&self, token: &str, now_unix: i64) -> Result<ConnectClaims, TokenError> {
         let claims = self.verify_raw(token, now_unix)?;
         if claims.channel.as_deref().is_some_and(|c| !c.is_empty()) {
-            return Err(TokenError::Invalid(InvalidTokenReason::ChannelInConnectionToken));
+            return Err(TokenError::Invalid(
+                InvalidTokenReason::ChannelInConnectionToken,
+            ));
         }
         check_time(&claims, now_unix)?;
         let subs = claims
@@ -304,7 +309,10 @@ impl TokenVerifier {
         }
         let claims = outcome?;
         if let Some(audience) = &self.audience
-            && !claims.aud.as_ref().is_some_and(|aud| aud.contains(audience))
+            && !claims
+                .aud
+                .as_ref()
+                .is_some_and(|aud| aud.contains(audience))
         {
             return Err(invalid(InvalidTokenReason::AudienceMismatch));
         }
@@ -322,7 +330,10 @@ impl fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenVerifier")
             .field("hmac", &self.hmac.is_some())
-            .field("hmac_previous_valid_until", &self.hmac_previous.as_ref().map(|(_, t)| *t))
+            .field(
+                "hmac_previous_valid_until",
+                &self.hmac_previous.as_ref().map(|(_, t)| *t),
+            )
             .field("rsa", &self.rsa.is_some())
             .field("ecdsa", &self.ecdsa.is_some())
             .field("audience", &self.audience)

@@ -15,7 +15,10 @@ const SECRET: &str = "current-secret";
 const NOW: i64 = 1_700_000_000;
 
 fn hmac_config() -> TokenConfig {
-    TokenConfig { hmac_secret_key: SECRET.to_owned(), ..TokenConfig::default() }
+    TokenConfig {
+        hmac_secret_key: SECRET.to_owned(),
+        ..TokenConfig::default()
+    }
 }
 
 fn verifier(cfg: &TokenConfig) -> TokenVerifier {
@@ -68,7 +71,9 @@ fn hmac_token_with_all_claims_is_accepted() {
     });
     for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
         let token = hs(alg, SECRET.as_bytes(), &claims);
-        let got = verifier(&hmac_config()).verify_connect(&token, NOW).unwrap();
+        let got = verifier(&hmac_config())
+            .verify_connect(&token, NOW)
+            .unwrap();
         assert_eq!(got.sub, "42");
         assert_eq!(got.exp, Some(NOW + 60));
         assert_eq!(got.expire_at, Some(NOW + 30));
@@ -93,11 +98,16 @@ fn b64info_is_decoded_and_wins_over_info() {
         SECRET.as_bytes(),
         &json!({"sub": "1", "info": {"a": 1}, "b64info": "AAEC"}),
     );
-    let got = verifier(&hmac_config()).verify_connect(&token, NOW).unwrap();
+    let got = verifier(&hmac_config())
+        .verify_connect(&token, NOW)
+        .unwrap();
     assert_eq!(got.info.as_deref(), Some([0u8, 1, 2].as_slice()));
 
-    let token =
-        hs(Algorithm::HS256, SECRET.as_bytes(), &json!({"sub": "1", "b64info": "!!notbase64"}));
+    let token = hs(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "1", "b64info": "!!notbase64"}),
+    );
     assert_eq!(
         verifier(&hmac_config()).verify_connect(&token, NOW),
         Err(invalid(InvalidTokenReason::BadBase64))
@@ -107,7 +117,9 @@ fn b64info_is_decoded_and_wins_over_info() {
 #[test]
 fn missing_exp_is_fine_and_anonymous_sub_is_empty() {
     let token = hs(Algorithm::HS256, SECRET.as_bytes(), &json!({}));
-    let got = verifier(&hmac_config()).verify_connect(&token, NOW).unwrap();
+    let got = verifier(&hmac_config())
+        .verify_connect(&token, NOW)
+        .unwrap();
     assert_eq!(got.sub, "");
     assert_eq!(got.exp, None);
     assert_eq!(got.expires_at(), None);
@@ -115,30 +127,51 @@ fn missing_exp_is_fine_and_anonymous_sub_is_empty() {
 
 #[test]
 fn expire_at_zero_means_never() {
-    let token =
-        hs(Algorithm::HS256, SECRET.as_bytes(), &json!({"sub": "1", "exp": NOW + 5, "expire_at": 0}));
-    let got = verifier(&hmac_config()).verify_connect(&token, NOW).unwrap();
+    let token = hs(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "1", "exp": NOW + 5, "expire_at": 0}),
+    );
+    let got = verifier(&hmac_config())
+        .verify_connect(&token, NOW)
+        .unwrap();
     assert_eq!(got.expires_at(), None);
 }
 
 #[test]
 fn expired_and_not_yet_valid_tokens_are_expired() {
     let v = verifier(&hmac_config());
-    let at_exp = hs(Algorithm::HS256, SECRET.as_bytes(), &json!({"sub": "1", "exp": NOW}));
+    let at_exp = hs(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "1", "exp": NOW}),
+    );
     assert_eq!(v.verify_connect(&at_exp, NOW), Err(TokenError::Expired));
     assert!(v.verify_connect(&at_exp, NOW - 1).is_ok());
-    let nbf = hs(Algorithm::HS256, SECRET.as_bytes(), &json!({"sub": "1", "nbf": NOW + 10}));
+    let nbf = hs(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "1", "nbf": NOW + 10}),
+    );
     assert_eq!(v.verify_connect(&nbf, NOW), Err(TokenError::Expired));
     assert!(v.verify_connect(&nbf, NOW + 10).is_ok());
     assert!(TokenError::Expired.is_expired());
     // Floats are accepted as numeric dates.
-    let float = hs(Algorithm::HS256, SECRET.as_bytes(), &json!({"sub": "1", "exp": NOW as f64 + 0.5}));
+    let float = hs(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "1", "exp": NOW as f64 + 0.5}),
+    );
     assert_eq!(v.verify_connect(&float, NOW), Err(TokenError::Expired));
 }
 
 #[test]
 fn forged_expired_token_is_invalid_not_expired() {
-    let token = hs(Algorithm::HS256, b"wrong", &json!({"sub": "1", "exp": NOW - 100}));
+    let token = hs(
+        Algorithm::HS256,
+        b"wrong",
+        &json!({"sub": "1", "exp": NOW - 100}),
+    );
     assert_eq!(
         verifier(&hmac_config()).verify_connect(&token, NOW),
         Err(invalid(InvalidTokenReason::BadSignature))
@@ -149,7 +182,10 @@ fn forged_expired_token_is_invalid_not_expired() {
 fn wrong_secret_and_garbage_are_invalid() {
     let v = verifier(&hmac_config());
     let token = hs(Algorithm::HS256, b"other", &json!({"sub": "1"}));
-    assert_eq!(v.verify_connect(&token, NOW), Err(invalid(InvalidTokenReason::BadSignature)));
+    assert_eq!(
+        v.verify_connect(&token, NOW),
+        Err(invalid(InvalidTokenReason::BadSignature))
+    );
     for garbage in ["", "abc", "a.b.c", "....", "eyJhbGciOiJIUzI1NiJ9.e30"] {
         assert!(
             matches!(v.verify_connect(garbage, NOW), Err(TokenError::Invalid(_))),
@@ -165,7 +201,11 @@ fn claims_of_the_wrong_shape_are_invalid() {
         verifier(&hmac_config()).verify_connect(&token, NOW),
         Err(invalid(InvalidTokenReason::BadClaims))
     );
-    let token = hs(Algorithm::HS256, SECRET.as_bytes(), &json!({"sub": "1", "exp": "tomorrow"}));
+    let token = hs(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "1", "exp": "tomorrow"}),
+    );
     assert_eq!(
         verifier(&hmac_config()).verify_connect(&token, NOW),
         Err(invalid(InvalidTokenReason::BadClaims))
@@ -181,31 +221,57 @@ fn alg_none_and_unknown_algorithms_are_invalid() {
         URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
-    assert!(matches!(v.verify_connect(&none, NOW), Err(TokenError::Invalid(_))));
+    assert!(matches!(
+        v.verify_connect(&none, NOW),
+        Err(TokenError::Invalid(_))
+    ));
     let weird = with_header(&json!({"alg": "HS999"}), &claims, SECRET.as_bytes());
-    assert!(matches!(v.verify_connect(&weird, NOW), Err(TokenError::Invalid(_))));
+    assert!(matches!(
+        v.verify_connect(&weird, NOW),
+        Err(TokenError::Invalid(_))
+    ));
     // PS256 is an algorithm the library knows and we do not accept.
     let ps = with_header(&json!({"alg": "PS256"}), &claims, SECRET.as_bytes());
-    assert_eq!(v.verify_connect(&ps, NOW), Err(invalid(InvalidTokenReason::UnsupportedAlgorithm)));
+    assert_eq!(
+        v.verify_connect(&ps, NOW),
+        Err(invalid(InvalidTokenReason::UnsupportedAlgorithm))
+    );
 }
 
 #[test]
 fn rsa_tokens_verify_with_the_public_key() {
-    let cfg = TokenConfig { rsa_public_key: RSA_PUBLIC.to_owned(), ..TokenConfig::default() };
+    let cfg = TokenConfig {
+        rsa_public_key: RSA_PUBLIC.to_owned(),
+        ..TokenConfig::default()
+    };
     let v = verifier(&cfg);
     for alg in [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512] {
         let token = rs(alg, &json!({"sub": "rsa-user"}));
         assert_eq!(v.verify_connect(&token, NOW).unwrap().sub, "rsa-user");
     }
     // No HMAC key: an HS256 token is refused before any signature check.
-    let token = hs(Algorithm::HS256, RSA_PUBLIC.as_bytes(), &json!({"sub": "1"}));
-    assert_eq!(v.verify_connect(&token, NOW), Err(invalid(InvalidTokenReason::AlgorithmNotConfigured)));
+    let token = hs(
+        Algorithm::HS256,
+        RSA_PUBLIC.as_bytes(),
+        &json!({"sub": "1"}),
+    );
+    assert_eq!(
+        v.verify_connect(&token, NOW),
+        Err(invalid(InvalidTokenReason::AlgorithmNotConfigured))
+    );
 }
 
 #[test]
 fn hs256_signed_with_the_rsa_public_key_is_invalid_even_with_an_hmac_key() {
-    let cfg = TokenConfig { rsa_public_key: RSA_PUBLIC.to_owned(), ..hmac_config() };
-    let token = hs(Algorithm::HS256, RSA_PUBLIC.as_bytes(), &json!({"sub": "1"}));
+    let cfg = TokenConfig {
+        rsa_public_key: RSA_PUBLIC.to_owned(),
+        ..hmac_config()
+    };
+    let token = hs(
+        Algorithm::HS256,
+        RSA_PUBLIC.as_bytes(),
+        &json!({"sub": "1"}),
+    );
     assert_eq!(
         verifier(&cfg).verify_connect(&token, NOW),
         Err(invalid(InvalidTokenReason::BadSignature))
@@ -214,17 +280,32 @@ fn hs256_signed_with_the_rsa_public_key_is_invalid_even_with_an_hmac_key() {
 
 #[test]
 fn ecdsa_tokens_verify_with_the_public_key() {
-    let cfg256 = TokenConfig { ecdsa_public_key: EC256_PUBLIC.to_owned(), ..TokenConfig::default() };
+    let cfg256 = TokenConfig {
+        ecdsa_public_key: EC256_PUBLIC.to_owned(),
+        ..TokenConfig::default()
+    };
     let token = es(Algorithm::ES256, EC256_PRIVATE, &json!({"sub": "ec"}));
-    assert_eq!(verifier(&cfg256).verify_connect(&token, NOW).unwrap().sub, "ec");
+    assert_eq!(
+        verifier(&cfg256).verify_connect(&token, NOW).unwrap().sub,
+        "ec"
+    );
 
-    let cfg384 = TokenConfig { ecdsa_public_key: EC384_PUBLIC.to_owned(), ..TokenConfig::default() };
+    let cfg384 = TokenConfig {
+        ecdsa_public_key: EC384_PUBLIC.to_owned(),
+        ..TokenConfig::default()
+    };
     let token = es(Algorithm::ES384, EC384_PRIVATE, &json!({"sub": "ec"}));
-    assert_eq!(verifier(&cfg384).verify_connect(&token, NOW).unwrap().sub, "ec");
+    assert_eq!(
+        verifier(&cfg384).verify_connect(&token, NOW).unwrap().sub,
+        "ec"
+    );
 
     // Signed by another key of the same curve's family: refused.
     let token = es(Algorithm::ES384, EC384_PRIVATE, &json!({"sub": "ec"}));
-    assert!(matches!(verifier(&cfg256).verify_connect(&token, NOW), Err(TokenError::Invalid(_))));
+    assert!(matches!(
+        verifier(&cfg256).verify_connect(&token, NOW),
+        Err(TokenError::Invalid(_))
+    ));
     // RS token against an EC-only verifier.
     let token = rs(Algorithm::RS256, &json!({"sub": "1"}));
     assert_eq!(
@@ -235,17 +316,32 @@ fn ecdsa_tokens_verify_with_the_public_key() {
 
 #[test]
 fn bad_pem_keys_are_config_errors() {
-    let cfg = TokenConfig { rsa_public_key: "nope".to_owned(), ..TokenConfig::default() };
-    assert!(matches!(TokenVerifier::new(&cfg), Err(AuthConfigError::RsaPublicKey(_))));
-    let cfg = TokenConfig { ecdsa_public_key: "nope".to_owned(), ..TokenConfig::default() };
-    assert!(matches!(TokenVerifier::new(&cfg), Err(AuthConfigError::EcdsaPublicKey(_))));
+    let cfg = TokenConfig {
+        rsa_public_key: "nope".to_owned(),
+        ..TokenConfig::default()
+    };
+    assert!(matches!(
+        TokenVerifier::new(&cfg),
+        Err(AuthConfigError::RsaPublicKey(_))
+    ));
+    let cfg = TokenConfig {
+        ecdsa_public_key: "nope".to_owned(),
+        ..TokenConfig::default()
+    };
+    assert!(matches!(
+        TokenVerifier::new(&cfg),
+        Err(AuthConfigError::EcdsaPublicKey(_))
+    ));
 }
 
 #[test]
 fn no_keys_refuses_everything() {
     let v = verifier(&TokenConfig::default());
     let token = hs(Algorithm::HS256, b"x", &json!({"sub": "1"}));
-    assert_eq!(v.verify_connect(&token, NOW), Err(invalid(InvalidTokenReason::AlgorithmNotConfigured)));
+    assert_eq!(
+        v.verify_connect(&token, NOW),
+        Err(invalid(InvalidTokenReason::AlgorithmNotConfigured))
+    );
 }
 
 #[test]
@@ -259,19 +355,34 @@ fn previous_hmac_key_is_accepted_until_valid_until() {
     let old = hs(Algorithm::HS256, b"old-secret", &json!({"sub": "1"}));
     assert!(v.verify_connect(&old, NOW).is_ok());
     assert!(v.verify_connect(&old, NOW + 99).is_ok());
-    assert_eq!(v.verify_connect(&old, NOW + 100), Err(invalid(InvalidTokenReason::BadSignature)));
+    assert_eq!(
+        v.verify_connect(&old, NOW + 100),
+        Err(invalid(InvalidTokenReason::BadSignature))
+    );
     let new = hs(Algorithm::HS256, SECRET.as_bytes(), &json!({"sub": "1"}));
     assert!(v.verify_connect(&new, NOW + 1000).is_ok());
 }
 
 #[test]
 fn audience_and_issuer_are_enforced_only_when_configured() {
-    let plain = hs(Algorithm::HS256, SECRET.as_bytes(), &json!({"sub": "1", "aud": "x", "iss": "y"}));
+    let plain = hs(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "1", "aud": "x", "iss": "y"}),
+    );
     assert!(verifier(&hmac_config()).verify_connect(&plain, NOW).is_ok());
 
-    let cfg = TokenConfig { audience: "tether".to_owned(), issuer: "backend".to_owned(), ..hmac_config() };
+    let cfg = TokenConfig {
+        audience: "tether".to_owned(),
+        issuer: "backend".to_owned(),
+        ..hmac_config()
+    };
     let v = verifier(&cfg);
-    let good = hs(Algorithm::HS256, SECRET.as_bytes(), &json!({"sub": "1", "aud": "tether", "iss": "backend"}));
+    let good = hs(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "1", "aud": "tether", "iss": "backend"}),
+    );
     assert!(v.verify_connect(&good, NOW).is_ok());
     let list = hs(
         Algorithm::HS256,
@@ -279,19 +390,51 @@ fn audience_and_issuer_are_enforced_only_when_configured() {
         &json!({"sub": "1", "aud": ["other", "tether"], "iss": "backend"}),
     );
     assert!(v.verify_connect(&list, NOW).is_ok());
-    let no_aud = hs(Algorithm::HS256, SECRET.as_bytes(), &json!({"sub": "1", "iss": "backend"}));
-    assert_eq!(v.verify_connect(&no_aud, NOW), Err(invalid(InvalidTokenReason::AudienceMismatch)));
-    let wrong_aud = hs(Algorithm::HS256, SECRET.as_bytes(), &json!({"sub": "1", "aud": "x", "iss": "backend"}));
-    assert_eq!(v.verify_connect(&wrong_aud, NOW), Err(invalid(InvalidTokenReason::AudienceMismatch)));
-    let wrong_iss = hs(Algorithm::HS256, SECRET.as_bytes(), &json!({"sub": "1", "aud": "tether", "iss": "z"}));
-    assert_eq!(v.verify_connect(&wrong_iss, NOW), Err(invalid(InvalidTokenReason::IssuerMismatch)));
-    let no_iss = hs(Algorithm::HS256, SECRET.as_bytes(), &json!({"sub": "1", "aud": "tether"}));
-    assert_eq!(v.verify_connect(&no_iss, NOW), Err(invalid(InvalidTokenReason::IssuerMismatch)));
+    let no_aud = hs(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "1", "iss": "backend"}),
+    );
+    assert_eq!(
+        v.verify_connect(&no_aud, NOW),
+        Err(invalid(InvalidTokenReason::AudienceMismatch))
+    );
+    let wrong_aud = hs(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "1", "aud": "x", "iss": "backend"}),
+    );
+    assert_eq!(
+        v.verify_connect(&wrong_aud, NOW),
+        Err(invalid(InvalidTokenReason::AudienceMismatch))
+    );
+    let wrong_iss = hs(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "1", "aud": "tether", "iss": "z"}),
+    );
+    assert_eq!(
+        v.verify_connect(&wrong_iss, NOW),
+        Err(invalid(InvalidTokenReason::IssuerMismatch))
+    );
+    let no_iss = hs(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "1", "aud": "tether"}),
+    );
+    assert_eq!(
+        v.verify_connect(&no_iss, NOW),
+        Err(invalid(InvalidTokenReason::IssuerMismatch))
+    );
 }
 
 #[test]
 fn connection_token_with_channel_claim_is_invalid() {
-    let token = hs(Algorithm::HS256, SECRET.as_bytes(), &json!({"sub": "1", "channel": "news"}));
+    let token = hs(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "1", "channel": "news"}),
+    );
     assert_eq!(
         verifier(&hmac_config()).verify_connect(&token, NOW),
         Err(invalid(InvalidTokenReason::ChannelInConnectionToken))
@@ -309,7 +452,9 @@ fn subscription_token_claims() {
             "override": {"force_recovery": {"value": true}, "force_positioning": {}}
         }),
     );
-    let got = verifier(&hmac_config()).verify_subscribe(&token, NOW).unwrap();
+    let got = verifier(&hmac_config())
+        .verify_subscribe(&token, NOW)
+        .unwrap();
     assert_eq!(got.sub, "42");
     assert_eq!(got.channel, "$private:1");
     assert_eq!(got.info.as_deref(), Some(br#"{"x":1}"#.as_slice()));
@@ -327,19 +472,41 @@ fn subscription_token_claims() {
 fn subscription_token_outcomes() {
     let v = verifier(&hmac_config());
     let no_channel = hs(Algorithm::HS256, SECRET.as_bytes(), &json!({"sub": "1"}));
-    assert_eq!(v.verify_subscribe(&no_channel, NOW), Err(invalid(InvalidTokenReason::MissingChannel)));
-    let expired =
-        hs(Algorithm::HS256, SECRET.as_bytes(), &json!({"sub": "1", "channel": "c", "exp": NOW - 1}));
+    assert_eq!(
+        v.verify_subscribe(&no_channel, NOW),
+        Err(invalid(InvalidTokenReason::MissingChannel))
+    );
+    let expired = hs(
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+        &json!({"sub": "1", "channel": "c", "exp": NOW - 1}),
+    );
     assert_eq!(v.verify_subscribe(&expired, NOW), Err(TokenError::Expired));
-    let forged = hs(Algorithm::HS256, b"nope", &json!({"sub": "1", "channel": "c"}));
-    assert!(matches!(v.verify_subscribe(&forged, NOW), Err(TokenError::Invalid(_))));
+    let forged = hs(
+        Algorithm::HS256,
+        b"nope",
+        &json!({"sub": "1", "channel": "c"}),
+    );
+    assert!(matches!(
+        v.verify_subscribe(&forged, NOW),
+        Err(TokenError::Invalid(_))
+    ));
 }
 
 #[test]
 fn sign_hs256_round_trips() {
     let token = sign_hs256(SECRET, &json!({"sub": "7", "exp": NOW + 1})).unwrap();
-    assert_eq!(verifier(&hmac_config()).verify_connect(&token, NOW).unwrap().sub, "7");
-    assert!(matches!(sign_hs256("", &json!({})), Err(SignTokenError::NoSecret)));
+    assert_eq!(
+        verifier(&hmac_config())
+            .verify_connect(&token, NOW)
+            .unwrap()
+            .sub,
+        "7"
+    );
+    assert!(matches!(
+        sign_hs256("", &json!({})),
+        Err(SignTokenError::NoSecret)
+    ));
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::{Config, ConfigError, Namespace};
+use super::{Config, ConfigError, Namespace, NamespaceOptions, TokenConfig};
 
 /// Where `TETHER_*` overrides come from. Tests pass a map; the binary passes [`ProcessEnv`].
 pub trait EnvSource {
@@ -44,7 +44,9 @@ impl EnvSource for BTreeMap<String, String> {
 
 impl EnvSource for [(&str, &str)] {
     fn vars(&self) -> Vec<(String, String)> {
-        self.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        self.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 }
 
@@ -76,16 +78,27 @@ const ENV_PREFIX: &str = "TETHER_";
 const NAMESPACES_PATH: &str = "channel.namespaces";
 
 fn to_tree<T: serde::Serialize>(value: &T) -> Result<Value, ConfigError> {
-    serde_json::to_value(value)
-        .map_err(|err| ConfigError::Invalid { key: String::new(), message: err.to_string() })
+    serde_json::to_value(value).map_err(|err| ConfigError::Invalid {
+        key: String::new(),
+        message: err.to_string(),
+    })
 }
 
 fn read_file(path: &Path) -> Result<Value, ConfigError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    let syntax = |message: String| ConfigError::Syntax { path: shown.clone(), message };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let syntax = |message: String| ConfigError::Syntax {
+        path: shown.clone(),
+        message,
+    };
     let value: Value = match ext.as_str() {
         "json" => serde_json::from_str(&text).map_err(|e| syntax(e.to_string()))?,
         "yaml" | "yml" => serde_yaml::from_str(&text).map_err(|e| syntax(e.to_string()))?,
@@ -188,8 +201,12 @@ fn apply_env(
             continue;
         };
         let key = path_string(&target.path);
-        let parsed = parse_env_value(&target.template, value)
-            .map_err(|message| ConfigError::Env { var: var.clone(), key: key.clone(), message })?;
+        let parsed =
+            parse_env_value(&target.template, value).map_err(|message| ConfigError::Env {
+                var: var.clone(),
+                key: key.clone(),
+                message,
+            })?;
         set_at(tree, &target.path, parsed);
         origins.insert(key, var.clone());
     }
@@ -227,7 +244,9 @@ fn set_namespace_list(
             .into_iter()
             .map(|item| match item {
                 Value::String(name) => Ok(name),
-                other => Err(env_error(format!("expected namespace names, found {other}"))),
+                other => Err(env_error(format!(
+                    "expected namespace names, found {other}"
+                ))),
             })
             .collect::<Result<_, _>>()?
     } else {
@@ -293,7 +312,10 @@ fn resolve(
                     let found = match &map[key] {
                         Value::Object(_) => None,
                         Value::Array(_) if path_string(path) == NAMESPACES_PATH => None,
-                        other => Some(Target { path: path.clone(), template: other.clone() }),
+                        other => Some(Target {
+                            path: path.clone(),
+                            template: other.clone(),
+                        }),
                     };
                     if found.is_some() {
                         return found;
@@ -327,7 +349,9 @@ fn resolve_namespace(
     rest: &str,
     path: &mut Vec<Segment>,
 ) -> Option<Target> {
-    let Value::Array(items) = list else { return None };
+    let Value::Array(items) = list else {
+        return None;
+    };
     let mut named: Vec<(usize, String)> = items
         .iter()
         .enumerate()
@@ -336,7 +360,10 @@ fn resolve_namespace(
     named.sort_by_key(|(_, name)| std::cmp::Reverse(name.len()));
     for (index, name) in named {
         let upper = name.to_ascii_uppercase().replace('-', "_");
-        let Some(tail) = rest.strip_prefix(upper.as_str()).and_then(|t| t.strip_prefix('_')) else {
+        let Some(tail) = rest
+            .strip_prefix(upper.as_str())
+            .and_then(|t| t.strip_prefix('_'))
+        else {
             continue;
         };
         path.push(Segment::Index(index));
@@ -388,18 +415,67 @@ fn parse_env_value(template: &Value, raw: &str) -> Result<Value, String> {
 /// Deserializes the merged tree; errors carry the failing key's path (and the variable that
 /// set it, if any).
 fn from_tree(tree: Value, origins: &HashMap<String, String>) -> Result<Config, ConfigError> {
-    serde_path_to_error::deserialize(tree).map_err(|err| {
-        let key = err.path().to_string();
-        let message = err.inner().to_string();
-        match origins.get(&key) {
-            Some(var) => ConfigError::Env { var: var.clone(), key, message },
-            None => ConfigError::Invalid { key, message },
+    check_flattened(&tree, origins)?;
+    serde_path_to_error::deserialize(tree).map_err(|err| path_error(&err, "", origins))
+}
+
+/// Serde loses the path inside `#[serde(flatten)]` fields, so those parts (namespace options,
+/// the subscription token key set) are deserialized on their own first, for errors like
+/// `channel.namespaces[0].history_size: invalid type ...`.
+fn check_flattened(tree: &Value, origins: &HashMap<String, String>) -> Result<(), ConfigError> {
+    if let Some(Value::Array(items)) = get_at(tree, &namespaces_path()) {
+        for (index, item) in items.iter().enumerate() {
+            let mut options = item.clone();
+            if let Value::Object(map) = &mut options {
+                map.remove("name");
+            }
+            let prefix = format!("{NAMESPACES_PATH}[{index}]");
+            serde_path_to_error::deserialize::<_, NamespaceOptions>(options)
+                .map_err(|err| path_error(&err, &prefix, origins))?;
         }
-    })
+    }
+    let token_path = [
+        Segment::Key("client".to_owned()),
+        Segment::Key("subscription_token".to_owned()),
+    ];
+    if let Some(token) = get_at(tree, &token_path) {
+        let mut token = token.clone();
+        if let Value::Object(map) = &mut token {
+            map.remove("enabled");
+        }
+        serde_path_to_error::deserialize::<_, TokenConfig>(token)
+            .map_err(|err| path_error(&err, "client.subscription_token", origins))?;
+    }
+    Ok(())
+}
+
+fn path_error(
+    err: &serde_path_to_error::Error<serde_json::Error>,
+    prefix: &str,
+    origins: &HashMap<String, String>,
+) -> ConfigError {
+    let inner = err.path().to_string();
+    let key = match (prefix.is_empty(), inner.as_str()) {
+        (true, _) => inner.clone(),
+        (false, ".") => prefix.to_owned(),
+        (false, _) => format!("{prefix}.{inner}"),
+    };
+    let message = err.inner().to_string();
+    match origins.get(&key) {
+        Some(var) => ConfigError::Env {
+            var: var.clone(),
+            key,
+            message,
+        },
+        None => ConfigError::Invalid { key, message },
+    }
 }
 
 fn namespaces_path() -> Vec<Segment> {
-    NAMESPACES_PATH.split('.').map(|k| Segment::Key(k.to_owned())).collect()
+    NAMESPACES_PATH
+        .split('.')
+        .map(|k| Segment::Key(k.to_owned()))
+        .collect()
 }
 
 fn get_at<'a>(tree: &'a Value, path: &[Segment]) -> Option<&'a Value> {
@@ -424,7 +500,8 @@ fn set_at(tree: &mut Value, path: &[Segment], value: Value) {
                     *node = Value::Object(Map::new());
                 }
                 let Value::Object(map) = node else { return };
-                map.entry(key.clone()).or_insert_with(|| Value::Object(Map::new()))
+                map.entry(key.clone())
+                    .or_insert_with(|| Value::Object(Map::new()))
             }
             Segment::Index(i) => match node.get_mut(*i) {
                 Some(child) => child,
@@ -467,10 +544,17 @@ fn path_string(path: &[Segment]) -> String {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 /// `channel.namespaces` -> `TETHER_CHANNEL_NAMESPACES`.
 fn env_name(path: &str) -> String {
-    format!("{ENV_PREFIX}{}", path.replace('.', "_").to_ascii_uppercase())
+    format!(
+        "{ENV_PREFIX}{}",
+        path.replace('.', "_").to_ascii_uppercase()
+    )
 }

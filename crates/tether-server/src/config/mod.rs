@@ -405,7 +405,10 @@ impl Config {
         self.validate_channel()?;
         validate_log_level(&self.log.level)?;
         if self.websocket.message_size_limit == 0 {
-            return Err(invalid("websocket.message_size_limit", "must be greater than 0"));
+            return Err(invalid(
+                "websocket.message_size_limit",
+                "must be greater than 0",
+            ));
         }
         Ok(())
     }
@@ -425,7 +428,9 @@ impl Config {
             .iter()
             .find(|ns| ns.name == name)
             .map(|ns| &ns.options)
-            .ok_or_else(|| UnknownNamespace { name: name.to_owned() })
+            .ok_or_else(|| UnknownNamespace {
+                name: name.to_owned(),
+            })
     }
 
     /// The namespace part of `channel` (see [`Config::namespace_for`]), `None` when the channel
@@ -528,7 +533,10 @@ impl Config {
                     format!("{:?} must match ^[-a-zA-Z0-9_]{{2,}}$", ns.name),
                 ));
             }
-            if ch.namespaces[..index].iter().any(|other| other.name == ns.name) {
+            if ch.namespaces[..index]
+                .iter()
+                .any(|other| other.name == ns.name)
+            {
                 return Err(invalid(
                     format!("{key}.name"),
                     format!("duplicate namespace name {:?}", ns.name),
@@ -560,7 +568,10 @@ impl fmt::Debug for TokenConfig {
             .field("ecdsa_public_key", &redacted(&self.ecdsa_public_key))
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
-            .field("hmac_previous_secret_key", &redacted(&self.hmac_previous_secret_key))
+            .field(
+                "hmac_previous_secret_key",
+                &redacted(&self.hmac_previous_secret_key),
+            )
             .field(
                 "hmac_previous_secret_key_valid_until",
                 &self.hmac_previous_secret_key_valid_until,
@@ -675,24 +686,36 @@ impl Default for ChannelConfig {
 impl Default for WebSocketConfig {
     fn default() -> Self {
         // Centrifugo's default (64 KiB).
-        Self { message_size_limit: 65536 }
+        Self {
+            message_size_limit: 65536,
+        }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".to_owned(), format: LogFormat::Text }
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
     }
 }
 
 // === helpers ===
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 fn redacted(value: &str) -> &'static str {
-    if value.is_empty() { "<empty>" } else { "<redacted>" }
+    if value.is_empty() {
+        "<empty>"
+    } else {
+        "<redacted>"
+    }
 }
 
 fn validate_token(token: &TokenConfig, prefix: &str) -> Result<(), ConfigError> {
@@ -718,7 +741,9 @@ fn validate_namespace_options(
     key: &str,
     channel: &ChannelConfig,
 ) -> Result<(), ConfigError> {
-    if (options.history_size > 0) != !options.history_ttl.is_zero() {
+    let has_size = options.history_size > 0;
+    let has_ttl = !options.history_ttl.is_zero();
+    if has_size != has_ttl {
         return Err(invalid(
             format!("{key}.history_size"),
             "history_size and history_ttl must be set together",
@@ -741,7 +766,10 @@ fn validate_namespace_options(
     if history {
         let (meta_key, meta_ttl) = match options.history_meta_ttl {
             Some(ttl) => (format!("{key}.history_meta_ttl"), ttl),
-            None => ("channel.history_meta_ttl".to_owned(), channel.history_meta_ttl),
+            None => (
+                "channel.history_meta_ttl".to_owned(),
+                channel.history_meta_ttl,
+            ),
         };
         if meta_ttl < options.history_ttl {
             return Err(invalid(
@@ -777,7 +805,10 @@ fn validate_log_level(level: &str) -> Result<(), ConfigError> {
 
 /// `^[-a-zA-Z0-9_]{2,}$`, as Centrifugo requires.
 fn is_valid_namespace_name(name: &str) -> bool {
-    name.len() >= 2 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    name.len() >= 2
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The host name when the OS tells it, else `tether`.
