@@ -1,0 +1,834 @@
+//! Typed configuration of one tether node: what it is, its defaults, and its rules.
+//!
+//! Keys mirror Centrifugo v6 config names (`http_server.port`, `client.token.hmac_secret_key`,
+//! `channel.namespaces`, ...) so an existing Centrifugo config ports with few edits. A config is
+//! built by [`Config::load`]: defaults, then a file (JSON, YAML or TOML, by extension), then
+//! `TETHER_*` environment overrides, then [`Config::validate`] — all before any port is bound.
+//! Every error names the key it is about (`client.ping_interval: ...`).
+//!
+//! Durations are `Duration` in memory and humantime strings (`"25s"`, `"720h"`) on disk.
+//! The file and environment machinery lives in the `load` submodule; this file holds the
+//! shape, the defaults with their reasons, validation and channel-to-namespace lookup.
+
+mod load;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{EnvSource, ProcessEnv};
+
+/// The whole configuration of one node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Where the node listens for WebSocket clients and the HTTP API.
+    pub http_server: HttpServerConfig,
+    /// Client connection behaviour: authentication, heartbeats, limits.
+    pub client: ClientConfig,
+    /// Channel naming rules and per-namespace options.
+    pub channel: ChannelConfig,
+    /// The server HTTP API (`POST /api/<method>`).
+    pub http_api: HttpApiConfig,
+    /// WebSocket transport limits.
+    pub websocket: WebSocketConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Identity of this node in a cluster.
+    pub node: NodeConfig,
+}
+
+/// Listening address of the HTTP server (WebSocket endpoint and HTTP API share it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpServerConfig {
+    /// IP address or host name to bind. Loopback by default so that a node started without a
+    /// config is not reachable from the network until someone decides it should be.
+    pub address: String,
+    /// TCP port. 0 is refused by [`Config::load`] (an ephemeral port is for tests only).
+    pub port: u16,
+}
+
+/// Client connection options (Centrifugo `client.*`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientConfig {
+    /// Keys and claim checks for connection tokens (and subscription tokens unless
+    /// `subscription_token.enabled`).
+    pub token: TokenConfig,
+    /// A separate key set for subscription tokens.
+    pub subscription_token: SubscriptionTokenConfig,
+    /// Connect without a token, and every channel permission check passes. For local
+    /// experiments only; tokens that are sent are still verified.
+    pub insecure: bool,
+    /// Connect without a token as the anonymous user `""`.
+    pub allow_anonymous_connect_without_token: bool,
+    /// Refuse connection tokens with an empty `sub` (close 3507).
+    pub disallow_anonymous_connection_tokens: bool,
+    /// Interval between server pings.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long the server waits for a pong after a ping before closing with 3012. Must be
+    /// smaller than `ping_interval`.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// How long a connection may stay open without sending connect (then 3502).
+    #[serde(with = "humantime_serde")]
+    pub stale_close_delay: Duration,
+    /// Grace period after a connection token expires before the close with 3005.
+    #[serde(with = "humantime_serde")]
+    pub expired_close_delay: Duration,
+    /// Grace period after a subscription token expires before unsubscribing.
+    #[serde(with = "humantime_serde")]
+    pub expired_sub_close_delay: Duration,
+    /// Maximum channels per connection (error 106 beyond it).
+    pub channel_limit: usize,
+    /// Maximum connections per user; 0 disables the limit.
+    pub user_connection_limit: usize,
+    /// Bound of a connection's outbound queue in bytes; overflow disconnects with 3008.
+    pub queue_max_size: usize,
+    /// Largest `limit` a client may ask for in a history call.
+    pub history_max_publication_limit: usize,
+    /// Most publications a recovery may return before it is refused as not recovered.
+    pub recovery_max_publication_limit: usize,
+    /// How often a connection refreshes its presence entries.
+    #[serde(with = "humantime_serde")]
+    pub presence_update_interval: Duration,
+    /// Origins allowed to open a WebSocket from a browser (patterns like `https://*.example.com`).
+    pub allowed_origins: Vec<String>,
+    /// Server-side subscription of every user to a personal channel.
+    pub subscribe_to_user_personal_channel: PersonalChannelConfig,
+}
+
+/// Keys and claim checks for JWT verification (Centrifugo `client.token`).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TokenConfig {
+    /// Secret for HS256/384/512 tokens; empty disables HMAC.
+    pub hmac_secret_key: String,
+    /// PEM public key for RS256/384/512 tokens; empty disables RSA.
+    pub rsa_public_key: String,
+    /// PEM public key (P-256 or P-384) for ES256/384 tokens; empty disables ECDSA.
+    pub ecdsa_public_key: String,
+    /// When set, tokens must carry this value in `aud`.
+    pub audience: String,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: String,
+    /// The HMAC secret being rotated out; accepted until `hmac_previous_secret_key_valid_until`.
+    pub hmac_previous_secret_key: String,
+    /// Unix seconds until which the previous HMAC secret is accepted; 0 = not set (required
+    /// when `hmac_previous_secret_key` is set).
+    pub hmac_previous_secret_key_valid_until: i64,
+}
+
+/// Separate keys for subscription tokens (Centrifugo `client.subscription_token`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SubscriptionTokenConfig {
+    /// Use `token` below for subscription tokens instead of `client.token`.
+    pub enabled: bool,
+    /// The key set, written inline beside `enabled`.
+    #[serde(flatten)]
+    pub token: TokenConfig,
+}
+
+/// Personal channel subscription (Centrifugo `client.subscribe_to_user_personal_channel`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PersonalChannelConfig {
+    /// Subscribe every non-anonymous connection to `#<user>` (or `<ns>:#<user>`).
+    pub enabled: bool,
+    /// Namespace of the personal channel; empty = no namespace.
+    pub personal_channel_namespace: String,
+    /// Keep at most one connection per user (needs presence in that namespace).
+    pub single_connection: bool,
+}
+
+/// Channel naming and namespaces (Centrifugo `channel.*`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChannelConfig {
+    /// Longest accepted channel name in bytes.
+    pub max_length: usize,
+    /// Prefix of private channels, which need a subscription token.
+    pub private_prefix: String,
+    /// Separates a namespace from the rest of a channel name.
+    pub namespace_boundary: String,
+    /// Starts the user list of a user-limited channel (`dialog#42,43`).
+    pub user_boundary: String,
+    /// Separates users in a user-limited channel.
+    pub user_separator: String,
+    /// Default TTL of a stream's meta (epoch and top offset); namespaces may override it.
+    #[serde(with = "humantime_serde")]
+    pub history_meta_ttl: Duration,
+    /// Options of channels without a namespace.
+    pub without_namespace: NamespaceOptions,
+    /// Named option sets; a channel `ns:rest` uses the one named `ns`.
+    pub namespaces: Vec<Namespace>,
+}
+
+/// One named set of channel options.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Namespace {
+    /// Name, matching `^[-a-zA-Z0-9_]{2,}$`.
+    #[serde(default)]
+    pub name: String,
+    /// The options, written inline beside `name`.
+    #[serde(flatten)]
+    pub options: NamespaceOptions,
+}
+
+/// Channel options (Centrifugo namespace options). All off / zero by default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NamespaceOptions {
+    /// Keep presence (client id -> client info).
+    pub presence: bool,
+    /// Emit join/leave events.
+    pub join_leave: bool,
+    /// Deliver join/leave to every subscriber, not only those who asked.
+    pub force_push_join_leave: bool,
+    /// Publications kept in history; history is on when this and `history_ttl` are > 0.
+    pub history_size: usize,
+    /// How long history is kept.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// Stream meta TTL; `None` inherits `channel.history_meta_ttl`.
+    #[serde(with = "humantime_serde")]
+    pub history_meta_ttl: Option<Duration>,
+    /// Every subscription is positioned.
+    pub force_positioning: bool,
+    /// Clients may ask for positioning.
+    pub allow_positioning: bool,
+    /// Every subscription is recoverable.
+    pub force_recovery: bool,
+    /// Clients may ask for recovery.
+    pub allow_recovery: bool,
+    /// Recovery mode of forced recovery.
+    pub force_recovery_mode: RecoveryMode,
+    /// Any non-anonymous client may subscribe.
+    pub allow_subscribe_for_client: bool,
+    /// Anonymous clients may subscribe too (with `allow_subscribe_for_client`).
+    pub allow_subscribe_for_anonymous: bool,
+    /// Subscribers may publish.
+    pub allow_publish_for_subscriber: bool,
+    /// Any non-anonymous client may publish.
+    pub allow_publish_for_client: bool,
+    /// Anonymous clients may publish.
+    pub allow_publish_for_anonymous: bool,
+    /// Subscribers may read history.
+    pub allow_history_for_subscriber: bool,
+    /// Any non-anonymous client may read history.
+    pub allow_history_for_client: bool,
+    /// Anonymous clients may read history.
+    pub allow_history_for_anonymous: bool,
+    /// Subscribers may read presence.
+    pub allow_presence_for_subscriber: bool,
+    /// Any non-anonymous client may read presence.
+    pub allow_presence_for_client: bool,
+    /// Anonymous clients may read presence.
+    pub allow_presence_for_anonymous: bool,
+    /// Enable `#`-limited channels.
+    pub allow_user_limited_channels: bool,
+    /// Regex for the part after `ns:` of client-side subscriptions; empty = none.
+    pub channel_regex: String,
+    /// Delta types clients may negotiate (`"fossil"`).
+    pub allowed_delta_types: Vec<String>,
+    /// Mark every publication as a delta candidate.
+    pub delta_publish: bool,
+}
+
+/// How a recoverable subscription recovers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecoveryMode {
+    /// Send every missed publication.
+    #[default]
+    Stream,
+    /// Send only the latest publication.
+    Cache,
+}
+
+/// Server HTTP API options (Centrifugo `http_api.*`).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpApiConfig {
+    /// API key expected in `X-API-Key` or `Authorization: apikey <key>`.
+    pub key: String,
+    /// Accept API calls without a key.
+    pub insecure: bool,
+    /// How errors are reported.
+    pub error_mode: ApiErrorMode,
+}
+
+/// How the HTTP API reports errors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiErrorMode {
+    /// Errors inside a 200 JSON body, as Centrifugo does by default.
+    #[default]
+    Default,
+    /// Errors mapped to HTTP status codes.
+    Transport,
+}
+
+/// WebSocket transport options.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebSocketConfig {
+    /// Largest accepted message in bytes; larger closes with 1009.
+    pub message_size_limit: usize,
+}
+
+/// Logging options.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// One of `none`, `trace`, `debug`, `info`, `warn`, `error`; `RUST_LOG` overrides it.
+    pub level: String,
+    /// Line format.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Node identity.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeConfig {
+    /// Node name; empty means the host name (or `tether`), filled in by [`Config::load`].
+    pub name: String,
+}
+
+/// A channel's namespace is not configured (client error 102).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown channel namespace {name:?}")]
+pub struct UnknownNamespace {
+    /// The namespace part of the channel.
+    pub name: String,
+}
+
+/// Why a configuration was refused. Every message names the key (or file, or variable).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file's extension is not `.json`, `.yaml`, `.yml` or `.toml`.
+    #[error("config file {path}: unsupported extension, use .json, .yaml, .yml or .toml")]
+    UnsupportedFormat {
+        /// The file.
+        path: String,
+    },
+    /// The file is not valid JSON, YAML or TOML.
+    #[error("cannot parse config file {path}: {message}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// The file has a key tether does not know.
+    #[error("{key}: unknown key")]
+    UnknownKey {
+        /// Dotted path of the key, e.g. `http_server.prot`.
+        key: String,
+    },
+    /// An environment variable's value does not fit its key's type.
+    #[error("{var}: {message} (sets {key})")]
+    Env {
+        /// The variable, e.g. `TETHER_CLIENT_INSECURE`.
+        var: String,
+        /// Dotted path of the key it sets.
+        key: String,
+        /// What is wrong with the value.
+        message: String,
+    },
+    /// A value has the wrong type, or breaks a rule.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// Dotted path of the key, e.g. `channel.namespaces[1].name`.
+        key: String,
+        /// What is wrong, lowercase.
+        message: String,
+    },
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads `path` (format by extension `.json`/`.yaml`/`.yml`/`.toml`; no file = defaults),
+    /// applies `TETHER_*` overrides from `env`, fills in `node.name`, then validates. Port 0
+    /// is refused here (and only here) so tests can build a `Config` on port 0 by hand.
+    pub fn load(path: Option<&Path>, env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        Self::load_with_warnings(path, env).map(|(config, _)| config)
+    }
+
+    /// Like [`Config::load`], and also returns warnings (e.g. `TETHER_*` variables that match
+    /// no key) for the caller to log once logging is set up.
+    pub fn load_with_warnings(
+        path: Option<&Path>,
+        env: &dyn EnvSource,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
+        let (mut config, warnings) = load::load(path, env)?;
+        if config.http_server.port == 0 {
+            return Err(invalid("http_server.port", "must not be 0"));
+        }
+        if config.node.name.is_empty() {
+            config.node.name = default_node_name();
+        }
+        config.validate()?;
+        Ok((config, warnings))
+    }
+
+    /// Checks the rules that types cannot express. Errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_client()?;
+        self.validate_channel()?;
+        validate_log_level(&self.log.level)?;
+        if self.websocket.message_size_limit == 0 {
+            return Err(invalid(
+                "websocket.message_size_limit",
+                "must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Namespace options for `channel`: a leading `private_prefix` is stripped, the part
+    /// before the first `namespace_boundary` names the namespace; no boundary means
+    /// `without_namespace`.
+    ///
+    /// A linear scan: deployments have a handful of namespaces, and comparing short strings
+    /// beats hashing them at that size.
+    pub fn namespace_for(&self, channel: &str) -> Result<&NamespaceOptions, UnknownNamespace> {
+        let Some(name) = self.namespace_name(channel) else {
+            return Ok(&self.channel.without_namespace);
+        };
+        self.channel
+            .namespaces
+            .iter()
+            .find(|ns| ns.name == name)
+            .map(|ns| &ns.options)
+            .ok_or_else(|| UnknownNamespace {
+                name: name.to_owned(),
+            })
+    }
+
+    /// The namespace part of `channel` (see [`Config::namespace_for`]), `None` when the channel
+    /// has no namespace boundary.
+    pub fn namespace_name<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        let prefix = &self.channel.private_prefix;
+        let rest = if prefix.is_empty() {
+            channel
+        } else {
+            channel.strip_prefix(prefix.as_str()).unwrap_or(channel)
+        };
+        let boundary = &self.channel.namespace_boundary;
+        if boundary.is_empty() {
+            return None;
+        }
+        rest.split_once(boundary.as_str()).map(|(name, _)| name)
+    }
+
+    /// True when a connection or subscription token key of any kind is configured.
+    pub fn has_token_key(&self) -> bool {
+        self.client.token.has_key()
+    }
+
+    fn validate_client(&self) -> Result<(), ConfigError> {
+        let c = &self.client;
+        if c.ping_interval <= c.pong_timeout {
+            return Err(invalid(
+                "client.ping_interval",
+                format!(
+                    "must be greater than client.pong_timeout ({} <= {})",
+                    humantime::format_duration(c.ping_interval),
+                    humantime::format_duration(c.pong_timeout)
+                ),
+            ));
+        }
+        validate_token(&c.token, "client.token")?;
+        if c.subscription_token.enabled {
+            if !c.subscription_token.token.has_key() {
+                return Err(invalid(
+                    "client.subscription_token",
+                    "enabled but no hmac_secret_key, rsa_public_key or ecdsa_public_key is set",
+                ));
+            }
+            validate_token(&c.subscription_token.token, "client.subscription_token")?;
+        }
+        if c.queue_max_size == 0 {
+            return Err(invalid("client.queue_max_size", "must be greater than 0"));
+        }
+        let personal = &c.subscribe_to_user_personal_channel;
+        if personal.enabled {
+            let key = "client.subscribe_to_user_personal_channel.personal_channel_namespace";
+            let options = if personal.personal_channel_namespace.is_empty() {
+                &self.channel.without_namespace
+            } else {
+                self.channel
+                    .namespaces
+                    .iter()
+                    .find(|ns| ns.name == personal.personal_channel_namespace)
+                    .map(|ns| &ns.options)
+                    .ok_or_else(|| {
+                        invalid(
+                            key,
+                            format!(
+                                "namespace {:?} is not defined in channel.namespaces",
+                                personal.personal_channel_namespace
+                            ),
+                        )
+                    })?
+            };
+            if personal.single_connection && !options.presence {
+                return Err(invalid(
+                    "client.subscribe_to_user_personal_channel.single_connection",
+                    "needs presence enabled in the personal channel namespace",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_channel(&self) -> Result<(), ConfigError> {
+        let ch = &self.channel;
+        if ch.max_length == 0 {
+            return Err(invalid("channel.max_length", "must be greater than 0"));
+        }
+        for (key, value) in [
+            ("channel.namespace_boundary", &ch.namespace_boundary),
+            ("channel.user_boundary", &ch.user_boundary),
+            ("channel.user_separator", &ch.user_separator),
+        ] {
+            if value.is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+        }
+        validate_namespace_options(&ch.without_namespace, "channel.without_namespace", ch)?;
+        for (index, ns) in ch.namespaces.iter().enumerate() {
+            let key = format!("channel.namespaces[{index}]");
+            if !is_valid_namespace_name(&ns.name) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("{:?} must match ^[-a-zA-Z0-9_]{{2,}}$", ns.name),
+                ));
+            }
+            if ch.namespaces[..index]
+                .iter()
+                .any(|other| other.name == ns.name)
+            {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("duplicate namespace name {:?}", ns.name),
+                ));
+            }
+            validate_namespace_options(&ns.options, &key, ch)?;
+        }
+        Ok(())
+    }
+}
+
+// === impl TokenConfig ===
+
+impl TokenConfig {
+    /// True when at least one verification key is set.
+    pub fn has_key(&self) -> bool {
+        !self.hmac_secret_key.is_empty()
+            || !self.rsa_public_key.is_empty()
+            || !self.ecdsa_public_key.is_empty()
+    }
+}
+
+// Secrets stay out of logs: Debug shows whether a key is set, not the key.
+impl fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("hmac_secret_key", &redacted(&self.hmac_secret_key))
+            .field("rsa_public_key", &redacted(&self.rsa_public_key))
+            .field("ecdsa_public_key", &redacted(&self.ecdsa_public_key))
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field(
+                "hmac_previous_secret_key",
+                &redacted(&self.hmac_previous_secret_key),
+            )
+            .field(
+                "hmac_previous_secret_key_valid_until",
+                &self.hmac_previous_secret_key_valid_until,
+            )
+            .finish()
+    }
+}
+
+// === impl ClientConfig ===
+
+impl ClientConfig {
+    /// The key set subscription tokens are verified with: `subscription_token` when enabled,
+    /// else `token`.
+    pub fn subscription_token_config(&self) -> &TokenConfig {
+        if self.subscription_token.enabled {
+            &self.subscription_token.token
+        } else {
+            &self.token
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            token: TokenConfig::default(),
+            subscription_token: SubscriptionTokenConfig::default(),
+            insecure: false,
+            allow_anonymous_connect_without_token: false,
+            disallow_anonymous_connection_tokens: false,
+            // Centrifugo's default; below the common 60 s idle timeout of load balancers.
+            ping_interval: Duration::from_secs(25),
+            // Centrifugo's default; a pong must arrive well before the next ping is due.
+            pong_timeout: Duration::from_secs(8),
+            // Centrifugo's default: time to send connect after the upgrade.
+            stale_close_delay: Duration::from_secs(10),
+            // Centrifugo's default: time for the SDK to refresh an expired token.
+            expired_close_delay: Duration::from_secs(25),
+            // Centrifugo's default, same reason for subscription tokens.
+            expired_sub_close_delay: Duration::from_secs(25),
+            // Centrifugo's default.
+            channel_limit: 128,
+            // Off, as in Centrifugo.
+            user_connection_limit: 0,
+            // Centrifugo's default: 1 MiB of pending bytes before a slow client is dropped.
+            queue_max_size: 1024 * 1024,
+            // Centrifugo's default.
+            history_max_publication_limit: 300,
+            // Centrifugo's default.
+            recovery_max_publication_limit: 300,
+            // Centrifugo's default; presence entries expire a little after this.
+            presence_update_interval: Duration::from_secs(27),
+            allowed_origins: Vec::new(),
+            subscribe_to_user_personal_channel: PersonalChannelConfig::default(),
+        }
+    }
+}
+
+// === impl HttpApiConfig ===
+
+// The API key stays out of logs.
+impl fmt::Debug for HttpApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpApiConfig")
+            .field("key", &redacted(&self.key))
+            .field("insecure", &self.insecure)
+            .field("error_mode", &self.error_mode)
+            .finish()
+    }
+}
+
+// === impl NamespaceOptions ===
+
+impl NamespaceOptions {
+    /// History is kept when both `history_size` and `history_ttl` are non-zero.
+    pub fn history_enabled(&self) -> bool {
+        self.history_size > 0 && !self.history_ttl.is_zero()
+    }
+}
+
+// === Defaults ===
+
+impl Default for HttpServerConfig {
+    fn default() -> Self {
+        Self {
+            // Loopback: a config-less node must not be reachable from the network.
+            address: "127.0.0.1".to_owned(),
+            // Centrifugo's default port.
+            port: 8000,
+        }
+    }
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        Self {
+            // Centrifugo's default.
+            max_length: 255,
+            private_prefix: "$".to_owned(),
+            namespace_boundary: ":".to_owned(),
+            user_boundary: "#".to_owned(),
+            user_separator: ",".to_owned(),
+            // Centrifugo's default (30 days): a stream's epoch outlives its history by far, so
+            // a client returning after the history TTL learns "not recovered" truthfully.
+            history_meta_ttl: Duration::from_secs(720 * 3600),
+            without_namespace: NamespaceOptions::default(),
+            namespaces: Vec::new(),
+        }
+    }
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        // Centrifugo's default (64 KiB).
+        Self {
+            message_size_limit: 65536,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+// === helpers ===
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+fn redacted(value: &str) -> &'static str {
+    if value.is_empty() {
+        "<empty>"
+    } else {
+        "<redacted>"
+    }
+}
+
+fn validate_token(token: &TokenConfig, prefix: &str) -> Result<(), ConfigError> {
+    if !token.hmac_previous_secret_key.is_empty() && token.hmac_previous_secret_key_valid_until <= 0
+    {
+        return Err(invalid(
+            format!("{prefix}.hmac_previous_secret_key_valid_until"),
+            "must be set (unix seconds) when hmac_previous_secret_key is set",
+        ));
+    }
+    crate::auth::TokenVerifier::new(token).map_err(|err| {
+        let key = match err {
+            crate::auth::AuthConfigError::RsaPublicKey(_) => "rsa_public_key",
+            crate::auth::AuthConfigError::EcdsaPublicKey(_) => "ecdsa_public_key",
+        };
+        invalid(format!("{prefix}.{key}"), err.to_string())
+    })?;
+    Ok(())
+}
+
+fn validate_namespace_options(
+    options: &NamespaceOptions,
+    key: &str,
+    channel: &ChannelConfig,
+) -> Result<(), ConfigError> {
+    let has_size = options.history_size > 0;
+    let has_ttl = !options.history_ttl.is_zero();
+    if has_size != has_ttl {
+        return Err(invalid(
+            format!("{key}.history_size"),
+            "history_size and history_ttl must be set together",
+        ));
+    }
+    let history = options.history_enabled();
+    for (name, on) in [
+        ("force_recovery", options.force_recovery),
+        ("allow_recovery", options.allow_recovery),
+        ("force_positioning", options.force_positioning),
+        ("allow_positioning", options.allow_positioning),
+    ] {
+        if on && !history {
+            return Err(invalid(
+                format!("{key}.{name}"),
+                "needs history (history_size and history_ttl)",
+            ));
+        }
+    }
+    if history {
+        let (meta_key, meta_ttl) = match options.history_meta_ttl {
+            Some(ttl) => (format!("{key}.history_meta_ttl"), ttl),
+            None => (
+                "channel.history_meta_ttl".to_owned(),
+                channel.history_meta_ttl,
+            ),
+        };
+        if meta_ttl < options.history_ttl {
+            return Err(invalid(
+                meta_key,
+                format!(
+                    "must be at least {key}.history_ttl ({} < {})",
+                    humantime::format_duration(meta_ttl),
+                    humantime::format_duration(options.history_ttl)
+                ),
+            ));
+        }
+    }
+    for delta in &options.allowed_delta_types {
+        if delta != "fossil" {
+            return Err(invalid(
+                format!("{key}.allowed_delta_types"),
+                format!("unknown delta type {delta:?}, only \"fossil\" is supported"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_log_level(level: &str) -> Result<(), ConfigError> {
+    match level.to_ascii_lowercase().as_str() {
+        "none" | "trace" | "debug" | "info" | "warn" | "error" => Ok(()),
+        _ => Err(invalid(
+            "log.level",
+            format!("{level:?} is not one of none, trace, debug, info, warn, error"),
+        )),
+    }
+}
+
+/// `^[-a-zA-Z0-9_]{2,}$`, as Centrifugo requires.
+fn is_valid_namespace_name(name: &str) -> bool {
+    name.len() >= 2
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The host name when the OS tells it, else `tether`.
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "tether".to_owned())
+}
+
+/// True when `address` only accepts connections from this machine.
+pub fn is_loopback_address(address: &str) -> bool {
+    if address.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let trimmed = address.trim_start_matches('[').trim_end_matches(']');
+    trimmed.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests;

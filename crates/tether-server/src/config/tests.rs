@@ -1,0 +1,590 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn no_env() -> BTreeMap<String, String> {
+    BTreeMap::new()
+}
+
+/// Writes `text` to a fresh file with `ext` and returns its path.
+fn file(name: &str, ext: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tether-config-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.{ext}"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn key_of(err: &ConfigError) -> String {
+    match err {
+        ConfigError::UnknownKey { key }
+        | ConfigError::Invalid { key, .. }
+        | ConfigError::Env { key, .. } => key.clone(),
+        other => panic!("error without a key: {other}"),
+    }
+}
+
+#[test]
+fn defaults_match_centrifugo() {
+    let c = Config::default();
+    assert_eq!(c.http_server.address, "127.0.0.1");
+    assert_eq!(c.http_server.port, 8000);
+    assert_eq!(c.client.ping_interval, Duration::from_secs(25));
+    assert_eq!(c.client.pong_timeout, Duration::from_secs(8));
+    assert_eq!(c.client.channel_limit, 128);
+    assert_eq!(c.client.queue_max_size, 1 << 20);
+    assert_eq!(c.channel.max_length, 255);
+    assert_eq!(c.channel.history_meta_ttl, Duration::from_secs(720 * 3600));
+    assert_eq!(c.websocket.message_size_limit, 65536);
+    assert_eq!(c.log.level, "info");
+    c.validate().unwrap();
+}
+
+#[test]
+fn load_without_file_gives_defaults_and_node_name() {
+    let c = Config::load(None, &no_env()).unwrap();
+    assert_eq!(c.client, ClientConfig::default());
+    assert!(!c.node.name.is_empty());
+}
+
+#[test]
+fn json_yaml_and_toml_files_load_the_same() {
+    let json = r#"{"http_server":{"port":9000},"client":{"token":{"hmac_secret_key":"s"},
+        "ping_interval":"30s"},"channel":{"namespaces":[{"name":"chat","history_size":10,
+        "history_ttl":"5m","force_recovery":true}]}}"#;
+    let yaml = "http_server:\n  port: 9000\nclient:\n  token:\n    hmac_secret_key: s\n  ping_interval: 30s\nchannel:\n  namespaces:\n    - name: chat\n      history_size: 10\n      history_ttl: 5m\n      force_recovery: true\n";
+    let toml = "[http_server]\nport = 9000\n[client]\nping_interval = \"30s\"\n[client.token]\nhmac_secret_key = \"s\"\n[[channel.namespaces]]\nname = \"chat\"\nhistory_size = 10\nhistory_ttl = \"5m\"\nforce_recovery = true\n";
+    let mut loaded = Vec::new();
+    for (ext, text) in [
+        ("json", json),
+        ("yaml", yaml),
+        ("yml", yaml),
+        ("toml", toml),
+    ] {
+        let mut c = Config::load(Some(&file("same", ext, text)), &no_env()).unwrap();
+        c.node.name.clear();
+        loaded.push(c);
+    }
+    let c = &loaded[0];
+    assert_eq!(c.http_server.port, 9000);
+    assert_eq!(c.client.token.hmac_secret_key, "s");
+    assert_eq!(c.client.ping_interval, Duration::from_secs(30));
+    assert_eq!(
+        c.client.pong_timeout,
+        Duration::from_secs(8),
+        "unset keys keep defaults"
+    );
+    let chat = c.namespace_for("chat:room").unwrap();
+    assert_eq!(chat.history_size, 10);
+    assert_eq!(chat.history_ttl, Duration::from_secs(300));
+    assert!(chat.force_recovery);
+    for other in &loaded[1..] {
+        assert_eq!(other, c);
+    }
+}
+
+#[test]
+fn unknown_file_keys_are_errors_naming_the_key() {
+    let cases = [
+        (r#"{"http_server":{"prot":8000}}"#, "http_server.prot"),
+        (r#"{"nope":1}"#, "nope"),
+        (
+            r#"{"channel":{"namespaces":[{"name":"ok"},{"name":"x1","presense":true}]}}"#,
+            "channel.namespaces[1].presense",
+        ),
+        (
+            r#"{"client":{"subscription_token":{"enabled":true,"hmac":"x"}}}"#,
+            "client.subscription_token.hmac",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = Config::load(Some(&file("unknown", "json", text)), &no_env()).unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownKey { .. }), "{err}");
+        assert_eq!(key_of(&err), key);
+        assert!(err.to_string().starts_with(key), "{err}");
+    }
+}
+
+#[test]
+fn type_errors_name_the_key() {
+    let cases = [
+        (r#"{"http_server":{"port":"eighty"}}"#, "http_server.port"),
+        (
+            r#"{"client":{"ping_interval":"soon"}}"#,
+            "client.ping_interval",
+        ),
+        (
+            r#"{"channel":{"without_namespace":{"presence":"yes"}}}"#,
+            "channel.without_namespace.presence",
+        ),
+        (
+            r#"{"http_api":{"error_mode":"loud"}}"#,
+            "http_api.error_mode",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = Config::load(Some(&file("types", "json", text)), &no_env()).unwrap_err();
+        assert_eq!(key_of(&err), key, "{err}");
+    }
+}
+
+#[test]
+fn type_error_inside_a_namespace_names_the_namespace() {
+    let text = r#"{"channel":{"namespaces":[{"name":"chat","history_size":"many"}]}}"#;
+    let err = Config::load(Some(&file("nstype", "json", text)), &no_env()).unwrap_err();
+    assert_eq!(key_of(&err), "channel.namespaces[0].history_size", "{err}");
+    let text = r#"{"channel":{"namespaces":[{"name":"chat","history_ttl":"later"}]}}"#;
+    let err = Config::load(Some(&file("nstype2", "json", text)), &no_env()).unwrap_err();
+    assert_eq!(key_of(&err), "channel.namespaces[0].history_ttl", "{err}");
+    let text = r#"{"client":{"subscription_token":{"enabled":true,"hmac_secret_key":5}}}"#;
+    let err = Config::load(Some(&file("subtype", "json", text)), &no_env()).unwrap_err();
+    assert_eq!(
+        key_of(&err),
+        "client.subscription_token.hmac_secret_key",
+        "{err}"
+    );
+    let e = env(&[
+        ("TETHER_CHANNEL_NAMESPACES", "feed"),
+        ("TETHER_CHANNEL_NAMESPACES_FEED_HISTORY_TTL", "later"),
+    ]);
+    let err = Config::load(None, &e).unwrap_err();
+    assert_eq!(key_of(&err), "channel.namespaces[0].history_ttl", "{err}");
+    assert!(
+        err.to_string()
+            .contains("TETHER_CHANNEL_NAMESPACES_FEED_HISTORY_TTL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn file_errors_name_the_file() {
+    let err = Config::load(Some(&file("bad", "json", "{not json")), &no_env()).unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+    assert!(err.to_string().contains("bad.json"));
+    let err = Config::load(Some(&file("bad", "ini", "a=1")), &no_env()).unwrap_err();
+    assert!(
+        matches!(err, ConfigError::UnsupportedFormat { .. }),
+        "{err}"
+    );
+    let err =
+        Config::load(Some(std::path::Path::new("/nonexistent/x.json")), &no_env()).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+}
+
+#[test]
+fn env_overrides_typed_values() {
+    let e = env(&[
+        ("TETHER_CLIENT_INSECURE", "true"),
+        ("TETHER_HTTP_SERVER_PORT", "9100"),
+        ("TETHER_HTTP_SERVER_ADDRESS", "0.0.0.0"),
+        ("TETHER_CLIENT_TOKEN_HMAC_SECRET_KEY", "from-env"),
+        ("TETHER_CLIENT_PING_INTERVAL", "40s"),
+        (
+            "TETHER_CLIENT_ALLOWED_ORIGINS",
+            "https://a.example, https://b.example",
+        ),
+        ("TETHER_CHANNEL_WITHOUT_NAMESPACE_PRESENCE", "1"),
+        ("TETHER_CLIENT_SUBSCRIPTION_TOKEN_ENABLED", "true"),
+        (
+            "TETHER_CLIENT_SUBSCRIPTION_TOKEN_HMAC_SECRET_KEY",
+            "sub-secret",
+        ),
+        ("TETHER_LOG_FORMAT", "json"),
+        ("PATH", "/usr/bin"),
+    ]);
+    let c = Config::load(None, &e).unwrap();
+    assert!(c.client.insecure);
+    assert_eq!(c.http_server.port, 9100);
+    assert_eq!(c.http_server.address, "0.0.0.0");
+    assert_eq!(c.client.token.hmac_secret_key, "from-env");
+    assert_eq!(c.client.ping_interval, Duration::from_secs(40));
+    assert_eq!(
+        c.client.allowed_origins,
+        vec!["https://a.example", "https://b.example"]
+    );
+    assert!(c.channel.without_namespace.presence);
+    assert!(c.client.subscription_token.enabled);
+    assert_eq!(
+        c.client.subscription_token.token.hmac_secret_key,
+        "sub-secret"
+    );
+    assert_eq!(
+        c.client.subscription_token_config().hmac_secret_key,
+        "sub-secret"
+    );
+    assert_eq!(c.log.format, LogFormat::Json);
+}
+
+#[test]
+fn env_overrides_win_over_the_file() {
+    let path = file(
+        "envwins",
+        "json",
+        r#"{"http_server":{"port":9000},"client":{"insecure":false}}"#,
+    );
+    let e = env(&[
+        ("TETHER_HTTP_SERVER_PORT", "9200"),
+        ("TETHER_CLIENT_INSECURE", "true"),
+    ]);
+    let c = Config::load(Some(&path), &e).unwrap();
+    assert_eq!(c.http_server.port, 9200);
+    assert!(c.client.insecure);
+}
+
+#[test]
+fn env_namespaces_are_defined_and_configured_by_name() {
+    let e = env(&[
+        ("TETHER_CHANNEL_NAMESPACES", "smallhistory,chat-room,my_ns"),
+        ("TETHER_CHANNEL_NAMESPACES_SMALLHISTORY_HISTORY_SIZE", "2"),
+        ("TETHER_CHANNEL_NAMESPACES_SMALLHISTORY_HISTORY_TTL", "60s"),
+        ("TETHER_CHANNEL_NAMESPACES_CHAT_ROOM_PRESENCE", "true"),
+        (
+            "TETHER_CHANNEL_NAMESPACES_MY_NS_ALLOW_SUBSCRIBE_FOR_CLIENT",
+            "true",
+        ),
+    ]);
+    let c = Config::load(None, &e).unwrap();
+    let names: Vec<&str> = c
+        .channel
+        .namespaces
+        .iter()
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(names, ["smallhistory", "chat-room", "my_ns"]);
+    let small = c.namespace_for("smallhistory:x").unwrap();
+    assert_eq!(small.history_size, 2);
+    assert!(small.history_enabled());
+    assert!(c.namespace_for("chat-room:1").unwrap().presence);
+    assert!(
+        c.namespace_for("my_ns:1")
+            .unwrap()
+            .allow_subscribe_for_client
+    );
+    assert!(
+        !c.namespace_for("chat-room:1")
+            .unwrap()
+            .allow_subscribe_for_client
+    );
+}
+
+#[test]
+fn env_namespace_names_pick_the_longest_match() {
+    // "a_b" and "a" both prefix A_B_PRESENCE; the longer name must win, and "a" must still
+    // be reachable through an option of its own.
+    let e = env(&[
+        ("TETHER_CHANNEL_NAMESPACES", "aa,aa_bb"),
+        ("TETHER_CHANNEL_NAMESPACES_AA_BB_PRESENCE", "true"),
+        ("TETHER_CHANNEL_NAMESPACES_AA_JOIN_LEAVE", "true"),
+    ]);
+    let c = Config::load(None, &e).unwrap();
+    let aa = c.namespace_for("aa:x").unwrap();
+    let aa_bb = c.namespace_for("aa_bb:x").unwrap();
+    assert!(aa_bb.presence);
+    assert!(!aa.presence);
+    assert!(aa.join_leave);
+    assert!(!aa_bb.join_leave);
+}
+
+#[test]
+fn env_namespace_list_keeps_file_options_of_listed_names() {
+    let path = file(
+        "nskeep",
+        "yaml",
+        "channel:\n  namespaces:\n    - name: keep\n      presence: true\n    - name: drop\n",
+    );
+    let e = env(&[
+        ("TETHER_CHANNEL_NAMESPACES", "keep new"),
+        ("TETHER_CHANNEL_NAMESPACES_KEEP_JOIN_LEAVE", "true"),
+    ]);
+    let c = Config::load(Some(&path), &e).unwrap();
+    let names: Vec<&str> = c
+        .channel
+        .namespaces
+        .iter()
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(names, ["keep", "new"]);
+    let keep = c.namespace_for("keep:1").unwrap();
+    assert!(keep.presence && keep.join_leave);
+    assert!(c.namespace_for("drop:1").is_err());
+}
+
+#[test]
+fn env_namespace_options_apply_to_file_namespaces_without_the_list_variable() {
+    let path = file(
+        "nsfile",
+        "toml",
+        "[[channel.namespaces]]\nname = \"feed\"\n",
+    );
+    let e = env(&[("TETHER_CHANNEL_NAMESPACES_FEED_PRESENCE", "true")]);
+    let c = Config::load(Some(&path), &e).unwrap();
+    assert!(c.namespace_for("feed:1").unwrap().presence);
+}
+
+#[test]
+fn env_namespaces_as_json_objects() {
+    let e = env(&[(
+        "TETHER_CHANNEL_NAMESPACES",
+        r#"[{"name":"jsonns","presence":true,"history_size":5,"history_ttl":"1m"}]"#,
+    )]);
+    let c = Config::load(None, &e).unwrap();
+    let ns = c.namespace_for("jsonns:1").unwrap();
+    assert!(ns.presence);
+    assert_eq!(ns.history_size, 5);
+
+    let e = env(&[(
+        "TETHER_CHANNEL_NAMESPACES",
+        r#"[{"name":"jsonns","presense":true}]"#,
+    )]);
+    let err = Config::load(None, &e).unwrap_err();
+    assert_eq!(key_of(&err), "channel.namespaces[0].presense");
+}
+
+#[test]
+fn env_bad_values_name_the_variable_and_key() {
+    let e = env(&[("TETHER_CLIENT_INSECURE", "maybe")]);
+    let err = Config::load(None, &e).unwrap_err();
+    match &err {
+        ConfigError::Env { var, key, .. } => {
+            assert_eq!(var, "TETHER_CLIENT_INSECURE");
+            assert_eq!(key, "client.insecure");
+        }
+        other => panic!("unexpected {other}"),
+    }
+    let e = env(&[("TETHER_HTTP_SERVER_PORT", "99999")]);
+    let err = Config::load(None, &e).unwrap_err();
+    assert_eq!(key_of(&err), "http_server.port");
+    assert!(err.to_string().contains("TETHER_HTTP_SERVER_PORT"), "{err}");
+    let e = env(&[("TETHER_CLIENT_PONG_TIMEOUT", "whenever")]);
+    let err = Config::load(None, &e).unwrap_err();
+    assert!(
+        err.to_string().contains("TETHER_CLIENT_PONG_TIMEOUT"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_env_variables_are_warnings() {
+    let e = env(&[
+        ("TETHER_CLIENT_INSECUR", "true"),
+        ("TETHER_CONFIG", "/x.json"),
+    ]);
+    let (c, warnings) = Config::load_with_warnings(None, &e).unwrap();
+    assert!(!c.client.insecure);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("TETHER_CLIENT_INSECUR"));
+}
+
+#[test]
+fn env_optional_duration_can_be_set() {
+    let e = env(&[
+        ("TETHER_CHANNEL_WITHOUT_NAMESPACE_HISTORY_SIZE", "10"),
+        ("TETHER_CHANNEL_WITHOUT_NAMESPACE_HISTORY_TTL", "1h"),
+        ("TETHER_CHANNEL_WITHOUT_NAMESPACE_HISTORY_META_TTL", "2h"),
+    ]);
+    let c = Config::load(None, &e).unwrap();
+    assert_eq!(
+        c.channel.without_namespace.history_meta_ttl,
+        Some(Duration::from_secs(7200))
+    );
+}
+
+#[test]
+fn validation_rules_name_the_key() {
+    type Mutate = fn(&mut Config);
+    let cases: [(Mutate, &str); 12] = [
+        (
+            |c| c.client.ping_interval = Duration::from_secs(5),
+            "client.ping_interval",
+        ),
+        (
+            |c| c.channel.namespaces = vec![ns("ok"), ns("x")],
+            "channel.namespaces[1].name",
+        ),
+        (
+            |c| c.channel.namespaces = vec![ns("a b")],
+            "channel.namespaces[0].name",
+        ),
+        (
+            |c| c.channel.namespaces = vec![ns("dup"), ns("ok"), ns("dup")],
+            "channel.namespaces[2].name",
+        ),
+        (
+            |c| c.channel.without_namespace.history_size = 10,
+            "channel.without_namespace.history_size",
+        ),
+        (
+            |c| {
+                let mut n = ns("hist");
+                n.options.history_size = 10;
+                n.options.history_ttl = Duration::from_secs(3600);
+                n.options.history_meta_ttl = Some(Duration::from_secs(60));
+                c.channel.namespaces = vec![n];
+            },
+            "channel.namespaces[0].history_meta_ttl",
+        ),
+        (
+            |c| {
+                c.channel.history_meta_ttl = Duration::from_secs(60);
+                c.channel.without_namespace.history_size = 1;
+                c.channel.without_namespace.history_ttl = Duration::from_secs(3600);
+            },
+            "channel.history_meta_ttl",
+        ),
+        (
+            |c| c.channel.without_namespace.force_recovery = true,
+            "channel.without_namespace.force_recovery",
+        ),
+        (|c| c.log.level = "loud".to_owned(), "log.level"),
+        (
+            |c| c.client.token.rsa_public_key = "not a pem".to_owned(),
+            "client.token.rsa_public_key",
+        ),
+        (
+            |c| c.client.token.hmac_previous_secret_key = "old".to_owned(),
+            "client.token.hmac_previous_secret_key_valid_until",
+        ),
+        (
+            |c| c.client.subscription_token.enabled = true,
+            "client.subscription_token",
+        ),
+    ];
+    for (mutate, key) in cases {
+        let mut c = Config::default();
+        mutate(&mut c);
+        let err = c.validate().unwrap_err();
+        assert_eq!(key_of(&err), key, "{err}");
+        assert!(err.to_string().starts_with(key), "{err}");
+    }
+}
+
+#[test]
+fn ping_interval_message_names_both_keys() {
+    let mut c = Config::default();
+    c.client.pong_timeout = Duration::from_secs(30);
+    let msg = c.validate().unwrap_err().to_string();
+    assert!(
+        msg.starts_with("client.ping_interval: must be greater than client.pong_timeout"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn port_zero_is_refused_by_load_only() {
+    let e = env(&[("TETHER_HTTP_SERVER_PORT", "0")]);
+    let err = Config::load(None, &e).unwrap_err();
+    assert_eq!(key_of(&err), "http_server.port");
+    let mut c = Config::default();
+    c.http_server.port = 0;
+    c.validate().unwrap();
+}
+
+#[test]
+fn personal_channel_namespace_must_exist_and_have_presence_for_single_connection() {
+    let mut c = Config::default();
+    c.client.subscribe_to_user_personal_channel.enabled = true;
+    c.client
+        .subscribe_to_user_personal_channel
+        .personal_channel_namespace = "personal".to_owned();
+    assert_eq!(
+        key_of(&c.validate().unwrap_err()),
+        "client.subscribe_to_user_personal_channel.personal_channel_namespace"
+    );
+    c.channel.namespaces.push(ns("personal"));
+    c.validate().unwrap();
+    c.client
+        .subscribe_to_user_personal_channel
+        .single_connection = true;
+    assert_eq!(
+        key_of(&c.validate().unwrap_err()),
+        "client.subscribe_to_user_personal_channel.single_connection"
+    );
+    c.channel.namespaces[0].options.presence = true;
+    c.validate().unwrap();
+}
+
+#[test]
+fn namespace_for_resolves_channels() {
+    let mut c = Config::default();
+    c.channel.without_namespace.presence = true;
+    let mut chat = ns("chat");
+    chat.options.join_leave = true;
+    c.channel.namespaces.push(chat);
+
+    assert!(c.namespace_for("news").unwrap().presence);
+    assert!(c.namespace_for("$news").unwrap().presence);
+    assert!(c.namespace_for("chat:room:1").unwrap().join_leave);
+    assert!(c.namespace_for("$chat:room").unwrap().join_leave);
+    assert!(
+        c.namespace_for("chat#42,43").unwrap().presence,
+        "no ':' means no namespace"
+    );
+    assert_eq!(
+        c.namespace_for("nope:1").unwrap_err(),
+        UnknownNamespace {
+            name: "nope".to_owned()
+        }
+    );
+    assert!(c.namespace_for(":x").is_err(), "empty namespace is unknown");
+    assert_eq!(c.namespace_name("$chat:room"), Some("chat"));
+    assert_eq!(c.namespace_name("plain"), None);
+}
+
+#[test]
+fn history_enabled_needs_size_and_ttl() {
+    let mut o = NamespaceOptions::default();
+    assert!(!o.history_enabled());
+    o.history_size = 1;
+    assert!(!o.history_enabled());
+    o.history_ttl = Duration::from_secs(1);
+    assert!(o.history_enabled());
+}
+
+#[test]
+fn debug_output_hides_secrets() {
+    let mut c = Config::default();
+    c.client.token.hmac_secret_key = "supersecret".to_owned();
+    c.http_api.key = "apikey123".to_owned();
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("supersecret"));
+    assert!(!shown.contains("apikey123"));
+    assert!(shown.contains("<redacted>"));
+}
+
+#[test]
+fn loopback_detection() {
+    for yes in ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"] {
+        assert!(is_loopback_address(yes), "{yes}");
+    }
+    for no in ["0.0.0.0", "::", "192.168.1.1", "example.com", ""] {
+        assert!(!is_loopback_address(no), "{no}");
+    }
+}
+
+#[test]
+fn config_round_trips_through_json() {
+    let mut c = Config::default();
+    c.channel.namespaces.push(ns("chat"));
+    c.channel.namespaces[0].options.force_recovery_mode = RecoveryMode::Cache;
+    let text = serde_json::to_string(&c).unwrap();
+    assert!(text.contains(r#""ping_interval":"25s""#), "{text}");
+    assert!(text.contains(r#""force_recovery_mode":"cache""#), "{text}");
+    let back: Config = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, c);
+}
+
+fn ns(name: &str) -> Namespace {
+    Namespace {
+        name: name.to_owned(),
+        options: NamespaceOptions::default(),
+    }
+}
