@@ -5,6 +5,9 @@
 //! `\n`, or Protobuf messages each prefixed by its unsigned-varint length. Messages never span
 //! frames. Everything here is sans-IO and never panics on network input.
 
+use std::iter::FusedIterator;
+use std::marker::PhantomData;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message as _;
 use serde::de::DeserializeOwned;
@@ -71,14 +74,31 @@ impl Encoding {
     /// Decodes every command in one transport message (a WebSocket message): JSON objects
     /// joined by `\n` (empty lines and surrounding whitespace ignored, trailing newline ok), or
     /// Protobuf `uvarint(len) || Command` repeated. An empty frame is an error.
+    ///
+    /// A `Command` is ~840 bytes in memory while a pong is 1 byte (Protobuf) or 3 (JSON) on the
+    /// wire, so a frame of pongs inflates a lot; the server should prefer
+    /// [`Encoding::iter_commands`], which holds one decoded command at a time.
     pub fn decode_commands(self, frame: &[u8]) -> Result<Vec<Command>, DecodeError> {
-        decode_frame(self, frame)
+        self.iter_commands(frame).collect()
     }
 
     /// Decodes every reply in one transport message (client side); same rules as
     /// [`Encoding::decode_commands`].
     pub fn decode_replies(self, frame: &[u8]) -> Result<Vec<Reply>, DecodeError> {
-        decode_frame(self, frame)
+        self.iter_replies(frame).collect()
+    }
+
+    /// Decodes the commands of one transport message lazily, in order; same rules as
+    /// [`Encoding::decode_commands`]. The iterator yields the first error and then ends;
+    /// commands before it were valid and may be processed (Centrifugo does the same).
+    pub fn iter_commands(self, frame: &[u8]) -> Messages<'_, Command> {
+        Messages::new(self, frame)
+    }
+
+    /// Decodes the replies of one transport message lazily (client side); see
+    /// [`Encoding::iter_commands`].
+    pub fn iter_replies(self, frame: &[u8]) -> Messages<'_, Reply> {
+        Messages::new(self, frame)
     }
 
     /// Appends one encoded reply: a JSON object (no newline) or a uvarint-length-prefixed
@@ -160,36 +180,109 @@ pub fn encode_delimited_reply(reply: &Reply, out: &mut impl BufMut) -> Result<()
     Ok(reply.encode_length_delimited(out)?)
 }
 
-// === Helpers ===
+// === Lazy frame decoding ===
 
-fn decode_frame<T>(encoding: Encoding, frame: &[u8]) -> Result<Vec<T>, DecodeError>
-where
-    T: prost::Message + Default + DeserializeOwned,
-{
-    match encoding {
-        Encoding::Json => json::decode_lines(frame),
-        Encoding::Protobuf => decode_protobuf_frame(frame),
+/// Lazily decoded messages of one frame; see [`Encoding::iter_commands`].
+#[derive(Debug)]
+pub struct Messages<'a, T> {
+    state: FrameState<'a>,
+    /// At least one message was yielded, so running out is not an empty frame.
+    yielded: bool,
+    /// An error was yielded (or the end reached); the iterator only returns `None` now.
+    done: bool,
+    _message: PhantomData<fn() -> T>,
+}
+
+/// The undecoded rest of a frame.
+#[derive(Debug)]
+enum FrameState<'a> {
+    Json(&'a [u8]),
+    /// One copy of the frame; `bytes` fields of the decoded messages share it.
+    Protobuf(Bytes),
+}
+
+impl<'a, T> Messages<'a, T> {
+    fn new(encoding: Encoding, frame: &'a [u8]) -> Self {
+        let state = match encoding {
+            Encoding::Json => FrameState::Json(frame),
+            Encoding::Protobuf => FrameState::Protobuf(Bytes::copy_from_slice(frame)),
+        };
+        Self {
+            state,
+            yielded: false,
+            done: false,
+            _message: PhantomData,
+        }
     }
 }
 
-fn decode_protobuf_frame<T: prost::Message + Default>(frame: &[u8]) -> Result<Vec<T>, DecodeError> {
-    if frame.is_empty() {
-        return Err(DecodeError::EmptyFrame);
+impl<T> Iterator for Messages<'_, T>
+where
+    T: prost::Message + Default + DeserializeOwned,
+{
+    type Item = Result<T, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let next = match &mut self.state {
+            FrameState::Json(rest) => next_json_line(rest).map(json::decode_line),
+            FrameState::Protobuf(rest) => next_protobuf(rest),
+        };
+        match next {
+            Some(Ok(message)) => {
+                self.yielded = true;
+                Some(Ok(message))
+            }
+            Some(Err(e)) => {
+                self.done = true;
+                Some(Err(e))
+            }
+            None => {
+                self.done = true;
+                (!self.yielded).then_some(Err(DecodeError::EmptyFrame))
+            }
+        }
     }
-    // One copy of the frame; `bytes` fields of the decoded messages then share it.
-    let mut rest = Bytes::copy_from_slice(frame);
-    let mut items = Vec::new();
+}
+
+impl<T> FusedIterator for Messages<'_, T> where T: prost::Message + Default + DeserializeOwned {}
+
+/// Takes the next non-blank line (trimmed) off `rest`.
+fn next_json_line<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
     while !rest.is_empty() {
-        let (len, prefix) = read_varint(&rest)?.ok_or(DecodeError::Truncated)?;
+        let (line, tail) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (*rest, &rest[rest.len()..]),
+        };
+        *rest = tail;
+        let line = line.trim_ascii();
+        if !line.is_empty() {
+            return Some(line);
+        }
+    }
+    None
+}
+
+/// Takes the next `uvarint(len) || message` off `rest`.
+fn next_protobuf<T: prost::Message + Default>(rest: &mut Bytes) -> Option<Result<T, DecodeError>> {
+    if rest.is_empty() {
+        return None;
+    }
+    let decoded = (|| {
+        let (len, prefix) = read_varint(rest)?.ok_or(DecodeError::Truncated)?;
         rest.advance(prefix);
         let len = usize::try_from(len).map_err(|_| DecodeError::Truncated)?;
         if len > rest.len() {
             return Err(DecodeError::Truncated);
         }
-        items.push(T::decode(rest.split_to(len))?);
-    }
-    Ok(items)
+        Ok(T::decode(rest.split_to(len))?)
+    })();
+    Some(decoded)
 }
+
+// === Helpers ===
 
 fn decode_delimited<T: prost::Message + Default>(
     buf: &mut BytesMut,

@@ -20,24 +20,13 @@ use crate::protocol::*;
 
 // === Decoding ===
 
-/// Decodes a JSON frame: objects joined by `\n`, each line trimmed, empty lines skipped.
-pub(crate) fn decode_lines<T: DeserializeOwned>(frame: &[u8]) -> Result<Vec<T>, DecodeError> {
-    let mut items = Vec::new();
-    for line in frame.split(|&b| b == b'\n') {
-        let line = line.trim_ascii();
-        if line.is_empty() {
-            continue;
-        }
-        // serde derives also accept a JSON array for a struct; the protocol only has objects.
-        if line[0] != b'{' {
-            return Err(DecodeError::NotAnObject);
-        }
-        items.push(serde_json::from_slice(line)?);
+/// Decodes one JSON line (already trimmed, not empty) of a frame.
+pub(crate) fn decode_line<T: DeserializeOwned>(line: &[u8]) -> Result<T, DecodeError> {
+    // serde derives also accept a JSON array for a struct; the protocol only has objects.
+    if line.first() != Some(&b'{') {
+        return Err(DecodeError::NotAnObject);
     }
-    if items.is_empty() {
-        return Err(DecodeError::EmptyFrame);
-    }
-    Ok(items)
+    Ok(serde_json::from_slice(line)?)
 }
 
 /// serde `deserialize_with` for `bytes` fields: the raw JSON text of the value, `null` = empty.
@@ -853,22 +842,19 @@ mod tests {
     }
 
     #[test]
-    fn decode_lines_rejects_non_objects_and_empty_frames() {
+    fn decode_line_rejects_non_objects_and_trailing_data() {
         assert!(matches!(
-            decode_lines::<Command>(b"[]"),
+            decode_line::<Command>(b"[]"),
             Err(DecodeError::NotAnObject)
         ));
         assert!(matches!(
-            decode_lines::<Command>(b" \n \r\n"),
-            Err(DecodeError::EmptyFrame)
-        ));
-        assert!(matches!(
-            decode_lines::<Command>(br#"{"id":"x"}"#),
+            decode_line::<Command>(br#"{"id":"x"}"#),
             Err(DecodeError::Json(_))
         ));
         assert!(matches!(
-            decode_lines::<Command>(br#"{"id":1} {}"#),
+            decode_line::<Command>(br#"{"id":1} {}"#),
             Err(DecodeError::Json(_))
         ));
+        assert_eq!(decode_line::<Command>(br#"{"id":1}"#).unwrap().id, 1);
     }
 }

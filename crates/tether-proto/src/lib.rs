@@ -13,8 +13,9 @@
 //! - [`codes`]: client error codes (100–113), disconnect codes (3xxx) with the reconnect
 //!   ranges, unsubscribe codes (2xxx).
 //! - [`codec`]: [`Encoding`] (JSON or Protobuf) decodes a whole transport frame into commands
-//!   or replies and encodes replies (or commands) back; the varint-delimited stream helpers
-//!   serve raw TCP. [`DecodeError`] and [`EncodeError`] live here.
+//!   or replies (eagerly into a `Vec`, or lazily through [`Messages`]) and encodes replies (or
+//!   commands) back; the varint-delimited stream helpers serve raw TCP. [`DecodeError`] and
+//!   [`EncodeError`] live here.
 //! - `json` (private): the hand-written JSON encoder (omit-empty, raw-JSON `bytes` fields,
 //!   field-number key order) and the serde helpers used by the decoders.
 //!
@@ -45,7 +46,7 @@ mod json;
 pub mod protocol;
 
 pub use codec::{
-    DecodeError, EncodeError, Encoding, decode_delimited_command, decode_delimited_reply,
+    DecodeError, EncodeError, Encoding, Messages, decode_delimited_command, decode_delimited_reply,
     encode_delimited_command, encode_delimited_reply,
 };
 pub use codes::{ClientError, DisconnectCode, UnsubscribeCode};

@@ -359,6 +359,29 @@ fn empty_frames_are_errors() {
     ));
 }
 
+#[test]
+fn iterators_yield_valid_messages_before_the_first_error_then_stop() {
+    let mut it = Encoding::Json.iter_commands(b"{\"id\":1}\n\n  {}  \nnot json\n{\"id\":2}");
+    assert_eq!(it.next().unwrap().unwrap().id, 1);
+    assert_eq!(it.next().unwrap().unwrap().method(), Method::Pong);
+    assert!(matches!(it.next(), Some(Err(DecodeError::NotAnObject))));
+    assert!(it.next().is_none());
+    assert!(it.next().is_none());
+
+    let mut it = Encoding::Protobuf.iter_replies(&[0x00, 0x00, 0x05, 0x08]);
+    assert!(it.next().unwrap().unwrap().is_ping());
+    assert!(it.next().unwrap().unwrap().is_ping());
+    assert!(matches!(it.next(), Some(Err(DecodeError::Truncated))));
+    assert!(it.next().is_none());
+
+    let mut it = Encoding::Json.iter_commands(b" \n ");
+    assert!(matches!(it.next(), Some(Err(DecodeError::EmptyFrame))));
+    assert!(it.next().is_none());
+    let mut it = Encoding::Protobuf.iter_commands(b"");
+    assert!(matches!(it.next(), Some(Err(DecodeError::EmptyFrame))));
+    assert!(it.next().is_none());
+}
+
 // === Protobuf ===
 
 #[test]
