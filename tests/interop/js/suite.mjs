@@ -190,7 +190,7 @@ export function defineSuite(codec) {
 
     test('invalid connection token: disconnected with 3500 and no reconnect', { timeout: TEST_TIMEOUT_MS }, async () => {
       const { WebSocketClass, counter } = countingWebSocket();
-      const badToken = signJwt({ sub: `u-${uid()}` }, 'not-the-server-secret');
+      const badToken = signJwt({ sub: `u-${uid()}` }, 'not-the-server-secret-but-32-bytes-long');
       const client = clients.make({ token: badToken, websocket: WebSocketClass });
       const connecting = record(client, 'connecting');
       const disconnected = nextEvent(client, 'disconnected');
@@ -269,14 +269,16 @@ export function defineSuite(codec) {
       // Without a token the namespace refuses the client.
       const denied = `secret:none-${uid()}`;
       const subNone = client.newSubscription(denied);
+      subNone.on('error', () => {});
       const deniedEvt = nextEvent(subNone, 'unsubscribed');
       subNone.subscribe();
       assert.equal((await deniedEvt).code, 103);
 
       const bad = `secret:bad-${uid()}`;
       const subBad = client.newSubscription(bad, {
-        token: subToken(user, bad, {}, 'not-the-server-secret'),
+        token: subToken(user, bad, {}, 'not-the-server-secret-but-32-bytes-long'),
       });
+      subBad.on('error', () => {});
       const unsubscribed = nextEvent(subBad, 'unsubscribed');
       subBad.subscribe();
       const uctx = await unsubscribed;

@@ -77,13 +77,13 @@ class Recorder:
         count: int = 1,
         timeout: float = WAIT,
     ) -> List[Any]:
-        """Waits until `count` recorded `name` events match `pred`; returns the matches."""
+        """Waits until `count` recorded `name` events match `pred`; returns the first `count`."""
 
         async def loop() -> List[Any]:
             while True:
                 matches = [c for c in self.of(name) if pred(c)]
                 if len(matches) >= count:
-                    return matches
+                    return matches[:count]
                 self._changed.clear()
                 await self._changed.wait()
 

@@ -156,7 +156,7 @@ async def test_join_and_leave(clients):
 
 
 async def test_invalid_token_disconnects_3500_without_reconnect(clients):
-    bad = sign({"sub": f"u-{uid()}"}, key="not-the-server-secret")
+    bad = sign({"sub": f"u-{uid()}"}, key="not-the-server-secret-but-32-bytes-long")
     client, rec = clients.make(token=bad)
     await client.connect()
     (ctx,) = await rec.wait("disconnected")
@@ -226,7 +226,7 @@ async def test_subscription_token_valid_and_invalid(clients):
 
     bad = f"secret:bad-{uid()}"
     sub_bad, rec_bad = new_subscription(
-        client, bad, token=sub_token(user, bad, key="not-the-server-secret")
+        client, bad, token=sub_token(user, bad, key="not-the-server-secret-but-32-bytes-long")
     )
     await sub_bad.subscribe()
     (uctx,) = await rec_bad.wait("unsubscribed")
