@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Interop acceptance tests: the REAL client SDKs (npm `centrifuge` JSON + Protobuf builds,
+# PyPI `centrifuge-python`) and the server API client (PyPI `cent`) against a freshly built
+# tether. Idempotent setup, one tether on a free port, always stopped at the end.
+#
+# Usage: scripts/interop.sh            (from anywhere; CARGO_TARGET_DIR is honoured)
+# Env:   INTEROP_SKIP_JS=1 / INTEROP_SKIP_PY=1 to run one side only;
+#        TETHER_BIN=/path/to/tether to test a prebuilt binary instead of building one.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+IT="$ROOT/tests/interop"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+# Hard bounds per runner (each test has its own, smaller timeout as well).
+JS_TIMEOUT="${INTEROP_JS_TIMEOUT:-120}"
+PY_TIMEOUT="${INTEROP_PY_TIMEOUT:-150}"
+# Loopback only: never route the tests through a proxy from the environment.
+export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
+export no_proxy="$NO_PROXY"
+
+section() { printf '\n==== interop: %s ====\n' "$*"; }
+
+# ---------------------------------------------------------------- setup (idempotent)
+section "setup: python venv + requirements"
+VENV="$IT/.venv"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    python3 -m venv "$VENV"
+fi
+REQ_STAMP="$VENV/.requirements.sha256"
+REQ_SUM="$(sha256sum "$IT/requirements.txt" | cut -d' ' -f1)"
+if [[ "$(cat "$REQ_STAMP" 2>/dev/null || true)" != "$REQ_SUM" ]]; then
+    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$IT/requirements.txt"
+    echo "$REQ_SUM" >"$REQ_STAMP"
+else
+    echo "requirements up to date"
+fi
+
+section "setup: npm ci"
+NPM_STAMP="$IT/node_modules/.package-lock.sha256"
+LOCK_SUM="$(sha256sum "$IT/package-lock.json" | cut -d' ' -f1)"
+if [[ "$(cat "$NPM_STAMP" 2>/dev/null || true)" != "$LOCK_SUM" ]]; then
+    (cd "$IT" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$LOCK_SUM" >"$NPM_STAMP"
+else
+    echo "node_modules up to date"
+fi
+
+# ---------------------------------------------------------------- build
+if [[ -n "${TETHER_BIN:-}" ]]; then
+    BIN="$TETHER_BIN"
+    section "using prebuilt tether: $BIN"
+else
+    section "build: cargo build -p tether-server"
+    (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build -p tether-server --bin tether)
+    BIN="$TARGET_DIR/debug/tether"
+fi
+if [[ ! -x "$BIN" ]]; then
+    echo "interop: tether binary not found at $BIN" >&2
+    exit 1
+fi
+
+# ---------------------------------------------------------------- start tether
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/tether-interop.XXXXXX")"
+LOG="$WORK/tether.log"
+CONFIG="$WORK/tether.json"
+TETHER_PID=""
+STATUS=1
+
+cleanup() {
+    local rc=$?
+    if [[ -n "$TETHER_PID" ]] && kill -0 "$TETHER_PID" 2>/dev/null; then
+        kill "$TETHER_PID" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$TETHER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$TETHER_PID" 2>/dev/null || true
+        wait "$TETHER_PID" 2>/dev/null || true
+    fi
+    if [[ "$STATUS" -ne 0 || "$rc" -ne 0 ]]; then
+        echo
+        echo "==== interop: tether log ($LOG) ===="
+        tail -n 300 "$LOG" 2>/dev/null || echo "(no log)"
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+python3 - "$IT/tether.json" "$CONFIG" "$PORT" <<'PY'
+import json, sys
+src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cfg = json.load(open(src))
+cfg.setdefault("http_server", {})["address"] = "127.0.0.1"
+cfg["http_server"]["port"] = port
+json.dump(cfg, open(dst, "w"), indent=2)
+PY
+
+section "start: tether serve on 127.0.0.1:$PORT"
+"$BIN" serve --config "$CONFIG" >"$LOG" 2>&1 </dev/null &
+TETHER_PID=$!
+
+healthy=""
+for _ in $(seq 1 150); do
+    if ! kill -0 "$TETHER_PID" 2>/dev/null; then
+        wait "$TETHER_PID" && rc=0 || rc=$?
+        echo "interop: tether exited (status $rc) before becoming healthy" >&2
+        TETHER_PID=""
+        exit 1
+    fi
+    if curl -fsS --max-time 1 --noproxy '*' "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then
+        healthy=1
+        break
+    fi
+    sleep 0.1
+done
+if [[ -z "$healthy" ]]; then
+    echo "interop: tether did not answer GET /health within 15 s" >&2
+    exit 1
+fi
+echo "tether is healthy (pid $TETHER_PID)"
+
+# ---------------------------------------------------------------- run the suites
+export TETHER_CONFIG="$CONFIG"
+js_rc=0
+py_rc=0
+
+if [[ -z "${INTEROP_SKIP_JS:-}" ]]; then
+    section "node --test: centrifuge-js (JSON + Protobuf)"
+    (cd "$IT" && timeout --kill-after=10 "$JS_TIMEOUT" \
+        node --test --test-concurrency=1 js/*.test.mjs) || js_rc=$?
+fi
+
+if [[ -z "${INTEROP_SKIP_PY:-}" ]]; then
+    section "pytest: centrifuge-python (JSON + Protobuf) + cent"
+    (cd "$IT" && timeout --kill-after=10 "$PY_TIMEOUT" \
+        "$VENV/bin/python" -m pytest) || py_rc=$?
+fi
+
+alive=1
+if ! kill -0 "$TETHER_PID" 2>/dev/null; then
+    echo "interop: tether died during the tests" >&2
+    alive=0
+fi
+
+section "summary: node exit $js_rc, pytest exit $py_rc, tether alive: $alive"
+if [[ "$js_rc" -ne 0 || "$py_rc" -ne 0 || "$alive" -ne 1 ]]; then
+    exit 1
+fi
+STATUS=0

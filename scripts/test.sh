@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The project's single test command: formatting, lints, unit/integration tests, doc
+# tests, then the interop acceptance tests with the real SDKs (scripts/interop.sh).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+section() { printf '\n======== %s ========\n' "$*"; }
+
+section "cargo fmt --all --check"
+cargo fmt --all --check
+
+section "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+if cargo nextest --version >/dev/null 2>&1; then
+    section "cargo nextest run --workspace"
+    cargo nextest run --workspace --no-tests=warn
+else
+    section "cargo test --workspace (cargo-nextest not installed)"
+    cargo test --workspace --all-targets
+fi
+
+section "cargo test --doc --workspace"
+cargo test --doc --workspace
+
+section "interop (scripts/interop.sh)"
+bash "$ROOT/scripts/interop.sh"
+
+section "all tests passed"
