@@ -5,6 +5,9 @@
 //! sends what no well-behaved library would (unmasked frames, reserved bits, bad UTF-8, …)
 //! and checks the close code the server answers with.
 
+// A test crate: a failed unwrap is a failed test (helpers outside `#[test]` fns included).
+#![allow(clippy::unwrap_used)]
+
 #[path = "../examples/ws_echo.rs"]
 #[allow(dead_code)]
 mod ws_echo;
@@ -132,16 +135,28 @@ impl RawClient {
 
     /// Expects a close frame with `code`, then the server closing the TCP connection.
     async fn expect_close(&mut self, code: u16) {
-        let frame = self.next_frame().await.expect("connection closed without close frame");
+        let frame = self
+            .next_frame()
+            .await
+            .expect("connection closed without close frame");
         assert_eq!(frame.opcode, 0x8, "expected close, got {frame:?}");
         assert!(frame.payload.len() >= 2, "close without code");
         let got = u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
-        assert_eq!(got, code, "close reason: {:?}", String::from_utf8_lossy(&frame.payload[2..]));
+        assert_eq!(
+            got,
+            code,
+            "close reason: {:?}",
+            String::from_utf8_lossy(&frame.payload[2..])
+        );
         self.expect_eof().await;
     }
 
     async fn expect_eof(&mut self) {
-        assert_eq!(self.next_frame().await, None, "expected the server to close");
+        assert_eq!(
+            self.next_frame().await,
+            None,
+            "expected the server to close"
+        );
     }
 }
 
@@ -168,7 +183,10 @@ fn parse_server_frame(buf: &[u8]) -> Option<(ServerFrame, usize)> {
     }
     assert_eq!(buf[1] & 0x80, 0, "server frames must not be masked");
     let (len, at) = match buf[1] & 0x7F {
-        126 => (u16::from_be_bytes(buf.get(2..4)?.try_into().unwrap()) as usize, 4),
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().unwrap()) as usize,
+            4,
+        ),
         127 => (
             u64::from_be_bytes(buf.get(2..10)?.try_into().unwrap()) as usize,
             10,
@@ -218,13 +236,16 @@ async fn case1_frames_trickled_in_small_writes_echo() {
 #[tokio::test]
 async fn tungstenite_text_and_binary_echo() {
     let addr = start(LIMIT).await;
-    let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{addr}/connection/websocket"))
-        .await
-        .unwrap();
+    let (mut ws, response) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/connection/websocket"))
+            .await
+            .unwrap();
     assert_eq!(response.status(), 101);
     ws.send(Message::text("hello, €")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello, €"));
-    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
     assert_eq!(
         ws.next().await.unwrap().unwrap(),
         Message::binary(vec![0u8, 1, 2, 255])
@@ -245,9 +266,7 @@ async fn case2_ping_gets_pong_with_the_same_payload() {
         c.expect_frame(Opcode::Pong, payload).await;
     }
     // Ten pings in one write get ten pongs in order.
-    let burst: Vec<u8> = (0..10u8)
-        .flat_map(|i| client_frame(0x89, &[i]))
-        .collect();
+    let burst: Vec<u8> = (0..10u8).flat_map(|i| client_frame(0x89, &[i])).collect();
     c.send(&burst).await;
     for i in 0..10u8 {
         c.expect_frame(Opcode::Pong, &[i]).await;
@@ -258,7 +277,8 @@ async fn case2_ping_gets_pong_with_the_same_payload() {
 async fn case2_unsolicited_pong_is_ignored() {
     let addr = start(LIMIT).await;
     let mut c = RawClient::connect(addr).await;
-    c.send_frame(true, Opcode::Pong.code(), b"unsolicited").await;
+    c.send_frame(true, Opcode::Pong.code(), b"unsolicited")
+        .await;
     c.send_text(b"after").await;
     c.expect_frame(Opcode::Text, b"after").await;
 }
@@ -332,7 +352,8 @@ async fn case5_fragmented_message_with_ping_in_between() {
     let mut c = RawClient::connect(addr).await;
     c.send_frame(false, Opcode::Text.code(), b"frag").await;
     c.send_frame(true, Opcode::Ping.code(), b"mid").await;
-    c.send_frame(false, Opcode::Continuation.code(), b"men").await;
+    c.send_frame(false, Opcode::Continuation.code(), b"men")
+        .await;
     c.send_frame(true, Opcode::Continuation.code(), b"ts").await;
     c.expect_frame(Opcode::Pong, b"mid").await;
     c.expect_frame(Opcode::Text, b"fragments").await;
@@ -352,7 +373,8 @@ async fn case5_fragmented_message_with_ping_in_between() {
 async fn case5_continuation_without_start_closes_1002() {
     let addr = start(LIMIT).await;
     let mut c = RawClient::connect(addr).await;
-    c.send_frame(true, Opcode::Continuation.code(), b"orphan").await;
+    c.send_frame(true, Opcode::Continuation.code(), b"orphan")
+        .await;
     c.expect_close(1002).await;
 }
 
@@ -370,7 +392,8 @@ async fn case5_fragmented_control_frame_closes_1002() {
     let addr = start(LIMIT).await;
     let mut c = RawClient::connect(addr).await;
     c.send_frame(false, Opcode::Ping.code(), b"half").await;
-    c.send_frame(true, Opcode::Continuation.code(), b"ping").await;
+    c.send_frame(true, Opcode::Continuation.code(), b"ping")
+        .await;
     c.expect_close(1002).await;
 }
 
@@ -390,7 +413,10 @@ async fn tungstenite_fragmented_message_echoes_whole() {
         let frame = Frame::message(part.as_bytes().to_vec(), opcode, i == parts.len() - 1);
         ws.send(Message::Frame(frame)).await.unwrap();
     }
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("Hello, wörld!"));
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("Hello, wörld!")
+    );
 }
 
 // === 6.*: UTF-8 ===
@@ -416,8 +442,8 @@ async fn case6_invalid_utf8_closes_1007() {
     let addr = start(LIMIT).await;
     for bad in [
         &b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited"[..], // surrogate
-        b"\xc0\xaf",                                                         // overlong
-        b"\xf4\x90\x80\x80",                                                 // > U+10FFFF
+        b"\xc0\xaf",                                                            // overlong
+        b"\xf4\x90\x80\x80",                                                    // > U+10FFFF
         b"\xff",
         b"ends mid sequence \xe2\x82",
     ] {
@@ -432,7 +458,8 @@ async fn case6_invalid_utf8_fails_fast_before_the_message_ends() {
     let addr = start(LIMIT).await;
     let mut c = RawClient::connect(addr).await;
     // First fragment is already invalid; the rest of the message is never sent.
-    c.send_frame(false, Opcode::Text.code(), b"valid then \xff").await;
+    c.send_frame(false, Opcode::Text.code(), b"valid then \xff")
+        .await;
     c.expect_close(1007).await;
     // Inside a single frame: only part of the payload is sent.
     let mut c = RawClient::connect(addr).await;
@@ -447,7 +474,8 @@ async fn case6_invalid_utf8_fails_fast_before_the_message_ends() {
 async fn case7_close_with_code_and_reason_is_echoed() {
     let addr = start(LIMIT).await;
     let mut c = RawClient::connect(addr).await;
-    c.send_frame(true, Opcode::Close.code(), b"\x0f\xa0going away now").await;
+    c.send_frame(true, Opcode::Close.code(), b"\x0f\xa0going away now")
+        .await;
     let frame = c.next_frame().await.unwrap();
     assert_eq!(frame.opcode, 0x8);
     assert_eq!(frame.payload, b"\x0f\xa0going away now");
@@ -481,18 +509,25 @@ async fn case7_bad_close_payloads_fail_the_connection() {
     let mut c = RawClient::connect(addr).await;
     c.send_frame(true, Opcode::Close.code(), b"\x03").await;
     c.expect_close(1002).await;
-    for code in [0u16, 999, 1004, 1005, 1006, 1012, 1015, 1016, 2999, 5000, 65535] {
+    for code in [
+        0u16, 999, 1004, 1005, 1006, 1012, 1015, 1016, 2999, 5000, 65535,
+    ] {
         let mut c = RawClient::connect(addr).await;
-        c.send_frame(true, Opcode::Close.code(), &code.to_be_bytes()).await;
+        c.send_frame(true, Opcode::Close.code(), &code.to_be_bytes())
+            .await;
         c.expect_close(1002).await;
     }
-    for code in [1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999] {
+    for code in [
+        1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+    ] {
         let mut c = RawClient::connect(addr).await;
-        c.send_frame(true, Opcode::Close.code(), &code.to_be_bytes()).await;
+        c.send_frame(true, Opcode::Close.code(), &code.to_be_bytes())
+            .await;
         c.expect_close(code).await;
     }
     let mut c = RawClient::connect(addr).await;
-    c.send_frame(true, Opcode::Close.code(), b"\x03\xe8bad \xff reason").await;
+    c.send_frame(true, Opcode::Close.code(), b"\x03\xe8bad \xff reason")
+        .await;
     c.expect_close(1007).await;
 }
 
@@ -533,8 +568,10 @@ async fn case9_size_limit_is_enforced_from_the_header() {
     c.expect_close(1009).await;
     // Over the limit across fragments.
     let mut c = RawClient::connect(addr).await;
-    c.send_frame(false, Opcode::Binary.code(), &[1; 40_000]).await;
-    c.send_frame(true, Opcode::Continuation.code(), &[2; 30_000]).await;
+    c.send_frame(false, Opcode::Binary.code(), &[1; 40_000])
+        .await;
+    c.send_frame(true, Opcode::Continuation.code(), &[2; 30_000])
+        .await;
     c.expect_close(1009).await;
 }
 

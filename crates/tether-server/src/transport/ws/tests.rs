@@ -157,7 +157,11 @@ fn round_trips_our_encoding_at_every_length_class() {
         let payload: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
         let server = encode_message_frame(true, &payload);
         let client = mask_server_frame(&server, MASK);
-        assert_eq!(decode(&client).unwrap(), vec![binary(&payload)], "len {len}");
+        assert_eq!(
+            decode(&client).unwrap(),
+            vec![binary(&payload)],
+            "len {len}"
+        );
         // tungstenite agrees with our header.
         let mut cursor = std::io::Cursor::new(&server[..]);
         let (header, length) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
@@ -200,10 +204,7 @@ fn protocol_errors_carry_their_close_codes() {
             },
             WsError::UnmaskedFrame,
         ),
-        (
-            client_frame(0x80 | 0x40 | 0x1, b"x"),
-            WsError::ReservedBits,
-        ),
+        (client_frame(0x80 | 0x40 | 0x1, b"x"), WsError::ReservedBits),
         (client_frame(0x80 | 0x20 | 0x2, b""), WsError::ReservedBits),
         (client_frame(0x80 | 0x10 | 0x9, b""), WsError::ReservedBits),
         (client_frame(0x83, b""), WsError::ReservedOpcode(3)),
@@ -252,11 +253,15 @@ fn protocol_errors_carry_their_close_codes() {
 
 #[test]
 fn close_codes_are_validated_per_rfc() {
-    for code in [0u16, 999, 1004, 1005, 1006, 1012, 1015, 1016, 2000, 2999, 5000, 65535] {
+    for code in [
+        0u16, 999, 1004, 1005, 1006, 1012, 1015, 1016, 2000, 2999, 5000, 65535,
+    ] {
         let f = frame(true, Opcode::Close, &code.to_be_bytes());
         assert_eq!(decode(&f), Err(WsError::InvalidCloseCode(code)), "{code}");
     }
-    for code in [1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999] {
+    for code in [
+        1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+    ] {
         let f = frame(true, Opcode::Close, &code.to_be_bytes());
         assert_eq!(
             decode(&f).unwrap(),
@@ -370,10 +375,7 @@ fn size_limit_is_checked_from_the_header_before_buffering() {
     let mut huge = vec![0x82, 0x80 | 127];
     huge.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
     huge.extend_from_slice(&MASK);
-    assert!(matches!(
-        decode(&huge),
-        Err(WsError::MessageTooBig { .. })
-    ));
+    assert!(matches!(decode(&huge), Err(WsError::MessageTooBig { .. })));
 }
 
 #[test]
@@ -416,7 +418,11 @@ fn input_after_close_or_error_is_ignored() {
     assert_eq!(events.len(), 1);
     let mut reader = WsReader::default();
     let mut out = Vec::new();
-    assert!(reader.feed(&client_frame(0x83, b""), &limits(), &mut out).is_err());
+    assert!(
+        reader
+            .feed(&client_frame(0x83, b""), &limits(), &mut out)
+            .is_err()
+    );
     assert!(reader.is_closed());
     reader
         .feed(&frame(true, Opcode::Text, b"x"), &limits(), &mut out)
