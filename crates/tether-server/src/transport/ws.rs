@@ -1,1 +1,0 @@
-//! ws (stub; replaced by its owner)
