@@ -155,8 +155,8 @@ pub struct WsReader {
     /// The frame whose payload is being read; `None` while a header is (being) read.
     frame: Option<FrameInProgress>,
     /// Unmasked bytes of the data message being assembled. Empty without capacity while no
-    /// data frame is in progress; its capacity is reserved from the frame header, after the
-    /// size limit was checked.
+    /// data frame is in progress; it grows only with payload that arrived, and only after
+    /// the frame header passed the size limit.
     message: Vec<u8>,
     /// Unmasked payload of the control frame being read (at most 125 bytes). Kept apart from
     /// `message` because control frames may arrive between fragments.
@@ -369,30 +369,22 @@ impl WsReader {
         let opcode = Opcode::from_code(h[0] & 0x0F).ok_or(WsError::ReservedOpcode(h[0] & 0x0F))?;
         self.header_len = 0;
 
-        if is_control(opcode) {
-            // At most 125 bytes, checked by `check_header_start`.
-            self.control.reserve_exact(length as usize);
-        } else {
+        if !is_control(opcode) {
             let size = self.message.len() as u64 + length;
             let limit = limits.max_message_size;
             if size > limit as u64 {
                 return Err(WsError::MessageTooBig { size, limit });
             }
-            // `size` is within the limit, a usize.
-            let length = length as usize;
             match opcode {
                 Opcode::Text => self.message_kind = Some(MessageKind::Text),
                 Opcode::Binary => self.message_kind = Some(MessageKind::Binary),
                 _ => {}
             }
-            if fin && self.message.is_empty() {
-                // An unfragmented message: exactly one allocation, moved out as `Bytes`.
-                self.message.reserve_exact(length);
-            } else {
-                // Fragments may be tiny and many; grow geometrically.
-                self.message.reserve(length);
-            }
         }
+        // No room is reserved here: buffers grow with the bytes that actually arrive, so a
+        // header announcing a large frame costs nothing until its payload comes. A frame
+        // read whole in one chunk still takes exactly one allocation of its exact size (the
+        // first `extend_from_slice` on an empty `Vec`).
         self.frame = Some(FrameInProgress {
             remaining: length,
             mask,

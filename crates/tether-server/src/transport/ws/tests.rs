@@ -405,6 +405,13 @@ fn idle_reader_is_small_and_holds_no_buffer() {
     // A split header is counted too.
     reader.feed(&f[..3], &limits(), &mut out).unwrap();
     assert_eq!(reader.buffered(), 3);
+    // A header announcing a large frame reserves nothing until the payload arrives.
+    let mut reader = WsReader::default();
+    let big = frame(true, Opcode::Binary, &[0; 60_000]);
+    reader.feed(&big[..8], &limits(), &mut out).unwrap();
+    assert_eq!(reader.capacity(), 0);
+    reader.feed(&big[8..108], &limits(), &mut out).unwrap();
+    assert!(reader.capacity() < 1000, "{}", reader.capacity());
 }
 
 #[test]
