@@ -219,8 +219,9 @@ async fn answered_pings_keep_the_connection() {
     let server = start(cfg).await;
     let (mut client, _) = Client::connected(&server, "1").await;
     client.call(json!({"subscribe": {"channel": "news"}})).await;
-    // `call` answers pings while it waits; keep the connection for several intervals.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Reading answers pings; keep reading for several ping intervals (nothing else arrives).
+    let idle = tokio::time::timeout(Duration::from_secs(5), client.wait_for(|_| false)).await;
+    assert!(idle.is_err(), "nothing but pings was expected");
     server.api("publish", json!({"channel": "news", "data": {"alive": true}})).await;
     let push = client.wait_for(|m| m.get("push").is_some()).await;
     assert_eq!(push["push"]["pub"]["data"], json!({"alive": true}));

@@ -427,10 +427,10 @@ fn history(node: &Node, req: HistoryRequest) -> CallResult {
         reverse: req.reverse,
         meta_ttl: ns.history_meta_ttl.unwrap_or(node.config.channel.history_meta_ttl),
     };
-    let page = node.broker.history(&req.channel, &query, node.now().instant).map_err(|e| match e {
-        BrokerError::UnrecoverablePosition => ApiError::UNRECOVERABLE_POSITION,
-        _ => ApiError::INTERNAL,
-    })?;
+    let page = node
+        .broker
+        .history(&req.channel, &query, node.now().instant)
+        .map_err(|BrokerError::UnrecoverablePosition| ApiError::UNRECOVERABLE_POSITION)?;
     let publications: Vec<Value> = page.publications.iter().map(|p| publication_json(p)).collect();
     Ok(json!({ "publications": publications, "epoch": page.top.epoch, "offset": page.top.offset }))
 }

@@ -24,7 +24,7 @@ pub use self::channel::SubscribeOverrides;
 use self::channel::{ChannelAccess, Permission};
 use crate::auth::TokenError;
 use crate::broker::{HistoryQuery, PublishOptions, StreamPosition};
-use crate::hub::{ConnHandle, Control, Disconnect, Subscriber, encode_frame, to_proto_info, to_proto_publication};
+use crate::hub::{ConnHandle, Control, Disconnect, encode_frame, to_proto_info, to_proto_publication};
 use crate::server::Node;
 
 /// The time as the session sees it: the monotonic instant (for the broker and the node
@@ -64,7 +64,6 @@ pub struct Session {
 /// One subscription of this session.
 #[derive(Debug)]
 struct SubState {
-    hub: Arc<Subscriber>,
     server_side: bool,
     presence: bool,
     join_leave: bool,
@@ -443,7 +442,6 @@ impl Session {
             Err(crate::broker::BrokerError::UnrecoverablePosition) => {
                 Ok(error_reply(ClientError::UNRECOVERABLE_POSITION))
             }
-            Err(_) => Ok(error_reply(ClientError::INTERNAL)),
         }
     }
 

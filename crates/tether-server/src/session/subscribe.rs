@@ -245,7 +245,6 @@ impl Session {
         self.subs.insert(
             channel.to_owned(),
             SubState {
-                hub: sub.clone(),
                 server_side: params.server_side,
                 presence: params.presence,
                 join_leave: params.join_leave,
@@ -285,7 +284,6 @@ impl Session {
                 self.subs.insert(
                     channel.to_owned(),
                     SubState {
-                        hub: sub.clone(),
                         server_side: true,
                         presence: false,
                         join_leave: false,
