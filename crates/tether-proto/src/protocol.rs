@@ -465,46 +465,38 @@ pub struct ConnectRequest {
 }
 
 /// Connect result.
-#[derive(Clone, PartialEq, prost::Message, Deserialize)]
+///
+/// `prost::Message` is implemented by hand (in `connect_result`) so that an empty
+/// `SubscribeResult` in `subs` is still written: prost leaves default message values out of
+/// map entries, which centrifuge-js's protobuf decoder turns into `null`. Go writes them.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct ConnectResult {
     /// Connection id (a UUID).
-    #[prost(string, tag = "1")]
     pub client: String,
     /// Server version; SDKs expect it to be non-empty.
-    #[prost(string, tag = "2")]
     pub version: String,
     /// The connection expires and must be refreshed.
-    #[prost(bool, tag = "3")]
     pub expires: bool,
     /// Seconds until expiry.
-    #[prost(uint32, tag = "4")]
     pub ttl: u32,
     /// Custom connect data (raw JSON in the JSON format).
-    #[prost(bytes = "bytes", tag = "5")]
     #[serde(deserialize_with = "crate::json::raw_bytes")]
     pub data: Bytes,
     /// Server-side subscriptions by channel.
-    #[prost(map = "string, message", tag = "6")]
     #[serde(deserialize_with = "crate::json::message_map")]
     pub subs: HashMap<String, SubscribeResult>,
     /// Server ping interval, seconds.
-    #[prost(uint32, tag = "7")]
     pub ping: u32,
     /// The server expects pongs.
-    #[prost(bool, tag = "8")]
     pub pong: bool,
     /// Session id (emulation transports).
-    #[prost(string, tag = "9")]
     pub session: String,
     /// Node id (emulation transports).
-    #[prost(string, tag = "10")]
     pub node: String,
     /// Server time, Unix milliseconds (optional).
-    #[prost(int64, tag = "11")]
     pub time: i64,
     /// Connection-level feature flags accepted by the server.
-    #[prost(int64, tag = "12")]
     pub flag: i64,
 }
 
@@ -1105,5 +1097,155 @@ mod tests {
         let r = Reply::from_push(Push::default());
         assert!(!r.is_ping());
         assert_eq!(r.id, 0);
+    }
+}
+
+/// Hand-written Protobuf encoding of [`ConnectResult`] (see its doc for why).
+mod connect_result {
+    use bytes::{Buf, BufMut};
+    use prost::encoding::{
+        DecodeContext, WireType, bool as pb_bool, bytes as pb_bytes, encode_key, encode_varint, encoded_len_varint,
+        hash_map, int64, key_len, message, skip_field, string, uint32,
+    };
+
+    use super::{ConnectResult, SubscribeResult};
+
+    impl prost::Message for ConnectResult {
+        fn encode_raw(&self, buf: &mut impl BufMut) {
+            if !self.client.is_empty() {
+                string::encode(1, &self.client, buf);
+            }
+            if !self.version.is_empty() {
+                string::encode(2, &self.version, buf);
+            }
+            if self.expires {
+                pb_bool::encode(3, &self.expires, buf);
+            }
+            if self.ttl != 0 {
+                uint32::encode(4, &self.ttl, buf);
+            }
+            if !self.data.is_empty() {
+                pb_bytes::encode(5, &self.data, buf);
+            }
+            let mut channels: Vec<&String> = self.subs.keys().collect();
+            channels.sort();
+            for channel in channels {
+                let result = &self.subs[channel];
+                encode_key(6, WireType::LengthDelimited, buf);
+                encode_varint(entry_len(channel, result) as u64, buf);
+                string::encode(1, channel, buf);
+                message::encode(2, result, buf);
+            }
+            if self.ping != 0 {
+                uint32::encode(7, &self.ping, buf);
+            }
+            if self.pong {
+                pb_bool::encode(8, &self.pong, buf);
+            }
+            if !self.session.is_empty() {
+                string::encode(9, &self.session, buf);
+            }
+            if !self.node.is_empty() {
+                string::encode(10, &self.node, buf);
+            }
+            if self.time != 0 {
+                int64::encode(11, &self.time, buf);
+            }
+            if self.flag != 0 {
+                int64::encode(12, &self.flag, buf);
+            }
+        }
+
+        fn merge_field(
+            &mut self,
+            tag: u32,
+            wire_type: WireType,
+            buf: &mut impl Buf,
+            ctx: DecodeContext,
+        ) -> Result<(), prost::DecodeError> {
+            match tag {
+                1 => string::merge(wire_type, &mut self.client, buf, ctx),
+                2 => string::merge(wire_type, &mut self.version, buf, ctx),
+                3 => pb_bool::merge(wire_type, &mut self.expires, buf, ctx),
+                4 => uint32::merge(wire_type, &mut self.ttl, buf, ctx),
+                5 => pb_bytes::merge(wire_type, &mut self.data, buf, ctx),
+                6 => hash_map::merge(string::merge, message::merge, &mut self.subs, buf, ctx),
+                7 => uint32::merge(wire_type, &mut self.ping, buf, ctx),
+                8 => pb_bool::merge(wire_type, &mut self.pong, buf, ctx),
+                9 => string::merge(wire_type, &mut self.session, buf, ctx),
+                10 => string::merge(wire_type, &mut self.node, buf, ctx),
+                11 => int64::merge(wire_type, &mut self.time, buf, ctx),
+                12 => int64::merge(wire_type, &mut self.flag, buf, ctx),
+                _ => skip_field(wire_type, tag, buf, ctx),
+            }
+        }
+
+        fn encoded_len(&self) -> usize {
+            let mut len = 0;
+            if !self.client.is_empty() {
+                len += string::encoded_len(1, &self.client);
+            }
+            if !self.version.is_empty() {
+                len += string::encoded_len(2, &self.version);
+            }
+            if self.expires {
+                len += pb_bool::encoded_len(3, &self.expires);
+            }
+            if self.ttl != 0 {
+                len += uint32::encoded_len(4, &self.ttl);
+            }
+            if !self.data.is_empty() {
+                len += pb_bytes::encoded_len(5, &self.data);
+            }
+            for (channel, result) in &self.subs {
+                let entry = entry_len(channel, result);
+                len += key_len(6) + encoded_len_varint(entry as u64) + entry;
+            }
+            if self.ping != 0 {
+                len += uint32::encoded_len(7, &self.ping);
+            }
+            if self.pong {
+                len += pb_bool::encoded_len(8, &self.pong);
+            }
+            if !self.session.is_empty() {
+                len += string::encoded_len(9, &self.session);
+            }
+            if !self.node.is_empty() {
+                len += string::encoded_len(10, &self.node);
+            }
+            if self.time != 0 {
+                len += int64::encoded_len(11, &self.time);
+            }
+            if self.flag != 0 {
+                len += int64::encoded_len(12, &self.flag);
+            }
+            len
+        }
+
+        fn clear(&mut self) {
+            *self = Self::default();
+        }
+    }
+
+    /// A map entry: key and value, both always written.
+    fn entry_len(channel: &String, result: &SubscribeResult) -> usize {
+        string::encoded_len(1, channel) + message::encoded_len(2, result)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use prost::Message;
+
+        use super::*;
+
+        #[test]
+        fn empty_subscribe_result_in_subs_is_written() {
+            let mut result = ConnectResult { client: "c".into(), ..Default::default() };
+            result.subs.insert("#42".into(), SubscribeResult::default());
+            let bytes = result.encode_to_vec();
+            // field 1 "c", then field 6: entry {1: "#42", 2: <empty message>}.
+            assert_eq!(bytes, b"\x0a\x01c\x32\x07\x0a\x03#42\x12\x00");
+            assert_eq!(ConnectResult::decode(bytes.as_slice()).unwrap(), result);
+        }
     }
 }
