@@ -1104,8 +1104,8 @@ mod tests {
 mod connect_result {
     use bytes::{Buf, BufMut};
     use prost::encoding::{
-        DecodeContext, WireType, bool as pb_bool, bytes as pb_bytes, encode_key, encode_varint, encoded_len_varint,
-        hash_map, int64, key_len, message, skip_field, string, uint32,
+        DecodeContext, WireType, bool as pb_bool, bytes as pb_bytes, encode_key, encode_varint,
+        encoded_len_varint, hash_map, int64, key_len, message, skip_field, string, uint32,
     };
 
     use super::{ConnectResult, SubscribeResult};
@@ -1240,7 +1240,10 @@ mod connect_result {
 
         #[test]
         fn empty_subscribe_result_in_subs_is_written() {
-            let mut result = ConnectResult { client: "c".into(), ..Default::default() };
+            let mut result = ConnectResult {
+                client: "c".into(),
+                ..Default::default()
+            };
             result.subs.insert("#42".into(), SubscribeResult::default());
             let bytes = result.encode_to_vec();
             // field 1 "c", then field 6: entry {1: "#42", 2: <empty message>}.

@@ -75,7 +75,11 @@ impl Node {
         };
         let hub = Hub::new();
         let broker = MemoryBroker::new(Arc::new(HubEvents(hub.clone())));
-        let name = if config.node.name.is_empty() { "tether".to_owned() } else { config.node.name.clone() };
+        let name = if config.node.name.is_empty() {
+            "tether".to_owned()
+        } else {
+            config.node.name.clone()
+        };
         Ok(Arc::new(Self {
             config: Arc::new(config),
             hub,
@@ -96,7 +100,11 @@ impl Node {
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        Now { instant, unix, ms: self.clock_ms(instant) }
+        Now {
+            instant,
+            unix,
+            ms: self.clock_ms(instant),
+        }
     }
 
     /// Milliseconds since the node started (the sweeper's time base).
@@ -140,9 +148,20 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let addr = format!("{}:{}", config.http_server.address, config.http_server.port);
         let node = Node::new(config)?;
-        let listener = TcpListener::bind(&addr).await.map_err(|source| StartError::Bind { addr: addr.clone(), source })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
-        Ok(Self { node, listener, local_addr })
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        Ok(Self {
+            node,
+            listener,
+            local_addr,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -157,7 +176,11 @@ impl Server {
 
     /// Serves until `stop` is cancelled, then drains.
     pub async fn run(self, stop: CancellationToken) {
-        let Self { node, listener, local_addr } = self;
+        let Self {
+            node,
+            listener,
+            local_addr,
+        } = self;
         info!(%local_addr, "tether listening");
         let tracker = TaskTracker::new();
         tracker.spawn(sweeper(node.clone()));
@@ -186,7 +209,10 @@ impl Server {
         }
         node.shutdown.cancel();
         tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
             warn!("connections still open after the shutdown grace period");
         }
     }

@@ -23,8 +23,13 @@ async fn connect_reply_carries_client_version_and_ping() {
 async fn invalid_token_closes_with_3500() {
     let server = start(config()).await;
     let mut client = Client::open(&server).await;
-    client.send_raw(r#"{"id":1,"connect":{"token":"not.a.jwt"}}"#).await;
-    let frame = client.closed(Duration::from_secs(3)).await.expect("close frame");
+    client
+        .send_raw(r#"{"id":1,"connect":{"token":"not.a.jwt"}}"#)
+        .await;
+    let frame = client
+        .closed(Duration::from_secs(3))
+        .await
+        .expect("close frame");
     assert_eq!(u16::from(frame.code), 3500);
     server.stop().await;
 }
@@ -33,7 +38,9 @@ async fn invalid_token_closes_with_3500() {
 async fn expired_token_is_error_109() {
     let server = start(config()).await;
     let mut client = Client::open(&server).await;
-    let reply = client.call(json!({"connect": {"token": token(json!({"sub": "1", "exp": 1000}))}})).await;
+    let reply = client
+        .call(json!({"connect": {"token": token(json!({"sub": "1", "exp": 1000}))}}))
+        .await;
     assert_eq!(reply["error"]["code"], json!(109));
     server.stop().await;
 }
@@ -42,8 +49,13 @@ async fn expired_token_is_error_109() {
 async fn command_before_connect_closes_with_3501() {
     let server = start(config()).await;
     let mut client = Client::open(&server).await;
-    client.send_raw(r#"{"id":1,"subscribe":{"channel":"news"}}"#).await;
-    let frame = client.closed(Duration::from_secs(3)).await.expect("close frame");
+    client
+        .send_raw(r#"{"id":1,"subscribe":{"channel":"news"}}"#)
+        .await;
+    let frame = client
+        .closed(Duration::from_secs(3))
+        .await
+        .expect("close frame");
     assert_eq!(u16::from(frame.code), 3501);
     server.stop().await;
 }
@@ -71,14 +83,23 @@ async fn connect_and_subscribe_in_one_frame_reply_in_order() {
 async fn api_publish_reaches_subscriber_with_offset() {
     let server = start(config()).await;
     let (mut client, _) = Client::connected(&server, "1").await;
-    let sub = client.call(json!({"subscribe": {"channel": "chat:room"}})).await;
+    let sub = client
+        .call(json!({"subscribe": {"channel": "chat:room"}}))
+        .await;
     assert_eq!(sub["subscribe"]["recoverable"], json!(true));
     let epoch = sub["subscribe"]["epoch"].as_str().unwrap().to_owned();
-    let (status, body) = server.api("publish", json!({"channel": "chat:room", "data": {"text": "hi"}})).await;
+    let (status, body) = server
+        .api(
+            "publish",
+            json!({"channel": "chat:room", "data": {"text": "hi"}}),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["result"]["offset"], json!(1));
     assert_eq!(body["result"]["epoch"], json!(epoch));
-    let push = client.wait_for(|m| m.get("push").is_some_and(|p| p.get("pub").is_some())).await;
+    let push = client
+        .wait_for(|m| m.get("push").is_some_and(|p| p.get("pub").is_some()))
+        .await;
     assert_eq!(push["push"]["channel"], json!("chat:room"));
     assert_eq!(push["push"]["pub"]["data"], json!({"text": "hi"}));
     assert_eq!(push["push"]["pub"]["offset"], json!(1));
@@ -91,7 +112,9 @@ async fn client_publish_reaches_other_subscriber() {
     let (mut alice, _) = Client::connected(&server, "alice").await;
     let (mut bob, _) = Client::connected(&server, "bob").await;
     bob.call(json!({"subscribe": {"channel": "news"}})).await;
-    let reply = alice.call(json!({"publish": {"channel": "news", "data": {"n": 1}}})).await;
+    let reply = alice
+        .call(json!({"publish": {"channel": "news", "data": {"n": 1}}}))
+        .await;
     assert!(reply.get("publish").is_some(), "{reply}");
     let push = bob.wait_for(|m| m.get("push").is_some()).await;
     assert_eq!(push["push"]["pub"]["data"], json!({"n": 1}));
@@ -103,9 +126,13 @@ async fn client_publish_reaches_other_subscriber() {
 async fn recovery_returns_exactly_the_missed_publications() {
     let server = start(config()).await;
     for n in 1..=5 {
-        server.api("publish", json!({"channel": "chat:r", "data": {"n": n}})).await;
+        server
+            .api("publish", json!({"channel": "chat:r", "data": {"n": n}}))
+            .await;
     }
-    let (_, body) = server.api("history", json!({"channel": "chat:r", "limit": 0})).await;
+    let (_, body) = server
+        .api("history", json!({"channel": "chat:r", "limit": 0}))
+        .await;
     let epoch = body["result"]["epoch"].as_str().unwrap().to_owned();
     let (mut client, _) = Client::connected(&server, "1").await;
     let reply = client
@@ -115,8 +142,12 @@ async fn recovery_returns_exactly_the_missed_publications() {
     assert_eq!(sub["recovered"], json!(true), "{reply}");
     assert_eq!(sub["was_recovering"], json!(true));
     assert_eq!(sub["offset"], json!(2));
-    let offsets: Vec<u64> =
-        sub["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    let offsets: Vec<u64> = sub["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
     assert_eq!(offsets, vec![3, 4, 5]);
     server.stop().await;
 }
@@ -125,17 +156,27 @@ async fn recovery_returns_exactly_the_missed_publications() {
 async fn recovery_across_a_gap_larger_than_history_is_refused_whole() {
     let server = start(config()).await;
     for n in 1..=15 {
-        server.api("publish", json!({"channel": "chat:g", "data": {"n": n}})).await;
+        server
+            .api("publish", json!({"channel": "chat:g", "data": {"n": n}}))
+            .await;
     }
-    let (_, body) = server.api("history", json!({"channel": "chat:g", "limit": 0})).await;
+    let (_, body) = server
+        .api("history", json!({"channel": "chat:g", "limit": 0}))
+        .await;
     let epoch = body["result"]["epoch"].as_str().unwrap().to_owned();
     let (mut client, _) = Client::connected(&server, "1").await;
     let reply = client
         .call(json!({"subscribe": {"channel": "chat:g", "recover": true, "offset": 1, "epoch": epoch}}))
         .await;
     let sub = &reply["subscribe"];
-    assert!(sub.get("recovered").is_none() || sub["recovered"] == json!(false), "{reply}");
-    assert!(sub.get("publications").is_none() || sub["publications"] == json!([]), "{reply}");
+    assert!(
+        sub.get("recovered").is_none() || sub["recovered"] == json!(false),
+        "{reply}"
+    );
+    assert!(
+        sub.get("publications").is_none() || sub["publications"] == json!([]),
+        "{reply}"
+    );
     assert_eq!(sub["offset"], json!(15));
     server.stop().await;
 }
@@ -143,7 +184,9 @@ async fn recovery_across_a_gap_larger_than_history_is_refused_whole() {
 #[tokio::test]
 async fn recovery_with_a_stale_epoch_is_not_recovered() {
     let server = start(config()).await;
-    server.api("publish", json!({"channel": "chat:e", "data": {}})).await;
+    server
+        .api("publish", json!({"channel": "chat:e", "data": {}}))
+        .await;
     let (mut client, _) = Client::connected(&server, "1").await;
     let reply = client
         .call(json!({"subscribe": {"channel": "chat:e", "recover": true, "offset": 1, "epoch": "nope"}}))
@@ -160,9 +203,13 @@ async fn recovery_with_a_stale_epoch_is_not_recovered() {
 async fn unknown_namespace_is_102_for_clients_and_api() {
     let server = start(config()).await;
     let (mut client, _) = Client::connected(&server, "1").await;
-    let reply = client.call(json!({"subscribe": {"channel": "nope:x"}})).await;
+    let reply = client
+        .call(json!({"subscribe": {"channel": "nope:x"}}))
+        .await;
     assert_eq!(reply["error"]["code"], json!(102));
-    let (_, body) = server.api("publish", json!({"channel": "nope:x", "data": {}})).await;
+    let (_, body) = server
+        .api("publish", json!({"channel": "nope:x", "data": {}}))
+        .await;
     assert_eq!(body["error"]["code"], json!(102));
     server.stop().await;
 }
@@ -184,17 +231,32 @@ async fn api_requires_the_key() {
 async fn presence_join_and_leave() {
     let server = start(config()).await;
     let (mut alice, _) = Client::connected(&server, "alice").await;
-    alice.call(json!({"subscribe": {"channel": "chat:p"}})).await;
+    alice
+        .call(json!({"subscribe": {"channel": "chat:p"}}))
+        .await;
     let (mut bob, _) = Client::connected(&server, "bob").await;
     bob.call(json!({"subscribe": {"channel": "chat:p"}})).await;
-    let join = alice.wait_for(|m| m["push"].get("join").is_some() && m["push"]["join"]["info"]["user"] == json!("bob")).await;
+    let join = alice
+        .wait_for(|m| {
+            m["push"].get("join").is_some() && m["push"]["join"]["info"]["user"] == json!("bob")
+        })
+        .await;
     assert_eq!(join["push"]["channel"], json!("chat:p"));
-    let stats = alice.call(json!({"presence_stats": {"channel": "chat:p"}})).await;
-    assert_eq!(stats["presence_stats"], json!({"num_clients": 2, "num_users": 2}));
-    bob.call(json!({"unsubscribe": {"channel": "chat:p"}})).await;
+    let stats = alice
+        .call(json!({"presence_stats": {"channel": "chat:p"}}))
+        .await;
+    assert_eq!(
+        stats["presence_stats"],
+        json!({"num_clients": 2, "num_users": 2})
+    );
+    bob.call(json!({"unsubscribe": {"channel": "chat:p"}}))
+        .await;
     alice.wait_for(|m| m["push"].get("leave").is_some()).await;
     let presence = alice.call(json!({"presence": {"channel": "chat:p"}})).await;
-    assert_eq!(presence["presence"]["presence"].as_object().unwrap().len(), 1);
+    assert_eq!(
+        presence["presence"]["presence"].as_object().unwrap().len(),
+        1
+    );
     server.stop().await;
 }
 
@@ -206,7 +268,10 @@ async fn missing_pong_closes_with_3012() {
     let server = start(cfg).await;
     let (mut client, _) = Client::connected(&server, "1").await;
     // `closed` does not answer pings.
-    let frame = client.closed(Duration::from_secs(6)).await.expect("close frame");
+    let frame = client
+        .closed(Duration::from_secs(6))
+        .await
+        .expect("close frame");
     assert_eq!(u16::from(frame.code), 3012);
     server.stop().await;
 }
@@ -222,7 +287,12 @@ async fn answered_pings_keep_the_connection() {
     // Reading answers pings; keep reading for several ping intervals (nothing else arrives).
     let idle = tokio::time::timeout(Duration::from_secs(5), client.wait_for(|_| false)).await;
     assert!(idle.is_err(), "nothing but pings was expected");
-    server.api("publish", json!({"channel": "news", "data": {"alive": true}})).await;
+    server
+        .api(
+            "publish",
+            json!({"channel": "news", "data": {"alive": true}}),
+        )
+        .await;
     let push = client.wait_for(|m| m.get("push").is_some()).await;
     assert_eq!(push["push"]["pub"]["data"], json!({"alive": true}));
     server.stop().await;
@@ -234,7 +304,10 @@ async fn no_connect_closes_with_3502() {
     cfg.client.stale_close_delay = Duration::from_secs(1);
     let server = start(cfg).await;
     let mut client = Client::open(&server).await;
-    let frame = client.closed(Duration::from_secs(4)).await.expect("close frame");
+    let frame = client
+        .closed(Duration::from_secs(4))
+        .await
+        .expect("close frame");
     assert_eq!(u16::from(frame.code), 3502);
     server.stop().await;
 }
@@ -244,14 +317,25 @@ async fn api_disconnect_and_unsubscribe_reach_the_user() {
     let server = start(config()).await;
     let (mut client, _) = Client::connected(&server, "u1").await;
     client.call(json!({"subscribe": {"channel": "news"}})).await;
-    server.api("unsubscribe", json!({"user": "u1", "channel": "news"})).await;
-    let push = client.wait_for(|m| m["push"].get("unsubscribe").is_some()).await;
+    server
+        .api("unsubscribe", json!({"user": "u1", "channel": "news"}))
+        .await;
+    let push = client
+        .wait_for(|m| m["push"].get("unsubscribe").is_some())
+        .await;
     assert_eq!(push["push"]["unsubscribe"]["code"], json!(2000));
-    server.api("subscribe", json!({"user": "u1", "channel": "chat:s"})).await;
-    let push = client.wait_for(|m| m["push"].get("subscribe").is_some()).await;
+    server
+        .api("subscribe", json!({"user": "u1", "channel": "chat:s"}))
+        .await;
+    let push = client
+        .wait_for(|m| m["push"].get("subscribe").is_some())
+        .await;
     assert_eq!(push["push"]["channel"], json!("chat:s"));
     server.api("disconnect", json!({"user": "u1"})).await;
-    let frame = client.closed(Duration::from_secs(3)).await.expect("close frame");
+    let frame = client
+        .closed(Duration::from_secs(3))
+        .await
+        .expect("close frame");
     assert_eq!(u16::from(frame.code), 3503);
     server.stop().await;
 }
@@ -262,9 +346,15 @@ async fn oversized_message_closes_with_1009() {
     cfg.websocket.message_size_limit = 1024;
     let server = start(cfg).await;
     let (mut client, _) = Client::connected(&server, "1").await;
-    let big = format!(r#"{{"id":5,"publish":{{"channel":"news","data":"{}"}}}}"#, "x".repeat(2000));
+    let big = format!(
+        r#"{{"id":5,"publish":{{"channel":"news","data":"{}"}}}}"#,
+        "x".repeat(2000)
+    );
     client.send_raw(&big).await;
-    let frame = client.closed(Duration::from_secs(3)).await.expect("close frame");
+    let frame = client
+        .closed(Duration::from_secs(3))
+        .await
+        .expect("close frame");
     assert_eq!(u16::from(frame.code), 1009);
     server.stop().await;
 }

@@ -9,7 +9,9 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::ApiError;
-use crate::broker::{BrokerError, ClientInfo, HistoryQuery, Publication, PublishOptions, StreamPosition};
+use crate::broker::{
+    BrokerError, ClientInfo, HistoryQuery, Publication, PublishOptions, StreamPosition,
+};
 use crate::hub::{Control, Disconnect, ServerSubscribe};
 use crate::server::Node;
 use crate::session::SubscribeOverrides;
@@ -35,14 +37,14 @@ pub(super) fn dispatch(node: &Node, method: &str, params: &RawValue) -> CallResu
         "publish" => publish(node, decode(params)?),
         "broadcast" => broadcast(node, decode(params)?),
         "subscribe" => subscribe(node, decode(params)?),
-        "unsubscribe" => unsubscribe(node, decode(params)?),
+        "unsubscribe" => unsubscribe(node, &decode(params)?),
         "disconnect" => disconnect(node, decode(params)?),
-        "refresh" => refresh(node, decode(params)?),
-        "presence" => presence(node, decode(params)?, false),
-        "presence_stats" => presence(node, decode(params)?, true),
+        "refresh" => refresh(node, &decode(params)?),
+        "presence" => presence(node, &decode(params)?, false),
+        "presence_stats" => presence(node, &decode(params)?, true),
         "history" => history(node, decode(params)?),
-        "history_remove" => history_remove(node, decode(params)?),
-        "channels" => channels(node, decode(params)?),
+        "history_remove" => history_remove(node, &decode(params)?),
+        "channels" => channels(node, &decode(params)?),
         "info" => Ok(info(node)),
         "rpc" => Err(ApiError::NOT_AVAILABLE.into()),
         _ => Err(ApiError::METHOD_NOT_FOUND.into()),
@@ -149,14 +151,19 @@ fn publish_one(node: &Node, channel: &str, req: &OnePublish) -> Result<Value, Ap
     if channel.is_empty() {
         return Err(ApiError::BAD_REQUEST);
     }
-    let ns = node.config.namespace_for(channel).map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
+    let ns = node
+        .config
+        .namespace_for(channel)
+        .map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
     let history = if req.skip_history {
         None
     } else {
         ns.history_enabled().then(|| crate::broker::HistoryOptions {
             size: ns.history_size,
             ttl: ns.history_ttl,
-            meta_ttl: ns.history_meta_ttl.unwrap_or(node.config.channel.history_meta_ttl),
+            meta_ttl: ns
+                .history_meta_ttl
+                .unwrap_or(node.config.channel.history_meta_ttl),
         })
     };
     let publication = Publication {
@@ -261,14 +268,19 @@ fn subscribe(node: &Node, req: SubscribeRequest<'_>) -> CallResult {
     if req.user.is_empty() || req.channel.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
     }
-    node.config.namespace_for(&req.channel).map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
+    node.config
+        .namespace_for(&req.channel)
+        .map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
     let o = req.r#override.unwrap_or_default();
     let pick = |v: Option<BoolValue>| v.map(|v| v.value);
     let control = ServerSubscribe {
         channel: req.channel,
         info: optional_payload(req.info, &req.b64info)?,
         data: optional_payload(req.data, &req.b64data)?,
-        recover_since: req.recover_since.map(|p| StreamPosition { offset: p.offset, epoch: p.epoch }),
+        recover_since: req.recover_since.map(|p| StreamPosition {
+            offset: p.offset,
+            epoch: p.epoch,
+        }),
         overrides: SubscribeOverrides {
             presence: pick(o.presence),
             join_leave: pick(o.join_leave),
@@ -296,14 +308,18 @@ struct UnsubscribeRequest {
     client: String,
 }
 
-fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> CallResult {
+fn unsubscribe(node: &Node, req: &UnsubscribeRequest) -> CallResult {
     if req.user.is_empty() || req.channel.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
     }
-    node.config.namespace_for(&req.channel).map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
+    node.config
+        .namespace_for(&req.channel)
+        .map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
     for conn in node.hub.user_conns(&req.user) {
         if req.client.is_empty() || conn.client.as_str() == req.client {
-            conn.post(Control::Unsubscribe { channel: req.channel.clone() });
+            conn.post(Control::Unsubscribe {
+                channel: req.channel.clone(),
+            });
         }
     }
     Ok(json!({}))
@@ -334,12 +350,17 @@ fn disconnect(node: &Node, req: DisconnectRequest) -> CallResult {
         return Err(ApiError::BAD_REQUEST.into());
     }
     let disconnect = match req.disconnect {
-        Some(d) if d.code != 0 => Disconnect { code: d.code, reason: d.reason },
+        Some(d) if d.code != 0 => Disconnect {
+            code: d.code,
+            reason: d.reason,
+        },
         _ => tether_proto::codes::DisconnectCode::FORCE_DISCONNECT.into(),
     };
     for conn in node.hub.user_conns(&req.user) {
         let client = conn.client.as_str();
-        if (req.client.is_empty() || client == req.client) && !req.whitelist.iter().any(|w| w == client) {
+        if (req.client.is_empty() || client == req.client)
+            && !req.whitelist.iter().any(|w| w == client)
+        {
             conn.close(disconnect.clone());
         }
     }
@@ -360,14 +381,18 @@ struct RefreshRequest<'a> {
     info: Option<&'a RawValue>,
 }
 
-fn refresh(node: &Node, req: RefreshRequest<'_>) -> CallResult {
+fn refresh(node: &Node, req: &RefreshRequest<'_>) -> CallResult {
     if req.user.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
     }
     let info = req.info.map(|i| Bytes::copy_from_slice(i.get().as_bytes()));
     for conn in node.hub.user_conns(&req.user) {
         if req.client.is_empty() || conn.client.as_str() == req.client {
-            conn.post(Control::Refresh { expired: req.expired, expire_at: req.expire_at, info: info.clone() });
+            conn.post(Control::Refresh {
+                expired: req.expired,
+                expire_at: req.expire_at,
+                info: info.clone(),
+            });
         }
     }
     Ok(json!({}))
@@ -379,11 +404,14 @@ struct ChannelRequest {
     channel: String,
 }
 
-fn presence(node: &Node, req: ChannelRequest, stats: bool) -> CallResult {
+fn presence(node: &Node, req: &ChannelRequest, stats: bool) -> CallResult {
     if req.channel.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
     }
-    let ns = node.config.namespace_for(&req.channel).map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
+    let ns = node
+        .config
+        .namespace_for(&req.channel)
+        .map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
     if !ns.presence {
         return Err(ApiError::NOT_AVAILABLE.into());
     }
@@ -416,30 +444,48 @@ fn history(node: &Node, req: HistoryRequest) -> CallResult {
     if req.channel.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
     }
-    let ns = node.config.namespace_for(&req.channel).map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
+    let ns = node
+        .config
+        .namespace_for(&req.channel)
+        .map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
     if !ns.history_enabled() {
         return Err(ApiError::NOT_AVAILABLE.into());
     }
-    let limit = if req.limit < 0 { None } else { Some(req.limit as usize) };
+    let limit = if req.limit < 0 {
+        None
+    } else {
+        Some(req.limit as usize)
+    };
     let query = HistoryQuery {
-        since: req.since.map(|p| StreamPosition { offset: p.offset, epoch: p.epoch }),
+        since: req.since.map(|p| StreamPosition {
+            offset: p.offset,
+            epoch: p.epoch,
+        }),
         limit,
         reverse: req.reverse,
-        meta_ttl: ns.history_meta_ttl.unwrap_or(node.config.channel.history_meta_ttl),
+        meta_ttl: ns
+            .history_meta_ttl
+            .unwrap_or(node.config.channel.history_meta_ttl),
     };
     let page = node
         .broker
         .history(&req.channel, &query, node.now().instant)
         .map_err(|BrokerError::UnrecoverablePosition| ApiError::UNRECOVERABLE_POSITION)?;
-    let publications: Vec<Value> = page.publications.iter().map(|p| publication_json(p)).collect();
+    let publications: Vec<Value> = page
+        .publications
+        .iter()
+        .map(|p| publication_json(p))
+        .collect();
     Ok(json!({ "publications": publications, "epoch": page.top.epoch, "offset": page.top.offset }))
 }
 
-fn history_remove(node: &Node, req: ChannelRequest) -> CallResult {
+fn history_remove(node: &Node, req: &ChannelRequest) -> CallResult {
     if req.channel.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
     }
-    node.config.namespace_for(&req.channel).map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
+    node.config
+        .namespace_for(&req.channel)
+        .map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
     node.broker.remove_history(&req.channel);
     Ok(json!({}))
 }
@@ -450,12 +496,14 @@ struct ChannelsRequest {
     pattern: String,
 }
 
-fn channels(node: &Node, req: ChannelsRequest) -> CallResult {
+fn channels(node: &Node, req: &ChannelsRequest) -> CallResult {
     let channels: serde_json::Map<String, Value> = node
         .hub
         .channels()
         .into_iter()
-        .filter(|(name, _)| req.pattern.is_empty() || crate::transport::wildcard_match(&req.pattern, name))
+        .filter(|(name, _)| {
+            req.pattern.is_empty() || crate::transport::wildcard_match(&req.pattern, name)
+        })
         .map(|(name, n)| (name, json!({ "num_clients": n })))
         .collect();
     Ok(json!({ "channels": channels }))

@@ -33,17 +33,35 @@ pub struct ApiError {
 
 impl ApiError {
     /// 100: internal server error.
-    pub const INTERNAL: Self = Self { code: 100, message: "internal server error" };
+    pub const INTERNAL: Self = Self {
+        code: 100,
+        message: "internal server error",
+    };
     /// 102: unknown channel (namespace not configured).
-    pub const UNKNOWN_CHANNEL: Self = Self { code: 102, message: "unknown channel" };
+    pub const UNKNOWN_CHANNEL: Self = Self {
+        code: 102,
+        message: "unknown channel",
+    };
     /// 104: method not found.
-    pub const METHOD_NOT_FOUND: Self = Self { code: 104, message: "method not found" };
+    pub const METHOD_NOT_FOUND: Self = Self {
+        code: 104,
+        message: "method not found",
+    };
     /// 107: bad request.
-    pub const BAD_REQUEST: Self = Self { code: 107, message: "bad request" };
+    pub const BAD_REQUEST: Self = Self {
+        code: 107,
+        message: "bad request",
+    };
     /// 108: not available (feature off for the namespace).
-    pub const NOT_AVAILABLE: Self = Self { code: 108, message: "not available" };
+    pub const NOT_AVAILABLE: Self = Self {
+        code: 108,
+        message: "not available",
+    };
     /// 112: unrecoverable position.
-    pub const UNRECOVERABLE_POSITION: Self = Self { code: 112, message: "unrecoverable position" };
+    pub const UNRECOVERABLE_POSITION: Self = Self {
+        code: 112,
+        message: "unrecoverable position",
+    };
 
     /// HTTP status in transport error mode.
     fn status(&self) -> StatusCode {
@@ -70,7 +88,11 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 async fn health() -> impl IntoResponse {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}")
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        "{}",
+    )
 }
 
 async fn call(
@@ -88,14 +110,17 @@ async fn call(
             .get("x-centrifugo-error-mode")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("transport"));
-    let params: &RawValue = match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
-        Ok(params) => params,
-        Err(_) => return (StatusCode::BAD_REQUEST, "bad request").into_response(),
-    };
+    let params: &RawValue =
+        match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
+            Ok(params) => params,
+            Err(_) => return (StatusCode::BAD_REQUEST, "bad request").into_response(),
+        };
     if method == "batch" {
         return match methods::batch(&node, params) {
             Ok(replies) => json_response(StatusCode::OK, &replies),
-            Err(methods::CallError::Decode) => (StatusCode::BAD_REQUEST, "bad request").into_response(),
+            Err(methods::CallError::Decode) => {
+                (StatusCode::BAD_REQUEST, "bad request").into_response()
+            }
             Err(methods::CallError::Api(error)) => error_response(&error, transport_mode),
         };
     }
@@ -113,12 +138,20 @@ fn error_response(error: &ApiError, transport_mode: bool) -> Response {
     if transport_mode {
         json_response(error.status(), &error.to_json())
     } else {
-        json_response(StatusCode::OK, &serde_json::json!({ "error": error.to_json() }))
+        json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "error": error.to_json() }),
+        )
     }
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
 }
 
 /// `X-API-Key`, else `Authorization: apikey <key>`, else `?api_key=`; an empty configured
@@ -134,7 +167,10 @@ fn authorized(node: &Node, headers: &HeaderMap, query: &HashMap<String, String>)
     if let Some(key) = headers.get("x-api-key") {
         return key.as_bytes() == api.key.as_bytes();
     }
-    if let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(auth) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let mut parts = auth.splitn(2, ' ');
         let scheme = parts.next().unwrap_or_default();
         let key = parts.next().unwrap_or_default().trim();

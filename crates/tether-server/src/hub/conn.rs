@@ -51,7 +51,10 @@ pub struct Disconnect {
 
 impl From<DisconnectCode> for Disconnect {
     fn from(code: DisconnectCode) -> Self {
-        Self { code: code.code, reason: code.reason.to_owned() }
+        Self {
+            code: code.code,
+            reason: code.reason.to_owned(),
+        }
     }
 }
 
@@ -297,7 +300,10 @@ impl Conn {
         if close.is_some() {
             self.closing.store(true, Ordering::Relaxed);
         }
-        Work { controls: std::mem::take(&mut inner.controls), close }
+        Work {
+            controls: std::mem::take(&mut inner.controls),
+            close,
+        }
     }
 
     /// Reads or updates the heartbeat deadlines.

@@ -34,12 +34,17 @@ pub struct Hub {
 #[derive(Debug)]
 struct Shared {
     conns: Box<[Mutex<HashMap<u64, ConnHandle>>]>,
-    users: Box<[Mutex<HashMap<Arc<str>, Vec<ConnHandle>>>]>,
-    channels: Box<[Mutex<HashMap<Arc<str>, Arc<Channel>>>]>,
+    users: Box<[Mutex<UserShard>]>,
+    channels: Box<[Mutex<ChannelShard>]>,
     next_seq: AtomicU64,
     hasher: std::collections::hash_map::RandomState,
     pings: Pings,
 }
+
+/// One shard of the user index: user -> that user's connections on this node.
+type UserShard = HashMap<Arc<str>, Vec<ConnHandle>>;
+/// One shard of the channel registry.
+type ChannelShard = HashMap<Arc<str>, Arc<Channel>>;
 
 /// Pre-encoded ping frames, one per encoding.
 #[derive(Debug)]
@@ -128,13 +133,17 @@ impl Hub {
     pub fn register(&self, encoding: Encoding, framing: Framing, queue_limit: usize) -> ConnHandle {
         let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn::new(seq, encoding, framing, queue_limit));
-        self.shared.conns[shard_of_seq(seq)].lock().insert(seq, conn.clone());
+        self.shared.conns[shard_of_seq(seq)]
+            .lock()
+            .insert(seq, conn.clone());
         conn
     }
 
     /// Removes a connection from every registry (its subscriptions are removed by the session).
     pub fn unregister(&self, conn: &ConnHandle) {
-        self.shared.conns[shard_of_seq(conn.seq)].lock().remove(&conn.seq);
+        self.shared.conns[shard_of_seq(conn.seq)]
+            .lock()
+            .remove(&conn.seq);
         let user = conn.user();
         let mut users = self.shared.users[self.shard(&user)].lock();
         if let Some(list) = users.get_mut(&user) {
@@ -157,17 +166,29 @@ impl Hub {
 
     /// Number of connections a user has on this node.
     pub fn user_conn_count(&self, user: &str) -> usize {
-        self.shared.users[self.shard(user)].lock().get(user).map_or(0, Vec::len)
+        self.shared.users[self.shard(user)]
+            .lock()
+            .get(user)
+            .map_or(0, Vec::len)
     }
 
     /// The connections of a user on this node.
     pub fn user_conns(&self, user: &str) -> Vec<ConnHandle> {
-        self.shared.users[self.shard(user)].lock().get(user).cloned().unwrap_or_default()
+        self.shared.users[self.shard(user)]
+            .lock()
+            .get(user)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Adds a subscriber in the pending state; publications are parked until
     /// [`Hub::activate`]. Returns the handle the session keeps.
-    pub fn subscribe(&self, channel: &str, conn: &ConnHandle, flags: SubscriberFlags) -> Arc<Subscriber> {
+    pub fn subscribe(
+        &self,
+        channel: &str,
+        conn: &ConnHandle,
+        flags: SubscriberFlags,
+    ) -> Arc<Subscriber> {
         let sub = Arc::new(Subscriber {
             conn: conn.clone(),
             flags,
@@ -187,15 +208,21 @@ impl Hub {
     /// `delivered_up_to` (all of them when `None`), in order and under the subscriber's lock
     /// so live fan-out cannot slip in between. Returns false if the connection's queue
     /// overflowed.
-    pub fn activate(&self, channel: &str, sub: &Subscriber, head: Vec<Bytes>, delivered_up_to: Option<u64>) -> bool {
+    pub fn activate(
+        &self,
+        channel: &str,
+        sub: &Subscriber,
+        head: Vec<Bytes>,
+        delivered_up_to: Option<u64>,
+    ) -> bool {
         let mut pending = sub.pending.lock();
         let parked = pending.take().unwrap_or_default();
         let mut frames = head;
         for item in parked {
-            if let (Some(top), Some(pos)) = (delivered_up_to, &item.position) {
-                if pos.offset <= top {
-                    continue;
-                }
+            if let (Some(top), Some(pos)) = (delivered_up_to, &item.position)
+                && pos.offset <= top
+            {
+                continue;
             }
             match self.frame_for(channel, sub, &item.publication, None) {
                 Ok(frame) => frames.push(frame),
@@ -254,7 +281,11 @@ impl Hub {
 
     /// Every registered connection (a snapshot; for shutdown and tests).
     pub fn all_conns(&self) -> Vec<ConnHandle> {
-        self.shared.conns.iter().flat_map(|s| s.lock().values().cloned().collect::<Vec<_>>()).collect()
+        self.shared
+            .conns
+            .iter()
+            .flat_map(|s| s.lock().values().cloned().collect::<Vec<_>>())
+            .collect()
     }
 
     /// One heartbeat pass: sends due pings, closes connections whose pong, connect or
@@ -316,7 +347,9 @@ impl Hub {
 
     /// Fan-out of one publication to this node's subscribers of `channel`.
     pub fn deliver_publication(&self, channel: &str, event: &PublicationEvent) {
-        let Some(entry) = self.channel(channel) else { return };
+        let Some(entry) = self.channel(channel) else {
+            return;
+        };
         let subs = entry.subscribers.read();
         let mut variants = Variants::default();
         for sub in subs.values() {
@@ -334,21 +367,36 @@ impl Hub {
                 Some(frame) => {
                     sub.conn.enqueue(frame);
                 }
-                None => sub.conn.close(DisconnectCode::INAPPROPRIATE_PROTOCOL.into()),
+                None => sub
+                    .conn
+                    .close(DisconnectCode::INAPPROPRIATE_PROTOCOL.into()),
             }
         }
     }
 
     /// Fan-out of a join or leave to subscribers that asked for them.
     pub fn deliver_join_leave(&self, channel: &str, info: &ClientInfo, join: bool) {
-        let Some(entry) = self.channel(channel) else { return };
+        let Some(entry) = self.channel(channel) else {
+            return;
+        };
         let info = Some(to_proto_info(info));
         let push = if join {
-            Push { channel: channel.to_owned(), join: Some(tether_proto::Join { info }), ..Default::default() }
+            Push {
+                channel: channel.to_owned(),
+                join: Some(tether_proto::Join { info }),
+                ..Default::default()
+            }
         } else {
-            Push { channel: channel.to_owned(), leave: Some(tether_proto::Leave { info }), ..Default::default() }
+            Push {
+                channel: channel.to_owned(),
+                leave: Some(tether_proto::Leave { info }),
+                ..Default::default()
+            }
         };
-        let reply = Reply { push: Some(push), ..Default::default() };
+        let reply = Reply {
+            push: Some(push),
+            ..Default::default()
+        };
         let mut frames: [Option<Bytes>; 2] = [None, None];
         for sub in entry.subscribers.read().values() {
             if !sub.flags.join_leave || sub.pending.lock().is_some() {
@@ -365,7 +413,10 @@ impl Hub {
     }
 
     fn channel(&self, channel: &str) -> Option<Arc<Channel>> {
-        self.shared.channels[self.shard(channel)].lock().get(channel).cloned()
+        self.shared.channels[self.shard(channel)]
+            .lock()
+            .get(channel)
+            .cloned()
     }
 
     fn shard(&self, key: &str) -> usize {
@@ -381,31 +432,53 @@ impl Hub {
         publication: &Arc<Publication>,
         previous: Option<&Arc<Publication>>,
     ) -> Result<Bytes, DisconnectCode> {
-        let event = PublicationEvent { publication: publication.clone(), position: None, previous: previous.cloned() };
+        let event = PublicationEvent {
+            publication: publication.clone(),
+            position: None,
+            previous: previous.cloned(),
+        };
         let mut variants = Variants::default();
-        self.cached_frame(channel, sub, &event, &mut variants).ok_or(DisconnectCode::INAPPROPRIATE_PROTOCOL)
+        self.cached_frame(channel, sub, &event, &mut variants)
+            .ok_or(DisconnectCode::INAPPROPRIATE_PROTOCOL)
     }
 
     /// A recovered publication as it goes into a subscribe result for this subscriber: full
     /// data (a JSON string when delta was negotiated on JSON), and the subscriber primed for
     /// deltas after it.
-    pub fn recovered_publication(&self, sub: &Subscriber, publication: &Publication) -> tether_proto::Publication {
+    pub fn recovered_publication(
+        &self,
+        sub: &Subscriber,
+        publication: &Publication,
+    ) -> tether_proto::Publication {
         let form = if sub.flags.delta {
             sub.delta_primed.store(true, Ordering::Relaxed);
             Form::DeltaFull
         } else {
             Form::Plain
         };
-        to_proto_publication(publication, wire_data(sub.conn.encoding, form, &publication.data), false)
+        to_proto_publication(
+            publication,
+            wire_data(sub.conn.encoding, form, &publication.data),
+            false,
+        )
     }
 
-    fn cached_frame(&self, channel: &str, sub: &Subscriber, event: &PublicationEvent, variants: &mut Variants) -> Option<Bytes> {
+    fn cached_frame(
+        &self,
+        channel: &str,
+        sub: &Subscriber,
+        event: &PublicationEvent,
+        variants: &mut Variants,
+    ) -> Option<Bytes> {
         let conn = &sub.conn;
         let enc = encoding_index(conn.encoding);
         let publication = &event.publication;
         let form = if !sub.flags.delta {
             Form::Plain
-        } else if publication.delta && sub.delta_primed.swap(true, Ordering::Relaxed) && event.previous.is_some() {
+        } else if publication.delta
+            && sub.delta_primed.swap(true, Ordering::Relaxed)
+            && event.previous.is_some()
+        {
             Form::Delta
         } else {
             sub.delta_primed.store(true, Ordering::Relaxed);
@@ -425,7 +498,14 @@ impl Hub {
                 return slot
                     .get_or_insert_with(|| {
                         let data = wire_data(conn.encoding, Form::Delta, &patch);
-                        encode_publication(channel, publication, data, true, conn.encoding, conn.framing)
+                        encode_publication(
+                            channel,
+                            publication,
+                            data,
+                            true,
+                            conn.encoding,
+                            conn.framing,
+                        )
                     })
                     .clone();
             }
@@ -433,7 +513,14 @@ impl Hub {
             return variants.frames[enc * 3 + 1]
                 .get_or_insert_with(|| {
                     let data = wire_data(conn.encoding, Form::DeltaFull, &publication.data);
-                    encode_publication(channel, publication, data, false, conn.encoding, conn.framing)
+                    encode_publication(
+                        channel,
+                        publication,
+                        data,
+                        false,
+                        conn.encoding,
+                        conn.framing,
+                    )
                 })
                 .clone();
         }
@@ -441,7 +528,14 @@ impl Hub {
         variants.frames[index]
             .get_or_insert_with(|| {
                 let data = wire_data(conn.encoding, form, &publication.data);
-                encode_publication(channel, publication, data, false, conn.encoding, conn.framing)
+                encode_publication(
+                    channel,
+                    publication,
+                    data,
+                    false,
+                    conn.encoding,
+                    conn.framing,
+                )
             })
             .clone()
     }
@@ -505,12 +599,20 @@ fn encoding_index(encoding: Encoding) -> usize {
 }
 
 /// Converts a broker publication into the protocol type with the given wire data.
-pub fn to_proto_publication(publication: &Publication, data: Bytes, delta: bool) -> tether_proto::Publication {
+pub fn to_proto_publication(
+    publication: &Publication,
+    data: Bytes,
+    delta: bool,
+) -> tether_proto::Publication {
     tether_proto::Publication {
         data,
         info: publication.info.as_ref().map(to_proto_info),
         offset: publication.offset,
-        tags: publication.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        tags: publication
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         delta,
         ..Default::default()
     }
@@ -539,11 +641,23 @@ fn encode_publication(
         r#pub: Some(to_proto_publication(publication, data, delta)),
         ..Default::default()
     };
-    encode_frame(encoding, framing, &Reply { push: Some(push), ..Default::default() }).ok()
+    encode_frame(
+        encoding,
+        framing,
+        &Reply {
+            push: Some(push),
+            ..Default::default()
+        },
+    )
+    .ok()
 }
 
 /// Encodes one reply as a complete wire frame for a connection.
-pub fn encode_frame(encoding: Encoding, framing: Framing, reply: &Reply) -> Result<Bytes, tether_proto::EncodeError> {
+pub fn encode_frame(
+    encoding: Encoding,
+    framing: Framing,
+    reply: &Reply,
+) -> Result<Bytes, tether_proto::EncodeError> {
     let mut payload = Vec::with_capacity(64);
     encoding.encode_reply(reply, &mut payload)?;
     Ok(frame_payload(encoding, framing, &payload))
@@ -562,4 +676,3 @@ fn shard_of_seq(seq: u64) -> usize {
 
 /// Registry shards; a power of two well above the core count keeps lock contention low.
 const SHARDS: usize = 64;
-

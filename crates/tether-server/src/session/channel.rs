@@ -56,12 +56,25 @@ pub(crate) struct ChannelAccess<'a> {
 
 impl<'a> ChannelAccess<'a> {
     /// Checks the channel's length and namespace (107 / 102).
-    pub(crate) fn resolve(node: &'a Node, channel: &str, user: &str, subscribed: bool) -> Result<Self, ClientError> {
+    pub(crate) fn resolve(
+        node: &'a Node,
+        channel: &str,
+        user: &str,
+        subscribed: bool,
+    ) -> Result<Self, ClientError> {
         if channel.len() > node.config.channel.max_length {
             return Err(ClientError::BAD_REQUEST);
         }
-        let options = node.config.namespace_for(channel).map_err(|_| ClientError::UNKNOWN_CHANNEL)?;
-        Ok(Self { options, insecure: node.config.client.insecure, anonymous: user.is_empty(), subscribed })
+        let options = node
+            .config
+            .namespace_for(channel)
+            .map_err(|_| ClientError::UNKNOWN_CHANNEL)?;
+        Ok(Self {
+            options,
+            insecure: node.config.client.insecure,
+            anonymous: user.is_empty(),
+            subscribed,
+        })
     }
 
     /// The namespace's permission rules for a client action (insecure mode allows all).
@@ -71,16 +84,26 @@ impl<'a> ChannelAccess<'a> {
         }
         let o = self.options;
         let (for_subscriber, for_client, for_anonymous) = match permission {
-            Permission::Subscribe => (false, o.allow_subscribe_for_client, o.allow_subscribe_for_anonymous),
-            Permission::Publish => {
-                (o.allow_publish_for_subscriber, o.allow_publish_for_client, o.allow_publish_for_anonymous)
-            }
-            Permission::Presence => {
-                (o.allow_presence_for_subscriber, o.allow_presence_for_client, o.allow_presence_for_anonymous)
-            }
-            Permission::History => {
-                (o.allow_history_for_subscriber, o.allow_history_for_client, o.allow_history_for_anonymous)
-            }
+            Permission::Subscribe => (
+                false,
+                o.allow_subscribe_for_client,
+                o.allow_subscribe_for_anonymous,
+            ),
+            Permission::Publish => (
+                o.allow_publish_for_subscriber,
+                o.allow_publish_for_client,
+                o.allow_publish_for_anonymous,
+            ),
+            Permission::Presence => (
+                o.allow_presence_for_subscriber,
+                o.allow_presence_for_client,
+                o.allow_presence_for_anonymous,
+            ),
+            Permission::History => (
+                o.allow_history_for_subscriber,
+                o.allow_history_for_client,
+                o.allow_history_for_anonymous,
+            ),
         };
         let who_ok = !self.anonymous || for_anonymous;
         ((for_subscriber && self.subscribed) || for_client) && who_ok
@@ -108,5 +131,7 @@ pub(crate) fn history_options(node: &Node, options: &NamespaceOptions) -> Option
 
 /// A namespace's stream meta TTL (its own, or the channel-wide default).
 pub(crate) fn meta_ttl(node: &Node, options: &NamespaceOptions) -> Duration {
-    options.history_meta_ttl.unwrap_or(node.config.channel.history_meta_ttl)
+    options
+        .history_meta_ttl
+        .unwrap_or(node.config.channel.history_meta_ttl)
 }

@@ -24,7 +24,9 @@ pub use self::channel::SubscribeOverrides;
 use self::channel::{ChannelAccess, Permission};
 use crate::auth::TokenError;
 use crate::broker::{HistoryQuery, PublishOptions, StreamPosition};
-use crate::hub::{ConnHandle, Control, Disconnect, encode_frame, to_proto_info, to_proto_publication};
+use crate::hub::{
+    ConnHandle, Control, Disconnect, encode_frame, to_proto_info, to_proto_publication,
+};
 use crate::server::Node;
 
 /// The time as the session sees it: the monotonic instant (for the broker and the node
@@ -78,7 +80,13 @@ pub type Outcome = Result<(), Disconnect>;
 impl Session {
     /// A session for a freshly accepted connection.
     pub fn new(conn: ConnHandle) -> Self {
-        Self { conn, state: State::Connecting, user: Arc::from(""), expires_at: None, subs: HashMap::new() }
+        Self {
+            conn,
+            state: State::Connecting,
+            user: Arc::from(""),
+            expires_at: None,
+            subs: HashMap::new(),
+        }
     }
 
     /// The connection handle.
@@ -98,7 +106,7 @@ impl Session {
     pub fn handle_command(&mut self, node: &Node, mut cmd: Command, now: Now) -> Outcome {
         let id = cmd.id;
         if let Some(req) = cmd.connect.take() {
-            return self.connect(node, id, req, now);
+            return self.connect(node, id, &req, now);
         }
         if is_pong(&cmd) {
             // A pong with no ping outstanding is ignored: harmless, and SDKs never send one.
@@ -121,7 +129,10 @@ impl Session {
             return self.subscribe(node, id, req, now);
         } else if let Some(req) = cmd.unsubscribe.take() {
             self.unsubscribe(node, &req.channel, now)?;
-            Reply { unsubscribe: Some(Default::default()), ..Default::default() }
+            Reply {
+                unsubscribe: Some(Default::default()),
+                ..Default::default()
+            }
         } else if let Some(req) = cmd.publish.take() {
             self.publish(node, req, now)?
         } else if let Some(req) = cmd.presence.take() {
@@ -135,7 +146,7 @@ impl Session {
         } else if let Some(req) = cmd.refresh.take() {
             self.refresh(node, &req.token, now)?
         } else if let Some(req) = cmd.sub_refresh.take() {
-            self.sub_refresh(node, req, now)?
+            self.sub_refresh(node, &req, now)?
         } else {
             // `ping` (not supported in protocol v2) or an unknown method.
             return Err(DisconnectCode::BAD_REQUEST.into());
@@ -165,7 +176,11 @@ impl Session {
                 }
                 Ok(())
             }
-            Control::Refresh { expired, expire_at, info } => {
+            Control::Refresh {
+                expired,
+                expire_at,
+                info,
+            } => {
                 if expired {
                     return Err(DisconnectCode::EXPIRED.into());
                 }
@@ -193,7 +208,13 @@ impl Session {
 
     // === connect ===
 
-    fn connect(&mut self, node: &Node, id: u32, req: tether_proto::ConnectRequest, now: Now) -> Outcome {
+    fn connect(
+        &mut self,
+        node: &Node,
+        id: u32,
+        req: &tether_proto::ConnectRequest,
+        now: Now,
+    ) -> Outcome {
         if self.state != State::Connecting || id == 0 {
             return Err(DisconnectCode::BAD_REQUEST.into());
         }
@@ -207,7 +228,9 @@ impl Session {
         } else {
             let claims = match node.tokens.verify_connect(&req.token, now.unix) {
                 Ok(claims) => claims,
-                Err(TokenError::Expired) => return self.fail_connect(id, ClientError::TOKEN_EXPIRED),
+                Err(TokenError::Expired) => {
+                    return self.fail_connect(id, ClientError::TOKEN_EXPIRED);
+                }
                 Err(_) => return Err(DisconnectCode::INVALID_TOKEN.into()),
             };
             if claims.sub.is_empty() && config.client.disallow_anonymous_connection_tokens {
@@ -227,10 +250,10 @@ impl Session {
             (claims.sub, claims.info, expiry)
         };
         let expiry = if config.client.insecure { None } else { expiry };
-        if let Some(at) = expiry {
-            if at <= now.unix {
-                return self.fail_connect(id, ClientError::EXPIRED);
-            }
+        if let Some(at) = expiry
+            && at <= now.unix
+        {
+            return self.fail_connect(id, ClientError::EXPIRED);
         }
         let limit = config.client.user_connection_limit;
         if limit > 0 && !user.is_empty() && node.hub.user_conn_count(&user) >= limit {
@@ -245,7 +268,11 @@ impl Session {
         let first_ping = node.first_ping_delay_ms();
         self.conn.with_heartbeat(|hb| {
             hb.stale_at = 0;
-            hb.ping_at = if ping.is_zero() { 0 } else { now.ms + first_ping };
+            hb.ping_at = if ping.is_zero() {
+                0
+            } else {
+                now.ms + first_ping
+            };
         });
 
         let personal = &config.client.subscribe_to_user_personal_channel;
@@ -255,7 +282,9 @@ impl Session {
             } else {
                 format!(
                     "{}{}{}{user}",
-                    personal.personal_channel_namespace, config.channel.namespace_boundary, config.channel.user_boundary
+                    personal.personal_channel_namespace,
+                    config.channel.namespace_boundary,
+                    config.channel.user_boundary
                 )
             };
             server_subs.push((channel, None));
@@ -279,15 +308,21 @@ impl Session {
             if self.subs.contains_key(&channel) || node.config.namespace_for(&channel).is_err() {
                 continue;
             }
-            let recover = req.subs.get(&channel).filter(|s| s.recover).map(|s| StreamPosition {
-                offset: s.offset,
-                epoch: s.epoch.clone(),
-            });
+            let recover = req
+                .subs
+                .get(&channel)
+                .filter(|s| s.recover)
+                .map(|s| StreamPosition {
+                    offset: s.offset,
+                    epoch: s.epoch.clone(),
+                });
             let opts = opts.unwrap_or_default();
             let setup = self.setup_server_sub(
                 node,
                 &channel,
-                opts.override_.map(SubscribeOverrides::from).unwrap_or_default(),
+                opts.override_
+                    .map(SubscribeOverrides::from)
+                    .unwrap_or_default(),
                 opts.info,
                 recover,
                 now,
@@ -297,7 +332,13 @@ impl Session {
             result.subs.insert(channel.clone(), sub_result);
             pending.push((channel, setup.sub, top));
         }
-        self.send_reply(id, Reply { connect: Some(result), ..Default::default() })?;
+        self.send_reply(
+            id,
+            Reply {
+                connect: Some(result),
+                ..Default::default()
+            },
+        )?;
         for (channel, sub, top) in pending {
             node.hub.activate(&channel, &sub, Vec::new(), top);
             self.after_subscribed(node, &channel);
@@ -339,11 +380,15 @@ impl Session {
             Some(at) => Some(at),
             None => claims.exp,
         };
-        let expiry = if node.config.client.insecure { None } else { expiry };
-        if let Some(at) = expiry {
-            if at <= now.unix {
-                return Ok(error_reply(ClientError::EXPIRED));
-            }
+        let expiry = if node.config.client.insecure {
+            None
+        } else {
+            expiry
+        };
+        if let Some(at) = expiry
+            && at <= now.unix
+        {
+            return Ok(error_reply(ClientError::EXPIRED));
         }
         if claims.info.is_some() {
             self.conn.set_info(claims.info);
@@ -355,12 +400,20 @@ impl Session {
             expires: expiry.is_some(),
             ttl: expiry.map_or(0, |at| (at - now.unix).max(0) as u32),
         };
-        Ok(Reply { refresh: Some(result), ..Default::default() })
+        Ok(Reply {
+            refresh: Some(result),
+            ..Default::default()
+        })
     }
 
     // === publish, presence, history ===
 
-    fn publish(&mut self, node: &Node, req: tether_proto::PublishRequest, now: Now) -> Result<Reply, Disconnect> {
+    fn publish(
+        &mut self,
+        node: &Node,
+        req: tether_proto::PublishRequest,
+        now: Now,
+    ) -> Result<Reply, Disconnect> {
         let access = match self.access(node, &req.channel)? {
             Ok(access) => access,
             Err(error) => return Ok(error_reply(error)),
@@ -368,7 +421,10 @@ impl Session {
         if !access.allows(Permission::Publish) {
             return Ok(error_reply(ClientError::PERMISSION_DENIED));
         }
-        let chan_info = self.subs.get(&req.channel).and_then(|s| s.chan_info.clone());
+        let chan_info = self
+            .subs
+            .get(&req.channel)
+            .and_then(|s| s.chan_info.clone());
         let publication = crate::broker::Publication {
             data: req.data,
             info: Some(self.conn.client_info(chan_info)),
@@ -376,9 +432,18 @@ impl Session {
             time_ms: now_unix_ms(),
             ..Default::default()
         };
-        let opts = PublishOptions { history: access.history_options(node), idempotency_key: None };
-        match node.broker.publish(&req.channel, publication, &opts, now.instant) {
-            Ok(_) => Ok(Reply { publish: Some(Default::default()), ..Default::default() }),
+        let opts = PublishOptions {
+            history: access.history_options(node),
+            idempotency_key: None,
+        };
+        match node
+            .broker
+            .publish(&req.channel, publication, &opts, now.instant)
+        {
+            Ok(_) => Ok(Reply {
+                publish: Some(Default::default()),
+                ..Default::default()
+            }),
             Err(_) => Ok(error_reply(ClientError::INTERNAL)),
         }
     }
@@ -396,14 +461,33 @@ impl Session {
         }
         if stats {
             let s = node.broker.presence_stats(channel);
-            let result = tether_proto::PresenceStatsResult { num_clients: s.num_clients, num_users: s.num_users };
-            return Ok(Reply { presence_stats: Some(result), ..Default::default() });
+            let result = tether_proto::PresenceStatsResult {
+                num_clients: s.num_clients,
+                num_users: s.num_users,
+            };
+            return Ok(Reply {
+                presence_stats: Some(result),
+                ..Default::default()
+            });
         }
-        let presence = node.broker.presence(channel).into_iter().map(|(k, v)| (k, to_proto_info(&v))).collect();
-        Ok(Reply { presence: Some(tether_proto::PresenceResult { presence }), ..Default::default() })
+        let presence = node
+            .broker
+            .presence(channel)
+            .into_iter()
+            .map(|(k, v)| (k, to_proto_info(&v)))
+            .collect();
+        Ok(Reply {
+            presence: Some(tether_proto::PresenceResult { presence }),
+            ..Default::default()
+        })
     }
 
-    fn history(&mut self, node: &Node, req: tether_proto::HistoryRequest, now: Now) -> Result<Reply, Disconnect> {
+    fn history(
+        &mut self,
+        node: &Node,
+        req: tether_proto::HistoryRequest,
+        now: Now,
+    ) -> Result<Reply, Disconnect> {
         let access = match self.access(node, &req.channel)? {
             Ok(access) => access,
             Err(error) => return Ok(error_reply(error)),
@@ -415,8 +499,15 @@ impl Session {
             return Ok(error_reply(ClientError::PERMISSION_DENIED));
         }
         let max = node.config.client.history_max_publication_limit;
-        let limit = if req.limit < 0 || req.limit as usize > max { max } else { req.limit as usize };
-        let since = req.since.map(|p| StreamPosition { offset: p.offset, epoch: p.epoch });
+        let limit = if req.limit < 0 || req.limit as usize > max {
+            max
+        } else {
+            req.limit as usize
+        };
+        let since = req.since.map(|p| StreamPosition {
+            offset: p.offset,
+            epoch: p.epoch,
+        });
         if req.reverse && since.as_ref().is_some_and(|s| s.offset == 0) {
             return Ok(error_reply(ClientError::BAD_REQUEST));
         }
@@ -437,7 +528,10 @@ impl Session {
                     epoch: page.top.epoch,
                     offset: page.top.offset,
                 };
-                Ok(Reply { history: Some(result), ..Default::default() })
+                Ok(Reply {
+                    history: Some(result),
+                    ..Default::default()
+                })
             }
             Err(crate::broker::BrokerError::UnrecoverablePosition) => {
                 Ok(error_reply(ClientError::UNRECOVERABLE_POSITION))
@@ -447,11 +541,20 @@ impl Session {
 
     /// Resolves a channel's namespace for publish/presence/history: an empty channel closes
     /// the connection, a too long one or an unknown namespace is an error reply.
-    fn access<'a>(&self, node: &'a Node, channel: &str) -> Result<Result<ChannelAccess<'a>, ClientError>, Disconnect> {
+    fn access<'a>(
+        &self,
+        node: &'a Node,
+        channel: &str,
+    ) -> Result<Result<ChannelAccess<'a>, ClientError>, Disconnect> {
         if channel.is_empty() {
             return Err(DisconnectCode::BAD_REQUEST.into());
         }
-        Ok(ChannelAccess::resolve(node, channel, &self.user, self.subs.contains_key(channel)))
+        Ok(ChannelAccess::resolve(
+            node,
+            channel,
+            &self.user,
+            self.subs.contains_key(channel),
+        ))
     }
 
     // === output ===
@@ -462,7 +565,10 @@ impl Session {
     }
 
     fn send_push(&self, push: tether_proto::Push) -> Outcome {
-        self.enqueue_reply(&Reply { push: Some(push), ..Default::default() })
+        self.enqueue_reply(&Reply {
+            push: Some(push),
+            ..Default::default()
+        })
     }
 
     fn enqueue_reply(&self, reply: &Reply) -> Outcome {
@@ -482,7 +588,10 @@ fn is_pong(cmd: &Command) -> bool {
 }
 
 fn error_reply(error: ClientError) -> Reply {
-    Reply { error: Some(error.into()), ..Default::default() }
+    Reply {
+        error: Some(error.into()),
+        ..Default::default()
+    }
 }
 
 fn now_unix_ms() -> i64 {

@@ -13,7 +13,9 @@ use tether_proto::codes::{ClientError, DisconnectCode};
 use tether_proto::{Reply, SubscribeRequest, SubscribeResult};
 
 use super::channel::{ChannelAccess, Permission, meta_ttl};
-use super::{Now, Outcome, Session, SubState, SubscribeOverrides, UNSUBSCRIBE_EXPIRED, error_reply};
+use super::{
+    Now, Outcome, Session, SubState, SubscribeOverrides, UNSUBSCRIBE_EXPIRED, error_reply,
+};
 use crate::auth::TokenError;
 use crate::broker::{BrokerError, HistoryQuery, StreamPosition};
 use crate::config::NamespaceOptions;
@@ -52,7 +54,13 @@ const FLAG_REJECT_UNRECOVERED: i64 = 2;
 
 impl Session {
     /// Client-side `subscribe`.
-    pub(super) fn subscribe(&mut self, node: &Node, id: u32, req: SubscribeRequest, now: Now) -> Outcome {
+    pub(super) fn subscribe(
+        &mut self,
+        node: &Node,
+        id: u32,
+        req: SubscribeRequest,
+        now: Now,
+    ) -> Outcome {
         match self.check_subscribe(node, &req, now)? {
             Ok(params) => {
                 let channel = req.channel;
@@ -61,7 +69,11 @@ impl Session {
                     Err(error) => return self.send_reply(id, error_reply(error)),
                 };
                 let (result, top) = opened.result;
-                let reply = Reply { id, subscribe: Some(result), ..Default::default() };
+                let reply = Reply {
+                    id,
+                    subscribe: Some(result),
+                    ..Default::default()
+                };
                 let frame = self.encode(&reply)?;
                 node.hub.activate(&channel, &opened.sub, vec![frame], top);
                 self.after_subscribed(node, &channel);
@@ -107,7 +119,10 @@ impl Session {
             };
             if claims.channel != channel
                 || claims.sub != *self.user
-                || claims.client.as_deref().is_some_and(|c| c != self.conn.client.as_str())
+                || claims
+                    .client
+                    .as_deref()
+                    .is_some_and(|c| c != self.conn.client.as_str())
             {
                 return Err(DisconnectCode::INVALID_TOKEN.into());
             }
@@ -116,18 +131,26 @@ impl Session {
                 Some(at) => Some(at),
                 None => claims.exp,
             };
-            if let Some(at) = expires_at {
-                if at <= now.unix {
-                    return Ok(Err(ClientError::EXPIRED));
-                }
+            if let Some(at) = expires_at
+                && at <= now.unix
+            {
+                return Ok(Err(ClientError::EXPIRED));
             }
-            overrides = claims.override_.map(SubscribeOverrides::from).unwrap_or_default();
+            overrides = claims
+                .override_
+                .map(SubscribeOverrides::from)
+                .unwrap_or_default();
             chan_info = claims.info;
-        } else if channel.starts_with(config.channel.private_prefix.as_str()) && !config.channel.private_prefix.is_empty()
+        } else if channel.starts_with(config.channel.private_prefix.as_str())
+            && !config.channel.private_prefix.is_empty()
         {
             return Ok(Err(ClientError::PERMISSION_DENIED));
         } else if let Some(users) = user_limited(node, ns, channel) {
-            if self.user.is_empty() || !users.split(config.channel.user_separator.as_str()).any(|u| u == &*self.user) {
+            if self.user.is_empty()
+                || !users
+                    .split(config.channel.user_separator.as_str())
+                    .any(|u| u == &*self.user)
+            {
                 return Ok(Err(ClientError::PERMISSION_DENIED));
             }
         } else if !access.allows(Permission::Subscribe) {
@@ -142,19 +165,27 @@ impl Session {
             .unwrap_or(false);
         let mut params = self.params_for(ns, overrides);
         if ns.history_enabled() {
-            params.recoverable = params.recoverable || (req.recoverable && (ns.allow_recovery || history));
-            params.positioned =
-                params.recoverable || params.positioned || (req.positioned && (ns.allow_positioning || history));
+            params.recoverable =
+                params.recoverable || (req.recoverable && (ns.allow_recovery || history));
+            params.positioned = params.recoverable
+                || params.positioned
+                || (req.positioned && (ns.allow_positioning || history));
         }
         if params.recoverable && req.recover {
-            params.recover_from = Some(StreamPosition { offset: req.offset, epoch: req.epoch.clone() });
+            params.recover_from = Some(StreamPosition {
+                offset: req.offset,
+                epoch: req.epoch.clone(),
+            });
         }
         params.reject_unrecovered = req.flag & FLAG_REJECT_UNRECOVERED != 0;
         params.delta = req.delta == "fossil"
             && params.positioned
             && ns.allowed_delta_types.iter().any(|t| t == "fossil");
-        let force_push = overrides.force_push_join_leave.unwrap_or(ns.force_push_join_leave);
-        params.push_join_leave = params.join_leave && (force_push || (req.join_leave && presence_allowed));
+        let force_push = overrides
+            .force_push_join_leave
+            .unwrap_or(ns.force_push_join_leave);
+        params.push_join_leave =
+            params.join_leave && (force_push || (req.join_leave && presence_allowed));
         params.chan_info = chan_info;
         params.expires_at = expires_at;
         Ok(Ok(params))
@@ -164,7 +195,8 @@ impl Session {
     fn params_for(&self, ns: &NamespaceOptions, overrides: SubscribeOverrides) -> SubParams {
         let history_on = ns.history_enabled();
         let recoverable = history_on && overrides.force_recovery.unwrap_or(ns.force_recovery);
-        let positioned = history_on && (recoverable || overrides.force_positioning.unwrap_or(ns.force_positioning));
+        let positioned = history_on
+            && (recoverable || overrides.force_positioning.unwrap_or(ns.force_positioning));
         SubParams {
             positioned,
             recoverable,
@@ -176,10 +208,22 @@ impl Session {
 
     /// Registers the subscription with the hub (pending) and computes its result: position,
     /// and the recovery decision when the client asked to recover.
-    fn open(&mut self, node: &Node, channel: &str, params: SubParams, now: Now) -> Result<Opened, ClientError> {
-        let flags = SubscriberFlags { join_leave: params.push_join_leave, delta: params.delta };
+    fn open(
+        &mut self,
+        node: &Node,
+        channel: &str,
+        params: SubParams,
+        now: Now,
+    ) -> Result<Opened, ClientError> {
+        let flags = SubscriberFlags {
+            join_leave: params.push_join_leave,
+            delta: params.delta,
+        };
         let sub = node.hub.subscribe(channel, &self.conn, flags);
-        let ns = node.config.namespace_for(channel).map_err(|_| ClientError::UNKNOWN_CHANNEL)?;
+        let ns = node
+            .config
+            .namespace_for(channel)
+            .map_err(|_| ClientError::UNKNOWN_CHANNEL)?;
         let mut result = SubscribeResult {
             positioned: params.positioned,
             recoverable: params.recoverable,
@@ -193,7 +237,12 @@ impl Session {
         let mut top = None;
         if params.positioned {
             let meta_ttl = meta_ttl(node, ns);
-            let position_only = HistoryQuery { since: None, limit: Some(0), reverse: false, meta_ttl };
+            let position_only = HistoryQuery {
+                since: None,
+                limit: Some(0),
+                reverse: false,
+                meta_ttl,
+            };
             let read = match &params.recover_from {
                 Some(since) => {
                     result.was_recovering = true;
@@ -204,28 +253,31 @@ impl Session {
                         meta_ttl,
                     };
                     match node.broker.history(channel, &query, now.instant) {
-                        Err(BrokerError::UnrecoverablePosition) => {
-                            node.broker.history(channel, &position_only, now.instant).map(|page| (page, false))
-                        }
+                        Err(BrokerError::UnrecoverablePosition) => node
+                            .broker
+                            .history(channel, &position_only, now.instant)
+                            .map(|page| (page, false)),
                         other => other.map(|page| {
-                            let recovered = match (page.publications.first(), page.publications.last()) {
-                                (Some(first), Some(last)) => {
-                                    first.offset == since.offset + 1 && last.offset == page.top.offset
-                                }
-                                _ => page.top.offset == since.offset,
-                            };
+                            let recovered =
+                                match (page.publications.first(), page.publications.last()) {
+                                    (Some(first), Some(last)) => {
+                                        first.offset == since.offset + 1
+                                            && last.offset == page.top.offset
+                                    }
+                                    _ => page.top.offset == since.offset,
+                                };
                             (page, recovered)
                         }),
                     }
                 }
-                None => node.broker.history(channel, &position_only, now.instant).map(|page| (page, false)),
+                None => node
+                    .broker
+                    .history(channel, &position_only, now.instant)
+                    .map(|page| (page, false)),
             };
-            let (page, recovered) = match read {
-                Ok(read) => read,
-                Err(_) => {
-                    node.hub.unsubscribe(channel, &self.conn);
-                    return Err(ClientError::INTERNAL);
-                }
+            let Ok((page, recovered)) = read else {
+                node.hub.unsubscribe(channel, &self.conn);
+                return Err(ClientError::INTERNAL);
             };
             if result.was_recovering && !recovered && params.reject_unrecovered {
                 node.hub.unsubscribe(channel, &self.conn);
@@ -236,8 +288,11 @@ impl Session {
             if recovered {
                 result.recovered = true;
                 result.offset = params.recover_from.as_ref().map_or(0, |s| s.offset);
-                result.publications =
-                    page.publications.iter().map(|p| node.hub.recovered_publication(&sub, p)).collect();
+                result.publications = page
+                    .publications
+                    .iter()
+                    .map(|p| node.hub.recovered_publication(&sub, p))
+                    .collect();
             } else {
                 result.offset = page.top.offset;
             }
@@ -253,7 +308,10 @@ impl Session {
             },
         );
         self.schedule_sub_expiry(node, now);
-        Ok(Opened { sub, result: (result, top) })
+        Ok(Opened {
+            sub,
+            result: (result, top),
+        })
     }
 
     /// Sets up a server-side subscription (from the token, the personal channel, or the API).
@@ -267,8 +325,14 @@ impl Session {
         now: Now,
     ) -> Opened {
         let ns = node.config.namespace_for(channel).ok();
-        let mut params = ns.map(|ns| self.params_for(ns, overrides)).unwrap_or_default();
-        let force_push = ns.is_some_and(|ns| overrides.force_push_join_leave.unwrap_or(ns.force_push_join_leave));
+        let mut params = ns
+            .map(|ns| self.params_for(ns, overrides))
+            .unwrap_or_default();
+        let force_push = ns.is_some_and(|ns| {
+            overrides
+                .force_push_join_leave
+                .unwrap_or(ns.force_push_join_leave)
+        });
         params.push_join_leave = params.join_leave && force_push;
         params.server_side = true;
         params.chan_info = chan_info;
@@ -280,7 +344,9 @@ impl Session {
             Err(_) => {
                 // History could not be read: subscribe unpositioned rather than fail the
                 // whole connect; the position check will catch up.
-                let sub = node.hub.subscribe(channel, &self.conn, SubscriberFlags::default());
+                let sub = node
+                    .hub
+                    .subscribe(channel, &self.conn, SubscriberFlags::default());
                 self.subs.insert(
                     channel.to_owned(),
                     SubState {
@@ -291,18 +357,34 @@ impl Session {
                         expires_at: None,
                     },
                 );
-                Opened { sub, result: (SubscribeResult::default(), None) }
+                Opened {
+                    sub,
+                    result: (SubscribeResult::default(), None),
+                }
             }
         }
     }
 
     /// A server API `subscribe` for this connection.
-    pub(super) fn server_subscribe(&mut self, node: &Node, req: ServerSubscribe, now: Now) -> Outcome {
-        if self.subs.contains_key(&req.channel) || node.config.namespace_for(&req.channel).is_err() {
+    pub(super) fn server_subscribe(
+        &mut self,
+        node: &Node,
+        req: ServerSubscribe,
+        now: Now,
+    ) -> Outcome {
+        if self.subs.contains_key(&req.channel) || node.config.namespace_for(&req.channel).is_err()
+        {
             return Ok(());
         }
         let channel = req.channel.clone();
-        let opened = self.setup_server_sub(node, &channel, req.overrides, req.info, req.recover_since, now);
+        let opened = self.setup_server_sub(
+            node,
+            &channel,
+            req.overrides,
+            req.info,
+            req.recover_since,
+            now,
+        );
         let (result, top) = opened.result;
         let push = tether_proto::Push {
             channel: channel.clone(),
@@ -315,10 +397,20 @@ impl Session {
             }),
             ..Default::default()
         };
-        let mut head = vec![self.encode(&Reply { push: Some(push), ..Default::default() })?];
+        let mut head = vec![self.encode(&Reply {
+            push: Some(push),
+            ..Default::default()
+        })?];
         for publication in result.publications {
-            let push = tether_proto::Push { channel: channel.clone(), r#pub: Some(publication), ..Default::default() };
-            head.push(self.encode(&Reply { push: Some(push), ..Default::default() })?);
+            let push = tether_proto::Push {
+                channel: channel.clone(),
+                r#pub: Some(publication),
+                ..Default::default()
+            };
+            head.push(self.encode(&Reply {
+                push: Some(push),
+                ..Default::default()
+            })?);
         }
         node.hub.activate(&channel, &opened.sub, head, top);
         self.after_subscribed(node, &channel);
@@ -327,10 +419,13 @@ impl Session {
 
     /// Presence and join once a subscription is live.
     pub(super) fn after_subscribed(&self, node: &Node, channel: &str) {
-        let Some(state) = self.subs.get(channel) else { return };
+        let Some(state) = self.subs.get(channel) else {
+            return;
+        };
         let info = self.conn.client_info(state.chan_info.clone());
         if state.presence {
-            node.broker.add_presence(channel, self.conn.client.as_str(), info.clone());
+            node.broker
+                .add_presence(channel, self.conn.client.as_str(), info.clone());
         }
         if state.join_leave {
             node.broker.publish_join(channel, &info);
@@ -346,13 +441,17 @@ impl Session {
 
     /// Removes one subscription from the hub and presence, and announces the leave.
     pub(super) fn remove_subscription(&mut self, node: &Node, channel: &str) {
-        let Some(state) = self.subs.remove(channel) else { return };
+        let Some(state) = self.subs.remove(channel) else {
+            return;
+        };
         node.hub.unsubscribe(channel, &self.conn);
         if state.presence {
-            node.broker.remove_presence(channel, self.conn.client.as_str());
+            node.broker
+                .remove_presence(channel, self.conn.client.as_str());
         }
         if state.join_leave {
-            node.broker.publish_leave(channel, &self.conn.client_info(state.chan_info));
+            node.broker
+                .publish_leave(channel, &self.conn.client_info(state.chan_info));
         }
     }
 
@@ -360,7 +459,7 @@ impl Session {
     pub(super) fn sub_refresh(
         &mut self,
         node: &Node,
-        req: tether_proto::SubRefreshRequest,
+        req: &tether_proto::SubRefreshRequest,
         now: Now,
     ) -> Result<Reply, Disconnect> {
         if req.channel.is_empty() || req.token.is_empty() {
@@ -390,9 +489,11 @@ impl Session {
         let result = tether_proto::SubRefreshResult {
             expires: expires_at.is_some(),
             ttl: expires_at.map_or(0, |at| (at - now.unix).max(0) as u32),
-            ..Default::default()
         };
-        Ok(Reply { sub_refresh: Some(result), ..Default::default() })
+        Ok(Reply {
+            sub_refresh: Some(result),
+            ..Default::default()
+        })
     }
 
     /// Ends subscriptions whose token expired and was not refreshed in time.
@@ -431,7 +532,9 @@ impl Session {
             .values()
             .filter_map(|s| s.expires_at)
             .min()
-            .map_or(0, |at| now.ms + ((at - now.unix).max(0) as u64) * 1000 + grace);
+            .map_or(0, |at| {
+                now.ms + ((at - now.unix).max(0) as u64) * 1000 + grace
+            });
         self.conn.with_heartbeat(|hb| hb.sub_expire_at = deadline);
     }
 }

@@ -54,7 +54,9 @@ pub(super) async fn run(node: Arc<Node>, stream: TcpStream, conn: ConnHandle, le
     let now = node.now();
     let stale = node.config.client.stale_close_delay.as_millis() as u64;
     conn.with_heartbeat(|hb| hb.stale_at = now.ms + stale.max(1));
-    let limits = WsLimits { max_message_size: node.config.websocket.message_size_limit };
+    let limits = WsLimits {
+        max_message_size: node.config.websocket.message_size_limit,
+    };
     let mut driver = Driver {
         session: Session::new(conn.clone()),
         node,
@@ -72,10 +74,10 @@ pub(super) async fn run(node: Arc<Node>, stream: TcpStream, conn: ConnHandle, le
 
 impl Driver {
     async fn serve(&mut self, leftover: &[u8]) -> End {
-        if !leftover.is_empty() {
-            if let Err(end) = self.on_bytes(leftover) {
-                return end;
-            }
+        if !leftover.is_empty()
+            && let Err(end) = self.on_bytes(leftover)
+        {
+            return end;
         }
         loop {
             if let Err(end) = self.apply_work() {
@@ -111,7 +113,9 @@ impl Driver {
         }
         for control in work.controls {
             let now = self.node.now();
-            self.session.handle_control(&self.node, control, now).map_err(End::Disconnect)?;
+            self.session
+                .handle_control(&self.node, control, now)
+                .map_err(End::Disconnect)?;
         }
         Ok(())
     }
@@ -129,7 +133,10 @@ impl Driver {
                         .feed(&scratch[..n], &self.limits, &mut events)
                         .map(|()| n)
                         .map_err(|error| {
-                            End::Disconnect(Disconnect { code: error.close_code(), reason: error.to_string() })
+                            End::Disconnect(Disconnect {
+                                code: error.close_code(),
+                                reason: error.to_string(),
+                            })
                         }),
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
                     Err(error) => Err(End::Io(error)),
@@ -152,7 +159,12 @@ impl Driver {
         for event in events {
             self.on_event(event)?;
         }
-        fed.map_err(|error| End::Disconnect(Disconnect { code: error.close_code(), reason: error.to_string() }))
+        fed.map_err(|error| {
+            End::Disconnect(Disconnect {
+                code: error.close_code(),
+                reason: error.to_string(),
+            })
+        })
     }
 
     fn on_event(&mut self, event: WsEvent) -> Result<(), End> {
@@ -164,7 +176,9 @@ impl Driver {
                     .decode_commands(&payload)
                     .map_err(|_| End::Disconnect(DisconnectCode::BAD_REQUEST.into()))?;
                 let now = self.node.now();
-                self.session.handle_commands(&self.node, commands, now).map_err(End::Disconnect)
+                self.session
+                    .handle_commands(&self.node, commands, now)
+                    .map_err(End::Disconnect)
             }
             WsEvent::Ping(payload) => {
                 let mut frame = BytesMut::with_capacity(payload.len() + 2);

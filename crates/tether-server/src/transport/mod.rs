@@ -25,16 +25,24 @@ use crate::hub::Framing;
 use crate::server::Node;
 
 /// Serves one accepted socket to the end.
-pub async fn handle_connection(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr, api: axum::Router) {
+pub async fn handle_connection(
+    node: Arc<Node>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    api: axum::Router,
+) {
     let _ = stream.set_nodelay(true);
     let limits = HandshakeLimits::default();
     let mut buf = Vec::with_capacity(1024);
-    let head = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_head(&mut stream, &mut buf, &limits)).await;
+    let head =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, read_head(&mut stream, &mut buf, &limits)).await;
     let (head, consumed) = match head {
         Ok(Ok(Some(parsed))) => parsed,
         Ok(Ok(None)) => return,
         Ok(Err(status)) => {
-            let _ = stream.write_all(&handshake::error_response(status, "bad request")).await;
+            let _ = stream
+                .write_all(&handshake::error_response(status, "bad request"))
+                .await;
             return;
         }
         Err(_) => {
@@ -83,26 +91,47 @@ async fn read_head(
     }
 }
 
-async fn upgrade(node: Arc<Node>, mut stream: TcpStream, peer: SocketAddr, head: &RequestHead, leftover: Vec<u8>) {
+async fn upgrade(
+    node: Arc<Node>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    head: &RequestHead,
+    leftover: Vec<u8>,
+) {
     let upgrade = match handshake::check_upgrade(head) {
         Ok(upgrade) => upgrade,
         Err(error) => {
-            let _ = stream.write_all(&handshake::error_response(error.status(), "websocket upgrade expected")).await;
+            let _ = stream
+                .write_all(&handshake::error_response(
+                    error.status(),
+                    "websocket upgrade expected",
+                ))
+                .await;
             return;
         }
     };
-    if let Some(origin) = head.header("origin") {
-        if !origin_allowed(&node.config.client.allowed_origins, origin) {
-            debug!(%peer, origin, "origin not allowed");
-            let _ = stream.write_all(&handshake::error_response(403, "origin not allowed")).await;
-            return;
-        }
-    }
-    let (encoding, protocol) = negotiate(head, &upgrade.offered_protocols);
-    if stream.write_all(&handshake::upgrade_response(&upgrade.accept, protocol)).await.is_err() {
+    if let Some(origin) = head.header("origin")
+        && !origin_allowed(&node.config.client.allowed_origins, origin)
+    {
+        debug!(%peer, origin, "origin not allowed");
+        let _ = stream
+            .write_all(&handshake::error_response(403, "origin not allowed"))
+            .await;
         return;
     }
-    let conn = node.hub.register(encoding, Framing::WebSocket, node.config.client.queue_max_size);
+    let (encoding, protocol) = negotiate(head, &upgrade.offered_protocols);
+    if stream
+        .write_all(&handshake::upgrade_response(&upgrade.accept, protocol))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let conn = node.hub.register(
+        encoding,
+        Framing::WebSocket,
+        node.config.client.queue_max_size,
+    );
     driver::run(node, stream, conn, leftover).await;
 }
 
@@ -115,7 +144,10 @@ fn negotiate(head: &RequestHead, offered: &[String]) -> (Encoding, Option<&'stat
     let query_protobuf = ["format", "cf_protocol"]
         .iter()
         .any(|k| head.query_param(k).is_some_and(|v| v == "protobuf"));
-    let protocol = offered.iter().any(|p| p == "centrifuge-json").then_some("centrifuge-json");
+    let protocol = offered
+        .iter()
+        .any(|p| p == "centrifuge-json")
+        .then_some("centrifuge-json");
     if query_protobuf {
         (Encoding::Protobuf, None)
     } else {
@@ -127,13 +159,17 @@ fn negotiate(head: &RequestHead, offered: &[String]) -> (Encoding, Option<&'stat
 /// Origin header pass; patterns may use `*` as a wildcard.
 fn origin_allowed(patterns: &[String], origin: &str) -> bool {
     let origin = origin.to_ascii_lowercase();
-    patterns.iter().any(|p| wildcard_match(&p.to_ascii_lowercase(), &origin))
+    patterns
+        .iter()
+        .any(|p| wildcard_match(&p.to_ascii_lowercase(), &origin))
 }
 
 pub(crate) fn wildcard_match(pattern: &str, text: &str) -> bool {
     let mut parts = pattern.split('*');
     let first = parts.next().unwrap_or_default();
-    let Some(mut rest) = text.strip_prefix(first) else { return false };
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
     let parts: Vec<&str> = parts.collect();
     if parts.is_empty() {
         return rest.is_empty();
@@ -165,8 +201,14 @@ mod tests {
         assert!(!origin_allowed(&[], "http://a.com"));
         assert!(origin_allowed(&p(&["http://a.com"]), "http://A.com"));
         assert!(!origin_allowed(&p(&["http://a.com"]), "http://a.com.evil"));
-        assert!(origin_allowed(&p(&["https://*.example.com"]), "https://app.example.com"));
-        assert!(!origin_allowed(&p(&["https://*.example.com"]), "https://example.org"));
+        assert!(origin_allowed(
+            &p(&["https://*.example.com"]),
+            "https://app.example.com"
+        ));
+        assert!(!origin_allowed(
+            &p(&["https://*.example.com"]),
+            "https://example.org"
+        ));
         assert!(origin_allowed(&p(&["*"]), "null"));
     }
 }

@@ -1,6 +1,12 @@
 //! Helpers for integration tests: a real server on 127.0.0.1:0 and a raw WebSocket client.
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::needless_pass_by_value
+)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -42,7 +48,9 @@ impl TestServer {
     pub async fn api_with_key(&self, method: &str, body: Value, key: Option<&str>) -> (u16, Value) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let body = body.to_string();
-        let key_header = key.map(|k| format!("X-API-Key: {k}\r\n")).unwrap_or_default();
+        let key_header = key
+            .map(|k| format!("X-API-Key: {k}\r\n"))
+            .unwrap_or_default();
         let request = format!(
             "POST /api/{method} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{key_header}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
@@ -79,7 +87,10 @@ pub fn config() -> Config {
         allow_presence_for_client: true,
         ..Default::default()
     };
-    config.channel.namespaces.push(Namespace { name: "chat".to_owned(), options: chat });
+    config.channel.namespaces.push(Namespace {
+        name: "chat".to_owned(),
+        options: chat,
+    });
     config
 }
 
@@ -109,19 +120,30 @@ pub struct Client {
 
 impl Client {
     pub async fn open(server: &TestServer) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.expect("ws connect");
-        Self { ws, next_id: 0, backlog: Vec::new() }
+        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+            .await
+            .expect("ws connect");
+        Self {
+            ws,
+            next_id: 0,
+            backlog: Vec::new(),
+        }
     }
 
     pub async fn connected(server: &TestServer, user: &str) -> (Self, Value) {
         let mut client = Self::open(server).await;
-        let reply = client.call(json!({ "connect": { "token": user_token(user) } })).await;
+        let reply = client
+            .call(json!({ "connect": { "token": user_token(user) } }))
+            .await;
         assert!(reply.get("connect").is_some(), "connect failed: {reply}");
         (client, reply)
     }
 
     pub async fn send_raw(&mut self, text: &str) {
-        self.ws.send(Message::Text(text.to_owned().into())).await.unwrap();
+        self.ws
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .unwrap();
     }
 
     /// Sends one command (an id is added) and waits for its reply.
@@ -184,7 +206,9 @@ impl Client {
     pub async fn closed(&mut self, within: Duration) -> Option<CloseFrame> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.expect("no close in time");
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("no close in time");
             match msg {
                 Some(Ok(Message::Close(frame))) => return frame,
                 Some(Ok(_)) => {}
