@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::auth::TokenVerifier;
-use crate::broker::memory::MemoryBroker;
+use crate::broker::{Engine, MemoryBroker};
 use crate::config::Config;
 use crate::hub::{Hub, HubEvents, SweepSettings};
 use crate::session::Now;
@@ -30,8 +30,8 @@ pub struct Node {
     pub config: Arc<Config>,
     /// Connection, user and channel registries; fan-out.
     pub hub: Hub,
-    /// Positions, history and presence.
-    pub broker: MemoryBroker,
+    /// Positions, history and presence (the configured engine).
+    pub engine: Engine,
     /// Verifies connection tokens (and subscription tokens unless a separate key is set).
     pub tokens: TokenVerifier,
     /// Verifies subscription tokens when `client.subscription_token.enabled`.
@@ -74,7 +74,7 @@ impl Node {
             None
         };
         let hub = Hub::new();
-        let broker = MemoryBroker::new(Arc::new(HubEvents(hub.clone())));
+        let engine = Engine::Memory(MemoryBroker::new(Arc::new(HubEvents(hub.clone()))));
         let name = if config.node.name.is_empty() {
             "tether".to_owned()
         } else {
@@ -83,7 +83,7 @@ impl Node {
         Ok(Arc::new(Self {
             config: Arc::new(config),
             hub,
-            broker,
+            engine,
             tokens,
             sub_tokens,
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -262,7 +262,7 @@ async fn sweeper(node: Arc<Node>) {
             () = node.shutdown.cancelled() => return,
             now = tick.tick() => {
                 node.hub.sweep(node.clock_ms(now), node.sweep_settings());
-                node.broker.sweep(now);
+                node.engine.sweep(now);
             }
         }
     }

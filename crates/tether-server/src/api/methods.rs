@@ -32,18 +32,18 @@ impl From<ApiError> for CallError {
 type CallResult = Result<Value, CallError>;
 
 /// Runs one method.
-pub(super) fn dispatch(node: &Node, method: &str, params: &RawValue) -> CallResult {
+pub(super) async fn dispatch(node: &Node, method: &str, params: &RawValue) -> CallResult {
     match method {
-        "publish" => publish(node, decode(params)?),
-        "broadcast" => broadcast(node, decode(params)?),
+        "publish" => publish(node, decode(params)?).await,
+        "broadcast" => broadcast(node, decode(params)?).await,
         "subscribe" => subscribe(node, decode(params)?),
         "unsubscribe" => unsubscribe(node, &decode(params)?),
         "disconnect" => disconnect(node, decode(params)?),
         "refresh" => refresh(node, &decode(params)?),
-        "presence" => presence(node, &decode(params)?, false),
-        "presence_stats" => presence(node, &decode(params)?, true),
-        "history" => history(node, decode(params)?),
-        "history_remove" => history_remove(node, &decode(params)?),
+        "presence" => presence(node, &decode(params)?, false).await,
+        "presence_stats" => presence(node, &decode(params)?, true).await,
+        "history" => history(node, decode(params)?).await,
+        "history_remove" => history_remove(node, &decode(params)?).await,
         "channels" => channels(node, &decode(params)?),
         "info" => Ok(info(node)),
         "rpc" => Err(ApiError::NOT_AVAILABLE.into()),
@@ -52,7 +52,7 @@ pub(super) fn dispatch(node: &Node, method: &str, params: &RawValue) -> CallResu
 }
 
 /// `batch`: runs the commands in order and answers `{"replies": [...]}` at the top level.
-pub(super) fn batch(node: &Node, params: &RawValue) -> Result<Value, CallError> {
+pub(super) async fn batch(node: &Node, params: &RawValue) -> Result<Value, CallError> {
     #[derive(Deserialize)]
     struct Batch<'a> {
         #[serde(borrow, default)]
@@ -65,7 +65,7 @@ pub(super) fn batch(node: &Node, params: &RawValue) -> Result<Value, CallError> 
             replies.push(json!({ "error": ApiError::BAD_REQUEST.to_json() }));
             continue;
         };
-        replies.push(match dispatch(node, method, params) {
+        replies.push(match Box::pin(dispatch(node, method, params)).await {
             Ok(result) => json!({ method.as_str(): result }),
             Err(CallError::Decode) => json!({ "error": ApiError::BAD_REQUEST.to_json() }),
             Err(CallError::Api(error)) => json!({ "error": error.to_json() }),
@@ -127,7 +127,7 @@ fn payload(data: Option<&RawValue>, b64data: &str) -> Result<Bytes, ApiError> {
     Err(ApiError::BAD_REQUEST)
 }
 
-fn publish(node: &Node, req: PublishRequest<'_>) -> CallResult {
+async fn publish(node: &Node, req: PublishRequest<'_>) -> CallResult {
     let data = payload(req.data, &req.b64data)?;
     let request = OnePublish {
         data,
@@ -136,7 +136,7 @@ fn publish(node: &Node, req: PublishRequest<'_>) -> CallResult {
         idempotency_key: req.idempotency_key,
         delta: req.delta,
     };
-    Ok(publish_one(node, &req.channel, &request)?)
+    Ok(publish_one(node, &req.channel, &request).await?)
 }
 
 struct OnePublish {
@@ -147,7 +147,7 @@ struct OnePublish {
     delta: bool,
 }
 
-fn publish_one(node: &Node, channel: &str, req: &OnePublish) -> Result<Value, ApiError> {
+async fn publish_one(node: &Node, channel: &str, req: &OnePublish) -> Result<Value, ApiError> {
     if channel.is_empty() {
         return Err(ApiError::BAD_REQUEST);
     }
@@ -178,8 +178,9 @@ fn publish_one(node: &Node, channel: &str, req: &OnePublish) -> Result<Value, Ap
         idempotency_key: (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone()),
     };
     let published = node
-        .broker
-        .publish(channel, publication, &opts, node.now().instant)
+        .engine
+        .publish(channel, publication, &opts)
+        .await
         .map_err(|_| ApiError::INTERNAL)?;
     Ok(match published.position {
         Some(position) => json!({ "offset": position.offset, "epoch": position.epoch }),
@@ -187,7 +188,7 @@ fn publish_one(node: &Node, channel: &str, req: &OnePublish) -> Result<Value, Ap
     })
 }
 
-fn broadcast(node: &Node, req: BroadcastRequest<'_>) -> CallResult {
+async fn broadcast(node: &Node, req: BroadcastRequest<'_>) -> CallResult {
     if req.channels.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
     }
@@ -198,14 +199,13 @@ fn broadcast(node: &Node, req: BroadcastRequest<'_>) -> CallResult {
         idempotency_key: req.idempotency_key,
         delta: req.delta,
     };
-    let responses: Vec<Value> = req
-        .channels
-        .iter()
-        .map(|channel| match publish_one(node, channel, &request) {
+    let mut responses = Vec::with_capacity(req.channels.len());
+    for channel in &req.channels {
+        responses.push(match publish_one(node, channel, &request).await {
             Ok(result) => json!({ "result": result }),
             Err(error) => json!({ "error": error.to_json() }),
-        })
-        .collect();
+        });
+    }
     Ok(json!({ "responses": responses }))
 }
 
@@ -404,7 +404,7 @@ struct ChannelRequest {
     channel: String,
 }
 
-fn presence(node: &Node, req: &ChannelRequest, stats: bool) -> CallResult {
+async fn presence(node: &Node, req: &ChannelRequest, stats: bool) -> CallResult {
     if req.channel.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
     }
@@ -416,12 +416,18 @@ fn presence(node: &Node, req: &ChannelRequest, stats: bool) -> CallResult {
         return Err(ApiError::NOT_AVAILABLE.into());
     }
     if stats {
-        let s = node.broker.presence_stats(&req.channel);
+        let s = node
+            .engine
+            .presence_stats(&req.channel)
+            .await
+            .map_err(|_| ApiError::INTERNAL)?;
         return Ok(json!({ "num_clients": s.num_clients, "num_users": s.num_users }));
     }
     let presence: serde_json::Map<String, Value> = node
-        .broker
+        .engine
         .presence(&req.channel)
+        .await
+        .map_err(|_| ApiError::INTERNAL)?
         .into_iter()
         .map(|(client, info)| (client, client_info_json(&info)))
         .collect();
@@ -440,7 +446,7 @@ struct HistoryRequest {
     reverse: bool,
 }
 
-fn history(node: &Node, req: HistoryRequest) -> CallResult {
+async fn history(node: &Node, req: HistoryRequest) -> CallResult {
     if req.channel.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
     }
@@ -468,9 +474,13 @@ fn history(node: &Node, req: HistoryRequest) -> CallResult {
             .unwrap_or(node.config.channel.history_meta_ttl),
     };
     let page = node
-        .broker
-        .history(&req.channel, &query, node.now().instant)
-        .map_err(|BrokerError::UnrecoverablePosition| ApiError::UNRECOVERABLE_POSITION)?;
+        .engine
+        .history(&req.channel, &query)
+        .await
+        .map_err(|e| match e {
+            BrokerError::UnrecoverablePosition => ApiError::UNRECOVERABLE_POSITION,
+            BrokerError::Unavailable(_) => ApiError::INTERNAL,
+        })?;
     let publications: Vec<Value> = page
         .publications
         .iter()
@@ -479,14 +489,17 @@ fn history(node: &Node, req: HistoryRequest) -> CallResult {
     Ok(json!({ "publications": publications, "epoch": page.top.epoch, "offset": page.top.offset }))
 }
 
-fn history_remove(node: &Node, req: &ChannelRequest) -> CallResult {
+async fn history_remove(node: &Node, req: &ChannelRequest) -> CallResult {
     if req.channel.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
     }
     node.config
         .namespace_for(&req.channel)
         .map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
-    node.broker.remove_history(&req.channel);
+    node.engine
+        .remove_history(&req.channel)
+        .await
+        .map_err(|_| ApiError::INTERNAL)?;
     Ok(json!({}))
 }
 

@@ -116,7 +116,7 @@ async fn call(
             Err(_) => return (StatusCode::BAD_REQUEST, "bad request").into_response(),
         };
     if method == "batch" {
-        return match methods::batch(&node, params) {
+        return match methods::batch(&node, params).await {
             Ok(replies) => json_response(StatusCode::OK, &replies),
             Err(methods::CallError::Decode) => {
                 (StatusCode::BAD_REQUEST, "bad request").into_response()
@@ -124,7 +124,7 @@ async fn call(
             Err(methods::CallError::Api(error)) => error_response(&error, transport_mode),
         };
     }
-    match methods::dispatch(&node, &method, params) {
+    match methods::dispatch(&node, &method, params).await {
         Ok(result) => json_response(StatusCode::OK, &serde_json::json!({ "result": result })),
         Err(methods::CallError::Decode) => (StatusCode::BAD_REQUEST, "bad request").into_response(),
         Err(methods::CallError::Api(error)) if error == ApiError::METHOD_NOT_FOUND => {

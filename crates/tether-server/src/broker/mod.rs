@@ -20,8 +20,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+mod engine;
 pub mod memory;
 
+pub use engine::Engine;
 pub use memory::MemoryBroker;
 
 /// A position in a channel's stream: the offset of a publication within an epoch.
@@ -155,6 +157,10 @@ pub enum BrokerError {
     /// known, so it must not be told it recovered.
     #[error("stream position belongs to another epoch")]
     UnrecoverablePosition,
+    /// The engine could not be reached or did not answer in time; nothing is known to have
+    /// happened (a publish may or may not have been applied).
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Presence counters of one channel.

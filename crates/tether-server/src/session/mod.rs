@@ -95,18 +95,23 @@ impl Session {
     }
 
     /// Handles the commands of one transport message, in order.
-    pub fn handle_commands(&mut self, node: &Node, commands: Vec<Command>, now: Now) -> Outcome {
+    pub async fn handle_commands(
+        &mut self,
+        node: &Node,
+        commands: Vec<Command>,
+        now: Now,
+    ) -> Outcome {
         for command in commands {
-            self.handle_command(node, command, now)?;
+            self.handle_command(node, command, now).await?;
         }
         Ok(())
     }
 
     /// Handles one command.
-    pub fn handle_command(&mut self, node: &Node, mut cmd: Command, now: Now) -> Outcome {
+    pub async fn handle_command(&mut self, node: &Node, mut cmd: Command, now: Now) -> Outcome {
         let id = cmd.id;
         if let Some(req) = cmd.connect.take() {
-            return self.connect(node, id, &req, now);
+            return self.connect(node, id, &req, now).await;
         }
         if is_pong(&cmd) {
             // A pong with no ping outstanding is ignored: harmless, and SDKs never send one.
@@ -126,21 +131,21 @@ impl Session {
             return Err(DisconnectCode::BAD_REQUEST.into());
         }
         let reply = if let Some(req) = cmd.subscribe.take() {
-            return self.subscribe(node, id, req, now);
+            return self.subscribe(node, id, req, now).await;
         } else if let Some(req) = cmd.unsubscribe.take() {
-            self.unsubscribe(node, &req.channel, now)?;
+            self.unsubscribe(node, &req.channel, now).await?;
             Reply {
                 unsubscribe: Some(Default::default()),
                 ..Default::default()
             }
         } else if let Some(req) = cmd.publish.take() {
-            self.publish(node, req, now)?
+            self.publish(node, req).await?
         } else if let Some(req) = cmd.presence.take() {
-            self.presence(node, &req.channel, false)?
+            self.presence(node, &req.channel, false).await?
         } else if let Some(req) = cmd.presence_stats.take() {
-            self.presence(node, &req.channel, true)?
+            self.presence(node, &req.channel, true).await?
         } else if let Some(req) = cmd.history.take() {
-            self.history(node, req, now)?
+            self.history(node, req, now).await?
         } else if cmd.rpc.take().is_some() {
             error_reply(ClientError::NOT_AVAILABLE)
         } else if let Some(req) = cmd.refresh.take() {
@@ -155,15 +160,15 @@ impl Session {
     }
 
     /// Applies a control message from the node (server API or sweeper).
-    pub fn handle_control(&mut self, node: &Node, control: Control, now: Now) -> Outcome {
+    pub async fn handle_control(&mut self, node: &Node, control: Control, now: Now) -> Outcome {
         if self.state != State::Connected {
             return Ok(());
         }
         match control {
-            Control::Subscribe(req) => self.server_subscribe(node, req, now),
+            Control::Subscribe(req) => self.server_subscribe(node, req, now).await,
             Control::Unsubscribe { channel } => {
                 if self.subs.contains_key(&channel) {
-                    self.unsubscribe(node, &channel, now)?;
+                    self.unsubscribe(node, &channel, now).await?;
                     let push = tether_proto::Push {
                         channel,
                         unsubscribe: Some(tether_proto::Unsubscribe {
@@ -192,23 +197,23 @@ impl Session {
                 }
                 Ok(())
             }
-            Control::CheckExpiry => self.check_sub_expiry(node, now),
+            Control::CheckExpiry => self.check_sub_expiry(node, now).await,
         }
     }
 
     /// Cleans up after the connection ended: subscriptions, presence, leave events and the
     /// registries.
-    pub fn close(&mut self, node: &Node) {
+    pub async fn close(&mut self, node: &Node) {
         let channels: Vec<String> = self.subs.keys().cloned().collect();
         for channel in channels {
-            self.remove_subscription(node, &channel);
+            self.remove_subscription(node, &channel).await;
         }
         node.hub.unregister(&self.conn);
     }
 
     // === connect ===
 
-    fn connect(
+    async fn connect(
         &mut self,
         node: &Node,
         id: u32,
@@ -317,16 +322,23 @@ impl Session {
                     epoch: s.epoch.clone(),
                 });
             let opts = opts.unwrap_or_default();
-            let setup = self.setup_server_sub(
-                node,
-                &channel,
-                opts.override_
-                    .map(SubscribeOverrides::from)
-                    .unwrap_or_default(),
-                opts.info,
-                recover,
-                now,
-            );
+            let setup = self
+                .setup_server_sub(
+                    node,
+                    &channel,
+                    opts.override_
+                        .map(SubscribeOverrides::from)
+                        .unwrap_or_default(),
+                    opts.info,
+                    recover,
+                    now,
+                )
+                .await;
+            // Without its server-side subscriptions the connection would silently miss
+            // publications: fail it so the client reconnects and tries again.
+            let Ok(setup) = setup else {
+                return Err(DisconnectCode::INTERNAL.into());
+            };
             let (mut sub_result, top) = setup.result;
             sub_result.data = opts.data.unwrap_or_default();
             result.subs.insert(channel.clone(), sub_result);
@@ -341,7 +353,7 @@ impl Session {
         )?;
         for (channel, sub, top) in pending {
             node.hub.activate(&channel, &sub, Vec::new(), top);
-            self.after_subscribed(node, &channel);
+            self.after_subscribed(node, &channel).await;
         }
         Ok(())
     }
@@ -408,11 +420,10 @@ impl Session {
 
     // === publish, presence, history ===
 
-    fn publish(
+    async fn publish(
         &mut self,
         node: &Node,
         req: tether_proto::PublishRequest,
-        now: Now,
     ) -> Result<Reply, Disconnect> {
         let access = match self.access(node, &req.channel)? {
             Ok(access) => access,
@@ -436,10 +447,7 @@ impl Session {
             history: access.history_options(node),
             idempotency_key: None,
         };
-        match node
-            .broker
-            .publish(&req.channel, publication, &opts, now.instant)
-        {
+        match node.engine.publish(&req.channel, publication, &opts).await {
             Ok(_) => Ok(Reply {
                 publish: Some(Default::default()),
                 ..Default::default()
@@ -448,7 +456,12 @@ impl Session {
         }
     }
 
-    fn presence(&mut self, node: &Node, channel: &str, stats: bool) -> Result<Reply, Disconnect> {
+    async fn presence(
+        &mut self,
+        node: &Node,
+        channel: &str,
+        stats: bool,
+    ) -> Result<Reply, Disconnect> {
         let access = match self.access(node, channel)? {
             Ok(access) => access,
             Err(error) => return Ok(error_reply(error)),
@@ -460,7 +473,9 @@ impl Session {
             return Ok(error_reply(ClientError::PERMISSION_DENIED));
         }
         if stats {
-            let s = node.broker.presence_stats(channel);
+            let Ok(s) = node.engine.presence_stats(channel).await else {
+                return Ok(error_reply(ClientError::INTERNAL));
+            };
             let result = tether_proto::PresenceStatsResult {
                 num_clients: s.num_clients,
                 num_users: s.num_users,
@@ -470,9 +485,10 @@ impl Session {
                 ..Default::default()
             });
         }
-        let presence = node
-            .broker
-            .presence(channel)
+        let Ok(presence) = node.engine.presence(channel).await else {
+            return Ok(error_reply(ClientError::INTERNAL));
+        };
+        let presence = presence
             .into_iter()
             .map(|(k, v)| (k, to_proto_info(&v)))
             .collect();
@@ -482,7 +498,7 @@ impl Session {
         })
     }
 
-    fn history(
+    async fn history(
         &mut self,
         node: &Node,
         req: tether_proto::HistoryRequest,
@@ -517,7 +533,8 @@ impl Session {
             reverse: req.reverse,
             meta_ttl: access.meta_ttl(node),
         };
-        match node.broker.history(&req.channel, &query, now.instant) {
+        let _ = now;
+        match node.engine.history(&req.channel, &query).await {
             Ok(page) => {
                 let result = tether_proto::HistoryResult {
                     publications: page
@@ -535,6 +552,9 @@ impl Session {
             }
             Err(crate::broker::BrokerError::UnrecoverablePosition) => {
                 Ok(error_reply(ClientError::UNRECOVERABLE_POSITION))
+            }
+            Err(crate::broker::BrokerError::Unavailable(_)) => {
+                Ok(error_reply(ClientError::INTERNAL))
             }
         }
     }

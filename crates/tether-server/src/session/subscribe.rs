@@ -54,7 +54,7 @@ const FLAG_REJECT_UNRECOVERED: i64 = 2;
 
 impl Session {
     /// Client-side `subscribe`.
-    pub(super) fn subscribe(
+    pub(super) async fn subscribe(
         &mut self,
         node: &Node,
         id: u32,
@@ -64,7 +64,7 @@ impl Session {
         match self.check_subscribe(node, &req, now)? {
             Ok(params) => {
                 let channel = req.channel;
-                let opened = match self.open(node, &channel, params, now) {
+                let opened = match self.open(node, &channel, params, now).await {
                     Ok(opened) => opened,
                     Err(error) => return self.send_reply(id, error_reply(error)),
                 };
@@ -76,7 +76,7 @@ impl Session {
                 };
                 let frame = self.encode(&reply)?;
                 node.hub.activate(&channel, &opened.sub, vec![frame], top);
-                self.after_subscribed(node, &channel);
+                self.after_subscribed(node, &channel).await;
                 Ok(())
             }
             Err(error) => self.send_reply(id, error_reply(error)),
@@ -208,7 +208,7 @@ impl Session {
 
     /// Registers the subscription with the hub (pending) and computes its result: position,
     /// and the recovery decision when the client asked to recover.
-    fn open(
+    async fn open(
         &mut self,
         node: &Node,
         channel: &str,
@@ -219,11 +219,17 @@ impl Session {
             join_leave: params.push_join_leave,
             delta: params.delta,
         };
-        let sub = node.hub.subscribe(channel, &self.conn, flags);
         let ns = node
             .config
             .namespace_for(channel)
             .map_err(|_| ClientError::UNKNOWN_CHANNEL)?;
+        // Registered (pending) before the engine subscription and the history read, so no
+        // publication can fall between them.
+        let sub = node.hub.subscribe(channel, &self.conn, flags);
+        if node.engine.subscribe(channel).await.is_err() {
+            node.hub.unsubscribe(channel, &self.conn);
+            return Err(ClientError::INTERNAL);
+        }
         let mut result = SubscribeResult {
             positioned: params.positioned,
             recoverable: params.recoverable,
@@ -252,10 +258,11 @@ impl Session {
                         reverse: false,
                         meta_ttl,
                     };
-                    match node.broker.history(channel, &query, now.instant) {
+                    match node.engine.history(channel, &query).await {
                         Err(BrokerError::UnrecoverablePosition) => node
-                            .broker
-                            .history(channel, &position_only, now.instant)
+                            .engine
+                            .history(channel, &position_only)
+                            .await
                             .map(|page| (page, false)),
                         other => other.map(|page| {
                             let recovered =
@@ -271,16 +278,17 @@ impl Session {
                     }
                 }
                 None => node
-                    .broker
-                    .history(channel, &position_only, now.instant)
+                    .engine
+                    .history(channel, &position_only)
+                    .await
                     .map(|page| (page, false)),
             };
             let Ok((page, recovered)) = read else {
-                node.hub.unsubscribe(channel, &self.conn);
+                self.abandon(node, channel).await;
                 return Err(ClientError::INTERNAL);
             };
             if result.was_recovering && !recovered && params.reject_unrecovered {
-                node.hub.unsubscribe(channel, &self.conn);
+                self.abandon(node, channel).await;
                 return Err(ClientError::UNRECOVERABLE_POSITION);
             }
             result.epoch = page.top.epoch.clone();
@@ -315,7 +323,7 @@ impl Session {
     }
 
     /// Sets up a server-side subscription (from the token, the personal channel, or the API).
-    pub(super) fn setup_server_sub(
+    pub(super) async fn setup_server_sub(
         &mut self,
         node: &Node,
         channel: &str,
@@ -323,7 +331,7 @@ impl Session {
         chan_info: Option<Bytes>,
         recover: Option<StreamPosition>,
         now: Now,
-    ) -> Opened {
+    ) -> Result<Opened, ClientError> {
         let ns = node.config.namespace_for(channel).ok();
         let mut params = ns
             .map(|ns| self.params_for(ns, overrides))
@@ -339,34 +347,11 @@ impl Session {
         if params.recoverable {
             params.recover_from = recover;
         }
-        match self.open(node, channel, params, now) {
-            Ok(opened) => opened,
-            Err(_) => {
-                // History could not be read: subscribe unpositioned rather than fail the
-                // whole connect; the position check will catch up.
-                let sub = node
-                    .hub
-                    .subscribe(channel, &self.conn, SubscriberFlags::default());
-                self.subs.insert(
-                    channel.to_owned(),
-                    SubState {
-                        server_side: true,
-                        presence: false,
-                        join_leave: false,
-                        chan_info: None,
-                        expires_at: None,
-                    },
-                );
-                Opened {
-                    sub,
-                    result: (SubscribeResult::default(), None),
-                }
-            }
-        }
+        self.open(node, channel, params, now).await
     }
 
     /// A server API `subscribe` for this connection.
-    pub(super) fn server_subscribe(
+    pub(super) async fn server_subscribe(
         &mut self,
         node: &Node,
         req: ServerSubscribe,
@@ -377,14 +362,19 @@ impl Session {
             return Ok(());
         }
         let channel = req.channel.clone();
-        let opened = self.setup_server_sub(
-            node,
-            &channel,
-            req.overrides,
-            req.info,
-            req.recover_since,
-            now,
-        );
+        let opened = self
+            .setup_server_sub(
+                node,
+                &channel,
+                req.overrides,
+                req.info,
+                req.recover_since,
+                now,
+            )
+            .await;
+        // The API call already answered; a subscription the engine cannot serve now is
+        // dropped (the client is not told of a subscription that does not exist).
+        let Ok(opened) = opened else { return Ok(()) };
         let (result, top) = opened.result;
         let push = tether_proto::Push {
             channel: channel.clone(),
@@ -413,45 +403,60 @@ impl Session {
             })?);
         }
         node.hub.activate(&channel, &opened.sub, head, top);
-        self.after_subscribed(node, &channel);
+        self.after_subscribed(node, &channel).await;
         Ok(())
     }
 
     /// Presence and join once a subscription is live.
-    pub(super) fn after_subscribed(&self, node: &Node, channel: &str) {
+    pub(super) async fn after_subscribed(&self, node: &Node, channel: &str) {
         let Some(state) = self.subs.get(channel) else {
             return;
         };
         let info = self.conn.client_info(state.chan_info.clone());
+        // Presence and join are best effort: a failure here must not fail a subscription
+        // that is already live; presence is refreshed and join/leave are advisory.
         if state.presence {
-            node.broker
-                .add_presence(channel, self.conn.client.as_str(), info.clone());
+            let _ = node
+                .engine
+                .add_presence(channel, self.conn.client.as_str(), info.clone())
+                .await;
         }
         if state.join_leave {
-            node.broker.publish_join(channel, &info);
+            let _ = node.engine.publish_join(channel, &info).await;
         }
     }
 
+    /// Undoes the hub and engine registration of a subscription that failed to set up.
+    async fn abandon(&self, node: &Node, channel: &str) {
+        node.hub.unsubscribe(channel, &self.conn);
+        let _ = node.engine.unsubscribe(channel).await;
+    }
+
     /// Client or server `unsubscribe`: no error when not subscribed.
-    pub(super) fn unsubscribe(&mut self, node: &Node, channel: &str, now: Now) -> Outcome {
-        self.remove_subscription(node, channel);
+    pub(super) async fn unsubscribe(&mut self, node: &Node, channel: &str, now: Now) -> Outcome {
+        self.remove_subscription(node, channel).await;
         self.schedule_sub_expiry(node, now);
         Ok(())
     }
 
     /// Removes one subscription from the hub and presence, and announces the leave.
-    pub(super) fn remove_subscription(&mut self, node: &Node, channel: &str) {
+    pub(super) async fn remove_subscription(&mut self, node: &Node, channel: &str) {
         let Some(state) = self.subs.remove(channel) else {
             return;
         };
         node.hub.unsubscribe(channel, &self.conn);
+        let _ = node.engine.unsubscribe(channel).await;
         if state.presence {
-            node.broker
-                .remove_presence(channel, self.conn.client.as_str());
+            let _ = node
+                .engine
+                .remove_presence(channel, self.conn.client.as_str())
+                .await;
         }
         if state.join_leave {
-            node.broker
-                .publish_leave(channel, &self.conn.client_info(state.chan_info));
+            let _ = node
+                .engine
+                .publish_leave(channel, &self.conn.client_info(state.chan_info))
+                .await;
         }
     }
 
@@ -497,7 +502,7 @@ impl Session {
     }
 
     /// Ends subscriptions whose token expired and was not refreshed in time.
-    pub(super) fn check_sub_expiry(&mut self, node: &Node, now: Now) -> Outcome {
+    pub(super) async fn check_sub_expiry(&mut self, node: &Node, now: Now) -> Outcome {
         let grace = node.config.client.expired_sub_close_delay.as_secs() as i64;
         let expired: Vec<(String, bool)> = self
             .subs
@@ -509,7 +514,7 @@ impl Session {
             if server_side {
                 return Err(DisconnectCode::SUBSCRIPTION_EXPIRED.into());
             }
-            self.remove_subscription(node, &channel);
+            self.remove_subscription(node, &channel).await;
             let push = tether_proto::Push {
                 channel,
                 unsubscribe: Some(tether_proto::Unsubscribe {

@@ -75,12 +75,12 @@ pub(super) async fn run(node: Arc<Node>, stream: TcpStream, conn: ConnHandle, le
 impl Driver {
     async fn serve(&mut self, leftover: &[u8]) -> End {
         if !leftover.is_empty()
-            && let Err(end) = self.on_bytes(leftover)
+            && let Err(end) = self.on_bytes(leftover).await
         {
             return end;
         }
         loop {
-            if let Err(end) = self.apply_work() {
+            if let Err(end) = self.apply_work().await {
                 return end;
             }
             if let Err(error) = self.flush() {
@@ -96,7 +96,7 @@ impl Driver {
             match event {
                 Wake::Handle | Wake::Writable(Ok(())) => {}
                 Wake::Readable(Ok(())) => {
-                    if let Err(end) = self.read() {
+                    if let Err(end) = self.read().await {
                         return end;
                     }
                 }
@@ -106,7 +106,7 @@ impl Driver {
     }
 
     /// Applies control messages and close requests posted to the handle.
-    fn apply_work(&mut self) -> Result<(), End> {
+    async fn apply_work(&mut self) -> Result<(), End> {
         let work = self.conn.take_work();
         if let Some(disconnect) = work.close {
             return Err(End::Disconnect(disconnect));
@@ -115,13 +115,14 @@ impl Driver {
             let now = self.node.now();
             self.session
                 .handle_control(&self.node, control, now)
+                .await
                 .map_err(End::Disconnect)?;
         }
         Ok(())
     }
 
     /// Reads what the socket has into the scratch buffer and handles every complete event.
-    fn read(&mut self) -> Result<(), End> {
+    async fn read(&mut self) -> Result<(), End> {
         let mut events = Vec::new();
         for _ in 0..MAX_READS_PER_WAKE {
             let read = SCRATCH.with(|scratch| {
@@ -144,7 +145,7 @@ impl Driver {
             });
             // Events decoded before an error are still handled, in order.
             for event in events.drain(..) {
-                self.on_event(event)?;
+                self.on_event(event).await?;
             }
             if read? < SCRATCH_SIZE {
                 break;
@@ -153,11 +154,11 @@ impl Driver {
         Ok(())
     }
 
-    fn on_bytes(&mut self, bytes: &[u8]) -> Result<(), End> {
+    async fn on_bytes(&mut self, bytes: &[u8]) -> Result<(), End> {
         let mut events = Vec::new();
         let fed = self.reader.feed(bytes, &self.limits, &mut events);
         for event in events {
-            self.on_event(event)?;
+            self.on_event(event).await?;
         }
         fed.map_err(|error| {
             End::Disconnect(Disconnect {
@@ -167,7 +168,7 @@ impl Driver {
         })
     }
 
-    fn on_event(&mut self, event: WsEvent) -> Result<(), End> {
+    async fn on_event(&mut self, event: WsEvent) -> Result<(), End> {
         match event {
             WsEvent::Message { payload, .. } => {
                 let commands = self
@@ -178,6 +179,7 @@ impl Driver {
                 let now = self.node.now();
                 self.session
                     .handle_commands(&self.node, commands, now)
+                    .await
                     .map_err(End::Disconnect)
             }
             WsEvent::Ping(payload) => {
@@ -252,7 +254,7 @@ impl Driver {
             End::PeerGone => debug!(%client, "peer went away"),
             End::Io(error) => debug!(%client, %error, "connection failed"),
         }
-        self.session.close(&self.node);
+        self.session.close(&self.node).await;
     }
 
     async fn write_rest(&mut self, drop_queued: bool, close: Bytes) {
