@@ -5,11 +5,13 @@
 //! loop and the heartbeat sweeper, and shuts down on a cancellation token: stop accepting,
 //! tell every connection to reconnect elsewhere (3001), and wait for them with a deadline.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
+use regex::Regex;
 use tether_proto::codes::DisconnectCode;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -44,6 +46,8 @@ pub struct Node {
     pub name: String,
     /// Cancelled when the node starts shutting down.
     pub shutdown: CancellationToken,
+    /// Compiled `channel_regex` of every namespace, by pattern.
+    channel_regexes: HashMap<String, Regex>,
     started: Instant,
 }
 
@@ -75,6 +79,16 @@ impl Node {
         };
         let hub = Hub::new();
         let engine = Engine::Memory(MemoryBroker::new(Arc::new(HubEvents(hub.clone()))));
+        let channel_regexes = std::iter::once(&config.channel.without_namespace)
+            .chain(config.channel.namespaces.iter().map(|ns| &ns.options))
+            .filter(|options| !options.channel_regex.is_empty())
+            .filter_map(|options| {
+                // Validated with the config; a pattern that fails here is skipped.
+                Regex::new(&options.channel_regex)
+                    .ok()
+                    .map(|re| (options.channel_regex.clone(), re))
+            })
+            .collect();
         let name = if config.node.name.is_empty() {
             "tether".to_owned()
         } else {
@@ -90,6 +104,7 @@ impl Node {
             id: uuid::Uuid::new_v4().to_string(),
             name,
             shutdown: CancellationToken::new(),
+            channel_regexes,
             started: Instant::now(),
         }))
     }
@@ -120,6 +135,21 @@ impl Node {
             return interval;
         }
         rand::rng().random_range(interval / 2..interval)
+    }
+
+    /// Whether a channel passes its namespace's `channel_regex` (checked against the part
+    /// after the namespace boundary; no pattern passes everything).
+    pub fn channel_matches_regex(&self, pattern: &str, channel: &str) -> bool {
+        if pattern.is_empty() {
+            return true;
+        }
+        let boundary = self.config.channel.namespace_boundary.as_str();
+        let name = channel
+            .split_once(boundary)
+            .map_or(channel, |(_, rest)| rest);
+        self.channel_regexes
+            .get(pattern)
+            .is_none_or(|re| re.is_match(name))
     }
 
     /// Seconds since start.

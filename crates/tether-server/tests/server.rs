@@ -358,3 +358,87 @@ async fn oversized_message_closes_with_1009() {
     assert_eq!(u16::from(frame.code), 1009);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn fossil_delta_follows_a_full_first_publication() {
+    use tether_server::config::{Namespace, NamespaceOptions};
+    let mut cfg = config();
+    cfg.channel.namespaces.push(Namespace {
+        name: "delta".to_owned(),
+        options: NamespaceOptions {
+            history_size: 10,
+            history_ttl: Duration::from_secs(300),
+            force_recovery: true,
+            allow_subscribe_for_client: true,
+            allowed_delta_types: vec!["fossil".to_owned()],
+            delta_publish: true,
+            ..Default::default()
+        },
+    });
+    let server = start(cfg).await;
+    let (mut client, _) = Client::connected(&server, "1").await;
+    let sub = client
+        .call(json!({"subscribe": {"channel": "delta:x", "delta": "fossil"}}))
+        .await;
+    assert_eq!(sub["subscribe"]["delta"], json!(true), "{sub}");
+    let first =
+        json!({"text": "the quick brown fox jumps over the lazy dog, again and again", "n": 1});
+    let second =
+        json!({"text": "the quick brown fox jumps over the lazy cat, again and again", "n": 1});
+    server
+        .api("publish", json!({"channel": "delta:x", "data": first}))
+        .await;
+    server
+        .api("publish", json!({"channel": "delta:x", "data": second}))
+        .await;
+
+    // With delta negotiated on JSON, data travels as a JSON string.
+    let p1 = client
+        .wait_for(|m| m["push"]["pub"]["offset"] == json!(1))
+        .await;
+    assert!(p1["push"]["pub"].get("delta").is_none(), "{p1}");
+    let full = p1["push"]["pub"]["data"].as_str().unwrap().to_owned();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&full).unwrap(),
+        first
+    );
+
+    let p2 = client
+        .wait_for(|m| m["push"]["pub"]["offset"] == json!(2))
+        .await;
+    assert_eq!(p2["push"]["pub"]["delta"], json!(true), "{p2}");
+    let patch = p2["push"]["pub"]["data"].as_str().unwrap();
+    assert!(patch.len() < second.to_string().len());
+    let applied =
+        tether_server::delta::apply_fossil_delta(full.as_bytes(), patch.as_bytes()).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&applied).unwrap(),
+        second
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn channel_regex_limits_client_subscriptions() {
+    use tether_server::config::{Namespace, NamespaceOptions};
+    let mut cfg = config();
+    cfg.channel.namespaces.push(Namespace {
+        name: "rx".to_owned(),
+        options: NamespaceOptions {
+            allow_subscribe_for_client: true,
+            channel_regex: "^[0-9]+$".to_owned(),
+            ..Default::default()
+        },
+    });
+    let server = start(cfg).await;
+    let (mut client, _) = Client::connected(&server, "1").await;
+    let ok = client
+        .call(json!({"subscribe": {"channel": "rx:123"}}))
+        .await;
+    assert!(ok.get("subscribe").is_some(), "{ok}");
+    let denied = client
+        .call(json!({"subscribe": {"channel": "rx:abc"}}))
+        .await;
+    assert_eq!(denied["error"]["code"], json!(103));
+    server.stop().await;
+}

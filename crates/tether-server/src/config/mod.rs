@@ -782,6 +782,14 @@ fn validate_namespace_options(
             ));
         }
     }
+    if !options.channel_regex.is_empty()
+        && let Err(error) = regex::Regex::new(&options.channel_regex)
+    {
+        return Err(invalid(
+            format!("{key}.channel_regex"),
+            format!("invalid regex: {error}"),
+        ));
+    }
     for delta in &options.allowed_delta_types {
         if delta != "fossil" {
             return Err(invalid(

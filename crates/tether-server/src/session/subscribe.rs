@@ -103,6 +103,9 @@ impl Session {
         if self.subs.contains_key(channel) {
             return Ok(Err(ClientError::ALREADY_SUBSCRIBED));
         }
+        if !node.channel_matches_regex(&access.options.channel_regex, channel) {
+            return Ok(Err(ClientError::PERMISSION_DENIED));
+        }
         if self.subs.len() >= config.client.channel_limit {
             return Ok(Err(ClientError::LIMIT_EXCEEDED));
         }
