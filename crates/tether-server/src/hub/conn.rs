@@ -218,25 +218,14 @@ impl Conn {
     /// Appends one encoded frame. Returns false (and asks the driver to close with 3008) when
     /// the queue would pass its byte bound.
     pub fn enqueue(&self, frame: Bytes) -> bool {
-        if self.closing.load(Ordering::Relaxed) {
-            return false;
-        }
-        let mut inner = self.inner.lock();
-        if inner.queued_bytes + frame.len() > self.queue_limit {
-            inner.close.get_or_insert(DisconnectCode::SLOW.into());
-            drop(inner);
-            self.wake.notify_one();
-            return false;
-        }
-        inner.queued_bytes += frame.len();
-        inner.queue.push_back(frame);
-        drop(inner);
-        self.wake.notify_one();
-        true
+        self.enqueue_all(std::iter::once(frame))
     }
 
     /// Appends several frames under one lock (a reply followed by replayed publications).
     pub fn enqueue_all(&self, frames: impl IntoIterator<Item = Bytes>) -> bool {
+        if self.closing.load(Ordering::Relaxed) {
+            return false;
+        }
         let mut inner = self.inner.lock();
         for frame in frames {
             if inner.queued_bytes + frame.len() > self.queue_limit {

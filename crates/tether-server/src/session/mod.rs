@@ -241,11 +241,7 @@ impl Session {
             if claims.sub.is_empty() && config.client.disallow_anonymous_connection_tokens {
                 return Err(DisconnectCode::PERMISSION_DENIED.into());
             }
-            let expiry = match claims.expire_at {
-                Some(0) => None,
-                Some(at) => Some(at),
-                None => claims.exp,
-            };
+            let expiry = claims.expires_at();
             for channel in &claims.channels {
                 server_subs.push((channel.clone(), None));
             }
@@ -387,11 +383,7 @@ impl Session {
         if claims.sub != *self.user {
             return Err(DisconnectCode::INVALID_TOKEN.into());
         }
-        let expiry = match claims.expire_at {
-            Some(0) => None,
-            Some(at) => Some(at),
-            None => claims.exp,
-        };
+        let expiry = claims.expires_at();
         let expiry = if node.config.client.insecure {
             None
         } else {

@@ -129,11 +129,7 @@ impl Session {
             {
                 return Err(DisconnectCode::INVALID_TOKEN.into());
             }
-            expires_at = match claims.expire_at {
-                Some(0) => None,
-                Some(at) => Some(at),
-                None => claims.exp,
-            };
+            expires_at = claims.expires_at();
             if let Some(at) = expires_at
                 && at <= now.unix
             {
@@ -485,11 +481,7 @@ impl Session {
         if claims.channel != req.channel || claims.sub != *self.user {
             return Err(DisconnectCode::INVALID_TOKEN.into());
         }
-        let expires_at = match claims.expire_at {
-            Some(0) => None,
-            Some(at) => Some(at),
-            None => claims.exp,
-        };
+        let expires_at = claims.expires_at();
         if let Some(state) = self.subs.get_mut(&req.channel) {
             state.expires_at = expires_at;
         }
