@@ -26,6 +26,13 @@ section "cargo test --doc --workspace"
 cargo test --doc --workspace
 
 section "interop (scripts/interop.sh)"
-bash "$ROOT/scripts/interop.sh"
+# nextest just built the `tether` binary (the CLI tests run it): reuse it rather than
+# rebuilding it with a different feature set.
+BUILT_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/tether"
+if [[ -x "$BUILT_BIN" ]]; then
+    TETHER_BIN="$BUILT_BIN" bash "$ROOT/scripts/interop.sh"
+else
+    bash "$ROOT/scripts/interop.sh"
+fi
 
 section "all tests passed"
