@@ -20,6 +20,7 @@
 //! - [`hub`]: registries of connections, users and channels; fan-out that encodes a
 //!   publication once and shares the bytes; the recovery decision.
 //! - [`broker`]: stream positions, history and presence; the embedded memory engine.
+//! - [`metrics`]: the node's Prometheus metrics (its own recorder, handles cached).
 //! - [`api`]: the server HTTP API (`POST /api/<method>`) and health endpoints.
 //! - [`server`]: wiring and lifecycle of one node.
 
@@ -29,6 +30,7 @@ pub mod broker;
 pub mod config;
 pub mod delta;
 pub mod hub;
+pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod transport;

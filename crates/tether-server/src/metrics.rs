@@ -1,0 +1,290 @@
+//! Prometheus metrics of one node, served at `/metrics`.
+//!
+//! Each node owns its recorder (nothing global, so tests can run several nodes in one
+//! process). Every handle a hot path touches is registered once, up front or on the first use
+//! of a label value, and kept here: updating a metric is an atomic add, never a lookup by name.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use parking_lot::Mutex;
+
+/// The transports a connection can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    /// WebSocket at `/connection/websocket`.
+    WebSocket,
+    /// Raw TCP with varint-delimited Protobuf.
+    Tcp,
+}
+
+/// How a recovery attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryOutcome {
+    /// The client got exactly what it missed.
+    Recovered,
+    /// The gap could not be filled; the client was told so.
+    NotRecovered,
+}
+
+/// Whether a command succeeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CommandResult {
+    /// Answered with a result.
+    Ok,
+    /// Answered with an error reply or a disconnect.
+    Error,
+}
+
+/// Count and latency handles of one method and result.
+type CommandHandles = (Counter, Histogram);
+
+/// The metrics of one node.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    /// Open connections: [transport][encoding] (encoding 0 = JSON, 1 = Protobuf).
+    connections: [[Gauge; 2]; 2],
+    connects: Counter,
+    disconnects: Mutex<HashMap<u16, Counter>>,
+    commands: Mutex<HashMap<(&'static str, CommandResult), CommandHandles>>,
+    /// Publications accepted (client and API).
+    pub publications: Counter,
+    /// Frames queued to subscribers by fan-out.
+    pub deliveries: Counter,
+    /// Connections closed because their outbound queue overflowed (3008).
+    pub slow_consumers: Counter,
+    /// Connections closed for a missing pong (3012).
+    pub heartbeat_timeouts: Counter,
+    recoveries: [Counter; 2],
+    engine_ops: Mutex<HashMap<&'static str, (Histogram, Counter)>>,
+    rss_bytes: Gauge,
+    open_files: Gauge,
+}
+
+impl Metrics {
+    /// A fresh set of metrics with its own recorder.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)
+            .map_or_else(
+                |_| PrometheusBuilder::new().build_recorder(),
+                PrometheusBuilder::build_recorder,
+            );
+        let handle = recorder.handle();
+        let gauge = |name: &'static str, labels: &[(&'static str, &'static str)]| {
+            recorder.register_gauge(&key(name, labels), &META)
+        };
+        let counter = |name: &'static str, labels: &[(&'static str, &'static str)]| {
+            recorder.register_counter(&key(name, labels), &META)
+        };
+        let connections = [("websocket", 0), ("tcp", 1)].map(|(transport, _)| {
+            [("json", 0), ("protobuf", 1)].map(|(encoding, _)| {
+                gauge(
+                    "tether_connections",
+                    &[("transport", transport), ("encoding", encoding)],
+                )
+            })
+        });
+        Self {
+            connects: counter("tether_connects_total", &[]),
+            publications: counter("tether_publications_total", &[]),
+            deliveries: counter("tether_deliveries_total", &[]),
+            slow_consumers: counter("tether_slow_consumer_disconnects_total", &[]),
+            heartbeat_timeouts: counter("tether_heartbeat_timeouts_total", &[]),
+            recoveries: [
+                counter("tether_recoveries_total", &[("outcome", "recovered")]),
+                counter("tether_recoveries_total", &[("outcome", "not_recovered")]),
+            ],
+            rss_bytes: gauge("tether_process_resident_memory_bytes", &[]),
+            open_files: gauge("tether_process_open_fds", &[]),
+            connections,
+            disconnects: Mutex::default(),
+            commands: Mutex::default(),
+            engine_ops: Mutex::default(),
+            recorder,
+            handle,
+        }
+    }
+
+    /// The open-connections gauge of a transport and encoding.
+    pub fn connections(&self, transport: TransportKind, protobuf: bool) -> &Gauge {
+        &self.connections[transport as usize][usize::from(protobuf)]
+    }
+
+    /// Counts a successful connect.
+    pub fn connected(&self) {
+        self.connects.increment(1);
+    }
+
+    /// Counts a disconnect by its close code.
+    pub fn disconnected(&self, code: u16) {
+        let mut map = self.disconnects.lock();
+        map.entry(code)
+            .or_insert_with(|| {
+                self.recorder.register_counter(
+                    &Key::from_parts(
+                        "tether_disconnects_total",
+                        vec![Label::new("code", code.to_string())],
+                    ),
+                    &META,
+                )
+            })
+            .increment(1);
+    }
+
+    /// Counts one command and records how long it took.
+    pub fn command(&self, method: &'static str, result: CommandResult, took: Duration) {
+        let mut map = self.commands.lock();
+        let (count, latency) = map.entry((method, result)).or_insert_with(|| {
+            let outcome = match result {
+                CommandResult::Ok => "ok",
+                CommandResult::Error => "error",
+            };
+            let labels = &[("method", method), ("result", outcome)];
+            (
+                self.recorder
+                    .register_counter(&key("tether_commands_total", labels), &META),
+                self.recorder.register_histogram(
+                    &key("tether_command_duration_seconds", &[("method", method)]),
+                    &META,
+                ),
+            )
+        });
+        count.increment(1);
+        latency.record(took.as_secs_f64());
+    }
+
+    /// Counts a recovery attempt.
+    pub fn recovery(&self, outcome: RecoveryOutcome) {
+        self.recoveries[outcome as usize].increment(1);
+    }
+
+    /// Records one engine operation.
+    pub fn engine_op(&self, op: &'static str, took: Duration, failed: bool) {
+        let mut map = self.engine_ops.lock();
+        let (latency, errors) = map.entry(op).or_insert_with(|| {
+            (
+                self.recorder.register_histogram(
+                    &key("tether_engine_operation_duration_seconds", &[("op", op)]),
+                    &META,
+                ),
+                self.recorder
+                    .register_counter(&key("tether_engine_errors_total", &[("op", op)]), &META),
+            )
+        });
+        latency.record(took.as_secs_f64());
+        if failed {
+            errors.increment(1);
+        }
+    }
+
+    /// The Prometheus text exposition, with process figures read now.
+    pub fn render(&self) -> String {
+        if let Some(rss) = read_rss_bytes() {
+            self.rss_bytes.set(rss as f64);
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            self.open_files.set(dir.count() as f64);
+        }
+        self.handle.render()
+    }
+
+    /// Periodic housekeeping of histogram windows.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
+    Key::from_parts(
+        name,
+        labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, *v))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Resident set size from `/proc/self/status` (Linux), in bytes.
+fn read_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// Histogram buckets for command and engine latencies, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_metrics_with_values() {
+        let m = Metrics::new();
+        m.connections(TransportKind::WebSocket, false)
+            .increment(2.0);
+        m.connected();
+        m.disconnected(3012);
+        m.command("publish", CommandResult::Ok, Duration::from_micros(300));
+        m.recovery(RecoveryOutcome::Recovered);
+        m.deliveries.increment(7);
+        let text = m.render();
+        assert!(
+            text.contains(r#"tether_connections{transport="websocket",encoding="json"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tether_disconnects_total{code="3012"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tether_commands_total{method="publish",result="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tether_recoveries_total{outcome="recovered"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("tether_deliveries_total 7"), "{text}");
+        assert!(
+            text.contains("tether_process_resident_memory_bytes"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tether_command_duration_seconds_bucket"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn two_nodes_do_not_share_metrics() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.connected();
+        assert!(a.render().contains("tether_connects_total 1"));
+        assert!(b.render().contains("tether_connects_total 0"));
+    }
+}
