@@ -46,11 +46,13 @@ type UserShard = HashMap<Arc<str>, Vec<ConnHandle>>;
 /// One shard of the channel registry.
 type ChannelShard = HashMap<Arc<str>, Arc<Channel>>;
 
-/// Pre-encoded ping frames, one per encoding.
+/// Pre-encoded ping frames, one per wire variant.
 #[derive(Debug)]
 struct Pings {
     json: Bytes,
     protobuf: Bytes,
+    /// Raw TCP: an empty Reply, which is the single length byte 0.
+    tcp: Bytes,
 }
 
 /// The subscribers of one channel on this node.
@@ -124,6 +126,7 @@ impl Hub {
                 pings: Pings {
                     json: ws::encode_message_frame(false, b"{}"),
                     protobuf: ws::encode_message_frame(true, &[0]),
+                    tcp: Bytes::from_static(&[0]),
                 },
             }),
         }
@@ -334,9 +337,10 @@ impl Hub {
         match act {
             Act::Nothing => {}
             Act::Ping => {
-                let frame = match conn.encoding {
-                    Encoding::Json => self.shared.pings.json.clone(),
-                    Encoding::Protobuf => self.shared.pings.protobuf.clone(),
+                let frame = match (conn.framing, conn.encoding) {
+                    (Framing::Tcp, _) => self.shared.pings.tcp.clone(),
+                    (Framing::WebSocket, Encoding::Json) => self.shared.pings.json.clone(),
+                    (Framing::WebSocket, Encoding::Protobuf) => self.shared.pings.protobuf.clone(),
                 };
                 conn.enqueue(frame);
             }
@@ -660,13 +664,19 @@ pub fn encode_frame(
 ) -> Result<Bytes, tether_proto::EncodeError> {
     let mut payload = Vec::with_capacity(64);
     encoding.encode_reply(reply, &mut payload)?;
-    Ok(frame_payload(encoding, framing, &payload))
+    Ok(match framing {
+        // The delimited reply is the whole frame: hand over the buffer without a copy.
+        Framing::Tcp => Bytes::from(payload),
+        Framing::WebSocket => frame_payload(encoding, framing, &payload),
+    })
 }
 
-/// Wraps an encoded payload (one or more replies) in the transport's framing.
+/// Wraps an encoded payload (one or more replies) in the transport's framing. Raw TCP has
+/// none: Protobuf replies carry their own length prefix.
 pub fn frame_payload(encoding: Encoding, framing: Framing, payload: &[u8]) -> Bytes {
     match framing {
         Framing::WebSocket => ws::encode_message_frame(encoding == Encoding::Protobuf, payload),
+        Framing::Tcp => Bytes::copy_from_slice(payload),
     }
 }
 
