@@ -328,3 +328,69 @@ async fn tcp_can_be_disabled() {
     let server = common::start(common::config()).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn cli_client_sub_and_pub_over_both_transports() {
+    use tokio::io::AsyncBufReadExt;
+    use tokio::process::Command as Process;
+
+    let (server, tcp) = start_tcp(config()).await;
+    let bin = env!("CARGO_BIN_EXE_tether");
+    let token = user_token("cli");
+    let ws_url = server.ws_url();
+    let tcp_url = format!("tcp://{tcp}");
+
+    let mut sub = Process::new(bin)
+        .args([
+            "client", "sub", "chat:cli", "--url", &ws_url, "--token", &token,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(sub.stderr.take().unwrap()).lines();
+    let mut stdout = tokio::io::BufReader::new(sub.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.starts_with("subscribed to chat:cli") {
+                return;
+            }
+        }
+        panic!("sub exited before subscribing");
+    })
+    .await
+    .expect("sub subscribed in time");
+
+    let status = Process::new(bin)
+        .args(["client", "pub", "chat:cli", r#"{"n":1}"#, "--url", &tcp_url])
+        .args(["--token", &token])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let line = tokio::time::timeout(Duration::from_secs(10), stdout.next_line())
+        .await
+        .expect("publication printed in time")
+        .unwrap();
+    assert_eq!(line.as_deref(), Some(r#"{"n":1}"#));
+
+    // A refused token is a terminal disconnect: exit 1 with the code.
+    let out = Process::new(bin)
+        .args(["client", "pub", "chat:cli", "1", "--url", &tcp_url])
+        .args(["--token", "bad.token.here"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("3500"));
+    // A bad URL is a usage error.
+    let out = Process::new(bin)
+        .args(["client", "pub", "c", "1", "--url", "http://x"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    drop(sub);
+    server.stop().await;
+}
