@@ -394,3 +394,80 @@ async fn cli_client_sub_and_pub_over_both_transports() {
     drop(sub);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn one_channel_fans_out_to_ws_json_ws_protobuf_and_tcp_subscribers() {
+    use tether_client::{Client as SdkClient, ClientConfig, SubscriptionConfig, SubscriptionEvent};
+
+    let (server, tcp) = start_tcp(config()).await;
+    // Raw TCP subscriber.
+    let mut peer = TcpPeer::open(tcp).await;
+    peer.connect("tcp").await.connect.expect("connect");
+    let reply = peer
+        .call(Command {
+            subscribe: Some(SubscribeRequest {
+                channel: "chat:mix".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    assert!(reply.subscribe.is_some());
+    // WebSocket JSON subscriber.
+    let (mut json_client, _) = common::Client::connected(&server, "json").await;
+    let reply = json_client
+        .call(json!({"subscribe": {"channel": "chat:mix"}}))
+        .await;
+    assert!(reply.get("subscribe").is_some(), "{reply}");
+    // WebSocket Protobuf subscriber (the SDK); its join reaches the other two.
+    let sdk_config = ClientConfig {
+        token: Some(user_token("pb")),
+        ..ClientConfig::default()
+    };
+    let (sdk, _events) = SdkClient::new(&server.ws_url(), sdk_config).unwrap();
+    let (sub, mut sub_events) = sdk
+        .new_subscription("chat:mix", SubscriptionConfig::default())
+        .unwrap();
+    sub.subscribe();
+    sdk.connect();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !matches!(
+            sub_events.next().await,
+            Some(SubscriptionEvent::Subscribed { .. })
+        ) {}
+    })
+    .await
+    .expect("sdk subscribed");
+
+    for n in 1..=2 {
+        let (status, _) = server
+            .api("publish", json!({"channel": "chat:mix", "data": {"n": n}}))
+            .await;
+        assert_eq!(status, 200);
+    }
+    for n in 1..=2u64 {
+        let expected = format!(r#"{{"n":{n}}}"#);
+        // TCP: skip joins, take publications.
+        let publication = loop {
+            let reply = peer.next(Duration::from_secs(5)).await.expect("tcp open");
+            if let Some(p) = reply.push.and_then(|p| p.r#pub) {
+                break p;
+            }
+        };
+        assert_eq!(publication.data, expected.as_bytes());
+        assert_eq!(publication.offset, n);
+        let push = json_client.wait_for(|m| m["push"]["pub"].is_object()).await;
+        assert_eq!(push["push"]["pub"]["data"], json!({"n": n}));
+        let publication = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(SubscriptionEvent::Publication(p)) = sub_events.next().await {
+                    return p;
+                }
+            }
+        })
+        .await
+        .expect("sdk publication");
+        assert_eq!(publication.data, expected.as_bytes());
+    }
+    server.stop().await;
+}

@@ -107,9 +107,9 @@ pub struct SweepSettings {
 /// Wire variants of one publication, encoded lazily and at most once each.
 #[derive(Default)]
 struct Variants {
-    /// Index: encoding (0 JSON, 1 Protobuf) × form (0 plain, 1 full for a delta
+    /// Index: wire variant (see [`wire_index`]) × form (0 plain, 1 full for a delta
     /// subscriber, 2 delta patch).
-    frames: [Option<Option<Bytes>>; 6],
+    frames: [Option<Option<Bytes>>; WIRE_VARIANTS * 3],
     patch: Option<Option<Bytes>>,
 }
 
@@ -401,12 +401,12 @@ impl Hub {
             push: Some(push),
             ..Default::default()
         };
-        let mut frames: [Option<Bytes>; 2] = [None, None];
+        let mut frames: [Option<Bytes>; WIRE_VARIANTS] = Default::default();
         for sub in entry.subscribers.read().values() {
             if !sub.flags.join_leave || sub.pending.lock().is_some() {
                 continue;
             }
-            let slot = &mut frames[encoding_index(sub.conn.encoding)];
+            let slot = &mut frames[wire_index(sub.conn.encoding, sub.conn.framing)];
             if slot.is_none() {
                 *slot = encode_frame(sub.conn.encoding, sub.conn.framing, &reply).ok();
             }
@@ -475,7 +475,7 @@ impl Hub {
         variants: &mut Variants,
     ) -> Option<Bytes> {
         let conn = &sub.conn;
-        let enc = encoding_index(conn.encoding);
+        let enc = wire_index(conn.encoding, conn.framing);
         let publication = &event.publication;
         let form = if !sub.flags.delta {
             Form::Plain
@@ -595,12 +595,18 @@ fn wire_data(encoding: Encoding, form: Form, data: &Bytes) -> Bytes {
     }
 }
 
-fn encoding_index(encoding: Encoding) -> usize {
-    match encoding {
-        Encoding::Json => 0,
-        Encoding::Protobuf => 1,
+/// Which shared encoding of a reply a connection gets: WebSocket JSON, WebSocket Protobuf,
+/// or raw TCP (Protobuf without a frame header). Connections of one variant share bytes.
+fn wire_index(encoding: Encoding, framing: Framing) -> usize {
+    match (framing, encoding) {
+        (Framing::WebSocket, Encoding::Json) => 0,
+        (Framing::WebSocket, Encoding::Protobuf) => 1,
+        (Framing::Tcp, _) => 2,
     }
 }
+
+/// Number of distinct wire variants ([`wire_index`]).
+const WIRE_VARIANTS: usize = 3;
 
 /// Converts a broker publication into the protocol type with the given wire data.
 pub fn to_proto_publication(
