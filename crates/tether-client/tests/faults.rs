@@ -410,13 +410,15 @@ async fn calls_wait_while_connecting_in_a_bounded_buffer(transport: Transport) {
         .unwrap_err();
     assert!(error.is_timeout(), "{error}");
 
-    let first = tokio::spawn({
+    // join! polls in order, so "1" enters the buffer before "2".
+    let buffered = tokio::spawn({
         let client = client.clone();
-        async move { client.publish("chat:buffer", "1").await }
-    });
-    let second = tokio::spawn({
-        let client = client.clone();
-        async move { client.publish("chat:buffer", "2").await }
+        async move {
+            tokio::join!(
+                client.publish("chat:buffer", "1"),
+                client.publish("chat:buffer", "2")
+            )
+        }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let error = client.publish("chat:buffer", "3").await.unwrap_err();
@@ -424,14 +426,9 @@ async fn calls_wait_while_connecting_in_a_bounded_buffer(transport: Transport) {
     assert_eq!(client.state(), State::Connecting);
 
     proxy.set_mode(Mode::Forward);
-    first
-        .await
-        .unwrap()
-        .expect("buffered call goes out after connect");
-    second
-        .await
-        .unwrap()
-        .expect("buffered call goes out after connect");
+    let (first, second) = buffered.await.unwrap();
+    first.expect("buffered call goes out after connect");
+    second.expect("buffered call goes out after connect");
     let mut got = Vec::new();
     while got.len() < 2 {
         if let SubscriptionEvent::Publication(p) = wait_sub(&mut sub_events, SOON, |e| {

@@ -224,7 +224,16 @@ async fn run_client(args: &ClientArgs) -> Result<(), Failure> {
             loop {
                 tokio::select! {
                     result = &mut publish => {
-                        return result.map_err(|e| refused(format!("publish failed: {e}")));
+                        return result.map_err(|e| {
+                            // A terminal disconnect fails the call and is reported at the same
+                            // moment; its code says more than "client is closed".
+                            while let Some(event) = events.try_next() {
+                                if let ClientEvent::Disconnected { code, reason } = event {
+                                    return refused(format!("disconnected: {code} {reason}"));
+                                }
+                            }
+                            refused(format!("publish failed: {e}"))
+                        });
                     }
                     Some(event) = events.next() => {
                         if let ClientEvent::Disconnected { code, reason } = event {
