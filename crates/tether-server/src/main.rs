@@ -1,4 +1,4 @@
-//! The `tether` binary: `serve`, `genconfig`, `gentoken` and `checktoken`.
+//! The `tether` binary: `serve`, `genconfig`, `gentoken`, `checktoken` and `client`.
 //!
 //! Owns process concerns only: argument parsing, loading and validating the config before
 //! anything binds (an invalid config exits with code 2, like `EX_USAGE`), secrets generated
@@ -49,6 +49,8 @@ enum Command {
     Gentoken(GentokenArgs),
     /// Verify a token with the configured keys and print its claims as JSON.
     Checktoken(ChecktokenArgs),
+    /// Talk to a running server as a client: `client sub CHANNEL`, `client pub CHANNEL DATA`.
+    Client(ClientArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +102,41 @@ struct ChecktokenArgs {
     token: String,
 }
 
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    #[command(subcommand)]
+    action: ClientAction,
+    /// Server URL: ws://HOST:PORT/connection/websocket or tcp://HOST:PORT.
+    #[arg(long, global = true, default_value = DEFAULT_CLIENT_URL)]
+    url: String,
+    /// Connection token (JWT), e.g. from `tether gentoken`; omit it for `tether serve --dev`.
+    #[arg(long, global = true)]
+    token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientAction {
+    /// Subscribe and print each publication's data on its own line (status goes to stderr);
+    /// reconnects and recovers by itself until Ctrl-C or a terminal disconnect.
+    Sub {
+        /// The channel.
+        channel: String,
+    },
+    /// Publish DATA (JSON for channels read by JSON clients) and exit.
+    Pub {
+        /// The channel.
+        channel: String,
+        /// The payload.
+        data: String,
+        /// Give up after this long (connecting included).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        timeout: Duration,
+    },
+}
+
+/// Where `tether client` connects by default: `tether serve` without a config.
+const DEFAULT_CLIENT_URL: &str = "ws://127.0.0.1:8000/connection/websocket";
+
 /// A failure with the exit code it maps to.
 struct Failure {
     code: u8,
@@ -113,6 +150,7 @@ fn main() -> ExitCode {
         Command::Genconfig(args) => genconfig(&args),
         Command::Gentoken(args) => gentoken(&args),
         Command::Checktoken(args) => checktoken(&args),
+        Command::Client(args) => client(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -152,6 +190,100 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
     runtime
         .block_on(tether_server::server::serve(config))
         .map_err(failed)
+}
+
+fn client(args: &ClientArgs) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+        .map_err(failed)?;
+    runtime.block_on(run_client(args))
+}
+
+async fn run_client(args: &ClientArgs) -> Result<(), Failure> {
+    use tether_client::{
+        Client, ClientConfig, ClientEvent, SubscriptionConfig, SubscriptionEvent, codes,
+    };
+    let config = ClientConfig {
+        token: args.token.clone(),
+        name: "tether-cli".to_owned(),
+        ..ClientConfig::default()
+    };
+    let (client, mut events) = Client::new(&args.url, config).map_err(|e| usage(e.to_string()))?;
+    match &args.action {
+        ClientAction::Pub {
+            channel,
+            data,
+            timeout,
+        } => {
+            client.connect();
+            let publisher = client.with_timeout(*timeout);
+            let publish = publisher.publish(channel, data.clone().into_bytes());
+            tokio::pin!(publish);
+            loop {
+                tokio::select! {
+                    result = &mut publish => {
+                        return result.map_err(|e| {
+                            // A terminal disconnect fails the call and is reported at the same
+                            // moment; its code says more than "client is closed".
+                            while let Some(event) = events.try_next() {
+                                if let ClientEvent::Disconnected { code, reason } = event {
+                                    return refused(format!("disconnected: {code} {reason}"));
+                                }
+                            }
+                            refused(format!("publish failed: {e}"))
+                        });
+                    }
+                    Some(event) = events.next() => {
+                        if let ClientEvent::Disconnected { code, reason } = event {
+                            return Err(refused(format!("disconnected: {code} {reason}")));
+                        }
+                    }
+                }
+            }
+        }
+        ClientAction::Sub { channel } => {
+            let (sub, mut sub_events) = client
+                .new_subscription(channel, SubscriptionConfig::default())
+                .map_err(|e| usage(e.to_string()))?;
+            sub.subscribe();
+            client.connect();
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                    Some(event) = events.next() => match event {
+                        ClientEvent::Connected { client, .. } => eprintln!("connected as {client}"),
+                        ClientEvent::Connecting { code, reason } if code != codes::CONNECT_CALLED => {
+                            eprintln!("reconnecting ({code}: {reason})");
+                        }
+                        ClientEvent::Disconnected { code, reason } => {
+                            return Err(refused(format!("disconnected: {code} {reason}")));
+                        }
+                        ClientEvent::Error(error) => eprintln!("error: {error}"),
+                        _ => {}
+                    },
+                    Some(event) = sub_events.next() => match event {
+                        SubscriptionEvent::Publication(publication) => {
+                            println!("{}", String::from_utf8_lossy(&publication.data));
+                        }
+                        SubscriptionEvent::Subscribed { was_recovering, recovered, .. } => {
+                            if was_recovering && !recovered {
+                                eprintln!("resubscribed to {channel}; missed publications could not be recovered");
+                            } else {
+                                eprintln!("subscribed to {channel}");
+                            }
+                        }
+                        SubscriptionEvent::Unsubscribed { code, reason } => {
+                            return Err(refused(format!("unsubscribed: {code} {reason}")));
+                        }
+                        SubscriptionEvent::Error(error) => eprintln!("subscription error: {error}"),
+                        _ => {}
+                    },
+                }
+            }
+        }
+    }
 }
 
 /// Secrets generated for a run without configured ones.

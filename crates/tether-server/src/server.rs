@@ -1,8 +1,8 @@
 //! Wiring and lifecycle of one tether node.
 //!
 //! [`Node`] is everything a session or an API call needs (config, hub, broker, token
-//! verifiers, clock), shared behind an `Arc`. [`Server`] binds the listener, runs the accept
-//! loop and the heartbeat sweeper, and shuts down on a cancellation token: stop accepting,
+//! verifiers, clock), shared behind an `Arc`. [`Server`] binds the listeners (HTTP/WebSocket,
+//! and raw TCP when `tcp.enabled`), runs the accept loop and the heartbeat sweeper, and shuts down on a cancellation token: stop accepting,
 //! tell every connection to reconnect elsewhere (3001), and wait for them with a deadline.
 
 use std::collections::HashMap;
@@ -171,32 +171,41 @@ pub struct Server {
     node: Arc<Node>,
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The raw TCP listener and its address; `None` when `tcp.enabled` is off.
+    tcp: Option<(TcpListener, SocketAddr)>,
 }
 
 impl Server {
-    /// Builds the node and binds its HTTP/WebSocket port.
+    /// Builds the node and binds its HTTP/WebSocket port, and the raw TCP port when
+    /// `tcp.enabled`.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let addr = format!("{}:{}", config.http_server.address, config.http_server.port);
+        let tcp_addr = config
+            .tcp
+            .enabled
+            .then(|| format!("{}:{}", config.tcp.address, config.tcp.port));
         let node = Node::new(config)?;
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: addr.clone(),
-                source,
-            })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
+        let (listener, local_addr) = bind_listener(addr).await?;
+        let tcp = match tcp_addr {
+            Some(addr) => Some(bind_listener(addr).await?),
+            None => None,
+        };
         Ok(Self {
             node,
             listener,
             local_addr,
+            tcp,
         })
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound raw TCP address, when the TCP transport is enabled.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The node behind this server.
@@ -210,8 +219,13 @@ impl Server {
             node,
             listener,
             local_addr,
+            tcp,
         } = self;
         info!(%local_addr, "tether listening");
+        let tcp = tcp.map(|(listener, tcp_addr)| {
+            info!(%tcp_addr, "tether listening for raw tcp clients");
+            listener
+        });
         let tracker = TaskTracker::new();
         tracker.spawn(sweeper(node.clone()));
         let api = crate::api::router(node.clone());
@@ -231,9 +245,19 @@ impl Server {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
+                accepted = accept_tcp(tcp.as_ref()) => match accepted {
+                    Ok((stream, peer)) => {
+                        tracker.spawn(crate::transport::tcp::handle_connection(node.clone(), stream, peer));
+                    }
+                    Err(error) => {
+                        warn!(%error, "tcp accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
             }
         }
         drop(listener);
+        drop(tcp);
         for conn in node.hub.all_conns() {
             conn.close(DisconnectCode::SHUTDOWN.into());
         }
@@ -245,6 +269,29 @@ impl Server {
         {
             warn!("connections still open after the shutdown grace period");
         }
+    }
+}
+
+async fn bind_listener(addr: String) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, local_addr))
+}
+
+/// Accepts on the raw TCP listener; never completes when there is none.
+async fn accept_tcp(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
     }
 }
 

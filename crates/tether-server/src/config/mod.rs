@@ -35,6 +35,8 @@ pub struct Config {
     pub http_api: HttpApiConfig,
     /// WebSocket transport limits.
     pub websocket: WebSocketConfig,
+    /// The raw TCP transport (Protobuf, varint-length-delimited) on its own port.
+    pub tcp: TcpConfig,
     /// Logging.
     pub log: LogConfig,
     /// Identity of this node in a cluster.
@@ -283,6 +285,19 @@ pub struct WebSocketConfig {
     pub message_size_limit: usize,
 }
 
+/// Raw TCP transport options: the Protobuf protocol as a byte stream of
+/// uvarint-length-delimited commands and replies, for native apps and devices.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TcpConfig {
+    /// Listen for raw TCP clients.
+    pub enabled: bool,
+    /// IP address or host name to bind; loopback by default, like `http_server.address`.
+    pub address: String,
+    /// TCP port. 0 is refused by [`Config::load`] while enabled (tests bind port 0 by hand).
+    pub port: u16,
+}
+
 /// Logging options.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -392,6 +407,9 @@ impl Config {
         if config.http_server.port == 0 {
             return Err(invalid("http_server.port", "must not be 0"));
         }
+        if config.tcp.enabled && config.tcp.port == 0 {
+            return Err(invalid("tcp.port", "must not be 0"));
+        }
         if config.node.name.is_empty() {
             config.node.name = default_node_name();
         }
@@ -408,6 +426,30 @@ impl Config {
             return Err(invalid(
                 "websocket.message_size_limit",
                 "must be greater than 0",
+            ));
+        }
+        self.validate_tcp()?;
+        Ok(())
+    }
+
+    fn validate_tcp(&self) -> Result<(), ConfigError> {
+        let tcp = &self.tcp;
+        if !tcp.enabled {
+            return Ok(());
+        }
+        if tcp.address.trim().is_empty() {
+            return Err(invalid("tcp.address", "must not be empty"));
+        }
+        if tcp.port != 0
+            && tcp.port == self.http_server.port
+            && tcp.address == self.http_server.address
+        {
+            return Err(invalid(
+                "tcp.port",
+                format!(
+                    "must differ from http_server.port ({}) on the same address",
+                    self.http_server.port
+                ),
             ));
         }
         Ok(())
@@ -688,6 +730,19 @@ impl Default for WebSocketConfig {
         // Centrifugo's default (64 KiB).
         Self {
             message_size_limit: 65536,
+        }
+    }
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            // Loopback for the same reason as the HTTP server: reachable from the network only
+            // once someone decides it should be.
+            address: "127.0.0.1".to_owned(),
+            // The port after the HTTP server's default 8000.
+            port: 8001,
         }
     }
 }

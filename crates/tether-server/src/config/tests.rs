@@ -588,3 +588,27 @@ fn ns(name: &str) -> Namespace {
         options: NamespaceOptions::default(),
     }
 }
+
+#[test]
+fn tcp_defaults_env_and_validation() {
+    let c = Config::default();
+    assert!(c.tcp.enabled);
+    assert_eq!(c.tcp.address, "127.0.0.1");
+    assert_eq!(c.tcp.port, 8001);
+
+    let e = env(&[("TETHER_TCP_PORT", "9001"), ("TETHER_TCP_ENABLED", "false")]);
+    let c = Config::load(None, &e).unwrap();
+    assert_eq!(c.tcp.port, 9001);
+    assert!(!c.tcp.enabled);
+
+    let e = env(&[("TETHER_TCP_PORT", "0")]);
+    assert_eq!(key_of(&Config::load(None, &e).unwrap_err()), "tcp.port");
+    // Port 0 is fine while the transport is off.
+    let e = env(&[("TETHER_TCP_PORT", "0"), ("TETHER_TCP_ENABLED", "false")]);
+    Config::load(None, &e).unwrap();
+
+    let e = env(&[("TETHER_TCP_PORT", "8000")]);
+    assert_eq!(key_of(&Config::load(None, &e).unwrap_err()), "tcp.port");
+    let e = env(&[("TETHER_TCP_ADDRESS", " ")]);
+    assert_eq!(key_of(&Config::load(None, &e).unwrap_err()), "tcp.address");
+}

@@ -64,6 +64,9 @@ impl From<DisconnectCode> for Disconnect {
 pub enum Framing {
     /// RFC 6455 message frames: text for JSON, binary for Protobuf.
     WebSocket,
+    /// Raw TCP: a byte stream of uvarint-length-delimited Protobuf replies, so an encoded
+    /// reply is its own frame (no header around it).
+    Tcp,
 }
 
 /// A message from the node to a connection's session, applied by its driver.

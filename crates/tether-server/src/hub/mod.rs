@@ -46,11 +46,13 @@ type UserShard = HashMap<Arc<str>, Vec<ConnHandle>>;
 /// One shard of the channel registry.
 type ChannelShard = HashMap<Arc<str>, Arc<Channel>>;
 
-/// Pre-encoded ping frames, one per encoding.
+/// Pre-encoded ping frames, one per wire variant.
 #[derive(Debug)]
 struct Pings {
     json: Bytes,
     protobuf: Bytes,
+    /// Raw TCP: an empty Reply, which is the single length byte 0.
+    tcp: Bytes,
 }
 
 /// The subscribers of one channel on this node.
@@ -105,9 +107,9 @@ pub struct SweepSettings {
 /// Wire variants of one publication, encoded lazily and at most once each.
 #[derive(Default)]
 struct Variants {
-    /// Index: encoding (0 JSON, 1 Protobuf) × form (0 plain, 1 full for a delta
+    /// Index: wire variant (see [`wire_index`]) × form (0 plain, 1 full for a delta
     /// subscriber, 2 delta patch).
-    frames: [Option<Option<Bytes>>; 6],
+    frames: [Option<Option<Bytes>>; WIRE_VARIANTS * 3],
     patch: Option<Option<Bytes>>,
 }
 
@@ -124,6 +126,7 @@ impl Hub {
                 pings: Pings {
                     json: ws::encode_message_frame(false, b"{}"),
                     protobuf: ws::encode_message_frame(true, &[0]),
+                    tcp: Bytes::from_static(&[0]),
                 },
             }),
         }
@@ -334,9 +337,10 @@ impl Hub {
         match act {
             Act::Nothing => {}
             Act::Ping => {
-                let frame = match conn.encoding {
-                    Encoding::Json => self.shared.pings.json.clone(),
-                    Encoding::Protobuf => self.shared.pings.protobuf.clone(),
+                let frame = match (conn.framing, conn.encoding) {
+                    (Framing::Tcp, _) => self.shared.pings.tcp.clone(),
+                    (Framing::WebSocket, Encoding::Json) => self.shared.pings.json.clone(),
+                    (Framing::WebSocket, Encoding::Protobuf) => self.shared.pings.protobuf.clone(),
                 };
                 conn.enqueue(frame);
             }
@@ -397,12 +401,12 @@ impl Hub {
             push: Some(push),
             ..Default::default()
         };
-        let mut frames: [Option<Bytes>; 2] = [None, None];
+        let mut frames: [Option<Bytes>; WIRE_VARIANTS] = Default::default();
         for sub in entry.subscribers.read().values() {
             if !sub.flags.join_leave || sub.pending.lock().is_some() {
                 continue;
             }
-            let slot = &mut frames[encoding_index(sub.conn.encoding)];
+            let slot = &mut frames[wire_index(sub.conn.encoding, sub.conn.framing)];
             if slot.is_none() {
                 *slot = encode_frame(sub.conn.encoding, sub.conn.framing, &reply).ok();
             }
@@ -471,7 +475,7 @@ impl Hub {
         variants: &mut Variants,
     ) -> Option<Bytes> {
         let conn = &sub.conn;
-        let enc = encoding_index(conn.encoding);
+        let enc = wire_index(conn.encoding, conn.framing);
         let publication = &event.publication;
         let form = if !sub.flags.delta {
             Form::Plain
@@ -591,12 +595,18 @@ fn wire_data(encoding: Encoding, form: Form, data: &Bytes) -> Bytes {
     }
 }
 
-fn encoding_index(encoding: Encoding) -> usize {
-    match encoding {
-        Encoding::Json => 0,
-        Encoding::Protobuf => 1,
+/// Which shared encoding of a reply a connection gets: WebSocket JSON, WebSocket Protobuf,
+/// or raw TCP (Protobuf without a frame header). Connections of one variant share bytes.
+fn wire_index(encoding: Encoding, framing: Framing) -> usize {
+    match (framing, encoding) {
+        (Framing::WebSocket, Encoding::Json) => 0,
+        (Framing::WebSocket, Encoding::Protobuf) => 1,
+        (Framing::Tcp, _) => 2,
     }
 }
+
+/// Number of distinct wire variants ([`wire_index`]).
+const WIRE_VARIANTS: usize = 3;
 
 /// Converts a broker publication into the protocol type with the given wire data.
 pub fn to_proto_publication(
@@ -660,13 +670,19 @@ pub fn encode_frame(
 ) -> Result<Bytes, tether_proto::EncodeError> {
     let mut payload = Vec::with_capacity(64);
     encoding.encode_reply(reply, &mut payload)?;
-    Ok(frame_payload(encoding, framing, &payload))
+    Ok(match framing {
+        // The delimited reply is the whole frame: hand over the buffer without a copy.
+        Framing::Tcp => Bytes::from(payload),
+        Framing::WebSocket => frame_payload(encoding, framing, &payload),
+    })
 }
 
-/// Wraps an encoded payload (one or more replies) in the transport's framing.
+/// Wraps an encoded payload (one or more replies) in the transport's framing. Raw TCP has
+/// none: Protobuf replies carry their own length prefix.
 pub fn frame_payload(encoding: Encoding, framing: Framing, payload: &[u8]) -> Bytes {
     match framing {
         Framing::WebSocket => ws::encode_message_frame(encoding == Encoding::Protobuf, payload),
+        Framing::Tcp => Bytes::copy_from_slice(payload),
     }
 }
 

@@ -1,11 +1,16 @@
-//! The per-connection driver: owns the upgraded socket and the session, and moves bytes.
+//! The per-connection driver: owns the socket and the session, and moves bytes, for both
+//! framings — an upgraded WebSocket and the raw TCP stream of varint-delimited Protobuf.
 //!
 //! It waits for one of three things — the socket is readable, the socket is writable while
 //! frames are pending, or the connection's handle was woken (frames queued, a control
 //! message, a close request) — and never holds a buffer while idle: reads go into a
-//! per-thread scratch buffer and only a partial frame is kept, inside the [`WsReader`].
-//! Outbound frames are shared `Bytes` drained from the handle in batches and written with
-//! one vectored write.
+//! per-thread scratch buffer and only a partial frame is kept (inside the [`WsReader`], or
+//! the partial delimited command of a TCP connection). Outbound frames are shared `Bytes`
+//! drained from the handle in batches and written with one vectored write.
+//!
+//! The framings differ only at the edges, in [`Wire`]: how inbound bytes become commands,
+//! and how a close is said (a WebSocket close frame, or on TCP a `Disconnect` push followed
+//! by closing the socket).
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
@@ -14,6 +19,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tether_proto::codes::DisconnectCode;
+use tether_proto::decode_delimited_command;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -36,34 +42,85 @@ enum End {
     Io(io::Error),
 }
 
+/// A connection's framing and its inbound parser state.
+#[derive(Debug)]
+pub(super) enum Wire {
+    /// RFC 6455 frames after an HTTP upgrade.
+    WebSocket {
+        /// Parser state; holds only a partial frame.
+        reader: WsReader,
+        /// Message size limit.
+        limits: WsLimits,
+    },
+    /// Raw TCP: uvarint-length-delimited Protobuf commands.
+    Tcp {
+        /// Bytes of an incomplete command; empty without capacity between commands, so an
+        /// idle connection holds no buffer.
+        partial: BytesMut,
+        /// Largest accepted command body; a longer announced length disconnects (1009)
+        /// before the body is buffered.
+        max_message_size: usize,
+    },
+}
+
+impl Wire {
+    /// WebSocket framing with the node's message size limit.
+    pub(super) fn websocket(node: &Node) -> Self {
+        Self::WebSocket {
+            reader: WsReader::default(),
+            limits: WsLimits {
+                max_message_size: node.config.websocket.message_size_limit,
+            },
+        }
+    }
+
+    /// Raw TCP framing; commands share the WebSocket message size limit.
+    pub(super) fn tcp(node: &Node) -> Self {
+        Self::Tcp {
+            partial: BytesMut::new(),
+            max_message_size: node.config.websocket.message_size_limit,
+        }
+    }
+
+    /// The bytes that tell the peer the connection ends with `disconnect`.
+    fn close_bytes(&self, disconnect: &Disconnect) -> Bytes {
+        match self {
+            Self::WebSocket { .. } => ws::encode_close(disconnect.code, &disconnect.reason),
+            Self::Tcp { .. } => super::tcp::encode_disconnect(disconnect),
+        }
+    }
+}
+
 struct Driver {
     node: Arc<Node>,
     conn: ConnHandle,
     stream: TcpStream,
     session: Session,
-    reader: WsReader,
-    limits: WsLimits,
+    wire: Wire,
     /// Frames taken from the queue and not yet fully written; `offset` bytes of the first
     /// are already on the wire.
     out: Vec<Bytes>,
     offset: usize,
 }
 
-/// Serves an upgraded WebSocket until it ends, then cleans up the session.
-pub(super) async fn run(node: Arc<Node>, stream: TcpStream, conn: ConnHandle, leftover: Vec<u8>) {
+/// Serves a connection (an upgraded WebSocket, or a raw TCP stream) until it ends, then
+/// cleans up the session. `leftover` holds bytes read past the HTTP upgrade request.
+pub(super) async fn run(
+    node: Arc<Node>,
+    stream: TcpStream,
+    conn: ConnHandle,
+    leftover: Vec<u8>,
+    wire: Wire,
+) {
     let now = node.now();
     let stale = node.config.client.stale_close_delay.as_millis() as u64;
     conn.with_heartbeat(|hb| hb.stale_at = now.ms + stale.max(1));
-    let limits = WsLimits {
-        max_message_size: node.config.websocket.message_size_limit,
-    };
     let mut driver = Driver {
         session: Session::new(conn.clone()),
         node,
         conn,
         stream,
-        reader: WsReader::default(),
-        limits,
+        wire,
         out: Vec::new(),
         offset: 0,
     };
@@ -129,16 +186,21 @@ impl Driver {
                 let mut scratch = scratch.borrow_mut();
                 match self.stream.try_read(&mut scratch[..]) {
                     Ok(0) => Err(End::PeerGone),
-                    Ok(n) => self
-                        .reader
-                        .feed(&scratch[..n], &self.limits, &mut events)
-                        .map(|()| n)
-                        .map_err(|error| {
-                            End::Disconnect(Disconnect {
-                                code: error.close_code(),
-                                reason: error.to_string(),
-                            })
-                        }),
+                    Ok(n) => match &mut self.wire {
+                        Wire::WebSocket { reader, limits } => reader
+                            .feed(&scratch[..n], limits, &mut events)
+                            .map(|()| n)
+                            .map_err(|error| {
+                                End::Disconnect(Disconnect {
+                                    code: error.close_code(),
+                                    reason: error.to_string(),
+                                })
+                            }),
+                        Wire::Tcp { partial, .. } => {
+                            partial.extend_from_slice(&scratch[..n]);
+                            Ok(n)
+                        }
+                    },
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
                     Err(error) => Err(End::Io(error)),
                 }
@@ -147,6 +209,7 @@ impl Driver {
             for event in events.drain(..) {
                 self.on_event(event).await?;
             }
+            self.on_tcp_commands().await?;
             if read? < SCRATCH_SIZE {
                 break;
             }
@@ -154,9 +217,48 @@ impl Driver {
         Ok(())
     }
 
+    /// Decodes and handles the complete commands of a TCP connection one at a time (a read
+    /// of 1-byte pongs would inflate a lot if decoded all at once), keeping only a partial
+    /// command's bytes.
+    async fn on_tcp_commands(&mut self) -> Result<(), End> {
+        let Wire::Tcp {
+            partial,
+            max_message_size,
+        } = &mut self.wire
+        else {
+            return Ok(());
+        };
+        loop {
+            let command = match decode_delimited_command(partial, *max_message_size) {
+                Ok(Some(command)) => command,
+                Ok(None) => break,
+                Err(tether_proto::DecodeError::TooLarge { .. }) => {
+                    return Err(End::Disconnect(Disconnect {
+                        code: MESSAGE_TOO_BIG,
+                        reason: "message too big".to_owned(),
+                    }));
+                }
+                Err(_) => return Err(End::Disconnect(DisconnectCode::BAD_REQUEST.into())),
+            };
+            let now = self.node.now();
+            self.session
+                .handle_command(&self.node, command, now)
+                .await
+                .map_err(End::Disconnect)?;
+        }
+        if partial.is_empty() {
+            // Give back the read buffer: an idle connection holds none.
+            *partial = BytesMut::new();
+        }
+        Ok(())
+    }
+
     async fn on_bytes(&mut self, bytes: &[u8]) -> Result<(), End> {
+        let Wire::WebSocket { reader, limits } = &mut self.wire else {
+            return Ok(());
+        };
         let mut events = Vec::new();
-        let fed = self.reader.feed(bytes, &self.limits, &mut events);
+        let fed = reader.feed(bytes, limits, &mut events);
         for event in events {
             self.on_event(event).await?;
         }
@@ -242,7 +344,7 @@ impl Driver {
         match end {
             End::Disconnect(disconnect) => {
                 debug!(%client, code = disconnect.code, reason = %disconnect.reason, "closing connection");
-                let close = ws::encode_close(disconnect.code, &disconnect.reason);
+                let close = self.wire.close_bytes(&disconnect);
                 let slow = disconnect.code == DisconnectCode::SLOW.code;
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.write_rest(slow, close)).await;
             }
@@ -306,3 +408,5 @@ const MAX_BATCH: usize = 64;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// WebSocket close code 1000.
 const NORMAL_CLOSURE: u16 = 1000;
+/// Close code for an oversized message (WebSocket 1009); TCP uses it in its disconnect push.
+const MESSAGE_TOO_BIG: u16 = 1009;

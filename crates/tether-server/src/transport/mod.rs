@@ -1,4 +1,7 @@
-//! Transports: accept, HTTP upgrade, the WebSocket codec, and the connection driver.
+//! Transports: accept, HTTP upgrade, the WebSocket codec, raw TCP, and the connection driver.
+//!
+//! Raw TCP clients connect to their own port and are served by [`tcp`] through the same
+//! driver with another framing.
 //!
 //! One port serves both the WebSocket endpoint and the HTTP API. Each accepted socket gets
 //! its own task: it reads the request head under a timeout, then either upgrades the raw
@@ -8,6 +11,7 @@
 mod driver;
 pub mod handshake;
 mod rewind;
+pub mod tcp;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -132,7 +136,8 @@ async fn upgrade(
         Framing::WebSocket,
         node.config.client.queue_max_size,
     );
-    driver::run(node, stream, conn, leftover).await;
+    let wire = driver::Wire::websocket(&node);
+    driver::run(node, stream, conn, leftover, wire).await;
 }
 
 /// Picks the encoding: the `centrifuge-protobuf` subprotocol or a `format` / `cf_protocol`

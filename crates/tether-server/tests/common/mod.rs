@@ -31,6 +31,14 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    pub fn from_parts(
+        addr: SocketAddr,
+        stop: CancellationToken,
+        handle: tokio::task::JoinHandle<()>,
+    ) -> Self {
+        Self { addr, stop, handle }
+    }
+
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.handle.await;
@@ -70,6 +78,7 @@ impl TestServer {
 pub fn config() -> Config {
     let mut config = Config::default();
     config.http_server.port = 0;
+    config.tcp.port = 0;
     config.client.token.hmac_secret_key = SECRET.to_owned();
     config.http_api.key = API_KEY.to_owned();
     config.channel.without_namespace.allow_subscribe_for_client = true;

@@ -1,0 +1,100 @@
+//! Raw TCP transport: the Protobuf protocol as a byte stream, for native apps and devices.
+//!
+//! Clients send uvarint-length-delimited `Command`s and receive uvarint-length-delimited
+//! `Reply`s on a plain TCP connection (its own port, `tcp.*` in the config). There is no
+//! handshake: the first bytes are the `connect` command, which must arrive within
+//! `client.stale_close_delay` (the sweeper closes with 3502 otherwise). Sessions, heartbeats,
+//! limits and codes are the WebSocket ones: a ping is an empty `Reply` (the single byte
+//! `0x00`), a pong an empty `Command`, and a disconnect is a `Disconnect` push followed by
+//! closing the socket. TCP keepalive is on as a second line behind the app-level pings.
+//!
+//! The connection itself is served by the shared driver with [`Framing::Tcp`], whose frames
+//! are the encoded replies as they are, so fan-out shares one `Bytes` between subscribers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tether_proto::{Encoding, Push, Reply};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::driver::{self, Wire};
+use crate::hub::{Disconnect, Framing};
+use crate::server::Node;
+
+/// Serves one accepted raw TCP connection to the end.
+pub async fn handle_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    if let Err(error) = set_keepalive(&stream) {
+        debug!(%peer, %error, "cannot enable tcp keepalive");
+    }
+    let conn = node.hub.register(
+        Encoding::Protobuf,
+        Framing::Tcp,
+        node.config.client.queue_max_size,
+    );
+    debug!(%peer, client = %conn.client, "tcp connection accepted");
+    let wire = Wire::tcp(&node);
+    driver::run(node, stream, conn, Vec::new(), wire).await;
+}
+
+/// Turns on TCP keepalive: probes after 30 s of silence, then every 10 s, so a peer that
+/// vanished without a FIN is found even when app-level pings are off.
+pub fn set_keepalive(stream: &TcpStream) -> std::io::Result<()> {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+/// The bytes that end a TCP connection: a `Disconnect` push (the socket is closed after it).
+pub(super) fn encode_disconnect(disconnect: &Disconnect) -> Bytes {
+    let reply = Reply {
+        push: Some(Push {
+            disconnect: Some(tether_proto::Disconnect {
+                code: u32::from(disconnect.code),
+                reason: disconnect.reason.clone(),
+                reconnect: tether_proto::codes::reconnect(disconnect.code),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut out = Vec::with_capacity(disconnect.reason.len() + 16);
+    // Encoding a Reply into a growing Vec cannot fail (only JSON bytes fields can).
+    let _ = Encoding::Protobuf.encode_reply(&reply, &mut out);
+    Bytes::from(out)
+}
+
+/// Idle time before the first keepalive probe.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Time between keepalive probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::*;
+
+    #[test]
+    fn disconnect_push_decodes_with_the_reconnect_flag_of_its_code() {
+        for (code, reconnect) in [(3001, true), (3500, false), (1009, false)] {
+            let bytes = encode_disconnect(&Disconnect {
+                code,
+                reason: "why".to_owned(),
+            });
+            let mut buf = BytesMut::from(&bytes[..]);
+            let reply = tether_proto::decode_delimited_reply(&mut buf, 1024)
+                .unwrap()
+                .unwrap();
+            assert!(buf.is_empty());
+            let d = reply.push.unwrap().disconnect.unwrap();
+            assert_eq!(d.code, u32::from(code));
+            assert_eq!(d.reason, "why");
+            assert_eq!(d.reconnect, reconnect);
+        }
+    }
+}
