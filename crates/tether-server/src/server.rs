@@ -17,9 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::api::cluster::Cluster;
 use crate::auth::TokenVerifier;
-use crate::broker::{Engine, MemoryBroker};
-use crate::config::Config;
+use crate::broker::redis::{ControlReceiver, RedisStartError};
+use crate::broker::{Engine, MemoryBroker, RedisEngine, RedisOptions};
+use crate::config::{Config, EngineKind};
 use crate::hub::{Hub, HubEvents, SweepSettings};
 use crate::session::Now;
 
@@ -44,6 +46,10 @@ pub struct Node {
     pub name: String,
     /// Cancelled when the node starts shutting down.
     pub shutdown: CancellationToken,
+    /// Other nodes and open surveys (cluster-wide `info` and `channels`).
+    pub cluster: Cluster,
+    /// The engine's control channel, taken by the control loop when the server runs.
+    control: parking_lot::Mutex<Option<ControlReceiver>>,
     started: Instant,
 }
 
@@ -53,6 +59,9 @@ pub enum StartError {
     /// A token key in the config could not be loaded.
     #[error("invalid token key configuration")]
     Auth(#[from] crate::auth::AuthConfigError),
+    /// The configured engine could not be built.
+    #[error("cannot start the engine")]
+    Engine(#[from] RedisStartError),
     /// The listen address could not be bound.
     #[error("cannot bind {addr}")]
     Bind {
@@ -74,7 +83,23 @@ impl Node {
             None
         };
         let hub = Hub::new();
-        let engine = Engine::Memory(MemoryBroker::new(Arc::new(HubEvents(hub.clone()))));
+        let events = Arc::new(HubEvents(hub.clone()));
+        let (engine, control) = match config.engine.kind {
+            EngineKind::Memory => (Engine::Memory(MemoryBroker::new(events)), None),
+            EngineKind::Redis => {
+                let redis = &config.engine.redis;
+                let options = RedisOptions {
+                    addresses: redis.address.clone(),
+                    prefix: redis.prefix.clone(),
+                    connect_timeout: redis.connect_timeout,
+                    io_timeout: redis.io_timeout,
+                    presence_ttl: redis.presence_ttl,
+                    presence_update_interval: config.client.presence_update_interval,
+                };
+                let (engine, control) = RedisEngine::start(options, events)?;
+                (Engine::Redis(engine), Some(control))
+            }
+        };
         let name = if config.node.name.is_empty() {
             "tether".to_owned()
         } else {
@@ -90,6 +115,8 @@ impl Node {
             id: uuid::Uuid::new_v4().to_string(),
             name,
             shutdown: CancellationToken::new(),
+            cluster: Cluster::default(),
+            control: parking_lot::Mutex::new(control),
             started: Instant::now(),
         }))
     }
@@ -184,6 +211,9 @@ impl Server {
         info!(%local_addr, "tether listening");
         let tracker = TaskTracker::new();
         tracker.spawn(sweeper(node.clone()));
+        if let Some(control) = node.control.lock().take() {
+            tracker.spawn(crate::api::cluster::run(node.clone(), control));
+        }
         let api = crate::api::router(node.clone());
         loop {
             tokio::select! {
