@@ -14,6 +14,7 @@
 //! Nothing here trusts its input: a malformed message decodes to `None`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -26,9 +27,9 @@ pub(super) enum ChannelMessage {
     /// A publication with its position (`None` without history) and, for delta candidates,
     /// the previous publication of the stream.
     Publication {
-        publication: Publication,
+        publication: Arc<Publication>,
         position: Option<StreamPosition>,
-        previous: Option<Publication>,
+        previous: Option<Arc<Publication>>,
     },
     /// A client joined.
     Join(ClientInfo),
@@ -108,7 +109,7 @@ pub(super) fn decode_message(bytes: &[u8]) -> Option<ChannelMessage> {
         let epoch = std::str::from_utf8(&rest[..end]).ok()?;
         let publication = decode_publication(&rest[end + 2..], offset)?;
         return Some(ChannelMessage::Publication {
-            publication,
+            publication: Arc::new(publication),
             position: position(offset, epoch),
             previous: None,
         });
@@ -127,10 +128,10 @@ pub(super) fn decode_message(bytes: &[u8]) -> Option<ChannelMessage> {
         let previous = if prev.is_empty() {
             None
         } else {
-            Some(decode_publication(prev, offset.checked_sub(1)?)?)
+            Some(Arc::new(decode_publication(prev, offset.checked_sub(1)?)?))
         };
         return Some(ChannelMessage::Publication {
-            publication,
+            publication: Arc::new(publication),
             position: position(offset, epoch),
             previous,
         });
@@ -227,7 +228,7 @@ mod tests {
             panic!("not a publication");
         };
         assert_eq!(
-            p,
+            *p,
             Publication {
                 offset: 7,
                 ..publication()

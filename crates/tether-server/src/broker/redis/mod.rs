@@ -589,9 +589,9 @@ impl RedisEngine {
                     events.on_insufficient_state(channel);
                 }
                 let event = super::PublicationEvent {
-                    publication: Arc::new(publication),
+                    publication,
                     position,
-                    previous: previous.map(Arc::new),
+                    previous,
                 };
                 events.on_publication(channel, &event);
             }
