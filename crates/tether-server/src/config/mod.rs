@@ -641,8 +641,13 @@ impl Config {
                 "timeouts must be greater than 0",
             ));
         }
-        if self.broker.enabled && !self.broker.nats.url.starts_with("nats://") {
-            return Err(invalid("broker.nats.url", "must be a nats:// URL"));
+        if self.broker.enabled {
+            // Refused rather than ignored: a node that silently kept the engine's fan-out
+            // would not be the deployment its operator configured.
+            return Err(invalid(
+                "broker.enabled",
+                "the nats broker is not implemented yet",
+            ));
         }
         Ok(())
     }
