@@ -5,7 +5,9 @@
 #
 # Usage: scripts/interop.sh            (from anywhere; CARGO_TARGET_DIR is honoured)
 # Env:   INTEROP_SKIP_JS=1 / INTEROP_SKIP_PY=1 to run one side only;
-#        TETHER_BIN=/path/to/tether to test a prebuilt binary instead of building one.
+#        TETHER_BIN=/path/to/tether to test a prebuilt binary instead of building one;
+#        INTEROP_ENGINE=redis to run tether on the Redis engine (INTEROP_REDIS_URL, default
+#        redis://127.0.0.1:6379, under a unique key prefix deleted at the end).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -82,22 +84,35 @@ cleanup() {
         echo "==== interop: tether log ($LOG) ===="
         tail -n 300 "$LOG" 2>/dev/null || echo "(no log)"
     fi
+    if [[ -n "${REDIS_PREFIX:-}" ]]; then
+        # Only this run's keys: the Redis may be shared.
+        redis-cli -u "$REDIS_URL" --scan --pattern "$REDIS_PREFIX.*" 2>/dev/null \
+            | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null 2>&1 || true
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
-python3 - "$IT/tether.json" "$CONFIG" "$PORT" <<'PY'
+ENGINE="${INTEROP_ENGINE:-memory}"
+REDIS_URL="${INTEROP_REDIS_URL:-redis://127.0.0.1:6379}"
+REDIS_PREFIX=""
+if [[ "$ENGINE" == "redis" ]]; then
+    REDIS_PREFIX="tether-interop-$$-$RANDOM"
+fi
+python3 - "$IT/tether.json" "$CONFIG" "$PORT" "$ENGINE" "$REDIS_URL" "$REDIS_PREFIX" <<'PY'
 import json, sys
-src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+src, dst, port, engine, redis_url, prefix = sys.argv[1:7]
 cfg = json.load(open(src))
 cfg.setdefault("http_server", {})["address"] = "127.0.0.1"
-cfg["http_server"]["port"] = port
+cfg["http_server"]["port"] = int(port)
+if engine == "redis":
+    cfg["engine"] = {"type": "redis", "redis": {"address": redis_url, "prefix": prefix}}
 json.dump(cfg, open(dst, "w"), indent=2)
 PY
 
-section "start: tether serve on 127.0.0.1:$PORT"
+section "start: tether serve on 127.0.0.1:$PORT (engine: $ENGINE)"
 "$BIN" serve --config "$CONFIG" >"$LOG" 2>&1 </dev/null &
 TETHER_PID=$!
 
@@ -109,14 +124,14 @@ for _ in $(seq 1 150); do
         TETHER_PID=""
         exit 1
     fi
-    if curl -fsS --max-time 1 --noproxy '*' "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then
+    if curl -fsS --max-time 1 --noproxy '*' "http://127.0.0.1:$PORT/ready" >/dev/null 2>&1; then
         healthy=1
         break
     fi
     sleep 0.1
 done
 if [[ -z "$healthy" ]]; then
-    echo "interop: tether did not answer GET /health within 15 s" >&2
+    echo "interop: tether did not answer GET /ready with 200 within 15 s" >&2
     exit 1
 fi
 echo "tether is healthy (pid $TETHER_PID)"

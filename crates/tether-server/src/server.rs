@@ -19,9 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::api::cluster::Cluster;
 use crate::auth::TokenVerifier;
-use crate::broker::{Engine, MemoryBroker};
-use crate::config::Config;
+use crate::broker::redis::{ControlReceiver, RedisStartError};
+use crate::broker::{Engine, MemoryBroker, RedisEngine, RedisOptions};
+use crate::config::{Config, EngineKind};
 use crate::hub::{Hub, HubEvents, SweepSettings};
 use crate::session::Now;
 
@@ -48,6 +50,10 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Compiled `channel_regex` of every namespace, by pattern.
     channel_regexes: HashMap<String, Regex>,
+    /// Other nodes and open surveys (cluster-wide `info` and `channels`).
+    pub cluster: Cluster,
+    /// The engine's control channel, taken by the control loop when the server runs.
+    control: parking_lot::Mutex<Option<ControlReceiver>>,
     started: Instant,
 }
 
@@ -57,6 +63,9 @@ pub enum StartError {
     /// A token key in the config could not be loaded.
     #[error("invalid token key configuration")]
     Auth(#[from] crate::auth::AuthConfigError),
+    /// The configured engine could not be built.
+    #[error("cannot start the engine")]
+    Engine(#[from] RedisStartError),
     /// The listen address could not be bound.
     #[error("cannot bind {addr}")]
     Bind {
@@ -78,7 +87,6 @@ impl Node {
             None
         };
         let hub = Hub::new();
-        let engine = Engine::Memory(MemoryBroker::new(Arc::new(HubEvents(hub.clone()))));
         let channel_regexes = std::iter::once(&config.channel.without_namespace)
             .chain(config.channel.namespaces.iter().map(|ns| &ns.options))
             .filter(|options| !options.channel_regex.is_empty())
@@ -89,6 +97,23 @@ impl Node {
                     .map(|re| (options.channel_regex.clone(), re))
             })
             .collect();
+        let events = Arc::new(HubEvents(hub.clone()));
+        let (engine, control) = match config.engine.kind {
+            EngineKind::Memory => (Engine::Memory(MemoryBroker::new(events)), None),
+            EngineKind::Redis => {
+                let redis = &config.engine.redis;
+                let options = RedisOptions {
+                    addresses: redis.address.clone(),
+                    prefix: redis.prefix.clone(),
+                    connect_timeout: redis.connect_timeout,
+                    io_timeout: redis.io_timeout,
+                    presence_ttl: redis.presence_ttl,
+                    presence_update_interval: config.client.presence_update_interval,
+                };
+                let (engine, control) = RedisEngine::start(options, events)?;
+                (Engine::Redis(engine), Some(control))
+            }
+        };
         let name = if config.node.name.is_empty() {
             "tether".to_owned()
         } else {
@@ -105,6 +130,8 @@ impl Node {
             name,
             shutdown: CancellationToken::new(),
             channel_regexes,
+            cluster: Cluster::default(),
+            control: parking_lot::Mutex::new(control),
             started: Instant::now(),
         }))
     }
@@ -228,6 +255,9 @@ impl Server {
         });
         let tracker = TaskTracker::new();
         tracker.spawn(sweeper(node.clone()));
+        if let Some(control) = node.control.lock().take() {
+            tracker.spawn(crate::api::cluster::run(node.clone(), control));
+        }
         let api = crate::api::router(node.clone());
         loop {
             tokio::select! {

@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::ApiError;
+use super::cluster::{self, ControlCommand, SubscribeSpec};
 use crate::broker::{
     BrokerError, ClientInfo, HistoryQuery, Publication, PublishOptions, StreamPosition,
 };
@@ -36,15 +37,15 @@ pub(super) async fn dispatch(node: &Node, method: &str, params: &RawValue) -> Ca
     match method {
         "publish" => publish(node, decode(params)?).await,
         "broadcast" => broadcast(node, decode(params)?).await,
-        "subscribe" => subscribe(node, decode(params)?),
-        "unsubscribe" => unsubscribe(node, &decode(params)?),
-        "disconnect" => disconnect(node, decode(params)?),
-        "refresh" => refresh(node, &decode(params)?),
+        "subscribe" => subscribe(node, decode(params)?).await,
+        "unsubscribe" => unsubscribe(node, decode(params)?).await,
+        "disconnect" => disconnect(node, decode(params)?).await,
+        "refresh" => refresh(node, &decode(params)?).await,
         "presence" => presence(node, &decode(params)?, false).await,
         "presence_stats" => presence(node, &decode(params)?, true).await,
         "history" => history(node, decode(params)?).await,
         "history_remove" => history_remove(node, &decode(params)?).await,
-        "channels" => channels(node, &decode(params)?),
+        "channels" => channels(node, &decode(params)?).await,
         "info" => Ok(info(node)),
         "rpc" => Err(ApiError::NOT_AVAILABLE.into()),
         _ => Err(ApiError::METHOD_NOT_FOUND.into()),
@@ -264,7 +265,7 @@ fn optional_payload(data: Option<&RawValue>, b64: &str) -> Result<Option<Bytes>,
     payload(data, b64).map(Some)
 }
 
-fn subscribe(node: &Node, req: SubscribeRequest<'_>) -> CallResult {
+async fn subscribe(node: &Node, req: SubscribeRequest<'_>) -> CallResult {
     if req.user.is_empty() || req.channel.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
     }
@@ -290,12 +291,127 @@ fn subscribe(node: &Node, req: SubscribeRequest<'_>) -> CallResult {
         },
     };
     let _ = req.session;
-    for conn in node.hub.user_conns(&req.user) {
-        if req.client.is_empty() || conn.client.as_str() == req.client {
-            conn.post(Control::Subscribe(control.clone()));
-        }
-    }
+    let o = &control.overrides;
+    let spec = SubscribeSpec {
+        channel: control.channel.clone(),
+        info: control.info.as_ref().map(cluster::b64),
+        data: control.data.as_ref().map(cluster::b64),
+        recover_since: control
+            .recover_since
+            .as_ref()
+            .map(|p| (p.offset, p.epoch.clone())),
+        overrides: [
+            o.presence,
+            o.join_leave,
+            o.force_push_join_leave,
+            o.force_recovery,
+            o.force_positioning,
+        ],
+    };
+    let command = ControlCommand::Subscribe {
+        user: req.user,
+        client: req.client,
+        subscribe: spec,
+    };
+    apply_control(node, &command);
+    cluster::broadcast(node, command)
+        .await
+        .map_err(|_| ApiError::INTERNAL)?;
     Ok(json!({}))
+}
+
+/// Applies a connection-targeting command to this node's connections (from the API, or
+/// from another node over the control channel).
+pub(super) fn apply_control(node: &Node, command: &ControlCommand) {
+    let targets = |user: &str, client: &str| -> Vec<crate::hub::ConnHandle> {
+        node.hub
+            .user_conns(user)
+            .into_iter()
+            .filter(|conn| client.is_empty() || conn.client.as_str() == client)
+            .collect()
+    };
+    match command {
+        ControlCommand::Subscribe {
+            user,
+            client,
+            subscribe,
+        } => {
+            let [
+                presence,
+                join_leave,
+                force_push_join_leave,
+                force_recovery,
+                force_positioning,
+            ] = subscribe.overrides;
+            let control = ServerSubscribe {
+                channel: subscribe.channel.clone(),
+                info: subscribe.info.as_deref().and_then(cluster::unb64),
+                data: subscribe.data.as_deref().and_then(cluster::unb64),
+                recover_since: subscribe.recover_since.as_ref().map(|(offset, epoch)| {
+                    StreamPosition {
+                        offset: *offset,
+                        epoch: epoch.clone(),
+                    }
+                }),
+                overrides: SubscribeOverrides {
+                    presence,
+                    join_leave,
+                    force_push_join_leave,
+                    force_recovery,
+                    force_positioning,
+                },
+            };
+            for conn in targets(user, client) {
+                conn.post(Control::Subscribe(control.clone()));
+            }
+        }
+        ControlCommand::Unsubscribe {
+            user,
+            channel,
+            client,
+        } => {
+            for conn in targets(user, client) {
+                conn.post(Control::Unsubscribe {
+                    channel: channel.clone(),
+                });
+            }
+        }
+        ControlCommand::Disconnect {
+            user,
+            client,
+            whitelist,
+            code,
+            reason,
+        } => {
+            for conn in targets(user, client) {
+                if !whitelist.iter().any(|w| w == conn.client.as_str()) {
+                    conn.close(Disconnect {
+                        code: *code,
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+        ControlCommand::Refresh {
+            user,
+            client,
+            expired,
+            expire_at,
+            info,
+        } => {
+            let info = info.as_deref().and_then(cluster::unb64);
+            for conn in targets(user, client) {
+                conn.post(Control::Refresh {
+                    expired: *expired,
+                    expire_at: *expire_at,
+                    info: info.clone(),
+                });
+            }
+        }
+        ControlCommand::Node(_)
+        | ControlCommand::Survey { .. }
+        | ControlCommand::Channels { .. } => {}
+    }
 }
 
 #[derive(Deserialize)]
@@ -308,20 +424,22 @@ struct UnsubscribeRequest {
     client: String,
 }
 
-fn unsubscribe(node: &Node, req: &UnsubscribeRequest) -> CallResult {
+async fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> CallResult {
     if req.user.is_empty() || req.channel.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
     }
     node.config
         .namespace_for(&req.channel)
         .map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
-    for conn in node.hub.user_conns(&req.user) {
-        if req.client.is_empty() || conn.client.as_str() == req.client {
-            conn.post(Control::Unsubscribe {
-                channel: req.channel.clone(),
-            });
-        }
-    }
+    let command = ControlCommand::Unsubscribe {
+        user: req.user,
+        channel: req.channel,
+        client: req.client,
+    };
+    apply_control(node, &command);
+    cluster::broadcast(node, command)
+        .await
+        .map_err(|_| ApiError::INTERNAL)?;
     Ok(json!({}))
 }
 
@@ -345,7 +463,7 @@ struct DisconnectRequest {
     disconnect: Option<DisconnectCodeRequest>,
 }
 
-fn disconnect(node: &Node, req: DisconnectRequest) -> CallResult {
+async fn disconnect(node: &Node, req: DisconnectRequest) -> CallResult {
     if req.user.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
     }
@@ -356,14 +474,17 @@ fn disconnect(node: &Node, req: DisconnectRequest) -> CallResult {
         },
         _ => tether_proto::codes::DisconnectCode::FORCE_DISCONNECT.into(),
     };
-    for conn in node.hub.user_conns(&req.user) {
-        let client = conn.client.as_str();
-        if (req.client.is_empty() || client == req.client)
-            && !req.whitelist.iter().any(|w| w == client)
-        {
-            conn.close(disconnect.clone());
-        }
-    }
+    let command = ControlCommand::Disconnect {
+        user: req.user,
+        client: req.client,
+        whitelist: req.whitelist,
+        code: disconnect.code,
+        reason: disconnect.reason,
+    };
+    apply_control(node, &command);
+    cluster::broadcast(node, command)
+        .await
+        .map_err(|_| ApiError::INTERNAL)?;
     Ok(json!({}))
 }
 
@@ -381,20 +502,22 @@ struct RefreshRequest<'a> {
     info: Option<&'a RawValue>,
 }
 
-fn refresh(node: &Node, req: &RefreshRequest<'_>) -> CallResult {
+async fn refresh(node: &Node, req: &RefreshRequest<'_>) -> CallResult {
     if req.user.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
     }
     let info = req.info.map(|i| Bytes::copy_from_slice(i.get().as_bytes()));
-    for conn in node.hub.user_conns(&req.user) {
-        if req.client.is_empty() || conn.client.as_str() == req.client {
-            conn.post(Control::Refresh {
-                expired: req.expired,
-                expire_at: req.expire_at,
-                info: info.clone(),
-            });
-        }
-    }
+    let command = ControlCommand::Refresh {
+        user: req.user.clone(),
+        client: req.client.clone(),
+        expired: req.expired,
+        expire_at: req.expire_at,
+        info: info.as_ref().map(cluster::b64),
+    };
+    apply_control(node, &command);
+    cluster::broadcast(node, command)
+        .await
+        .map_err(|_| ApiError::INTERNAL)?;
     Ok(json!({}))
 }
 
@@ -509,10 +632,9 @@ struct ChannelsRequest {
     pattern: String,
 }
 
-fn channels(node: &Node, req: &ChannelsRequest) -> CallResult {
-    let channels: serde_json::Map<String, Value> = node
-        .hub
-        .channels()
+async fn channels(node: &Node, req: &ChannelsRequest) -> CallResult {
+    let channels: serde_json::Map<String, Value> = cluster::cluster_channels(node)
+        .await
         .into_iter()
         .filter(|(name, _)| {
             req.pattern.is_empty() || crate::transport::wildcard_match(&req.pattern, name)
@@ -522,18 +644,12 @@ fn channels(node: &Node, req: &ChannelsRequest) -> CallResult {
     Ok(json!({ "channels": channels }))
 }
 
+/// This node and every other node heard from recently (announcements over the control
+/// channel).
 fn info(node: &Node) -> Value {
-    let stats = node.hub.stats();
-    json!({ "nodes": [{
-        "uid": node.id,
-        "name": node.name,
-        "version": node.version,
-        "num_clients": stats.num_clients,
-        "num_users": stats.num_users,
-        "num_channels": stats.num_channels,
-        "num_subs": stats.num_subs,
-        "uptime": node.uptime().as_secs(),
-    }]})
+    let mut nodes = vec![cluster::local_info(node)];
+    nodes.extend(node.cluster.live_nodes());
+    json!({ "nodes": nodes })
 }
 
 /// Raw JSON bytes as a JSON value (non-JSON bytes become a base64 string).

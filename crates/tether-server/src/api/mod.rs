@@ -6,6 +6,7 @@
 //! connections (subscribe, unsubscribe, disconnect, refresh) are posted to the connections'
 //! handles and applied by their drivers; the API never touches a socket.
 
+pub mod cluster;
 mod methods;
 
 use std::collections::HashMap;
@@ -84,6 +85,7 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/api/{method}", post(call))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .with_state(node)
 }
 
@@ -93,6 +95,18 @@ async fn health() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/json")],
         "{}",
     )
+}
+
+/// 200 when the engine is reachable and the node is not shutting down; 503 otherwise, so a
+/// load balancer stops sending clients here.
+async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let ready = !node.shutdown.is_cancelled() && node.engine.is_ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], "{}")
 }
 
 async fn call(

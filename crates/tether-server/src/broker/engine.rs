@@ -11,9 +11,11 @@ use std::collections::HashMap;
 
 use tokio::time::Instant;
 
+use bytes::Bytes;
+
 use super::{
     BrokerError, ClientInfo, HistoryPage, HistoryQuery, MemoryBroker, PresenceStats, Publication,
-    PublishOptions, Published,
+    PublishOptions, Published, RedisEngine,
 };
 
 /// The configured engine. Clone = handle clone.
@@ -21,6 +23,8 @@ use super::{
 pub enum Engine {
     /// The embedded single-node engine.
     Memory(MemoryBroker),
+    /// Several nodes sharing Redis: Pub/Sub fan-out, Streams history, presence with TTL.
+    Redis(RedisEngine),
 }
 
 impl Engine {
@@ -33,6 +37,7 @@ impl Engine {
     ) -> Result<Published, BrokerError> {
         match self {
             Self::Memory(m) => m.publish(channel, publication, opts, Instant::now()),
+            Self::Redis(r) => r.publish(channel, publication, opts).await,
         }
     }
 
@@ -44,6 +49,7 @@ impl Engine {
     ) -> Result<HistoryPage, BrokerError> {
         match self {
             Self::Memory(m) => m.history(channel, query, Instant::now()),
+            Self::Redis(r) => r.history(channel, query).await,
         }
     }
 
@@ -54,6 +60,7 @@ impl Engine {
                 m.remove_history(channel);
                 Ok(())
             }
+            Self::Redis(r) => r.remove_history(channel).await,
         }
     }
 
@@ -65,6 +72,7 @@ impl Engine {
                 let _ = channel;
                 Ok(())
             }
+            Self::Redis(r) => r.subscribe(channel).await,
         }
     }
 
@@ -75,6 +83,7 @@ impl Engine {
                 let _ = channel;
                 Ok(())
             }
+            Self::Redis(r) => r.unsubscribe(channel).await,
         }
     }
 
@@ -85,6 +94,7 @@ impl Engine {
                 m.publish_join(channel, info);
                 Ok(())
             }
+            Self::Redis(r) => r.publish_join(channel, info).await,
         }
     }
 
@@ -95,6 +105,7 @@ impl Engine {
                 m.publish_leave(channel, info);
                 Ok(())
             }
+            Self::Redis(r) => r.publish_leave(channel, info).await,
         }
     }
 
@@ -110,6 +121,7 @@ impl Engine {
                 m.add_presence(channel, client_id, info);
                 Ok(())
             }
+            Self::Redis(r) => r.add_presence(channel, client_id, info).await,
         }
     }
 
@@ -120,6 +132,7 @@ impl Engine {
                 m.remove_presence(channel, client_id);
                 Ok(())
             }
+            Self::Redis(r) => r.remove_presence(channel, client_id).await,
         }
     }
 
@@ -130,6 +143,7 @@ impl Engine {
     ) -> Result<HashMap<String, ClientInfo>, BrokerError> {
         match self {
             Self::Memory(m) => Ok(m.presence(channel)),
+            Self::Redis(r) => r.presence(channel).await,
         }
     }
 
@@ -137,6 +151,7 @@ impl Engine {
     pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
         match self {
             Self::Memory(m) => Ok(m.presence_stats(channel)),
+            Self::Redis(r) => r.presence_stats(channel).await,
         }
     }
 
@@ -144,6 +159,33 @@ impl Engine {
     pub fn sweep(&self, now: Instant) {
         match self {
             Self::Memory(m) => m.sweep(now),
+            Self::Redis(_) => {}
         }
+    }
+
+    /// Publishes a cluster control message to every node (this one included). A
+    /// single-node engine has no other node: nothing is sent.
+    pub async fn publish_control(&self, payload: Bytes) -> Result<(), BrokerError> {
+        match self {
+            Self::Memory(_) => {
+                let _ = payload;
+                Ok(())
+            }
+            Self::Redis(r) => r.publish_control(payload).await,
+        }
+    }
+
+    /// The engine can serve: reachable, and its fan-out connections are up.
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Self::Memory(_) => true,
+            Self::Redis(r) => r.is_ready(),
+        }
+    }
+
+    /// True when several nodes share this engine (cluster-wide operations go through its
+    /// control channel).
+    pub fn is_clustered(&self) -> bool {
+        matches!(self, Self::Redis(_))
     }
 }

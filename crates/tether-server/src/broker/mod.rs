@@ -11,8 +11,8 @@
 //! each publication while still holding that channel's lock, so subscribers see publications in
 //! offset order.
 //!
-//! Engines: [`memory::MemoryBroker`] (embedded, single node). Redis and NATS adapters will
-//! implement the same surface.
+//! Engines: [`memory::MemoryBroker`] (embedded, single node), [`redis::RedisEngine`] (several
+//! nodes sharing Redis). [`Engine`] is the one facade the node uses.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +22,9 @@ use bytes::Bytes;
 
 mod engine;
 pub mod memory;
+pub mod redis;
 
+pub use self::redis::{RedisEngine, RedisOptions};
 pub use engine::Engine;
 pub use memory::MemoryBroker;
 
@@ -148,6 +150,12 @@ pub trait BrokerEvents: Send + Sync + 'static {
     fn on_join(&self, channel: &str, info: &ClientInfo);
     /// A client left the channel.
     fn on_leave(&self, channel: &str, info: &ClientInfo);
+    /// Publications of the channel may have been lost on their way to this node (a gap in
+    /// offsets, an epoch change, or a Pub/Sub reconnect): positioned subscribers must recover
+    /// through history. Engines that cannot lose publications never call it.
+    fn on_insufficient_state(&self, channel: &str) {
+        let _ = channel;
+    }
 }
 
 /// Why a broker operation failed.

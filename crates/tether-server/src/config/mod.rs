@@ -41,6 +41,95 @@ pub struct Config {
     pub log: LogConfig,
     /// Identity of this node in a cluster.
     pub node: NodeConfig,
+    /// Where positions, history and presence live: `memory` (one node) or `redis` (a
+    /// cluster of nodes sharing Redis).
+    pub engine: EngineConfig,
+    /// An alternative fan-out broker between nodes (NATS), without history.
+    pub broker: BrokerConfig,
+}
+
+/// The engine (Centrifugo v6 `engine.*`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EngineConfig {
+    /// `memory` or `redis`.
+    #[serde(rename = "type")]
+    pub kind: EngineKind,
+    /// Options of the Redis engine.
+    pub redis: RedisEngineConfig,
+}
+
+/// Which engine a node runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// Embedded, single node.
+    #[default]
+    Memory,
+    /// Redis shared by every node.
+    Redis,
+}
+
+/// The Redis engine (`engine.redis.*`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisEngineConfig {
+    /// `redis://host:port[/db]`, one or a list; channels are sharded over a list by a
+    /// consistent hash of their name, so every node must list the same addresses in the same
+    /// order.
+    #[serde(deserialize_with = "one_or_many")]
+    pub address: Vec<String>,
+    /// Redis Cluster seed addresses. Not supported yet: the key layout is ready for it (hash
+    /// tags), the client is not.
+    #[serde(deserialize_with = "one_or_many")]
+    pub cluster_address: Vec<String>,
+    /// Prefix of every key and Pub/Sub channel, so deployments can share a Redis.
+    pub prefix: String,
+    /// Limit on establishing a connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Limit on one command's round trip; a publish that exceeds it fails (error 100).
+    #[serde(with = "humantime_serde")]
+    pub io_timeout: Duration,
+    /// How long a presence entry lives without a refresh; must exceed
+    /// `client.presence_update_interval`.
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
+}
+
+/// An alternative broker (`broker.*`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BrokerConfig {
+    /// Use a broker other than the engine for fan-out between nodes.
+    pub enabled: bool,
+    /// `nats`.
+    #[serde(rename = "type")]
+    pub kind: BrokerKind,
+    /// Options of the NATS broker.
+    pub nats: NatsBrokerConfig,
+}
+
+/// Which broker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// NATS core subjects.
+    #[default]
+    Nats,
+}
+
+/// The NATS broker (`broker.nats.*`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NatsBrokerConfig {
+    /// Server URL.
+    pub url: String,
+    /// Prefix of every subject.
+    pub prefix: String,
+    /// Limit on connecting.
+    #[serde(with = "humantime_serde")]
+    pub dial_timeout: Duration,
 }
 
 /// Listening address of the HTTP server (WebSocket endpoint and HTTP API share it).
@@ -422,6 +511,7 @@ impl Config {
         self.validate_client()?;
         self.validate_channel()?;
         validate_log_level(&self.log.level)?;
+        self.validate_engine()?;
         if self.websocket.message_size_limit == 0 {
             return Err(invalid(
                 "websocket.message_size_limit",
@@ -548,6 +638,58 @@ impl Config {
                     "needs presence enabled in the personal channel namespace",
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_engine(&self) -> Result<(), ConfigError> {
+        let redis = &self.engine.redis;
+        if self.engine.kind == EngineKind::Redis {
+            if !redis.cluster_address.is_empty() {
+                return Err(invalid(
+                    "engine.redis.cluster_address",
+                    "redis cluster is not supported yet; list shard addresses in engine.redis.address",
+                ));
+            }
+            if redis.address.is_empty() {
+                return Err(invalid("engine.redis.address", "must not be empty"));
+            }
+            if let Some(bad) = redis
+                .address
+                .iter()
+                .find(|a| !(a.starts_with("redis://") || a.starts_with("rediss://")))
+            {
+                return Err(invalid(
+                    "engine.redis.address",
+                    format!("{bad:?} must be a redis:// URL"),
+                ));
+            }
+            if redis.presence_ttl <= self.client.presence_update_interval {
+                return Err(invalid(
+                    "engine.redis.presence_ttl",
+                    "must be greater than client.presence_update_interval",
+                ));
+            }
+        }
+        if redis.prefix.is_empty() || redis.prefix.contains(['{', '}']) {
+            return Err(invalid(
+                "engine.redis.prefix",
+                "must be non-empty and contain no braces (they delimit hash tags)",
+            ));
+        }
+        if redis.io_timeout.is_zero() || redis.connect_timeout.is_zero() {
+            return Err(invalid(
+                "engine.redis.io_timeout",
+                "timeouts must be greater than 0",
+            ));
+        }
+        if self.broker.enabled {
+            // Refused rather than ignored: a node that silently kept the engine's fan-out
+            // would not be the deployment its operator configured.
+            return Err(invalid(
+                "broker.enabled",
+                "the nats broker is not implemented yet",
+            ));
         }
         Ok(())
     }
@@ -725,6 +867,35 @@ impl Default for ChannelConfig {
     }
 }
 
+impl Default for RedisEngineConfig {
+    fn default() -> Self {
+        Self {
+            // Centrifugo's default: a local Redis.
+            address: vec!["redis://127.0.0.1:6379".to_owned()],
+            cluster_address: Vec::new(),
+            prefix: "tether".to_owned(),
+            // Connecting to a reachable Redis takes milliseconds; a second means it is not.
+            connect_timeout: Duration::from_secs(1),
+            // Centrifugo's read/write timeout: a publish fails fast rather than hanging the
+            // API call while Redis is away.
+            io_timeout: Duration::from_secs(1),
+            // Centrifugo's default, two refreshes at the default 27 s update interval.
+            presence_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for NatsBrokerConfig {
+    fn default() -> Self {
+        Self {
+            // Centrifugo's defaults.
+            url: "nats://127.0.0.1:4222".to_owned(),
+            prefix: "tether".to_owned(),
+            dial_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
 impl Default for WebSocketConfig {
     fn default() -> Self {
         // Centrifugo's default (64 KiB).
@@ -882,6 +1053,21 @@ fn default_node_name() -> String {
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "tether".to_owned())
+}
+
+/// A string or a list of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) if one.is_empty() => Vec::new(),
+        OneOrMany::One(one) => one.split(',').map(|s| s.trim().to_owned()).collect(),
+        OneOrMany::Many(many) => many,
+    })
 }
 
 /// True when `address` only accepts connections from this machine.

@@ -612,3 +612,49 @@ fn tcp_defaults_env_and_validation() {
     let e = env(&[("TETHER_TCP_ADDRESS", " ")]);
     assert_eq!(key_of(&Config::load(None, &e).unwrap_err()), "tcp.address");
 }
+
+#[test]
+fn engine_section_from_env_and_file() {
+    let env: BTreeMap<String, String> = [
+        ("TETHER_ENGINE_TYPE", "redis"),
+        (
+            "TETHER_ENGINE_REDIS_ADDRESS",
+            "redis://10.0.0.1:6379,redis://10.0.0.2:6379",
+        ),
+        ("TETHER_ENGINE_REDIS_PREFIX", "myapp"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let config = Config::load(None, &env).expect("valid");
+    assert_eq!(config.engine.kind, EngineKind::Redis);
+    assert_eq!(
+        config.engine.redis.address,
+        ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]
+    );
+    assert_eq!(config.engine.redis.prefix, "myapp");
+
+    let dir = std::env::temp_dir().join(format!("tether-engine-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("c.json");
+    std::fs::write(
+        &path,
+        r#"{"engine": {"type": "redis", "redis": {"address": "redis://h:1", "prefix": "a{b"}}}"#,
+    )
+    .expect("write");
+    let empty = BTreeMap::<String, String>::new();
+    let error = Config::load(Some(&path), &empty).expect_err("braces refused");
+    assert!(
+        error.to_string().starts_with("engine.redis.prefix"),
+        "{error}"
+    );
+    std::fs::write(
+        &path,
+        r#"{"engine": {"redis": {"address": "redis://h:1"}}}"#,
+    )
+    .expect("write");
+    let config = Config::load(Some(&path), &empty).expect("one address as a string");
+    assert_eq!(config.engine.kind, EngineKind::Memory);
+    assert_eq!(config.engine.redis.address, ["redis://h:1"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -90,6 +90,13 @@ pub enum Control {
     },
     /// A subscription expiry is due: end the subscriptions not refreshed in time.
     CheckExpiry,
+    /// Publications of a positioned subscription's channel were lost on their way to this
+    /// node: unsubscribe with 2500 (client-side) or disconnect with 3010 (server-side) so
+    /// the client recovers.
+    InsufficientState {
+        /// The channel.
+        channel: String,
+    },
 }
 
 /// A server-side subscription requested through the API.

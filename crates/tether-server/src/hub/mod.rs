@@ -71,6 +71,10 @@ pub struct Subscriber {
     /// `Some` while the subscription is being set up: publications are parked here and
     /// replayed after the subscribe reply. `None` once live.
     pending: Mutex<Option<Vec<PendingPublication>>>,
+    /// Set when the stream lost continuity for this positioned subscriber: nothing more is
+    /// delivered to it (its position must not move past the hole) until the session ends the
+    /// subscription and the client recovers.
+    stale: AtomicBool,
 }
 
 /// What a subscriber asked for.
@@ -80,6 +84,9 @@ pub struct SubscriberFlags {
     pub join_leave: bool,
     /// Fossil delta negotiated.
     pub delta: bool,
+    /// The subscription is positioned: a lost publication must be reported to it
+    /// ([`Hub::insufficient_state`]) rather than silently skipped.
+    pub positioned: bool,
 }
 
 /// Counts for the `info` API.
@@ -196,6 +203,7 @@ impl Hub {
             conn: conn.clone(),
             flags,
             delta_primed: AtomicBool::new(false),
+            stale: AtomicBool::new(false),
             pending: Mutex::new(Some(Vec::new())),
         });
         let entry = {
@@ -219,7 +227,12 @@ impl Hub {
         delivered_up_to: Option<u64>,
     ) -> bool {
         let mut pending = sub.pending.lock();
-        let parked = pending.take().unwrap_or_default();
+        let mut parked = pending.take().unwrap_or_default();
+        if sub.stale.load(Ordering::Relaxed) {
+            // Continuity was lost while setting up: replaying would move the client's
+            // position past the hole. The session ends this subscription next.
+            parked.clear();
+        }
         let mut frames = head;
         for item in parked {
             if let (Some(top), Some(pos)) = (delivered_up_to, &item.position)
@@ -357,6 +370,9 @@ impl Hub {
         let subs = entry.subscribers.read();
         let mut variants = Variants::default();
         for sub in subs.values() {
+            if sub.stale.load(Ordering::Relaxed) {
+                continue;
+            }
             {
                 let mut pending = sub.pending.lock();
                 if let Some(parked) = pending.as_mut() {
@@ -374,6 +390,23 @@ impl Hub {
                 None => sub
                     .conn
                     .close(DisconnectCode::INAPPROPRIATE_PROTOCOL.into()),
+            }
+        }
+    }
+
+    /// Publications of `channel` may have been lost before reaching this node: every
+    /// positioned subscriber stops receiving the channel and its session is told to end the
+    /// subscription with insufficient state (2500, or 3010 for server-side ones), so the
+    /// client recovers from its last real position.
+    pub fn insufficient_state(&self, channel: &str) {
+        let Some(entry) = self.channel(channel) else {
+            return;
+        };
+        for sub in entry.subscribers.read().values() {
+            if sub.flags.positioned && !sub.stale.swap(true, Ordering::Relaxed) {
+                sub.conn.post(Control::InsufficientState {
+                    channel: channel.to_owned(),
+                });
             }
         }
     }
@@ -573,6 +606,10 @@ impl BrokerEvents for HubEvents {
 
     fn on_leave(&self, channel: &str, info: &ClientInfo) {
         self.0.deliver_join_leave(channel, info, false);
+    }
+
+    fn on_insufficient_state(&self, channel: &str) {
+        self.0.insufficient_state(channel);
     }
 }
 

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tether_proto::codes::{ClientError, DisconnectCode};
+use tether_proto::codes::{ClientError, DisconnectCode, UnsubscribeCode};
 use tether_proto::{Command, Reply};
 use tokio::time::Instant;
 
@@ -198,6 +198,20 @@ impl Session {
                 Ok(())
             }
             Control::CheckExpiry => self.check_sub_expiry(node, now).await,
+            Control::InsufficientState { channel } => {
+                let Some(state) = self.subs.get(&channel) else {
+                    return Ok(());
+                };
+                if state.server_side {
+                    return Err(DisconnectCode::INSUFFICIENT_STATE.into());
+                }
+                self.unsubscribe(node, &channel, now).await?;
+                self.send_push(tether_proto::Push {
+                    channel,
+                    unsubscribe: Some(UnsubscribeCode::INSUFFICIENT_STATE.into()),
+                    ..Default::default()
+                })
+            }
         }
     }
 

@@ -217,6 +217,7 @@ impl Session {
         let flags = SubscriberFlags {
             join_leave: params.push_join_leave,
             delta: params.delta,
+            positioned: params.positioned,
         };
         let ns = node
             .config

@@ -1,0 +1,811 @@
+//! The Redis engine: fan-out between nodes over Redis Pub/Sub, history in Redis Streams,
+//! presence in Redis with a TTL, and a control channel for cluster-wide operations.
+//!
+//! # Keys
+//!
+//! Every key of a channel carries the channel as a Redis Cluster hash tag, so one channel's
+//! keys always live in one slot and one Lua script may touch them all:
+//!
+//! | Purpose | Name |
+//! | --- | --- |
+//! | Pub/Sub of a channel | `{prefix}.client.{<channel>}` |
+//! | history stream (entry id = offset, field `d`) | `{prefix}.stream.{<channel>}` |
+//! | stream meta (`e` epoch, `s` top offset) | `{prefix}.meta.{<channel>}` |
+//! | idempotent publish result (5 minutes) | `{prefix}.result.{<channel>}.<key>` |
+//! | presence data (client id -> ClientInfo) | `{prefix}.presence.data.{<channel>}` |
+//! | presence expiry (client id scored by expire-at) | `{prefix}.presence.expire.{<channel>}` |
+//! | cluster control (shard 0) | `{prefix}.control` |
+//!
+//! # Shards
+//!
+//! With several `addresses`, a channel lives on the shard chosen by a jump consistent hash of
+//! its name (stable across processes and releases: FNV-1a, then Lamping–Veach). Each shard
+//! has one command connection ([`ConnectionManager`], reconnecting by itself) and one Pub/Sub
+//! connection owned by a task (see `pubsub`).
+//!
+//! # Positions and faults
+//!
+//! A publish is one Lua script: assign the offset, append, trim, set TTLs, `PUBLISH` the
+//! positioned payload and remember an idempotency result. The epoch is rotated whenever
+//! continuity cannot be proven (see `scripts`). On this node, each channel's publications
+//! must arrive with `offset == last + 1` in the same epoch; a gap, and every Pub/Sub
+//! reconnect, is reported as [`BrokerEvents::on_insufficient_state`] so positioned
+//! subscribers recover through history instead of silently skipping what they missed. Any
+//! Redis error is [`BrokerError::Unavailable`]: a publish never reports success it did not
+//! have.
+
+mod codec;
+mod pubsub;
+mod scripts;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rand::Rng;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{
+    BrokerError, BrokerEvents, ClientInfo, HistoryPage, HistoryQuery, PresenceStats, Publication,
+    PublishOptions, Published, StreamPosition,
+};
+
+/// How to reach Redis and name keys. Built by the server from `engine.redis.*`.
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// One `redis://host:port[/db]` URL per shard; channels are spread over them.
+    pub addresses: Vec<String>,
+    /// Prefix of every key and Pub/Sub channel; lets several deployments (or tests) share
+    /// one Redis.
+    pub prefix: String,
+    /// Limit on establishing a connection.
+    pub connect_timeout: Duration,
+    /// Limit on one command's round trip.
+    pub io_timeout: Duration,
+    /// How long a presence entry lives without a refresh.
+    pub presence_ttl: Duration,
+    /// How often this node refreshes the presence entries of its connections.
+    pub presence_update_interval: Duration,
+}
+
+/// Receives the payloads published on the cluster control channel (including this node's
+/// own). Taken once by the node.
+pub type ControlReceiver = mpsc::UnboundedReceiver<Bytes>;
+
+/// The Redis engine. Clone = handle clone.
+#[derive(Clone)]
+pub struct RedisEngine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    options: RedisOptions,
+    shards: Vec<Shard>,
+    events: Arc<dyn BrokerEvents>,
+    /// Channels with local subscribers: reference counts and the last position seen.
+    channels: Mutex<HashMap<String, ChannelState>>,
+    /// Presence entries of this node's connections, re-added every update interval so
+    /// that they outlive their TTL exactly as long as the connection does.
+    presence: Mutex<HashMap<(String, String), ClientInfo>>,
+    /// Stops the background tasks when the last handle goes.
+    stop: CancellationToken,
+    publish_script: Script,
+    history_script: Script,
+    presence_add_script: Script,
+    presence_remove_script: Script,
+    presence_get_script: Script,
+}
+
+/// One Redis instance.
+struct Shard {
+    conn: ConnectionManager,
+    /// Commands for the shard's Pub/Sub task.
+    pubsub: mpsc::UnboundedSender<pubsub::Command>,
+    /// The Pub/Sub connection is up and every local channel is subscribed on it.
+    pubsub_up: Arc<AtomicBool>,
+    /// The last command on the command connection succeeded.
+    command_up: AtomicBool,
+}
+
+/// A channel with local subscribers.
+#[derive(Debug, Default)]
+struct ChannelState {
+    /// Local subscriptions; the Redis subscription is dropped at zero.
+    refs: usize,
+    /// Position of the last publication received, for gap detection.
+    last: Option<StreamPosition>,
+}
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisStartError {
+    /// No address was configured.
+    #[error("no redis address configured")]
+    NoAddress,
+    /// An address is not a valid Redis URL.
+    #[error("invalid redis address {address:?}: {message}")]
+    Address {
+        /// The address.
+        address: String,
+        /// The client library's message.
+        message: String,
+    },
+}
+
+impl RedisEngine {
+    /// Builds the engine and starts its background tasks (Pub/Sub per shard, presence
+    /// refresh). Connects lazily: a Redis that is down at start is retried with backoff.
+    /// Must be called inside a Tokio runtime.
+    pub fn start(
+        options: RedisOptions,
+        events: Arc<dyn BrokerEvents>,
+    ) -> Result<(Self, ControlReceiver), RedisStartError> {
+        if options.addresses.is_empty() {
+            return Err(RedisStartError::NoAddress);
+        }
+        let stop = CancellationToken::new();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let mut shards = Vec::with_capacity(options.addresses.len());
+        let mut starters = Vec::new();
+        for (index, address) in options.addresses.iter().enumerate() {
+            let bad = |e: redis::RedisError| RedisStartError::Address {
+                address: address.clone(),
+                message: e.to_string(),
+            };
+            let client = redis::Client::open(address.as_str()).map_err(bad)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(options.connect_timeout))
+                .set_response_timeout(Some(options.io_timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(RECONNECT_MAX_DELAY);
+            let conn =
+                ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(bad)?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let up = Arc::new(AtomicBool::new(false));
+            shards.push(Shard {
+                conn,
+                pubsub: tx,
+                pubsub_up: up.clone(),
+                command_up: AtomicBool::new(true),
+            });
+            starters.push((index, client, rx, up));
+        }
+        let shared = Arc::new(Shared {
+            shards,
+            events,
+            channels: Mutex::new(HashMap::new()),
+            presence: Mutex::new(HashMap::new()),
+            stop: stop.clone(),
+            publish_script: Script::new(scripts::PUBLISH),
+            history_script: Script::new(scripts::HISTORY),
+            presence_add_script: Script::new(scripts::PRESENCE_ADD),
+            presence_remove_script: Script::new(scripts::PRESENCE_REMOVE),
+            presence_get_script: Script::new(scripts::PRESENCE_GET),
+            options,
+        });
+        let engine = Self { shared };
+        for (index, client, rx, up) in starters {
+            let task = pubsub::Task {
+                engine: engine.downgrade(),
+                shard: index,
+                client,
+                commands: rx,
+                up,
+                control: (index == 0).then(|| control_tx.clone()),
+                stop: stop.clone(),
+            };
+            tokio::spawn(task.run());
+        }
+        tokio::spawn(presence_refresher(engine.downgrade(), stop));
+        Ok((engine, control_rx))
+    }
+
+    /// Appends to history (when enabled) and publishes to every node, in one script.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        publication: Publication,
+        opts: &PublishOptions,
+    ) -> Result<Published, BrokerError> {
+        let history = opts
+            .history
+            .filter(|history| history.size > 0 && !history.ttl.is_zero());
+        let payload = codec::encode_publication(&publication);
+        let shard = self.shard_for(channel);
+        let idempotency_key = opts.idempotency_key.as_deref().unwrap_or("");
+        let mut invocation = self.shared.publish_script.prepare_invoke();
+        invocation
+            .key(self.key("stream", channel))
+            .key(self.key("meta", channel))
+            .key(format!("{}.{idempotency_key}", self.key("result", channel)))
+            .arg(payload)
+            .arg(history.map_or(0, |h| h.size))
+            .arg(history.map_or(0, |h| ceil_secs(h.ttl)))
+            .arg(history.map_or(0, |h| ceil_secs(h.meta_ttl)))
+            .arg(new_epoch())
+            .arg(self.pubsub_channel(channel))
+            .arg(if idempotency_key.is_empty() {
+                0
+            } else {
+                IDEMPOTENCY_TTL.as_secs()
+            })
+            .arg(if publication.delta { "1" } else { "0" });
+        let mut conn = self.shared.shards[shard].conn.clone();
+        let value = self
+            .run(shard, invocation.invoke_async::<Value>(&mut conn))
+            .await?;
+        let (offset, epoch, cached) = parse_publish_result(&value)
+            .ok_or_else(|| BrokerError::Unavailable("unexpected publish result".to_owned()))?;
+        Ok(Published {
+            position: (history.is_some() && offset > 0).then_some(StreamPosition { offset, epoch }),
+            from_cache: cached,
+        })
+    }
+
+    /// Reads a channel's history and current position (creating its epoch if needed).
+    pub async fn history(
+        &self,
+        channel: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, BrokerError> {
+        let shard = self.shard_for(channel);
+        let since = query.since.clone().unwrap_or_default();
+        let limit: i64 = match query.limit {
+            None => -1,
+            Some(n) => i64::try_from(n).unwrap_or(i64::MAX),
+        };
+        let mut invocation = self.shared.history_script.prepare_invoke();
+        invocation
+            .key(self.key("stream", channel))
+            .key(self.key("meta", channel))
+            .arg(new_epoch())
+            .arg(ceil_secs(query.meta_ttl))
+            .arg(limit)
+            .arg(if query.reverse { "1" } else { "0" })
+            .arg(since.offset)
+            .arg(since.epoch.as_str())
+            .arg(if query.since.is_some() { "1" } else { "0" });
+        let mut conn = self.shared.shards[shard].conn.clone();
+        let value = self
+            .run(shard, invocation.invoke_async::<Value>(&mut conn))
+            .await?;
+        let page = parse_history(&value)
+            .ok_or_else(|| BrokerError::Unavailable("unexpected history result".to_owned()))?;
+        if let Some(since) = &query.since
+            && !since.epoch.is_empty()
+            && since.epoch != page.top.epoch
+        {
+            return Err(BrokerError::UnrecoverablePosition);
+        }
+        Ok(page)
+    }
+
+    /// Drops a channel's publications, keeping its epoch and top offset.
+    pub async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
+        let shard = self.shard_for(channel);
+        let mut conn = self.shared.shards[shard].conn.clone();
+        let key = self.key("stream", channel);
+        self.run(shard, async move {
+            redis::cmd("DEL")
+                .arg(key)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// One more local subscription to `channel`; returns once Redis confirmed the Pub/Sub
+    /// subscription, so a history read after it cannot miss a publication.
+    pub async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        self.shared
+            .channels
+            .lock()
+            .entry(channel.to_owned())
+            .or_default()
+            .refs += 1;
+        let (reply, confirmed) = oneshot::channel();
+        let shard = &self.shared.shards[self.shard_for(channel)];
+        let sent = shard.pubsub.send(pubsub::Command::Subscribe {
+            channel: channel.to_owned(),
+            reply,
+        });
+        let outcome = if sent.is_err() {
+            Err(BrokerError::Unavailable("engine stopped".to_owned()))
+        } else {
+            match tokio::time::timeout(self.command_deadline(), confirmed).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(BrokerError::Unavailable("engine stopped".to_owned())),
+                Err(_) => Err(BrokerError::Unavailable("subscribe timed out".to_owned())),
+            }
+        };
+        if outcome.is_err() {
+            self.release(channel);
+        }
+        outcome
+    }
+
+    /// One local subscription fewer; the Redis subscription goes with the last.
+    pub async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        self.release(channel);
+        Ok(())
+    }
+
+    /// Announces a join to the channel's subscribers on every node.
+    pub async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+        self.publish_raw(channel, codec::join_message(info)).await
+    }
+
+    /// Announces a leave to the channel's subscribers on every node.
+    pub async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+        self.publish_raw(channel, codec::leave_message(info)).await
+    }
+
+    /// Adds or refreshes a connection's presence; this node keeps refreshing it until
+    /// [`RedisEngine::remove_presence`].
+    pub async fn add_presence(
+        &self,
+        channel: &str,
+        client_id: &str,
+        info: ClientInfo,
+    ) -> Result<(), BrokerError> {
+        self.shared
+            .presence
+            .lock()
+            .insert((channel.to_owned(), client_id.to_owned()), info.clone());
+        self.write_presence(channel, client_id, &info).await
+    }
+
+    /// Removes a connection's presence.
+    pub async fn remove_presence(&self, channel: &str, client_id: &str) -> Result<(), BrokerError> {
+        self.shared
+            .presence
+            .lock()
+            .remove(&(channel.to_owned(), client_id.to_owned()));
+        let shard = self.shard_for(channel);
+        let mut invocation = self.shared.presence_remove_script.prepare_invoke();
+        invocation
+            .key(self.key("presence.data", channel))
+            .key(self.key("presence.expire", channel))
+            .arg(client_id);
+        let mut conn = self.shared.shards[shard].conn.clone();
+        self.run(shard, invocation.invoke_async::<()>(&mut conn))
+            .await
+    }
+
+    /// Who is present in a channel, cluster-wide.
+    pub async fn presence(
+        &self,
+        channel: &str,
+    ) -> Result<HashMap<String, ClientInfo>, BrokerError> {
+        let shard = self.shard_for(channel);
+        let mut invocation = self.shared.presence_get_script.prepare_invoke();
+        invocation
+            .key(self.key("presence.data", channel))
+            .key(self.key("presence.expire", channel))
+            .arg(unix_now());
+        let mut conn = self.shared.shards[shard].conn.clone();
+        let entries: Vec<(String, Vec<u8>)> =
+            self.run(shard, invocation.invoke_async(&mut conn)).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(client, info)| Some((client, codec::decode_info(&info)?)))
+            .collect())
+    }
+
+    /// Presence counters of a channel, cluster-wide.
+    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
+        let presence = self.presence(channel).await?;
+        let users: std::collections::HashSet<&str> =
+            presence.values().map(|info| info.user.as_str()).collect();
+        Ok(PresenceStats {
+            num_clients: u32::try_from(presence.len()).unwrap_or(u32::MAX),
+            num_users: u32::try_from(users.len()).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Publishes a payload on the cluster control channel (every node, this one included,
+    /// receives it on its [`ControlReceiver`]).
+    pub async fn publish_control(&self, payload: Bytes) -> Result<(), BrokerError> {
+        let mut conn = self.shared.shards[0].conn.clone();
+        let channel = self.control_channel();
+        self.run(0, async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload.as_ref())
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Every shard answers commands and has its Pub/Sub connection up.
+    pub fn is_ready(&self) -> bool {
+        self.shared.shards.iter().all(|shard| {
+            shard.pubsub_up.load(Ordering::Relaxed) && shard.command_up.load(Ordering::Relaxed)
+        })
+    }
+
+    /// The key prefix (tests clean up with it).
+    pub fn prefix(&self) -> &str {
+        &self.shared.options.prefix
+    }
+
+    // === internals ===
+
+    fn downgrade(&self) -> WeakEngine {
+        WeakEngine(Arc::downgrade(&self.shared))
+    }
+
+    fn release(&self, channel: &str) {
+        let mut channels = self.shared.channels.lock();
+        let Some(state) = channels.get_mut(channel) else {
+            return;
+        };
+        state.refs = state.refs.saturating_sub(1);
+        if state.refs == 0 {
+            channels.remove(channel);
+            drop(channels);
+            let shard = &self.shared.shards[self.shard_for(channel)];
+            let _ = shard.pubsub.send(pubsub::Command::Unsubscribe {
+                channel: channel.to_owned(),
+            });
+        }
+    }
+
+    async fn publish_raw(&self, channel: &str, message: Vec<u8>) -> Result<(), BrokerError> {
+        let shard = self.shard_for(channel);
+        let mut conn = self.shared.shards[shard].conn.clone();
+        let target = self.pubsub_channel(channel);
+        self.run(shard, async move {
+            redis::cmd("PUBLISH")
+                .arg(target)
+                .arg(message)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn write_presence(
+        &self,
+        channel: &str,
+        client_id: &str,
+        info: &ClientInfo,
+    ) -> Result<(), BrokerError> {
+        let ttl = ceil_secs(self.shared.options.presence_ttl).max(1);
+        let shard = self.shard_for(channel);
+        let mut invocation = self.shared.presence_add_script.prepare_invoke();
+        invocation
+            .key(self.key("presence.data", channel))
+            .key(self.key("presence.expire", channel))
+            .arg(client_id)
+            .arg(codec::encode_info(info))
+            .arg(unix_now() + ttl)
+            .arg(ttl);
+        let mut conn = self.shared.shards[shard].conn.clone();
+        self.run(shard, invocation.invoke_async::<()>(&mut conn))
+            .await
+    }
+
+    /// Runs one command under the command deadline, keeping the shard's health flag.
+    async fn run<T>(
+        &self,
+        shard: usize,
+        command: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, BrokerError> {
+        let up = &self.shared.shards[shard].command_up;
+        match tokio::time::timeout(self.command_deadline(), command).await {
+            Ok(Ok(value)) => {
+                up.store(true, Ordering::Relaxed);
+                Ok(value)
+            }
+            Ok(Err(error)) => {
+                if error.is_io_error()
+                    || error.is_connection_dropped()
+                    || error.is_connection_refusal()
+                    || error.is_timeout()
+                {
+                    up.store(false, Ordering::Relaxed);
+                }
+                debug!(%error, "redis command failed");
+                Err(BrokerError::Unavailable(error.to_string()))
+            }
+            Err(_) => {
+                up.store(false, Ordering::Relaxed);
+                Err(BrokerError::Unavailable(
+                    "redis command timed out".to_owned(),
+                ))
+            }
+        }
+    }
+
+    fn command_deadline(&self) -> Duration {
+        self.shared.options.io_timeout + self.shared.options.connect_timeout
+    }
+
+    fn shard_for(&self, channel: &str) -> usize {
+        jump_hash(fnv1a(channel.as_bytes()), self.shared.shards.len())
+    }
+
+    fn key(&self, kind: &str, channel: &str) -> String {
+        format!("{}.{kind}.{{{channel}}}", self.shared.options.prefix)
+    }
+
+    fn pubsub_channel(&self, channel: &str) -> String {
+        self.key("client", channel)
+    }
+
+    fn control_channel(&self) -> String {
+        format!("{}.control", self.shared.options.prefix)
+    }
+
+    /// The channel named by a Pub/Sub channel of this prefix, if it is one.
+    fn channel_of<'a>(&self, pubsub_channel: &'a str) -> Option<&'a str> {
+        pubsub_channel
+            .strip_prefix(self.shared.options.prefix.as_str())?
+            .strip_prefix(".client.{")?
+            .strip_suffix('}')
+    }
+
+    /// Handles one message of a channel: gap detection, then delivery.
+    fn on_channel_message(&self, channel: &str, payload: &[u8]) {
+        let Some(message) = codec::decode_message(payload) else {
+            warn!(channel, "undecodable pub/sub message ignored");
+            return;
+        };
+        let events = &self.shared.events;
+        match message {
+            codec::ChannelMessage::Publication {
+                publication,
+                position,
+                previous,
+            } => {
+                let gap = {
+                    let mut channels = self.shared.channels.lock();
+                    let Some(state) = channels.get_mut(channel) else {
+                        return;
+                    };
+                    let gap = match (&state.last, &position) {
+                        (Some(last), Some(now)) => {
+                            last.epoch != now.epoch || now.offset != last.offset + 1
+                        }
+                        _ => false,
+                    };
+                    if position.is_some() {
+                        state.last.clone_from(&position);
+                    }
+                    gap
+                };
+                if gap {
+                    debug!(channel, "publication gap: insufficient state");
+                    events.on_insufficient_state(channel);
+                }
+                let event = super::PublicationEvent {
+                    publication,
+                    position,
+                    previous,
+                };
+                events.on_publication(channel, &event);
+            }
+            codec::ChannelMessage::Join(info) => events.on_join(channel, &info),
+            codec::ChannelMessage::Leave(info) => events.on_leave(channel, &info),
+        }
+    }
+
+    /// Local channels of one shard.
+    fn channels_of_shard(&self, shard: usize) -> Vec<String> {
+        self.shared
+            .channels
+            .lock()
+            .keys()
+            .filter(|channel| self.shard_for(channel) == shard)
+            .cloned()
+            .collect()
+    }
+
+    /// After a Pub/Sub reconnect: what arrived while it was down is unknown, so every local
+    /// channel of the shard restarts gap detection and its positioned subscribers recover.
+    fn lost_continuity(&self, channels: &[String]) {
+        {
+            let mut map = self.shared.channels.lock();
+            for channel in channels {
+                if let Some(state) = map.get_mut(channel) {
+                    state.last = None;
+                }
+            }
+        }
+        for channel in channels {
+            self.shared.events.on_insufficient_state(channel);
+        }
+    }
+
+    fn is_local_channel(&self, channel: &str) -> bool {
+        self.shared.channels.lock().contains_key(channel)
+    }
+}
+
+impl fmt::Debug for RedisEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisEngine")
+            .field("prefix", &self.shared.options.prefix)
+            .field("shards", &self.shared.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A handle that does not keep the engine alive (held by its own background tasks).
+#[derive(Clone)]
+struct WeakEngine(std::sync::Weak<Shared>);
+
+impl WeakEngine {
+    fn upgrade(&self) -> Option<RedisEngine> {
+        self.0.upgrade().map(|shared| RedisEngine { shared })
+    }
+}
+
+/// Re-adds this node's presence entries every update interval, and probes each shard so
+/// readiness recovers without traffic.
+async fn presence_refresher(engine: WeakEngine, stop: CancellationToken) {
+    let Some(interval) = engine
+        .upgrade()
+        .map(|e| e.shared.options.presence_update_interval)
+    else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        for shard in 0..engine.shared.shards.len() {
+            let mut conn = engine.shared.shards[shard].conn.clone();
+            let _ = engine
+                .run(shard, async move {
+                    redis::cmd("PING").query_async::<()>(&mut conn).await
+                })
+                .await;
+        }
+        let entries: Vec<((String, String), ClientInfo)> = engine
+            .shared
+            .presence
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for ((channel, client), info) in entries {
+            if let Err(error) = engine.write_presence(&channel, &client, &info).await {
+                debug!(%error, channel, "presence refresh failed");
+            }
+        }
+    }
+}
+
+fn parse_publish_result(value: &Value) -> Option<(u64, String, bool)> {
+    let Value::Array(items) = value else {
+        return None;
+    };
+    let offset = as_u64(items.first()?)?;
+    let epoch = as_string(items.get(1)?)?;
+    let cached = as_u64(items.get(2)?)? == 1;
+    Some((offset, epoch, cached))
+}
+
+fn parse_history(value: &Value) -> Option<HistoryPage> {
+    let Value::Array(items) = value else {
+        return None;
+    };
+    let top = as_u64(items.first()?)?;
+    let epoch = as_string(items.get(1)?)?;
+    let Value::Array(entries) = items.get(2)? else {
+        return None;
+    };
+    let mut publications = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(entry) = entry else {
+            return None;
+        };
+        let id = as_string(entry.first()?)?;
+        let offset: u64 = id.split('-').next()?.parse().ok()?;
+        let Value::Array(fields) = entry.get(1)? else {
+            return None;
+        };
+        let Some(Value::BulkString(data)) = fields.get(1) else {
+            return None;
+        };
+        publications.push(Arc::new(codec::decode_publication(data, offset)?));
+    }
+    Some(HistoryPage {
+        publications,
+        top: StreamPosition { offset: top, epoch },
+    })
+}
+
+fn as_u64(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_string(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Whole seconds, rounded up so a sub-second TTL does not become "no expiry".
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A fresh epoch: 8 random ASCII letters, as Centrifugo generates them.
+fn new_epoch() -> String {
+    let mut rng = rand::rng();
+    (0..EPOCH_LEN)
+        .map(|_| char::from(EPOCH_ALPHABET[rng.random_range(0..EPOCH_ALPHABET.len())]))
+        .collect()
+}
+
+/// FNV-1a: a stable 64-bit hash (the same on every node and every release).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// Jump consistent hash (Lamping and Veach, 2014): adding a shard moves only 1/n of the keys.
+fn jump_hash(mut key: u64, buckets: usize) -> usize {
+    let buckets = i64::try_from(buckets.max(1)).unwrap_or(i64::MAX);
+    let (mut b, mut j): (i64, i64) = (-1, 0);
+    while j < buckets {
+        b = j;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        // Exact in f64: the shifted key has at most 31 significant bits.
+        j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+    }
+    usize::try_from(b).unwrap_or(0)
+}
+
+/// How long an idempotent publish result is remembered (Centrifugo: 5 minutes).
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(5 * 60);
+/// Upper bound of the command connection's reconnect backoff.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+const EPOCH_LEN: usize = 8;
+const EPOCH_ALPHABET: &[u8; 52] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+#[cfg(test)]
+mod tests;

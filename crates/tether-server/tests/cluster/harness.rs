@@ -1,0 +1,401 @@
+//! Cluster test harness: `tether` processes sharing the Redis on 127.0.0.1:6379 under a
+//! unique key prefix, a raw WebSocket JSON client, an HTTP API helper and a TCP fault proxy.
+
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "cluster-test-secret-key-long-enough";
+pub const API_KEY: &str = "cluster-api-key";
+
+pub fn redis_url() -> String {
+    std::env::var("TETHER_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A unique prefix for one test's keys; [`cleanup`] removes them.
+pub fn unique_prefix(name: &str) -> String {
+    format!("tether-cluster-{name}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Deletes every key under `prefix` (also how tests stand in for Redis losing its data).
+pub async fn delete_keys(prefix: &str) {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}.*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `tether serve` process.
+pub struct Node {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Node {
+    /// Starts a node on a free port with the Redis engine at `redis` under `prefix`, and
+    /// waits until `/ready` answers 200.
+    pub async fn start(prefix: &str, redis: &str) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("tether-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = json!({
+            "http_server": { "address": "127.0.0.1", "port": port },
+            "client": {
+                "token": { "hmac_secret_key": SECRET },
+                "presence_update_interval": "1s",
+            },
+            "http_api": { "key": API_KEY },
+            "log": { "level": "warn" },
+            "engine": {
+                "type": "redis",
+                "redis": {
+                    "address": redis,
+                    "prefix": prefix,
+                    "presence_ttl": "5s",
+                    "io_timeout": "500ms",
+                    "connect_timeout": "500ms",
+                }
+            },
+            "channel": {
+                "without_namespace": {
+                    "allow_subscribe_for_client": true,
+                    "allow_publish_for_client": true,
+                },
+                "namespaces": [{
+                    "name": "chat",
+                    "presence": true,
+                    "join_leave": true,
+                    "history_size": 1000,
+                    "history_ttl": "300s",
+                    "force_recovery": true,
+                    "allow_subscribe_for_client": true,
+                    "allow_publish_for_client": true,
+                    "allow_history_for_client": true,
+                    "allow_presence_for_client": true,
+                }],
+            },
+        });
+        let path = dir.join("config.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env_remove("TETHER_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let node = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child,
+            _dir: TempDir(dir),
+        };
+        for _ in 0..200 {
+            if node.ready().await == Some(200) {
+                return node;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("node on port {port} never became ready");
+    }
+
+    /// HTTP status of `/ready`, `None` when the node does not answer.
+    pub async fn ready(&self) -> Option<u16> {
+        http(self.addr, "GET", "/ready", "", None)
+            .await
+            .map(|(s, _)| s)
+    }
+
+    /// POST /api/<method>; returns the JSON body.
+    pub async fn api(&self, method: &str, body: Value) -> Value {
+        let (status, body) = http(
+            self.addr,
+            "POST",
+            &format!("/api/{method}"),
+            &body.to_string(),
+            Some(API_KEY),
+        )
+        .await
+        .expect("api reachable");
+        assert_eq!(status, 200, "{method}: {body}");
+        serde_json::from_str(&body).unwrap_or(Value::Null)
+    }
+
+    pub async fn publish(&self, channel: &str, data: Value) -> Value {
+        self.api("publish", json!({ "channel": channel, "data": data }))
+            .await
+    }
+
+    /// SIGKILL: the node gets no chance to say goodbye.
+    pub async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        let _ = self.child.wait().await;
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/connection/websocket", self.addr)
+    }
+}
+
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    key: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let key = key
+        .map(|k| format!("X-API-Key: {k}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{key}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text.get(9..12)?.parse().ok()?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Some((status, body))
+}
+
+pub fn token(user: &str) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({ "sub": user }),
+        &key,
+    )
+    .unwrap()
+}
+
+/// A raw protocol-v2 JSON client.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u32,
+    backlog: Vec<Value>,
+}
+
+impl Client {
+    pub async fn connect(node: &Node, user: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(node.ws_url())
+            .await
+            .unwrap();
+        let mut client = Self {
+            ws,
+            next_id: 0,
+            backlog: Vec::new(),
+        };
+        let reply = client
+            .call(json!({ "connect": { "token": token(user) } }))
+            .await;
+        assert!(reply.get("connect").is_some(), "connect failed: {reply}");
+        client
+    }
+
+    pub async fn call(&mut self, mut command: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        command["id"] = json!(id);
+        self.ws
+            .send(Message::Text(command.to_string().into()))
+            .await
+            .unwrap();
+        self.wait_for(|m| m["id"] == json!(id)).await
+    }
+
+    /// Subscribes and returns the subscribe result.
+    pub async fn subscribe(&mut self, request: Value) -> Value {
+        let reply = self.call(json!({ "subscribe": request })).await;
+        assert!(
+            reply.get("subscribe").is_some(),
+            "subscribe failed: {reply}"
+        );
+        reply["subscribe"].clone()
+    }
+
+    /// Next message (pings answered); `None` if the connection closed or nothing came in
+    /// `within`.
+    pub async fn next_within(&mut self, within: Duration) -> Option<Value> {
+        if !self.backlog.is_empty() {
+            return Some(self.backlog.remove(0));
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            match msg {
+                Message::Text(text) => {
+                    for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
+                        let v: Value = serde_json::from_str(line).unwrap();
+                        if v == json!({}) {
+                            let _ = self.ws.send(Message::Text("{}".into())).await;
+                            continue;
+                        }
+                        self.backlog.push(v);
+                    }
+                    if !self.backlog.is_empty() {
+                        return Some(self.backlog.remove(0));
+                    }
+                }
+                Message::Close(_) => return None,
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn next(&mut self) -> Value {
+        self.next_within(Duration::from_secs(10))
+            .await
+            .expect("no message in time")
+    }
+
+    pub async fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i);
+        }
+        let mut skipped = Vec::new();
+        loop {
+            let v = self.next().await;
+            if pred(&v) {
+                skipped.extend(std::mem::take(&mut self.backlog));
+                self.backlog = skipped;
+                return v;
+            }
+            skipped.push(v);
+        }
+    }
+
+    /// Waits for the close frame; returns its code.
+    pub async fn close_code(&mut self, within: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?
+            {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}
+
+/// Publication pushes in a message: `(offset, data["n"])`.
+pub fn publication(message: &Value, channel: &str) -> Option<(u64, i64)> {
+    let push = message.get("push")?;
+    if push["channel"] != json!(channel) {
+        return None;
+    }
+    let publication = push.get("pub")?;
+    Some((
+        publication["offset"].as_u64().unwrap_or(0),
+        publication["data"]["n"].as_i64()?,
+    ))
+}
+
+/// A TCP proxy in front of Redis that can be cut: while down it resets every connection.
+pub struct FaultProxy {
+    pub url: String,
+    up: Arc<AtomicBool>,
+    cut: watch::Sender<u64>,
+}
+
+impl FaultProxy {
+    pub async fn start(target: &str) -> Self {
+        let target: SocketAddr = target
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .parse()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let up = Arc::new(AtomicBool::new(true));
+        let (cut, _) = watch::channel(0u64);
+        let (up2, cut2) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut_rx = cut2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { url, up, cut }
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
