@@ -107,6 +107,8 @@ src, dst, port, engine, redis_url, prefix = sys.argv[1:7]
 cfg = json.load(open(src))
 cfg.setdefault("http_server", {})["address"] = "127.0.0.1"
 cfg["http_server"]["port"] = int(port)
+# The SDKs speak WebSocket; keep the raw TCP port out of the way of other servers.
+cfg["tcp"] = {"enabled": False}
 if engine == "redis":
     cfg["engine"] = {"type": "redis", "redis": {"address": redis_url, "prefix": prefix}}
 json.dump(cfg, open(dst, "w"), indent=2)

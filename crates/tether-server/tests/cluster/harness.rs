@@ -123,6 +123,8 @@ impl Node {
             .arg("--config")
             .arg(&path)
             .env_remove("TETHER_CONFIG")
+            // The cluster tests speak WebSocket only; several nodes must not race for 8001.
+            .env("TETHER_TCP_ENABLED", "false")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
