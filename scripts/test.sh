@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's single test command: formatting, lints, unit/integration tests, doc
-# tests, then the interop acceptance tests with the real SDKs (scripts/interop.sh).
+# tests, then the interop acceptance tests with the real SDKs (scripts/interop.sh), then a
+# bounded fuzz smoke run (scripts/fuzz-smoke.sh; skipped without a nightly toolchain).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,5 +28,7 @@ cargo test --doc --workspace
 
 section "interop (scripts/interop.sh)"
 bash "$ROOT/scripts/interop.sh"
+
+section "fuzz smoke (scripts/fuzz-smoke.sh)"; bash "$ROOT/scripts/fuzz-smoke.sh"
 
 section "all tests passed"

@@ -173,7 +173,10 @@ impl JwksCache {
         if let Some(key) = self.cached(kid) {
             return Some(key);
         }
-        self.shared.state.write().miss_pending = true;
+        // A flood of made-up kids takes the write lock once per refetch, not once per token.
+        if !self.shared.state.read().miss_pending {
+            self.shared.state.write().miss_pending = true;
+        }
         self.start();
         self.shared.wake.notify_one();
         None
@@ -223,6 +226,11 @@ impl JwksCache {
             runtime.spawn(refresh_task(Arc::clone(&self.shared)));
         }
     }
+}
+
+/// Checks that `endpoint` is a usable JWKS URL, without starting anything.
+pub(crate) fn check_endpoint(endpoint: &str) -> Result<(), JwksError> {
+    Endpoint::parse(endpoint).map(drop)
 }
 
 // The endpoint may carry credentials in its query; keys are public but bulky.
@@ -279,6 +287,9 @@ async fn refresh_task(shared: Arc<Shared>) {
     loop {
         let due = next_fetch_at(&shared.state.read(), &shared.timing);
         tokio::select! {
+            // Biased: a dropped verifier (e.g. one built only to validate the config) must
+            // not fetch even once.
+            biased;
             () = shared.stop.cancelled() => {
                 debug!("jwks refresh task stopped: token verifier dropped");
                 return;
@@ -287,6 +298,7 @@ async fn refresh_task(shared: Arc<Shared>) {
             () = shared.wake.notified() => continue,
         }
         tokio::select! {
+            biased;
             () = shared.stop.cancelled() => {
                 debug!("jwks refresh task stopped during a fetch: token verifier dropped");
                 return;

@@ -210,6 +210,21 @@ impl TokenVerifier {
         Self::with_jwks_timing(cfg, jwks::JwksTiming::default())
     }
 
+    /// Checks the keys and the JWKS endpoint of `cfg` like [`TokenVerifier::new`], without
+    /// starting the JWKS refresh task (config validation builds no verifier).
+    pub fn check_config(cfg: &TokenConfig) -> Result<(), AuthConfigError> {
+        let without_jwks = TokenConfig {
+            jwks_public_endpoint: String::new(),
+            ..cfg.clone()
+        };
+        Self::new(&without_jwks)?;
+        if !cfg.jwks_public_endpoint.is_empty() {
+            jwks::check_endpoint(&cfg.jwks_public_endpoint)
+                .map_err(|e| AuthConfigError::JwksEndpoint(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn with_jwks_timing(
         cfg: &TokenConfig,
         timing: jwks::JwksTiming,

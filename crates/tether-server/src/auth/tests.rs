@@ -875,6 +875,13 @@ fn jwks_endpoint_must_be_http() {
             ),
             "{bad}"
         );
+        assert!(
+            matches!(
+                TokenVerifier::check_config(&cfg),
+                Err(AuthConfigError::JwksEndpoint(_))
+            ),
+            "{bad}"
+        );
     }
     // Outside a runtime the verifier builds, and a kid token is refused without panicking.
     let cfg = TokenConfig {
@@ -887,4 +894,26 @@ fn jwks_endpoint_must_be_http() {
         v.verify_connect(&token, NOW),
         Err(invalid(InvalidTokenReason::UnknownKeyId))
     );
+}
+
+#[tokio::test]
+async fn checking_a_config_fetches_nothing() {
+    let server = JwksServer::start(JWKS).await;
+    let cfg = TokenConfig {
+        jwks_public_endpoint: server.url.clone(),
+        ..TokenConfig::default()
+    };
+    TokenVerifier::check_config(&cfg).unwrap();
+    // A verifier dropped at once stops its task before the first fetch.
+    drop(TokenVerifier::new(&cfg).unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(server.requests(), 0);
+    let bad_rsa = TokenConfig {
+        rsa_public_key: "nope".to_owned(),
+        ..cfg
+    };
+    assert!(matches!(
+        TokenVerifier::check_config(&bad_rsa),
+        Err(AuthConfigError::RsaPublicKey(_))
+    ));
 }

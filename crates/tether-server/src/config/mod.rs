@@ -747,7 +747,7 @@ fn validate_token(token: &TokenConfig, prefix: &str) -> Result<(), ConfigError> 
             ),
         ));
     }
-    crate::auth::TokenVerifier::new(token).map_err(|err| {
+    crate::auth::TokenVerifier::check_config(token).map_err(|err| {
         let key = match err {
             crate::auth::AuthConfigError::RsaPublicKey(_) => "rsa_public_key",
             crate::auth::AuthConfigError::EcdsaPublicKey(_) => "ecdsa_public_key",
