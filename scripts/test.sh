@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's single test command: formatting, lints, unit/integration tests, doc
-# tests, then the interop acceptance tests with the real SDKs (scripts/interop.sh).
+# tests, then the interop acceptance tests with the real SDKs (scripts/interop.sh), then a
+# bounded fuzz smoke run (scripts/fuzz-smoke.sh; skipped without a nightly toolchain).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,5 +35,7 @@ if [[ -x "$BUILT_BIN" ]]; then
 else
     bash "$ROOT/scripts/interop.sh"
 fi
+
+section "fuzz smoke (scripts/fuzz-smoke.sh)"; bash "$ROOT/scripts/fuzz-smoke.sh"
 
 section "all tests passed"

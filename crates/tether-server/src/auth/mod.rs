@@ -9,11 +9,23 @@
 //!
 //! Outcomes map to the protocol (compat-protocol §3.1, §3.2): [`TokenError::Invalid`] is close
 //! 3500 for connect and error 103 for subscribe; [`TokenError::Expired`] is error 109.
-//! Like Centrifugo, there is no clock leeway, and a token whose `nbf` is still ahead counts as
-//! expired (the SDK then fetches a fresh token).
+//! The clock leeway (`client.token.leeway`, at most 30 s) defaults to 0 as in Centrifugo, and
+//! a token whose `nbf` is still ahead counts as expired (the SDK then fetches a fresh token).
+//!
+//! With `jwks_public_endpoint` set, a token whose header carries a `kid` is verified only with
+//! the JWK of that `kid` and only with the algorithms that key is pinned to (see [`jwks`]);
+//! a token without `kid` uses the static keys above. An unknown `kid` is
+//! [`InvalidTokenReason::UnknownKeyId`] until the background refetch brings the key in;
+//! async callers can wait for it with [`TokenVerifier::ensure_key`] first.
+//!
+//! Rotation of the HMAC secret: `hmac_previous_secret_key` is accepted beside the current one
+//! until `hmac_previous_secret_key_valid_until` (unix seconds, exclusive).
+
+pub mod jwks;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -24,6 +36,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::TokenConfig;
+use jwks::{JwkKey, JwksCache};
 
 /// Verifies tokens against one key set. Cheap to share behind an `Arc`; never mutated.
 pub struct TokenVerifier {
@@ -39,6 +52,10 @@ pub struct TokenVerifier {
     audience: Option<String>,
     /// Required `iss`, if configured.
     issuer: Option<String>,
+    /// Seconds of clock skew tolerated on `exp` and `nbf` (validated to at most 30).
+    leeway: i64,
+    /// Keys by `kid` from `jwks_public_endpoint`, for tokens that carry a `kid`.
+    jwks: Option<JwksCache>,
 }
 
 /// A key in the config could not be used.
@@ -50,6 +67,9 @@ pub enum AuthConfigError {
     /// `ecdsa_public_key` is not a PEM P-256 or P-384 public key.
     #[error("invalid ecdsa public key: {0}")]
     EcdsaPublicKey(String),
+    /// `jwks_public_endpoint` is not an `http://` URL.
+    #[error("{0}")]
+    JwksEndpoint(String),
 }
 
 /// Why a token was refused.
@@ -96,6 +116,12 @@ pub enum InvalidTokenReason {
     /// A subscription token lacks the `channel` claim.
     #[error("subscription token has no channel claim")]
     MissingChannel,
+    /// The token's `kid` is not in the JWK set (yet: a refetch has been requested).
+    #[error("unknown key id")]
+    UnknownKeyId,
+    /// The token's `alg` is not the one its JWK is pinned to.
+    #[error("algorithm does not match the key")]
+    KeyAlgorithmMismatch,
 }
 
 /// Verified claims of a connection token.
@@ -181,6 +207,28 @@ impl TokenVerifier {
     /// Builds a verifier from the configured keys. No key at all is fine: every token is then
     /// refused as [`InvalidTokenReason::AlgorithmNotConfigured`].
     pub fn new(cfg: &TokenConfig) -> Result<Self, AuthConfigError> {
+        Self::with_jwks_timing(cfg, jwks::JwksTiming::default())
+    }
+
+    /// Checks the keys and the JWKS endpoint of `cfg` like [`TokenVerifier::new`], without
+    /// starting the JWKS refresh task (config validation builds no verifier).
+    pub fn check_config(cfg: &TokenConfig) -> Result<(), AuthConfigError> {
+        let without_jwks = TokenConfig {
+            jwks_public_endpoint: String::new(),
+            ..cfg.clone()
+        };
+        Self::new(&without_jwks)?;
+        if !cfg.jwks_public_endpoint.is_empty() {
+            jwks::check_endpoint(&cfg.jwks_public_endpoint)
+                .map_err(|e| AuthConfigError::JwksEndpoint(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn with_jwks_timing(
+        cfg: &TokenConfig,
+        timing: jwks::JwksTiming,
+    ) -> Result<Self, AuthConfigError> {
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let rsa = match non_empty(&cfg.rsa_public_key) {
             Some(pem) => Some(
@@ -196,6 +244,13 @@ impl TokenVerifier {
             ),
             None => None,
         };
+        let jwks = match non_empty(&cfg.jwks_public_endpoint) {
+            Some(endpoint) => Some(
+                JwksCache::with_timing(&endpoint, timing)
+                    .map_err(|e| AuthConfigError::JwksEndpoint(e.to_string()))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             hmac: non_empty(&cfg.hmac_secret_key).map(|s| DecodingKey::from_secret(s.as_bytes())),
             hmac_previous: non_empty(&cfg.hmac_previous_secret_key).map(|s| {
@@ -208,7 +263,36 @@ impl TokenVerifier {
             ecdsa,
             audience: non_empty(&cfg.audience),
             issuer: non_empty(&cfg.issuer),
+            // Validated to at most 30 s by the config.
+            leeway: i64::try_from(cfg.leeway.as_secs()).unwrap_or(i64::MAX),
+            jwks,
         })
+    }
+
+    /// For a token whose `kid` is not cached yet: waits for a JWK set refetch (rate-limited,
+    /// shared with concurrent callers) so the sync verification that follows can pass.
+    /// Returns at once when no JWKS is configured, the token has no `kid` or the key is
+    /// cached. Call it before [`TokenVerifier::verify_connect`] /
+    /// [`TokenVerifier::verify_subscribe`] where waiting a round trip is acceptable.
+    pub async fn ensure_key(&self, token: &str) {
+        let Some(jwks) = &self.jwks else {
+            return;
+        };
+        let Ok(header) = jsonwebtoken::decode_header(token) else {
+            return;
+        };
+        if let Some(kid) = header.kid {
+            let _ = jwks.ensure(&kid).await;
+        }
+    }
+
+    /// Fetches the JWK set now (startup checks, `tether checktoken`); `Ok(None)` when no
+    /// endpoint is configured, else the number of usable keys.
+    pub async fn refresh_jwks(&self) -> Result<Option<usize>, jwks::JwksError> {
+        match &self.jwks {
+            Some(jwks) => jwks.refresh().await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Verifies a connection token at `now_unix` (seconds).
@@ -219,7 +303,7 @@ impl TokenVerifier {
                 InvalidTokenReason::ChannelInConnectionToken,
             ));
         }
-        check_time(&claims, now_unix)?;
+        check_time(&claims, now_unix, self.leeway)?;
         let subs = claims
             .subs
             .into_iter()
@@ -244,7 +328,7 @@ impl TokenVerifier {
         now_unix: i64,
     ) -> Result<SubscribeClaims, TokenError> {
         let claims = self.verify_raw(token, now_unix)?;
-        check_time(&claims, now_unix)?;
+        check_time(&claims, now_unix, self.leeway)?;
         let channel = match claims.channel {
             Some(channel) if !channel.is_empty() => channel,
             _ => return Err(TokenError::Invalid(InvalidTokenReason::MissingChannel)),
@@ -268,19 +352,18 @@ impl TokenVerifier {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid(InvalidTokenReason::Malformed))?;
         let alg = header.alg;
-        let keys: Vec<&DecodingKey> = match alg {
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-                let previous = self
-                    .hmac_previous
-                    .as_ref()
-                    .filter(|(_, valid_until)| now_unix < *valid_until)
-                    .map(|(key, _)| key);
-                self.hmac.iter().chain(previous).collect()
+        let jwk: Arc<JwkKey>;
+        let keys: Vec<&DecodingKey> = match (&self.jwks, header.kid.as_deref()) {
+            (Some(jwks), Some(kid)) => {
+                jwk = jwks
+                    .key(kid)
+                    .ok_or(invalid(InvalidTokenReason::UnknownKeyId))?;
+                if !jwk.algorithms.contains(&alg) {
+                    return Err(invalid(InvalidTokenReason::KeyAlgorithmMismatch));
+                }
+                vec![&jwk.key]
             }
-            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => self.rsa.iter().collect(),
-            Algorithm::ES256 | Algorithm::ES384 => self.ecdsa.iter().collect(),
-            // PS*, EdDSA, and whatever the library adds later: Centrifugo accepts none of them.
-            _ => return Err(invalid(InvalidTokenReason::UnsupportedAlgorithm)),
+            _ => self.static_keys(alg, now_unix)?,
         };
         if keys.is_empty() {
             return Err(invalid(InvalidTokenReason::AlgorithmNotConfigured));
@@ -325,6 +408,32 @@ impl TokenVerifier {
     }
 }
 
+impl TokenVerifier {
+    /// The configured static keys of `alg`'s family: the header's `alg` picks the family, so
+    /// an HS256 token is never checked against an RSA key's bytes.
+    fn static_keys(&self, alg: Algorithm, now_unix: i64) -> Result<Vec<&DecodingKey>, TokenError> {
+        Ok(match alg {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                let previous = self
+                    .hmac_previous
+                    .as_ref()
+                    .filter(|(_, valid_until)| now_unix < *valid_until)
+                    .map(|(key, _)| key);
+                self.hmac.iter().chain(previous).collect()
+            }
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => self.rsa.iter().collect(),
+            Algorithm::ES256 | Algorithm::ES384 => self.ecdsa.iter().collect(),
+            // PS*, EdDSA, and whatever the library adds later: Centrifugo accepts none of them
+            // as static keys (EdDSA is available through JWKS).
+            _ => {
+                return Err(TokenError::Invalid(
+                    InvalidTokenReason::UnsupportedAlgorithm,
+                ));
+            }
+        })
+    }
+}
+
 // Keys stay out of logs.
 impl fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -338,6 +447,8 @@ impl fmt::Debug for TokenVerifier {
             .field("ecdsa", &self.ecdsa.is_some())
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
+            .field("leeway", &self.leeway)
+            .field("jwks", &self.jwks)
             .finish()
     }
 }
@@ -510,13 +621,19 @@ impl RawOverride {
     }
 }
 
-/// `exp` must be in the future (strictly: a token is expired at its `exp` second) and `nbf`
-/// not ahead of now.
-fn check_time(claims: &RawClaims, now_unix: i64) -> Result<(), TokenError> {
-    if claims.exp.is_some_and(|exp| exp.0 <= now_unix) {
+/// `exp` must be in the future (strictly: without leeway a token is expired at its `exp`
+/// second) and `nbf` not ahead of now, each give or take `leeway` seconds.
+fn check_time(claims: &RawClaims, now_unix: i64, leeway: i64) -> Result<(), TokenError> {
+    if claims
+        .exp
+        .is_some_and(|exp| exp.0.saturating_add(leeway) <= now_unix)
+    {
         return Err(TokenError::Expired);
     }
-    if claims.nbf.is_some_and(|nbf| nbf.0 > now_unix) {
+    if claims
+        .nbf
+        .is_some_and(|nbf| nbf.0.saturating_sub(leeway) > now_unix)
+    {
         return Err(TokenError::Expired);
     }
     Ok(())

@@ -213,6 +213,14 @@ pub struct TokenConfig {
     /// Unix seconds until which the previous HMAC secret is accepted; 0 = not set (required
     /// when `hmac_previous_secret_key` is set).
     pub hmac_previous_secret_key_valid_until: i64,
+    /// Clock skew tolerated when checking `exp` and `nbf`, at most 30 s. Default 0, as
+    /// Centrifugo: a token is expired at its `exp` second.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// URL of a JWK set (`http://host/path`) whose RSA, EC and Ed25519 public keys verify
+    /// tokens that carry a `kid` header; empty disables it. Keys are cached for an hour and
+    /// fetched in the background (see `auth::jwks`).
+    pub jwks_public_endpoint: String,
 }
 
 /// Separate keys for subscription tokens (Centrifugo `client.subscription_token`).
@@ -740,6 +748,7 @@ impl TokenConfig {
         !self.hmac_secret_key.is_empty()
             || !self.rsa_public_key.is_empty()
             || !self.ecdsa_public_key.is_empty()
+            || !self.jwks_public_endpoint.is_empty()
     }
 }
 
@@ -760,6 +769,8 @@ impl fmt::Debug for TokenConfig {
                 "hmac_previous_secret_key_valid_until",
                 &self.hmac_previous_secret_key_valid_until,
             )
+            .field("leeway", &self.leeway)
+            .field("jwks_public_endpoint", &self.jwks_public_endpoint)
             .finish()
     }
 }
@@ -952,15 +963,30 @@ fn validate_token(token: &TokenConfig, prefix: &str) -> Result<(), ConfigError> 
             "must be set (unix seconds) when hmac_previous_secret_key is set",
         ));
     }
-    crate::auth::TokenVerifier::new(token).map_err(|err| {
+    if token.leeway > MAX_TOKEN_LEEWAY {
+        return Err(invalid(
+            format!("{prefix}.leeway"),
+            format!(
+                "must be at most {} (got {})",
+                humantime::format_duration(MAX_TOKEN_LEEWAY),
+                humantime::format_duration(token.leeway)
+            ),
+        ));
+    }
+    crate::auth::TokenVerifier::check_config(token).map_err(|err| {
         let key = match err {
             crate::auth::AuthConfigError::RsaPublicKey(_) => "rsa_public_key",
             crate::auth::AuthConfigError::EcdsaPublicKey(_) => "ecdsa_public_key",
+            crate::auth::AuthConfigError::JwksEndpoint(_) => "jwks_public_endpoint",
         };
         invalid(format!("{prefix}.{key}"), err.to_string())
     })?;
     Ok(())
 }
+
+/// Largest `client.token.leeway`: more clock skew than this hides real clock problems and
+/// stretches every token's life.
+pub const MAX_TOKEN_LEEWAY: Duration = Duration::from_secs(30);
 
 fn validate_namespace_options(
     options: &NamespaceOptions,

@@ -658,3 +658,42 @@ fn engine_section_from_env_and_file() {
     assert_eq!(config.engine.redis.address, ["redis://h:1"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn token_leeway_and_jwks_endpoint_load_and_validate() {
+    let path = file(
+        "token-jwks",
+        "toml",
+        "[client.token]\nleeway = \"30s\"\njwks_public_endpoint = \"http://127.0.0.1:9/jwks\"\n",
+    );
+    let c = Config::load(Some(&path), &no_env()).unwrap();
+    assert_eq!(c.client.token.leeway, Duration::from_secs(30));
+    assert_eq!(
+        c.client.token.jwks_public_endpoint,
+        "http://127.0.0.1:9/jwks"
+    );
+    // A JWKS endpoint alone is a key: no random HMAC secret is needed.
+    assert!(c.client.token.has_key());
+    assert_eq!(TokenConfig::default().leeway, Duration::ZERO);
+
+    let env = env(&[("TETHER_CLIENT_TOKEN_LEEWAY", "45s")]);
+    let err = Config::load(Some(&path), &env).unwrap_err();
+    assert_eq!(key_of(&err), "client.token.leeway", "{err}");
+
+    let mut c = Config::default();
+    c.client.token.leeway = Duration::from_secs(31);
+    assert_eq!(key_of(&c.validate().unwrap_err()), "client.token.leeway");
+    let mut c = Config::default();
+    c.client.token.jwks_public_endpoint = "ftp://keys.example/jwks".to_owned();
+    let err = c.validate().unwrap_err();
+    assert_eq!(key_of(&err), "client.token.jwks_public_endpoint", "{err}");
+    let mut c = Config::default();
+    c.client.subscription_token.enabled = true;
+    c.client.subscription_token.token.jwks_public_endpoint = "not a url".to_owned();
+    let err = c.validate().unwrap_err();
+    assert_eq!(
+        key_of(&err),
+        "client.subscription_token.jwks_public_endpoint",
+        "{err}"
+    );
+}

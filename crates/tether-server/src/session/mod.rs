@@ -149,9 +149,9 @@ impl Session {
         } else if cmd.rpc.take().is_some() {
             error_reply(ClientError::NOT_AVAILABLE)
         } else if let Some(req) = cmd.refresh.take() {
-            self.refresh(node, &req.token, now)?
+            self.refresh(node, &req.token, now).await?
         } else if let Some(req) = cmd.sub_refresh.take() {
-            self.sub_refresh(node, &req, now)?
+            self.sub_refresh(node, &req, now).await?
         } else {
             // `ping` (not supported in protocol v2) or an unknown method.
             return Err(DisconnectCode::BAD_REQUEST.into());
@@ -245,6 +245,8 @@ impl Session {
             }
             (String::new(), None, None)
         } else {
+            // A token signed with a JWKS key not seen yet: fetch it first (no-op otherwise).
+            node.tokens.ensure_key(&req.token).await;
             let claims = match node.tokens.verify_connect(&req.token, now.unix) {
                 Ok(claims) => claims,
                 Err(TokenError::Expired) => {
@@ -385,10 +387,11 @@ impl Session {
 
     // === refresh ===
 
-    fn refresh(&mut self, node: &Node, token: &str, now: Now) -> Result<Reply, Disconnect> {
+    async fn refresh(&mut self, node: &Node, token: &str, now: Now) -> Result<Reply, Disconnect> {
         if token.is_empty() {
             return Err(DisconnectCode::BAD_REQUEST.into());
         }
+        node.tokens.ensure_key(token).await;
         let claims = match node.tokens.verify_connect(token, now.unix) {
             Ok(claims) => claims,
             Err(TokenError::Expired) => return Ok(error_reply(ClientError::TOKEN_EXPIRED)),

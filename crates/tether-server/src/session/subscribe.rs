@@ -61,6 +61,10 @@ impl Session {
         req: SubscribeRequest,
         now: Now,
     ) -> Outcome {
+        if !req.token.is_empty() {
+            let verifier = node.sub_tokens.as_ref().unwrap_or(&node.tokens);
+            verifier.ensure_key(&req.token).await;
+        }
         match self.check_subscribe(node, &req, now)? {
             Ok(params) => {
                 let channel = req.channel;
@@ -461,7 +465,7 @@ impl Session {
     }
 
     /// `sub_refresh`: a new subscription token for a subscribed channel.
-    pub(super) fn sub_refresh(
+    pub(super) async fn sub_refresh(
         &mut self,
         node: &Node,
         req: &tether_proto::SubRefreshRequest,
@@ -474,6 +478,7 @@ impl Session {
             return Ok(error_reply(ClientError::PERMISSION_DENIED));
         }
         let verifier = node.sub_tokens.as_ref().unwrap_or(&node.tokens);
+        verifier.ensure_key(&req.token).await;
         let claims = match verifier.verify_subscribe(&req.token, now.unix) {
             Ok(claims) => claims,
             Err(TokenError::Expired) => return Ok(error_reply(ClientError::TOKEN_EXPIRED)),
