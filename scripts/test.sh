@@ -9,6 +9,9 @@ cd "$ROOT"
 
 section() { printf '\n======== %s ========\n' "$*"; }
 
+section "services (scripts/ensure-services.sh)"
+bash "$ROOT/scripts/ensure-services.sh"
+
 section "cargo fmt --all --check"
 cargo fmt --all --check
 
@@ -31,10 +34,12 @@ section "interop (scripts/interop.sh)"
 # rebuilding it with a different feature set.
 BUILT_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/tether"
 if [[ -x "$BUILT_BIN" ]]; then
-    TETHER_BIN="$BUILT_BIN" bash "$ROOT/scripts/interop.sh"
-else
-    bash "$ROOT/scripts/interop.sh"
+    export TETHER_BIN="$BUILT_BIN"
 fi
+bash "$ROOT/scripts/interop.sh"
+
+section "interop on the Redis engine (INTEROP_ENGINE=redis scripts/interop.sh)"
+INTEROP_ENGINE=redis bash "$ROOT/scripts/interop.sh"
 
 section "fuzz smoke (scripts/fuzz-smoke.sh)"; bash "$ROOT/scripts/fuzz-smoke.sh"
 
