@@ -161,8 +161,37 @@ if ! kill -0 "$TETHER_PID" 2>/dev/null; then
     alive=0
 fi
 
-section "summary: node exit $js_rc, pytest exit $py_rc, tether alive: $alive"
-if [[ "$js_rc" -ne 0 || "$py_rc" -ne 0 || "$alive" -ne 1 ]]; then
+# After the suites every metric family the operators rely on must have moved.
+metrics_rc=0
+if [[ "$alive" -eq 1 && -z "${INTEROP_SKIP_JS:-}" && -z "${INTEROP_SKIP_PY:-}" ]]; then
+    section "metrics after the suites (GET /metrics)"
+    python3 - "http://127.0.0.1:$PORT/metrics" <<'PY' || metrics_rc=$?
+import re, sys, urllib.request
+text = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
+totals = {}
+for line in text.splitlines():
+    if line.startswith("#") or not line.strip():
+        continue
+    name = re.split(r"[{ ]", line, 1)[0]
+    totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+wanted = [
+    "tether_connects_total", "tether_disconnects_total", "tether_commands_total",
+    "tether_command_duration_seconds_count", "tether_publications_total",
+    "tether_deliveries_total", "tether_recoveries_total",
+    "tether_engine_operation_duration_seconds_count", "tether_process_resident_memory_bytes",
+    "tether_process_open_fds",
+]
+missing = [n for n in wanted if totals.get(n, 0.0) <= 0.0]
+for n in wanted:
+    print(f"{n} {totals.get(n, 0.0):g}")
+if missing:
+    print("metrics still zero after the interop suites:", ", ".join(missing), file=sys.stderr)
+    sys.exit(1)
+PY
+fi
+
+section "summary: node exit $js_rc, pytest exit $py_rc, metrics check $metrics_rc, tether alive: $alive"
+if [[ "$js_rc" -ne 0 || "$py_rc" -ne 0 || "$metrics_rc" -ne 0 || "$alive" -ne 1 ]]; then
     exit 1
 fi
 STATUS=0

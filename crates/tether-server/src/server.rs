@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::api::cluster::Cluster;
 use crate::auth::TokenVerifier;
@@ -25,6 +25,7 @@ use crate::broker::redis::{ControlReceiver, RedisStartError};
 use crate::broker::{Engine, MemoryBroker, RedisEngine, RedisOptions};
 use crate::config::{Config, EngineKind};
 use crate::hub::{Hub, HubEvents, SweepSettings};
+use crate::metrics::Metrics;
 use crate::session::Now;
 
 /// Everything shared by the sessions and the API of one node.
@@ -36,6 +37,8 @@ pub struct Node {
     pub hub: Hub,
     /// Positions, history and presence (the configured engine).
     pub engine: Engine,
+    /// Prometheus metrics of this node (`/metrics`).
+    pub metrics: Arc<Metrics>,
     /// Verifies connection tokens (and subscription tokens unless a separate key is set).
     pub tokens: TokenVerifier,
     /// Verifies subscription tokens when `client.subscription_token.enabled`.
@@ -86,7 +89,8 @@ impl Node {
         } else {
             None
         };
-        let hub = Hub::new();
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::with_metrics(metrics.clone());
         let channel_regexes = std::iter::once(&config.channel.without_namespace)
             .chain(config.channel.namespaces.iter().map(|ns| &ns.options))
             .filter(|options| !options.channel_regex.is_empty())
@@ -123,6 +127,7 @@ impl Node {
             config: Arc::new(config),
             hub,
             engine,
+            metrics,
             tokens,
             sub_tokens,
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -177,6 +182,19 @@ impl Node {
         self.channel_regexes
             .get(pattern)
             .is_none_or(|re| re.is_match(name))
+    }
+
+    /// Runs one engine operation, recording its latency and failure in the metrics.
+    pub async fn timed<T>(
+        &self,
+        op: &'static str,
+        operation: impl std::future::Future<Output = Result<T, crate::broker::BrokerError>>,
+    ) -> Result<T, crate::broker::BrokerError> {
+        let started = Instant::now();
+        let result = operation.await;
+        self.metrics
+            .engine_op(op, started.elapsed(), result.is_err());
+        result
     }
 
     /// Seconds since start.
@@ -267,7 +285,13 @@ impl Server {
                 }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        tracker.spawn(crate::transport::handle_connection(node.clone(), stream, peer, api.clone()));
+                        let span = info_span!(
+                            "conn", transport = "ws", %peer, client = field::Empty, user = field::Empty
+                        );
+                        tracker.spawn(
+                            crate::transport::handle_connection(node.clone(), stream, peer, api.clone())
+                                .instrument(span),
+                        );
                     }
                     Err(error) => {
                         // Per-connection accept errors are skipped; resource errors back off.
@@ -277,7 +301,13 @@ impl Server {
                 },
                 accepted = accept_tcp(tcp.as_ref()) => match accepted {
                     Ok((stream, peer)) => {
-                        tracker.spawn(crate::transport::tcp::handle_connection(node.clone(), stream, peer));
+                        let span = info_span!(
+                            "conn", transport = "tcp", %peer, client = field::Empty, user = field::Empty
+                        );
+                        tracker.spawn(
+                            crate::transport::tcp::handle_connection(node.clone(), stream, peer)
+                                .instrument(span),
+                        );
                     }
                     Err(error) => {
                         warn!(%error, "tcp accept failed");
@@ -370,6 +400,7 @@ async fn sweeper(node: Arc<Node>) {
             now = tick.tick() => {
                 node.hub.sweep(node.clock_ms(now), node.sweep_settings());
                 node.engine.sweep(now);
+                node.metrics.upkeep();
             }
         }
     }

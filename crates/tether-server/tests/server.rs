@@ -442,3 +442,53 @@ async fn channel_regex_limits_client_subscriptions() {
     assert_eq!(denied["error"]["code"], json!(103));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_count_connections_commands_publications_and_disconnects() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(config()).await;
+    let (mut client, _) = Client::connected(&server, "m1").await;
+    client
+        .call(json!({"subscribe": {"channel": "chat:m"}}))
+        .await;
+    server
+        .api("publish", json!({"channel": "chat:m", "data": {"x": 1}}))
+        .await;
+    client.wait_for(|m| m["push"].get("pub").is_some()).await;
+    let bad = client
+        .call(json!({"subscribe": {"channel": "nope:x"}}))
+        .await;
+    assert_eq!(bad["error"]["code"], json!(102));
+    server.api("disconnect", json!({"user": "m1"})).await;
+    client.closed(Duration::from_secs(3)).await;
+
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    let value = |needle: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{needle} missing in:\n{body}"))
+    };
+    assert_eq!(value("tether_connects_total"), 1.0);
+    assert_eq!(
+        value(r#"tether_commands_total{method="subscribe",result="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"tether_commands_total{method="subscribe",result="error"}"#),
+        1.0
+    );
+    assert_eq!(value("tether_publications_total"), 1.0);
+    assert_eq!(value("tether_deliveries_total"), 1.0);
+    assert_eq!(value(r#"tether_disconnects_total{code="3503"}"#), 1.0);
+    assert!(value("tether_process_resident_memory_bytes") > 0.0);
+    assert!(value(r#"tether_engine_operation_duration_seconds_count{op="publish"}"#) >= 1.0);
+    server.stop().await;
+}

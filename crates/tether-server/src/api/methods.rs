@@ -179,10 +179,12 @@ async fn publish_one(node: &Node, channel: &str, req: &OnePublish) -> Result<Val
         idempotency_key: (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone()),
     };
     let published = node
-        .engine
-        .publish(channel, publication, &opts)
+        .timed("publish", node.engine.publish(channel, publication, &opts))
         .await
         .map_err(|_| ApiError::INTERNAL)?;
+    if !published.from_cache {
+        node.metrics.publications.increment(1);
+    }
     Ok(match published.position {
         Some(position) => json!({ "offset": position.offset, "epoch": position.epoch }),
         None => json!({}),
@@ -597,8 +599,7 @@ async fn history(node: &Node, req: HistoryRequest) -> CallResult {
             .unwrap_or(node.config.channel.history_meta_ttl),
     };
     let page = node
-        .engine
-        .history(&req.channel, &query)
+        .timed("history", node.engine.history(&req.channel, &query))
         .await
         .map_err(|e| match e {
             BrokerError::UnrecoverablePosition => ApiError::UNRECOVERABLE_POSITION,

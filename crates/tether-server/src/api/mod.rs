@@ -85,8 +85,18 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/api/{method}", post(call))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/ready", get(ready))
         .with_state(node)
+}
+
+/// Prometheus text exposition of the node's metrics.
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics.render(),
+    )
 }
 
 async fn health() -> impl IntoResponse {

@@ -39,6 +39,8 @@ struct Shared {
     next_seq: AtomicU64,
     hasher: std::collections::hash_map::RandomState,
     pings: Pings,
+    /// Counts deliveries when the node has metrics.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// One shard of the user index: user -> that user's connections on this node.
@@ -123,8 +125,18 @@ struct Variants {
 impl Hub {
     /// An empty hub.
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// An empty hub that counts its deliveries in `metrics`.
+    pub fn with_metrics(metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self::build(Some(metrics))
+    }
+
+    fn build(metrics: Option<Arc<crate::metrics::Metrics>>) -> Self {
         Self {
             shared: Arc::new(Shared {
+                metrics,
                 conns: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 users: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 channels: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -369,6 +381,7 @@ impl Hub {
         };
         let subs = entry.subscribers.read();
         let mut variants = Variants::default();
+        let mut delivered = 0u64;
         for sub in subs.values() {
             if sub.stale.load(Ordering::Relaxed) {
                 continue;
@@ -385,12 +398,17 @@ impl Hub {
             }
             match self.cached_frame(channel, sub, event, &mut variants) {
                 Some(frame) => {
-                    sub.conn.enqueue(frame);
+                    if sub.conn.enqueue(frame) {
+                        delivered += 1;
+                    }
                 }
                 None => sub
                     .conn
                     .close(DisconnectCode::INAPPROPRIATE_PROTOCOL.into()),
             }
+        }
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.deliveries.increment(delivered);
         }
     }
 

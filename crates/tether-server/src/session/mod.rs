@@ -20,6 +20,8 @@ use tether_proto::codes::{ClientError, DisconnectCode, UnsubscribeCode};
 use tether_proto::{Command, Reply};
 use tokio::time::Instant;
 
+use crate::metrics::CommandResult;
+
 pub use self::channel::SubscribeOverrides;
 use self::channel::{ChannelAccess, Permission};
 use crate::auth::TokenError;
@@ -61,6 +63,8 @@ pub struct Session {
     /// Unix seconds at which the connection's credentials expire (`None` = never).
     expires_at: Option<i64>,
     subs: HashMap<String, SubState>,
+    /// Error replies sent so far (tells the metrics whether a command failed).
+    error_replies: u32,
 }
 
 /// One subscription of this session.
@@ -86,6 +90,7 @@ impl Session {
             user: Arc::from(""),
             expires_at: None,
             subs: HashMap::new(),
+            error_replies: 0,
         }
     }
 
@@ -108,15 +113,29 @@ impl Session {
     }
 
     /// Handles one command.
-    pub async fn handle_command(&mut self, node: &Node, mut cmd: Command, now: Now) -> Outcome {
-        let id = cmd.id;
-        if let Some(req) = cmd.connect.take() {
-            return self.connect(node, id, &req, now).await;
-        }
+    pub async fn handle_command(&mut self, node: &Node, cmd: Command, now: Now) -> Outcome {
         if is_pong(&cmd) {
             // A pong with no ping outstanding is ignored: harmless, and SDKs never send one.
             self.conn.with_heartbeat(|hb| hb.pong_by = 0);
             return Ok(());
+        }
+        let method = cmd.method().name();
+        let started = Instant::now();
+        let errors_before = self.error_replies;
+        let outcome = self.dispatch(node, cmd, now).await;
+        let result = if outcome.is_err() || self.error_replies != errors_before {
+            CommandResult::Error
+        } else {
+            CommandResult::Ok
+        };
+        node.metrics.command(method, result, started.elapsed());
+        outcome
+    }
+
+    async fn dispatch(&mut self, node: &Node, mut cmd: Command, now: Now) -> Outcome {
+        let id = cmd.id;
+        if let Some(req) = cmd.connect.take() {
+            return self.connect(node, id, &req, now).await;
         }
         match self.state {
             State::Connecting | State::Failed => return Err(DisconnectCode::BAD_REQUEST.into()),
@@ -280,6 +299,8 @@ impl Session {
         self.conn.set_identity(self.user.clone(), info);
         node.hub.add_user_conn(&self.conn);
         self.state = State::Connected;
+        node.metrics.connected();
+        tracing::Span::current().record("user", &*user);
         self.set_expiry(node, expiry, now);
         let ping = config.client.ping_interval;
         let first_ping = node.first_ping_delay_ms();
@@ -456,11 +477,20 @@ impl Session {
             history: access.history_options(node),
             idempotency_key: None,
         };
-        match node.engine.publish(&req.channel, publication, &opts).await {
-            Ok(_) => Ok(Reply {
-                publish: Some(Default::default()),
-                ..Default::default()
-            }),
+        match node
+            .timed(
+                "publish",
+                node.engine.publish(&req.channel, publication, &opts),
+            )
+            .await
+        {
+            Ok(_) => {
+                node.metrics.publications.increment(1);
+                Ok(Reply {
+                    publish: Some(Default::default()),
+                    ..Default::default()
+                })
+            }
             Err(_) => Ok(error_reply(ClientError::INTERNAL)),
         }
     }
@@ -482,7 +512,10 @@ impl Session {
             return Ok(error_reply(ClientError::PERMISSION_DENIED));
         }
         if stats {
-            let Ok(s) = node.engine.presence_stats(channel).await else {
+            let Ok(s) = node
+                .timed("presence_stats", node.engine.presence_stats(channel))
+                .await
+            else {
                 return Ok(error_reply(ClientError::INTERNAL));
             };
             let result = tether_proto::PresenceStatsResult {
@@ -494,7 +527,7 @@ impl Session {
                 ..Default::default()
             });
         }
-        let Ok(presence) = node.engine.presence(channel).await else {
+        let Ok(presence) = node.timed("presence", node.engine.presence(channel)).await else {
             return Ok(error_reply(ClientError::INTERNAL));
         };
         let presence = presence
@@ -543,7 +576,10 @@ impl Session {
             meta_ttl: access.meta_ttl(node),
         };
         let _ = now;
-        match node.engine.history(&req.channel, &query).await {
+        match node
+            .timed("history", node.engine.history(&req.channel, &query))
+            .await
+        {
             Ok(page) => {
                 let result = tether_proto::HistoryResult {
                     publications: page
@@ -588,8 +624,11 @@ impl Session {
 
     // === output ===
 
-    fn send_reply(&self, id: u32, mut reply: Reply) -> Outcome {
+    fn send_reply(&mut self, id: u32, mut reply: Reply) -> Outcome {
         reply.id = id;
+        if reply.error.is_some() {
+            self.error_replies = self.error_replies.wrapping_add(1);
+        }
         self.enqueue_reply(&reply)
     }
 

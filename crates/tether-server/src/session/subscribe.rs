@@ -20,6 +20,7 @@ use crate::auth::TokenError;
 use crate::broker::{BrokerError, HistoryQuery, StreamPosition};
 use crate::config::NamespaceOptions;
 use crate::hub::{Disconnect, ServerSubscribe, Subscriber, SubscriberFlags};
+use crate::metrics::RecoveryOutcome;
 use crate::server::Node;
 
 /// What a subscription was set up with.
@@ -262,7 +263,10 @@ impl Session {
                         reverse: false,
                         meta_ttl,
                     };
-                    match node.engine.history(channel, &query).await {
+                    match node
+                        .timed("history", node.engine.history(channel, &query))
+                        .await
+                    {
                         Err(BrokerError::UnrecoverablePosition) => node
                             .engine
                             .history(channel, &position_only)
@@ -291,6 +295,13 @@ impl Session {
                 self.abandon(node, channel).await;
                 return Err(ClientError::INTERNAL);
             };
+            if result.was_recovering {
+                node.metrics.recovery(if recovered {
+                    RecoveryOutcome::Recovered
+                } else {
+                    RecoveryOutcome::NotRecovered
+                });
+            }
             if result.was_recovering && !recovered && params.reject_unrecovered {
                 self.abandon(node, channel).await;
                 return Err(ClientError::UNRECOVERABLE_POSITION);

@@ -25,7 +25,8 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::ws::{self, Opcode, WsEvent, WsLimits, WsReader};
-use crate::hub::{ConnHandle, Disconnect};
+use crate::hub::{ConnHandle, Disconnect, Framing};
+use crate::metrics::TransportKind;
 use crate::server::Node;
 use crate::session::Session;
 
@@ -112,6 +113,16 @@ pub(super) async fn run(
     leftover: Vec<u8>,
     wire: Wire,
 ) {
+    tracing::Span::current().record("client", tracing::field::display(&conn.client));
+    let transport = match conn.framing {
+        Framing::WebSocket => TransportKind::WebSocket,
+        Framing::Tcp => TransportKind::Tcp,
+    };
+    let open = node
+        .metrics
+        .connections(transport, conn.encoding == tether_proto::Encoding::Protobuf)
+        .clone();
+    open.increment(1.0);
     let now = node.now();
     let stale = node.config.client.stale_close_delay.as_millis() as u64;
     conn.with_heartbeat(|hb| hb.stale_at = now.ms + stale.max(1));
@@ -127,6 +138,7 @@ pub(super) async fn run(
     let end = driver.serve(&leftover).await;
     drop(leftover);
     driver.finish(end).await;
+    open.decrement(1.0);
 }
 
 impl Driver {
@@ -341,6 +353,19 @@ impl Driver {
     /// Sends what is owed (replies before the close, then the close frame) and cleans up.
     async fn finish(mut self, end: End) {
         let client = self.conn.client.clone();
+        let metrics = &self.node.metrics;
+        metrics.disconnected(match &end {
+            End::Disconnect(disconnect) => disconnect.code,
+            End::PeerClose(code) => code.unwrap_or(NO_STATUS_RECEIVED),
+            End::PeerGone | End::Io(_) => ABNORMAL_CLOSURE,
+        });
+        if let End::Disconnect(disconnect) = &end {
+            if disconnect.code == DisconnectCode::SLOW.code {
+                metrics.slow_consumers.increment(1);
+            } else if disconnect.code == DisconnectCode::NO_PONG.code {
+                metrics.heartbeat_timeouts.increment(1);
+            }
+        }
         match end {
             End::Disconnect(disconnect) => {
                 debug!(%client, code = disconnect.code, reason = %disconnect.reason, "closing connection");
@@ -406,6 +431,10 @@ const MAX_READS_PER_WAKE: usize = 4;
 const MAX_BATCH: usize = 64;
 /// How long a closing connection may take to flush and send its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Close code counted when the peer's close frame had no code (RFC 6455 1005).
+const NO_STATUS_RECEIVED: u16 = 1005;
+/// Close code counted when the connection dropped without a close (RFC 6455 1006).
+const ABNORMAL_CLOSURE: u16 = 1006;
 /// WebSocket close code 1000.
 const NORMAL_CLOSURE: u16 = 1000;
 /// Close code for an oversized message (WebSocket 1009); TCP uses it in its disconnect push.
