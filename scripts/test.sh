@@ -15,8 +15,8 @@ bash "$ROOT/scripts/ensure-services.sh"
 section "cargo fmt --all --check"
 cargo fmt --all --check
 
-section "cargo clippy --workspace --all-targets -- -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
+section "cargo clippy --workspace --all-targets --all-features -- -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 if cargo nextest --version >/dev/null 2>&1; then
     section "cargo nextest run --workspace"

@@ -8,6 +8,8 @@
 
 pub mod cluster;
 mod methods;
+#[cfg(feature = "profiling")]
+mod profile;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -82,12 +84,14 @@ impl ApiError {
 
 /// The router for the API and health endpoints.
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/api/{method}", post(call))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .route("/ready", get(ready))
-        .with_state(node)
+        .route("/ready", get(ready));
+    #[cfg(feature = "profiling")]
+    let router = router.route("/debug/pprof/profile", get(profile::profile));
+    router.with_state(node)
 }
 
 /// Prometheus text exposition of the node's metrics.
