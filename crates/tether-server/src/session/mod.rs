@@ -10,6 +10,7 @@
 //! replies to the `subscribe` commands that centrifuge-js batches behind it.
 
 mod channel;
+mod rate;
 mod subscribe;
 
 use std::collections::HashMap;
@@ -61,6 +62,8 @@ pub struct Session {
     /// Unix seconds at which the connection's credentials expire (`None` = never).
     expires_at: Option<i64>,
     subs: HashMap<String, SubState>,
+    /// `client.command_rate_limit` state (pongs are not charged).
+    rate: rate::CommandLimiter,
 }
 
 /// One subscription of this session.
@@ -86,6 +89,7 @@ impl Session {
             user: Arc::from(""),
             expires_at: None,
             subs: HashMap::new(),
+            rate: rate::CommandLimiter::default(),
         }
     }
 
@@ -110,6 +114,20 @@ impl Session {
     /// Handles one command.
     pub async fn handle_command(&mut self, node: &Node, mut cmd: Command, now: Now) -> Outcome {
         let id = cmd.id;
+        if !is_pong(&cmd) {
+            match self
+                .rate
+                .check(&node.config.client.command_rate_limit, now.ms)
+            {
+                rate::Verdict::Allow => {}
+                // A command without an id has no reply to carry the error: it is dropped.
+                rate::Verdict::Reject if id == 0 => return Ok(()),
+                rate::Verdict::Reject => {
+                    return self.send_reply(id, error_reply(ClientError::TOO_MANY_REQUESTS));
+                }
+                rate::Verdict::Disconnect => return Err(DisconnectCode::TOO_MANY_REQUESTS.into()),
+            }
+        }
         if let Some(req) = cmd.connect.take() {
             return self.connect(node, id, &req, now).await;
         }
