@@ -375,10 +375,14 @@ impl Acceptor<'_> {
 async fn drain_connections(node: &Node, window: Duration) {
     let mut conns = node.hub.all_conns();
     if !conns.is_empty() {
-        let mut rng = rand::rng();
-        conns.shuffle(&mut rng);
+        // The thread-local rng is not `Send`: use it before the first await.
+        let schedule = {
+            let mut rng = rand::rng();
+            conns.shuffle(&mut rng);
+            drain_schedule(conns.len(), window, &mut rng)
+        };
         let start = Instant::now();
-        for (at, batch) in drain_schedule(conns.len(), window, &mut rng) {
+        for (at, batch) in schedule {
             tokio::time::sleep_until(start + at).await;
             debug!(size = batch.len(), "closing a batch of connections (3001)");
             for conn in &conns[batch] {
