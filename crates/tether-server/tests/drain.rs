@@ -62,8 +62,8 @@ async fn upgrade_status(addr: SocketAddr) -> Option<u16> {
 }
 
 fn start_binary(port: u16) -> Guard {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("drain-{}", std::process::id()));
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("drain-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("config.json");
     let config = json!({
@@ -143,7 +143,11 @@ async fn sigterm_drains_clients_with_3001_spread_over_the_window_and_exits_0() {
     let mut times = Vec::new();
     for wait in waits {
         let (code, at) = wait.await.unwrap();
-        assert_eq!(code, Some(3001), "every client is told to reconnect elsewhere");
+        assert_eq!(
+            code,
+            Some(3001),
+            "every client is told to reconnect elsewhere"
+        );
         times.push(at);
     }
     let status = loop {

@@ -218,7 +218,10 @@ async fn slow_and_silent_upgrades_are_closed_after_the_handshake_timeout() {
     // Silent: a connection that sends nothing.
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
     let took = eof_within(&mut silent, Duration::from_secs(6)).await;
-    assert!(took >= Duration::from_millis(800), "closed too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(800),
+        "closed too early: {took:?}"
+    );
 
     // Slow: a request head trickling in a byte every 100 ms never completes in time.
     let mut slow = TcpStream::connect(server.addr).await.unwrap();
@@ -245,7 +248,10 @@ async fn slow_and_silent_upgrades_are_closed_after_the_handshake_timeout() {
         }
     }
     let took = start_at.elapsed();
-    assert!(took >= Duration::from_millis(800), "closed too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(800),
+        "closed too early: {took:?}"
+    );
 
     // The node still upgrades well-behaved clients.
     assert_eq!(upgrade_status(server.addr, "").await.0, 101);
@@ -368,7 +374,9 @@ async fn connect_burst_over_the_rate_gets_503_while_subscribers_keep_getting_pub
             .api("publish", json!({"channel": "news", "data": {"i": i}}))
             .await;
         assert_eq!(status, 200);
-        let push = sub.wait_for(|m| m["push"]["pub"]["data"]["i"] == json!(i)).await;
+        let push = sub
+            .wait_for(|m| m["push"]["pub"]["data"]["i"] == json!(i))
+            .await;
         assert!(push.get("push").is_some());
         worst = worst.max(sent.elapsed());
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -422,7 +430,9 @@ async fn channel_limit_is_error_106() {
     let server = start(cfg).await;
     let (mut client, _) = Client::connected(&server, "u").await;
     for channel in ["a", "b"] {
-        let reply = client.call(json!({"subscribe": {"channel": channel}})).await;
+        let reply = client
+            .call(json!({"subscribe": {"channel": channel}}))
+            .await;
         assert!(reply.get("subscribe").is_some(), "{reply}");
     }
     let reply = client.call(json!({"subscribe": {"channel": "c"}})).await;
@@ -441,7 +451,9 @@ async fn stalled_reader_is_closed_with_3008_while_others_keep_up() {
     let handle = tokio::spawn(server.run(stop.clone()));
     let server = TestServer::from_parts(addr, stop, handle);
     let (mut healthy, _) = Client::connected(&server, "healthy").await;
-    healthy.call(json!({"subscribe": {"channel": "flood"}})).await;
+    healthy
+        .call(json!({"subscribe": {"channel": "flood"}}))
+        .await;
 
     // The stalled client: a small receive window so the kernel buffers less, subscribed,
     // then it stops reading.
@@ -513,7 +525,10 @@ async fn stalled_reader_is_closed_with_3008_while_others_keep_up() {
     // follows the bytes already on their way can be written.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !stalled_conn.is_closing() {
-        assert!(Instant::now() < deadline, "stalled reader was never cut off");
+        assert!(
+            Instant::now() < deadline,
+            "stalled reader was never cut off"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let code = tokio::time::timeout(Duration::from_secs(10), async {
@@ -531,9 +546,15 @@ async fn stalled_reader_is_closed_with_3008_while_others_keep_up() {
     assert_eq!(code, Some(3008));
 
     let sent = flood.await.unwrap();
-    assert!(sent.len() < MAX, "the flood outgrew the stalled reader's queue");
+    assert!(
+        sent.len() < MAX,
+        "the flood outgrew the stalled reader's queue"
+    );
     server
-        .api("publish", json!({"channel": "flood", "data": {"done": true}}))
+        .api(
+            "publish",
+            json!({"channel": "flood", "data": {"done": true}}),
+        )
         .await;
     let got = tokio::time::timeout(Duration::from_secs(20), reader)
         .await

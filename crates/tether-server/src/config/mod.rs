@@ -606,7 +606,10 @@ impl Config {
             ));
         }
         if self.client.handshake_timeout.is_zero() {
-            return Err(invalid("client.handshake_timeout", "must be greater than 0"));
+            return Err(invalid(
+                "client.handshake_timeout",
+                "must be greater than 0",
+            ));
         }
         if self.http_server.max_request_head_size < MIN_REQUEST_HEAD_SIZE {
             return Err(invalid(

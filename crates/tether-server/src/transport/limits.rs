@@ -74,7 +74,11 @@ impl Admission {
                 total: AtomicUsize::new(0),
                 per_ip: Mutex::new(HashMap::new()),
                 rate: (rate > 0).then(|| {
-                    Mutex::new(TokenBucket::new(f64::from(rate), f64::from(rate), Instant::now()))
+                    Mutex::new(TokenBucket::new(
+                        f64::from(rate),
+                        f64::from(rate),
+                        Instant::now(),
+                    ))
                 }),
             }),
         }
@@ -215,7 +219,10 @@ mod tests {
         drop(_a1);
         drop(_a3);
         drop(_b1);
-        assert!(a.shared.per_ip.lock().is_empty(), "addresses leave the map at zero");
+        assert!(
+            a.shared.per_ip.lock().is_empty(),
+            "addresses leave the map at zero"
+        );
     }
 
     #[test]
