@@ -359,11 +359,13 @@ async fn connect_burst_over_the_rate_gets_503_while_subscribers_keep_getting_pub
 
     let addr = server.addr;
     let burst = tokio::spawn(async move {
+        let started = Instant::now();
         let attempts = (0..60).map(|_| upgrade_status(addr, ""));
         let results = futures_util::future::join_all(attempts).await;
+        let took = started.elapsed();
         let refused = results.iter().filter(|(s, _)| *s == 503).count();
         let upgraded = results.iter().filter(|(s, _)| *s == 101).count();
-        (refused, upgraded, results)
+        (refused, upgraded, took, results)
     });
 
     // Publications keep flowing to the connected subscriber during the burst.
@@ -381,11 +383,18 @@ async fn connect_burst_over_the_rate_gets_503_while_subscribers_keep_getting_pub
         worst = worst.max(sent.elapsed());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (refused, upgraded, _keep) = burst.await.unwrap();
+    let (refused, upgraded, took, _keep) = burst.await.unwrap();
     assert_eq!(refused + upgraded, 60);
-    // The bucket holds 5 and refills at 5/s: most of the burst is refused.
-    assert!(refused >= 40, "refused {refused}, upgraded {upgraded}");
-    assert!(upgraded >= 1, "the bucket lets some through");
+    // The bucket holds 5 (the subscriber took one) and refills at 5/s while the burst lasts.
+    let allowed = 5.0 + 5.0 * took.as_secs_f64();
+    assert!(
+        upgraded as f64 <= allowed + 1.0,
+        "upgraded {upgraded} in {took:?}, refused {refused}"
+    );
+    assert!(
+        refused >= 1 && upgraded >= 1,
+        "refused {refused}, upgraded {upgraded}"
+    );
     assert!(
         worst < Duration::from_secs(1),
         "publication latency during the burst: {worst:?}"
@@ -568,7 +577,7 @@ async fn stalled_reader_is_closed_with_3008_while_others_keep_up() {
         .max()
         .unwrap();
     assert!(
-        worst < Duration::from_secs(2),
+        worst < Duration::from_secs(3),
         "healthy subscriber latency during the flood: {worst:?}"
     );
     server.stop().await;
