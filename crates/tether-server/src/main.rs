@@ -187,9 +187,11 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         .build()
         .context("cannot start the tokio runtime")
         .map_err(failed)?;
-    runtime
-        .block_on(tether_server::server::serve(config))
-        .map_err(failed)
+    let served = runtime.block_on(tether_server::server::serve(config));
+    // `serve` returned by `shutdown.timeout`; whatever is still running does not hold the
+    // exit (exit code 0 after a signal).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    served.map_err(failed)
 }
 
 fn client(args: &ClientArgs) -> Result<(), Failure> {

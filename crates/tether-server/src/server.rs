@@ -2,8 +2,16 @@
 //!
 //! [`Node`] is everything a session or an API call needs (config, hub, broker, token
 //! verifiers, clock), shared behind an `Arc`. [`Server`] binds the listeners (HTTP/WebSocket,
-//! and raw TCP when `tcp.enabled`), runs the accept loop and the heartbeat sweeper, and shuts down on a cancellation token: stop accepting,
-//! tell every connection to reconnect elsewhere (3001), and wait for them with a deadline.
+//! and raw TCP when `tcp.enabled`), runs the accept loop and the heartbeat sweeper, and shuts
+//! down gracefully on a cancellation token (SIGTERM / SIGINT for `tether serve`):
+//!
+//! 1. drain: [`Node::draining`] is cancelled, so `/ready` answers 503 and new client
+//!    connections are refused (the raw TCP listener closes, upgrades get 503) while the API
+//!    keeps serving; every connection is told to reconnect elsewhere (3001) in jittered
+//!    batches spread over `shutdown.drain_window`;
+//! 2. stop: the HTTP listener closes, [`Node::shutdown`] is cancelled, in-flight API calls
+//!    finish, sessions clean up, background loops end;
+//! 3. `run` returns by `shutdown.timeout` after the request at the latest.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
+use rand::seq::SliceRandom;
 use regex::Regex;
 use tether_proto::codes::DisconnectCode;
 use tokio::net::TcpListener;
@@ -27,6 +36,7 @@ use crate::config::{Config, EngineKind};
 use crate::hub::{Hub, HubEvents, SweepSettings};
 use crate::metrics::Metrics;
 use crate::session::Now;
+use crate::transport::limits::Admission;
 
 /// Everything shared by the sessions and the API of one node.
 #[derive(Debug)]
@@ -51,6 +61,11 @@ pub struct Node {
     pub name: String,
     /// Cancelled when the node starts shutting down.
     pub shutdown: CancellationToken,
+    /// Cancelled when a shutdown was requested and client connections are being drained:
+    /// `/ready` answers 503 and new client connections are refused from then on.
+    pub draining: CancellationToken,
+    /// Connection counts and the connection rate (`client.connection_limit` and friends).
+    pub admission: Admission,
     /// Compiled `channel_regex` of every namespace, by pattern.
     channel_regexes: HashMap<String, Regex>,
     /// Other nodes and open surveys (cluster-wide `info` and `channels`).
@@ -123,6 +138,7 @@ impl Node {
         } else {
             config.node.name.clone()
         };
+        let admission = Admission::new(&config.client);
         Ok(Arc::new(Self {
             config: Arc::new(config),
             hub,
@@ -134,6 +150,8 @@ impl Node {
             id: uuid::Uuid::new_v4().to_string(),
             name,
             shutdown: CancellationToken::new(),
+            draining: CancellationToken::new(),
+            admission,
             channel_regexes,
             cluster: Cluster::default(),
             control: parking_lot::Mutex::new(control),
@@ -195,6 +213,11 @@ impl Node {
         self.metrics
             .engine_op(op, started.elapsed(), result.is_err());
         result
+    }
+
+    /// True once a shutdown was requested: the node is telling its clients to go elsewhere.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
     }
 
     /// Seconds since start.
@@ -277,20 +300,73 @@ impl Server {
             tracker.spawn(crate::api::cluster::run(node.clone(), control));
         }
         let api = crate::api::router(node.clone());
+        let accept = Acceptor {
+            node: &node,
+            listener: &listener,
+            api: &api,
+            tracker: &tracker,
+        };
+        accept.run(tcp.as_ref(), stop.cancelled()).await;
+
+        // Drain: /ready turns 503 and client connections are refused from here on; the API
+        // keeps serving while clients are told to reconnect elsewhere in jittered batches.
+        let settings = node.config.shutdown.clone();
+        let deadline = Instant::now() + settings.timeout;
+        info!(
+            connections = node.hub.all_conns().len(),
+            drain_window = %humantime::format_duration(settings.drain_window),
+            "shutting down: draining client connections"
+        );
+        node.draining.cancel();
+        drop(tcp);
+        accept
+            .run(None, drain_connections(&node, settings.drain_window))
+            .await;
+
+        // Stop: no more accepts; in-flight API calls finish, sessions clean up, background
+        // loops end — all by the deadline.
+        drop(listener);
+        node.shutdown.cancel();
+        tracker.close();
+        if tokio::time::timeout_at(deadline, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("tasks still running at the shutdown deadline; exiting anyway");
+        } else {
+            info!("shutdown complete");
+        }
+    }
+}
+
+/// The accept loops of a running node.
+struct Acceptor<'a> {
+    node: &'a Arc<Node>,
+    listener: &'a TcpListener,
+    api: &'a axum::Router,
+    tracker: &'a TaskTracker,
+}
+
+impl Acceptor<'_> {
+    /// Accepts on the HTTP listener (and the raw TCP one, when given) until `until` completes.
+    async fn run(&self, tcp: Option<&TcpListener>, until: impl Future<Output = ()>) {
+        let mut until = std::pin::pin!(until);
         loop {
             tokio::select! {
-                () = stop.cancelled() => {
-                    debug!("stop requested; no longer accepting");
-                    break;
-                }
-                accepted = listener.accept() => match accepted {
+                () = &mut until => return,
+                accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let span = info_span!(
                             "conn", transport = "ws", %peer, client = field::Empty, user = field::Empty
                         );
-                        tracker.spawn(
-                            crate::transport::handle_connection(node.clone(), stream, peer, api.clone())
-                                .instrument(span),
+                        self.tracker.spawn(
+                            crate::transport::handle_connection(
+                                self.node.clone(),
+                                stream,
+                                peer,
+                                self.api.clone(),
+                            )
+                            .instrument(span),
                         );
                     }
                     Err(error) => {
@@ -299,13 +375,13 @@ impl Server {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                accepted = accept_tcp(tcp.as_ref()) => match accepted {
+                accepted = accept_tcp(tcp) => match accepted {
                     Ok((stream, peer)) => {
                         let span = info_span!(
                             "conn", transport = "tcp", %peer, client = field::Empty, user = field::Empty
                         );
-                        tracker.spawn(
-                            crate::transport::tcp::handle_connection(node.clone(), stream, peer)
+                        self.tracker.spawn(
+                            crate::transport::tcp::handle_connection(self.node.clone(), stream, peer)
                                 .instrument(span),
                         );
                     }
@@ -316,20 +392,56 @@ impl Server {
                 },
             }
         }
-        drop(listener);
-        drop(tcp);
-        for conn in node.hub.all_conns() {
-            conn.close(DisconnectCode::SHUTDOWN.into());
-        }
-        node.shutdown.cancel();
-        tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!("connections still open after the shutdown grace period");
+    }
+}
+
+/// Tells every client connection to reconnect elsewhere (3001), in jittered batches spread
+/// over `window` so the clients do not all come back at the same instant. Connections that
+/// registered meanwhile (an upgrade already past its checks) are closed at the end.
+async fn drain_connections(node: &Node, window: Duration) {
+    let mut conns = node.hub.all_conns();
+    if !conns.is_empty() {
+        // The thread-local rng is not `Send`: use it before the first await.
+        let schedule = {
+            let mut rng = rand::rng();
+            conns.shuffle(&mut rng);
+            drain_schedule(conns.len(), window, &mut rng)
+        };
+        let start = Instant::now();
+        for (at, batch) in schedule {
+            tokio::time::sleep_until(start + at).await;
+            debug!(size = batch.len(), "closing a batch of connections (3001)");
+            for conn in &conns[batch] {
+                conn.close(DisconnectCode::SHUTDOWN.into());
+            }
         }
     }
+    for conn in node.hub.all_conns() {
+        conn.close(DisconnectCode::SHUTDOWN.into());
+    }
+}
+
+/// When each batch of a drain of `n` connections is closed: at most one batch per
+/// [`DRAIN_BATCH_GAP`] of the window, consecutive index ranges of (nearly) equal size, batch
+/// `i` at a random point of its own slot `[i, i + 1) * window / batches`, so the times rise.
+fn drain_schedule(
+    n: usize,
+    window: Duration,
+    rng: &mut impl Rng,
+) -> Vec<(Duration, std::ops::Range<usize>)> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let slots = (window.as_millis() / DRAIN_BATCH_GAP.as_millis()).max(1);
+    let batches = n.min(usize::try_from(slots).unwrap_or(usize::MAX));
+    let slot = window / u32::try_from(batches).unwrap_or(u32::MAX);
+    (0..batches)
+        .map(|i| {
+            let jitter = slot.mul_f64(rng.random::<f64>());
+            let at = slot * u32::try_from(i).unwrap_or(u32::MAX) + jitter;
+            (at, i * n / batches..(i + 1) * n / batches)
+        })
+        .collect()
 }
 
 async fn bind_listener(addr: String) -> Result<(TcpListener, SocketAddr), StartError> {
@@ -408,5 +520,48 @@ async fn sweeper(node: Arc<Node>) {
 
 /// How often the sweeper wakes; heartbeat deadlines are this coarse.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// How long shutdown waits for connections to close.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Shortest time between two drain batches: finer spreading buys nothing.
+const DRAIN_BATCH_GAP: Duration = Duration::from_millis(50);
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn drain_schedule_covers_every_connection_once_in_rising_slots() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let window = Duration::from_secs(5);
+        for n in [1, 3, 99, 100, 101, 10_000] {
+            let plan = drain_schedule(n, window, &mut rng);
+            assert!(plan.len() <= 100, "{n}: at most one batch per 50 ms");
+            assert_eq!(plan.len(), n.min(100));
+            let mut next = 0;
+            let mut last_at = Duration::ZERO;
+            for (at, batch) in &plan {
+                assert_eq!(batch.start, next, "{n}: consecutive ranges");
+                assert!(!batch.is_empty());
+                next = batch.end;
+                assert!(*at >= last_at && *at < window, "{n}: {at:?}");
+                last_at = *at;
+            }
+            assert_eq!(next, n);
+        }
+        assert!(drain_schedule(0, window, &mut rng).is_empty());
+    }
+
+    #[test]
+    fn drain_schedule_spreads_over_the_window() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let window = Duration::from_secs(2);
+        let plan = drain_schedule(1000, window, &mut rng);
+        let first = plan.first().unwrap().0;
+        let last = plan.last().unwrap().0;
+        assert!(first < Duration::from_millis(50), "{first:?}");
+        assert!(last >= Duration::from_millis(1950), "{last:?}");
+        // A zero window closes everyone at once, in one batch.
+        let plan = drain_schedule(10, Duration::ZERO, &mut rng);
+        assert_eq!(plan, vec![(Duration::ZERO, 0..10)]);
+    }
+}

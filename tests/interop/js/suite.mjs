@@ -353,6 +353,13 @@ export function defineSuite(codec) {
       await waitUntil(() => pubs.length === 1, { what: 'the live publication' });
 
       subscriber.disconnect();
+      // disconnect() returns before the server has seen the close; a publication sent in
+      // between is still delivered live (and rightly so). Publish the gap only once the
+      // server no longer counts the subscriber in the channel.
+      await waitUntil(
+        async () => !((await api('channels', { pattern: channel })).channels ?? {})[channel],
+        { what: 'the server to drop the subscriber' },
+      );
       for (let n = 1; n <= 5; n++) {
         await publisher.publish(channel, enc({ n }));
       }

@@ -114,7 +114,7 @@ async fn health() -> impl IntoResponse {
 /// 200 when the engine is reachable and the node is not shutting down; 503 otherwise, so a
 /// load balancer stops sending clients here.
 async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let ready = !node.shutdown.is_cancelled() && node.engine.is_ready();
+    let ready = !node.is_draining() && !node.shutdown.is_cancelled() && node.engine.is_ready();
     let status = if ready {
         StatusCode::OK
     } else {

@@ -763,7 +763,13 @@ async fn jwks_keys_verify_tokens_by_kid_with_pinned_algorithms() {
 #[tokio::test]
 async fn unknown_kid_is_invalid_until_a_rate_limited_background_refetch() {
     let server = JwksServer::start(r#"{"keys": []}"#).await;
-    let v = jwks_verifier(&server.url, fast_timing());
+    // A rate-limit interval far longer than the burst takes even on a loaded machine, so
+    // exactly one refetch can follow it.
+    let timing = jwks::JwksTiming {
+        min_refetch_interval: std::time::Duration::from_secs(2),
+        ..fast_timing()
+    };
+    let v = jwks_verifier(&server.url, timing);
     // The verifier was built inside a runtime: the first fetch happens in the background.
     assert!(eventually(|| server.requests() == 1).await);
 

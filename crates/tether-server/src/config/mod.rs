@@ -46,6 +46,8 @@ pub struct Config {
     pub engine: EngineConfig,
     /// An alternative fan-out broker between nodes (NATS), without history.
     pub broker: BrokerConfig,
+    /// Graceful shutdown on SIGTERM / SIGINT: the drain window and the exit deadline.
+    pub shutdown: ShutdownConfig,
 }
 
 /// The engine (Centrifugo v6 `engine.*`).
@@ -141,6 +143,11 @@ pub struct HttpServerConfig {
     pub address: String,
     /// TCP port. 0 is refused by [`Config::load`] (an ephemeral port is for tests only).
     pub port: u16,
+    /// Largest request head (request line, headers and the blank line) in bytes; a longer
+    /// one is answered with 431 before anything else happens.
+    pub max_request_head_size: usize,
+    /// Most headers in one request head; more is answered with 431.
+    pub max_request_headers: usize,
 }
 
 /// Client connection options (Centrifugo `client.*`).
@@ -192,6 +199,53 @@ pub struct ClientConfig {
     pub allowed_origins: Vec<String>,
     /// Server-side subscription of every user to a personal channel.
     pub subscribe_to_user_personal_channel: PersonalChannelConfig,
+    /// Most client connections (WebSocket and raw TCP) on this node; over it an upgrade is
+    /// answered with 503 and a raw TCP connection is closed. 0 disables the limit.
+    pub connection_limit: usize,
+    /// Most client connections from one IP address; over it as for `connection_limit`.
+    /// 0 disables the limit.
+    pub ip_connection_limit: usize,
+    /// New client connections per second on this node (a token bucket with a burst of one
+    /// second's worth); over it an upgrade is answered with 503 before it happens and a raw
+    /// TCP connection is closed. 0 disables the limit.
+    pub connection_rate_limit: u32,
+    /// Commands per second of one connection (a token bucket): over it a command gets error
+    /// 111; persistently over it the connection is closed with 3013.
+    pub command_rate_limit: CommandRateLimit,
+    /// Time to receive a complete HTTP request head after the TCP accept; slow or silent
+    /// upgrades (and API requests) are closed after it.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+/// A connection's command rate limit (`client.command_rate_limit`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CommandRateLimit {
+    /// Commands per second refilled into the bucket; 0 disables the limit. Pongs are free.
+    pub rate: f64,
+    /// Bucket size: commands a connection may send at once.
+    pub burst: u32,
+    /// Rejected commands within `window` that close the connection with 3013 (0 never
+    /// closes it).
+    pub disconnect_after: u32,
+    /// The period over which rejections are counted.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+/// Graceful shutdown (`shutdown.*`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShutdownConfig {
+    /// Client connections are told to reconnect elsewhere (3001) in jittered batches spread
+    /// over this window, so they do not all come back at the same instant.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
+    /// The process exits this long after the signal at the latest, whatever is still open.
+    /// Must be longer than `drain_window`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 /// Keys and claim checks for JWT verification (Centrifugo `client.token`).
@@ -527,6 +581,58 @@ impl Config {
             ));
         }
         self.validate_tcp()?;
+        self.validate_limits()?;
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let rate = &self.client.command_rate_limit;
+        if !rate.rate.is_finite() || rate.rate < 0.0 {
+            return Err(invalid(
+                "client.command_rate_limit.rate",
+                "must be a number >= 0",
+            ));
+        }
+        if rate.rate > 0.0 && rate.burst == 0 {
+            return Err(invalid(
+                "client.command_rate_limit.burst",
+                "must be greater than 0 when rate is set",
+            ));
+        }
+        if rate.disconnect_after > 0 && rate.window.is_zero() {
+            return Err(invalid(
+                "client.command_rate_limit.window",
+                "must be greater than 0 when disconnect_after is set",
+            ));
+        }
+        if self.client.handshake_timeout.is_zero() {
+            return Err(invalid(
+                "client.handshake_timeout",
+                "must be greater than 0",
+            ));
+        }
+        if self.http_server.max_request_head_size < MIN_REQUEST_HEAD_SIZE {
+            return Err(invalid(
+                "http_server.max_request_head_size",
+                format!("must be at least {MIN_REQUEST_HEAD_SIZE}"),
+            ));
+        }
+        if self.http_server.max_request_headers == 0 {
+            return Err(invalid(
+                "http_server.max_request_headers",
+                "must be greater than 0",
+            ));
+        }
+        let shutdown = &self.shutdown;
+        if shutdown.timeout <= shutdown.drain_window {
+            return Err(invalid(
+                "shutdown.timeout",
+                format!(
+                    "must be longer than shutdown.drain_window ({})",
+                    humantime::format_duration(shutdown.drain_window)
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -821,6 +927,49 @@ impl Default for ClientConfig {
             presence_update_interval: Duration::from_secs(27),
             allowed_origins: Vec::new(),
             subscribe_to_user_personal_channel: PersonalChannelConfig::default(),
+            // Off, as in Centrifugo: the file descriptor limit is the usual bound, and a
+            // number that fits one machine is wrong for the next.
+            connection_limit: 0,
+            // Off: behind a load balancer or a carrier NAT many users share one address, and
+            // a default would cut them off.
+            ip_connection_limit: 0,
+            // Off, as in Centrifugo: a mass reconnect after a deploy is legitimate traffic;
+            // set it to what the node can authenticate per second.
+            connection_rate_limit: 0,
+            command_rate_limit: CommandRateLimit::default(),
+            // The bound the old fixed constant had: generous for a slow mobile link, short
+            // enough that silent sockets do not pile up.
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for CommandRateLimit {
+    fn default() -> Self {
+        Self {
+            // Well above what an SDK sends in normal use (a few commands per second), well
+            // below what a runaway loop sends.
+            rate: 100.0,
+            // Room for connect plus a subscribe for every channel up to the default
+            // `channel_limit` (128) in one batch, as SDKs send after a reconnect.
+            burst: 256,
+            // A client that keeps hammering after a hundred 111s in ten seconds is not
+            // backing off: close it (3013, reconnect with backoff).
+            disconnect_after: 100,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            // Long enough to spread a node's clients over time, short next to a rolling
+            // update.
+            drain_window: Duration::from_secs(5),
+            // Under Kubernetes' default 30 s termination grace period, with room for the
+            // drain window and in-flight API calls.
+            timeout: Duration::from_secs(20),
         }
     }
 }
@@ -856,6 +1005,11 @@ impl Default for HttpServerConfig {
             address: "127.0.0.1".to_owned(),
             // Centrifugo's default port.
             port: 8000,
+            // Browsers send well under 2 KiB; cookies can push it further. 8 KiB is what
+            // common proxies (nginx `large_client_header_buffers` per line) allow.
+            max_request_head_size: 8 * 1024,
+            // Real upgrade requests carry 10–20 headers.
+            max_request_headers: 64,
         }
     }
 }
@@ -983,6 +1137,10 @@ fn validate_token(token: &TokenConfig, prefix: &str) -> Result<(), ConfigError> 
     })?;
     Ok(())
 }
+
+/// Smallest `http_server.max_request_head_size`: a WebSocket upgrade head with its required
+/// headers does not fit in less.
+pub const MIN_REQUEST_HEAD_SIZE: usize = 256;
 
 /// Largest `client.token.leeway`: more clock skew than this hides real clock problems and
 /// stretches every token's life.

@@ -697,3 +697,80 @@ fn token_leeway_and_jwks_endpoint_load_and_validate() {
         "{err}"
     );
 }
+
+#[test]
+fn limit_and_shutdown_keys_load_from_file_and_env() {
+    let path = file(
+        "limits",
+        "json",
+        r#"{
+            "client": {
+                "connection_limit": 1000,
+                "ip_connection_limit": 20,
+                "command_rate_limit": { "rate": 5.5, "burst": 10 }
+            },
+            "http_server": { "max_request_headers": 32 },
+            "shutdown": { "drain_window": "2s" }
+        }"#,
+    );
+    let e = env(&[
+        ("TETHER_CLIENT_CONNECTION_RATE_LIMIT", "50"),
+        ("TETHER_CLIENT_HANDSHAKE_TIMEOUT", "3s"),
+        ("TETHER_CLIENT_COMMAND_RATE_LIMIT_DISCONNECT_AFTER", "7"),
+        ("TETHER_SHUTDOWN_TIMEOUT", "9s"),
+    ]);
+    let c = Config::load(Some(&path), &e).unwrap();
+    assert_eq!(c.client.connection_limit, 1000);
+    assert_eq!(c.client.ip_connection_limit, 20);
+    assert_eq!(c.client.connection_rate_limit, 50);
+    assert_eq!(c.client.handshake_timeout, Duration::from_secs(3));
+    let rate = &c.client.command_rate_limit;
+    assert_eq!((rate.rate, rate.burst, rate.disconnect_after), (5.5, 10, 7));
+    assert_eq!(rate.window, Duration::from_secs(10), "default kept");
+    assert_eq!(c.http_server.max_request_headers, 32);
+    assert_eq!(c.http_server.max_request_head_size, 8 * 1024);
+    assert_eq!(c.shutdown.drain_window, Duration::from_secs(2));
+    assert_eq!(c.shutdown.timeout, Duration::from_secs(9));
+}
+
+#[test]
+fn limit_and_shutdown_validation_names_the_key() {
+    type Mutate = fn(&mut Config);
+    let cases: [(Mutate, &str); 6] = [
+        (
+            |c| c.shutdown.timeout = c.shutdown.drain_window,
+            "shutdown.timeout",
+        ),
+        (
+            |c| c.client.command_rate_limit.rate = -1.0,
+            "client.command_rate_limit.rate",
+        ),
+        (
+            |c| c.client.command_rate_limit.burst = 0,
+            "client.command_rate_limit.burst",
+        ),
+        (
+            |c| c.client.command_rate_limit.window = Duration::ZERO,
+            "client.command_rate_limit.window",
+        ),
+        (
+            |c| c.client.handshake_timeout = Duration::ZERO,
+            "client.handshake_timeout",
+        ),
+        (
+            |c| c.http_server.max_request_head_size = 100,
+            "http_server.max_request_head_size",
+        ),
+    ];
+    for (mutate, key) in cases {
+        let mut c = Config::default();
+        mutate(&mut c);
+        let err = c.validate().unwrap_err();
+        assert_eq!(key_of(&err), key, "{err}");
+    }
+    // A zero rate turns the command limit off; then a zero burst is fine.
+    let mut c = Config::default();
+    c.client.command_rate_limit.rate = 0.0;
+    c.client.command_rate_limit.burst = 0;
+    c.validate().unwrap();
+}

@@ -305,6 +305,12 @@ impl Conn {
         }
     }
 
+    /// True once the driver took a close request: the connection is on its way out and
+    /// takes no more frames.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
     /// Reads or updates the heartbeat deadlines.
     pub fn with_heartbeat<R>(&self, f: impl FnOnce(&mut Heartbeat) -> R) -> R {
         f(&mut self.inner.lock().heartbeat)

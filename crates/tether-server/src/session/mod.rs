@@ -10,6 +10,7 @@
 //! replies to the `subscribe` commands that centrifuge-js batches behind it.
 
 mod channel;
+mod rate;
 mod subscribe;
 
 use std::collections::HashMap;
@@ -65,6 +66,8 @@ pub struct Session {
     subs: HashMap<String, SubState>,
     /// Error replies sent so far (tells the metrics whether a command failed).
     error_replies: u32,
+    /// `client.command_rate_limit` state (pongs are not charged).
+    rate: rate::CommandLimiter,
 }
 
 /// One subscription of this session.
@@ -91,6 +94,7 @@ impl Session {
             expires_at: None,
             subs: HashMap::new(),
             error_replies: 0,
+            rate: rate::CommandLimiter::default(),
         }
     }
 
@@ -118,6 +122,19 @@ impl Session {
             // A pong with no ping outstanding is ignored: harmless, and SDKs never send one.
             self.conn.with_heartbeat(|hb| hb.pong_by = 0);
             return Ok(());
+        }
+        let id = cmd.id;
+        match self
+            .rate
+            .check(&node.config.client.command_rate_limit, now.ms)
+        {
+            rate::Verdict::Allow => {}
+            // A command without an id has no reply to carry the error: it is dropped.
+            rate::Verdict::Reject if id == 0 => return Ok(()),
+            rate::Verdict::Reject => {
+                return self.send_reply(id, error_reply(ClientError::TOO_MANY_REQUESTS));
+            }
+            rate::Verdict::Disconnect => return Err(DisconnectCode::TOO_MANY_REQUESTS.into()),
         }
         let method = cmd.method().name();
         let started = Instant::now();

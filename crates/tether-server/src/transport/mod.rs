@@ -10,13 +10,13 @@
 
 mod driver;
 pub mod handshake;
+pub mod limits;
 mod rewind;
 pub mod tcp;
 pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tether_proto::Encoding;
@@ -36,10 +36,19 @@ pub async fn handle_connection(
     api: axum::Router,
 ) {
     let _ = stream.set_nodelay(true);
-    let limits = HandshakeLimits::default();
+    let limits = HandshakeLimits {
+        max_head_bytes: node.config.http_server.max_request_head_size,
+        max_headers: node.config.http_server.max_request_headers,
+    };
     let mut buf = Vec::with_capacity(1024);
-    let head =
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, read_head(&mut stream, &mut buf, &limits)).await;
+    let timeout = node.config.client.handshake_timeout;
+    let head = tokio::select! {
+        head = tokio::time::timeout(timeout, read_head(&mut stream, &mut buf, &limits)) => head,
+        () = node.shutdown.cancelled() => {
+            debug!(%peer, "shutting down before the request head arrived");
+            return;
+        }
+    };
     let (head, consumed) = match head {
         Ok(Ok(Some(parsed))) => parsed,
         Ok(Ok(None)) => return,
@@ -61,11 +70,19 @@ pub async fn handle_connection(
     } else {
         let io = TokioIo::new(rewind::Rewind::new(buf, stream));
         let service = hyper_util::service::TowerToHyperService::new(api);
-        if let Err(error) = hyper::server::conn::http1::Builder::new()
+        let conn = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
-            .serve_connection(io, service)
-            .await
-        {
+            .serve_connection(io, service);
+        let mut conn = std::pin::pin!(conn);
+        // In-flight requests finish at shutdown; idle keep-alive connections close.
+        let served = tokio::select! {
+            served = conn.as_mut() => served,
+            () = node.shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(error) = served {
             debug!(%peer, %error, "http connection ended with an error");
         }
     }
@@ -123,6 +140,23 @@ async fn upgrade(
             .await;
         return;
     }
+    // Limits are checked after the request proved to be a valid upgrade, so junk does not
+    // spend the connection rate; the slot is held until the connection ends.
+    let admitted = if node.is_draining() {
+        Err(limits::Refused::Draining)
+    } else {
+        node.admission.admit(peer.ip(), tokio::time::Instant::now())
+    };
+    let _slot = match admitted {
+        Ok(slot) => slot,
+        Err(refused) => {
+            debug!(%peer, %refused, "websocket upgrade refused");
+            let _ = stream
+                .write_all(&handshake::error_response(503, &refused.to_string()))
+                .await;
+            return;
+        }
+    };
     let (encoding, protocol) = negotiate(head, &upgrade.offered_protocols);
     if stream
         .write_all(&handshake::upgrade_response(&upgrade.accept, protocol))
@@ -193,8 +227,6 @@ pub(crate) fn wildcard_match(pattern: &str, text: &str) -> bool {
 
 /// The client WebSocket endpoint.
 const WEBSOCKET_PATH: &str = "/connection/websocket";
-/// Slow or silent upgrades are closed after this long.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

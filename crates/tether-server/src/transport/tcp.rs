@@ -26,6 +26,14 @@ use crate::server::Node;
 
 /// Serves one accepted raw TCP connection to the end.
 pub async fn handle_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
+    // Over a limit the socket is closed as it is: raw TCP has no way to say why.
+    let _slot = match node.admission.admit(peer.ip(), tokio::time::Instant::now()) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            debug!(%peer, %refused, "tcp connection refused");
+            return;
+        }
+    };
     let _ = stream.set_nodelay(true);
     if let Err(error) = set_keepalive(&stream) {
         debug!(%peer, %error, "cannot enable tcp keepalive");

@@ -79,6 +79,8 @@ pub fn config() -> Config {
     let mut config = Config::default();
     config.http_server.port = 0;
     config.tcp.port = 0;
+    // Tests stop servers with clients still connected: drain them quickly.
+    config.shutdown.drain_window = Duration::from_millis(100);
     config.client.token.hmac_secret_key = SECRET.to_owned();
     config.http_api.key = API_KEY.to_owned();
     config.channel.without_namespace.allow_subscribe_for_client = true;
