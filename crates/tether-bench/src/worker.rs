@@ -6,7 +6,8 @@
 //! That keeps the client side lean, since it shares the machine's cores with the server.
 //!
 //! Coordinator -> worker (stdin): `stats`, `reset <min_seq>`, `quit`.
-//! Worker -> coordinator (stdout): one [`Report`] per line.
+//! Worker -> coordinator (stdout): one [`Report`] per line: when ready, and in answer to
+//! `stats` and `reset`.
 
 use std::cell::RefCell;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -201,6 +202,7 @@ async fn hold(spec: Spec) -> anyhow::Result<()> {
                     ..Report::default()
                 };
                 s.hist.reset();
+                emit(&s.snapshot());
             }
             _ => break,
         }
@@ -263,7 +265,42 @@ struct Conn {
     frag: Vec<u8>,
     /// The start of a publication marker split across messages.
     carry: Vec<u8>,
-    last_seq: Option<u64>,
+    seen: Seen,
+}
+
+/// Which sequence numbers a connection has seen: the highest, and a bitmap of the 128 below
+/// it. Publishers run concurrently, so publications may arrive slightly out of order; one
+/// older than the window cannot be told from a duplicate and counts as new.
+#[derive(Debug, Default)]
+struct Seen {
+    high: Option<u64>,
+    mask: u128,
+}
+
+impl Seen {
+    /// Records `seq`; false when it was seen before.
+    fn insert(&mut self, seq: u64) -> bool {
+        let Some(high) = self.high else {
+            self.high = Some(seq);
+            self.mask = 1;
+            return true;
+        };
+        if seq > high {
+            let shift = seq - high;
+            self.mask = if shift >= 128 { 0 } else { self.mask << shift };
+            self.mask |= 1;
+            self.high = Some(seq);
+            return true;
+        }
+        let d = high - seq;
+        if d >= 128 {
+            return true;
+        }
+        let bit = 1u128 << d;
+        let new = self.mask & bit == 0;
+        self.mask |= bit;
+        new
+    }
 }
 
 /// What reading some bytes led to.
@@ -342,7 +379,7 @@ async fn open(spec: &Spec, i: u64) -> Result<Conn, String> {
         pending: Vec::new(),
         frag: Vec::new(),
         carry: Vec::new(),
-        last_seq: None,
+        seen: Seen::default(),
     };
     if let Some(text) = spec.target.open_message(&conn.channel, &token) {
         let mut out = Vec::new();
@@ -464,14 +501,13 @@ impl Conn {
             &joined
         };
         let mut s = stats.borrow_mut();
-        let last_seq = &mut self.last_seq;
+        let seen = &mut self.seen;
         let tail = target::scan_markers(scan, |m| {
             if m.seq < s.min_seq {
                 s.report.stale += 1;
-            } else if last_seq.is_some_and(|l| m.seq <= l) {
+            } else if !seen.insert(m.seq) {
                 s.report.duplicates += 1;
             } else {
-                *last_seq = Some(m.seq);
                 s.report.received += 1;
                 s.report.last_recv_us = s.report.last_recv_us.max(now);
                 let _ = s.hist.record(now.saturating_sub(m.sent_us).max(1));
@@ -529,5 +565,23 @@ impl Conn {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_tells_reordered_from_duplicate() {
+        let mut s = Seen::default();
+        assert!(s.insert(10));
+        assert!(s.insert(12));
+        assert!(s.insert(11), "late but new");
+        assert!(!s.insert(11), "duplicate");
+        assert!(!s.insert(12));
+        assert!(s.insert(500));
+        assert!(!s.insert(500));
+        assert!(s.insert(499));
     }
 }
