@@ -68,7 +68,15 @@ start_server() {
       server_pid=$!; WS=127.0.0.1:18003; API=127.0.0.1:18003; wait_port 18003 ;;
     sockudo)
       [[ -x "$PEERS_DIR/sockudo/bin/sockudo" ]] || return 1
-      "$PEERS_DIR/sockudo/bin/sockudo" --config scripts/bench/sockudo.json >"$OUT/sockudo.log" 2>&1 &
+      # Production-style: an app with limits sized for the test (the default app allows
+      # only 100 connections), pings after 25 s of inactivity like the others (default 120),
+      # memory adapter/app manager (defaults), metrics on (default) on a side port.
+      ( cd "$OUT" && ENVIRONMENT=production HOST=127.0.0.1 PORT=18004 ACTIVITY_TIMEOUT=25 \
+        METRICS_PORT=19601 SOCKUDO_MAX_CONNECTIONS=100000 \
+        SOCKUDO_DEFAULT_APP_ID=bench SOCKUDO_DEFAULT_APP_KEY=bench-key \
+        SOCKUDO_DEFAULT_APP_SECRET=bench-app-secret SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=100000 \
+        SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=100000 \
+        exec "$PEERS_DIR/sockudo/bin/sockudo" ) >"$OUT/sockudo.log" 2>&1 &
       server_pid=$!; WS=127.0.0.1:18004; API=127.0.0.1:18004; wait_port 18004 ;;
   esac
 }
