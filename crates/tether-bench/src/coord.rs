@@ -255,6 +255,8 @@ pub struct FanoutStep {
     pub publish_failed: u64,
     /// Publish errors.
     pub publish_errors: Vec<String>,
+    /// Publications not sent: the server answered too slowly to keep the rate.
+    pub not_sent: u64,
     /// Achieved publish rate.
     pub publish_rate: f64,
     /// published x live subscribers.
@@ -370,13 +372,19 @@ pub async fn fanout(c: &Common, p: &FanoutParams) -> anyhow::Result<FanoutResult
         let span = (last_us.saturating_sub(pubs.first_us)) as f64 / 1e6;
         let lost = expected.saturating_sub(received) + pubs.failed * live;
         let p99_ms = ms(h.value_at_quantile(0.99));
-        let ok = lost == 0 && duplicates == 0 && received > 0 && p99_ms <= p.max_p99_ms;
+        // A step that could not even publish at its rate is not sustained either.
+        let ok = lost == 0
+            && duplicates == 0
+            && received > 0
+            && pubs.not_sent == 0
+            && p99_ms <= p.max_p99_ms;
         let hz = procfs::clock_ticks_per_sec() as f64;
         steps.push(FanoutStep {
             rate,
             published: pubs.published,
             publish_failed: pubs.failed,
             publish_errors: pubs.errors,
+            not_sent: pubs.not_sent,
             publish_rate: pubs.published as f64 / pubs.elapsed_s.max(1e-9),
             expected,
             received,

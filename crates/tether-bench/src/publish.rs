@@ -15,6 +15,9 @@ use tokio::net::TcpStream;
 use crate::target::{self, Creds, Target};
 use crate::worker::now_us;
 
+/// Longest wait for one publish request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -24,6 +27,9 @@ pub enum PublishError {
     /// The server answered something we do not understand.
     #[error("bad response: {0}")]
     Response(String),
+    /// No answer within [`REQUEST_TIMEOUT`].
+    #[error("timed out")]
+    Timeout,
     /// The server refused the publication.
     #[error("refused: {0}")]
     Refused(String),
@@ -38,6 +44,8 @@ pub struct PublishResult {
     pub failed: u64,
     /// First failure reasons.
     pub errors: Vec<String>,
+    /// Publications never sent because the phase ran out of time (server too slow).
+    pub not_sent: u64,
     /// Seconds from the first to the last publication.
     pub elapsed_s: f64,
     /// When the first publication was sent, µs since the Unix epoch.
@@ -83,7 +91,8 @@ impl Publisher {
                     let Some(seq) = rx.lock().await.recv().await else {
                         break;
                     };
-                    match me.publish_one(&mut link, seq).await {
+                    let one = tokio::time::timeout(REQUEST_TIMEOUT, me.publish_one(&mut link, seq));
+                    match one.await.unwrap_or(Err(PublishError::Timeout)) {
                         Ok(()) => res.published += 1,
                         Err(e) => {
                             link = None;
@@ -104,18 +113,26 @@ impl Publisher {
         let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        // A server that answers slower than the rate must not stretch the phase without
+        // bound: stop handing out publications at twice the planned time.
+        let stop_at = tokio::time::Instant::now() + duration * 2;
+        let mut skipped = 0;
         for i in 0..total {
             tick.tick().await;
-            if tx.send(seq_base + i).await.is_err() {
+            let sent = tokio::time::timeout_at(stop_at, tx.send(seq_base + i)).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                skipped = total - i;
                 break;
             }
         }
         drop(tx);
         let mut out = PublishResult {
             first_us,
+            not_sent: skipped,
             ..PublishResult::default()
         };
         for t in tasks {
+            // Each task ends within REQUEST_TIMEOUT of its last publication.
             if let Ok(r) = t.await {
                 out.published += r.published;
                 out.failed += r.failed;
