@@ -14,7 +14,11 @@ use tether_bench::target::{Creds, Target};
 use tether_bench::{report, worker};
 
 #[derive(Debug, Parser)]
-#[command(name = "tether-bench", version, about = "Idle, fan-out and churn benchmarks over the network")]
+#[command(
+    name = "tether-bench",
+    version,
+    about = "Idle, fan-out and churn benchmarks over the network"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

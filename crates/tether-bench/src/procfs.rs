@@ -111,7 +111,8 @@ mod tests {
         assert_eq!(parse_status_kb(status, "VmRSS:"), Some(12345));
         let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0";
         assert_eq!(parse_stat_ticks(stat), Some(325));
-        let sock = "sockets: used 200\nTCP: inuse 15004 orphan 0 tw 3 alloc 15010 mem 512\nUDP: inuse 1\n";
+        let sock =
+            "sockets: used 200\nTCP: inuse 15004 orphan 0 tw 3 alloc 15010 mem 512\nUDP: inuse 1\n";
         assert_eq!(parse_sockstat(sock), Some((512 * 4096, 15004)));
     }
 

@@ -75,7 +75,13 @@ enum Link {
 impl Publisher {
     /// Publishes `rate` publications per second for `duration` over `conns` connections,
     /// with sequence numbers from `seq_base`.
-    pub async fn run(&self, rate: f64, duration: Duration, seq_base: u64, conns: usize) -> PublishResult {
+    pub async fn run(
+        &self,
+        rate: f64,
+        duration: Duration,
+        seq_base: u64,
+        conns: usize,
+    ) -> PublishResult {
         let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
         let (tx, rx) = tokio::sync::mpsc::channel::<u64>(conns.max(1) * 2);
         let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
@@ -163,7 +169,8 @@ impl Publisher {
             }
             Some(Link::Http(s, buf)) => {
                 let (path, headers, body) = self.http_request(&data);
-                let (code, resp) = http_post(s, buf, &self.api.to_string(), &path, &headers, &body).await?;
+                let (code, resp) =
+                    http_post(s, buf, &self.api.to_string(), &path, &headers, &body).await?;
                 let refused = memchr::memmem::find(&resp, b"\"error\"").is_some();
                 if code / 100 != 2 || (self.target == Target::Tether && refused) {
                     let text = String::from_utf8_lossy(&resp[..resp.len().min(200)]).into_owned();
@@ -180,7 +187,10 @@ impl Publisher {
             Target::Tether => (
                 "/api/publish".to_owned(),
                 format!("X-API-Key: {}\r\n", self.creds.api_key),
-                format!("{{\"channel\":\"{}\",\"data\":{{\"m\":\"{data}\"}}}}", self.channel),
+                format!(
+                    "{{\"channel\":\"{}\",\"data\":{{\"m\":\"{data}\"}}}}",
+                    self.channel
+                ),
             ),
             Target::Ws | Target::Nats => (
                 "/publish".to_owned(),
@@ -260,7 +270,13 @@ async fn http_post(
             .headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
+            .and_then(|h| {
+                std::str::from_utf8(h.value)
+                    .ok()?
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            })
             .ok_or_else(|| PublishError::Response("no content-length".to_owned()))?;
         while buf.len() < head + len {
             if s.read_buf(buf).await? == 0 {
@@ -272,7 +288,8 @@ async fn http_post(
 }
 
 async fn nats_handshake(s: &mut TcpStream) -> Result<(), PublishError> {
-    s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n").await?;
+    s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
+        .await?;
     nats_ping(s).await
 }
 
@@ -285,7 +302,9 @@ async fn nats_ping(s: &mut TcpStream) -> Result<(), PublishError> {
             return Err(PublishError::Response("nats closed".to_owned()));
         }
         if memchr::memmem::find(&buf, b"-ERR").is_some() {
-            return Err(PublishError::Refused(String::from_utf8_lossy(&buf).into_owned()));
+            return Err(PublishError::Refused(
+                String::from_utf8_lossy(&buf).into_owned(),
+            ));
         }
         if memchr::memmem::find(&buf, b"PONG\r\n").is_some() {
             return Ok(());
@@ -301,7 +320,9 @@ async fn answer_nats_pings(s: &mut TcpStream) -> Result<(), PublishError> {
             Ok(n) => {
                 let got = &buf[..n];
                 if memchr::memmem::find(got, b"-ERR").is_some() {
-                    return Err(PublishError::Refused(String::from_utf8_lossy(got).into_owned()));
+                    return Err(PublishError::Refused(
+                        String::from_utf8_lossy(got).into_owned(),
+                    ));
                 }
                 if memchr::memmem::find(got, b"PING\r\n").is_some() {
                     s.write_all(b"PONG\r\n").await?;

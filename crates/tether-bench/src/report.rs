@@ -64,7 +64,11 @@ pub fn human(rec: &Value) -> String {
                     step["lost"],
                     step["duplicates"],
                     num(f(step, "cpu_pct"), 0),
-                    if step["ok"].as_bool() == Some(true) { "" } else { "  FAIL" },
+                    if step["ok"].as_bool() == Some(true) {
+                        ""
+                    } else {
+                        "  FAIL"
+                    },
                     if step["publish_failed"].as_u64().unwrap_or(0) > 0 {
                         format!(" publish errors {}", step["publish_errors"])
                     } else {
@@ -117,25 +121,54 @@ fn step_at(r: &Value, rate: f64) -> Option<&Value> {
         .find(|s| f(s, "rate") == Some(rate))
 }
 
+/// The last step of the sweep's unbroken run of sustained steps: p99 within the limit, no
+/// loss, no duplicates, and publications actually sent at >= 90 % of the asked rate.
 fn best_step(r: &Value) -> Option<&Value> {
-    let i = usize::try_from(r["best"].as_u64()?).ok()?;
-    r["steps"].get(i)
+    let limit = f(r, "max_p99_ms").unwrap_or(1000.0);
+    r["steps"]
+        .as_array()?
+        .iter()
+        .take_while(|s| sustained(s, limit))
+        .last()
+}
+
+fn sustained(s: &Value, limit: f64) -> bool {
+    let zero = |k: &str| s[k].as_u64() == Some(0);
+    let rate = f(s, "rate").unwrap_or(f64::INFINITY);
+    zero("lost")
+        && zero("duplicates")
+        && s["not_sent"].as_u64().unwrap_or(0) == 0
+        && f(s, "received").unwrap_or(0.0) > 0.0
+        && f(s, "p99_ms").is_some_and(|p| p <= limit)
+        && f(s, "publish_rate").is_some_and(|p| p >= 0.9 * rate)
 }
 
 const METRICS: &[Metric] = &[
     ("idle: RSS bytes/conn", "idle", |r| f(r, "bytes_per_conn")),
-    ("idle: kernel TCP bytes/conn", "idle", |r| f(r, "sock_bytes_per_conn")),
+    ("idle: kernel TCP bytes/conn", "idle", |r| {
+        f(r, "sock_bytes_per_conn")
+    }),
     ("idle: CPU % of a core", "idle", |r| f(r, "cpu_pct")),
     ("idle: connected", "idle", |r| f(r, "connected")),
-    ("fanout 10/s: p50 ms", "fanout", |r| f(step_at(r, 10.0)?, "p50_ms")),
-    ("fanout 10/s: p99 ms", "fanout", |r| f(step_at(r, 10.0)?, "p99_ms")),
+    ("fanout 10/s: p50 ms", "fanout", |r| {
+        f(step_at(r, 10.0)?, "p50_ms")
+    }),
+    ("fanout 10/s: p99 ms", "fanout", |r| {
+        f(step_at(r, 10.0)?, "p99_ms")
+    }),
     ("fanout 10/s: lost+dup", "fanout", |r| {
         let s = step_at(r, 10.0)?;
         Some(f(s, "lost")? + f(s, "duplicates")?)
     }),
-    ("fanout: highest rate p99<=limit, pub/s", "fanout", |r| f(best_step(r)?, "rate")),
-    ("fanout: deliveries/s at that rate", "fanout", |r| f(best_step(r)?, "deliveries_per_s")),
-    ("fanout: p99 ms at that rate", "fanout", |r| f(best_step(r)?, "p99_ms")),
+    ("fanout: highest sustained rate, pub/s", "fanout", |r| {
+        f(best_step(r)?, "publish_rate")
+    }),
+    ("fanout: deliveries/s at that rate", "fanout", |r| {
+        f(best_step(r)?, "deliveries_per_s")
+    }),
+    ("fanout: p99 ms at that rate", "fanout", |r| {
+        f(best_step(r)?, "p99_ms")
+    }),
     ("churn: cycles/s", "churn", |r| f(r, "cycles_per_s")),
     ("churn: errors", "churn", |r| f(r, "errors")),
 ];
@@ -174,7 +207,11 @@ pub fn table(records: &[Value]) -> String {
                 .filter(|r| r["target"] == t.as_str() && r["scenario"] == *scenario)
                 .filter_map(|r| read(&r["result"]))
                 .collect();
-            let digits = if title.contains("CPU") || title.contains("ms") { 2 } else { 0 };
+            let digits = if title.contains("CPU") || title.contains("ms") {
+                2
+            } else {
+                0
+            };
             let n = runs.get(&(t.as_str(), *scenario)).copied().unwrap_or(0);
             let cell = match median(vals.clone()) {
                 Some(m) if vals.len() == n => num(Some(m), digits),
@@ -201,10 +238,36 @@ mod tests {
     }
 
     #[test]
+    fn best_step_needs_the_asked_rate_low_p99_and_no_loss() {
+        let step = |rate: f64, got: f64, p99: f64, lost: u64| {
+            json!({"rate": rate, "publish_rate": got, "p99_ms": p99, "lost": lost,
+                   "duplicates": 0, "not_sent": 0, "received": 10})
+        };
+        let r = json!({"max_p99_ms": 1000.0, "steps": [
+            step(10.0, 10.0, 50.0, 0), step(50.0, 49.0, 300.0, 0),
+            step(100.0, 70.0, 400.0, 0), step(200.0, 200.0, 100.0, 0)]});
+        assert_eq!(
+            f(best_step(&r).unwrap(), "rate"),
+            Some(50.0),
+            "100/s only reached 70/s"
+        );
+        let lossy = json!({"max_p99_ms": 1000.0, "steps": [step(10.0, 10.0, 50.0, 1)]});
+        assert!(best_step(&lossy).is_none());
+        let slow = json!({"max_p99_ms": 1000.0, "steps": [step(10.0, 10.0, 1500.0, 0)]});
+        assert!(best_step(&slow).is_none());
+    }
+
+    #[test]
     fn table_takes_medians_per_target() {
         let recs: Vec<Value> = [1200.0, 1000.0, 5000.0]
             .iter()
-            .map(|b| record("tether", "idle", &json!({"bytes_per_conn": b, "cpu_pct": 0.5})))
+            .map(|b| {
+                record(
+                    "tether",
+                    "idle",
+                    &json!({"bytes_per_conn": b, "cpu_pct": 0.5}),
+                )
+            })
             .chain(std::iter::once(record(
                 "nats",
                 "churn",
@@ -212,10 +275,19 @@ mod tests {
             )))
             .collect();
         let t = table(&recs);
-        assert!(t.starts_with("| metric (median of runs) | tether | nats |"), "{t}");
-        let row = t.lines().find(|l| l.starts_with("| idle: RSS bytes/conn")).unwrap();
+        assert!(
+            t.starts_with("| metric (median of runs) | tether | nats |"),
+            "{t}"
+        );
+        let row = t
+            .lines()
+            .find(|l| l.starts_with("| idle: RSS bytes/conn"))
+            .unwrap();
         assert_eq!(row, "| idle: RSS bytes/conn | 1200 | - |");
-        let churn = t.lines().find(|l| l.starts_with("| churn: cycles/s")).unwrap();
+        let churn = t
+            .lines()
+            .find(|l| l.starts_with("| churn: cycles/s"))
+            .unwrap();
         assert_eq!(churn, "| churn: cycles/s | - | 7000 |");
         assert!(human(&recs[0]).contains("1200 bytes/conn"));
     }

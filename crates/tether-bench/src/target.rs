@@ -228,13 +228,18 @@ mod tests {
     fn markers_round_trip_and_split_markers_are_carried() {
         let p = marker_payload(1_700_000_000_123_456, 42, 100);
         assert_eq!(p.len(), 100);
-        let msg = format!("{{\"push\":{{\"pub\":{{\"data\":{{\"m\":\"{p}\"}}}}}}}}\n{{\"x\":\"@@T1S2E\"}}");
+        let msg = format!(
+            "{{\"push\":{{\"pub\":{{\"data\":{{\"m\":\"{p}\"}}}}}}}}\n{{\"x\":\"@@T1S2E\"}}"
+        );
         let mut got = Vec::new();
         assert_eq!(scan_markers(msg.as_bytes(), |m| got.push(m)), None);
         assert_eq!(
             got,
             vec![
-                Marker { sent_us: 1_700_000_000_123_456, seq: 42 },
+                Marker {
+                    sent_us: 1_700_000_000_123_456,
+                    seq: 42
+                },
                 Marker { sent_us: 1, seq: 2 }
             ]
         );

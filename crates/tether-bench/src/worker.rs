@@ -170,7 +170,9 @@ async fn hold(spec: Spec) -> anyhow::Result<()> {
                     stats.borrow_mut().report.closed += 1;
                 }
                 Ok(Err(e)) => stats.borrow_mut().fail(e),
-                Err(_) => stats.borrow_mut().fail("connect+subscribe timed out".to_owned()),
+                Err(_) => stats
+                    .borrow_mut()
+                    .fail("connect+subscribe timed out".to_owned()),
             }
         });
     }
@@ -241,7 +243,9 @@ async fn churn(spec: &Spec, duration: Duration) -> anyhow::Result<()> {
                         let _ = s.hist.record(us.max(1));
                     }
                     Ok(Err(e)) => stats.borrow_mut().fail(e),
-                    Err(_) => stats.borrow_mut().fail("connect+subscribe timed out".to_owned()),
+                    Err(_) => stats
+                        .borrow_mut()
+                        .fail("connect+subscribe timed out".to_owned()),
                 }
             }
         }));
@@ -350,7 +354,9 @@ async fn open(spec: &Spec, i: u64) -> Result<Conn, String> {
         .connect(spec.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("nodelay: {e}"))?;
     let req = ws::upgrade_request(&spec.addr.to_string(), &spec.target.ws_path(&spec.creds), i);
     stream
         .write_all(req.as_bytes())
@@ -422,7 +428,12 @@ async fn open(spec: &Spec, i: u64) -> Result<Conn, String> {
 impl Conn {
     /// Parses frames from `data` (after any pending bytes), answering pings and recording
     /// publications into `stats` when given.
-    fn feed(&mut self, target: Target, data: &[u8], stats: Option<&Shared>) -> Result<Step, String> {
+    fn feed(
+        &mut self,
+        target: Target,
+        data: &[u8],
+        stats: Option<&Shared>,
+    ) -> Result<Step, String> {
         let mut step = Step::default();
         let mut joined;
         let buf: &[u8] = if self.pending.is_empty() {

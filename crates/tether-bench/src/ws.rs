@@ -238,7 +238,10 @@ mod tests {
         buf.extend_from_slice(b"hello");
         buf.extend_from_slice(&[0x89, 0]);
         let (f, n) = parse_frame(&buf).unwrap().unwrap();
-        assert_eq!((f.fin, f.opcode, f.payload, n), (true, Opcode::Text, &b"hello"[..], 7));
+        assert_eq!(
+            (f.fin, f.opcode, f.payload, n),
+            (true, Opcode::Text, &b"hello"[..], 7)
+        );
         let (f, n) = parse_frame(&buf[7..]).unwrap().unwrap();
         assert_eq!((f.opcode, n), (Opcode::Ping, 2));
         assert_eq!(parse_frame(&buf[..4]).unwrap(), None);
@@ -247,14 +250,20 @@ mod tests {
         let mut long = vec![0x02, 126, 0x01, 0x00];
         long.extend(std::iter::repeat_n(9u8, 256));
         let (f, n) = parse_frame(&long).unwrap().unwrap();
-        assert_eq!((f.fin, f.opcode, f.payload.len(), n), (false, Opcode::Binary, 256, 260));
+        assert_eq!(
+            (f.fin, f.opcode, f.payload.len(), n),
+            (false, Opcode::Binary, 256, 260)
+        );
         assert_eq!(parse_frame(&long[..100]).unwrap(), None);
     }
 
     #[test]
     fn refuses_bad_server_frames() {
         assert_eq!(parse_frame(&[0x83, 0]), Err(FrameError::Opcode(3)));
-        assert_eq!(parse_frame(&[0x81, 0x81, 0, 0, 0, 0, 0]), Err(FrameError::Masked));
+        assert_eq!(
+            parse_frame(&[0x81, 0x81, 0, 0, 0, 0, 0]),
+            Err(FrameError::Masked)
+        );
         let mut huge = vec![0x82, 127];
         huge.extend_from_slice(&u64::MAX.to_be_bytes());
         assert!(matches!(parse_frame(&huge), Err(FrameError::TooLarge(_))));
@@ -263,7 +272,10 @@ mod tests {
     #[test]
     fn reads_upgrade_responses() {
         let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x00";
-        assert_eq!(parse_upgrade_response(ok).unwrap(), Upgrade::Switched(ok.len() - 2));
+        assert_eq!(
+            parse_upgrade_response(ok).unwrap(),
+            Upgrade::Switched(ok.len() - 2)
+        );
         assert_eq!(
             parse_upgrade_response(b"HTTP/1.1 101 Switch").unwrap(),
             Upgrade::Partial

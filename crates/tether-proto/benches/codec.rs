@@ -58,7 +58,10 @@ fn decode(c: &mut Criterion) {
         let cmds: Vec<Command> = Encoding::Json.decode_commands(json.as_bytes()).unwrap();
         let mut pb = Vec::new();
         Encoding::Protobuf.encode_commands(&cmds, &mut pb).unwrap();
-        for (enc, frame) in [(Encoding::Json, json.as_bytes().to_vec()), (Encoding::Protobuf, pb)] {
+        for (enc, frame) in [
+            (Encoding::Json, json.as_bytes().to_vec()),
+            (Encoding::Protobuf, pb),
+        ] {
             g.throughput(Throughput::Bytes(frame.len() as u64));
             g.bench_function(format!("{enc:?}/{name}"), |b| {
                 b.iter(|| enc.decode_commands(black_box(&frame)).unwrap());
