@@ -26,6 +26,9 @@ else
     cargo test --workspace --all-targets
 fi
 
+section "benches compile (cargo test --workspace --benches --no-run)"
+cargo test --workspace --benches --no-run
+
 section "cargo test --doc --workspace"
 cargo test --doc --workspace
 

@@ -1,0 +1,261 @@
+//! The `tether-bench` binary: command line, output, and the hidden `worker` entry point the
+//! scenarios re-execute. The machinery lives in the library (`tether_bench`).
+
+use std::io::BufRead as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use tether_bench::coord::{self, Common, FanoutParams};
+use tether_bench::target::{Creds, Target};
+use tether_bench::{report, worker};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tether-bench",
+    version,
+    about = "Idle, fan-out and churn benchmarks over the network"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// N clients connect, subscribe to one channel each, answer pings, stay idle.
+    Idle {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Connections.
+        #[arg(short, long, default_value_t = 15_000)]
+        n: u64,
+        /// Idle window over which server CPU is measured, e.g. `60s`.
+        #[arg(long, default_value = "60s", value_parser = humantime_duration)]
+        window: Duration,
+    },
+    /// N subscribers on one channel; publications at each rate; latency, loss, deliveries/s.
+    Fanout {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Subscribers.
+        #[arg(short, long, default_value_t = 5_000)]
+        n: u64,
+        /// Publication rates to try, per second, in order.
+        #[arg(long, value_delimiter = ',', default_value = "10,20,50,100,200,400")]
+        rates: Vec<f64>,
+        /// Time per rate, e.g. `10s`.
+        #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+        duration: Duration,
+        /// Publication data size in bytes.
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        /// A rate counts as sustained when p99 is at most this (ms) with no loss.
+        #[arg(long, default_value_t = 1000.0)]
+        max_p99_ms: f64,
+        /// Publishing connections.
+        #[arg(long, default_value_t = 4)]
+        publishers: usize,
+        /// Try every rate even after one fails.
+        #[arg(long)]
+        keep_going: bool,
+    },
+    /// connect -> subscribe -> disconnect cycles per second.
+    Churn {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Concurrent cycle loops (over all workers).
+        #[arg(long, default_value_t = 256)]
+        concurrency: u64,
+        /// Worker processes.
+        #[arg(long, default_value_t = 2)]
+        workers: u64,
+        /// How long, e.g. `20s`.
+        #[arg(long, default_value = "20s", value_parser = humantime_duration)]
+        duration: Duration,
+    },
+    /// Side-by-side table of medians from `--json` output files (one record per line).
+    Table {
+        /// Files with `--json` records.
+        files: Vec<PathBuf>,
+    },
+    /// Internal: a client worker process (started by the scenarios).
+    #[command(hide = true)]
+    Worker {
+        /// The worker spec as JSON.
+        #[arg(long)]
+        spec: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct CommonArgs {
+    /// Server kind.
+    #[arg(long, value_enum, default_value = "tether")]
+    target: Target,
+    /// WebSocket address of the server.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    addr: SocketAddr,
+    /// Publish API address (HTTP; the client port for NATS); defaults to --addr.
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// Server process id, for RSS and CPU from /proc.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Name shown in results instead of the target kind.
+    #[arg(long)]
+    label: Option<String>,
+    /// Most connections per worker process (keep well under the open-file limit).
+    #[arg(long, default_value_t = 12_000)]
+    per_worker: u64,
+    /// Connects in flight per worker.
+    #[arg(long, default_value_t = 128)]
+    connect_concurrency: usize,
+    /// HS256 secret for tether connection tokens.
+    #[arg(long, default_value = "bench-secret")]
+    token_secret: String,
+    /// tether API key.
+    #[arg(long, default_value = "bench-api-key")]
+    api_key: String,
+    /// Print one JSON record per line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+impl CommonArgs {
+    fn common(&self) -> Common {
+        Common {
+            target: self.target,
+            addr: self.addr,
+            api: self.api.unwrap_or(self.addr),
+            pid: self.pid,
+            creds: Creds {
+                token_secret: self.token_secret.clone(),
+                api_key: self.api_key.clone(),
+                ..Creds::default()
+            },
+            per_worker: self.per_worker,
+            connect_concurrency: self.connect_concurrency,
+        }
+    }
+
+    fn label(&self) -> String {
+        self.label.clone().unwrap_or_else(|| {
+            serde_json::to_value(self.target)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        })
+    }
+
+    fn print(&self, scenario: &str, result: &impl serde::Serialize) {
+        let rec = report::record(&self.label(), scenario, result);
+        if self.json {
+            println!("{rec}");
+        } else {
+            print!("{}", report::human(&rec));
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Worker { spec } => serde_json::from_str(&spec)
+            .map_err(anyhow::Error::from)
+            .and_then(worker::run),
+        Command::Table { files } => table(&files),
+        command => scenario(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn table(files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut records = Vec::new();
+    for path in files {
+        let file = std::fs::File::open(path)?;
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line?;
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v.get("scenario").is_some()
+            {
+                records.push(v);
+            }
+        }
+    }
+    print!("{}", report::table(&records));
+    Ok(())
+}
+
+fn scenario(command: Command) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match command {
+            Command::Idle { common, n, window } => {
+                let r = coord::idle(&common.common(), n, window).await?;
+                common.print("idle", &r);
+            }
+            Command::Fanout {
+                common,
+                n,
+                rates,
+                duration,
+                size,
+                max_p99_ms,
+                publishers,
+                keep_going,
+            } => {
+                let p = FanoutParams {
+                    n,
+                    rates,
+                    duration,
+                    size,
+                    max_p99_ms,
+                    publishers,
+                    stop_on_fail: !keep_going,
+                };
+                let r = coord::fanout(&common.common(), &p).await?;
+                common.print("fanout", &r);
+            }
+            Command::Churn {
+                common,
+                concurrency,
+                workers,
+                duration,
+            } => {
+                let r = coord::churn(&common.common(), concurrency, workers, duration).await?;
+                common.print("churn", &r);
+            }
+            Command::Table { .. } | Command::Worker { .. } => {}
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(humantime_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(humantime_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(humantime_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(humantime_duration("x").is_err());
+    }
+}

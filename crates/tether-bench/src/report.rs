@@ -1,0 +1,294 @@
+//! Turning results into text: one human-readable block per scenario, and the side-by-side
+//! table of medians over many runs (from the `--json` lines of several invocations).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+/// One output line of `--json`: which server, which scenario, and its result.
+pub fn record(target: &str, scenario: &str, result: &impl serde::Serialize) -> Value {
+    serde_json::json!({ "target": target, "scenario": scenario, "result": result })
+}
+
+fn f(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+fn num(x: Option<f64>, digits: usize) -> String {
+    x.map_or_else(|| "-".to_owned(), |x| format!("{x:.digits$}"))
+}
+
+/// Human-readable summary of one record.
+pub fn human(rec: &Value) -> String {
+    let r = &rec["result"];
+    let mut s = String::new();
+    let t = rec["target"].as_str().unwrap_or("?");
+    match rec["scenario"].as_str().unwrap_or("?") {
+        "idle" => {
+            let _ = writeln!(
+                s,
+                "idle [{t}]: {} of {} connected in {} s ({} failed {})\n  server RSS {} -> {} bytes: {} bytes/conn; kernel TCP mem {} bytes/conn\n  CPU over {} s idle: {} % of one core; {} pings answered, {} closed; client {} bytes/conn",
+                r["connected"],
+                r["n"],
+                num(f(r, "connect_s"), 1),
+                r["failed"],
+                r["errors"],
+                r["rss_before"],
+                r["rss_after"],
+                num(f(r, "bytes_per_conn"), 0),
+                num(f(r, "sock_bytes_per_conn"), 0),
+                num(f(r, "window_s"), 0),
+                num(f(r, "cpu_pct"), 2),
+                r["pings"],
+                r["closed"],
+                num(f(r, "client_bytes_per_conn"), 0),
+            );
+        }
+        "fanout" => {
+            let _ = writeln!(
+                s,
+                "fanout [{t}]: {} of {} subscribed ({} failed {}), {} B publications",
+                r["subscribed"], r["n"], r["failed"], r["errors"], r["size"]
+            );
+            for step in r["steps"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    s,
+                    "  {:>7}/s (got {}/s): p50 {} ms p99 {} ms max {} ms, {} deliveries/s, lost {} dup {}, cpu {} %{}{}",
+                    num(f(step, "rate"), 0),
+                    num(f(step, "publish_rate"), 1),
+                    num(f(step, "p50_ms"), 2),
+                    num(f(step, "p99_ms"), 2),
+                    num(f(step, "max_ms"), 1),
+                    num(f(step, "deliveries_per_s"), 0),
+                    step["lost"],
+                    step["duplicates"],
+                    num(f(step, "cpu_pct"), 0),
+                    if step["ok"].as_bool() == Some(true) {
+                        ""
+                    } else {
+                        "  FAIL"
+                    },
+                    if step["publish_failed"].as_u64().unwrap_or(0) > 0 {
+                        format!(" publish errors {}", step["publish_errors"])
+                    } else {
+                        String::new()
+                    },
+                );
+            }
+        }
+        "churn" => {
+            let _ = writeln!(
+                s,
+                "churn [{t}]: {} cycles/s ({} cycles, {} errors {}), cycle p50 {} ms p99 {} ms, concurrency {}, cpu {} %",
+                num(f(r, "cycles_per_s"), 0),
+                r["cycles"],
+                r["errors"],
+                r["error_kinds"],
+                num(f(r, "p50_ms"), 1),
+                num(f(r, "p99_ms"), 1),
+                r["concurrency"],
+                num(f(r, "cpu_pct"), 0),
+            );
+        }
+        other => {
+            let _ = writeln!(s, "{other} [{t}]: {r}");
+        }
+    }
+    s
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        f64::midpoint(v[m - 1], v[m])
+    })
+}
+
+/// The metrics of the side-by-side table: (column title, scenario, how to read it).
+type Metric = (&'static str, &'static str, fn(&Value) -> Option<f64>);
+
+fn step_at(r: &Value, rate: f64) -> Option<&Value> {
+    r["steps"]
+        .as_array()?
+        .iter()
+        .find(|s| f(s, "rate") == Some(rate))
+}
+
+/// The last step of the sweep's unbroken run of sustained steps: p99 within the limit, no
+/// loss, no duplicates, and publications actually sent at >= 90 % of the asked rate.
+fn best_step(r: &Value) -> Option<&Value> {
+    let limit = f(r, "max_p99_ms").unwrap_or(1000.0);
+    r["steps"]
+        .as_array()?
+        .iter()
+        .take_while(|s| sustained(s, limit))
+        .last()
+}
+
+fn sustained(s: &Value, limit: f64) -> bool {
+    let zero = |k: &str| s[k].as_u64() == Some(0);
+    let rate = f(s, "rate").unwrap_or(f64::INFINITY);
+    zero("lost")
+        && zero("duplicates")
+        && s["not_sent"].as_u64().unwrap_or(0) == 0
+        && f(s, "received").unwrap_or(0.0) > 0.0
+        && f(s, "p99_ms").is_some_and(|p| p <= limit)
+        && f(s, "publish_rate").is_some_and(|p| p >= 0.9 * rate)
+}
+
+const METRICS: &[Metric] = &[
+    ("idle: RSS bytes/conn", "idle", |r| f(r, "bytes_per_conn")),
+    ("idle: kernel TCP bytes/conn", "idle", |r| {
+        f(r, "sock_bytes_per_conn")
+    }),
+    ("idle: CPU % of a core", "idle", |r| f(r, "cpu_pct")),
+    ("idle: connected", "idle", |r| f(r, "connected")),
+    ("fanout 10/s: p50 ms", "fanout", |r| {
+        f(step_at(r, 10.0)?, "p50_ms")
+    }),
+    ("fanout 10/s: p99 ms", "fanout", |r| {
+        f(step_at(r, 10.0)?, "p99_ms")
+    }),
+    ("fanout 10/s: lost+dup", "fanout", |r| {
+        let s = step_at(r, 10.0)?;
+        Some(f(s, "lost")? + f(s, "duplicates")?)
+    }),
+    ("fanout: highest sustained rate, pub/s", "fanout", |r| {
+        f(best_step(r)?, "publish_rate")
+    }),
+    ("fanout: deliveries/s at that rate", "fanout", |r| {
+        f(best_step(r)?, "deliveries_per_s")
+    }),
+    ("fanout: p99 ms at that rate", "fanout", |r| {
+        f(best_step(r)?, "p99_ms")
+    }),
+    ("churn: cycles/s", "churn", |r| f(r, "cycles_per_s")),
+    ("churn: errors", "churn", |r| f(r, "errors")),
+];
+
+/// A markdown table of medians per target over all records (each record one run).
+pub fn table(records: &[Value]) -> String {
+    let mut targets: Vec<String> = Vec::new();
+    for r in records {
+        if let Some(t) = r["target"].as_str()
+            && !targets.iter().any(|x| x == t)
+        {
+            targets.push(t.to_owned());
+        }
+    }
+    let mut s = String::new();
+    let _ = write!(s, "| metric (median of runs) |");
+    for t in &targets {
+        let _ = write!(s, " {t} |");
+    }
+    let _ = write!(s, "\n| --- |");
+    for _ in &targets {
+        let _ = write!(s, " ---: |");
+    }
+    s.push('\n');
+    let mut runs: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for r in records {
+        if let (Some(t), Some(sc)) = (r["target"].as_str(), r["scenario"].as_str()) {
+            *runs.entry((t, sc)).or_default() += 1;
+        }
+    }
+    for (title, scenario, read) in METRICS {
+        let _ = write!(s, "| {title} |");
+        for t in &targets {
+            let vals: Vec<f64> = records
+                .iter()
+                .filter(|r| r["target"] == t.as_str() && r["scenario"] == *scenario)
+                .filter_map(|r| read(&r["result"]))
+                .collect();
+            let digits = if title.contains("CPU") || title.contains("ms") {
+                2
+            } else {
+                0
+            };
+            let n = runs.get(&(t.as_str(), *scenario)).copied().unwrap_or(0);
+            let cell = match median(vals.clone()) {
+                Some(m) if vals.len() == n => num(Some(m), digits),
+                Some(m) => format!("{} ({} of {n} runs)", num(Some(m), digits), vals.len()),
+                None => "-".to_owned(),
+            };
+            let _ = write!(s, " {cell} |");
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn medians_are_medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+    }
+
+    #[test]
+    fn best_step_needs_the_asked_rate_low_p99_and_no_loss() {
+        let step = |rate: f64, got: f64, p99: f64, lost: u64| {
+            json!({"rate": rate, "publish_rate": got, "p99_ms": p99, "lost": lost,
+                   "duplicates": 0, "not_sent": 0, "received": 10})
+        };
+        let r = json!({"max_p99_ms": 1000.0, "steps": [
+            step(10.0, 10.0, 50.0, 0), step(50.0, 49.0, 300.0, 0),
+            step(100.0, 70.0, 400.0, 0), step(200.0, 200.0, 100.0, 0)]});
+        assert_eq!(
+            f(best_step(&r).unwrap(), "rate"),
+            Some(50.0),
+            "100/s only reached 70/s"
+        );
+        let lossy = json!({"max_p99_ms": 1000.0, "steps": [step(10.0, 10.0, 50.0, 1)]});
+        assert!(best_step(&lossy).is_none());
+        let slow = json!({"max_p99_ms": 1000.0, "steps": [step(10.0, 10.0, 1500.0, 0)]});
+        assert!(best_step(&slow).is_none());
+    }
+
+    #[test]
+    fn table_takes_medians_per_target() {
+        let recs: Vec<Value> = [1200.0, 1000.0, 5000.0]
+            .iter()
+            .map(|b| {
+                record(
+                    "tether",
+                    "idle",
+                    &json!({"bytes_per_conn": b, "cpu_pct": 0.5}),
+                )
+            })
+            .chain(std::iter::once(record(
+                "nats",
+                "churn",
+                &json!({"cycles_per_s": 7000.0, "errors": 0}),
+            )))
+            .collect();
+        let t = table(&recs);
+        assert!(
+            t.starts_with("| metric (median of runs) | tether | nats |"),
+            "{t}"
+        );
+        let row = t
+            .lines()
+            .find(|l| l.starts_with("| idle: RSS bytes/conn"))
+            .unwrap();
+        assert_eq!(row, "| idle: RSS bytes/conn | 1200 | - |");
+        let churn = t
+            .lines()
+            .find(|l| l.starts_with("| churn: cycles/s"))
+            .unwrap();
+        assert_eq!(churn, "| churn: cycles/s | - | 7000 |");
+        assert!(human(&recs[0]).contains("1200 bytes/conn"));
+    }
+}
