@@ -873,6 +873,12 @@ impl Core {
             }
             sub.emit(SubscriptionEvent::Publication(publication.into()));
         }
+        // A recovered reply carries the offset the client asked from; the position moves on to
+        // the last publication delivered, or a later resubscribe would replay them.
+        let mut position = position;
+        if let (Some(position), Some(last)) = (position.as_mut(), last) {
+            position.offset = position.offset.max(last);
+        }
         sub.position = position;
         sub.refresh_at = result
             .expires

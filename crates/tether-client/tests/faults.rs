@@ -65,6 +65,7 @@ macro_rules! both_transports {
 both_transports!(
     outage_with_history_kept_delivers_every_publication_once_in_order,
     restarted_node_reports_not_recovered,
+    restarted_node_on_redis_keeps_history_and_recovers_everything,
     blackholed_link_is_noticed_and_the_dead_session_evicted,
     reconnect_delays_follow_seeded_backoff_with_full_jitter,
     terminal_code_stops_reconnecting,
@@ -516,4 +517,110 @@ async fn calls_round_trip(transport: Transport) {
     })
     .await;
     server.stop().await;
+}
+
+/// A node is stopped and started again on the same ports while another node of the cluster
+/// keeps publishing: with the Redis engine the history outlives the node, so the client
+/// reconnects to the restarted node and recovers every publication exactly once, in order.
+/// (With the memory engine history dies with the process; see
+/// `restarted_node_reports_not_recovered`.) Needs the Redis on 127.0.0.1:6379; the test's
+/// keys live under a prefix of its own and are deleted at the end.
+async fn restarted_node_on_redis_keeps_history_and_recovers_everything(transport: Transport) {
+    const TOTAL: u32 = 60;
+    let prefix = format!("tether-client-restart-{}", rand::random::<u64>());
+    let node_config = || {
+        let mut config = support::config();
+        config.engine.kind = tether_server::config::EngineKind::Redis;
+        config.engine.redis.address = vec!["redis://127.0.0.1:6379".to_owned()];
+        config.engine.redis.prefix = prefix.clone();
+        config.shutdown.drain_window = Duration::from_millis(100);
+        config
+    };
+    let subscriber_node = TestServer::start_with(node_config()).await;
+    let publisher_node = TestServer::start_with(node_config()).await;
+    let (http, tcp) = (subscriber_node.http, subscriber_node.tcp);
+
+    let url = TestServer::url(transport, subscriber_node.upstream(transport));
+    let (client, _events) = Client::new(&url, client_config("reader")).unwrap();
+    let (sub, mut sub_events) = client
+        .new_subscription("chat:redis-restart", SubscriptionConfig::default())
+        .unwrap();
+    sub.subscribe();
+    client.connect();
+    wait_sub(&mut sub_events, SOON, |e| {
+        matches!(e, SubscriptionEvent::Subscribed { .. })
+    })
+    .await;
+
+    let (publisher, _) = Client::new(
+        &TestServer::url(transport, publisher_node.upstream(transport)),
+        client_config("writer"),
+    )
+    .unwrap();
+    publisher.connect();
+    let publishing = tokio::spawn(async move {
+        for n in 1..=TOTAL {
+            publisher
+                .publish("chat:redis-restart", n.to_string())
+                .await
+                .expect("publish on the other node");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    });
+
+    // The subscriber's node goes away mid-stream and comes back on the same ports.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    subscriber_node.stop().await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut config = node_config();
+    config.http_server.port = http.port();
+    config.tcp.port = tcp.port();
+    let restarted = TestServer::start_with(config).await;
+
+    let mut received = Vec::new();
+    let mut recoveries = 0;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while received.len() < TOTAL as usize {
+            match sub_events.next().await.expect("events") {
+                SubscriptionEvent::Publication(p) => {
+                    let n: u32 = std::str::from_utf8(&p.data).unwrap().parse().unwrap();
+                    assert_eq!(
+                        u64::from(n),
+                        p.offset,
+                        "offset follows the publication order"
+                    );
+                    received.push(n);
+                }
+                SubscriptionEvent::Subscribed {
+                    was_recovering,
+                    recovered,
+                    ..
+                } => {
+                    assert!(was_recovering, "a resubscribe recovers");
+                    assert!(recovered, "the history is in Redis: recovery must succeed");
+                    recoveries += 1;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {TOTAL} publications arrived", received.len()));
+    publishing.await.unwrap();
+    assert_eq!(
+        received,
+        (1..=TOTAL).collect::<Vec<_>>(),
+        "every publication exactly once, in order"
+    );
+    assert!(recoveries >= 1, "the client recovered after the restart");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Some(event) = sub_events.try_next() {
+        assert!(
+            !matches!(event, SubscriptionEvent::Publication(_)),
+            "unexpected extra publication {event:?}"
+        );
+    }
+    restarted.stop().await;
+    publisher_node.stop().await;
+    support::delete_redis_keys(&prefix).await;
 }

@@ -322,7 +322,8 @@ fn resubscribe_recovers_from_the_last_offset_and_drops_duplicates() {
             recovered: true,
             was_recovering: true,
             epoch: "e".to_owned(),
-            offset: 7,
+            // As the server sends it (§2.3): the offset the client asked to recover from.
+            offset: 5,
             // 5 overlaps what was delivered; 6 and 7 were missed.
             publications: vec![recovered(5), recovered(6), recovered(7)],
             ..Default::default()
@@ -347,6 +348,24 @@ fn resubscribe_recovers_from_the_last_offset_and_drops_duplicates() {
         })
         .collect();
     assert_eq!(delivered, [6, 7, 8]);
+
+    // Another drop: the next recovery starts after the last delivered publication (8), not
+    // from the offset the previous recovery asked from (which would replay 6 and 7).
+    h.core.handle_link_closed(None, "reset", h.now);
+    h.advance(Duration::from_secs(30));
+    assert!(matches!(h.actions()[..], [Action::Open]));
+    h.core.handle_link_open(h.now);
+    let id = h.sent()[0].id;
+    h.core.handle_reply(
+        Reply {
+            id,
+            connect: Some(ConnectResult::default()),
+            ..Default::default()
+        },
+        h.now,
+    );
+    let request = h.sent().remove(0).subscribe.unwrap();
+    assert_eq!((request.offset, request.epoch.as_str()), (8, "e"));
 }
 
 #[test]

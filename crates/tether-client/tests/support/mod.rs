@@ -328,3 +328,24 @@ async fn pump(from: &mut OwnedReadHalf, to: &mut OwnedWriteHalf, shared: &ProxyS
 fn reset(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
+
+/// Deletes every key under `prefix` in the Redis on 127.0.0.1:6379 (one Lua call over a
+/// plain RESP connection, so the tests need no Redis client library).
+pub async fn delete_redis_keys(prefix: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let script = "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do \
+                  redis.call('DEL', k) n = n + 1 end return n";
+    let pattern = format!("{prefix}*");
+    let args = ["EVAL", script, "0", pattern.as_str()];
+    let mut command = format!("*{}\r\n", args.len());
+    for arg in args {
+        command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    let Ok(mut stream) = tokio::net::TcpStream::connect("127.0.0.1:6379").await else {
+        return;
+    };
+    if stream.write_all(command.as_bytes()).await.is_ok() {
+        let mut reply = [0u8; 64];
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut reply)).await;
+    }
+}
