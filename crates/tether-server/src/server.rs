@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, field, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, field, info, warn};
 
 use crate::api::cluster::Cluster;
 use crate::auth::TokenVerifier;
@@ -356,7 +356,10 @@ impl Acceptor<'_> {
                 () = &mut until => return,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        let span = info_span!(
+                        // One span per connection, at debug level: an enabled span costs
+                        // memory in the subscriber's registry for the connection's whole life,
+                        // so it is recorded only when logging at debug or finer.
+                        let span = debug_span!(
                             "conn", transport = "ws", %peer, client = field::Empty, user = field::Empty
                         );
                         self.tracker.spawn(
@@ -377,7 +380,7 @@ impl Acceptor<'_> {
                 },
                 accepted = accept_tcp(tcp) => match accepted {
                     Ok((stream, peer)) => {
-                        let span = info_span!(
+                        let span = debug_span!(
                             "conn", transport = "tcp", %peer, client = field::Empty, user = field::Empty
                         );
                         self.tracker.spawn(

@@ -182,8 +182,9 @@ impl Driver {
         }
         for control in work.controls {
             let now = self.node.now();
-            self.session
-                .handle_control(&self.node, control, now)
+            // Boxed (here and for commands): the session's futures reach into the engine and
+            // are large; inline they would size every idle connection task for them.
+            Box::pin(self.session.handle_control(&self.node, control, now))
                 .await
                 .map_err(End::Disconnect)?;
         }
@@ -253,8 +254,7 @@ impl Driver {
                 Err(_) => return Err(End::Disconnect(DisconnectCode::BAD_REQUEST.into())),
             };
             let now = self.node.now();
-            self.session
-                .handle_command(&self.node, command, now)
+            Box::pin(self.session.handle_command(&self.node, command, now))
                 .await
                 .map_err(End::Disconnect)?;
         }
@@ -291,8 +291,7 @@ impl Driver {
                     .decode_commands(&payload)
                     .map_err(|_| End::Disconnect(DisconnectCode::BAD_REQUEST.into()))?;
                 let now = self.node.now();
-                self.session
-                    .handle_commands(&self.node, commands, now)
+                Box::pin(self.session.handle_commands(&self.node, commands, now))
                     .await
                     .map_err(End::Disconnect)
             }
@@ -381,7 +380,7 @@ impl Driver {
             End::PeerGone => debug!(%client, "peer went away"),
             End::Io(error) => debug!(%client, %error, "connection failed"),
         }
-        self.session.close(&self.node).await;
+        Box::pin(self.session.close(&self.node)).await;
     }
 
     async fn write_rest(&mut self, drop_queued: bool, close: Bytes) {

@@ -66,14 +66,17 @@ pub async fn handle_connection(
     if head.path == WEBSOCKET_PATH {
         let leftover = buf.split_off(consumed);
         drop(buf);
-        upgrade(node, stream, peer, &head, leftover).await;
+        upgrade(node, stream, peer, head, leftover).await;
     } else {
         let io = TokioIo::new(rewind::Rewind::new(buf, stream));
         let service = hyper_util::service::TowerToHyperService::new(api);
-        let conn = hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(io, service);
-        let mut conn = std::pin::pin!(conn);
+        // Boxed: a hyper connection future is large, and inline it would size every
+        // connection task, WebSocket ones included, for the API's needs.
+        let mut conn = Box::pin(
+            hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(io, service),
+        );
         // In-flight requests finish at shutdown; idle keep-alive connections close.
         let served = tokio::select! {
             served = conn.as_mut() => served,
@@ -104,22 +107,25 @@ async fn read_head(
         if buf.len() >= limits.max_head_bytes {
             return Err(431);
         }
-        let mut chunk = [0u8; 2048];
-        match stream.read(&mut chunk).await {
+        // Read straight into `buf`: a stack array here would live in every connection task.
+        buf.reserve(HEAD_READ_CHUNK);
+        match stream.read_buf(buf).await {
             Ok(0) | Err(_) => return Ok(None),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
         }
     }
 }
 
+/// Checks and answers a WebSocket upgrade, then serves the connection. The request head is
+/// dropped before the connection's long life begins: an idle connection keeps none of it.
 async fn upgrade(
     node: Arc<Node>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    head: &RequestHead,
+    head: RequestHead,
     leftover: Vec<u8>,
 ) {
-    let upgrade = match handshake::check_upgrade(head) {
+    let upgrade = match handshake::check_upgrade(&head) {
         Ok(upgrade) => upgrade,
         Err(error) => {
             let _ = stream
@@ -157,14 +163,14 @@ async fn upgrade(
             return;
         }
     };
-    let (encoding, protocol) = negotiate(head, &upgrade.offered_protocols);
-    if stream
-        .write_all(&handshake::upgrade_response(&upgrade.accept, protocol))
-        .await
-        .is_err()
-    {
+    let (encoding, protocol) = negotiate(&head, &upgrade.offered_protocols);
+    let response = handshake::upgrade_response(&upgrade.accept, protocol);
+    drop(head);
+    drop(upgrade);
+    if stream.write_all(&response).await.is_err() {
         return;
     }
+    drop(response);
     let conn = node.hub.register(
         encoding,
         Framing::WebSocket,
@@ -225,6 +231,8 @@ pub(crate) fn wildcard_match(pattern: &str, text: &str) -> bool {
     true
 }
 
+/// How much the request-head reader asks the socket for at a time.
+const HEAD_READ_CHUNK: usize = 2048;
 /// The client WebSocket endpoint.
 const WEBSOCKET_PATH: &str = "/connection/websocket";
 
