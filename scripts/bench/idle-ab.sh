@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# Alternating A/B idle runs: baseline vs boxed tether, same config, same bench command.
+# Alternating A/B idle-memory runs of two tether binaries in one run, same config, same bench
+# command: put them at $TETHER_A_B_DIR/tether-baseline and $TETHER_A_B_DIR/tether-boxed
+# (default /tmp), build tether-bench (`cargo build --release -p tether-bench`, or point BENCH
+# at it), then run this script; each line is "<round> <binary> <tether-bench idle --json>".
+# Uses port 18000 and 15,000 client connections (spread over 127.0.0.x by tether-bench).
 set -u
 cd "$(dirname "$0")/../.."
 for round in 1 2 3; do
