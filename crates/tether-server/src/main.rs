@@ -320,6 +320,13 @@ fn print_startup_banner(config: &Config, generated: &Generated, dev: bool) {
         out,
         "tether: starting on http://{address}:{port} (WebSocket at /connection/websocket, API at /api)"
     );
+    if config.tcp.enabled {
+        let _ = writeln!(
+            out,
+            "        raw TCP (varint-delimited Protobuf) on tcp://{}:{}",
+            config.tcp.address, config.tcp.port
+        );
+    }
     if dev {
         let _ = writeln!(
             out,
