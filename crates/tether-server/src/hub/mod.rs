@@ -77,6 +77,12 @@ pub struct Subscriber {
     /// delivered to it (its position must not move past the hole) until the session ends the
     /// subscription and the client recovers.
     stale: AtomicBool,
+    /// Right after activation: publications at or below this offset were already delivered
+    /// with the subscribe reply (from history) or from the parked ones. A networked engine
+    /// can deliver such a publication late — its history read may finish before its Pub/Sub
+    /// message arrives — so live delivery drops it. Cleared (0) by the first newer offset, so
+    /// a later epoch that restarts at offset 1 is never filtered.
+    skip_up_to: AtomicU64,
 }
 
 /// What a subscriber asked for.
@@ -215,6 +221,7 @@ impl Hub {
             conn: conn.clone(),
             flags,
             delta_primed: AtomicBool::new(false),
+            skip_up_to: AtomicU64::new(0),
             stale: AtomicBool::new(false),
             pending: Mutex::new(Some(Vec::new())),
         });
@@ -246,6 +253,7 @@ impl Hub {
             parked.clear();
         }
         let mut frames = head;
+        let mut covered = delivered_up_to.unwrap_or(0);
         for item in parked {
             if let (Some(top), Some(pos)) = (delivered_up_to, &item.position)
                 && pos.offset <= top
@@ -259,7 +267,13 @@ impl Hub {
                     return false;
                 }
             }
+            if let Some(pos) = &item.position {
+                covered = covered.max(pos.offset);
+            }
         }
+        // Still under the pending lock: live fan-out sees the bound as soon as it sees the
+        // subscription live.
+        sub.skip_up_to.store(covered, Ordering::Relaxed);
         sub.conn.enqueue_all(frames)
     }
 
@@ -394,6 +408,16 @@ impl Hub {
                         position: event.position.clone(),
                     });
                     continue;
+                }
+            }
+            if let Some(position) = &event.position {
+                let skip = sub.skip_up_to.load(Ordering::Relaxed);
+                if skip != 0 {
+                    if position.offset <= skip {
+                        // Already delivered with the subscribe reply: a late duplicate.
+                        continue;
+                    }
+                    sub.skip_up_to.store(0, Ordering::Relaxed);
                 }
             }
             match self.cached_frame(channel, sub, event, &mut variants) {
@@ -747,3 +771,55 @@ fn shard_of_seq(seq: u64) -> usize {
 
 /// Registry shards; a power of two well above the core count keeps lock contention low.
 const SHARDS: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::StreamPosition;
+
+    fn event(offset: u64) -> PublicationEvent {
+        PublicationEvent {
+            publication: Arc::new(Publication {
+                offset,
+                data: Bytes::from_static(b"{}"),
+                ..Default::default()
+            }),
+            position: Some(StreamPosition {
+                offset,
+                epoch: "e".to_owned(),
+            }),
+            previous: None,
+        }
+    }
+
+    fn queued(conn: &Conn) -> usize {
+        let mut frames = Vec::new();
+        conn.drain_frames(&mut frames, usize::MAX);
+        frames.len()
+    }
+
+    #[test]
+    fn a_late_publication_already_in_the_subscribe_reply_is_not_delivered_again() {
+        let hub = Hub::new();
+        let conn = hub.register(Encoding::Json, Framing::WebSocket, 1 << 20);
+        let flags = SubscriberFlags {
+            positioned: true,
+            ..Default::default()
+        };
+        let sub = hub.subscribe("ch", &conn, flags);
+        // The reply carried history up to offset 5; a parked 6 is replayed after it.
+        hub.deliver_publication("ch", &event(6));
+        assert!(hub.activate("ch", &sub, vec![Bytes::from_static(b"reply")], Some(5)));
+        assert_eq!(queued(&conn), 2, "the reply and the parked 6");
+        // 5 and 6 arrive late from the engine: both were delivered already.
+        hub.deliver_publication("ch", &event(5));
+        hub.deliver_publication("ch", &event(6));
+        assert_eq!(queued(&conn), 0);
+        // The next one is new and goes out; after it, the filter is gone, so a stream that
+        // restarts at offset 1 later is not swallowed.
+        hub.deliver_publication("ch", &event(7));
+        assert_eq!(queued(&conn), 1);
+        hub.deliver_publication("ch", &event(1));
+        assert_eq!(queued(&conn), 1);
+    }
+}
