@@ -372,18 +372,23 @@ impl FaultProxy {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     return;
                 };
+                // Subscribe before looking at `up`: a cut between the two is then seen by
+                // `changed()` instead of letting this link live through the outage.
+                let mut cut_rx = cut2.subscribe();
                 if !up2.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
-                let mut cut_rx = cut2.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;
                     };
+                    // Biased: once cut, not one more byte is forwarded, so a command sent
+                    // after the cut can never reach Redis (the outage is a clean partition).
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        biased;
                         _ = cut_rx.changed() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                     }
                 });
             }
