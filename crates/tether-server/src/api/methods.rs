@@ -79,26 +79,11 @@ fn decode<'a, T: Deserialize<'a>>(params: &'a RawValue) -> Result<T, CallError> 
     serde_json::from_str(params.get()).map_err(|_| CallError::Decode)
 }
 
+/// `publish` (one `channel`) and `broadcast` (several `channels`) share every other field.
 #[derive(Deserialize)]
 struct PublishRequest<'a> {
     #[serde(default)]
     channel: String,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-    #[serde(default)]
-    b64data: String,
-    #[serde(default)]
-    skip_history: bool,
-    #[serde(default)]
-    tags: BTreeMap<String, String>,
-    #[serde(default)]
-    idempotency_key: String,
-    #[serde(default)]
-    delta: bool,
-}
-
-#[derive(Deserialize)]
-struct BroadcastRequest<'a> {
     #[serde(default)]
     channels: Vec<String>,
     #[serde(borrow, default)]
@@ -130,25 +115,15 @@ fn payload(data: Option<&RawValue>, b64data: &str) -> Result<Bytes, ApiError> {
 
 async fn publish(node: &Node, req: PublishRequest<'_>) -> CallResult {
     let data = payload(req.data, &req.b64data)?;
-    let request = OnePublish {
-        data,
-        skip_history: req.skip_history,
-        tags: req.tags,
-        idempotency_key: req.idempotency_key,
-        delta: req.delta,
-    };
-    Ok(publish_one(node, &req.channel, &request).await?)
+    Ok(publish_one(node, &req.channel, &req, &data).await?)
 }
 
-struct OnePublish {
-    data: Bytes,
-    skip_history: bool,
-    tags: BTreeMap<String, String>,
-    idempotency_key: String,
-    delta: bool,
-}
-
-async fn publish_one(node: &Node, channel: &str, req: &OnePublish) -> Result<Value, ApiError> {
+async fn publish_one(
+    node: &Node,
+    channel: &str,
+    req: &PublishRequest<'_>,
+    data: &Bytes,
+) -> Result<Value, ApiError> {
     if channel.is_empty() {
         return Err(ApiError::BAD_REQUEST);
     }
@@ -168,7 +143,7 @@ async fn publish_one(node: &Node, channel: &str, req: &OnePublish) -> Result<Val
         })
     };
     let publication = Publication {
-        data: req.data.clone(),
+        data: data.clone(),
         tags: req.tags.clone(),
         delta: req.delta || ns.delta_publish,
         time_ms: node.now().unix * 1000,
@@ -191,20 +166,14 @@ async fn publish_one(node: &Node, channel: &str, req: &OnePublish) -> Result<Val
     })
 }
 
-async fn broadcast(node: &Node, req: BroadcastRequest<'_>) -> CallResult {
+async fn broadcast(node: &Node, req: PublishRequest<'_>) -> CallResult {
     if req.channels.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
     }
-    let request = OnePublish {
-        data: payload(req.data, &req.b64data)?,
-        skip_history: req.skip_history,
-        tags: req.tags,
-        idempotency_key: req.idempotency_key,
-        delta: req.delta,
-    };
+    let data = payload(req.data, &req.b64data)?;
     let mut responses = Vec::with_capacity(req.channels.len());
     for channel in &req.channels {
-        responses.push(match publish_one(node, channel, &request).await {
+        responses.push(match publish_one(node, channel, &req, &data).await {
             Ok(result) => json!({ "result": result }),
             Err(error) => json!({ "error": error.to_json() }),
         });
