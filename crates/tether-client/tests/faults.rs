@@ -79,33 +79,14 @@ async fn outage_with_history_kept_delivers_every_publication_once_in_order(trans
     let server = TestServer::start().await;
     let proxy = FaultProxy::start(server.upstream(transport)).await;
     let url = TestServer::url(transport, proxy.addr);
-    let (client, _events) = Client::new(&url, client_config("reader")).unwrap();
-    let (sub, mut sub_events) = client
-        .new_subscription("chat:outage", SubscriptionConfig::default())
-        .unwrap();
-    sub.subscribe();
-    client.connect();
-    wait_sub(&mut sub_events, SOON, |e| {
-        matches!(e, SubscriptionEvent::Subscribed { .. })
-    })
-    .await;
+    let (_client, _events, _sub, mut sub_events) = subscribed_reader(&url, "chat:outage").await;
 
     // The publisher talks to the server directly, so publications continue during outages.
-    let (publisher, _) = Client::new(
+    let publishing = publish_numbers(
         &TestServer::url(transport, server.upstream(transport)),
-        client_config("writer"),
-    )
-    .unwrap();
-    publisher.connect();
-    let publishing = tokio::spawn(async move {
-        for n in 1..=TOTAL {
-            publisher
-                .publish("chat:outage", n.to_string())
-                .await
-                .expect("direct publish");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    });
+        "chat:outage",
+        TOTAL,
+    );
 
     // Outages: a reset of every link, then a longer one where reconnects are refused.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -138,16 +119,7 @@ async fn restarted_node_reports_not_recovered(transport: Transport) {
     let server = TestServer::start().await;
     let (http, tcp) = (server.http, server.tcp);
     let url = TestServer::url(transport, server.upstream(transport));
-    let (client, mut events) = Client::new(&url, client_config("reader")).unwrap();
-    let (sub, mut sub_events) = client
-        .new_subscription("chat:restart", SubscriptionConfig::default())
-        .unwrap();
-    sub.subscribe();
-    client.connect();
-    wait_sub(&mut sub_events, SOON, |e| {
-        matches!(e, SubscriptionEvent::Subscribed { .. })
-    })
-    .await;
+    let (client, mut events, _sub, mut sub_events) = subscribed_reader(&url, "chat:restart").await;
     client.publish("chat:restart", "1").await.unwrap();
     wait_sub(&mut sub_events, SOON, |e| {
         matches!(e, SubscriptionEvent::Publication(_))
@@ -508,32 +480,14 @@ async fn restarted_node_on_redis_keeps_history_and_recovers_everything(transport
     let (http, tcp) = (subscriber_node.http, subscriber_node.tcp);
 
     let url = TestServer::url(transport, subscriber_node.upstream(transport));
-    let (client, _events) = Client::new(&url, client_config("reader")).unwrap();
-    let (sub, mut sub_events) = client
-        .new_subscription("chat:redis-restart", SubscriptionConfig::default())
-        .unwrap();
-    sub.subscribe();
-    client.connect();
-    wait_sub(&mut sub_events, SOON, |e| {
-        matches!(e, SubscriptionEvent::Subscribed { .. })
-    })
-    .await;
+    let (_client, _events, _sub, mut sub_events) =
+        subscribed_reader(&url, "chat:redis-restart").await;
 
-    let (publisher, _) = Client::new(
+    let publishing = publish_numbers(
         &TestServer::url(transport, publisher_node.upstream(transport)),
-        client_config("writer"),
-    )
-    .unwrap();
-    publisher.connect();
-    let publishing = tokio::spawn(async move {
-        for n in 1..=TOTAL {
-            publisher
-                .publish("chat:redis-restart", n.to_string())
-                .await
-                .expect("publish on the other node");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    });
+        "chat:redis-restart",
+        TOTAL,
+    );
 
     // The subscriber's node goes away mid-stream and comes back on the same ports.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -601,4 +555,43 @@ async fn receive_all_once_in_order(
         "every publication exactly once, in order"
     );
     recoveries
+}
+
+/// A client subscribed to `channel` at `url` (kept alive by the returned handles), once the
+/// subscription is confirmed.
+async fn subscribed_reader(
+    url: &str,
+    channel: &str,
+) -> (
+    Client,
+    tether_client::ClientEvents,
+    tether_client::Subscription,
+    tether_client::SubscriptionEvents,
+) {
+    let (client, events) = Client::new(url, client_config("reader")).unwrap();
+    let (sub, mut sub_events) = client
+        .new_subscription(channel, SubscriptionConfig::default())
+        .unwrap();
+    sub.subscribe();
+    client.connect();
+    wait_sub(&mut sub_events, SOON, |e| {
+        matches!(e, SubscriptionEvent::Subscribed { .. })
+    })
+    .await;
+    (client, events, sub, sub_events)
+}
+
+/// Publishes `1..=total` (as text) to `channel` through its own client at `url`, every 25 ms.
+fn publish_numbers(url: &str, channel: &'static str, total: u32) -> tokio::task::JoinHandle<()> {
+    let (publisher, _) = Client::new(url, client_config("writer")).unwrap();
+    publisher.connect();
+    tokio::spawn(async move {
+        for n in 1..=total {
+            publisher
+                .publish(channel, n.to_string())
+                .await
+                .unwrap_or_else(|e| panic!("publish {n}: {e}"));
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
 }
