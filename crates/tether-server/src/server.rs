@@ -383,10 +383,11 @@ impl Acceptor<'_> {
                         let span = debug_span!(
                             "conn", transport = "tcp", %peer, client = field::Empty, user = field::Empty
                         );
-                        self.tracker.spawn(
+                        // In the span: the driver is made before the future (see tcp.rs).
+                        let serve = span.in_scope(|| {
                             crate::transport::tcp::handle_connection(self.node.clone(), stream, peer)
-                                .instrument(span),
-                        );
+                        });
+                        self.tracker.spawn(serve.instrument(span));
                     }
                     Err(error) => {
                         warn!(%error, "tcp accept failed");

@@ -3,18 +3,20 @@
 //! The driver task owns the socket and the session; everybody else (fan-out, the heartbeat
 //! sweeper, the server API) talks to a connection only through its [`Conn`] handle: they
 //! append pre-encoded frames to its bounded queue, post control messages, or ask it to
-//! close. The driver is woken through one `Notify` and drains the queue with vectored
-//! writes. Nobody ever waits on a connection.
+//! close. The driver is woken through one [`AtomicWaker`] (a flag and the driver task's
+//! waker: smaller than a `Notify` and its waiting future, which every idle connection would
+//! carry) and drains the queue with vectored writes. Nobody ever waits on a connection.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
+use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tether_proto::Encoding;
 use tether_proto::codes::DisconnectCode;
-use tokio::sync::Notify;
 
 use crate::broker::{ClientInfo, Publication, StreamPosition};
 
@@ -152,7 +154,10 @@ pub struct Conn {
     /// Set once the driver has taken a close request; makes later enqueues no-ops.
     closing: AtomicBool,
     inner: Mutex<Inner>,
-    wake: Notify,
+    /// Set by every wake, cleared by the driver when it takes the wake.
+    woken: AtomicBool,
+    /// The driver task, woken when something arrives for it.
+    waker: AtomicWaker,
 }
 
 #[derive(Debug, Default)]
@@ -193,7 +198,8 @@ impl Conn {
             queue_limit,
             closing: AtomicBool::new(false),
             inner: Mutex::new(Inner::default()),
-            wake: Notify::new(),
+            woken: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         }
     }
 
@@ -241,49 +247,77 @@ impl Conn {
             if inner.queued_bytes + frame.len() > self.queue_limit {
                 inner.close.get_or_insert(DisconnectCode::SLOW.into());
                 drop(inner);
-                self.wake.notify_one();
+                self.wake();
                 return false;
             }
             inner.queued_bytes += frame.len();
             inner.queue.push_back(frame);
         }
         drop(inner);
-        self.wake.notify_one();
+        self.wake();
         true
     }
 
     /// Posts a control message for the session.
     pub fn post(&self, control: Control) {
         self.inner.lock().controls.push(control);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// Asks the driver to close the connection; the first reason wins.
     pub fn close(&self, disconnect: Disconnect) {
         self.inner.lock().close.get_or_insert(disconnect);
-        self.wake.notify_one();
+        self.wake();
+    }
+
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once something was queued, posted or a close was requested since the last
+    /// ready poll; registers the polling task to be woken otherwise. A wake that lands
+    /// between two polls is kept, never lost.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Waits until something was queued, posted or a close was requested.
-    /// Cancel-safe: a permit stored by `notify_one` survives a dropped wait.
     pub async fn notified(&self) {
-        self.wake.notified().await;
+        std::future::poll_fn(|cx| self.poll_woken(cx)).await;
     }
 
     /// Moves queued frames into `out` (up to `max` frames) and returns their byte count.
+    ///
+    /// When `out` is empty and the whole queue fits, the queue's buffer itself moves into
+    /// `out` (no copy, no allocation); either way an emptied queue keeps no capacity, so an
+    /// idle connection holds no queue buffer.
     pub fn drain_frames(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
         let mut inner = self.inner.lock();
-        let n = inner.queue.len().min(max);
-        let mut bytes = 0;
-        for frame in inner.queue.drain(..n) {
-            bytes += frame.len();
-            out.push(frame);
-        }
+        let bytes = if out.is_empty() && inner.queue.len() <= max {
+            *out = Vec::from(std::mem::take(&mut inner.queue));
+            out.iter().map(Bytes::len).sum()
+        } else {
+            let n = inner.queue.len().min(max);
+            let mut bytes = 0;
+            for frame in inner.queue.drain(..n) {
+                bytes += frame.len();
+                out.push(frame);
+            }
+            if inner.queue.is_empty() {
+                inner.queue = VecDeque::new();
+            }
+            bytes
+        };
         inner.queued_bytes -= bytes;
-        if inner.queue.is_empty() && inner.queue.capacity() > IDLE_QUEUE_CAPACITY {
-            // Give back memory a burst grew; an idle connection keeps no buffer.
-            inner.queue = VecDeque::new();
-        }
         bytes
     }
 
@@ -317,9 +351,6 @@ impl Conn {
     }
 }
 
-/// A drained queue keeps at most this many slots of capacity.
-const IDLE_QUEUE_CAPACITY: usize = 8;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,7 +381,14 @@ mod tests {
         assert_eq!(c.drain_frames(&mut out, 64), 64 * 3);
         assert_eq!(c.drain_frames(&mut out, 64), 36 * 3);
         assert!(!c.has_frames());
-        assert!(c.inner.lock().queue.capacity() <= IDLE_QUEUE_CAPACITY);
+        assert_eq!(c.inner.lock().queue.capacity(), 0);
+        // A queue that fits moves into an empty `out` whole, in order.
+        c.enqueue(Bytes::from_static(b"x"));
+        c.enqueue(Bytes::from_static(b"yz"));
+        let mut out = Vec::new();
+        assert_eq!(c.drain_frames(&mut out, 64), 3);
+        assert_eq!(out, [Bytes::from_static(b"x"), Bytes::from_static(b"yz")]);
+        assert_eq!(c.inner.lock().queue.capacity(), 0);
         // The byte count went back to zero: a full-limit frame fits again.
         assert!(c.enqueue(Bytes::from(vec![0; 1 << 20])));
     }

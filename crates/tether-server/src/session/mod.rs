@@ -2,18 +2,18 @@
 //!
 //! A [`Session`] holds what the protocol needs to remember about one connection (its state,
 //! user, subscriptions and expiries) and turns each decoded [`Command`] into replies on the
-//! connection's outbound queue and calls into the hub and broker. It performs no socket I/O
-//! and never awaits: the driver in `transport` feeds it commands and control messages with
-//! the current time, and acts on the [`Disconnect`] it may return.
+//! connection's outbound queue and calls into the hub and broker. It performs no socket I/O:
+//! the driver in `transport` feeds it commands and control messages with the current time,
+//! and acts on the [`Disconnect`] it may return; it awaits only the engine.
 //!
 //! Commands of one frame are handled in order, so the reply to `connect` is queued before the
 //! replies to the `subscribe` commands that centrifuge-js batches behind it.
 
 mod channel;
 mod rate;
+mod subs;
 mod subscribe;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -63,7 +63,7 @@ pub struct Session {
     user: Arc<str>,
     /// Unix seconds at which the connection's credentials expire (`None` = never).
     expires_at: Option<i64>,
-    subs: HashMap<String, SubState>,
+    subs: subs::Subs,
     /// Error replies sent so far (tells the metrics whether a command failed).
     error_replies: u32,
     /// `client.command_rate_limit` state (pongs are not charged).
@@ -92,7 +92,7 @@ impl Session {
             state: State::Connecting,
             user: Arc::from(""),
             expires_at: None,
-            subs: HashMap::new(),
+            subs: subs::Subs::default(),
             error_replies: 0,
             rate: rate::CommandLimiter::default(),
         }

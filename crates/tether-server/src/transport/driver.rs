@@ -3,7 +3,10 @@
 //!
 //! It waits for one of three things — the socket is readable, the socket is writable while
 //! frames are pending, or the connection's handle was woken (frames queued, a control
-//! message, a close request) — and never holds a buffer while idle: reads go into a
+//! message, a close request) — in one hand-polled wait ([`Driver::poll_wake`]), so the
+//! state an idle connection's task keeps is little more than the [`Driver`] itself: the work
+//! done on a wake and the close sequence run in boxed futures. It never holds a buffer while
+//! idle: reads go into a
 //! per-thread scratch buffer and only a partial frame is kept (inside the [`WsReader`], or
 //! the partial delimited command of a TCP connection). Outbound frames are shared `Bytes`
 //! drained from the handle in batches and written with one vectored write.
@@ -15,6 +18,7 @@
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -24,8 +28,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use super::limits::Slot;
 use super::ws::{self, Opcode, WsEvent, WsLimits, WsReader};
-use crate::hub::{ConnHandle, Disconnect, Framing};
+use crate::hub::{ConnHandle, Control, Disconnect, Framing};
 use crate::metrics::TransportKind;
 use crate::server::Node;
 use crate::session::Session;
@@ -92,62 +97,97 @@ impl Wire {
     }
 }
 
-struct Driver {
+/// One connection being served: the socket, the session and what is owed to the peer.
+#[derive(Debug)]
+pub(super) struct Driver {
     node: Arc<Node>,
     conn: ConnHandle,
     stream: TcpStream,
     session: Session,
     wire: Wire,
+    /// Bytes read past the HTTP upgrade request, handled first (then released).
+    leftover: Vec<u8>,
     /// Frames taken from the queue and not yet fully written; `offset` bytes of the first
     /// are already on the wire.
     out: Vec<Bytes>,
     offset: usize,
+    /// The node's gauge of open connections of this transport and encoding.
+    open: metrics::Gauge,
+    /// The connection's admission slot, released when the driver is dropped.
+    _slot: Slot,
 }
 
-/// Serves a connection (an upgraded WebSocket, or a raw TCP stream) until it ends, then
-/// cleans up the session. `leftover` holds bytes read past the HTTP upgrade request.
-pub(super) async fn run(
-    node: Arc<Node>,
-    stream: TcpStream,
-    conn: ConnHandle,
-    leftover: Vec<u8>,
-    wire: Wire,
-) {
-    tracing::Span::current().record("client", tracing::field::display(&conn.client));
-    let transport = match conn.framing {
-        Framing::WebSocket => TransportKind::WebSocket,
-        Framing::Tcp => TransportKind::Tcp,
-    };
-    let open = node
-        .metrics
-        .connections(transport, conn.encoding == tether_proto::Encoding::Protobuf)
-        .clone();
-    open.increment(1.0);
-    let now = node.now();
-    let stale = node.config.client.stale_close_delay.as_millis() as u64;
-    conn.with_heartbeat(|hb| hb.stale_at = now.ms + stale.max(1));
-    let mut driver = Driver {
-        session: Session::new(conn.clone()),
-        node,
-        conn,
-        stream,
-        wire,
-        out: Vec::new(),
-        offset: 0,
-    };
-    let end = driver.serve(&leftover).await;
-    drop(leftover);
-    driver.finish(end).await;
-    open.decrement(1.0);
+/// A connection ready to be served: accepted, admitted and registered.
+#[derive(Debug)]
+pub(super) struct Accepted {
+    pub(super) stream: TcpStream,
+    pub(super) conn: ConnHandle,
+    /// Bytes read past the HTTP upgrade request (empty on raw TCP).
+    pub(super) leftover: Vec<u8>,
+    pub(super) wire: Wire,
+    /// The connection's admission slot, released when serving ends.
+    pub(super) slot: Slot,
 }
 
 impl Driver {
-    async fn serve(&mut self, leftover: &[u8]) -> End {
+    /// Takes charge of an accepted connection: counts it open and starts its connect
+    /// deadline.
+    pub(super) fn new(node: Arc<Node>, accepted: Accepted) -> Self {
+        let Accepted {
+            stream,
+            conn,
+            leftover,
+            wire,
+            slot,
+        } = accepted;
+        tracing::Span::current().record("client", tracing::field::display(&conn.client));
+        let transport = match conn.framing {
+            Framing::WebSocket => TransportKind::WebSocket,
+            Framing::Tcp => TransportKind::Tcp,
+        };
+        let open = node
+            .metrics
+            .connections(transport, conn.encoding == tether_proto::Encoding::Protobuf)
+            .clone();
+        open.increment(1.0);
+        let now = node.now();
+        let stale = node.config.client.stale_close_delay.as_millis() as u64;
+        conn.with_heartbeat(|hb| hb.stale_at = now.ms + stale.max(1));
+        Self {
+            session: Session::new(conn.clone()),
+            node,
+            conn,
+            stream,
+            wire,
+            leftover,
+            out: Vec::new(),
+            offset: 0,
+            open,
+            _slot: slot,
+        }
+    }
+
+    /// Serves the connection until it ends, then cleans up the session.
+    ///
+    /// The future lives as long as the connection, inside its task. Taking `&mut self`
+    /// (the caller's future owns the driver) keeps one copy of the driver in it, and the
+    /// wait for the next event is hand-polled, so an idle connection's task holds little
+    /// more than the driver: the work done on a wake and the close sequence run in boxed
+    /// futures.
+    pub(super) async fn run(&mut self) {
+        let end = self.serve().await;
+        Box::pin(self.finish(end)).await;
+        self.open.decrement(1.0);
+    }
+
+    async fn serve(&mut self) -> End {
+        let leftover = std::mem::take(&mut self.leftover);
         if !leftover.is_empty()
-            && let Err(end) = self.on_bytes(leftover).await
+            && let Err(end) = Box::pin(self.on_bytes(&leftover)).await
         {
             return end;
         }
+        drop(leftover);
         loop {
             if let Err(end) = self.apply_work().await {
                 return end;
@@ -156,21 +196,41 @@ impl Driver {
                 return End::Io(error);
             }
             let want_write = !self.out.is_empty();
-            let conn = self.conn.clone();
-            let event = tokio::select! {
-                () = conn.notified() => Wake::Handle,
-                ready = self.stream.readable() => Wake::Readable(ready),
-                ready = self.stream.writable(), if want_write => Wake::Writable(ready),
-            };
-            match event {
-                Wake::Handle | Wake::Writable(Ok(())) => {}
-                Wake::Readable(Ok(())) => {
-                    if let Err(end) = self.read().await {
+            match std::future::poll_fn(|cx| self.poll_wake(cx, want_write)).await {
+                Ok(true) => {
+                    // Boxed: handling input reaches into the session and the engine; inline
+                    // its state would size every idle connection's task.
+                    if let Err(end) = Box::pin(self.read()).await {
                         return end;
                     }
                 }
-                Wake::Readable(Err(error)) | Wake::Writable(Err(error)) => return End::Io(error),
+                Ok(false) => {}
+                Err(error) => return End::Io(error),
             }
+        }
+    }
+
+    /// The one place a connection waits: ready when the handle was woken (frames queued,
+    /// a control message, a close request), the socket is readable, or it is writable while
+    /// frames are pending. Every source is polled on every call, so none starves another;
+    /// the result says whether the socket is readable.
+    fn poll_wake(&self, cx: &mut Context<'_>, want_write: bool) -> Poll<io::Result<bool>> {
+        let woken = self.conn.poll_woken(cx).is_ready();
+        let readable = match self.stream.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+            Poll::Pending => false,
+        };
+        let writable = want_write
+            && match self.stream.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => true,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => false,
+            };
+        if woken || readable || writable {
+            Poll::Ready(Ok(readable))
+        } else {
+            Poll::Pending
         }
     }
 
@@ -180,11 +240,19 @@ impl Driver {
         if let Some(disconnect) = work.close {
             return Err(End::Disconnect(disconnect));
         }
-        for control in work.controls {
+        if work.controls.is_empty() {
+            return Ok(());
+        }
+        // Boxed (here and for input): the session's futures reach into the engine and are
+        // large; inline they would size every idle connection task for them.
+        Box::pin(self.apply_controls(work.controls)).await
+    }
+
+    async fn apply_controls(&mut self, controls: Vec<Control>) -> Result<(), End> {
+        for control in controls {
             let now = self.node.now();
-            // Boxed (here and for commands): the session's futures reach into the engine and
-            // are large; inline they would size every idle connection task for them.
-            Box::pin(self.session.handle_control(&self.node, control, now))
+            self.session
+                .handle_control(&self.node, control, now)
                 .await
                 .map_err(End::Disconnect)?;
         }
@@ -254,7 +322,8 @@ impl Driver {
                 Err(_) => return Err(End::Disconnect(DisconnectCode::BAD_REQUEST.into())),
             };
             let now = self.node.now();
-            Box::pin(self.session.handle_command(&self.node, command, now))
+            self.session
+                .handle_command(&self.node, command, now)
                 .await
                 .map_err(End::Disconnect)?;
         }
@@ -291,7 +360,8 @@ impl Driver {
                     .decode_commands(&payload)
                     .map_err(|_| End::Disconnect(DisconnectCode::BAD_REQUEST.into()))?;
                 let now = self.node.now();
-                Box::pin(self.session.handle_commands(&self.node, commands, now))
+                self.session
+                    .handle_commands(&self.node, commands, now)
                     .await
                     .map_err(End::Disconnect)
             }
@@ -312,9 +382,8 @@ impl Driver {
             if self.out.is_empty() {
                 self.conn.drain_frames(&mut self.out, MAX_BATCH);
                 if self.out.is_empty() {
-                    if self.out.capacity() > MAX_BATCH {
-                        self.out = Vec::new();
-                    }
+                    // Everything is written: an idle connection keeps no buffer.
+                    self.out = Vec::new();
                     return Ok(());
                 }
             }
@@ -350,7 +419,7 @@ impl Driver {
     }
 
     /// Sends what is owed (replies before the close, then the close frame) and cleans up.
-    async fn finish(mut self, end: End) {
+    async fn finish(&mut self, end: End) {
         let client = self.conn.client.clone();
         let metrics = &self.node.metrics;
         metrics.disconnected(match &end {
@@ -409,12 +478,6 @@ impl Driver {
             let _ = self.stream.shutdown().await;
         }
     }
-}
-
-enum Wake {
-    Handle,
-    Readable(io::Result<()>),
-    Writable(io::Result<()>),
 }
 
 thread_local! {

@@ -29,12 +29,35 @@ use crate::hub::Framing;
 use crate::server::Node;
 
 /// Serves one accepted socket to the end.
-pub async fn handle_connection(
+///
+/// The returned future is the connection's task for its whole life, so it is built to stay
+/// small: the handshake (request head, its timer, or the API's hyper connection) runs in a
+/// boxed future that is freed before the WebSocket is served, and then the future holds one
+/// [`driver::Driver`] and the driver's wait.
+pub fn handle_connection(
+    node: Arc<Node>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    api: axum::Router,
+) -> impl Future<Output = ()> + Send {
+    let handshake = Box::pin(accept(node, stream, peer, api));
+    async move {
+        // Served in place (`&mut`): moving the driver out of the option would keep two
+        // copies of it in this future.
+        if let Some(driver) = &mut handshake.await {
+            driver.run().await;
+        }
+    }
+}
+
+/// Reads the request head, then either answers a WebSocket upgrade (returning the driver
+/// of the connection to serve) or serves the HTTP API on the socket to its end (`None`).
+async fn accept(
     node: Arc<Node>,
     mut stream: TcpStream,
     peer: SocketAddr,
     api: axum::Router,
-) {
+) -> Option<driver::Driver> {
     let _ = stream.set_nodelay(true);
     let limits = HandshakeLimits {
         max_head_bytes: node.config.http_server.max_request_head_size,
@@ -46,49 +69,48 @@ pub async fn handle_connection(
         head = tokio::time::timeout(timeout, read_head(&mut stream, &mut buf, &limits)) => head,
         () = node.shutdown.cancelled() => {
             debug!(%peer, "shutting down before the request head arrived");
-            return;
+            return None;
         }
     };
     let (head, consumed) = match head {
         Ok(Ok(Some(parsed))) => parsed,
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Err(status)) => {
             let _ = stream
                 .write_all(&handshake::error_response(status, "bad request"))
                 .await;
-            return;
+            return None;
         }
         Err(_) => {
             debug!(%peer, "request head not received in time");
-            return;
+            return None;
         }
     };
     if head.path == WEBSOCKET_PATH {
         let leftover = buf.split_off(consumed);
         drop(buf);
-        upgrade(node, stream, peer, head, leftover).await;
-    } else {
-        let io = TokioIo::new(rewind::Rewind::new(buf, stream));
-        let service = hyper_util::service::TowerToHyperService::new(api);
-        // Boxed: a hyper connection future is large, and inline it would size every
-        // connection task, WebSocket ones included, for the API's needs.
-        let mut conn = Box::pin(
-            hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(io, service),
-        );
-        // In-flight requests finish at shutdown; idle keep-alive connections close.
-        let served = tokio::select! {
-            served = conn.as_mut() => served,
-            () = node.shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
-        if let Err(error) = served {
-            debug!(%peer, %error, "http connection ended with an error");
-        }
+        let accepted = upgrade(&node, stream, peer, head, leftover).await?;
+        return Some(driver::Driver::new(node, accepted));
     }
+    let io = TokioIo::new(rewind::Rewind::new(buf, stream));
+    let service = hyper_util::service::TowerToHyperService::new(api);
+    let mut conn = std::pin::pin!(
+        hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(io, service)
+    );
+    // In-flight requests finish at shutdown; idle keep-alive connections close.
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        () = node.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = served {
+        debug!(%peer, %error, "http connection ended with an error");
+    }
+    None
 }
 
 /// Reads until a complete request head; `Ok(None)` when the peer closed first, `Err(status)`
@@ -116,15 +138,15 @@ async fn read_head(
     }
 }
 
-/// Checks and answers a WebSocket upgrade, then serves the connection. The request head is
+/// Checks and answers a WebSocket upgrade and registers the connection. The request head is
 /// dropped before the connection's long life begins: an idle connection keeps none of it.
 async fn upgrade(
-    node: Arc<Node>,
+    node: &Node,
     mut stream: TcpStream,
     peer: SocketAddr,
     head: RequestHead,
     leftover: Vec<u8>,
-) {
+) -> Option<driver::Accepted> {
     let upgrade = match handshake::check_upgrade(&head) {
         Ok(upgrade) => upgrade,
         Err(error) => {
@@ -134,7 +156,7 @@ async fn upgrade(
                     "websocket upgrade expected",
                 ))
                 .await;
-            return;
+            return None;
         }
     };
     if let Some(origin) = head.header("origin")
@@ -144,7 +166,7 @@ async fn upgrade(
         let _ = stream
             .write_all(&handshake::error_response(403, "origin not allowed"))
             .await;
-        return;
+        return None;
     }
     // Limits are checked after the request proved to be a valid upgrade, so junk does not
     // spend the connection rate; the slot is held until the connection ends.
@@ -153,14 +175,14 @@ async fn upgrade(
     } else {
         node.admission.admit(peer.ip(), tokio::time::Instant::now())
     };
-    let _slot = match admitted {
+    let slot = match admitted {
         Ok(slot) => slot,
         Err(refused) => {
             debug!(%peer, %refused, "websocket upgrade refused");
             let _ = stream
                 .write_all(&handshake::error_response(503, &refused.to_string()))
                 .await;
-            return;
+            return None;
         }
     };
     let (encoding, protocol) = negotiate(&head, &upgrade.offered_protocols);
@@ -168,7 +190,7 @@ async fn upgrade(
     drop(head);
     drop(upgrade);
     if stream.write_all(&response).await.is_err() {
-        return;
+        return None;
     }
     drop(response);
     let conn = node.hub.register(
@@ -176,8 +198,13 @@ async fn upgrade(
         Framing::WebSocket,
         node.config.client.queue_max_size,
     );
-    let wire = driver::Wire::websocket(&node);
-    driver::run(node, stream, conn, leftover, wire).await;
+    Some(driver::Accepted {
+        stream,
+        conn,
+        leftover,
+        wire: driver::Wire::websocket(node),
+        slot,
+    })
 }
 
 /// Picks the encoding: the `centrifuge-protobuf` subprotocol or a `format` / `cf_protocol`

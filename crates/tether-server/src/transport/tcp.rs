@@ -20,32 +20,57 @@ use tether_proto::{Encoding, Push, Reply};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::driver::{self, Wire};
+use super::driver::{self, Driver, Wire};
 use crate::hub::{Disconnect, Framing};
 use crate::server::Node;
 
 /// Serves one accepted raw TCP connection to the end.
-pub async fn handle_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
+///
+/// Admission, registration and the driver are made before the future is built (call it
+/// inside the connection's span); the future holds the [`Driver`] and its wait (see
+/// [`super::handle_connection`]).
+pub fn handle_connection(
+    node: Arc<Node>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send {
     // Over a limit the socket is closed as it is: raw TCP has no way to say why.
-    let _slot = match node.admission.admit(peer.ip(), tokio::time::Instant::now()) {
-        Ok(slot) => slot,
+    let driver = match node.admission.admit(peer.ip(), tokio::time::Instant::now()) {
+        Ok(slot) => {
+            let _ = stream.set_nodelay(true);
+            if let Err(error) = set_keepalive(&stream) {
+                debug!(%peer, %error, "cannot enable tcp keepalive");
+            }
+            let conn = node.hub.register(
+                Encoding::Protobuf,
+                Framing::Tcp,
+                node.config.client.queue_max_size,
+            );
+            debug!(%peer, client = %conn.client, "tcp connection accepted");
+            let wire = Wire::tcp(&node);
+            Some(Driver::new(
+                node,
+                driver::Accepted {
+                    stream,
+                    conn,
+                    leftover: Vec::new(),
+                    wire,
+                    slot,
+                },
+            ))
+        }
         Err(refused) => {
             debug!(%peer, %refused, "tcp connection refused");
-            return;
+            None
         }
     };
-    let _ = stream.set_nodelay(true);
-    if let Err(error) = set_keepalive(&stream) {
-        debug!(%peer, %error, "cannot enable tcp keepalive");
+    let mut driver = driver;
+    async move {
+        // Served in place: see `super::handle_connection`.
+        if let Some(driver) = &mut driver {
+            driver.run().await;
+        }
     }
-    let conn = node.hub.register(
-        Encoding::Protobuf,
-        Framing::Tcp,
-        node.config.client.queue_max_size,
-    );
-    debug!(%peer, client = %conn.client, "tcp connection accepted");
-    let wire = Wire::tcp(&node);
-    driver::run(node, stream, conn, Vec::new(), wire).await;
 }
 
 /// Turns on TCP keepalive: probes after 30 s of silence, then every 10 s, so a peer that
