@@ -94,7 +94,9 @@ mod tests {
         assert_eq!(subs.len(), 2);
         assert!(subs.get("a").is_some_and(|s| s.server_side));
         assert!(subs.contains_key("b") && !subs.contains_key("c"));
-        subs.get_mut("b").map(|s| s.presence = true);
+        if let Some(s) = subs.get_mut("b") {
+            s.presence = true;
+        }
         assert!(subs.get("b").is_some_and(|s| s.presence));
         assert!(subs.remove("a").is_some_and(|s| s.server_side));
         assert!(subs.remove("a").is_none());
