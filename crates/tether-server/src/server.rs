@@ -30,8 +30,11 @@ use tracing::{Instrument, debug, debug_span, field, info, warn};
 
 use crate::api::cluster::Cluster;
 use crate::auth::TokenVerifier;
-use crate::broker::redis::{ControlReceiver, RedisStartError};
-use crate::broker::{Engine, MemoryBroker, RedisEngine, RedisOptions};
+use crate::broker::nats::NatsStartError;
+use crate::broker::redis::RedisStartError;
+use crate::broker::{
+    ControlReceiver, Engine, MemoryBroker, NatsBroker, NatsOptions, RedisEngine, RedisOptions,
+};
 use crate::config::{Config, EngineKind};
 use crate::hub::{Hub, HubEvents, SweepSettings};
 use crate::metrics::Metrics;
@@ -84,6 +87,10 @@ pub enum StartError {
     /// The configured engine could not be built.
     #[error("cannot start the engine")]
     Engine(#[from] RedisStartError),
+    /// The NATS broker could not connect (`broker.nats.url` unreachable within
+    /// `broker.nats.dial_timeout`).
+    #[error("cannot start the nats broker")]
+    Broker(#[from] NatsStartError),
     /// The listen address could not be bound.
     #[error("cannot bind {addr}")]
     Bind {
@@ -96,8 +103,9 @@ pub enum StartError {
 }
 
 impl Node {
-    /// Builds a node from a validated config.
-    pub fn new(config: Config) -> Result<Arc<Self>, StartError> {
+    /// Builds a node from a validated config. With the NATS broker this connects to NATS and
+    /// fails when it does not answer within the dial timeout.
+    pub async fn new(config: Config) -> Result<Arc<Self>, StartError> {
         let tokens = TokenVerifier::new(&config.client.token)?;
         let sub_tokens = if config.client.subscription_token.enabled {
             Some(TokenVerifier::new(&config.client.subscription_token.token)?)
@@ -117,7 +125,22 @@ impl Node {
             })
             .collect();
         let events = Arc::new(HubEvents(hub.clone()));
+        let id = uuid::Uuid::new_v4().to_string();
         let (engine, control) = match config.engine.kind {
+            // Validated: the NATS broker runs with the memory engine (presence per node).
+            EngineKind::Memory if config.broker.enabled => {
+                let nats = &config.broker.nats;
+                let options = NatsOptions {
+                    url: nats.url.clone(),
+                    prefix: nats.prefix.clone(),
+                    dial_timeout: nats.dial_timeout,
+                    write_timeout: nats.write_timeout,
+                    node_id: id.clone(),
+                };
+                let (broker, control) = NatsBroker::start(options, events.clone()).await?;
+                let presence = MemoryBroker::new(events);
+                (Engine::Nats { broker, presence }, Some(control))
+            }
             EngineKind::Memory => (Engine::Memory(MemoryBroker::new(events)), None),
             EngineKind::Redis => {
                 let redis = &config.engine.redis;
@@ -147,7 +170,7 @@ impl Node {
             tokens,
             sub_tokens,
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            id: uuid::Uuid::new_v4().to_string(),
+            id,
             name,
             shutdown: CancellationToken::new(),
             draining: CancellationToken::new(),
@@ -252,7 +275,7 @@ impl Server {
             .tcp
             .enabled
             .then(|| format!("{}:{}", config.tcp.address, config.tcp.port));
-        let node = Node::new(config)?;
+        let node = Node::new(config).await?;
         let (listener, local_addr) = bind_listener(addr).await?;
         let tcp = match tcp_addr {
             Some(addr) => Some(bind_listener(addr).await?),

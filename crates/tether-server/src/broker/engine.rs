@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use bytes::Bytes;
 
 use super::{
-    BrokerError, ClientInfo, HistoryPage, HistoryQuery, MemoryBroker, PresenceStats, Publication,
-    PublishOptions, Published, RedisEngine,
+    BrokerError, ClientInfo, HistoryPage, HistoryQuery, MemoryBroker, NatsBroker, PresenceStats,
+    Publication, PublishOptions, Published, RedisEngine,
 };
 
 /// The configured engine. Clone = handle clone.
@@ -25,6 +25,13 @@ pub enum Engine {
     Memory(MemoryBroker),
     /// Several nodes sharing Redis: Pub/Sub fan-out, Streams history, presence with TTL.
     Redis(RedisEngine),
+    /// Several nodes sharing NATS: fan-out and control through NATS, no history.
+    Nats {
+        /// Publications, joins, leaves and cluster control.
+        broker: NatsBroker,
+        /// Presence of this node's connections (per node, as with the memory engine).
+        presence: MemoryBroker,
+    },
 }
 
 impl Engine {
@@ -38,6 +45,16 @@ impl Engine {
         match self {
             Self::Memory(m) => m.publish(channel, publication, opts, Instant::now()),
             Self::Redis(r) => r.publish(channel, publication, opts).await,
+            Self::Nats { broker, .. } => {
+                if opts
+                    .history
+                    .is_some_and(|history| history.size > 0 && !history.ttl.is_zero())
+                {
+                    return Err(BrokerError::NotAvailable);
+                }
+                broker.publish(channel, &publication).await?;
+                Ok(Published::default())
+            }
         }
     }
 
@@ -50,6 +67,10 @@ impl Engine {
         match self {
             Self::Memory(m) => m.history(channel, query, Instant::now()),
             Self::Redis(r) => r.history(channel, query).await,
+            Self::Nats { .. } => {
+                let _ = (channel, query);
+                Err(BrokerError::NotAvailable)
+            }
         }
     }
 
@@ -61,6 +82,10 @@ impl Engine {
                 Ok(())
             }
             Self::Redis(r) => r.remove_history(channel).await,
+            Self::Nats { .. } => {
+                let _ = channel;
+                Err(BrokerError::NotAvailable)
+            }
         }
     }
 
@@ -73,6 +98,7 @@ impl Engine {
                 Ok(())
             }
             Self::Redis(r) => r.subscribe(channel).await,
+            Self::Nats { broker, .. } => broker.subscribe(channel).await,
         }
     }
 
@@ -84,6 +110,7 @@ impl Engine {
                 Ok(())
             }
             Self::Redis(r) => r.unsubscribe(channel).await,
+            Self::Nats { broker, .. } => broker.unsubscribe(channel).await,
         }
     }
 
@@ -95,6 +122,7 @@ impl Engine {
                 Ok(())
             }
             Self::Redis(r) => r.publish_join(channel, info).await,
+            Self::Nats { broker, .. } => broker.publish_join(channel, info).await,
         }
     }
 
@@ -106,6 +134,7 @@ impl Engine {
                 Ok(())
             }
             Self::Redis(r) => r.publish_leave(channel, info).await,
+            Self::Nats { broker, .. } => broker.publish_leave(channel, info).await,
         }
     }
 
@@ -117,7 +146,7 @@ impl Engine {
         info: ClientInfo,
     ) -> Result<(), BrokerError> {
         match self {
-            Self::Memory(m) => {
+            Self::Memory(m) | Self::Nats { presence: m, .. } => {
                 m.add_presence(channel, client_id, info);
                 Ok(())
             }
@@ -128,7 +157,7 @@ impl Engine {
     /// Removes a connection's presence from a channel.
     pub async fn remove_presence(&self, channel: &str, client_id: &str) -> Result<(), BrokerError> {
         match self {
-            Self::Memory(m) => {
+            Self::Memory(m) | Self::Nats { presence: m, .. } => {
                 m.remove_presence(channel, client_id);
                 Ok(())
             }
@@ -142,7 +171,7 @@ impl Engine {
         channel: &str,
     ) -> Result<HashMap<String, ClientInfo>, BrokerError> {
         match self {
-            Self::Memory(m) => Ok(m.presence(channel)),
+            Self::Memory(m) | Self::Nats { presence: m, .. } => Ok(m.presence(channel)),
             Self::Redis(r) => r.presence(channel).await,
         }
     }
@@ -150,7 +179,7 @@ impl Engine {
     /// Presence counters of a channel.
     pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
         match self {
-            Self::Memory(m) => Ok(m.presence_stats(channel)),
+            Self::Memory(m) | Self::Nats { presence: m, .. } => Ok(m.presence_stats(channel)),
             Self::Redis(r) => r.presence_stats(channel).await,
         }
     }
@@ -158,20 +187,27 @@ impl Engine {
     /// Periodic housekeeping (expired streams, idempotency keys).
     pub fn sweep(&self, now: Instant) {
         match self {
-            Self::Memory(m) => m.sweep(now),
+            Self::Memory(m) | Self::Nats { presence: m, .. } => m.sweep(now),
             Self::Redis(_) => {}
         }
     }
 
-    /// Publishes a cluster control message to every node (this one included). A
-    /// single-node engine has no other node: nothing is sent.
-    pub async fn publish_control(&self, payload: Bytes) -> Result<(), BrokerError> {
+    /// Publishes a cluster control message to every node (this one included) when `node` is
+    /// `None`, else to that node. Redis has one control channel: an addressed message reaches
+    /// every node there too, and the message itself names its addressee. A single-node
+    /// engine has no other node: nothing is sent.
+    pub async fn publish_control(
+        &self,
+        payload: Bytes,
+        node: Option<&str>,
+    ) -> Result<(), BrokerError> {
         match self {
             Self::Memory(_) => {
-                let _ = payload;
+                let _ = (payload, node);
                 Ok(())
             }
             Self::Redis(r) => r.publish_control(payload).await,
+            Self::Nats { broker, .. } => broker.publish_control(payload, node).await,
         }
     }
 
@@ -180,12 +216,13 @@ impl Engine {
         match self {
             Self::Memory(_) => true,
             Self::Redis(r) => r.is_ready(),
+            Self::Nats { broker, .. } => broker.is_ready(),
         }
     }
 
     /// True when several nodes share this engine (cluster-wide operations go through its
     /// control channel).
     pub fn is_clustered(&self) -> bool {
-        matches!(self, Self::Redis(_))
+        matches!(self, Self::Redis(_) | Self::Nats { .. })
     }
 }

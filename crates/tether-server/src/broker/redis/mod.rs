@@ -54,8 +54,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{
-    BrokerError, BrokerEvents, ClientInfo, HistoryPage, HistoryQuery, PresenceStats, Publication,
-    PublishOptions, Published, StreamPosition,
+    BrokerError, BrokerEvents, ClientInfo, ControlReceiver, HistoryPage, HistoryQuery,
+    PresenceStats, Publication, PublishOptions, Published, StreamPosition,
 };
 
 /// How to reach Redis and name keys. Built by the server from `engine.redis.*`.
@@ -75,10 +75,6 @@ pub struct RedisOptions {
     /// How often this node refreshes the presence entries of its connections.
     pub presence_update_interval: Duration,
 }
-
-/// Receives the payloads published on the cluster control channel (including this node's
-/// own). Taken once by the node.
-pub type ControlReceiver = mpsc::UnboundedReceiver<Bytes>;
 
 /// The Redis engine. Clone = handle clone.
 #[derive(Clone)]
