@@ -797,12 +797,30 @@ fn nats_broker_from_the_environment() {
 fn nats_broker_rules_name_the_key() {
     type Mutate = fn(&mut Config);
     let cases: [(Mutate, &str); 10] = [
-        (|c| c.broker.nats.url = "redis://x:1".to_owned(), "broker.nats.url"),
-        (|c| c.broker.nats.url = "nats://".to_owned(), "broker.nats.url"),
-        (|c| c.broker.nats.prefix = String::new(), "broker.nats.prefix"),
-        (|c| c.broker.nats.prefix = "a..b".to_owned(), "broker.nats.prefix"),
-        (|c| c.broker.nats.prefix = "a.*".to_owned(), "broker.nats.prefix"),
-        (|c| c.broker.nats.prefix = "a b".to_owned(), "broker.nats.prefix"),
+        (
+            |c| c.broker.nats.url = "redis://x:1".to_owned(),
+            "broker.nats.url",
+        ),
+        (
+            |c| c.broker.nats.url = "nats://".to_owned(),
+            "broker.nats.url",
+        ),
+        (
+            |c| c.broker.nats.prefix = String::new(),
+            "broker.nats.prefix",
+        ),
+        (
+            |c| c.broker.nats.prefix = "a..b".to_owned(),
+            "broker.nats.prefix",
+        ),
+        (
+            |c| c.broker.nats.prefix = "a.*".to_owned(),
+            "broker.nats.prefix",
+        ),
+        (
+            |c| c.broker.nats.prefix = "a b".to_owned(),
+            "broker.nats.prefix",
+        ),
         (
             |c| c.broker.nats.dial_timeout = Duration::ZERO,
             "broker.nats.dial_timeout",

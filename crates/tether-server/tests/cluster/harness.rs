@@ -1,5 +1,6 @@
-//! Cluster test harness: `tether` processes sharing the Redis on 127.0.0.1:6379 under a
-//! unique key prefix, a raw WebSocket JSON client, an HTTP API helper and a TCP fault proxy.
+//! Cluster test harness: `tether` processes sharing the Redis on 127.0.0.1:6379 (or a NATS)
+//! under a unique prefix, a raw WebSocket JSON client, an HTTP API helper and a TCP fault
+//! proxy.
 
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
@@ -76,17 +77,8 @@ impl Node {
     /// Starts a node on a free port with the Redis engine at `redis` under `prefix`, and
     /// waits until `/ready` answers 200.
     pub async fn start(prefix: &str, redis: &str) -> Self {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("tether-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = json!({
-            "http_server": { "address": "127.0.0.1", "port": port },
-            "client": {
-                "token": { "hmac_secret_key": SECRET },
-                "presence_update_interval": "1s",
-            },
-            "http_api": { "key": API_KEY },
-            "log": { "level": "warn" },
+        Self::start_with(json!({
+            "client": { "presence_update_interval": "1s" },
             "engine": {
                 "type": "redis",
                 "redis": {
@@ -115,7 +107,20 @@ impl Node {
                     "allow_presence_for_client": true,
                 }],
             },
-        });
+        }))
+        .await
+    }
+
+    /// Starts a node on a free port with `config` (its `http_server`, `client.token`,
+    /// `http_api` and `log` are set here), and waits until `/ready` answers 200.
+    pub async fn start_with(mut config: Value) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("tether-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        config["http_server"] = json!({ "address": "127.0.0.1", "port": port });
+        config["client"]["token"] = json!({ "hmac_secret_key": SECRET });
+        config["http_api"] = json!({ "key": API_KEY });
+        config["log"] = json!({ "level": "warn" });
         let path = dir.join("config.json");
         std::fs::write(&path, config.to_string()).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tether"))

@@ -1,0 +1,235 @@
+//! Cluster tests on the NATS broker: two `tether` processes on the memory engine sharing the
+//! NATS on 127.0.0.1:4222 (`TETHER_TEST_NATS` overrides), each test under its own subject
+//! prefix, so tests never see each other's messages.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+#[path = "cluster/harness.rs"]
+mod harness;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use harness::{API_KEY, Client, Node, SECRET, free_port, publication, unique_prefix};
+use serde_json::{Value, json};
+
+fn nats_url() -> String {
+    std::env::var("TETHER_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// A node config on the memory engine with the NATS broker under `prefix`; `chat:` has
+/// presence and join/leave, nothing has history (the broker keeps none).
+fn nats_config(prefix: &str) -> Value {
+    json!({
+        "broker": {
+            "enabled": true,
+            "type": "nats",
+            "nats": { "url": nats_url(), "prefix": prefix },
+        },
+        "channel": {
+            "without_namespace": {
+                "allow_subscribe_for_client": true,
+                "allow_publish_for_client": true,
+            },
+            "namespaces": [{
+                "name": "chat",
+                "presence": true,
+                "join_leave": true,
+                "force_push_join_leave": true,
+                "allow_subscribe_for_client": true,
+                "allow_publish_for_client": true,
+                "allow_presence_for_client": true,
+            }],
+        },
+    })
+}
+
+async fn pair(name: &str) -> (Node, Node) {
+    let prefix = unique_prefix(name);
+    tokio::join!(
+        Node::start_with(nats_config(&prefix)),
+        Node::start_with(nats_config(&prefix))
+    )
+}
+
+/// Reads publications of `channel` until `count` arrived; other messages are skipped.
+async fn collect(client: &mut Client, channel: &str, count: usize) -> Vec<i64> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        let message = client.next().await;
+        if let Some((offset, n)) = publication(&message, channel) {
+            assert_eq!(offset, 0, "no stream positions through nats");
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// Polls `api` on `node` until `done` holds for its result (at most ~5 s).
+async fn eventually(node: &Node, method: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..50 {
+        last = node.api(method, json!({})).await;
+        if done(&last["result"]) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{method} never reached the expected state: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_cross_nodes_in_order_and_info_and_channels_see_both_nodes() {
+    let (a, b) = pair("fanout").await;
+    let mut on_a = Client::connect(&a, "alice").await;
+    let mut on_b = Client::connect(&b, "bob").await;
+    on_a.subscribe(json!({ "channel": "news" })).await;
+    on_b.subscribe(json!({ "channel": "news" })).await;
+    for n in 0..50 {
+        let reply = a.publish("news", json!({ "n": n })).await;
+        assert_eq!(reply["result"], json!({}), "no offset or epoch: {reply}");
+    }
+    let expected: Vec<i64> = (0..50).collect();
+    assert_eq!(collect(&mut on_b, "news", 50).await, expected);
+    assert_eq!(collect(&mut on_a, "news", 50).await, expected);
+
+    // A client publish on B reaches A too.
+    let reply = on_b
+        .call(json!({ "publish": { "channel": "news", "data": { "n": 50 } } }))
+        .await;
+    assert!(reply.get("publish").is_some(), "{reply}");
+    assert_eq!(collect(&mut on_a, "news", 1).await, vec![50]);
+
+    // `info` lists both nodes once they announced themselves over NATS, B with its client
+    // (announcements come every 3 s).
+    eventually(&a, "info", |r| {
+        let nodes = r["nodes"].as_array().unwrap();
+        nodes.len() == 2
+            && nodes
+                .iter()
+                .map(|n| n["num_clients"].as_u64().unwrap())
+                .sum::<u64>()
+                == 2
+    })
+    .await;
+    // The `channels` survey adds up both nodes' subscribers (replies travel on the asker's
+    // own node subject).
+    let channels = a.api("channels", json!({})).await;
+    assert_eq!(
+        channels["result"]["channels"]["news"]["num_clients"],
+        json!(2),
+        "{channels}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_disconnect_on_one_node_reaches_a_user_on_the_other_and_join_leave_cross() {
+    const ROOM: &str = "chat:room";
+    let (a, b) = pair("control").await;
+    eventually(&a, "info", |r| r["nodes"].as_array().unwrap().len() == 2).await;
+    let mut alice = Client::connect(&a, "alice").await;
+    alice.subscribe(json!({ "channel": ROOM })).await;
+    let mut bob = Client::connect(&b, "bob").await;
+    bob.subscribe(json!({ "channel": ROOM })).await;
+    let join = alice
+        .wait_for(|m| m["push"]["join"]["info"]["user"] == json!("bob"))
+        .await;
+    assert_eq!(join["push"]["channel"], json!(ROOM));
+
+    // Presence stays per node with the NATS broker: each node counts its own connections.
+    let stats = a.api("presence_stats", json!({ "channel": ROOM })).await;
+    assert_eq!(stats["result"], json!({ "num_clients": 1, "num_users": 1 }));
+
+    // Called on A, applies to bob's connection on B; alice sees him leave.
+    a.api(
+        "disconnect",
+        json!({ "user": "bob", "disconnect": { "code": 4001, "reason": "bye" } }),
+    )
+    .await;
+    assert_eq!(bob.close_code(Duration::from_secs(5)).await, Some(4001));
+    let leave = alice
+        .wait_for(|m| m["push"]["leave"]["info"]["user"] == json!("bob"))
+        .await;
+    assert_eq!(leave["push"]["channel"], json!(ROOM));
+    // Alice, on A, is untouched.
+    let reply = alice
+        .call(json!({ "presence_stats": { "channel": ROOM } }))
+        .await;
+    assert_eq!(reply["presence_stats"]["num_clients"], json!(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_not_available_and_wildcard_channels_are_refused() {
+    let (a, _b) = pair("limits").await;
+    let history = a.api("history", json!({ "channel": "news" })).await;
+    assert_eq!(history["error"]["code"], json!(108), "{history}");
+    let removed = a.api("history_remove", json!({ "channel": "news" })).await;
+    assert_eq!(removed["error"]["code"], json!(108), "{removed}");
+    for channel in ["news.*", "news.>"] {
+        let reply = a.publish(channel, json!({})).await;
+        assert_eq!(reply["error"]["code"], json!(107), "{channel}: {reply}");
+    }
+    let mut client = Client::connect(&a, "alice").await;
+    let reply = client
+        .call(json!({ "subscribe": { "channel": "news.*" } }))
+        .await;
+    assert_eq!(reply["error"]["code"], json!(107), "{reply}");
+    // The connection survives the refusal and can subscribe to a plain dotted channel.
+    client.subscribe(json!({ "channel": "news.sport" })).await;
+    a.publish("news.sport", json!({ "n": 1 })).await;
+    assert_eq!(collect(&mut client, "news.sport", 1).await, vec![1]);
+}
+
+/// Runs `tether serve` with `config` until it exits (it must, by itself): exit code and
+/// stderr.
+async fn serve_until_exit(mut config: Value) -> (Option<i32>, String) {
+    config["http_server"] = json!({ "address": "127.0.0.1", "port": free_port() });
+    config["client"] = json!({ "token": { "hmac_secret_key": SECRET } });
+    config["http_api"] = json!({ "key": API_KEY });
+    let path = std::env::temp_dir().join(format!(
+        "tether-nats-{}.json",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&path, config.to_string()).unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .env_remove("TETHER_CONFIG")
+        .env("TETHER_TCP_ENABLED", "false")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(10), output)
+        .await
+        .expect("tether exits by itself")
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_namespaces_and_an_unreachable_nats_stop_the_start() {
+    let mut config = nats_config(&unique_prefix("refused"));
+    config["channel"]["namespaces"][0]["history_size"] = json!(10);
+    config["channel"]["namespaces"][0]["history_ttl"] = json!("60s");
+    let (code, stderr) = serve_until_exit(config).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("channel.namespaces[0].history_size") && stderr.contains("nats broker"),
+        "{stderr}"
+    );
+
+    // Nothing listens on this port: the node must not start half-connected.
+    let mut config = nats_config(&unique_prefix("unreachable"));
+    config["broker"]["nats"]["url"] = json!(format!("nats://127.0.0.1:{}", free_port()));
+    config["broker"]["nats"]["dial_timeout"] = json!("300ms");
+    let (code, stderr) = serve_until_exit(config).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot connect to nats"), "{stderr}");
+}
