@@ -10,7 +10,7 @@ mod harness;
 use std::process::Stdio;
 use std::time::Duration;
 
-use harness::{API_KEY, Client, Node, SECRET, free_port, publication, unique_prefix};
+use harness::{API_KEY, Client, FaultProxy, Node, SECRET, free_port, publication, unique_prefix};
 use serde_json::{Value, json};
 
 fn nats_url() -> String {
@@ -178,6 +178,67 @@ async fn history_is_not_available_and_wildcard_channels_are_refused() {
     client.subscribe(json!({ "channel": "news.sport" })).await;
     a.publish("news.sport", json!({ "n": 1 })).await;
     assert_eq!(collect(&mut client, "news.sport", 1).await, vec![1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_outage_fails_publishes_turns_ready_503_and_subscriptions_survive() {
+    let prefix = unique_prefix("outage");
+    let proxy = FaultProxy::start(&nats_url()).await;
+    let mut through_proxy = nats_config(&prefix);
+    through_proxy["broker"]["nats"]["url"] = json!(proxy.url);
+    let (a, b) = tokio::join!(
+        Node::start_with(through_proxy),
+        Node::start_with(nats_config(&prefix))
+    );
+    let mut client = Client::connect(&a, "u").await;
+    client.subscribe(json!({ "channel": "news" })).await;
+    b.publish("news", json!({ "n": 1 })).await;
+    assert_eq!(collect(&mut client, "news", 1).await, vec![1]);
+
+    proxy.cut();
+    let mut down = false;
+    for _ in 0..50 {
+        if a.ready().await == Some(503) {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(down, "/ready reflects the nats connection");
+    for _ in 0..5 {
+        let reply = a.publish("news", json!({ "n": 0 })).await;
+        assert_eq!(
+            reply["error"]["code"],
+            json!(100),
+            "no false success: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.restore();
+
+    // async-nats reconnects and re-sends the channel's subscription: the client, still
+    // connected, gets what B publishes from then on.
+    let mut ready = false;
+    for _ in 0..100 {
+        if a.ready().await == Some(200) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "node reconnected to nats");
+    let mut received = None;
+    for n in 2..40 {
+        b.publish("news", json!({ "n": n })).await;
+        if let Some(message) = client.next_within(Duration::from_millis(200)).await
+            && let Some((_, got)) = publication(&message, "news")
+        {
+            received = Some(got);
+            break;
+        }
+    }
+    let got = received.expect("delivery resumed after the reconnect");
+    assert!(got >= 2, "only publications made after the outage: {got}");
 }
 
 /// Runs `tether serve` with `config` until it exits (it must, by itself): exit code and

@@ -353,7 +353,8 @@ pub fn publication(message: &Value, channel: &str) -> Option<(u64, i64)> {
     ))
 }
 
-/// A TCP proxy in front of Redis that can be cut: while down it resets every connection.
+/// A TCP proxy in front of Redis (or NATS) that can be cut: while down it resets every
+/// connection.
 pub struct FaultProxy {
     pub url: String,
     up: Arc<AtomicBool>,
@@ -362,13 +363,10 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub async fn start(target: &str) -> Self {
-        let target: SocketAddr = target
-            .trim_start_matches("redis://")
-            .trim_end_matches('/')
-            .parse()
-            .unwrap();
+        let (scheme, address) = target.split_once("://").unwrap();
+        let target: SocketAddr = address.trim_end_matches('/').parse().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let up = Arc::new(AtomicBool::new(true));
         let (cut, _) = watch::channel(0u64);
         let (up2, cut2) = (up.clone(), cut.clone());
