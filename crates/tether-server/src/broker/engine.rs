@@ -5,7 +5,15 @@
 //! the embedded memory engine answers without suspending. `subscribe`/`unsubscribe` are called
 //! once per local subscription: an engine that fans out between nodes (Redis Pub/Sub) keeps a
 //! reference count per channel and returns from `subscribe` only once publications of that
-//! channel are flowing to this node, so a history read after it cannot miss one.
+//! channel are flowing to this node, so a history read after it cannot miss one. The NATS
+//! broker does the same per subject.
+//!
+//! With the NATS broker (`broker.enabled`, `broker.type = "nats"`) publications, joins, leaves
+//! and the cluster control channel travel through NATS, presence stays in this node's memory,
+//! and history does not exist: a publish that asks for history, a history read and a history
+//! removal are [`BrokerError::NotAvailable`] (the config refuses namespaces with history, so
+//! only a caller that bypasses it sees the first two). An idempotency key is not honoured
+//! there: NATS holds no state to remember it in (Centrifugo ignores it with NATS as well).
 
 use std::collections::HashMap;
 

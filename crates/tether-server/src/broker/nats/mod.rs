@@ -10,7 +10,8 @@
 //! - the *manager* task owns subscribe and unsubscribe: requests queued together become one
 //!   batch of `SUB`s followed by one barrier (a token published to this node's own sync
 //!   subject and read back), so a request is answered only once the NATS server has
-//!   registered the subscription and every publication after it reaches this node;
+//!   registered the subscription and every publication after it reaches this node (through
+//!   that server: in a NATS cluster, interest reaches the other servers asynchronously);
 //! - one *reader* task per channel with local subscribers, owning that channel's NATS
 //!   subscription and handing its messages, in order, to [`BrokerEvents`]; cancelling it drops
 //!   the subscription (an `UNSUB`);
