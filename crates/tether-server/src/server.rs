@@ -33,7 +33,8 @@ use crate::auth::TokenVerifier;
 use crate::broker::nats::NatsStartError;
 use crate::broker::redis::RedisStartError;
 use crate::broker::{
-    ControlReceiver, Engine, MemoryBroker, NatsBroker, NatsOptions, RedisEngine, RedisOptions,
+    ControlReceiver, Engine, MemoryBroker, NatsBroker, NatsOptions, PresenceStore, RedisEngine,
+    RedisOptions,
 };
 use crate::config::{Config, EngineKind};
 use crate::hub::{Hub, HubEvents, SweepSettings};
@@ -126,36 +127,7 @@ impl Node {
             .collect();
         let events = Arc::new(HubEvents(hub.clone()));
         let id = uuid::Uuid::new_v4().to_string();
-        let (engine, control) = match config.engine.kind {
-            // Validated: the NATS broker runs with the memory engine (presence per node).
-            EngineKind::Memory if config.broker.enabled => {
-                let nats = &config.broker.nats;
-                let options = NatsOptions {
-                    url: nats.url.clone(),
-                    prefix: nats.prefix.clone(),
-                    dial_timeout: nats.dial_timeout,
-                    write_timeout: nats.write_timeout,
-                    node_id: id.clone(),
-                };
-                let (broker, control) = NatsBroker::start(options, events.clone()).await?;
-                let presence = MemoryBroker::new(events);
-                (Engine::Nats { broker, presence }, Some(control))
-            }
-            EngineKind::Memory => (Engine::Memory(MemoryBroker::new(events)), None),
-            EngineKind::Redis => {
-                let redis = &config.engine.redis;
-                let options = RedisOptions {
-                    addresses: redis.address.clone(),
-                    prefix: redis.prefix.clone(),
-                    connect_timeout: redis.connect_timeout,
-                    io_timeout: redis.io_timeout,
-                    presence_ttl: redis.presence_ttl,
-                    presence_update_interval: config.client.presence_update_interval,
-                };
-                let (engine, control) = RedisEngine::start(options, events)?;
-                (Engine::Redis(engine), Some(control))
-            }
-        };
+        let (engine, control) = build_engine(&config, &id, events).await?;
         let name = if config.node.name.is_empty() {
             "tether".to_owned()
         } else {
@@ -254,6 +226,54 @@ impl Node {
             pong_timeout_ms: self.config.client.pong_timeout.as_millis() as u64,
         }
     }
+}
+
+/// The configured engine and its control channel (`None` for a single node). With the NATS
+/// broker, NATS carries fan-out and control and the engine keeps only presence.
+async fn build_engine(
+    config: &Config,
+    node_id: &str,
+    events: Arc<HubEvents>,
+) -> Result<(Engine, Option<ControlReceiver>), StartError> {
+    let redis_options = |fanout| {
+        let redis = &config.engine.redis;
+        RedisOptions {
+            addresses: redis.address.clone(),
+            prefix: redis.prefix.clone(),
+            connect_timeout: redis.connect_timeout,
+            io_timeout: redis.io_timeout,
+            presence_ttl: redis.presence_ttl,
+            presence_update_interval: config.client.presence_update_interval,
+            fanout,
+        }
+    };
+    if !config.broker.enabled {
+        return Ok(match config.engine.kind {
+            EngineKind::Memory => (Engine::Memory(MemoryBroker::new(events)), None),
+            EngineKind::Redis => {
+                let (engine, control) = RedisEngine::start(redis_options(true), events)?;
+                (Engine::Redis(engine), Some(control))
+            }
+        });
+    }
+    let nats = &config.broker.nats;
+    let options = NatsOptions {
+        url: nats.url.clone(),
+        prefix: nats.prefix.clone(),
+        dial_timeout: nats.dial_timeout,
+        write_timeout: nats.write_timeout,
+        node_id: node_id.to_owned(),
+    };
+    let (broker, control) = NatsBroker::start(options, events.clone()).await?;
+    let presence = match config.engine.kind {
+        EngineKind::Memory => PresenceStore::Memory(MemoryBroker::new(events)),
+        EngineKind::Redis => {
+            // Its control receiver stays silent (no Pub/Sub side): NATS carries control.
+            let (engine, _control) = RedisEngine::start(redis_options(false), events)?;
+            PresenceStore::Redis(engine)
+        }
+    };
+    Ok((Engine::Nats { broker, presence }, Some(control)))
 }
 
 /// A bound, not yet running node.

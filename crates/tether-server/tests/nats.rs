@@ -10,7 +10,12 @@ mod harness;
 use std::process::Stdio;
 use std::time::Duration;
 
-use harness::{API_KEY, Client, FaultProxy, Node, SECRET, free_port, publication, unique_prefix};
+use futures_util::StreamExt;
+use harness::{
+    API_KEY, Client, FaultProxy, Node, SECRET, delete_keys, free_port, publication, redis_url,
+    unique_prefix,
+};
+use prost::Message as _;
 use serde_json::{Value, json};
 
 fn nats_url() -> String {
@@ -239,6 +244,113 @@ async fn a_nats_outage_fails_publishes_turns_ready_503_and_subscriptions_survive
     }
     let got = received.expect("delivery resumed after the reconnect");
     assert!(got >= 2, "only publications made after the outage: {got}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wire_is_a_protobuf_push_on_the_channel_subject_both_ways() {
+    let prefix = unique_prefix("wire");
+    let node = Node::start_with(nats_config(&prefix)).await;
+    let nats = async_nats::connect(nats_url()).await.unwrap();
+    let mut tap = nats
+        .subscribe(format!("{prefix}.client.chat:room"))
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    // What tether publishes: Push {channel, pub} on `{prefix}.client.{channel}`.
+    let mut client = Client::connect(&node, "alice").await;
+    client.subscribe(json!({ "channel": "chat:room" })).await;
+    node.publish("chat:room", json!({ "n": 1 })).await;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(5), tap.next())
+            .await
+            .expect("tether's messages on the channel subject")
+            .unwrap();
+        seen.push(tether_proto::Push::decode(message.payload).unwrap());
+    }
+    assert!(seen.iter().all(|push| push.channel == "chat:room"));
+    let join = seen.iter().find_map(|p| p.join.clone()).expect("a join");
+    assert_eq!(join.info.unwrap().user, "alice");
+    let published = seen.iter().find_map(|p| p.r#pub.clone()).expect("a pub");
+    assert_eq!(published.data.as_ref(), br#"{"n":1}"#);
+
+    // What another node (tether or Centrifugo) publishes the same way reaches the client.
+    let push = tether_proto::Push {
+        channel: "chat:room".to_owned(),
+        r#pub: Some(tether_proto::Publication {
+            data: br#"{"n":2}"#.to_vec().into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    nats.publish(
+        format!("{prefix}.client.chat:room"),
+        push.encode_to_vec().into(),
+    )
+    .await
+    .unwrap();
+    nats.flush().await.unwrap();
+    assert_eq!(collect(&mut client, "chat:room", 2).await, vec![1, 2]);
+    // Garbage on the subject is dropped; the subscription keeps working.
+    nats.publish(format!("{prefix}.client.chat:room"), "not a push".into())
+        .await
+        .unwrap();
+    node.publish("chat:room", json!({ "n": 3 })).await;
+    assert_eq!(collect(&mut client, "chat:room", 1).await, vec![3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_redis_engine_presence_is_shared_and_publications_go_through_nats() {
+    const ROOM: &str = "chat:room";
+    let prefix = unique_prefix("redis-presence");
+    let mut config = nats_config(&prefix);
+    config["engine"] = json!({
+        "type": "redis",
+        "redis": { "address": redis_url(), "prefix": prefix, "presence_ttl": "5s" },
+    });
+    config["client"] = json!({ "presence_update_interval": "1s" });
+    let (a, b) = tokio::join!(Node::start_with(config.clone()), Node::start_with(config));
+    let nats = async_nats::connect(nats_url()).await.unwrap();
+    let mut tap = nats
+        .subscribe(format!("{prefix}.client.{ROOM}"))
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let mut alice = Client::connect(&a, "alice").await;
+    let mut bob = Client::connect(&b, "bob").await;
+    alice.subscribe(json!({ "channel": ROOM })).await;
+    bob.subscribe(json!({ "channel": ROOM })).await;
+    // Presence lives in Redis: either node sees both connections.
+    for node in [&a, &b] {
+        let stats = node.api("presence_stats", json!({ "channel": ROOM })).await;
+        assert_eq!(stats["result"], json!({ "num_clients": 2, "num_users": 2 }));
+    }
+    a.publish(ROOM, json!({ "n": 7 })).await;
+    assert_eq!(collect(&mut bob, ROOM, 1).await, vec![7]);
+    assert_eq!(collect(&mut alice, ROOM, 1).await, vec![7]);
+    // It went through NATS (the tap sees the joins and the publication).
+    let mut publications = 0;
+    while publications == 0 {
+        let message = tokio::time::timeout(Duration::from_secs(5), tap.next())
+            .await
+            .expect("the publication on the nats subject")
+            .unwrap();
+        if tether_proto::Push::decode(message.payload)
+            .unwrap()
+            .r#pub
+            .is_some()
+        {
+            publications += 1;
+        }
+    }
+    // Cross-node control still goes through NATS.
+    a.api(
+        "disconnect",
+        json!({ "user": "bob", "disconnect": { "code": 4001, "reason": "bye" } }),
+    )
+    .await;
+    assert_eq!(bob.close_code(Duration::from_secs(5)).await, Some(4001));
+    delete_keys(&prefix).await;
 }
 
 /// Runs `tether serve` with `config` until it exits (it must, by itself): exit code and

@@ -9,8 +9,8 @@
 //! broker does the same per subject.
 //!
 //! With the NATS broker (`broker.enabled`, `broker.type = "nats"`) publications, joins, leaves
-//! and the cluster control channel travel through NATS, presence stays in this node's memory,
-//! and history does not exist: a publish that asks for history, a history read and a history
+//! and the cluster control channel travel through NATS, presence stays with the engine (this
+//! node's memory, or Redis shared by every node), and history does not exist: a publish that asks for history, a history read and a history
 //! removal are [`BrokerError::NotAvailable`] (the config refuses namespaces with history, so
 //! only a caller that bypasses it sees the first two). An idempotency key is not honoured
 //! there: NATS holds no state to remember it in (Centrifugo ignores it with NATS as well).
@@ -37,9 +37,18 @@ pub enum Engine {
     Nats {
         /// Publications, joins, leaves and cluster control.
         broker: NatsBroker,
-        /// Presence of this node's connections (per node, as with the memory engine).
-        presence: MemoryBroker,
+        /// Where presence lives: the configured engine.
+        presence: PresenceStore,
     },
+}
+
+/// Where presence lives when the NATS broker carries fan-out: the configured `engine.type`.
+#[derive(Clone, Debug)]
+pub enum PresenceStore {
+    /// This node's memory: each node knows its own connections only.
+    Memory(MemoryBroker),
+    /// Redis, shared by every node (its Pub/Sub side is off: `RedisOptions::fanout`).
+    Redis(RedisEngine),
 }
 
 impl Engine {
@@ -154,22 +163,38 @@ impl Engine {
         info: ClientInfo,
     ) -> Result<(), BrokerError> {
         match self {
-            Self::Memory(m) | Self::Nats { presence: m, .. } => {
+            Self::Memory(m)
+            | Self::Nats {
+                presence: PresenceStore::Memory(m),
+                ..
+            } => {
                 m.add_presence(channel, client_id, info);
                 Ok(())
             }
-            Self::Redis(r) => r.add_presence(channel, client_id, info).await,
+            Self::Redis(r)
+            | Self::Nats {
+                presence: PresenceStore::Redis(r),
+                ..
+            } => r.add_presence(channel, client_id, info).await,
         }
     }
 
     /// Removes a connection's presence from a channel.
     pub async fn remove_presence(&self, channel: &str, client_id: &str) -> Result<(), BrokerError> {
         match self {
-            Self::Memory(m) | Self::Nats { presence: m, .. } => {
+            Self::Memory(m)
+            | Self::Nats {
+                presence: PresenceStore::Memory(m),
+                ..
+            } => {
                 m.remove_presence(channel, client_id);
                 Ok(())
             }
-            Self::Redis(r) => r.remove_presence(channel, client_id).await,
+            Self::Redis(r)
+            | Self::Nats {
+                presence: PresenceStore::Redis(r),
+                ..
+            } => r.remove_presence(channel, client_id).await,
         }
     }
 
@@ -179,24 +204,48 @@ impl Engine {
         channel: &str,
     ) -> Result<HashMap<String, ClientInfo>, BrokerError> {
         match self {
-            Self::Memory(m) | Self::Nats { presence: m, .. } => Ok(m.presence(channel)),
-            Self::Redis(r) => r.presence(channel).await,
+            Self::Memory(m)
+            | Self::Nats {
+                presence: PresenceStore::Memory(m),
+                ..
+            } => Ok(m.presence(channel)),
+            Self::Redis(r)
+            | Self::Nats {
+                presence: PresenceStore::Redis(r),
+                ..
+            } => r.presence(channel).await,
         }
     }
 
     /// Presence counters of a channel.
     pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
         match self {
-            Self::Memory(m) | Self::Nats { presence: m, .. } => Ok(m.presence_stats(channel)),
-            Self::Redis(r) => r.presence_stats(channel).await,
+            Self::Memory(m)
+            | Self::Nats {
+                presence: PresenceStore::Memory(m),
+                ..
+            } => Ok(m.presence_stats(channel)),
+            Self::Redis(r)
+            | Self::Nats {
+                presence: PresenceStore::Redis(r),
+                ..
+            } => r.presence_stats(channel).await,
         }
     }
 
     /// Periodic housekeeping (expired streams, idempotency keys).
     pub fn sweep(&self, now: Instant) {
         match self {
-            Self::Memory(m) | Self::Nats { presence: m, .. } => m.sweep(now),
-            Self::Redis(_) => {}
+            Self::Memory(m)
+            | Self::Nats {
+                presence: PresenceStore::Memory(m),
+                ..
+            } => m.sweep(now),
+            Self::Redis(_)
+            | Self::Nats {
+                presence: PresenceStore::Redis(_),
+                ..
+            } => {}
         }
     }
 
@@ -224,7 +273,13 @@ impl Engine {
         match self {
             Self::Memory(_) => true,
             Self::Redis(r) => r.is_ready(),
-            Self::Nats { broker, .. } => broker.is_ready(),
+            Self::Nats { broker, presence } => {
+                broker.is_ready()
+                    && match presence {
+                        PresenceStore::Memory(_) => true,
+                        PresenceStore::Redis(r) => r.is_ready(),
+                    }
+            }
         }
     }
 

@@ -13,7 +13,7 @@
 //!
 //! Engines: [`memory::MemoryBroker`] (embedded, single node), [`redis::RedisEngine`] (several
 //! nodes sharing Redis), and [`nats::NatsBroker`], fan-out without history between nodes that
-//! share NATS, combined with this node's memory for presence. [`Engine`] is the one facade
+//! share NATS, combined with the memory or Redis engine for presence. [`Engine`] is the one facade
 //! the node uses.
 
 use std::collections::BTreeMap;
@@ -31,7 +31,7 @@ mod wire;
 
 pub use self::nats::{NatsBroker, NatsOptions};
 pub use self::redis::{RedisEngine, RedisOptions};
-pub use engine::Engine;
+pub use engine::{Engine, PresenceStore};
 pub use memory::MemoryBroker;
 
 /// Receives the payloads published on the cluster control channel (including this node's

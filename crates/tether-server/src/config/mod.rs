@@ -45,7 +45,7 @@ pub struct Config {
     /// cluster of nodes sharing Redis).
     pub engine: EngineConfig,
     /// An alternative fan-out broker between nodes (NATS), without history; with it the
-    /// engine (`memory`) keeps only presence.
+    /// engine keeps only presence.
     pub broker: BrokerConfig,
     /// Graceful shutdown on SIGTERM / SIGINT: the drain window and the exit deadline.
     pub shutdown: ShutdownConfig,
@@ -105,8 +105,8 @@ pub struct RedisEngineConfig {
 #[serde(default)]
 pub struct BrokerConfig {
     /// Use a broker other than the engine for fan-out between nodes and the cluster control
-    /// channel. Needs `engine.type = "memory"` (presence stays per node) and no namespace
-    /// with history: the NATS broker keeps none.
+    /// channel; the engine (`memory`: per node, `redis`: shared) keeps only presence. No
+    /// namespace may have history: the NATS broker keeps none.
     pub enabled: bool,
     /// `nats`.
     #[serde(rename = "type")]
@@ -840,13 +840,6 @@ impl Config {
         }
         if !self.broker.enabled {
             return Ok(());
-        }
-        if self.engine.kind != EngineKind::Memory {
-            return Err(invalid(
-                "broker.enabled",
-                "the nats broker runs with engine.type = \"memory\" (presence per node); \
-                 for presence shared through redis use engine.type = \"redis\" without a broker",
-            ));
         }
         // NATS keeps no history: refused here, at start, rather than failing every publish
         // into the namespace at run time.

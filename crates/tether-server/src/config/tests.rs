@@ -796,7 +796,7 @@ fn nats_broker_from_the_environment() {
 #[test]
 fn nats_broker_rules_name_the_key() {
     type Mutate = fn(&mut Config);
-    let cases: [(Mutate, &str); 10] = [
+    let cases: [(Mutate, &str); 9] = [
         (
             |c| c.broker.nats.url = "redis://x:1".to_owned(),
             "broker.nats.url",
@@ -829,7 +829,6 @@ fn nats_broker_rules_name_the_key() {
             |c| c.broker.nats.allow_wildcards = true,
             "broker.nats.allow_wildcards",
         ),
-        (|c| c.engine.kind = EngineKind::Redis, "broker.enabled"),
         (
             |c| {
                 let mut n = ns("hist");
@@ -858,5 +857,7 @@ fn nats_broker_rules_name_the_key() {
     assert!(err.to_string().contains("nats broker"), "{err}");
     let mut c = Config::default();
     c.broker.enabled = true;
+    c.validate().unwrap();
+    c.engine.kind = EngineKind::Redis;
     c.validate().unwrap();
 }
