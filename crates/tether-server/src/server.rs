@@ -377,6 +377,13 @@ impl Server {
         {
             warn!("tasks still running at the shutdown deadline; exiting anyway");
         } else {
+            // What the sessions announced on their way out (leaves) reaches the other nodes.
+            if tokio::time::timeout_at(deadline, node.engine.flush())
+                .await
+                .is_err()
+            {
+                debug!("engine flush cut short by the shutdown deadline");
+            }
             info!("shutdown complete");
         }
     }

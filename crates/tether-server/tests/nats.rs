@@ -164,6 +164,29 @@ async fn api_disconnect_on_one_node_reaches_a_user_on_the_other_and_join_leave_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shutting_down_announces_its_clients_leaving() {
+    const ROOM: &str = "chat:room";
+    let prefix = unique_prefix("shutdown");
+    let mut config = nats_config(&prefix);
+    // A short drain: the test waits for the whole shutdown.
+    config["shutdown"] = json!({ "drain_window": "100ms", "timeout": "5s" });
+    let (a, b) = tokio::join!(Node::start_with(config.clone()), Node::start_with(config));
+    let mut alice = Client::connect(&a, "alice").await;
+    alice.subscribe(json!({ "channel": ROOM })).await;
+    let mut bob = Client::connect(&b, "bob").await;
+    bob.subscribe(json!({ "channel": ROOM })).await;
+    alice
+        .wait_for(|m| m["push"]["join"]["info"]["user"] == json!("bob"))
+        .await;
+    b.terminate().await;
+    // Bob's leave was published on his way out and flushed before B exited.
+    let leave = alice
+        .wait_for(|m| m["push"]["leave"]["info"]["user"] == json!("bob"))
+        .await;
+    assert_eq!(leave["push"]["channel"], json!(ROOM));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_is_not_available_and_wildcard_channels_are_refused() {
     let (a, _b) = pair("limits").await;
     let history = a.api("history", json!({ "channel": "news" })).await;

@@ -283,6 +283,14 @@ impl Engine {
         }
     }
 
+    /// Hands everything already published to the network (the NATS client buffers writes;
+    /// the other engines write each command before it returns).
+    pub async fn flush(&self) {
+        if let Self::Nats { broker, .. } = self {
+            broker.flush().await;
+        }
+    }
+
     /// True when several nodes share this engine (cluster-wide operations go through its
     /// control channel).
     pub fn is_clustered(&self) -> bool {

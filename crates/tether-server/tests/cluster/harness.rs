@@ -177,6 +177,20 @@ impl Node {
             .await
     }
 
+    /// SIGTERM: the node drains its clients and exits by itself (within 10 s).
+    pub async fn terminate(mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("node exits after SIGTERM")
+            .unwrap();
+    }
+
     /// SIGKILL: the node gets no chance to say goodbye.
     pub async fn kill(mut self) {
         self.child.start_kill().unwrap();

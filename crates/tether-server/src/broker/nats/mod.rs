@@ -273,9 +273,14 @@ impl NatsBroker {
         self.shared.client.connection_state() == State::Connected
     }
 
-    /// The subject prefix.
-    pub fn prefix(&self) -> &str {
-        &self.shared.options.prefix
+    /// Writes out what the connection still buffers (at most the write timeout).
+    pub async fn flush(&self) {
+        let flush = self.shared.client.flush();
+        match tokio::time::timeout(self.shared.options.write_timeout, flush).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => debug!(%error, "nats flush failed"),
+            Err(_) => debug!("nats flush timed out"),
+        }
     }
 
     // === internals ===
