@@ -19,7 +19,8 @@
 //!   replies out).
 //! - [`hub`]: registries of connections, users and channels; fan-out that encodes a
 //!   publication once and shares the bytes; the recovery decision.
-//! - [`broker`]: stream positions, history and presence; the embedded memory engine.
+//! - [`broker`]: stream positions, history and presence; the embedded memory engine, the
+//!   Redis engine, and the NATS broker (fan-out between nodes without history).
 //! - [`metrics`]: the node's Prometheus metrics (its own recorder, handles cached).
 //! - [`api`]: the server HTTP API (`POST /api/<method>`) and health endpoints.
 //! - [`server`]: wiring and lifecycle of one node.

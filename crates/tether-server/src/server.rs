@@ -30,8 +30,12 @@ use tracing::{Instrument, debug, debug_span, field, info, warn};
 
 use crate::api::cluster::Cluster;
 use crate::auth::TokenVerifier;
-use crate::broker::redis::{ControlReceiver, RedisStartError};
-use crate::broker::{Engine, MemoryBroker, RedisEngine, RedisOptions};
+use crate::broker::nats::NatsStartError;
+use crate::broker::redis::RedisStartError;
+use crate::broker::{
+    ControlReceiver, Engine, MemoryBroker, NatsBroker, NatsOptions, PresenceStore, RedisEngine,
+    RedisOptions,
+};
 use crate::config::{Config, EngineKind};
 use crate::hub::{Hub, HubEvents, SweepSettings};
 use crate::metrics::Metrics;
@@ -84,6 +88,10 @@ pub enum StartError {
     /// The configured engine could not be built.
     #[error("cannot start the engine")]
     Engine(#[from] RedisStartError),
+    /// The NATS broker could not connect (`broker.nats.url` unreachable within
+    /// `broker.nats.dial_timeout`).
+    #[error("cannot start the nats broker")]
+    Broker(#[from] NatsStartError),
     /// The listen address could not be bound.
     #[error("cannot bind {addr}")]
     Bind {
@@ -96,8 +104,9 @@ pub enum StartError {
 }
 
 impl Node {
-    /// Builds a node from a validated config.
-    pub fn new(config: Config) -> Result<Arc<Self>, StartError> {
+    /// Builds a node from a validated config. With the NATS broker this connects to NATS and
+    /// fails when it does not answer within the dial timeout.
+    pub async fn new(config: Config) -> Result<Arc<Self>, StartError> {
         let tokens = TokenVerifier::new(&config.client.token)?;
         let sub_tokens = if config.client.subscription_token.enabled {
             Some(TokenVerifier::new(&config.client.subscription_token.token)?)
@@ -117,22 +126,8 @@ impl Node {
             })
             .collect();
         let events = Arc::new(HubEvents(hub.clone()));
-        let (engine, control) = match config.engine.kind {
-            EngineKind::Memory => (Engine::Memory(MemoryBroker::new(events)), None),
-            EngineKind::Redis => {
-                let redis = &config.engine.redis;
-                let options = RedisOptions {
-                    addresses: redis.address.clone(),
-                    prefix: redis.prefix.clone(),
-                    connect_timeout: redis.connect_timeout,
-                    io_timeout: redis.io_timeout,
-                    presence_ttl: redis.presence_ttl,
-                    presence_update_interval: config.client.presence_update_interval,
-                };
-                let (engine, control) = RedisEngine::start(options, events)?;
-                (Engine::Redis(engine), Some(control))
-            }
-        };
+        let id = uuid::Uuid::new_v4().to_string();
+        let (engine, control) = build_engine(&config, &id, events).await?;
         let name = if config.node.name.is_empty() {
             "tether".to_owned()
         } else {
@@ -147,7 +142,7 @@ impl Node {
             tokens,
             sub_tokens,
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            id: uuid::Uuid::new_v4().to_string(),
+            id,
             name,
             shutdown: CancellationToken::new(),
             draining: CancellationToken::new(),
@@ -233,6 +228,54 @@ impl Node {
     }
 }
 
+/// The configured engine and its control channel (`None` for a single node). With the NATS
+/// broker, NATS carries fan-out and control and the engine keeps only presence.
+async fn build_engine(
+    config: &Config,
+    node_id: &str,
+    events: Arc<HubEvents>,
+) -> Result<(Engine, Option<ControlReceiver>), StartError> {
+    let redis_options = |fanout| {
+        let redis = &config.engine.redis;
+        RedisOptions {
+            addresses: redis.address.clone(),
+            prefix: redis.prefix.clone(),
+            connect_timeout: redis.connect_timeout,
+            io_timeout: redis.io_timeout,
+            presence_ttl: redis.presence_ttl,
+            presence_update_interval: config.client.presence_update_interval,
+            fanout,
+        }
+    };
+    if !config.broker.enabled {
+        return Ok(match config.engine.kind {
+            EngineKind::Memory => (Engine::Memory(MemoryBroker::new(events)), None),
+            EngineKind::Redis => {
+                let (engine, control) = RedisEngine::start(redis_options(true), events)?;
+                (Engine::Redis(engine), Some(control))
+            }
+        });
+    }
+    let nats = &config.broker.nats;
+    let options = NatsOptions {
+        url: nats.url.clone(),
+        prefix: nats.prefix.clone(),
+        dial_timeout: nats.dial_timeout,
+        write_timeout: nats.write_timeout,
+        node_id: node_id.to_owned(),
+    };
+    let (broker, control) = NatsBroker::start(options, events.clone()).await?;
+    let presence = match config.engine.kind {
+        EngineKind::Memory => PresenceStore::Memory(MemoryBroker::new(events)),
+        EngineKind::Redis => {
+            // Its control receiver stays silent (no Pub/Sub side): NATS carries control.
+            let (engine, _control) = RedisEngine::start(redis_options(false), events)?;
+            PresenceStore::Redis(engine)
+        }
+    };
+    Ok((Engine::Nats { broker, presence }, Some(control)))
+}
+
 /// A bound, not yet running node.
 #[derive(Debug)]
 pub struct Server {
@@ -252,7 +295,7 @@ impl Server {
             .tcp
             .enabled
             .then(|| format!("{}:{}", config.tcp.address, config.tcp.port));
-        let node = Node::new(config)?;
+        let node = Node::new(config).await?;
         let (listener, local_addr) = bind_listener(addr).await?;
         let tcp = match tcp_addr {
             Some(addr) => Some(bind_listener(addr).await?),
@@ -334,6 +377,13 @@ impl Server {
         {
             warn!("tasks still running at the shutdown deadline; exiting anyway");
         } else {
+            // What the sessions announced on their way out (leaves) reaches the other nodes.
+            if tokio::time::timeout_at(deadline, node.engine.flush())
+                .await
+                .is_err()
+            {
+                debug!("engine flush cut short by the shutdown deadline");
+            }
             info!("shutdown complete");
         }
     }

@@ -9,7 +9,10 @@
 //! answers; announcements carry only counts, so a channel list never grows them.
 //!
 //! Control messages are JSON (`{"uid": <sender>, "command": {<kind>: {...}}}`), our own
-//! format: Redis Pub/Sub carries them between tether nodes only.
+//! format, carried between tether nodes only by whichever engine the node runs (Redis Pub/Sub
+//! or NATS, see [`Engine::publish_control`](crate::broker::Engine::publish_control)); this
+//! module never knows which. A survey reply is addressed to the asking node: NATS delivers it
+//! to that node alone, Redis to every node, which drop replies not meant for them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,8 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::broker::BrokerError;
-use crate::broker::redis::ControlReceiver;
+use crate::broker::{BrokerError, ControlReceiver};
 use crate::server::Node;
 
 /// What other nodes know about this node cluster-wide. One per node.
@@ -223,6 +225,19 @@ pub fn local_info(node: &Node) -> NodeInfo {
 
 /// Publishes a command for every other node.
 pub async fn broadcast(node: &Node, command: ControlCommand) -> Result<(), BrokerError> {
+    publish(node, command, None).await
+}
+
+/// Publishes a command for one node (`to` is its uid).
+async fn send_to(node: &Node, to: &str, command: ControlCommand) -> Result<(), BrokerError> {
+    publish(node, command, Some(to)).await
+}
+
+async fn publish(
+    node: &Node,
+    command: ControlCommand,
+    to: Option<&str>,
+) -> Result<(), BrokerError> {
     if !node.engine.is_clustered() {
         return Ok(());
     }
@@ -232,7 +247,7 @@ pub async fn broadcast(node: &Node, command: ControlCommand) -> Result<(), Broke
     };
     let payload = serde_json::to_vec(&message)
         .map_err(|e| BrokerError::Unavailable(format!("encode control message: {e}")))?;
-    node.engine.publish_control(Bytes::from(payload)).await
+    node.engine.publish_control(Bytes::from(payload), to).await
 }
 
 /// Channels of every live node, added up (this node's included).
@@ -288,8 +303,8 @@ pub async fn run(node: Arc<Node>, mut control: ControlReceiver) {
                     node.cluster.handle(&node, &payload)
                 {
                     let channels = node.hub.channels().into_iter().collect();
-                    let reply = ControlCommand::Channels { id, to: uid, channels };
-                    if let Err(error) = broadcast(&node, reply).await {
+                    let reply = ControlCommand::Channels { id, to: uid.clone(), channels };
+                    if let Err(error) = send_to(&node, &uid, reply).await {
                         debug!(%error, "survey reply failed");
                     }
                 }

@@ -113,6 +113,16 @@ fn payload(data: Option<&RawValue>, b64data: &str) -> Result<Bytes, ApiError> {
     Err(ApiError::BAD_REQUEST)
 }
 
+/// The API error for a failed engine operation.
+fn engine_error(error: &BrokerError) -> ApiError {
+    match error {
+        BrokerError::UnrecoverablePosition => ApiError::UNRECOVERABLE_POSITION,
+        BrokerError::UnsupportedChannel => ApiError::BAD_REQUEST,
+        BrokerError::NotAvailable => ApiError::NOT_AVAILABLE,
+        BrokerError::Unavailable(_) => ApiError::INTERNAL,
+    }
+}
+
 async fn publish(node: &Node, req: PublishRequest<'_>) -> CallResult {
     let data = payload(req.data, &req.b64data)?;
     Ok(publish_one(node, &req.channel, &req, &data).await?)
@@ -156,7 +166,7 @@ async fn publish_one(
     let published = node
         .timed("publish", node.engine.publish(channel, publication, &opts))
         .await
-        .map_err(|_| ApiError::INTERNAL)?;
+        .map_err(|e| engine_error(&e))?;
     if !published.from_cache {
         node.metrics.publications.increment(1);
     }
@@ -570,10 +580,7 @@ async fn history(node: &Node, req: HistoryRequest) -> CallResult {
     let page = node
         .timed("history", node.engine.history(&req.channel, &query))
         .await
-        .map_err(|e| match e {
-            BrokerError::UnrecoverablePosition => ApiError::UNRECOVERABLE_POSITION,
-            BrokerError::Unavailable(_) => ApiError::INTERNAL,
-        })?;
+        .map_err(|e| engine_error(&e))?;
     let publications: Vec<Value> = page
         .publications
         .iter()
@@ -592,7 +599,7 @@ async fn history_remove(node: &Node, req: &ChannelRequest) -> CallResult {
     node.engine
         .remove_history(&req.channel)
         .await
-        .map_err(|_| ApiError::INTERNAL)?;
+        .map_err(|e| engine_error(&e))?;
     Ok(json!({}))
 }
 

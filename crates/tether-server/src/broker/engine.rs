@@ -5,7 +5,15 @@
 //! the embedded memory engine answers without suspending. `subscribe`/`unsubscribe` are called
 //! once per local subscription: an engine that fans out between nodes (Redis Pub/Sub) keeps a
 //! reference count per channel and returns from `subscribe` only once publications of that
-//! channel are flowing to this node, so a history read after it cannot miss one.
+//! channel are flowing to this node, so a history read after it cannot miss one. The NATS
+//! broker does the same per subject.
+//!
+//! With the NATS broker (`broker.enabled`, `broker.type = "nats"`) publications, joins, leaves
+//! and the cluster control channel travel through NATS, presence stays with the engine (this
+//! node's memory, or Redis shared by every node), and history does not exist: a publish that asks for history, a history read and a history
+//! removal are [`BrokerError::NotAvailable`] (the config refuses namespaces with history, so
+//! only a caller that bypasses it sees the first two). An idempotency key is not honoured
+//! there: NATS holds no state to remember it in (Centrifugo ignores it with NATS as well).
 
 use std::collections::HashMap;
 
@@ -14,8 +22,8 @@ use tokio::time::Instant;
 use bytes::Bytes;
 
 use super::{
-    BrokerError, ClientInfo, HistoryPage, HistoryQuery, MemoryBroker, PresenceStats, Publication,
-    PublishOptions, Published, RedisEngine,
+    BrokerError, ClientInfo, HistoryPage, HistoryQuery, MemoryBroker, NatsBroker, PresenceStats,
+    Publication, PublishOptions, Published, RedisEngine,
 };
 
 /// The configured engine. Clone = handle clone.
@@ -24,6 +32,22 @@ pub enum Engine {
     /// The embedded single-node engine.
     Memory(MemoryBroker),
     /// Several nodes sharing Redis: Pub/Sub fan-out, Streams history, presence with TTL.
+    Redis(RedisEngine),
+    /// Several nodes sharing NATS: fan-out and control through NATS, no history.
+    Nats {
+        /// Publications, joins, leaves and cluster control.
+        broker: NatsBroker,
+        /// Where presence lives: the configured engine.
+        presence: PresenceStore,
+    },
+}
+
+/// Where presence lives when the NATS broker carries fan-out: the configured `engine.type`.
+#[derive(Clone, Debug)]
+pub enum PresenceStore {
+    /// This node's memory: each node knows its own connections only.
+    Memory(MemoryBroker),
+    /// Redis, shared by every node (its Pub/Sub side is off: `RedisOptions::fanout`).
     Redis(RedisEngine),
 }
 
@@ -38,6 +62,16 @@ impl Engine {
         match self {
             Self::Memory(m) => m.publish(channel, publication, opts, Instant::now()),
             Self::Redis(r) => r.publish(channel, publication, opts).await,
+            Self::Nats { broker, .. } => {
+                if opts
+                    .history
+                    .is_some_and(|history| history.size > 0 && !history.ttl.is_zero())
+                {
+                    return Err(BrokerError::NotAvailable);
+                }
+                broker.publish(channel, &publication).await?;
+                Ok(Published::default())
+            }
         }
     }
 
@@ -50,6 +84,10 @@ impl Engine {
         match self {
             Self::Memory(m) => m.history(channel, query, Instant::now()),
             Self::Redis(r) => r.history(channel, query).await,
+            Self::Nats { .. } => {
+                let _ = (channel, query);
+                Err(BrokerError::NotAvailable)
+            }
         }
     }
 
@@ -61,6 +99,10 @@ impl Engine {
                 Ok(())
             }
             Self::Redis(r) => r.remove_history(channel).await,
+            Self::Nats { .. } => {
+                let _ = channel;
+                Err(BrokerError::NotAvailable)
+            }
         }
     }
 
@@ -73,6 +115,7 @@ impl Engine {
                 Ok(())
             }
             Self::Redis(r) => r.subscribe(channel).await,
+            Self::Nats { broker, .. } => broker.subscribe(channel).await,
         }
     }
 
@@ -84,6 +127,7 @@ impl Engine {
                 Ok(())
             }
             Self::Redis(r) => r.unsubscribe(channel).await,
+            Self::Nats { broker, .. } => broker.unsubscribe(channel).await,
         }
     }
 
@@ -95,6 +139,7 @@ impl Engine {
                 Ok(())
             }
             Self::Redis(r) => r.publish_join(channel, info).await,
+            Self::Nats { broker, .. } => broker.publish_join(channel, info).await,
         }
     }
 
@@ -106,6 +151,7 @@ impl Engine {
                 Ok(())
             }
             Self::Redis(r) => r.publish_leave(channel, info).await,
+            Self::Nats { broker, .. } => broker.publish_leave(channel, info).await,
         }
     }
 
@@ -117,22 +163,38 @@ impl Engine {
         info: ClientInfo,
     ) -> Result<(), BrokerError> {
         match self {
-            Self::Memory(m) => {
+            Self::Memory(m)
+            | Self::Nats {
+                presence: PresenceStore::Memory(m),
+                ..
+            } => {
                 m.add_presence(channel, client_id, info);
                 Ok(())
             }
-            Self::Redis(r) => r.add_presence(channel, client_id, info).await,
+            Self::Redis(r)
+            | Self::Nats {
+                presence: PresenceStore::Redis(r),
+                ..
+            } => r.add_presence(channel, client_id, info).await,
         }
     }
 
     /// Removes a connection's presence from a channel.
     pub async fn remove_presence(&self, channel: &str, client_id: &str) -> Result<(), BrokerError> {
         match self {
-            Self::Memory(m) => {
+            Self::Memory(m)
+            | Self::Nats {
+                presence: PresenceStore::Memory(m),
+                ..
+            } => {
                 m.remove_presence(channel, client_id);
                 Ok(())
             }
-            Self::Redis(r) => r.remove_presence(channel, client_id).await,
+            Self::Redis(r)
+            | Self::Nats {
+                presence: PresenceStore::Redis(r),
+                ..
+            } => r.remove_presence(channel, client_id).await,
         }
     }
 
@@ -142,36 +204,67 @@ impl Engine {
         channel: &str,
     ) -> Result<HashMap<String, ClientInfo>, BrokerError> {
         match self {
-            Self::Memory(m) => Ok(m.presence(channel)),
-            Self::Redis(r) => r.presence(channel).await,
+            Self::Memory(m)
+            | Self::Nats {
+                presence: PresenceStore::Memory(m),
+                ..
+            } => Ok(m.presence(channel)),
+            Self::Redis(r)
+            | Self::Nats {
+                presence: PresenceStore::Redis(r),
+                ..
+            } => r.presence(channel).await,
         }
     }
 
     /// Presence counters of a channel.
     pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
         match self {
-            Self::Memory(m) => Ok(m.presence_stats(channel)),
-            Self::Redis(r) => r.presence_stats(channel).await,
+            Self::Memory(m)
+            | Self::Nats {
+                presence: PresenceStore::Memory(m),
+                ..
+            } => Ok(m.presence_stats(channel)),
+            Self::Redis(r)
+            | Self::Nats {
+                presence: PresenceStore::Redis(r),
+                ..
+            } => r.presence_stats(channel).await,
         }
     }
 
     /// Periodic housekeeping (expired streams, idempotency keys).
     pub fn sweep(&self, now: Instant) {
         match self {
-            Self::Memory(m) => m.sweep(now),
-            Self::Redis(_) => {}
+            Self::Memory(m)
+            | Self::Nats {
+                presence: PresenceStore::Memory(m),
+                ..
+            } => m.sweep(now),
+            Self::Redis(_)
+            | Self::Nats {
+                presence: PresenceStore::Redis(_),
+                ..
+            } => {}
         }
     }
 
-    /// Publishes a cluster control message to every node (this one included). A
-    /// single-node engine has no other node: nothing is sent.
-    pub async fn publish_control(&self, payload: Bytes) -> Result<(), BrokerError> {
+    /// Publishes a cluster control message to every node (this one included) when `node` is
+    /// `None`, else to that node. Redis has one control channel: an addressed message reaches
+    /// every node there too, and the message itself names its addressee. A single-node
+    /// engine has no other node: nothing is sent.
+    pub async fn publish_control(
+        &self,
+        payload: Bytes,
+        node: Option<&str>,
+    ) -> Result<(), BrokerError> {
         match self {
             Self::Memory(_) => {
-                let _ = payload;
+                let _ = (payload, node);
                 Ok(())
             }
             Self::Redis(r) => r.publish_control(payload).await,
+            Self::Nats { broker, .. } => broker.publish_control(payload, node).await,
         }
     }
 
@@ -180,12 +273,27 @@ impl Engine {
         match self {
             Self::Memory(_) => true,
             Self::Redis(r) => r.is_ready(),
+            Self::Nats { broker, presence } => {
+                broker.is_ready()
+                    && match presence {
+                        PresenceStore::Memory(_) => true,
+                        PresenceStore::Redis(r) => r.is_ready(),
+                    }
+            }
+        }
+    }
+
+    /// Hands everything already published to the network (the NATS client buffers writes;
+    /// the other engines write each command before it returns).
+    pub async fn flush(&self) {
+        if let Self::Nats { broker, .. } = self {
+            broker.flush().await;
         }
     }
 
     /// True when several nodes share this engine (cluster-wide operations go through its
     /// control channel).
     pub fn is_clustered(&self) -> bool {
-        matches!(self, Self::Redis(_))
+        matches!(self, Self::Redis(_) | Self::Nats { .. })
     }
 }

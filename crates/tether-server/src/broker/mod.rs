@@ -12,21 +12,31 @@
 //! offset order.
 //!
 //! Engines: [`memory::MemoryBroker`] (embedded, single node), [`redis::RedisEngine`] (several
-//! nodes sharing Redis). [`Engine`] is the one facade the node uses.
+//! nodes sharing Redis), and [`nats::NatsBroker`], fan-out without history between nodes that
+//! share NATS, combined with the memory or Redis engine for presence. [`Engine`] is the one facade
+//! the node uses.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
 
 mod engine;
 pub mod memory;
+pub mod nats;
 pub mod redis;
+mod wire;
 
+pub use self::nats::{NatsBroker, NatsOptions};
 pub use self::redis::{RedisEngine, RedisOptions};
-pub use engine::Engine;
+pub use engine::{Engine, PresenceStore};
 pub use memory::MemoryBroker;
+
+/// Receives the payloads published on the cluster control channel (including this node's
+/// own broadcasts, and those addressed to this node). Taken once by the node.
+pub type ControlReceiver = mpsc::UnboundedReceiver<Bytes>;
 
 /// A position in a channel's stream: the offset of a publication within an epoch.
 ///
@@ -169,6 +179,13 @@ pub enum BrokerError {
     /// happened (a publish may or may not have been applied).
     #[error("engine unavailable: {0}")]
     Unavailable(String),
+    /// The engine cannot carry this channel name (the NATS broker: a `*` or `>` would be a
+    /// subject wildcard, whitespace or an empty dot-separated token no subject at all).
+    #[error("channel name not supported by the broker")]
+    UnsupportedChannel,
+    /// The engine does not offer the operation (history with the NATS broker).
+    #[error("not available with this engine")]
+    NotAvailable,
 }
 
 /// Presence counters of one channel.

@@ -44,7 +44,8 @@ pub struct Config {
     /// Where positions, history and presence live: `memory` (one node) or `redis` (a
     /// cluster of nodes sharing Redis).
     pub engine: EngineConfig,
-    /// An alternative fan-out broker between nodes (NATS), without history.
+    /// An alternative fan-out broker between nodes (NATS), without history; with it the
+    /// engine keeps only presence.
     pub broker: BrokerConfig,
     /// Graceful shutdown on SIGTERM / SIGINT: the drain window and the exit deadline.
     pub shutdown: ShutdownConfig,
@@ -99,11 +100,13 @@ pub struct RedisEngineConfig {
     pub presence_ttl: Duration,
 }
 
-/// An alternative broker (`broker.*`).
+/// An alternative broker (`broker.*`, Centrifugo v6's names).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BrokerConfig {
-    /// Use a broker other than the engine for fan-out between nodes.
+    /// Use a broker other than the engine for fan-out between nodes and the cluster control
+    /// channel; the engine (`memory`: per node, `redis`: shared) keeps only presence. No
+    /// namespace may have history: the NATS broker keeps none.
     pub enabled: bool,
     /// `nats`.
     #[serde(rename = "type")]
@@ -125,13 +128,22 @@ pub enum BrokerKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NatsBrokerConfig {
-    /// Server URL.
+    /// Server URL, `nats://host:port`.
     pub url: String,
-    /// Prefix of every subject.
+    /// First token(s) of every subject (`{prefix}.client.{channel}`, `{prefix}.control`,
+    /// `{prefix}.node.{id}`), so deployments can share one NATS.
     pub prefix: String,
-    /// Limit on connecting.
+    /// Limit on connecting, at start (the node does not start without NATS) and on every
+    /// reconnect.
     #[serde(with = "humantime_serde")]
     pub dial_timeout: Duration,
+    /// Limit on handing one message to the connection and on confirming a subscription; a
+    /// publish that exceeds it fails (error 100).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Centrifugo's wildcard subscriptions (`*`, `>` in channel names). Not supported: must
+    /// stay `false`, and such channels are refused (error 107).
+    pub allow_wildcards: bool,
 }
 
 /// Listening address of the HTTP server (WebSocket endpoint and HTTP API share it).
@@ -797,13 +809,59 @@ impl Config {
                 "timeouts must be greater than 0",
             ));
         }
-        if self.broker.enabled {
-            // Refused rather than ignored: a node that silently kept the engine's fan-out
-            // would not be the deployment its operator configured.
+        self.validate_broker()
+    }
+
+    fn validate_broker(&self) -> Result<(), ConfigError> {
+        let nats = &self.broker.nats;
+        if !nats.url.starts_with("nats://") || nats.url.len() == "nats://".len() {
             return Err(invalid(
-                "broker.enabled",
-                "the nats broker is not implemented yet",
+                "broker.nats.url",
+                format!("{:?} must be a nats://host:port URL", nats.url),
             ));
+        }
+        if !is_valid_subject_prefix(&nats.prefix) {
+            return Err(invalid(
+                "broker.nats.prefix",
+                "must be non-empty dot-separated tokens without whitespace, '*' or '>'",
+            ));
+        }
+        if nats.dial_timeout.is_zero() || nats.write_timeout.is_zero() {
+            return Err(invalid(
+                "broker.nats.dial_timeout",
+                "timeouts must be greater than 0",
+            ));
+        }
+        if nats.allow_wildcards {
+            return Err(invalid(
+                "broker.nats.allow_wildcards",
+                "wildcard subscriptions are not supported; channels with '*' or '>' are refused",
+            ));
+        }
+        if !self.broker.enabled {
+            return Ok(());
+        }
+        // NATS keeps no history: refused here, at start, rather than failing every publish
+        // into the namespace at run time.
+        let namespaces = std::iter::once((
+            "channel.without_namespace".to_owned(),
+            &self.channel.without_namespace,
+        ))
+        .chain(
+            self.channel
+                .namespaces
+                .iter()
+                .enumerate()
+                .map(|(index, ns)| (format!("channel.namespaces[{index}]"), &ns.options)),
+        );
+        for (key, options) in namespaces {
+            if options.history_enabled() {
+                return Err(invalid(
+                    format!("{key}.history_size"),
+                    "history (and recovery) is not available with the nats broker (broker.enabled); \
+                     use engine.type = \"redis\" without a broker for history",
+                ));
+            }
         }
         Ok(())
     }
@@ -1057,6 +1115,8 @@ impl Default for NatsBrokerConfig {
             url: "nats://127.0.0.1:4222".to_owned(),
             prefix: "tether".to_owned(),
             dial_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(1),
+            allow_wildcards: false,
         }
     }
 }
@@ -1209,6 +1269,14 @@ fn validate_namespace_options(
         }
     }
     Ok(())
+}
+
+/// A NATS subject prefix: dot-separated non-empty tokens, no whitespace, no wildcard.
+fn is_valid_subject_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && !prefix.split('.').any(str::is_empty)
+        && !prefix.contains(['*', '>'])
+        && !prefix.chars().any(char::is_whitespace)
 }
 
 fn validate_log_level(level: &str) -> Result<(), ConfigError> {

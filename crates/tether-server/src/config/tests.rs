@@ -774,3 +774,90 @@ fn limit_and_shutdown_validation_names_the_key() {
     c.client.command_rate_limit.burst = 0;
     c.validate().unwrap();
 }
+
+#[test]
+fn nats_broker_from_the_environment() {
+    let e = env(&[
+        ("TETHER_BROKER_ENABLED", "true"),
+        ("TETHER_BROKER_TYPE", "nats"),
+        ("TETHER_BROKER_NATS_URL", "nats://10.0.0.5:4222"),
+        ("TETHER_BROKER_NATS_PREFIX", "app.rt"),
+        ("TETHER_BROKER_NATS_DIAL_TIMEOUT", "250ms"),
+    ]);
+    let c = Config::load(None, &e).unwrap();
+    assert!(c.broker.enabled);
+    assert_eq!(c.broker.kind, BrokerKind::Nats);
+    assert_eq!(c.broker.nats.url, "nats://10.0.0.5:4222");
+    assert_eq!(c.broker.nats.prefix, "app.rt");
+    assert_eq!(c.broker.nats.dial_timeout, Duration::from_millis(250));
+    assert_eq!(c.broker.nats.write_timeout, Duration::from_secs(1));
+}
+
+#[test]
+fn nats_broker_rules_name_the_key() {
+    type Mutate = fn(&mut Config);
+    let cases: [(Mutate, &str); 9] = [
+        (
+            |c| c.broker.nats.url = "redis://x:1".to_owned(),
+            "broker.nats.url",
+        ),
+        (
+            |c| c.broker.nats.url = "nats://".to_owned(),
+            "broker.nats.url",
+        ),
+        (
+            |c| c.broker.nats.prefix = String::new(),
+            "broker.nats.prefix",
+        ),
+        (
+            |c| c.broker.nats.prefix = "a..b".to_owned(),
+            "broker.nats.prefix",
+        ),
+        (
+            |c| c.broker.nats.prefix = "a.*".to_owned(),
+            "broker.nats.prefix",
+        ),
+        (
+            |c| c.broker.nats.prefix = "a b".to_owned(),
+            "broker.nats.prefix",
+        ),
+        (
+            |c| c.broker.nats.dial_timeout = Duration::ZERO,
+            "broker.nats.dial_timeout",
+        ),
+        (
+            |c| c.broker.nats.allow_wildcards = true,
+            "broker.nats.allow_wildcards",
+        ),
+        (
+            |c| {
+                let mut n = ns("hist");
+                n.options.history_size = 10;
+                n.options.history_ttl = Duration::from_secs(60);
+                c.channel.namespaces = vec![ns("plain"), n];
+            },
+            "channel.namespaces[1].history_size",
+        ),
+    ];
+    for (mutate, key) in cases {
+        let mut c = Config::default();
+        c.broker.enabled = true;
+        mutate(&mut c);
+        let err = c.validate().unwrap_err();
+        assert_eq!(key_of(&err), key, "{err}");
+    }
+    // The same options are fine without the broker, and the broker is fine without them.
+    let mut c = Config::default();
+    c.channel.without_namespace.history_size = 10;
+    c.channel.without_namespace.history_ttl = Duration::from_secs(60);
+    c.validate().unwrap();
+    c.broker.enabled = true;
+    let err = c.validate().unwrap_err();
+    assert_eq!(key_of(&err), "channel.without_namespace.history_size");
+    assert!(err.to_string().contains("nats broker"), "{err}");
+    let mut c = Config::default();
+    c.broker.enabled = true;
+    c.validate().unwrap();
+    c.engine.kind = EngineKind::Redis;
+    c.validate().unwrap();
+}

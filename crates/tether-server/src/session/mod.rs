@@ -508,7 +508,7 @@ impl Session {
                     ..Default::default()
                 })
             }
-            Err(_) => Ok(error_reply(ClientError::INTERNAL)),
+            Err(error) => Ok(error_reply(engine_error(&error))),
         }
     }
 
@@ -612,12 +612,7 @@ impl Session {
                     ..Default::default()
                 })
             }
-            Err(crate::broker::BrokerError::UnrecoverablePosition) => {
-                Ok(error_reply(ClientError::UNRECOVERABLE_POSITION))
-            }
-            Err(crate::broker::BrokerError::Unavailable(_)) => {
-                Ok(error_reply(ClientError::INTERNAL))
-            }
+            Err(error) => Ok(error_reply(engine_error(&error))),
         }
     }
 
@@ -670,6 +665,17 @@ impl Session {
 
 fn is_pong(cmd: &Command) -> bool {
     cmd.id == 0 && *cmd == Command::default()
+}
+
+/// The client error for a failed engine operation.
+fn engine_error(error: &crate::broker::BrokerError) -> ClientError {
+    use crate::broker::BrokerError;
+    match error {
+        BrokerError::UnrecoverablePosition => ClientError::UNRECOVERABLE_POSITION,
+        BrokerError::UnsupportedChannel => ClientError::BAD_REQUEST,
+        BrokerError::NotAvailable => ClientError::NOT_AVAILABLE,
+        BrokerError::Unavailable(_) => ClientError::INTERNAL,
+    }
 }
 
 fn error_reply(error: ClientError) -> Reply {

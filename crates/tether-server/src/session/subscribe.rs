@@ -14,7 +14,8 @@ use tether_proto::{Reply, SubscribeRequest, SubscribeResult};
 
 use super::channel::{ChannelAccess, Permission, meta_ttl};
 use super::{
-    Now, Outcome, Session, SubState, SubscribeOverrides, UNSUBSCRIBE_EXPIRED, error_reply,
+    Now, Outcome, Session, SubState, SubscribeOverrides, UNSUBSCRIBE_EXPIRED, engine_error,
+    error_reply,
 };
 use crate::auth::TokenError;
 use crate::broker::{BrokerError, HistoryQuery, StreamPosition};
@@ -231,9 +232,9 @@ impl Session {
         // Registered (pending) before the engine subscription and the history read, so no
         // publication can fall between them.
         let sub = node.hub.subscribe(channel, &self.conn, flags);
-        if node.engine.subscribe(channel).await.is_err() {
+        if let Err(error) = node.engine.subscribe(channel).await {
             node.hub.unsubscribe(channel, &self.conn);
-            return Err(ClientError::INTERNAL);
+            return Err(engine_error(&error));
         }
         let mut result = SubscribeResult {
             positioned: params.positioned,
@@ -291,9 +292,12 @@ impl Session {
                     .await
                     .map(|page| (page, false)),
             };
-            let Ok((page, recovered)) = read else {
-                self.abandon(node, channel).await;
-                return Err(ClientError::INTERNAL);
+            let (page, recovered) = match read {
+                Ok(read) => read,
+                Err(error) => {
+                    self.abandon(node, channel).await;
+                    return Err(engine_error(&error));
+                }
             };
             if result.was_recovering {
                 node.metrics.recovery(if recovered {

@@ -1,5 +1,6 @@
-//! Cluster test harness: `tether` processes sharing the Redis on 127.0.0.1:6379 under a
-//! unique key prefix, a raw WebSocket JSON client, an HTTP API helper and a TCP fault proxy.
+//! Cluster test harness: `tether` processes sharing the Redis on 127.0.0.1:6379 (or a NATS)
+//! under a unique prefix, a raw WebSocket JSON client, an HTTP API helper and a TCP fault
+//! proxy.
 
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
@@ -76,17 +77,8 @@ impl Node {
     /// Starts a node on a free port with the Redis engine at `redis` under `prefix`, and
     /// waits until `/ready` answers 200.
     pub async fn start(prefix: &str, redis: &str) -> Self {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("tether-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = json!({
-            "http_server": { "address": "127.0.0.1", "port": port },
-            "client": {
-                "token": { "hmac_secret_key": SECRET },
-                "presence_update_interval": "1s",
-            },
-            "http_api": { "key": API_KEY },
-            "log": { "level": "warn" },
+        Self::start_with(json!({
+            "client": { "presence_update_interval": "1s" },
             "engine": {
                 "type": "redis",
                 "redis": {
@@ -115,7 +107,20 @@ impl Node {
                     "allow_presence_for_client": true,
                 }],
             },
-        });
+        }))
+        .await
+    }
+
+    /// Starts a node on a free port with `config` (its `http_server`, `client.token`,
+    /// `http_api` and `log` are set here), and waits until `/ready` answers 200.
+    pub async fn start_with(mut config: Value) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("tether-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        config["http_server"] = json!({ "address": "127.0.0.1", "port": port });
+        config["client"]["token"] = json!({ "hmac_secret_key": SECRET });
+        config["http_api"] = json!({ "key": API_KEY });
+        config["log"] = json!({ "level": "warn" });
         let path = dir.join("config.json");
         std::fs::write(&path, config.to_string()).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tether"))
@@ -170,6 +175,20 @@ impl Node {
     pub async fn publish(&self, channel: &str, data: Value) -> Value {
         self.api("publish", json!({ "channel": channel, "data": data }))
             .await
+    }
+
+    /// SIGTERM: the node drains its clients and exits by itself (within 10 s).
+    pub async fn terminate(mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("node exits after SIGTERM")
+            .unwrap();
     }
 
     /// SIGKILL: the node gets no chance to say goodbye.
@@ -348,7 +367,8 @@ pub fn publication(message: &Value, channel: &str) -> Option<(u64, i64)> {
     ))
 }
 
-/// A TCP proxy in front of Redis that can be cut: while down it resets every connection.
+/// A TCP proxy in front of Redis (or NATS) that can be cut: while down it resets every
+/// connection.
 pub struct FaultProxy {
     pub url: String,
     up: Arc<AtomicBool>,
@@ -357,13 +377,10 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub async fn start(target: &str) -> Self {
-        let target: SocketAddr = target
-            .trim_start_matches("redis://")
-            .trim_end_matches('/')
-            .parse()
-            .unwrap();
+        let (scheme, address) = target.split_once("://").unwrap();
+        let target: SocketAddr = address.trim_end_matches('/').parse().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let up = Arc::new(AtomicBool::new(true));
         let (cut, _) = watch::channel(0u64);
         let (up2, cut2) = (up.clone(), cut.clone());

@@ -13,13 +13,11 @@
 //!
 //! Nothing here trusts its input: a malformed message decodes to `None`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use prost::Message as _;
 
-use crate::broker::{ClientInfo, Publication, StreamPosition};
+use crate::broker::{ClientInfo, Publication, StreamPosition, wire};
 
 /// One decoded Pub/Sub message of a channel.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,45 +37,25 @@ pub(super) enum ChannelMessage {
 
 /// Protobuf bytes of a publication as stored in a stream entry and sent over Pub/Sub.
 pub(super) fn encode_publication(publication: &Publication) -> Vec<u8> {
-    tether_proto::Publication {
-        data: publication.data.clone(),
-        info: publication.info.as_ref().map(to_proto_info),
-        offset: 0,
-        tags: publication
-            .tags
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        delta: publication.delta,
-        time: publication.time_ms,
-        ..Default::default()
-    }
-    .encode_to_vec()
+    wire::to_proto_publication(publication).encode_to_vec()
 }
 
 /// Decodes a publication; `offset` comes from where it was found (stream id or message).
 pub(super) fn decode_publication(bytes: &[u8], offset: u64) -> Option<Publication> {
     let p = tether_proto::Publication::decode(bytes).ok()?;
-    Some(Publication {
-        offset,
-        data: p.data,
-        info: p.info.map(from_proto_info),
-        tags: p.tags.into_iter().collect::<BTreeMap<_, _>>(),
-        delta: p.delta,
-        time_ms: p.time,
-    })
+    Some(wire::from_proto_publication(p, offset))
 }
 
 /// Protobuf bytes of a client info (presence values, join and leave messages).
 pub(super) fn encode_info(info: &ClientInfo) -> Vec<u8> {
-    to_proto_info(info).encode_to_vec()
+    wire::to_proto_info(info).encode_to_vec()
 }
 
 /// Decodes a client info.
 pub(super) fn decode_info(bytes: &[u8]) -> Option<ClientInfo> {
     tether_proto::ClientInfo::decode(bytes)
         .ok()
-        .map(from_proto_info)
+        .map(wire::from_proto_info)
 }
 
 /// A join message.
@@ -173,30 +151,15 @@ fn parse_u64(digits: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-fn to_proto_info(info: &ClientInfo) -> tether_proto::ClientInfo {
-    tether_proto::ClientInfo {
-        user: info.user.clone(),
-        client: info.client.clone(),
-        conn_info: info.conn_info.clone().unwrap_or_default(),
-        chan_info: info.chan_info.clone().unwrap_or_default(),
-    }
-}
-
-fn from_proto_info(info: tether_proto::ClientInfo) -> ClientInfo {
-    let some = |b: Bytes| (!b.is_empty()).then_some(b);
-    ClientInfo {
-        user: info.user,
-        client: info.client,
-        conn_info: some(info.conn_info),
-        chan_info: some(info.chan_info),
-    }
-}
-
 const JOIN: &[u8] = b"__j__";
 const LEAVE: &[u8] = b"__l__";
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+
     use super::*;
 
     fn publication() -> Publication {

@@ -54,8 +54,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{
-    BrokerError, BrokerEvents, ClientInfo, HistoryPage, HistoryQuery, PresenceStats, Publication,
-    PublishOptions, Published, StreamPosition,
+    BrokerError, BrokerEvents, ClientInfo, ControlReceiver, HistoryPage, HistoryQuery,
+    PresenceStats, Publication, PublishOptions, Published, StreamPosition,
 };
 
 /// How to reach Redis and name keys. Built by the server from `engine.redis.*`.
@@ -74,11 +74,11 @@ pub struct RedisOptions {
     pub presence_ttl: Duration,
     /// How often this node refreshes the presence entries of its connections.
     pub presence_update_interval: Duration,
+    /// Run the Pub/Sub side (channel fan-out and the control channel). Off when another
+    /// broker (NATS) carries fan-out and control and Redis keeps only presence: then no
+    /// Pub/Sub connection is opened and nothing arrives on the [`ControlReceiver`].
+    pub fanout: bool,
 }
-
-/// Receives the payloads published on the cluster control channel (including this node's
-/// own). Taken once by the node.
-pub type ControlReceiver = mpsc::UnboundedReceiver<Bytes>;
 
 /// The Redis engine. Clone = handle clone.
 #[derive(Clone)]
@@ -192,6 +192,11 @@ impl RedisEngine {
             options,
         });
         let engine = Self { shared };
+        let starters = if engine.shared.options.fanout {
+            starters
+        } else {
+            Vec::new()
+        };
         for (index, client, rx, up) in starters {
             let task = pubsub::Task {
                 engine: engine.downgrade(),
@@ -426,10 +431,12 @@ impl RedisEngine {
         .await
     }
 
-    /// Every shard answers commands and has its Pub/Sub connection up.
+    /// Every shard answers commands and has its Pub/Sub connection up (when it runs one).
     pub fn is_ready(&self) -> bool {
+        let fanout = self.shared.options.fanout;
         self.shared.shards.iter().all(|shard| {
-            shard.pubsub_up.load(Ordering::Relaxed) && shard.command_up.load(Ordering::Relaxed)
+            (!fanout || shard.pubsub_up.load(Ordering::Relaxed))
+                && shard.command_up.load(Ordering::Relaxed)
         })
     }
 

@@ -45,6 +45,7 @@ fn start(prefix: &str) -> (RedisEngine, Arc<Recorder>) {
         io_timeout: Duration::from_secs(1),
         presence_ttl: Duration::from_secs(60),
         presence_update_interval: Duration::from_secs(27),
+        fanout: true,
     };
     let (engine, _control) = RedisEngine::start(options, recorder.clone()).expect("start");
     (engine, recorder)
@@ -331,6 +332,7 @@ async fn unreachable_redis_fails_publish_instead_of_faking_success() {
         io_timeout: Duration::from_millis(200),
         presence_ttl: Duration::from_secs(60),
         presence_update_interval: Duration::from_secs(27),
+        fanout: true,
     };
     let (engine, _control) = RedisEngine::start(options, recorder).expect("start");
     assert!(matches!(
