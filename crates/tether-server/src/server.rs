@@ -31,7 +31,7 @@ use tracing::{Instrument, debug, debug_span, field, info, warn};
 use crate::api::cluster::Cluster;
 use crate::auth::TokenVerifier;
 use crate::broker::redis::{ControlReceiver, RedisStartError};
-use crate::broker::{Engine, MemoryBroker, RedisEngine, RedisOptions};
+use crate::broker::{Engine, MemoryBroker, RedisDeployment, RedisEngine, RedisOptions};
 use crate::config::{Config, EngineKind};
 use crate::hub::{Hub, HubEvents, SweepSettings};
 use crate::metrics::Metrics;
@@ -121,8 +121,13 @@ impl Node {
             EngineKind::Memory => (Engine::Memory(MemoryBroker::new(events)), None),
             EngineKind::Redis => {
                 let redis = &config.engine.redis;
+                let deployment = if redis.cluster_address.is_empty() {
+                    RedisDeployment::Shards(redis.standalone_addresses())
+                } else {
+                    RedisDeployment::Cluster(redis.cluster_address.clone())
+                };
                 let options = RedisOptions {
-                    addresses: redis.address.clone(),
+                    deployment,
                     prefix: redis.prefix.clone(),
                     connect_timeout: redis.connect_timeout,
                     io_timeout: redis.io_timeout,

@@ -24,7 +24,7 @@ mod engine;
 pub mod memory;
 pub mod redis;
 
-pub use self::redis::{RedisEngine, RedisOptions};
+pub use self::redis::{RedisDeployment, RedisEngine, RedisOptions};
 pub use engine::Engine;
 pub use memory::MemoryBroker;
 
