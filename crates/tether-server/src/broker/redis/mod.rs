@@ -763,9 +763,9 @@ fn cluster_shard(
     seeds: &[String],
     options: &RedisOptions,
 ) -> Result<(Shard, PubSubStarter), RedisStartError> {
-    let Some(first) = seeds.first() else {
+    if seeds.is_empty() {
         return Err(RedisStartError::NoAddress);
-    };
+    }
     let bad = |e: redis::RedisError| RedisStartError::Address {
         address: seeds.join(","),
         message: e.to_string(),
@@ -783,7 +783,6 @@ fn cluster_shard(
             message: e.to_string(),
         })?;
     }
-    debug!(seed = %first, seeds = seeds.len(), "redis cluster engine");
     let config = ClusterConfig::new()
         .set_connection_timeout(options.connect_timeout)
         .set_response_timeout(options.io_timeout);
