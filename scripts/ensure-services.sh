@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests use are up: Redis on 127.0.0.1:6379 (cluster tests, the
-# Redis engine's tests and the interop suite on Redis) and NATS on 127.0.0.1:4222 (the NATS
-# broker's cluster tests). Starts a local server the way this machine's image does if none
-# answers; fails with a clear message if it cannot.
+# Redis engine's tests and the interop suite on Redis), NATS on 127.0.0.1:4222 (the NATS
+# broker's cluster tests), and a 3-master Redis Cluster on 127.0.0.1:7101-7103
+# (scripts/redis-cluster.sh; the Redis Cluster tests). Starts a local server the way this
+# machine's image does if none answers; fails with a clear message if it cannot.
 set -euo pipefail
 
 # Exit status 0 when the server on 127.0.0.1:PORT answers SEND (may be empty) with a reply
@@ -76,3 +77,9 @@ ensure_nats() {
 
 ensure_redis
 ensure_nats
+# The Redis Cluster tests' 3-master cluster on 127.0.0.1:7101-7103 (idempotent; the tests
+# would start it themselves, this keeps its start-up out of their time). Skipped when the
+# tests are pointed at another cluster.
+if [[ -z "${TETHER_TEST_REDIS_CLUSTER:-}" ]]; then
+    bash "$(dirname "${BASH_SOURCE[0]}")/redis-cluster.sh" start
+fi

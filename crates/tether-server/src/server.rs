@@ -33,8 +33,8 @@ use crate::auth::TokenVerifier;
 use crate::broker::nats::NatsStartError;
 use crate::broker::redis::RedisStartError;
 use crate::broker::{
-    ControlReceiver, Engine, MemoryBroker, NatsBroker, NatsOptions, PresenceStore, RedisEngine,
-    RedisOptions,
+    ControlReceiver, Engine, MemoryBroker, NatsBroker, NatsOptions, PresenceStore, RedisDeployment,
+    RedisEngine, RedisOptions,
 };
 use crate::config::{Config, EngineKind};
 use crate::hub::{Hub, HubEvents, SweepSettings};
@@ -237,8 +237,13 @@ async fn build_engine(
 ) -> Result<(Engine, Option<ControlReceiver>), StartError> {
     let redis_options = |fanout| {
         let redis = &config.engine.redis;
+        let deployment = if redis.cluster_address.is_empty() {
+            RedisDeployment::Shards(redis.standalone_addresses())
+        } else {
+            RedisDeployment::Cluster(redis.cluster_address.clone())
+        };
         RedisOptions {
-            addresses: redis.address.clone(),
+            deployment,
             prefix: redis.prefix.clone(),
             connect_timeout: redis.connect_timeout,
             io_timeout: redis.io_timeout,

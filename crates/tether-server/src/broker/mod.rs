@@ -30,7 +30,7 @@ pub mod redis;
 mod wire;
 
 pub use self::nats::{NatsBroker, NatsOptions};
-pub use self::redis::{RedisEngine, RedisOptions};
+pub use self::redis::{RedisDeployment, RedisEngine, RedisOptions};
 pub use engine::{Engine, PresenceStore};
 pub use memory::MemoryBroker;
 

@@ -77,13 +77,15 @@ pub enum EngineKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RedisEngineConfig {
-    /// `redis://host:port[/db]`, one or a list; channels are sharded over a list by a
-    /// consistent hash of their name, so every node must list the same addresses in the same
-    /// order.
+    /// Standalone Redis: `redis://host:port[/db]`, one or a list; channels are sharded over a
+    /// list by a consistent hash of their name, so every node must list the same addresses in
+    /// the same order. Empty (the default) means `redis://127.0.0.1:6379` unless
+    /// `cluster_address` is set; the two are mutually exclusive.
     #[serde(deserialize_with = "one_or_many")]
     pub address: Vec<String>,
-    /// Redis Cluster seed addresses. Not supported yet: the key layout is ready for it (hash
-    /// tags), the client is not.
+    /// Redis Cluster (Redis >= 7): seed node URLs `redis://host:port`, one or a list; the rest
+    /// of the topology is discovered. Channels are spread over the cluster's slots and Pub/Sub
+    /// is sharded (`SPUBLISH`/`SSUBSCRIBE`).
     #[serde(deserialize_with = "one_or_many")]
     pub cluster_address: Vec<String>,
     /// Prefix of every key and Pub/Sub channel, so deployments can share a Redis.
@@ -98,6 +100,19 @@ pub struct RedisEngineConfig {
     /// `client.presence_update_interval`.
     #[serde(with = "humantime_serde")]
     pub presence_ttl: Duration,
+}
+
+// === impl RedisEngineConfig ===
+
+impl RedisEngineConfig {
+    /// The standalone shards: `address`, or a local Redis when it is empty.
+    pub fn standalone_addresses(&self) -> Vec<String> {
+        if self.address.is_empty() {
+            vec![DEFAULT_REDIS_ADDRESS.to_owned()]
+        } else {
+            self.address.clone()
+        }
+    }
 }
 
 /// An alternative broker (`broker.*`, Centrifugo v6's names).
@@ -771,24 +786,23 @@ impl Config {
     fn validate_engine(&self) -> Result<(), ConfigError> {
         let redis = &self.engine.redis;
         if self.engine.kind == EngineKind::Redis {
-            if !redis.cluster_address.is_empty() {
+            if !redis.cluster_address.is_empty() && !redis.address.is_empty() {
                 return Err(invalid(
                     "engine.redis.cluster_address",
-                    "redis cluster is not supported yet; list shard addresses in engine.redis.address",
+                    "set either engine.redis.address (standalone Redis) or \
+                     engine.redis.cluster_address (Redis Cluster), not both",
                 ));
             }
-            if redis.address.is_empty() {
-                return Err(invalid("engine.redis.address", "must not be empty"));
-            }
-            if let Some(bad) = redis
-                .address
-                .iter()
-                .find(|a| !(a.starts_with("redis://") || a.starts_with("rediss://")))
-            {
-                return Err(invalid(
-                    "engine.redis.address",
-                    format!("{bad:?} must be a redis:// URL"),
-                ));
+            for (key, addresses) in [
+                ("engine.redis.address", &redis.address),
+                ("engine.redis.cluster_address", &redis.cluster_address),
+            ] {
+                if let Some(bad) = addresses
+                    .iter()
+                    .find(|a| !(a.starts_with("redis://") || a.starts_with("rediss://")))
+                {
+                    return Err(invalid(key, format!("{bad:?} must be a redis:// URL")));
+                }
             }
             if redis.presence_ttl <= self.client.presence_update_interval {
                 return Err(invalid(
@@ -1094,7 +1108,9 @@ impl Default for RedisEngineConfig {
     fn default() -> Self {
         Self {
             // Centrifugo's default: a local Redis.
-            address: vec!["redis://127.0.0.1:6379".to_owned()],
+            // Empty: Centrifugo's default, a local Redis (see `standalone_addresses`), unless
+            // a cluster is configured instead.
+            address: Vec::new(),
             cluster_address: Vec::new(),
             prefix: "tether".to_owned(),
             // Connecting to a reachable Redis takes milliseconds; a second means it is not.
@@ -1205,6 +1221,10 @@ pub const MIN_REQUEST_HEAD_SIZE: usize = 256;
 /// Largest `client.token.leeway`: more clock skew than this hides real clock problems and
 /// stretches every token's life.
 pub const MAX_TOKEN_LEEWAY: Duration = Duration::from_secs(30);
+
+/// The standalone Redis used when neither `engine.redis.address` nor
+/// `engine.redis.cluster_address` is set (Centrifugo's default).
+pub const DEFAULT_REDIS_ADDRESS: &str = "redis://127.0.0.1:6379";
 
 fn validate_namespace_options(
     options: &NamespaceOptions,

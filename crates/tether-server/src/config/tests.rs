@@ -660,6 +660,71 @@ fn engine_section_from_env_and_file() {
 }
 
 #[test]
+fn redis_cluster_address_is_exclusive_with_address() {
+    // Neither set: the local default.
+    let config = Config::load(None, &env(&[("TETHER_ENGINE_TYPE", "redis")])).expect("valid");
+    assert!(config.engine.redis.address.is_empty());
+    assert_eq!(
+        config.engine.redis.standalone_addresses(),
+        ["redis://127.0.0.1:6379"]
+    );
+
+    // Cluster seeds from the environment, as a comma-separated list.
+    let config = Config::load(
+        None,
+        &env(&[
+            ("TETHER_ENGINE_TYPE", "redis"),
+            (
+                "TETHER_ENGINE_REDIS_CLUSTER_ADDRESS",
+                "redis://10.0.0.1:7000,redis://10.0.0.2:7000",
+            ),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(
+        config.engine.redis.cluster_address,
+        ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
+    );
+
+    // Both: refused, naming the key.
+    let error = Config::load(
+        None,
+        &env(&[
+            ("TETHER_ENGINE_TYPE", "redis"),
+            ("TETHER_ENGINE_REDIS_ADDRESS", "redis://127.0.0.1:6379"),
+            (
+                "TETHER_ENGINE_REDIS_CLUSTER_ADDRESS",
+                "redis://127.0.0.1:7101",
+            ),
+        ]),
+    )
+    .expect_err("both set");
+    assert!(
+        error
+            .to_string()
+            .starts_with("engine.redis.cluster_address"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("not both"), "{error}");
+
+    // A seed that is not a URL.
+    let error = Config::load(
+        None,
+        &env(&[
+            ("TETHER_ENGINE_TYPE", "redis"),
+            ("TETHER_ENGINE_REDIS_CLUSTER_ADDRESS", "127.0.0.1:7101"),
+        ]),
+    )
+    .expect_err("not a url");
+    assert!(
+        error
+            .to_string()
+            .starts_with("engine.redis.cluster_address"),
+        "{error}"
+    );
+}
+
+#[test]
 fn token_leeway_and_jwks_endpoint_load_and_validate() {
     let path = file(
         "token-jwks",

@@ -1,6 +1,6 @@
-//! Cluster test harness: `tether` processes sharing the Redis on 127.0.0.1:6379 (or a NATS)
-//! under a unique prefix, a raw WebSocket JSON client, an HTTP API helper and a TCP fault
-//! proxy.
+//! Cluster test harness: `tether` processes sharing the Redis on 127.0.0.1:6379 (or the Redis
+//! Cluster of `scripts/redis-cluster.sh`, or a NATS) under a unique prefix, a raw WebSocket
+//! JSON client, an HTTP API helper and a TCP fault proxy.
 
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
@@ -25,6 +25,54 @@ pub const API_KEY: &str = "cluster-api-key";
 
 pub fn redis_url() -> String {
     std::env::var("TETHER_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Seeds of the test Redis Cluster: `TETHER_TEST_REDIS_CLUSTER` (comma-separated, every seed a
+/// master), or the 3-master cluster that `scripts/redis-cluster.sh start` brings up (idempotent;
+/// run once per test process).
+pub fn redis_cluster_seeds() -> Vec<String> {
+    static SEEDS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    SEEDS
+        .get_or_init(|| {
+            if let Ok(seeds) = std::env::var("TETHER_TEST_REDIS_CLUSTER") {
+                return seeds.split(',').map(str::to_owned).collect();
+            }
+            let script = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../scripts/redis-cluster.sh"
+            );
+            let status = std::process::Command::new("bash")
+                .arg(script)
+                .arg("start")
+                .status()
+                .unwrap();
+            assert!(status.success(), "scripts/redis-cluster.sh start failed");
+            (7101..=7103)
+                .map(|port| format!("redis://127.0.0.1:{port}"))
+                .collect()
+        })
+        .clone()
+}
+
+/// Deletes every key under `prefix` on every master of the test cluster (one `DEL` per key:
+/// they span slots).
+pub async fn delete_cluster_keys(prefix: &str) {
+    for seed in redis_cluster_seeds() {
+        let client = redis::Client::open(seed).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}.*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for key in keys {
+            let _: () = redis::cmd("DEL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
 }
 
 /// A unique prefix for one test's keys; [`cleanup`] removes them.
@@ -77,12 +125,21 @@ impl Node {
     /// Starts a node on a free port with the Redis engine at `redis` under `prefix`, and
     /// waits until `/ready` answers 200.
     pub async fn start(prefix: &str, redis: &str) -> Self {
-        Self::start_with(json!({
+        Self::start_on_redis(prefix, json!({ "address": redis })).await
+    }
+
+    /// Like [`Node::start`], on the Redis Cluster with these seeds.
+    pub async fn start_on_redis_cluster(prefix: &str, seeds: &[String]) -> Self {
+        Self::start_on_redis(prefix, json!({ "cluster_address": seeds })).await
+    }
+
+    /// `target` is the `engine.redis` address key (`address` or `cluster_address`).
+    async fn start_on_redis(prefix: &str, target: Value) -> Self {
+        let mut config = json!({
             "client": { "presence_update_interval": "1s" },
             "engine": {
                 "type": "redis",
                 "redis": {
-                    "address": redis,
                     "prefix": prefix,
                     "presence_ttl": "5s",
                     "io_timeout": "500ms",
@@ -107,8 +164,11 @@ impl Node {
                     "allow_presence_for_client": true,
                 }],
             },
-        }))
-        .await
+        });
+        for (key, value) in target.as_object().unwrap() {
+            config["engine"]["redis"][key] = value.clone();
+        }
+        Self::start_with(config).await
     }
 
     /// Starts a node on a free port with `config` (its `http_server`, `client.token`,

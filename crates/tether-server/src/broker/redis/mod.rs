@@ -1,10 +1,16 @@
 //! The Redis engine: fan-out between nodes over Redis Pub/Sub, history in Redis Streams,
 //! presence in Redis with a TTL, and a control channel for cluster-wide operations.
 //!
+//! Two deployments: standalone Redis (one instance, or several shards), or a Redis Cluster
+//! (Redis >= 7, sharded Pub/Sub). Both run the same scripts and commands through
+//! `connection::Commands`; only the Pub/Sub side differs (`pubsub` per standalone shard,
+//! `sharded` for the cluster).
+//!
 //! # Keys
 //!
 //! Every key of a channel carries the channel as a Redis Cluster hash tag, so one channel's
-//! keys always live in one slot and one Lua script may touch them all:
+//! keys and its Pub/Sub channel always live in one slot and one Lua script may touch them all
+//! and publish (see `keys` for the exact rule):
 //!
 //! | Purpose | Name |
 //! | --- | --- |
@@ -18,10 +24,19 @@
 //!
 //! # Shards
 //!
-//! With several `addresses`, a channel lives on the shard chosen by a jump consistent hash of
-//! its name (stable across processes and releases: FNV-1a, then Lamping–Veach). Each shard
-//! has one command connection ([`ConnectionManager`], reconnecting by itself) and one Pub/Sub
-//! connection owned by a task (see `pubsub`).
+//! With several standalone `addresses`, a channel lives on the shard chosen by a jump
+//! consistent hash of its name (stable across processes and releases: FNV-1a, then
+//! Lamping–Veach). Each shard has one command connection ([`ConnectionManager`], reconnecting
+//! by itself) and one Pub/Sub connection owned by a task (see `pubsub`).
+//!
+//! # Redis Cluster
+//!
+//! With `cluster_address`, the whole cluster is the engine's one shard: a `ClusterConnection`
+//! routes every script and command to the master that owns its channel's slot, and Pub/Sub is
+//! sharded (`SPUBLISH` from the publish script, `SSUBSCRIBE` on a RESP3 cluster connection, so
+//! a message only travels to the master of its slot instead of the whole cluster bus). The
+//! control channel is a sharded channel in the fixed slot of its name; see `sharded` for why,
+//! and for how resubscription after a reconnect or a slot move is detected.
 //!
 //! # Positions and faults
 //!
@@ -35,8 +50,11 @@
 //! have.
 
 mod codec;
+mod connection;
+mod keys;
 mod pubsub;
 mod scripts;
+mod sharded;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -48,11 +66,14 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use rand::Rng;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, Value};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::{ProtocolVersion, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use self::connection::Commands;
+use self::keys::{Keys, Layout};
 use super::{
     BrokerError, BrokerEvents, ClientInfo, ControlReceiver, HistoryPage, HistoryQuery,
     PresenceStats, Publication, PublishOptions, Published, StreamPosition,
@@ -61,8 +82,8 @@ use super::{
 /// How to reach Redis and name keys. Built by the server from `engine.redis.*`.
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
-    /// One `redis://host:port[/db]` URL per shard; channels are spread over them.
-    pub addresses: Vec<String>,
+    /// Which Redis, and how it is deployed.
+    pub deployment: RedisDeployment,
     /// Prefix of every key and Pub/Sub channel; lets several deployments (or tests) share
     /// one Redis.
     pub prefix: String,
@@ -80,6 +101,16 @@ pub struct RedisOptions {
     pub fanout: bool,
 }
 
+/// Where the engine's Redis is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisDeployment {
+    /// Standalone instances, one `redis://host:port[/db]` URL per shard; channels are spread
+    /// over them by a consistent hash of their name.
+    Shards(Vec<String>),
+    /// A Redis Cluster (Redis >= 7): seed node URLs; the rest of the topology is discovered.
+    Cluster(Vec<String>),
+}
+
 /// The Redis engine. Clone = handle clone.
 #[derive(Clone)]
 pub struct RedisEngine {
@@ -88,6 +119,10 @@ pub struct RedisEngine {
 
 struct Shared {
     options: RedisOptions,
+    /// Names of keys and Pub/Sub channels.
+    keys: Keys,
+    /// `publish`, or `spublish` on a Redis Cluster (sharded Pub/Sub).
+    publish_command: &'static str,
     shards: Vec<Shard>,
     events: Arc<dyn BrokerEvents>,
     /// Channels with local subscribers: reference counts and the last position seen.
@@ -104,9 +139,9 @@ struct Shared {
     presence_get_script: Script,
 }
 
-/// One Redis instance.
+/// One standalone Redis instance, or the whole Redis Cluster.
 struct Shard {
-    conn: ConnectionManager,
+    conn: Commands,
     /// Commands for the shard's Pub/Sub task.
     pubsub: mpsc::UnboundedSender<pubsub::Command>,
     /// The Pub/Sub connection is up and every local channel is subscribed on it.
@@ -141,44 +176,31 @@ pub enum RedisStartError {
 }
 
 impl RedisEngine {
-    /// Builds the engine and starts its background tasks (Pub/Sub per shard, presence
-    /// refresh). Connects lazily: a Redis that is down at start is retried with backoff.
-    /// Must be called inside a Tokio runtime.
+    /// Builds the engine and starts its background tasks (Pub/Sub, presence refresh).
+    /// Connects lazily: a Redis that is down at start is retried with backoff. Must be called
+    /// inside a Tokio runtime.
     pub fn start(
         options: RedisOptions,
         events: Arc<dyn BrokerEvents>,
     ) -> Result<(Self, ControlReceiver), RedisStartError> {
-        if options.addresses.is_empty() {
-            return Err(RedisStartError::NoAddress);
-        }
         let stop = CancellationToken::new();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let mut shards = Vec::with_capacity(options.addresses.len());
-        let mut starters = Vec::new();
-        for (index, address) in options.addresses.iter().enumerate() {
-            let bad = |e: redis::RedisError| RedisStartError::Address {
-                address: address.clone(),
-                message: e.to_string(),
-            };
-            let client = redis::Client::open(address.as_str()).map_err(bad)?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(options.connect_timeout))
-                .set_response_timeout(Some(options.io_timeout))
-                .set_number_of_retries(1)
-                .set_max_delay(RECONNECT_MAX_DELAY);
-            let conn =
-                ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(bad)?;
-            let (tx, rx) = mpsc::unbounded_channel();
-            let up = Arc::new(AtomicBool::new(false));
-            shards.push(Shard {
-                conn,
-                pubsub: tx,
-                pubsub_up: up.clone(),
-                command_up: AtomicBool::new(true),
-            });
-            starters.push((index, client, rx, up));
-        }
+        let (layout, shards, starters) = match &options.deployment {
+            RedisDeployment::Shards(addresses) => {
+                let (shards, starters) = standalone_shards(addresses, &options)?;
+                (Layout::Standalone, shards, starters)
+            }
+            RedisDeployment::Cluster(seeds) => {
+                let (shard, starter) = cluster_shard(seeds, &options)?;
+                (Layout::Cluster, vec![shard], vec![starter])
+            }
+        };
         let shared = Arc::new(Shared {
+            keys: Keys::new(&options.prefix, layout),
+            publish_command: match layout {
+                Layout::Standalone => "publish",
+                Layout::Cluster => "spublish",
+            },
             shards,
             events,
             channels: Mutex::new(HashMap::new()),
@@ -197,17 +219,43 @@ impl RedisEngine {
         } else {
             Vec::new()
         };
-        for (index, client, rx, up) in starters {
-            let task = pubsub::Task {
-                engine: engine.downgrade(),
-                shard: index,
-                client,
-                commands: rx,
-                up,
-                control: (index == 0).then(|| control_tx.clone()),
-                stop: stop.clone(),
-            };
-            tokio::spawn(task.run());
+        for starter in starters {
+            match starter {
+                PubSubStarter::Standalone {
+                    shard,
+                    client,
+                    commands,
+                    up,
+                } => {
+                    let task = pubsub::Task {
+                        engine: engine.downgrade(),
+                        shard,
+                        client,
+                        commands,
+                        up,
+                        control: (shard == 0).then(|| control_tx.clone()),
+                        stop: stop.clone(),
+                    };
+                    tokio::spawn(task.run());
+                }
+                PubSubStarter::Cluster {
+                    conn,
+                    pushes,
+                    commands,
+                    up,
+                } => {
+                    let task = sharded::Task {
+                        engine: engine.downgrade(),
+                        conn,
+                        pushes,
+                        commands,
+                        up,
+                        control: control_tx.clone(),
+                        stop: stop.clone(),
+                    };
+                    tokio::spawn(task.run());
+                }
+            }
         }
         tokio::spawn(presence_refresher(engine.downgrade(), stop));
         Ok((engine, control_rx))
@@ -228,9 +276,9 @@ impl RedisEngine {
         let idempotency_key = opts.idempotency_key.as_deref().unwrap_or("");
         let mut invocation = self.shared.publish_script.prepare_invoke();
         invocation
-            .key(self.key("stream", channel))
-            .key(self.key("meta", channel))
-            .key(format!("{}.{idempotency_key}", self.key("result", channel)))
+            .key(self.shared.keys.stream(channel))
+            .key(self.shared.keys.meta(channel))
+            .key(self.shared.keys.result(channel, idempotency_key))
             .arg(payload)
             .arg(history.map_or(0, |h| h.size))
             .arg(history.map_or(0, |h| ceil_secs(h.ttl)))
@@ -242,7 +290,8 @@ impl RedisEngine {
             } else {
                 IDEMPOTENCY_TTL.as_secs()
             })
-            .arg(if publication.delta { "1" } else { "0" });
+            .arg(if publication.delta { "1" } else { "0" })
+            .arg(self.shared.publish_command);
         let mut conn = self.shared.shards[shard].conn.clone();
         let value = self
             .run(shard, invocation.invoke_async::<Value>(&mut conn))
@@ -269,8 +318,8 @@ impl RedisEngine {
         };
         let mut invocation = self.shared.history_script.prepare_invoke();
         invocation
-            .key(self.key("stream", channel))
-            .key(self.key("meta", channel))
+            .key(self.shared.keys.stream(channel))
+            .key(self.shared.keys.meta(channel))
             .arg(new_epoch())
             .arg(ceil_secs(query.meta_ttl))
             .arg(limit)
@@ -297,7 +346,7 @@ impl RedisEngine {
     pub async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
         let shard = self.shard_for(channel);
         let mut conn = self.shared.shards[shard].conn.clone();
-        let key = self.key("stream", channel);
+        let key = self.shared.keys.stream(channel);
         self.run(shard, async move {
             redis::cmd("DEL")
                 .arg(key)
@@ -377,8 +426,8 @@ impl RedisEngine {
         let shard = self.shard_for(channel);
         let mut invocation = self.shared.presence_remove_script.prepare_invoke();
         invocation
-            .key(self.key("presence.data", channel))
-            .key(self.key("presence.expire", channel))
+            .key(self.shared.keys.presence_data(channel))
+            .key(self.shared.keys.presence_expire(channel))
             .arg(client_id);
         let mut conn = self.shared.shards[shard].conn.clone();
         self.run(shard, invocation.invoke_async::<()>(&mut conn))
@@ -393,8 +442,8 @@ impl RedisEngine {
         let shard = self.shard_for(channel);
         let mut invocation = self.shared.presence_get_script.prepare_invoke();
         invocation
-            .key(self.key("presence.data", channel))
-            .key(self.key("presence.expire", channel))
+            .key(self.shared.keys.presence_data(channel))
+            .key(self.shared.keys.presence_expire(channel))
             .arg(unix_now());
         let mut conn = self.shared.shards[shard].conn.clone();
         let entries: Vec<(String, Vec<u8>)> =
@@ -421,8 +470,9 @@ impl RedisEngine {
     pub async fn publish_control(&self, payload: Bytes) -> Result<(), BrokerError> {
         let mut conn = self.shared.shards[0].conn.clone();
         let channel = self.control_channel();
+        let command = self.shared.publish_command;
         self.run(0, async move {
-            redis::cmd("PUBLISH")
+            redis::cmd(command)
                 .arg(channel)
                 .arg(payload.as_ref())
                 .query_async::<()>(&mut conn)
@@ -471,8 +521,9 @@ impl RedisEngine {
         let shard = self.shard_for(channel);
         let mut conn = self.shared.shards[shard].conn.clone();
         let target = self.pubsub_channel(channel);
+        let command = self.shared.publish_command;
         self.run(shard, async move {
-            redis::cmd("PUBLISH")
+            redis::cmd(command)
                 .arg(target)
                 .arg(message)
                 .query_async::<()>(&mut conn)
@@ -491,8 +542,8 @@ impl RedisEngine {
         let shard = self.shard_for(channel);
         let mut invocation = self.shared.presence_add_script.prepare_invoke();
         invocation
-            .key(self.key("presence.data", channel))
-            .key(self.key("presence.expire", channel))
+            .key(self.shared.keys.presence_data(channel))
+            .key(self.shared.keys.presence_expire(channel))
             .arg(client_id)
             .arg(codec::encode_info(info))
             .arg(unix_now() + ttl)
@@ -542,24 +593,17 @@ impl RedisEngine {
         jump_hash(fnv1a(channel.as_bytes()), self.shared.shards.len())
     }
 
-    fn key(&self, kind: &str, channel: &str) -> String {
-        format!("{}.{kind}.{{{channel}}}", self.shared.options.prefix)
-    }
-
     fn pubsub_channel(&self, channel: &str) -> String {
-        self.key("client", channel)
+        self.shared.keys.pubsub(channel)
     }
 
     fn control_channel(&self) -> String {
-        format!("{}.control", self.shared.options.prefix)
+        self.shared.keys.control()
     }
 
     /// The channel named by a Pub/Sub channel of this prefix, if it is one.
     fn channel_of<'a>(&self, pubsub_channel: &'a str) -> Option<&'a str> {
-        pubsub_channel
-            .strip_prefix(self.shared.options.prefix.as_str())?
-            .strip_prefix(".client.{")?
-            .strip_suffix('}')
+        self.shared.keys.channel_of(pubsub_channel)
     }
 
     /// Handles one message of a channel: gap detection, then delivery.
@@ -662,6 +706,119 @@ impl WeakEngine {
     fn upgrade(&self) -> Option<RedisEngine> {
         self.0.upgrade().map(|shared| RedisEngine { shared })
     }
+}
+
+/// What a Pub/Sub task needs, gathered before the engine exists.
+enum PubSubStarter {
+    Standalone {
+        shard: usize,
+        client: redis::Client,
+        commands: mpsc::UnboundedReceiver<pubsub::Command>,
+        up: Arc<AtomicBool>,
+    },
+    Cluster {
+        conn: redis::cluster_async::ClusterConnection,
+        pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
+        commands: mpsc::UnboundedReceiver<pubsub::Command>,
+        up: Arc<AtomicBool>,
+    },
+}
+
+/// One shard per standalone address.
+fn standalone_shards(
+    addresses: &[String],
+    options: &RedisOptions,
+) -> Result<(Vec<Shard>, Vec<PubSubStarter>), RedisStartError> {
+    if addresses.is_empty() {
+        return Err(RedisStartError::NoAddress);
+    }
+    let mut shards = Vec::with_capacity(addresses.len());
+    let mut starters = Vec::with_capacity(addresses.len());
+    for (shard, address) in addresses.iter().enumerate() {
+        let bad = |e: redis::RedisError| RedisStartError::Address {
+            address: address.clone(),
+            message: e.to_string(),
+        };
+        let client = redis::Client::open(address.as_str()).map_err(bad)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.io_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(RECONNECT_MAX_DELAY);
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(bad)?;
+        let (tx, commands) = mpsc::unbounded_channel();
+        let up = Arc::new(AtomicBool::new(false));
+        shards.push(Shard {
+            conn: Commands::Standalone(conn),
+            pubsub: tx,
+            pubsub_up: up.clone(),
+            command_up: AtomicBool::new(true),
+        });
+        starters.push(PubSubStarter::Standalone {
+            shard,
+            client,
+            commands,
+            up,
+        });
+    }
+    Ok((shards, starters))
+}
+
+/// The Redis Cluster as one shard: a command connection, and a RESP3 connection whose push
+/// messages (sharded Pub/Sub) go to the `sharded` task. Both connect in the background.
+fn cluster_shard(
+    seeds: &[String],
+    options: &RedisOptions,
+) -> Result<(Shard, PubSubStarter), RedisStartError> {
+    if seeds.is_empty() {
+        return Err(RedisStartError::NoAddress);
+    }
+    let bad = |e: redis::RedisError| RedisStartError::Address {
+        address: seeds.join(","),
+        message: e.to_string(),
+    };
+    let builder = || {
+        ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+            .connection_timeout(options.connect_timeout)
+            .response_timeout(options.io_timeout)
+            .retries(CLUSTER_RETRIES)
+    };
+    // The client library checks URLs lazily; a bad one is reported here, by itself.
+    for seed in seeds {
+        redis::Client::open(seed.as_str()).map_err(|e| RedisStartError::Address {
+            address: seed.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    let config = ClusterConfig::new()
+        .set_connection_timeout(options.connect_timeout)
+        .set_response_timeout(options.io_timeout);
+    let conn = builder()
+        .build()
+        .map_err(bad)?
+        .get_pending_async_connection_with_config(config.clone());
+    let (push_tx, pushes) = mpsc::unbounded_channel();
+    let pubsub = builder()
+        .use_protocol(ProtocolVersion::RESP3)
+        .push_sender(push_tx)
+        .build()
+        .map_err(bad)?
+        .get_pending_async_connection_with_config(config);
+    let (tx, commands) = mpsc::unbounded_channel();
+    let up = Arc::new(AtomicBool::new(false));
+    let shard = Shard {
+        conn: Commands::Cluster(conn),
+        pubsub: tx,
+        pubsub_up: up.clone(),
+        command_up: AtomicBool::new(true),
+    };
+    let starter = PubSubStarter::Cluster {
+        conn: pubsub,
+        pushes,
+        commands,
+        up,
+    };
+    Ok((shard, starter))
 }
 
 /// Re-adds this node's presence entries every update interval, and probes each shard so
@@ -811,6 +968,9 @@ fn jump_hash(mut key: u64, buckets: usize) -> usize {
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(5 * 60);
 /// Upper bound of the command connection's reconnect backoff.
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+/// Retries of a cluster command after `MOVED`/`ASK`/`TRYAGAIN` or a lost node link, inside
+/// the command deadline (the slot map is refreshed in between).
+const CLUSTER_RETRIES: u32 = 3;
 const EPOCH_LEN: usize = 8;
 const EPOCH_ALPHABET: &[u8; 52] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 

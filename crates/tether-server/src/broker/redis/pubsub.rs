@@ -282,7 +282,7 @@ fn unavailable() -> BrokerError {
 
 /// Capped exponential backoff with full jitter: nodes that lost Redis together do not come
 /// back in lock-step.
-fn backoff(failures: u32) -> Duration {
+pub(super) fn backoff(failures: u32) -> Duration {
     let cap = BACKOFF_BASE
         .saturating_mul(1 << failures.min(6))
         .min(BACKOFF_MAX);

@@ -10,7 +10,8 @@
 /// ARGV: 1 publication bytes, 2 history size (0 = no history), 3 history TTL seconds,
 /// 4 meta TTL seconds (0 = no expiry), 5 epoch to use if a new stream must start,
 /// 6 Pub/Sub channel, 7 idempotency TTL seconds (0 = not idempotent), 8 "1" to attach the
-/// previous publication (delta).
+/// previous publication (delta), 9 the publish command: `publish`, or `spublish` on a Redis
+/// Cluster (sharded Pub/Sub; the channel shares the keys' slot, see `keys`).
 ///
 /// Returns `{offset, epoch, from_cache}` (offset 0 and "" without history).
 ///
@@ -22,6 +23,7 @@ pub(super) const PUBLISH: &str = r#"
 local stream, meta, result = KEYS[1], KEYS[2], KEYS[3]
 local payload, size, ttl, meta_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local candidate, channel, idem_ttl, delta = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
+local publish = ARGV[9]
 if idem_ttl > 0 then
   local cached = redis.call('hmget', result, 'e', 's')
   if cached[2] then
@@ -29,7 +31,7 @@ if idem_ttl > 0 then
   end
 end
 if size == 0 then
-  redis.call('publish', channel, '__p1:0:__' .. payload)
+  redis.call(publish, channel, '__p1:0:__' .. payload)
   if idem_ttl > 0 then
     redis.call('hset', result, 'e', '', 's', 0)
     redis.call('expire', result, idem_ttl)
@@ -74,7 +76,7 @@ if prev then
 else
   message = '__p1:' .. offset .. ':' .. epoch .. '__' .. payload
 end
-redis.call('publish', channel, message)
+redis.call(publish, channel, message)
 if idem_ttl > 0 then
   redis.call('hset', result, 'e', epoch, 's', offset)
   redis.call('expire', result, idem_ttl)

@@ -39,7 +39,7 @@ fn address() -> String {
 fn start(prefix: &str) -> (RedisEngine, Arc<Recorder>) {
     let recorder = Arc::new(Recorder::default());
     let options = RedisOptions {
-        addresses: vec![address()],
+        deployment: RedisDeployment::Shards(vec![address()]),
         prefix: prefix.to_owned(),
         connect_timeout: Duration::from_secs(1),
         io_timeout: Duration::from_secs(1),
@@ -326,7 +326,7 @@ async fn unreachable_redis_fails_publish_instead_of_faking_success() {
     let recorder = Arc::new(Recorder::default());
     let options = RedisOptions {
         // Nothing listens on port 1.
-        addresses: vec!["redis://127.0.0.1:1".to_owned()],
+        deployment: RedisDeployment::Shards(vec!["redis://127.0.0.1:1".to_owned()]),
         prefix: "tether-test-down".to_owned(),
         connect_timeout: Duration::from_millis(200),
         io_timeout: Duration::from_millis(200),
@@ -356,5 +356,355 @@ fn jump_hash_is_stable_and_spreads() {
         let key = fnv1a(format!("channel-{i}").as_bytes());
         let (before, after) = (jump_hash(key, 4), jump_hash(key, 5));
         assert!(after == before || after == 4);
+    }
+}
+
+/// The same engine on a Redis Cluster: the 3-master cluster of `scripts/redis-cluster.sh`
+/// (started on first use), or the seeds in `TETHER_TEST_REDIS_CLUSTER` (comma-separated;
+/// every seed a master, as the keys are cleaned up on each).
+mod cluster {
+    use std::sync::OnceLock;
+
+    use super::*;
+
+    fn seeds() -> Vec<String> {
+        static STARTED: OnceLock<Vec<String>> = OnceLock::new();
+        STARTED
+            .get_or_init(|| {
+                if let Ok(seeds) = std::env::var("TETHER_TEST_REDIS_CLUSTER") {
+                    return seeds.split(',').map(str::to_owned).collect();
+                }
+                cluster_script(SHARED_PORTS, &["start"]);
+                urls(SHARED_PORTS)
+            })
+            .clone()
+    }
+
+    /// The ports of the cluster the tests share (the script's default).
+    const SHARED_PORTS: [u16; 3] = [7101, 7102, 7103];
+    /// A cluster of its own for the test that restarts a node.
+    const FAULT_PORTS: [u16; 3] = [7111, 7112, 7113];
+
+    fn urls(ports: [u16; 3]) -> Vec<String> {
+        ports
+            .iter()
+            .map(|port| format!("redis://127.0.0.1:{port}"))
+            .collect()
+    }
+
+    /// Runs `scripts/redis-cluster.sh` for the cluster on `ports`.
+    fn cluster_script(ports: [u16; 3], args: &[&str]) {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/redis-cluster.sh"
+        );
+        let ports = ports.map(|p| p.to_string()).join(" ");
+        let status = std::process::Command::new("bash")
+            .arg(script)
+            .args(args)
+            .env("TETHER_REDIS_CLUSTER_PORTS", ports)
+            .status()
+            .expect("run scripts/redis-cluster.sh");
+        assert!(status.success(), "scripts/redis-cluster.sh {args:?} failed");
+    }
+
+    fn start_on_cluster(prefix: &str) -> (RedisEngine, Arc<Recorder>, ControlReceiver) {
+        start_on(prefix, seeds())
+    }
+
+    fn start_on(prefix: &str, seeds: Vec<String>) -> (RedisEngine, Arc<Recorder>, ControlReceiver) {
+        let recorder = Arc::new(Recorder::default());
+        let options = RedisOptions {
+            deployment: RedisDeployment::Cluster(seeds),
+            prefix: prefix.to_owned(),
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(1),
+            presence_ttl: Duration::from_secs(60),
+            presence_update_interval: Duration::from_secs(27),
+            fanout: true,
+        };
+        let (engine, control) = RedisEngine::start(options, recorder.clone()).expect("start");
+        (engine, recorder, control)
+    }
+
+    /// Deletes the prefix's keys on every master (one `DEL` per key: they span slots).
+    async fn cleanup_cluster(prefix: &str) {
+        cleanup_nodes(prefix, seeds()).await;
+    }
+
+    async fn cleanup_nodes(prefix: &str, seeds: Vec<String>) {
+        for seed in seeds {
+            let client = redis::Client::open(seed.as_str()).expect("client");
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}.*"))
+                .query_async(&mut conn)
+                .await
+                .expect("keys");
+            for key in keys {
+                let _: () = redis::cmd("DEL")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("del");
+            }
+        }
+    }
+
+    async fn ready(engine: &RedisEngine) {
+        for _ in 0..500 {
+            if engine.is_ready() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("engine on the cluster never became ready");
+    }
+
+    /// Enough channels that every master holds some.
+    fn channels() -> Vec<String> {
+        let mut channels: Vec<String> = (0..12).map(|i| format!("room:{i}")).collect();
+        // Names whose plain hash tag would be empty or escaped.
+        channels.extend(["}odd".to_owned(), "~tilde".to_owned(), "a}b{c".to_owned()]);
+        channels
+    }
+
+    #[tokio::test]
+    async fn publications_reach_another_node_in_order_with_history() {
+        let prefix = unique_prefix("cluster-pubsub");
+        let (a, _, _) = start_on_cluster(&prefix);
+        let (b, events, _) = start_on_cluster(&prefix);
+        ready(&a).await;
+        ready(&b).await;
+        let channels = channels();
+        for channel in &channels {
+            b.subscribe(channel).await.expect("subscribe");
+        }
+        for n in 0..5 {
+            for channel in &channels {
+                let published = a
+                    .publish(
+                        channel,
+                        publication(["a", "b", "c", "d", "e"][n]),
+                        &history(),
+                    )
+                    .await
+                    .expect("publish");
+                assert_eq!(published.position.expect("position").offset, n as u64 + 1);
+            }
+        }
+        eventually(|| events.publications.lock().len() == 5 * channels.len()).await;
+        for channel in &channels {
+            let got: Vec<(u64, Bytes)> = events
+                .publications
+                .lock()
+                .iter()
+                .filter(|(c, _, _)| c == channel)
+                .map(|(_, p, d)| (p.as_ref().map_or(0, |p| p.offset), d.clone()))
+                .collect();
+            let expected: Vec<(u64, Bytes)> = ["a", "b", "c", "d", "e"]
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (i as u64 + 1, Bytes::from_static(d.as_bytes())))
+                .collect();
+            assert_eq!(got, expected, "{channel}");
+            // History (size 3) is read from the channel's master, in one script.
+            let page = b
+                .history(channel, &query(None, None))
+                .await
+                .expect("history");
+            assert_eq!(page.top.offset, 5);
+            let offsets: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
+            assert_eq!(offsets, [3, 4, 5], "{channel}");
+            let since = StreamPosition {
+                offset: 4,
+                epoch: page.top.epoch.clone(),
+            };
+            let page = a
+                .history(channel, &query(Some(since), None))
+                .await
+                .expect("recovery");
+            assert_eq!(page.publications.len(), 1);
+        }
+        assert!(events.insufficient.lock().is_empty());
+        // Unsubscribed: nothing more arrives.
+        for channel in &channels {
+            b.unsubscribe(channel).await.expect("unsubscribe");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.publish(&channels[0], publication("f"), &history())
+            .await
+            .expect("publish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(events.publications.lock().len(), 5 * channels.len());
+        cleanup_cluster(&prefix).await;
+    }
+
+    #[tokio::test]
+    async fn idempotency_epochs_presence_and_control_work_across_slots() {
+        let prefix = unique_prefix("cluster-state");
+        let (a, _, _) = start_on_cluster(&prefix);
+        let (b, events, mut control) = start_on_cluster(&prefix);
+        ready(&a).await;
+        ready(&b).await;
+        let idempotent = PublishOptions {
+            idempotency_key: Some("k1".to_owned()),
+            ..history()
+        };
+        let first = a
+            .publish("orders", publication("x"), &idempotent)
+            .await
+            .expect("publish");
+        let again = b
+            .publish("orders", publication("x"), &idempotent)
+            .await
+            .expect("publish");
+        assert_eq!(again.position, first.position);
+        assert!(again.from_cache);
+
+        // Lost keys: a new epoch, and a position from the old one is refused.
+        let old = first.position.expect("position");
+        cleanup_cluster(&prefix).await;
+        let fresh = a
+            .publish("orders", publication("y"), &history())
+            .await
+            .expect("publish");
+        let fresh = fresh.position.expect("position");
+        assert_eq!(fresh.offset, 1);
+        assert_ne!(fresh.epoch, old.epoch);
+        assert_eq!(
+            b.history("orders", &query(Some(old), None)).await,
+            Err(BrokerError::UnrecoverablePosition)
+        );
+
+        // Presence written on one node is seen on the other.
+        let info = |user: &str, client: &str| ClientInfo {
+            user: user.into(),
+            client: client.into(),
+            ..Default::default()
+        };
+        for channel in channels() {
+            a.add_presence(&channel, "c1", info("u1", "c1"))
+                .await
+                .expect("add");
+            b.add_presence(&channel, "c2", info("u2", "c2"))
+                .await
+                .expect("add");
+            let stats = b.presence_stats(&channel).await.expect("stats");
+            assert_eq!(stats.num_clients, 2, "{channel}");
+            a.remove_presence(&channel, "c1").await.expect("remove");
+            let presence = a.presence(&channel).await.expect("presence");
+            assert_eq!(presence.keys().collect::<Vec<_>>(), ["c2"], "{channel}");
+        }
+
+        // Joins travel over the channel's sharded Pub/Sub; control payloads over the
+        // control channel, to every node.
+        b.subscribe("lobby").await.expect("subscribe");
+        a.publish_join("lobby", &info("u1", "c9"))
+            .await
+            .expect("join");
+        eventually(|| events.joins.lock().as_slice() == ["c9"]).await;
+        a.publish_control(Bytes::from_static(b"hello"))
+            .await
+            .expect("control");
+        let payload = tokio::time::timeout(Duration::from_secs(2), control.recv())
+            .await
+            .expect("control in time");
+        assert_eq!(payload.as_deref(), Some(&b"hello"[..]));
+        cleanup_cluster(&prefix).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_master_is_resubscribed_and_its_channels_recover() {
+        if std::env::var("TETHER_TEST_REDIS_CLUSTER").is_ok() {
+            // An external cluster is not ours to restart.
+            return;
+        }
+        tokio::task::spawn_blocking(|| cluster_script(FAULT_PORTS, &["start"]))
+            .await
+            .expect("start");
+        let prefix = unique_prefix("cluster-restart");
+        let (a, _, _) = start_on(&prefix, urls(FAULT_PORTS));
+        let (b, events, _) = start_on(&prefix, urls(FAULT_PORTS));
+        ready(&a).await;
+        ready(&b).await;
+        let channels = channels();
+        for channel in &channels {
+            b.subscribe(channel).await.expect("subscribe");
+            a.publish(channel, publication("before"), &history())
+                .await
+                .expect("publish");
+        }
+        eventually(|| events.publications.lock().len() == channels.len()).await;
+
+        // The channels whose keys live on the node about to restart (it answers for them
+        // rather than redirecting).
+        let victim = FAULT_PORTS[1];
+        let client = redis::Client::open(format!("redis://127.0.0.1:{victim}")).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let mut on_victim = Vec::new();
+        for channel in &channels {
+            let key = Keys::new(&prefix, Layout::Cluster).meta(channel);
+            let here: redis::RedisResult<i64> =
+                redis::cmd("EXISTS").arg(key).query_async(&mut conn).await;
+            if here == Ok(1) {
+                on_victim.push(channel.clone());
+            }
+        }
+        drop(conn);
+        assert!(!on_victim.is_empty(), "no channel on port {victim}");
+
+        tokio::task::spawn_blocking(move || {
+            cluster_script(FAULT_PORTS, &["restart", &victim.to_string()]);
+        })
+        .await
+        .expect("restart");
+        // After resubscribing, every channel of the restarted node is reported (its
+        // subscribers must recover), and the node is ready again.
+        for _ in 0..1000 {
+            let reported = events.insufficient.lock().clone();
+            if b.is_ready() && on_victim.iter().all(|c| reported.contains(c)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let reported = events.insufficient.lock().clone();
+        for channel in &on_victim {
+            assert!(
+                reported.contains(channel),
+                "{channel} not reported: {reported:?}"
+            );
+        }
+        assert!(b.is_ready());
+
+        // Delivery resumes on every channel; the restarted node lost its data, so its
+        // channels start a new epoch at offset 1.
+        events.publications.lock().clear();
+        for channel in &channels {
+            a.publish(channel, publication("after"), &history())
+                .await
+                .expect("publish after the restart");
+        }
+        eventually(|| {
+            let got = events.publications.lock();
+            channels
+                .iter()
+                .all(|c| got.iter().any(|(g, _, d)| g == c && d.as_ref() == b"after"))
+        })
+        .await;
+        for channel in &on_victim {
+            let page = b
+                .history(channel, &query(None, None))
+                .await
+                .expect("history");
+            assert_eq!(page.top.offset, 1, "{channel}: a fresh epoch");
+        }
+        cleanup_nodes(&prefix, urls(FAULT_PORTS)).await;
     }
 }
