@@ -105,8 +105,6 @@ pub(super) struct Driver {
     stream: TcpStream,
     session: Session,
     wire: Wire,
-    /// Bytes read past the HTTP upgrade request, handled first (then released).
-    leftover: Vec<u8>,
     /// Frames taken from the queue and not yet fully written; `offset` bytes of the first
     /// are already on the wire.
     out: Vec<Bytes>,
@@ -122,8 +120,6 @@ pub(super) struct Driver {
 pub(super) struct Accepted {
     pub(super) stream: TcpStream,
     pub(super) conn: ConnHandle,
-    /// Bytes read past the HTTP upgrade request (empty on raw TCP).
-    pub(super) leftover: Vec<u8>,
     pub(super) wire: Wire,
     /// The connection's admission slot, released when serving ends.
     pub(super) slot: Slot,
@@ -136,7 +132,6 @@ impl Driver {
         let Accepted {
             stream,
             conn,
-            leftover,
             wire,
             slot,
         } = accepted;
@@ -159,11 +154,23 @@ impl Driver {
             conn,
             stream,
             wire,
-            leftover,
             out: Vec::new(),
             offset: 0,
             open,
             _slot: slot,
+        }
+    }
+
+    /// Handles bytes that arrived right behind the HTTP upgrade request. Called from the
+    /// handshake's (boxed, short-lived) future so the long-lived one never holds them.
+    /// Returns false when they ended the connection (it is then closed and cleaned up).
+    pub(super) async fn feed_leftover(&mut self, leftover: &[u8]) -> bool {
+        match self.on_bytes(leftover).await {
+            Ok(()) => true,
+            Err(end) => {
+                self.close(end).await;
+                false
+            }
         }
     }
 
@@ -176,18 +183,16 @@ impl Driver {
     /// futures.
     pub(super) async fn run(&mut self) {
         let end = self.serve().await;
+        self.close(end).await;
+    }
+
+    /// Says goodbye to the peer as `end` requires and cleans up.
+    async fn close(&mut self, end: End) {
         Box::pin(self.finish(end)).await;
         self.open.decrement(1.0);
     }
 
     async fn serve(&mut self) -> End {
-        let leftover = std::mem::take(&mut self.leftover);
-        if !leftover.is_empty()
-            && let Err(end) = Box::pin(self.on_bytes(&leftover)).await
-        {
-            return end;
-        }
-        drop(leftover);
         loop {
             if let Err(end) = self.apply_work().await {
                 return end;

@@ -89,8 +89,9 @@ async fn accept(
     if head.path == WEBSOCKET_PATH {
         let leftover = buf.split_off(consumed);
         drop(buf);
-        let accepted = upgrade(&node, stream, peer, head, leftover).await?;
-        return Some(driver::Driver::new(node, accepted));
+        let accepted = upgrade(&node, stream, peer, head).await?;
+        let mut driver = driver::Driver::new(node, accepted);
+        return driver.feed_leftover(&leftover).await.then_some(driver);
     }
     let io = TokioIo::new(rewind::Rewind::new(buf, stream));
     let service = hyper_util::service::TowerToHyperService::new(api);
@@ -145,7 +146,6 @@ async fn upgrade(
     mut stream: TcpStream,
     peer: SocketAddr,
     head: RequestHead,
-    leftover: Vec<u8>,
 ) -> Option<driver::Accepted> {
     let upgrade = match handshake::check_upgrade(&head) {
         Ok(upgrade) => upgrade,
@@ -201,7 +201,6 @@ async fn upgrade(
     Some(driver::Accepted {
         stream,
         conn,
-        leftover,
         wire: driver::Wire::websocket(node),
         slot,
     })

@@ -53,7 +53,6 @@ pub fn handle_connection(
                 driver::Accepted {
                     stream,
                     conn,
-                    leftover: Vec::new(),
                     wire,
                     slot,
                 },
