@@ -22,8 +22,9 @@ use crate::worker::{Report, Spec};
 pub struct Common {
     /// Server kind.
     pub target: Target,
-    /// WebSocket address.
-    pub addr: SocketAddr,
+    /// WebSocket addresses: one server, or several nodes of a cluster that clients are
+    /// spread over round-robin.
+    pub addrs: Vec<SocketAddr>,
     /// API address (HTTP, or the NATS client port).
     pub api: SocketAddr,
     /// Server process id, for `/proc` readings.
@@ -108,7 +109,7 @@ async fn spawn_holders(
         let first = w * per;
         let spec = Spec {
             target: c.target,
-            addr: c.addr,
+            addrs: c.addrs.clone(),
             creds: c.creds.clone(),
             channel: channel.to_owned(),
             per_client_channel: per_client,
@@ -481,7 +482,7 @@ pub async fn churn(
         let ips = (0..32).map(|k| src_ip(1000 + w * 32 + k)).collect();
         let spec = Spec {
             target: c.target,
-            addr: c.addr,
+            addrs: c.addrs.clone(),
             creds: c.creds.clone(),
             channel: "churn".to_owned(),
             per_client_channel: true,

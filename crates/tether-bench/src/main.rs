@@ -96,10 +96,11 @@ struct CommonArgs {
     /// Server kind.
     #[arg(long, value_enum, default_value = "tether")]
     target: Target,
-    /// WebSocket address of the server.
-    #[arg(long, default_value = "127.0.0.1:8000")]
-    addr: SocketAddr,
-    /// Publish API address (HTTP; the client port for NATS); defaults to --addr.
+    /// WebSocket address of the server; several, comma-separated, spread the clients
+    /// round-robin over the nodes of a cluster.
+    #[arg(long, default_value = "127.0.0.1:8000", value_delimiter = ',', num_args = 1..)]
+    addr: Vec<SocketAddr>,
+    /// Publish API address (HTTP; the client port for NATS); defaults to the first --addr.
     #[arg(long)]
     api: Option<SocketAddr>,
     /// Server process id, for RSS and CPU from /proc.
@@ -133,8 +134,8 @@ impl CommonArgs {
     fn common(&self) -> Common {
         Common {
             target: self.target,
-            addr: self.addr,
-            api: self.api.unwrap_or(self.addr),
+            api: self.api.unwrap_or(self.addr[0]),
+            addrs: self.addr.clone(),
             pid: self.pid,
             creds: Creds {
                 token_secret: self.token_secret.clone(),

@@ -169,8 +169,13 @@ impl Publisher {
             }
             Some(Link::Http(s, buf)) => {
                 let (path, headers, body) = self.http_request(&data);
-                let (code, resp) =
+                let (code, resp, close) =
                     http_post(s, buf, &self.api.to_string(), &path, &headers, &body).await?;
+                if close {
+                    // The server ends the connection after this response (sockudo's API
+                    // answers `connection: close`): the next publication dials again.
+                    *link = None;
+                }
                 let refused = memchr::memmem::find(&resp, b"\"error\"").is_some();
                 if code / 100 != 2 || (self.target == Target::Tether && refused) {
                     let text = String::from_utf8_lossy(&resp[..resp.len().min(200)]).into_owned();
@@ -238,7 +243,8 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// One HTTP/1.1 POST on a keep-alive connection; returns the status and the body.
+/// One HTTP/1.1 POST on a keep-alive connection; returns the status, the body, and whether
+/// the server closes the connection after it (`connection: close`).
 async fn http_post(
     s: &mut TcpStream,
     buf: &mut Vec<u8>,
@@ -246,7 +252,7 @@ async fn http_post(
     path: &str,
     headers: &str,
     body: &str,
-) -> Result<(u16, Vec<u8>), PublishError> {
+) -> Result<(u16, Vec<u8>, bool), PublishError> {
     let req = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{headers}\
          Content-Length: {}\r\n\r\n{body}",
@@ -278,12 +284,15 @@ async fn http_post(
                     .ok()
             })
             .ok_or_else(|| PublishError::Response("no content-length".to_owned()))?;
+        let close = resp.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close")
+        });
         while buf.len() < head + len {
             if s.read_buf(buf).await? == 0 {
                 return Err(PublishError::Response("closed in body".to_owned()));
             }
         }
-        return Ok((code, buf[head..head + len].to_vec()));
+        return Ok((code, buf[head..head + len].to_vec(), close));
     }
 }
 

@@ -34,8 +34,9 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Spec {
     /// Server kind.
     pub target: Target,
-    /// Server address.
-    pub addr: SocketAddr,
+    /// Server addresses (several nodes of one cluster): client `i` connects to
+    /// `addrs[i % len]`.
+    pub addrs: Vec<SocketAddr>,
     /// Credentials.
     pub creds: Creds,
     /// Channel name; with `per_client_channel`, client `i` uses `<channel>-<i>`.
@@ -347,17 +348,21 @@ async fn open(spec: &Spec, i: u64) -> Result<Conn, String> {
         _ => String::new(),
     };
     let ip = spec.src_ips[usize::try_from(i).unwrap_or(0) % spec.src_ips.len().max(1)];
+    let addr = *spec
+        .addrs
+        .get(usize::try_from(i).unwrap_or(0) % spec.addrs.len().max(1))
+        .ok_or_else(|| "no server address".to_owned())?;
     let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     sock.bind(SocketAddr::V4(SocketAddrV4::new(ip, 0)))
         .map_err(|e| format!("bind {ip}: {e}"))?;
     let mut stream = sock
-        .connect(spec.addr)
+        .connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     stream
         .set_nodelay(true)
         .map_err(|e| format!("nodelay: {e}"))?;
-    let req = ws::upgrade_request(&spec.addr.to_string(), &spec.target.ws_path(&spec.creds), i);
+    let req = ws::upgrade_request(&addr.to_string(), &spec.target.ws_path(&spec.creds), i);
     stream
         .write_all(req.as_bytes())
         .await
