@@ -251,8 +251,11 @@ impl Task {
                 }
                 _ = probe.tick() => {
                     // A half-open connection delivers nothing and reports nothing: ask.
+                    // Any reply will do: a subscribed RESP2 connection answers PING with
+                    // `["pong", ""]`, not `+PONG` (read as a string, every probe of a
+                    // connection with subscriptions failed and dropped it every 3 s).
                     let alive = matches!(
-                        tokio::time::timeout(timeout, sink.ping::<String>()).await,
+                        tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await,
                         Ok(Ok(_))
                     );
                     if !alive {
@@ -293,6 +296,6 @@ pub(super) fn backoff(failures: u32) -> Duration {
 /// Channels per `SUBSCRIBE` command (and commands drained per round).
 const SUBSCRIBE_BATCH: usize = 512;
 /// How often an idle Pub/Sub connection is checked with a PING.
-const PROBE_INTERVAL: Duration = Duration::from_secs(3);
+pub(super) const PROBE_INTERVAL: Duration = Duration::from_secs(3);
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);

@@ -286,6 +286,29 @@ async fn subscribed_channels_receive_positions_and_gaps_are_reported() {
 }
 
 #[tokio::test]
+async fn a_subscribed_connection_survives_its_liveness_probe() {
+    // Regression: the probe read PING's reply as a string, which a subscribed connection
+    // does not send, so every probe dropped the connection and reported lost continuity.
+    let prefix = unique_prefix("probe");
+    let (engine, recorder) = start(&prefix);
+    eventually(|| engine.is_ready()).await;
+    engine.subscribe("room").await.expect("subscribe");
+    tokio::time::sleep(pubsub::PROBE_INTERVAL + Duration::from_millis(1500)).await;
+    assert!(engine.is_ready());
+    assert!(
+        recorder.insufficient.lock().is_empty(),
+        "a probe dropped the connection: {:?}",
+        recorder.insufficient.lock()
+    );
+    engine
+        .publish("room", publication("after"), &history())
+        .await
+        .expect("publish");
+    eventually(|| recorder.publications.lock().iter().any(|p| p.2 == "after")).await;
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
 async fn presence_is_shared_and_removed() {
     let prefix = unique_prefix("presence");
     let (a, _) = start(&prefix);
