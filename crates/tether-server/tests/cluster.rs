@@ -8,38 +8,13 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{Client, FaultProxy, Node, delete_keys, publication, redis_url, unique_prefix};
-use serde_json::{Value, json};
+use harness::{
+    Client, FaultProxy, Node, collect, delete_keys, publication, recovered_publications, redis_url,
+    unique_prefix,
+};
+use serde_json::json;
 
 const ROOM: &str = "chat:room";
-
-/// Reads publications of `channel` until `count` arrived; other messages are skipped.
-async fn collect(client: &mut Client, channel: &str, count: usize) -> Vec<(u64, i64)> {
-    let mut out = Vec::new();
-    while out.len() < count {
-        let message = client.next().await;
-        if let Some(p) = publication(&message, channel) {
-            out.push(p);
-        }
-    }
-    out
-}
-
-fn recovered_publications(result: &Value) -> Vec<(u64, i64)> {
-    result["publications"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|p| {
-                    (
-                        p["offset"].as_u64().unwrap_or(0),
-                        p["data"]["n"].as_i64().unwrap(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_on_one_node_reaches_subscribers_on_the_others_in_order() {

@@ -10,36 +10,11 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{Client, Node, delete_cluster_keys, publication, redis_cluster_seeds, unique_prefix};
-use serde_json::{Value, json};
-
-/// Reads publications of `channel` until `count` arrived; other messages are skipped.
-async fn collect(client: &mut Client, channel: &str, count: usize) -> Vec<(u64, i64)> {
-    let mut out = Vec::new();
-    while out.len() < count {
-        let message = client.next().await;
-        if let Some(p) = publication(&message, channel) {
-            out.push(p);
-        }
-    }
-    out
-}
-
-fn recovered_publications(result: &Value) -> Vec<(u64, i64)> {
-    result["publications"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|p| {
-                    (
-                        p["offset"].as_u64().unwrap_or(0),
-                        p["data"]["n"].as_i64().unwrap(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use harness::{
+    Client, Node, collect, delete_cluster_keys, publication, recovered_publications,
+    redis_cluster_seeds, unique_prefix,
+};
+use serde_json::json;
 
 /// Channels of the history namespace spread over the cluster's masters.
 fn rooms() -> Vec<String> {

@@ -483,3 +483,32 @@ impl FaultProxy {
         self.up.store(true, Ordering::SeqCst);
     }
 }
+
+/// Reads publications of `channel` until `count` arrived; other messages are skipped.
+pub async fn collect(client: &mut Client, channel: &str, count: usize) -> Vec<(u64, i64)> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        let message = client.next().await;
+        if let Some(p) = publication(&message, channel) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The `(offset, n)` of the publications in a subscribe or history result.
+pub fn recovered_publications(result: &Value) -> Vec<(u64, i64)> {
+    result["publications"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|p| {
+                    (
+                        p["offset"].as_u64().unwrap_or(0),
+                        p["data"]["n"].as_i64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
