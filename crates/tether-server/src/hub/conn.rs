@@ -290,11 +290,6 @@ impl Conn {
         }
     }
 
-    /// Waits until something was queued, posted or a close was requested.
-    pub async fn notified(&self) {
-        std::future::poll_fn(|cx| self.poll_woken(cx)).await;
-    }
-
     /// Moves queued frames into `out` (up to `max` frames) and returns their byte count.
     ///
     /// When `out` is empty and the whole queue fits, the queue's buffer itself moves into
