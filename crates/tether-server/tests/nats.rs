@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use harness::{
-    API_KEY, Client, FaultProxy, Node, SECRET, delete_keys, free_port, publication, redis_url,
-    unique_prefix,
+    Client, FaultProxy, Node, complete_config, delete_keys, free_port, publication, redis_url,
+    serve_command, unique_prefix,
 };
 use prost::Message as _;
 use serde_json::{Value, json};
@@ -379,25 +379,13 @@ async fn with_the_redis_engine_presence_is_shared_and_publications_go_through_na
 /// Runs `tether serve` with `config` until it exits (it must, by itself): exit code and
 /// stderr.
 async fn serve_until_exit(mut config: Value) -> (Option<i32>, String) {
-    config["http_server"] = json!({ "address": "127.0.0.1", "port": free_port() });
-    config["client"] = json!({ "token": { "hmac_secret_key": SECRET } });
-    config["http_api"] = json!({ "key": API_KEY });
+    complete_config(&mut config, free_port());
     let path = std::env::temp_dir().join(format!(
         "tether-nats-{}.json",
         uuid::Uuid::new_v4().simple()
     ));
     std::fs::write(&path, config.to_string()).unwrap();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&path)
-        .env_remove("TETHER_CONFIG")
-        .env("TETHER_TCP_ENABLED", "false")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
+    let output = serve_command(&path).stderr(Stdio::piped()).output();
     let output = tokio::time::timeout(Duration::from_secs(10), output)
         .await
         .expect("tether exits by itself")

@@ -5,7 +5,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,6 +98,31 @@ pub async fn delete_keys(prefix: &str) {
     }
 }
 
+/// Fills in what every test node needs: its HTTP address on `port`, the token secret and the
+/// API key the helpers use.
+pub fn complete_config(config: &mut Value, port: u16) {
+    config["http_server"] = json!({ "address": "127.0.0.1", "port": port });
+    config["client"]["token"] = json!({ "hmac_secret_key": SECRET });
+    config["http_api"] = json!({ "key": API_KEY });
+}
+
+/// `tether serve --config <path>` as the tests run it: no inherited `TETHER_CONFIG`, WebSocket
+/// only (several nodes must not race for the TCP port 8001), stdin and stdout closed, killed
+/// when dropped. The caller decides where stderr goes.
+pub fn serve_command(path: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(path)
+        .env_remove("TETHER_CONFIG")
+        .env("TETHER_TCP_ENABLED", "false")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -177,23 +202,12 @@ impl Node {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("tether-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        config["http_server"] = json!({ "address": "127.0.0.1", "port": port });
-        config["client"]["token"] = json!({ "hmac_secret_key": SECRET });
-        config["http_api"] = json!({ "key": API_KEY });
+        complete_config(&mut config, port);
         config["log"] = json!({ "level": "warn" });
         let path = dir.join("config.json");
         std::fs::write(&path, config.to_string()).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .env_remove("TETHER_CONFIG")
-            // The cluster tests speak WebSocket only; several nodes must not race for 8001.
-            .env("TETHER_TCP_ENABLED", "false")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        let child = serve_command(&path)
             .stderr(Stdio::inherit())
-            .kill_on_drop(true)
             .spawn()
             .unwrap();
         let node = Self {
