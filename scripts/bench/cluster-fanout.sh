@@ -9,6 +9,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
+# shellcheck source=lib.sh
+source scripts/bench/lib.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$CARGO_TARGET_DIR/release"
 OUT="${OUT:-$CARGO_TARGET_DIR/bench-results/cluster-$(date +%Y%m%d-%H%M%S)}"
@@ -37,15 +39,6 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
-
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 did not open" >&2
-  return 1
-}
 
 # node PORT: a tether node on the Redis engine under $prefix.
 node() {

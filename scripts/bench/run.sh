@@ -11,6 +11,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
+# shellcheck source=lib.sh
+source scripts/bench/lib.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$CARGO_TARGET_DIR/release"
 PEERS_DIR="${PEERS_DIR:-$CARGO_TARGET_DIR/peers}"
@@ -42,15 +44,6 @@ stop_server() {
   server_pid=""
 }
 trap stop_server EXIT
-
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 did not open" >&2
-  return 1
-}
 
 # start_server TARGET: sets server_pid, WS and API addresses; returns 1 if unavailable.
 start_server() {
