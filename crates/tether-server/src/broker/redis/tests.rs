@@ -93,6 +93,20 @@ fn publication(data: &'static str) -> Publication {
     }
 }
 
+/// Publishes `data` into `channel` with history and returns the position it was given.
+async fn publish_positioned(
+    engine: &RedisEngine,
+    channel: &str,
+    data: &'static str,
+) -> StreamPosition {
+    engine
+        .publish(channel, publication(data), &history())
+        .await
+        .expect("publish")
+        .position
+        .expect("position")
+}
+
 fn query(since: Option<StreamPosition>, limit: Option<usize>) -> HistoryQuery {
     HistoryQuery {
         since,
@@ -118,11 +132,7 @@ async fn offsets_are_consecutive_and_history_is_trimmed() {
     let (engine, _) = start(&prefix);
     let mut epoch = String::new();
     for (i, data) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
-        let published = engine
-            .publish("ch", publication(data), &history())
-            .await
-            .expect("publish");
-        let position = published.position.expect("position");
+        let position = publish_positioned(&engine, "ch", data).await;
         assert_eq!(position.offset, i as u64 + 1);
         if epoch.is_empty() {
             epoch = position.epoch.clone();
@@ -167,20 +177,10 @@ async fn offsets_are_consecutive_and_history_is_trimmed() {
 async fn lost_keys_start_a_new_epoch() {
     let prefix = unique_prefix("epoch");
     let (engine, _) = start(&prefix);
-    let first = engine
-        .publish("ch", publication("a"), &history())
-        .await
-        .expect("publish")
-        .position
-        .expect("position");
+    let first = publish_positioned(&engine, "ch", "a").await;
     // Stands in for Redis restarting empty: every key of this engine is gone.
     cleanup(&prefix).await;
-    let second = engine
-        .publish("ch", publication("b"), &history())
-        .await
-        .expect("publish")
-        .position
-        .expect("position");
+    let second = publish_positioned(&engine, "ch", "b").await;
     assert_ne!(second.epoch, first.epoch);
     assert_eq!(second.offset, 1);
     assert_eq!(
@@ -194,12 +194,7 @@ async fn lost_keys_start_a_new_epoch() {
 async fn a_position_beyond_the_top_rotates_the_epoch() {
     let prefix = unique_prefix("beyond");
     let (engine, _) = start(&prefix);
-    let top = engine
-        .publish("ch", publication("a"), &history())
-        .await
-        .expect("publish")
-        .position
-        .expect("position");
+    let top = publish_positioned(&engine, "ch", "a").await;
     let ahead = StreamPosition {
         offset: 5,
         epoch: top.epoch.clone(),
@@ -591,11 +586,7 @@ mod cluster {
         // Lost keys: a new epoch, and a position from the old one is refused.
         let old = first.position.expect("position");
         cleanup_cluster(&prefix).await;
-        let fresh = a
-            .publish("orders", publication("y"), &history())
-            .await
-            .expect("publish");
-        let fresh = fresh.position.expect("position");
+        let fresh = publish_positioned(&a, "orders", "y").await;
         assert_eq!(fresh.offset, 1);
         assert_ne!(fresh.epoch, old.epoch);
         assert_eq!(
