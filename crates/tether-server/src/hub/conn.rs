@@ -20,25 +20,35 @@ use tether_proto::codes::DisconnectCode;
 
 use crate::broker::{ClientInfo, Publication, StreamPosition};
 
-/// A connection's protocol-level id (the `client` field of the protocol, a UUID).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientId(Arc<str>);
+/// A connection's protocol-level id (the `client` field of the protocol, a UUID), kept
+/// inline as its 36 ASCII characters: no allocation per connection.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId([u8; uuid::fmt::Hyphenated::LENGTH]);
 
 impl ClientId {
     /// A fresh random id.
     pub fn random() -> Self {
-        Self(Arc::from(uuid::Uuid::new_v4().to_string()))
+        let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
+        uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        Self(text)
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Written only by `random`, as ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
 impl std::fmt::Display for ClientId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -126,7 +136,8 @@ pub struct PendingPublication {
     pub position: Option<StreamPosition>,
 }
 
-/// What the driver must do next, as seen by [`Conn::take_work`].
+/// What the driver must do next, as seen by [`Conn::take_work`]. Boxed inside the handle
+/// only while something is posted, so an idle connection carries a null pointer for it.
 #[derive(Debug, Default)]
 pub struct Work {
     /// Control messages to apply, in order.
@@ -167,8 +178,8 @@ struct Inner {
     info: Option<Bytes>,
     queue: VecDeque<Bytes>,
     queued_bytes: usize,
-    controls: Vec<Control>,
-    close: Option<Disconnect>,
+    /// Control messages and a close request waiting for the driver.
+    work: Option<Box<Work>>,
     heartbeat: Heartbeat,
 }
 
@@ -245,7 +256,11 @@ impl Conn {
         let mut inner = self.inner.lock();
         for frame in frames {
             if inner.queued_bytes + frame.len() > self.queue_limit {
-                inner.close.get_or_insert(DisconnectCode::SLOW.into());
+                inner
+                    .work
+                    .get_or_insert_default()
+                    .close
+                    .get_or_insert(DisconnectCode::SLOW.into());
                 drop(inner);
                 self.wake();
                 return false;
@@ -260,13 +275,23 @@ impl Conn {
 
     /// Posts a control message for the session.
     pub fn post(&self, control: Control) {
-        self.inner.lock().controls.push(control);
+        self.inner
+            .lock()
+            .work
+            .get_or_insert_default()
+            .controls
+            .push(control);
         self.wake();
     }
 
     /// Asks the driver to close the connection; the first reason wins.
     pub fn close(&self, disconnect: Disconnect) {
-        self.inner.lock().close.get_or_insert(disconnect);
+        self.inner
+            .lock()
+            .work
+            .get_or_insert_default()
+            .close
+            .get_or_insert(disconnect);
         self.wake();
     }
 
@@ -323,15 +348,16 @@ impl Conn {
 
     /// Takes pending control messages and any close request.
     pub fn take_work(&self) -> Work {
-        let mut inner = self.inner.lock();
-        let close = inner.close.take();
-        if close.is_some() {
+        let work = self
+            .inner
+            .lock()
+            .work
+            .take()
+            .map_or_else(Work::default, |w| *w);
+        if work.close.is_some() {
             self.closing.store(true, Ordering::Relaxed);
         }
-        Work {
-            controls: std::mem::take(&mut inner.controls),
-            close,
-        }
+        work
     }
 
     /// True once the driver took a close request: the connection is on its way out and

@@ -8,10 +8,11 @@
 
 mod conn;
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -44,9 +45,52 @@ struct Shared {
 }
 
 /// One shard of the user index: user -> that user's connections on this node.
-type UserShard = HashMap<Arc<str>, Vec<ConnHandle>>;
+type UserShard = HashMap<Arc<str>, UserConns>;
 /// One shard of the channel registry.
-type ChannelShard = HashMap<Arc<str>, Arc<Channel>>;
+type ChannelShard = HashSet<ChannelEntry>;
+
+/// A user's connections on this node. Most users hold one connection, kept inline: a
+/// vector's smallest allocation (four handles) would be held by every idle connection. The
+/// vector of a user with several is boxed so the entry stays two words in every bucket of
+/// the index.
+#[derive(Debug)]
+enum UserConns {
+    One(ConnHandle),
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<ConnHandle>>),
+}
+
+impl UserConns {
+    fn as_slice(&self) -> &[ConnHandle] {
+        match self {
+            Self::One(conn) => std::slice::from_ref(conn),
+            Self::Many(conns) => conns,
+        }
+    }
+
+    fn push(&mut self, conn: ConnHandle) {
+        match self {
+            Self::One(first) => *self = Self::Many(Box::new(vec![first.clone(), conn])),
+            Self::Many(conns) => conns.push(conn),
+        }
+    }
+
+    /// Removes the connection with `seq`; true when no connection is left.
+    fn remove(&mut self, seq: u64) -> bool {
+        match self {
+            Self::One(conn) => conn.seq == seq,
+            Self::Many(conns) => {
+                conns.retain(|c| c.seq != seq);
+                match conns.as_slice() {
+                    [] => return true,
+                    [last] => *self = Self::One(last.clone()),
+                    _ => {}
+                }
+                false
+            }
+        }
+    }
+}
 
 /// Pre-encoded ping frames, one per wire variant.
 #[derive(Debug)]
@@ -58,21 +102,60 @@ struct Pings {
 }
 
 /// The subscribers of one channel on this node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Channel {
-    subscribers: RwLock<HashMap<u64, Arc<Subscriber>>>,
+    name: Arc<str>,
+    /// In no particular order; each subscriber knows its index ([`Subscriber::slot`]), so
+    /// removal is a swap with the last. A vector, not a map: fan-out walks it, and a channel
+    /// with one subscriber (a personal channel) holds one pointer, not a hash table.
+    subscribers: RwLock<Vec<Arc<Subscriber>>>,
 }
+
+/// A channel registry entry: hashes and compares as its name, so the registry is a set
+/// looked up by `&str` and the name is stored once.
+#[derive(Debug)]
+struct ChannelEntry(Arc<Channel>);
+
+impl Borrow<str> for ChannelEntry {
+    fn borrow(&self) -> &str {
+        &self.0.name
+    }
+}
+
+impl Hash for ChannelEntry {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so `HashSet::get(&str)` finds it.
+        (*self.0.name).hash(state);
+    }
+}
+
+impl PartialEq for ChannelEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for ChannelEntry {}
 
 /// One connection's subscription as the hub sees it.
 #[derive(Debug)]
 pub struct Subscriber {
     conn: ConnHandle,
+    /// The channel, which holds this subscriber until [`Hub::unsubscribe`].
+    channel: Arc<Channel>,
+    /// Index in the channel's subscriber vector; changed only under its write lock.
+    slot: AtomicU32,
     flags: SubscriberFlags,
     /// The subscriber has received a full publication, so later ones may come as deltas.
     delta_primed: AtomicBool,
+    /// Set (under the `pending` lock) once the subscription is live: fan-out then delivers
+    /// without taking the lock.
+    live: AtomicBool,
     /// `Some` while the subscription is being set up: publications are parked here and
-    /// replayed after the subscribe reply. `None` once live.
-    pending: Mutex<Option<Vec<PendingPublication>>>,
+    /// replayed after the subscribe reply. `None` once live. Boxed: it is needed only for
+    /// the moments of setting up, and the subscriber lives for hours.
+    #[allow(clippy::box_collection)]
+    pending: Mutex<Option<Box<Vec<PendingPublication>>>>,
     /// Set when the stream lost continuity for this positioned subscriber: nothing more is
     /// delivered to it (its position must not move past the hole) until the session ends the
     /// subscription and the client recovers.
@@ -174,11 +257,10 @@ impl Hub {
             .remove(&conn.seq);
         let user = conn.user();
         let mut users = self.shared.users[self.shard(&user)].lock();
-        if let Some(list) = users.get_mut(&user) {
-            list.retain(|c| c.seq != conn.seq);
-            if list.is_empty() {
-                users.remove(&user);
-            }
+        if let Some(conns) = users.get_mut(&user)
+            && conns.remove(conn.seq)
+        {
+            users.remove(&user);
         }
     }
 
@@ -187,9 +269,16 @@ impl Hub {
     pub fn add_user_conn(&self, conn: &ConnHandle) -> usize {
         let user = conn.user();
         let mut users = self.shared.users[self.shard(&user)].lock();
-        let list = users.entry(user).or_default();
-        list.push(conn.clone());
-        list.len()
+        match users.entry(user) {
+            std::collections::hash_map::Entry::Occupied(mut entry) => {
+                entry.get_mut().push(conn.clone());
+                entry.get().as_slice().len()
+            }
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(UserConns::One(conn.clone()));
+                1
+            }
+        }
     }
 
     /// Number of connections a user has on this node.
@@ -197,7 +286,7 @@ impl Hub {
         self.shared.users[self.shard(user)]
             .lock()
             .get(user)
-            .map_or(0, Vec::len)
+            .map_or(0, |conns| conns.as_slice().len())
     }
 
     /// The connections of a user on this node.
@@ -205,7 +294,7 @@ impl Hub {
         self.shared.users[self.shard(user)]
             .lock()
             .get(user)
-            .cloned()
+            .map(|conns| conns.as_slice().to_vec())
             .unwrap_or_default()
     }
 
@@ -217,19 +306,37 @@ impl Hub {
         conn: &ConnHandle,
         flags: SubscriberFlags,
     ) -> Arc<Subscriber> {
+        let mut channels = self.shared.channels[self.shard(channel)].lock();
+        let entry = match channels.get(channel) {
+            Some(entry) => entry.0.clone(),
+            None => {
+                let entry = Arc::new(Channel {
+                    name: Arc::from(channel),
+                    subscribers: RwLock::default(),
+                });
+                channels.insert(ChannelEntry(entry.clone()));
+                entry
+            }
+        };
+        // Added under the shard lock: an unsubscribe that empties the channel removes its
+        // entry under the same lock, so a new subscriber never lands in a removed entry.
+        let mut subscribers = entry.subscribers.write();
         let sub = Arc::new(Subscriber {
             conn: conn.clone(),
+            channel: entry.clone(),
+            slot: AtomicU32::new(subscribers.len() as u32),
             flags,
             delta_primed: AtomicBool::new(false),
+            live: AtomicBool::new(false),
             skip_up_to: AtomicU64::new(0),
             stale: AtomicBool::new(false),
-            pending: Mutex::new(Some(Vec::new())),
+            pending: Mutex::new(Some(Box::default())),
         });
-        let entry = {
-            let mut channels = self.shared.channels[self.shard(channel)].lock();
-            channels.entry(Arc::from(channel)).or_default().clone()
-        };
-        entry.subscribers.write().insert(conn.seq, sub.clone());
+        if subscribers.len() < EXACT_UP_TO {
+            // Most channels have a subscriber or two (personal channels): grow exactly.
+            subscribers.reserve_exact(1);
+        }
+        subscribers.push(sub.clone());
         sub
     }
 
@@ -246,7 +353,7 @@ impl Hub {
         delivered_up_to: Option<u64>,
     ) -> bool {
         let mut pending = sub.pending.lock();
-        let mut parked = pending.take().unwrap_or_default();
+        let mut parked = pending.take().map(|parked| *parked).unwrap_or_default();
         if sub.stale.load(Ordering::Relaxed) {
             // Continuity was lost while setting up: replaying would move the client's
             // position past the hole. The session ends this subscription next.
@@ -274,20 +381,32 @@ impl Hub {
         // Still under the pending lock: live fan-out sees the bound as soon as it sees the
         // subscription live.
         sub.skip_up_to.store(covered, Ordering::Relaxed);
-        sub.conn.enqueue_all(frames)
+        let ok = sub.conn.enqueue_all(frames);
+        sub.live.store(true, Ordering::Release);
+        ok
     }
 
-    /// Removes a connection's subscription; frees the channel entry when it was the last.
-    pub fn unsubscribe(&self, channel: &str, conn: &ConnHandle) {
-        let mut channels = self.shared.channels[self.shard(channel)].lock();
-        if let Some(entry) = channels.get(channel) {
-            let mut subs = entry.subscribers.write();
-            subs.remove(&conn.seq);
-            let empty = subs.is_empty();
+    /// Removes a subscription; frees the channel entry when it was the last. Removing one
+    /// that is already gone does nothing.
+    pub fn unsubscribe(&self, sub: &Arc<Subscriber>) {
+        let channel = &sub.channel;
+        let mut channels = self.shared.channels[self.shard(&channel.name)].lock();
+        let mut subs = channel.subscribers.write();
+        let at = sub.slot.load(Ordering::Relaxed) as usize;
+        if !subs.get(at).is_some_and(|s| Arc::ptr_eq(s, sub)) {
+            return;
+        }
+        subs.swap_remove(at);
+        if let Some(moved) = subs.get(at) {
+            moved.slot.store(at as u32, Ordering::Relaxed);
+        }
+        if subs.is_empty() {
             drop(subs);
-            if empty {
-                channels.remove(channel);
-            }
+            channels.remove(&*channel.name);
+        } else if subs.capacity() > EXACT_UP_TO && subs.len() * 4 <= subs.capacity() {
+            // A channel that emptied out gives its memory back as it goes.
+            let keep = subs.len() * 2;
+            subs.shrink_to(keep);
         }
     }
 
@@ -295,8 +414,11 @@ impl Hub {
     pub fn channels(&self) -> Vec<(String, u32)> {
         let mut out = Vec::new();
         for shard in self.shared.channels.iter() {
-            for (name, entry) in shard.lock().iter() {
-                out.push((name.to_string(), entry.subscribers.read().len() as u32));
+            for ChannelEntry(entry) in shard.lock().iter() {
+                out.push((
+                    entry.name.to_string(),
+                    entry.subscribers.read().len() as u32,
+                ));
             }
         }
         out
@@ -314,7 +436,7 @@ impl Hub {
         for shard in self.shared.channels.iter() {
             let channels = shard.lock();
             stats.num_channels += channels.len() as u32;
-            for entry in channels.values() {
+            for ChannelEntry(entry) in channels.iter() {
                 stats.num_subs += entry.subscribers.read().len() as u32;
             }
         }
@@ -396,11 +518,11 @@ impl Hub {
         let subs = entry.subscribers.read();
         let mut variants = Variants::default();
         let mut delivered = 0u64;
-        for sub in subs.values() {
+        for sub in subs.iter() {
             if sub.stale.load(Ordering::Relaxed) {
                 continue;
             }
-            {
+            if !sub.live.load(Ordering::Acquire) {
                 let mut pending = sub.pending.lock();
                 if let Some(parked) = pending.as_mut() {
                     parked.push(PendingPublication {
@@ -444,7 +566,7 @@ impl Hub {
         let Some(entry) = self.channel(channel) else {
             return;
         };
-        for sub in entry.subscribers.read().values() {
+        for sub in entry.subscribers.read().iter() {
             if sub.flags.positioned && !sub.stale.swap(true, Ordering::Relaxed) {
                 sub.conn.post(Control::InsufficientState {
                     channel: channel.to_owned(),
@@ -477,8 +599,8 @@ impl Hub {
             ..Default::default()
         };
         let mut frames: [Option<Bytes>; WIRE_VARIANTS] = Default::default();
-        for sub in entry.subscribers.read().values() {
-            if !sub.flags.join_leave || sub.pending.lock().is_some() {
+        for sub in entry.subscribers.read().iter() {
+            if !sub.flags.join_leave || !sub.live.load(Ordering::Acquire) {
                 continue;
             }
             let slot = &mut frames[wire_index(sub.conn.encoding, sub.conn.framing)];
@@ -495,7 +617,7 @@ impl Hub {
         self.shared.channels[self.shard(channel)]
             .lock()
             .get(channel)
-            .cloned()
+            .map(|entry| entry.0.clone())
     }
 
     fn shard(&self, key: &str) -> usize {
@@ -630,6 +752,11 @@ impl Subscriber {
     /// The connection behind this subscription.
     pub fn conn(&self) -> &ConnHandle {
         &self.conn
+    }
+
+    /// The channel's name (shared with the hub's registry).
+    pub fn channel(&self) -> &Arc<str> {
+        &self.channel.name
     }
 }
 
@@ -771,6 +898,8 @@ fn shard_of_seq(seq: u64) -> usize {
 
 /// Registry shards; a power of two well above the core count keeps lock contention low.
 const SHARDS: usize = 64;
+/// A channel's subscriber vector grows one entry at a time up to this length.
+const EXACT_UP_TO: usize = 4;
 
 #[cfg(test)]
 mod tests {
@@ -821,5 +950,59 @@ mod tests {
         assert_eq!(queued(&conn), 1);
         hub.deliver_publication("ch", &event(1));
         assert_eq!(queued(&conn), 1);
+    }
+
+    fn live_sub(hub: &Hub, channel: &str, conn: &ConnHandle) -> Arc<Subscriber> {
+        let sub = hub.subscribe(channel, conn, SubscriberFlags::default());
+        assert!(hub.activate(channel, &sub, Vec::new(), None));
+        sub
+    }
+
+    #[test]
+    fn unsubscribing_any_subscriber_keeps_the_others_receiving() {
+        let hub = Hub::new();
+        let conns: Vec<ConnHandle> = (0..4)
+            .map(|_| hub.register(Encoding::Json, Framing::WebSocket, 1 << 20))
+            .collect();
+        let subs: Vec<_> = conns.iter().map(|c| live_sub(&hub, "ch", c)).collect();
+        // The first (swapped with the last), then the last's new slot, then a repeat.
+        hub.unsubscribe(&subs[0]);
+        hub.unsubscribe(&subs[3]);
+        hub.unsubscribe(&subs[0]);
+        hub.deliver_publication("ch", &event(1));
+        let got: Vec<usize> = conns.iter().map(|c| queued(c)).collect();
+        assert_eq!(got, [0, 1, 1, 0]);
+        assert_eq!(hub.stats().num_subs, 2);
+        hub.unsubscribe(&subs[1]);
+        hub.unsubscribe(&subs[2]);
+        assert_eq!(hub.stats().num_channels, 0, "an empty channel is freed");
+        // A new subscriber after that gets a fresh entry and its publications.
+        let again = live_sub(&hub, "ch", &conns[0]);
+        hub.deliver_publication("ch", &event(2));
+        assert_eq!(queued(&conns[0]), 1);
+        assert_eq!(again.channel().as_ref(), "ch");
+    }
+
+    #[test]
+    fn the_user_index_follows_connections_in_and_out() {
+        let hub = Hub::new();
+        let conns: Vec<ConnHandle> = (0..3)
+            .map(|_| {
+                let conn = hub.register(Encoding::Json, Framing::WebSocket, 1 << 20);
+                conn.set_identity(Arc::from("alice"), None);
+                conn
+            })
+            .collect();
+        let counts: Vec<usize> = conns.iter().map(|c| hub.add_user_conn(c)).collect();
+        assert_eq!(counts, [1, 2, 3]);
+        hub.unregister(&conns[1]);
+        assert_eq!(hub.user_conn_count("alice"), 2);
+        let seqs: Vec<u64> = hub.user_conns("alice").iter().map(|c| c.seq).collect();
+        assert_eq!(seqs, [conns[0].seq, conns[2].seq]);
+        hub.unregister(&conns[0]);
+        assert_eq!(hub.user_conns("alice").len(), 1);
+        hub.unregister(&conns[2]);
+        assert_eq!(hub.user_conn_count("alice"), 0);
+        assert_eq!(hub.stats().num_users, 0);
     }
 }

@@ -28,7 +28,7 @@ use self::channel::{ChannelAccess, Permission};
 use crate::auth::TokenError;
 use crate::broker::{HistoryQuery, PublishOptions, StreamPosition};
 use crate::hub::{
-    ConnHandle, Control, Disconnect, encode_frame, to_proto_info, to_proto_publication,
+    ConnHandle, Control, Disconnect, Subscriber, encode_frame, to_proto_info, to_proto_publication,
 };
 use crate::server::Node;
 
@@ -61,8 +61,6 @@ pub struct Session {
     conn: ConnHandle,
     state: State,
     user: Arc<str>,
-    /// Unix seconds at which the connection's credentials expire (`None` = never).
-    expires_at: Option<i64>,
     subs: subs::Subs,
     /// Error replies sent so far (tells the metrics whether a command failed).
     error_replies: u32,
@@ -73,12 +71,21 @@ pub struct Session {
 /// One subscription of this session.
 #[derive(Debug)]
 struct SubState {
+    /// The hub's side of the subscription; also carries the channel's name.
+    hub: Arc<Subscriber>,
     server_side: bool,
     presence: bool,
     join_leave: bool,
     chan_info: Option<Bytes>,
     /// Unix seconds at which the subscription token expires.
     expires_at: Option<i64>,
+}
+
+impl SubState {
+    /// The channel's name.
+    fn channel(&self) -> &Arc<str> {
+        self.hub.channel()
+    }
 }
 
 /// Result of handling a command: `Err` means close the connection with that code.
@@ -91,7 +98,6 @@ impl Session {
             conn,
             state: State::Connecting,
             user: Arc::from(""),
-            expires_at: None,
             subs: subs::Subs::default(),
             error_replies: 0,
             rate: rate::CommandLimiter::default(),
@@ -254,7 +260,7 @@ impl Session {
     /// Cleans up after the connection ended: subscriptions, presence, leave events and the
     /// registries.
     pub async fn close(&mut self, node: &Node) {
-        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        let channels: Vec<Arc<str>> = self.subs.keys().cloned().collect();
         for channel in channels {
             self.remove_subscription(node, &channel).await;
         }
@@ -415,7 +421,6 @@ impl Session {
 
     /// Sets the connection expiry and the sweeper deadline that enforces it.
     fn set_expiry(&mut self, node: &Node, expiry: Option<i64>, now: Now) {
-        self.expires_at = expiry;
         let deadline = expiry.map_or(0, |at| {
             let delay = node.config.client.expired_close_delay.as_millis() as u64;
             now.ms + ((at - now.unix).max(0) as u64) * 1000 + delay

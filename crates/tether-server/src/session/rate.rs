@@ -3,7 +3,8 @@
 //!
 //! A command over the rate gets error 111 (temporary: the SDK retries with backoff); a client
 //! that keeps sending regardless — `disconnect_after` rejections within `window` — is closed
-//! with 3013. The state is a handful of numbers in the session; no timer runs.
+//! with 3013. The state is a handful of numbers in the session (20 bytes, since every
+//! connection carries it); no timer runs.
 
 use crate::config::CommandRateLimit;
 
@@ -19,15 +20,21 @@ pub(crate) enum Verdict {
 }
 
 /// Rate state of one connection.
+///
+/// Times are the node clock's milliseconds truncated to 32 bits and compared with wrapping
+/// arithmetic: exact for gaps under 49 days. A connection silent for longer may get a
+/// smaller refill than it earned on its next command, never a larger one.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct CommandLimiter {
-    /// Tokens left; meaningful once `at_ms` is set.
-    tokens: f64,
-    /// Node-clock time of the last refill; 0 = never used (the bucket starts full).
-    at_ms: u64,
+    /// Tokens left; meaningful once `used`.
+    tokens: f32,
+    /// Node-clock time (ms, truncated) of the last refill.
+    at_ms: u32,
     /// Rejections since `window_start_ms`.
     rejections: u32,
-    window_start_ms: u64,
+    window_start_ms: u32,
+    /// Charged at least once (before that, the bucket is full).
+    used: bool,
 }
 
 impl CommandLimiter {
@@ -36,15 +43,16 @@ impl CommandLimiter {
         if limit.rate <= 0.0 {
             return Verdict::Allow;
         }
-        let burst = f64::from(limit.burst);
-        if self.at_ms == 0 {
-            self.tokens = burst;
+        let now = now_ms as u32;
+        let burst = limit.burst as f32;
+        if self.used {
+            let elapsed = now.wrapping_sub(self.at_ms) as f32 / 1000.0;
+            self.tokens = (self.tokens + elapsed * limit.rate as f32).min(burst);
         } else {
-            let elapsed = now_ms.saturating_sub(self.at_ms) as f64 / 1000.0;
-            self.tokens = (self.tokens + elapsed * limit.rate).min(burst);
+            self.tokens = burst;
+            self.used = true;
         }
-        // `max(1)` keeps "never used" distinct from a refill at clock 0.
-        self.at_ms = self.at_ms.max(now_ms).max(1);
+        self.at_ms = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             return Verdict::Allow;
@@ -52,9 +60,9 @@ impl CommandLimiter {
         if limit.disconnect_after == 0 {
             return Verdict::Reject;
         }
-        let window = limit.window.as_millis() as u64;
-        if self.rejections == 0 || now_ms.saturating_sub(self.window_start_ms) >= window {
-            self.window_start_ms = now_ms;
+        let window = limit.window.as_millis().min(u128::from(u32::MAX)) as u32;
+        if self.rejections == 0 || now.wrapping_sub(self.window_start_ms) >= window {
+            self.window_start_ms = now;
             self.rejections = 0;
         }
         self.rejections += 1;
@@ -128,5 +136,18 @@ mod tests {
         let l = limit(0.0, 0, 1);
         let mut c = CommandLimiter::default();
         assert!((0..10_000).all(|_| c.check(&l, 7) == Verdict::Allow));
+    }
+
+    #[test]
+    fn refills_across_the_32_bit_clock_wrap() {
+        let l = limit(10.0, 2, 0);
+        let mut c = CommandLimiter::default();
+        let before_wrap = u64::from(u32::MAX) - 50;
+        assert_eq!(c.check(&l, before_wrap), Verdict::Allow);
+        assert_eq!(c.check(&l, before_wrap), Verdict::Allow);
+        assert_eq!(c.check(&l, before_wrap), Verdict::Reject);
+        // 150 ms later, past the wrap: one token came back.
+        assert_eq!(c.check(&l, before_wrap + 150), Verdict::Allow);
+        assert_eq!(c.check(&l, before_wrap + 150), Verdict::Reject);
     }
 }

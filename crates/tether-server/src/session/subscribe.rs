@@ -233,7 +233,7 @@ impl Session {
         // publication can fall between them.
         let sub = node.hub.subscribe(channel, &self.conn, flags);
         if let Err(error) = node.engine.subscribe(channel).await {
-            node.hub.unsubscribe(channel, &self.conn);
+            node.hub.unsubscribe(&sub);
             return Err(engine_error(&error));
         }
         let mut result = SubscribeResult {
@@ -295,7 +295,7 @@ impl Session {
             let (page, recovered) = match read {
                 Ok(read) => read,
                 Err(error) => {
-                    self.abandon(node, channel).await;
+                    self.abandon(node, &sub).await;
                     return Err(engine_error(&error));
                 }
             };
@@ -307,7 +307,7 @@ impl Session {
                 });
             }
             if result.was_recovering && !recovered && params.reject_unrecovered {
-                self.abandon(node, channel).await;
+                self.abandon(node, &sub).await;
                 return Err(ClientError::UNRECOVERABLE_POSITION);
             }
             result.epoch = page.top.epoch.clone();
@@ -324,16 +324,14 @@ impl Session {
                 result.offset = page.top.offset;
             }
         }
-        self.subs.insert(
-            channel.to_owned(),
-            SubState {
-                server_side: params.server_side,
-                presence: params.presence,
-                join_leave: params.join_leave,
-                chan_info: params.chan_info,
-                expires_at: params.expires_at,
-            },
-        );
+        self.subs.insert(SubState {
+            hub: sub.clone(),
+            server_side: params.server_side,
+            presence: params.presence,
+            join_leave: params.join_leave,
+            chan_info: params.chan_info,
+            expires_at: params.expires_at,
+        });
         self.schedule_sub_expiry(node, now);
         Ok(Opened {
             sub,
@@ -446,9 +444,9 @@ impl Session {
     }
 
     /// Undoes the hub and engine registration of a subscription that failed to set up.
-    async fn abandon(&self, node: &Node, channel: &str) {
-        node.hub.unsubscribe(channel, &self.conn);
-        let _ = node.engine.unsubscribe(channel).await;
+    async fn abandon(&self, node: &Node, sub: &Arc<Subscriber>) {
+        node.hub.unsubscribe(sub);
+        let _ = node.engine.unsubscribe(sub.channel()).await;
     }
 
     /// Client or server `unsubscribe`: no error when not subscribed.
@@ -463,7 +461,7 @@ impl Session {
         let Some(state) = self.subs.remove(channel) else {
             return;
         };
-        node.hub.unsubscribe(channel, &self.conn);
+        node.hub.unsubscribe(&state.hub);
         let _ = node.engine.unsubscribe(channel).await;
         if state.presence {
             let _ = node
@@ -524,7 +522,7 @@ impl Session {
             .subs
             .iter()
             .filter(|(_, s)| s.expires_at.is_some_and(|at| at + grace <= now.unix))
-            .map(|(c, s)| (c.clone(), s.server_side))
+            .map(|(c, s)| (c.to_string(), s.server_side))
             .collect();
         for (channel, server_side) in expired {
             if server_side {

@@ -53,10 +53,9 @@ enum End {
 pub(super) enum Wire {
     /// RFC 6455 frames after an HTTP upgrade.
     WebSocket {
-        /// Parser state; holds only a partial frame.
+        /// Parser state; holds only a partial frame. (Its size limit is read from the
+        /// node's config on each read rather than kept here.)
         reader: WsReader,
-        /// Message size limit.
-        limits: WsLimits,
     },
     /// Raw TCP: uvarint-length-delimited Protobuf commands.
     Tcp {
@@ -70,13 +69,10 @@ pub(super) enum Wire {
 }
 
 impl Wire {
-    /// WebSocket framing with the node's message size limit.
-    pub(super) fn websocket(node: &Node) -> Self {
+    /// WebSocket framing.
+    pub(super) fn websocket() -> Self {
         Self::WebSocket {
             reader: WsReader::default(),
-            limits: WsLimits {
-                max_message_size: node.config.websocket.message_size_limit,
-            },
         }
     }
 
@@ -101,16 +97,14 @@ impl Wire {
 #[derive(Debug)]
 pub(super) struct Driver {
     node: Arc<Node>,
-    conn: ConnHandle,
     stream: TcpStream,
+    /// The session; it holds the connection's handle ([`Session::conn`]).
     session: Session,
     wire: Wire,
     /// Frames taken from the queue and not yet fully written; `offset` bytes of the first
     /// are already on the wire.
     out: Vec<Bytes>,
     offset: usize,
-    /// The node's gauge of open connections of this transport and encoding.
-    open: metrics::Gauge,
     /// The connection's admission slot, released when the driver is dropped.
     _slot: Slot,
 }
@@ -136,29 +130,40 @@ impl Driver {
             slot,
         } = accepted;
         tracing::Span::current().record("client", tracing::field::display(&conn.client));
-        let transport = match conn.framing {
-            Framing::WebSocket => TransportKind::WebSocket,
-            Framing::Tcp => TransportKind::Tcp,
-        };
-        let open = node
-            .metrics
-            .connections(transport, conn.encoding == tether_proto::Encoding::Protobuf)
-            .clone();
-        open.increment(1.0);
         let now = node.now();
         let stale = node.config.client.stale_close_delay.as_millis() as u64;
         conn.with_heartbeat(|hb| hb.stale_at = now.ms + stale.max(1));
-        Self {
-            session: Session::new(conn.clone()),
+        let driver = Self {
+            session: Session::new(conn),
             node,
-            conn,
             stream,
             wire,
             out: Vec::new(),
             offset: 0,
-            open,
             _slot: slot,
+        };
+        driver.open_gauge().increment(1.0);
+        driver
+    }
+
+    /// The WebSocket message limits, from the node's config.
+    fn ws_limits(&self) -> WsLimits {
+        WsLimits {
+            max_message_size: self.node.config.websocket.message_size_limit,
         }
+    }
+
+    /// The node's gauge of open connections of this one's transport and encoding. Looked
+    /// up rather than kept: a gauge handle in every connection's state costs 16 bytes each.
+    fn open_gauge(&self) -> &metrics::Gauge {
+        let conn = self.session.conn();
+        let transport = match conn.framing {
+            Framing::WebSocket => TransportKind::WebSocket,
+            Framing::Tcp => TransportKind::Tcp,
+        };
+        self.node
+            .metrics
+            .connections(transport, conn.encoding == tether_proto::Encoding::Protobuf)
     }
 
     /// Handles bytes that arrived right behind the HTTP upgrade request. Called from the
@@ -189,13 +194,20 @@ impl Driver {
     /// Says goodbye to the peer as `end` requires and cleans up.
     async fn close(&mut self, end: End) {
         Box::pin(self.finish(end)).await;
-        self.open.decrement(1.0);
+        self.open_gauge().decrement(1.0);
     }
 
     async fn serve(&mut self) -> End {
         loop {
-            if let Err(end) = self.apply_work().await {
-                return end;
+            // Control messages are rare: only then is a (boxed) future built for them.
+            match self.take_work() {
+                Ok(None) => {}
+                Ok(Some(controls)) => {
+                    if let Err(end) = Box::pin(self.apply_controls(controls)).await {
+                        return end;
+                    }
+                }
+                Err(end) => return end,
             }
             if let Err(error) = self.flush() {
                 return End::Io(error);
@@ -220,7 +232,7 @@ impl Driver {
     /// frames are pending. Every source is polled on every call, so none starves another;
     /// the result says whether the socket is readable.
     fn poll_wake(&self, cx: &mut Context<'_>, want_write: bool) -> Poll<io::Result<bool>> {
-        let woken = self.conn.poll_woken(cx).is_ready();
+        let woken = self.session.conn().poll_woken(cx).is_ready();
         let readable = match self.stream.poll_read_ready(cx) {
             Poll::Ready(Ok(())) => true,
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
@@ -239,18 +251,16 @@ impl Driver {
         }
     }
 
-    /// Applies control messages and close requests posted to the handle.
-    async fn apply_work(&mut self) -> Result<(), End> {
-        let work = self.conn.take_work();
+    /// Takes what was posted to the handle: a close request ends the connection, control
+    /// messages are returned to be applied. Not async, so nothing of it stays in the
+    /// connection's future: applying controls runs in a boxed future, because the
+    /// session's futures reach into the engine and are large (as for input).
+    fn take_work(&self) -> Result<Option<Vec<Control>>, End> {
+        let work = self.session.conn().take_work();
         if let Some(disconnect) = work.close {
             return Err(End::Disconnect(disconnect));
         }
-        if work.controls.is_empty() {
-            return Ok(());
-        }
-        // Boxed (here and for input): the session's futures reach into the engine and are
-        // large; inline they would size every idle connection task for them.
-        Box::pin(self.apply_controls(work.controls)).await
+        Ok((!work.controls.is_empty()).then_some(work.controls))
     }
 
     async fn apply_controls(&mut self, controls: Vec<Control>) -> Result<(), End> {
@@ -267,14 +277,15 @@ impl Driver {
     /// Reads what the socket has into the scratch buffer and handles every complete event.
     async fn read(&mut self) -> Result<(), End> {
         let mut events = Vec::new();
+        let limits = self.ws_limits();
         for _ in 0..MAX_READS_PER_WAKE {
             let read = SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
                 match self.stream.try_read(&mut scratch[..]) {
                     Ok(0) => Err(End::PeerGone),
                     Ok(n) => match &mut self.wire {
-                        Wire::WebSocket { reader, limits } => reader
-                            .feed(&scratch[..n], limits, &mut events)
+                        Wire::WebSocket { reader } => reader
+                            .feed(&scratch[..n], &limits, &mut events)
                             .map(|()| n)
                             .map_err(|error| {
                                 End::Disconnect(Disconnect {
@@ -340,11 +351,12 @@ impl Driver {
     }
 
     async fn on_bytes(&mut self, bytes: &[u8]) -> Result<(), End> {
-        let Wire::WebSocket { reader, limits } = &mut self.wire else {
+        let limits = self.ws_limits();
+        let Wire::WebSocket { reader } = &mut self.wire else {
             return Ok(());
         };
         let mut events = Vec::new();
-        let fed = reader.feed(bytes, limits, &mut events);
+        let fed = reader.feed(bytes, &limits, &mut events);
         for event in events {
             self.on_event(event).await?;
         }
@@ -360,7 +372,8 @@ impl Driver {
         match event {
             WsEvent::Message { payload, .. } => {
                 let commands = self
-                    .conn
+                    .session
+                    .conn()
                     .encoding
                     .decode_commands(&payload)
                     .map_err(|_| End::Disconnect(DisconnectCode::BAD_REQUEST.into()))?;
@@ -373,7 +386,7 @@ impl Driver {
             WsEvent::Ping(payload) => {
                 let mut frame = BytesMut::with_capacity(payload.len() + 2);
                 ws::encode_frame(Opcode::Pong, &payload, &mut frame);
-                self.conn.enqueue(frame.freeze());
+                self.session.conn().enqueue(frame.freeze());
                 Ok(())
             }
             WsEvent::Pong(_) => Ok(()),
@@ -385,7 +398,7 @@ impl Driver {
     fn flush(&mut self) -> io::Result<()> {
         loop {
             if self.out.is_empty() {
-                self.conn.drain_frames(&mut self.out, MAX_BATCH);
+                self.session.conn().drain_frames(&mut self.out, MAX_BATCH);
                 if self.out.is_empty() {
                     // Everything is written: an idle connection keeps no buffer.
                     self.out = Vec::new();
@@ -425,7 +438,7 @@ impl Driver {
 
     /// Sends what is owed (replies before the close, then the close frame) and cleans up.
     async fn finish(&mut self, end: End) {
-        let client = self.conn.client.clone();
+        let client = self.session.conn().client;
         let metrics = &self.node.metrics;
         metrics.disconnected(match &end {
             End::Disconnect(disconnect) => disconnect.code,
@@ -461,7 +474,7 @@ impl Driver {
         if !drop_queued {
             loop {
                 if self.out.is_empty() {
-                    self.conn.drain_frames(&mut self.out, MAX_BATCH);
+                    self.session.conn().drain_frames(&mut self.out, MAX_BATCH);
                     if self.out.is_empty() {
                         break;
                     }
