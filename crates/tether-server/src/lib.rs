@@ -24,6 +24,7 @@
 //! - [`metrics`]: the node's Prometheus metrics (its own recorder, handles cached).
 //! - [`api`]: the server HTTP API (`POST /api/<method>`) and health endpoints.
 //! - [`server`]: wiring and lifecycle of one node.
+//! - `small`: how the small vectors every connection holds grow (exactly while small).
 
 pub mod api;
 pub mod auth;
@@ -34,4 +35,5 @@ pub mod hub;
 pub mod metrics;
 pub mod server;
 pub mod session;
+mod small;
 pub mod transport;

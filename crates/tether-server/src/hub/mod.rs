@@ -332,11 +332,7 @@ impl Hub {
             stale: AtomicBool::new(false),
             pending: Mutex::new(Some(Box::default())),
         });
-        if subscribers.len() < EXACT_UP_TO {
-            // Most channels have a subscriber or two (personal channels): grow exactly.
-            subscribers.reserve_exact(1);
-        }
-        subscribers.push(sub.clone());
+        crate::small::push_exact_while_small(&mut subscribers, sub.clone());
         sub
     }
 
@@ -403,7 +399,7 @@ impl Hub {
         if subs.is_empty() {
             drop(subs);
             channels.remove(&*channel.name);
-        } else if subs.capacity() > EXACT_UP_TO && subs.len() * 4 <= subs.capacity() {
+        } else if subs.capacity() > crate::small::EXACT_UP_TO && subs.len() * 4 <= subs.capacity() {
             // A channel that emptied out gives its memory back as it goes.
             let keep = subs.len() * 2;
             subs.shrink_to(keep);
@@ -898,8 +894,6 @@ fn shard_of_seq(seq: u64) -> usize {
 
 /// Registry shards; a power of two well above the core count keeps lock contention low.
 const SHARDS: usize = 64;
-/// A channel's subscriber vector grows one entry at a time up to this length.
-const EXACT_UP_TO: usize = 4;
 
 #[cfg(test)]
 mod tests {

@@ -34,11 +34,7 @@ impl Subs {
             *existing = state;
             return;
         }
-        if self.0.len() < EXACT_UP_TO {
-            // Exact growth while small: most connections hold one or two subscriptions.
-            self.0.reserve_exact(1);
-        }
-        self.0.push(state);
+        crate::small::push_exact_while_small(&mut self.0, state);
     }
 
     pub(super) fn remove(&mut self, channel: &str) -> Option<SubState> {
@@ -66,10 +62,6 @@ impl Subs {
         self.0.iter().map(|s| (s.channel(), s))
     }
 }
-
-/// Up to this many subscriptions the vector grows by exactly one entry; past it, by
-/// doubling, so a connection with many subscriptions does not copy them on every subscribe.
-const EXACT_UP_TO: usize = 4;
 
 #[cfg(test)]
 mod tests {

@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tether_proto::codes::DisconnectCode;
 use tether_proto::decode_delimited_command;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -281,7 +281,7 @@ impl Driver {
         for _ in 0..MAX_READS_PER_WAKE {
             let read = SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
-                match self.stream.try_read(&mut scratch[..]) {
+                match read_draining(&self.stream, &mut scratch[..]) {
                     Ok(0) => Err(End::PeerGone),
                     Ok(n) => match &mut self.wire {
                         Wire::WebSocket { reader } => reader
@@ -498,6 +498,29 @@ impl Driver {
     }
 }
 
+/// Reads what the socket has into `buf`. A read that fills less than `buf` drained the
+/// socket, so it also clears the socket's read readiness (as tokio's own `poll_read` does):
+/// the next wait then sleeps until new bytes arrive, instead of waking once more for a
+/// `recv` that can only say it would block. That second `recv` was a third of the system
+/// calls of a heartbeat round trip. Readiness that arrived during the read is kept: tokio
+/// clears only the readiness the read was started under.
+fn read_draining(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let len = buf.len();
+    let mut got = 0;
+    let read = stream.try_io(Interest::READABLE, || {
+        got = stream.try_read(buf)?;
+        if got > 0 && got < len {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(())
+    });
+    match read {
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        Err(error) => Err(error),
+        Ok(()) => Ok(got),
+    }
+}
+
 thread_local! {
     /// Per-worker read buffer: connections read into it and keep only partial frames.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
@@ -519,3 +542,66 @@ const ABNORMAL_CLOSURE: u16 = 1006;
 const NORMAL_CLOSURE: u16 = 1000;
 /// Close code for an oversized message (WebSocket 1009); TCP uses it in its disconnect push.
 const MESSAGE_TOO_BIG: u16 = 1009;
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// Whether the socket's cached read readiness is set (polled once, never waits).
+    fn read_ready(stream: &TcpStream) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        stream.poll_read_ready(&mut cx).is_ready()
+    }
+
+    async fn wait_readable(stream: &TcpStream) {
+        stream.readable().await.expect("readable");
+    }
+
+    #[tokio::test]
+    async fn a_short_read_clears_read_readiness_and_new_bytes_set_it_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 64];
+
+        peer.write_all(b"abc").await.unwrap();
+        wait_readable(&stream).await;
+        assert_eq!(read_draining(&stream, &mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"abc");
+        assert!(!read_ready(&stream), "a short read drained the socket");
+
+        peer.write_all(b"de").await.unwrap();
+        wait_readable(&stream).await;
+        assert_eq!(read_draining(&stream, &mut buf).unwrap(), 2);
+
+        // A read that fills the buffer cannot tell whether more is waiting: readiness stays
+        // and the rest is read on the next try.
+        peer.write_all(&[7; 100]).await.unwrap();
+        let mut got = 0;
+        while got < 100 {
+            wait_readable(&stream).await;
+            let n = read_draining(&stream, &mut buf).unwrap();
+            if n == buf.len() {
+                assert!(read_ready(&stream), "a full read keeps readiness");
+            }
+            got += n;
+        }
+        assert_eq!(got, 100);
+        assert!(!read_ready(&stream));
+
+        drop(peer);
+        wait_readable(&stream).await;
+        assert_eq!(
+            read_draining(&stream, &mut buf).unwrap(),
+            0,
+            "end of stream"
+        );
+    }
+}
