@@ -11,14 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const SECRET: &str = "cluster-test-secret-key-long-enough";
 pub const API_KEY: &str = "cluster-api-key";
@@ -313,118 +310,17 @@ pub fn token(user: &str) -> String {
     .unwrap()
 }
 
-/// A raw protocol-v2 JSON client.
-pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    next_id: u32,
-    backlog: Vec<Value>,
-}
+#[path = "../support/json_client.rs"]
+mod json_client;
+
+pub use json_client::JsonClient as Client;
 
 impl Client {
+    /// Opens a WebSocket to `node` and connects as `user`.
     pub async fn connect(node: &Node, user: &str) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(node.ws_url())
-            .await
-            .unwrap();
-        let mut client = Self {
-            ws,
-            next_id: 0,
-            backlog: Vec::new(),
-        };
-        let reply = client
-            .call(json!({ "connect": { "token": token(user) } }))
-            .await;
-        assert!(reply.get("connect").is_some(), "connect failed: {reply}");
+        let mut client = Self::open_url(&node.ws_url()).await;
+        client.connect_with(&token(user)).await;
         client
-    }
-
-    pub async fn call(&mut self, mut command: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        command["id"] = json!(id);
-        self.ws
-            .send(Message::Text(command.to_string().into()))
-            .await
-            .unwrap();
-        self.wait_for(|m| m["id"] == json!(id)).await
-    }
-
-    /// Subscribes and returns the subscribe result.
-    pub async fn subscribe(&mut self, request: Value) -> Value {
-        let reply = self.call(json!({ "subscribe": request })).await;
-        assert!(
-            reply.get("subscribe").is_some(),
-            "subscribe failed: {reply}"
-        );
-        reply["subscribe"].clone()
-    }
-
-    /// Next message (pings answered); `None` if the connection closed or nothing came in
-    /// `within`.
-    pub async fn next_within(&mut self, within: Duration) -> Option<Value> {
-        if !self.backlog.is_empty() {
-            return Some(self.backlog.remove(0));
-        }
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()??
-                .ok()?;
-            match msg {
-                Message::Text(text) => {
-                    for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
-                        let v: Value = serde_json::from_str(line).unwrap();
-                        if v == json!({}) {
-                            let _ = self.ws.send(Message::Text("{}".into())).await;
-                            continue;
-                        }
-                        self.backlog.push(v);
-                    }
-                    if !self.backlog.is_empty() {
-                        return Some(self.backlog.remove(0));
-                    }
-                }
-                Message::Close(_) => return None,
-                _ => {}
-            }
-        }
-    }
-
-    pub async fn next(&mut self) -> Value {
-        self.next_within(Duration::from_secs(10))
-            .await
-            .expect("no message in time")
-    }
-
-    pub async fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        if let Some(i) = self.backlog.iter().position(&pred) {
-            return self.backlog.remove(i);
-        }
-        let mut skipped = Vec::new();
-        loop {
-            let v = self.next().await;
-            if pred(&v) {
-                skipped.extend(std::mem::take(&mut self.backlog));
-                self.backlog = skipped;
-                return v;
-            }
-            skipped.push(v);
-        }
-    }
-
-    /// Waits for the close frame; returns its code.
-    pub async fn close_code(&mut self, within: Duration) -> Option<u16> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()?
-            {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return None,
-            }
-        }
     }
 }
 

@@ -11,14 +11,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tether_server::config::{Config, Namespace, NamespaceOptions};
 use tether_server::server::Server;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "test-secret-key-for-integration";
@@ -122,109 +118,19 @@ pub fn user_token(user: &str) -> String {
     token(json!({ "sub": user }))
 }
 
-pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    next_id: u32,
-    /// Pushes and replies read while waiting for something else.
-    pub backlog: Vec<Value>,
-}
+#[path = "../support/json_client.rs"]
+mod json_client;
+
+pub use json_client::JsonClient as Client;
 
 impl Client {
     pub async fn open(server: &TestServer) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
-            .await
-            .expect("ws connect");
-        Self {
-            ws,
-            next_id: 0,
-            backlog: Vec::new(),
-        }
+        Self::open_url(&server.ws_url()).await
     }
 
     pub async fn connected(server: &TestServer, user: &str) -> (Self, Value) {
         let mut client = Self::open(server).await;
-        let reply = client
-            .call(json!({ "connect": { "token": user_token(user) } }))
-            .await;
-        assert!(reply.get("connect").is_some(), "connect failed: {reply}");
+        let reply = client.connect_with(&user_token(user)).await;
         (client, reply)
-    }
-
-    pub async fn send_raw(&mut self, text: &str) {
-        self.ws
-            .send(Message::Text(text.to_owned().into()))
-            .await
-            .unwrap();
-    }
-
-    /// Sends one command (an id is added) and waits for its reply.
-    pub async fn call(&mut self, mut command: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        command["id"] = json!(id);
-        self.send_raw(&command.to_string()).await;
-        self.wait_for(|m| m["id"] == json!(id)).await
-    }
-
-    /// Next JSON message from the server, answering pings with pongs. Panics after 5 s.
-    pub async fn next(&mut self) -> Value {
-        if !self.backlog.is_empty() {
-            return self.backlog.remove(0);
-        }
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
-                .await
-                .expect("timed out waiting for a message")
-                .expect("stream ended")
-                .expect("ws error");
-            match msg {
-                Message::Text(text) => {
-                    for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
-                        let v: Value = serde_json::from_str(line).unwrap();
-                        if v == json!({}) {
-                            self.send_raw("{}").await;
-                            continue;
-                        }
-                        self.backlog.push(v);
-                    }
-                    if !self.backlog.is_empty() {
-                        return self.backlog.remove(0);
-                    }
-                }
-                Message::Close(frame) => panic!("closed: {frame:?}"),
-                _ => {}
-            }
-        }
-    }
-
-    pub async fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        if let Some(i) = self.backlog.iter().position(&pred) {
-            return self.backlog.remove(i);
-        }
-        let mut skipped = Vec::new();
-        loop {
-            let v = self.next().await;
-            if pred(&v) {
-                skipped.extend(std::mem::take(&mut self.backlog));
-                self.backlog = skipped;
-                return v;
-            }
-            skipped.push(v);
-        }
-    }
-
-    /// Waits for the server's close frame without answering pings; returns its code.
-    pub async fn closed(&mut self, within: Duration) -> Option<CloseFrame> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .expect("no close in time");
-            match msg {
-                Some(Ok(Message::Close(frame))) => return frame,
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return None,
-            }
-        }
     }
 }

@@ -1,0 +1,161 @@
+//! A raw protocol-v2 JSON WebSocket client for the integration tests, shared by the
+//! single-server helpers (`common`) and the cluster harness: commands get ids and their
+//! replies are matched by id, pushes read meanwhile wait in a backlog, pings are answered.
+//! Each side adds its own constructors (from a `TestServer` or a cluster `Node`).
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long [`JsonClient::next`] waits before it fails the test.
+const NEXT_WITHIN: Duration = Duration::from_secs(10);
+
+pub struct JsonClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u32,
+    /// Pushes and replies read while waiting for something else.
+    pub backlog: Vec<Value>,
+    /// The server's close frame, once one was read (`Some(None)`: a close without a code).
+    pub close: Option<Option<CloseFrame>>,
+}
+
+impl JsonClient {
+    /// Opens the WebSocket; no command is sent.
+    pub async fn open_url(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect");
+        Self {
+            ws,
+            next_id: 0,
+            backlog: Vec::new(),
+            close: None,
+        }
+    }
+
+    /// Sends `{"connect": {"token": token}}` and returns the reply, which must be a success.
+    pub async fn connect_with(&mut self, token: &str) -> Value {
+        let reply = self.call(json!({ "connect": { "token": token } })).await;
+        assert!(reply.get("connect").is_some(), "connect failed: {reply}");
+        reply
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .unwrap();
+    }
+
+    /// Sends one command (an id is added) and waits for its reply.
+    pub async fn call(&mut self, mut command: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        command["id"] = json!(id);
+        self.send_raw(&command.to_string()).await;
+        self.wait_for(|m| m["id"] == json!(id)).await
+    }
+
+    /// Subscribes and returns the subscribe result, which must be a success.
+    pub async fn subscribe(&mut self, request: Value) -> Value {
+        let reply = self.call(json!({ "subscribe": request })).await;
+        assert!(
+            reply.get("subscribe").is_some(),
+            "subscribe failed: {reply}"
+        );
+        reply["subscribe"].clone()
+    }
+
+    /// The next JSON message, answering pings with pongs; `None` if the connection closed
+    /// (the close frame is kept in [`JsonClient::close`]) or nothing came `within`.
+    pub async fn next_within(&mut self, within: Duration) -> Option<Value> {
+        if !self.backlog.is_empty() {
+            return Some(self.backlog.remove(0));
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            match msg {
+                Message::Text(text) => {
+                    for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
+                        let v: Value = serde_json::from_str(line).unwrap();
+                        if v == json!({}) {
+                            let _ = self.ws.send(Message::Text("{}".into())).await;
+                            continue;
+                        }
+                        self.backlog.push(v);
+                    }
+                    if !self.backlog.is_empty() {
+                        return Some(self.backlog.remove(0));
+                    }
+                }
+                Message::Close(frame) => {
+                    self.close = Some(frame);
+                    return None;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The next JSON message (pings answered); fails the test if the connection closed or
+    /// nothing came in 10 s.
+    pub async fn next(&mut self) -> Value {
+        match self.next_within(NEXT_WITHIN).await {
+            Some(v) => v,
+            None => match &self.close {
+                Some(frame) => panic!("closed: {frame:?}"),
+                None => panic!("no message within {NEXT_WITHIN:?}"),
+            },
+        }
+    }
+
+    /// The first message `pred` accepts, from the backlog or the wire; the others stay in
+    /// the backlog, in order.
+    pub async fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i);
+        }
+        let mut skipped = Vec::new();
+        loop {
+            let v = self.next().await;
+            if pred(&v) {
+                skipped.extend(std::mem::take(&mut self.backlog));
+                self.backlog = skipped;
+                return v;
+            }
+            skipped.push(v);
+        }
+    }
+
+    /// Reads, without answering pings, until the server's close frame and returns it
+    /// (`None`: the connection ended without one). Fails the test if none came `within`.
+    pub async fn closed(&mut self, within: Duration) -> Option<CloseFrame> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("no close in time");
+            match msg {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// The code of the server's close frame, as [`JsonClient::closed`].
+    pub async fn close_code(&mut self, within: Duration) -> Option<u16> {
+        self.closed(within).await.map(|frame| u16::from(frame.code))
+    }
+}
