@@ -197,5 +197,26 @@ pub struct PresenceStats {
     pub num_users: u32,
 }
 
+/// Waits for a broker's subscription manager to confirm a subscribe command (`sent` says
+/// whether the command reached it): the manager's result, or `Unavailable` when the manager
+/// is gone or did not answer within `deadline`. `broker` names it in the error.
+async fn subscribe_confirmed(
+    sent: bool,
+    confirmed: tokio::sync::oneshot::Receiver<Result<(), BrokerError>>,
+    deadline: Duration,
+    broker: &str,
+) -> Result<(), BrokerError> {
+    if !sent {
+        return Err(BrokerError::Unavailable(format!("{broker} stopped")));
+    }
+    match tokio::time::timeout(deadline, confirmed).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(BrokerError::Unavailable(format!("{broker} stopped"))),
+        Err(_) => Err(BrokerError::Unavailable(format!(
+            "{broker} subscribe timed out"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests;

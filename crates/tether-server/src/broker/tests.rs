@@ -690,3 +690,36 @@ fn join_and_leave_are_emitted() {
     assert_eq!(*recorder.leaves.lock(), vec![("room".to_owned(), info)]);
     assert_eq!(broker.stored_channels(), 0);
 }
+
+#[tokio::test]
+async fn subscribe_confirmed_gives_the_managers_answer_or_says_why_there_is_none() {
+    let deadline = Duration::from_secs(5);
+    let (reply, confirmed) = tokio::sync::oneshot::channel();
+    reply.send(Ok(())).unwrap();
+    assert!(
+        subscribe_confirmed(true, confirmed, deadline, "x")
+            .await
+            .is_ok()
+    );
+
+    let (reply, confirmed) = tokio::sync::oneshot::channel();
+    reply
+        .send(Err(BrokerError::Unavailable("refused".to_owned())))
+        .unwrap();
+    let refused = subscribe_confirmed(true, confirmed, deadline, "x").await;
+    assert!(matches!(refused, Err(BrokerError::Unavailable(why)) if why == "refused"));
+
+    let (_, confirmed) = tokio::sync::oneshot::channel();
+    let gone = subscribe_confirmed(true, confirmed, deadline, "nats broker").await;
+    assert!(matches!(gone, Err(BrokerError::Unavailable(why)) if why == "nats broker stopped"));
+
+    let (_reply, confirmed) = tokio::sync::oneshot::channel();
+    let not_sent = subscribe_confirmed(false, confirmed, deadline, "redis engine").await;
+    assert!(
+        matches!(not_sent, Err(BrokerError::Unavailable(why)) if why == "redis engine stopped")
+    );
+
+    let (_reply, confirmed) = tokio::sync::oneshot::channel();
+    let slow = subscribe_confirmed(true, confirmed, Duration::from_millis(10), "x").await;
+    assert!(matches!(slow, Err(BrokerError::Unavailable(why)) if why == "x subscribe timed out"));
+}

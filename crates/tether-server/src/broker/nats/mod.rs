@@ -228,19 +228,10 @@ impl NatsBroker {
             subject,
             reply,
         });
-        let outcome = if sent.is_err() {
-            Err(stopped())
-        } else {
-            // The manager answers within its own barrier timeout; the margin covers a queue.
-            let deadline = self.shared.options.write_timeout * 2 + self.shared.options.dial_timeout;
-            match tokio::time::timeout(deadline, confirmed).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(stopped()),
-                Err(_) => Err(BrokerError::Unavailable(
-                    "nats subscribe timed out".to_owned(),
-                )),
-            }
-        };
+        // The manager answers within its own barrier timeout; the margin covers a queue.
+        let deadline = self.shared.options.write_timeout * 2 + self.shared.options.dial_timeout;
+        let outcome =
+            super::subscribe_confirmed(sent.is_ok(), confirmed, deadline, "nats broker").await;
         if outcome.is_err() {
             self.release(channel);
         }

@@ -371,15 +371,13 @@ impl RedisEngine {
             channel: channel.to_owned(),
             reply,
         });
-        let outcome = if sent.is_err() {
-            Err(BrokerError::Unavailable("engine stopped".to_owned()))
-        } else {
-            match tokio::time::timeout(self.command_deadline(), confirmed).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(BrokerError::Unavailable("engine stopped".to_owned())),
-                Err(_) => Err(BrokerError::Unavailable("subscribe timed out".to_owned())),
-            }
-        };
+        let outcome = super::subscribe_confirmed(
+            sent.is_ok(),
+            confirmed,
+            self.command_deadline(),
+            "redis engine",
+        )
+        .await;
         if outcome.is_err() {
             self.release(channel);
         }
