@@ -116,8 +116,10 @@ fn query(since: Option<StreamPosition>, limit: Option<usize>) -> HistoryQuery {
     }
 }
 
+/// Waits up to 10 s for `check` (a test under a loaded CI machine, Redis cluster restarts
+/// among them, needs more than the 2 s this once allowed; a passing check returns at once).
 async fn eventually(mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if check() {
             return;
         }
