@@ -1,13 +1,22 @@
 //! A connection as the rest of the node sees it: a cheap handle with an outbound queue.
 //!
-//! The driver task owns the socket and the session; everybody else (fan-out, the heartbeat
-//! sweeper, the server API) talks to a connection only through its [`Conn`] handle: they
-//! append pre-encoded frames to its bounded queue, post control messages, or ask it to
-//! close. The driver is woken through one [`AtomicWaker`] (a flag and the driver task's
+//! The driver task owns the session and reads the socket; everybody else (fan-out, the
+//! heartbeat sweeper, the server API) talks to a connection only through its [`Conn`]
+//! handle: they hand it pre-encoded frames, post control messages, or ask it to close.
+//!
+//! A frame handed to an idle connection (nothing queued before it) is written to the socket
+//! right away by whoever hands it over, with one non-blocking `send`: a ping from the
+//! sweeper or a publication from fan-out then costs no task wake-up and no poll of the
+//! driver. Only what the socket does not take at once is queued, in a queue bounded in
+//! bytes, and the driver is woken through one [`AtomicWaker`] (a flag and the driver task's
 //! waker: smaller than a `Notify` and its waiting future, which every idle connection would
-//! carry) and drains the queue with vectored writes. Nobody ever waits on a connection.
+//! carry) to drain it with vectored writes when the socket is writable again. Every write,
+//! direct or drained, happens under the handle's lock and only from the head of the queue,
+//! so frames reach the wire in the order they were handed over. Nobody ever waits on a
+//! connection.
 
 use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
@@ -17,6 +26,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tether_proto::Encoding;
 use tether_proto::codes::DisconnectCode;
+use tokio::net::TcpStream;
 
 use crate::broker::{ClientInfo, Publication, StreamPosition};
 
@@ -162,8 +172,13 @@ pub struct Conn {
     pub framing: Framing,
     /// Byte bound of the outbound queue; over it the connection is closed with 3008.
     queue_limit: usize,
-    /// Set once the driver has taken a close request; makes later enqueues no-ops.
+    /// Set once the connection is closing (a close request was taken, or the driver stopped
+    /// serving); makes later enqueues no-ops. Read without the lock as a shortcut, and again
+    /// under it before anything is written.
     closing: AtomicBool,
+    /// The connection's socket (`None` only for handles made without one, in tests). The
+    /// driver reads it; frames are written to it under `inner`'s lock.
+    socket: Option<TcpStream>,
     inner: Mutex<Inner>,
     /// Set by every wake, cleared by the driver when it takes the wake.
     woken: AtomicBool,
@@ -176,8 +191,15 @@ struct Inner {
     /// Set at connect; the empty string for anonymous users.
     user: Arc<str>,
     info: Option<Bytes>,
+    /// Frames not yet written, oldest first. The head may be the unwritten rest of a frame
+    /// (`head_partial`); everything else is whole.
     queue: VecDeque<Bytes>,
     queued_bytes: usize,
+    /// The head of the queue is a frame's rest: part of it is already on the wire, so it
+    /// must be finished before anything else (a close frame) is written.
+    head_partial: bool,
+    /// The connection waits on a fan-out lane's ready list, which will write its queue.
+    on_lane: bool,
     /// Control messages and a close request waiting for the driver.
     work: Option<Box<Work>>,
     heartbeat: Heartbeat,
@@ -198,9 +220,91 @@ pub struct Heartbeat {
     pub sub_expire_at: u64,
 }
 
+impl Inner {
+    /// Queues a frame within the byte bound; over it, requests a 3008 close instead.
+    fn push(&mut self, frame: Bytes, limit: usize) -> bool {
+        if self.queued_bytes + frame.len() > limit {
+            self.work
+                .get_or_insert_default()
+                .close
+                .get_or_insert(DisconnectCode::SLOW.into());
+            return false;
+        }
+        self.queued_bytes += frame.len();
+        self.queue.push_back(frame);
+        true
+    }
+
+    /// Writes queued frames, oldest first, up to [`MAX_BATCH`] per vectored write, until the
+    /// queue is empty (Ok(true): its buffer is released, so an idle connection holds none)
+    /// or the socket would block (Ok(false)).
+    fn write_queued(&mut self, socket: &TcpStream) -> io::Result<bool> {
+        while !self.queue.is_empty() {
+            let written = if self.queue.len() == 1 {
+                socket.try_write(&self.queue[0])
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_BATCH];
+                let n = self.queue.len().min(MAX_BATCH);
+                for (slice, frame) in slices.iter_mut().zip(&self.queue) {
+                    *slice = IoSlice::new(frame);
+                }
+                socket.try_write_vectored(&slices[..n])
+            };
+            match written {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.consume(n),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(error) => return Err(error),
+            }
+        }
+        self.queue = VecDeque::new();
+        Ok(true)
+    }
+
+    /// Drops `written` bytes from the head of the queue.
+    fn consume(&mut self, mut written: usize) {
+        self.queued_bytes -= written;
+        while let Some(head) = self.queue.front_mut() {
+            if written < head.len() {
+                *head = head.slice(written..);
+                self.head_partial = true;
+                return;
+            }
+            written -= head.len();
+            self.queue.pop_front();
+            self.head_partial = false;
+            if written == 0 {
+                return;
+            }
+        }
+    }
+}
+
+/// Frames per vectored write (well under IOV_MAX).
+const MAX_BATCH: usize = 64;
+
+/// What became of a frame handed to [`Conn::enqueue_deferred`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deferred {
+    /// Queued; the connection must be put on its lane's ready list.
+    Schedule,
+    /// Queued behind frames a lane will write anyway.
+    Queued,
+    /// Not queued: the connection is closing, or its queue is full (a 3008 close was
+    /// requested).
+    Refused,
+}
+
 impl Conn {
-    /// A handle for a freshly accepted connection.
-    pub fn new(seq: u64, encoding: Encoding, framing: Framing, queue_limit: usize) -> Self {
+    /// A handle for a freshly accepted connection and its socket (`None` for a handle with
+    /// nothing behind it: frames are then only queued).
+    pub fn new(
+        seq: u64,
+        encoding: Encoding,
+        framing: Framing,
+        queue_limit: usize,
+        socket: Option<TcpStream>,
+    ) -> Self {
         Self {
             seq,
             client: ClientId::random(),
@@ -208,6 +312,7 @@ impl Conn {
             framing,
             queue_limit,
             closing: AtomicBool::new(false),
+            socket,
             inner: Mutex::new(Inner::default()),
             woken: AtomicBool::new(false),
             waker: AtomicWaker::new(),
@@ -242,35 +347,134 @@ impl Conn {
         }
     }
 
-    /// Appends one encoded frame. Returns false (and asks the driver to close with 3008) when
-    /// the queue would pass its byte bound.
-    pub fn enqueue(&self, frame: Bytes) -> bool {
-        self.enqueue_all(std::iter::once(frame))
+    /// The connection's socket, for its driver.
+    pub fn socket(&self) -> io::Result<&TcpStream> {
+        self.socket
+            .as_ref()
+            .ok_or_else(|| io::ErrorKind::NotConnected.into())
     }
 
-    /// Appends several frames under one lock (a reply followed by replayed publications).
+    /// Hands over one encoded frame: written at once when nothing is queued before it,
+    /// queued otherwise (or for the part the socket did not take). Returns false (and asks
+    /// the driver to close with 3008) when the queue would pass its byte bound, and when
+    /// the connection is closing.
+    pub fn enqueue(&self, frame: Bytes) -> bool {
+        if self.closing.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut inner = self.inner.lock();
+        if self.closing.load(Ordering::Relaxed) {
+            return false;
+        }
+        let frame = match (&self.socket, inner.queue.is_empty()) {
+            (Some(socket), true) => match socket.try_write(&frame) {
+                Ok(n) if n == frame.len() => return true,
+                Ok(n) => {
+                    inner.head_partial = n > 0;
+                    frame.slice(n..)
+                }
+                // Would block, or failed: the driver finds out when it writes the queue.
+                Err(_) => frame,
+            },
+            _ => frame,
+        };
+        let queued = inner.push(frame, self.queue_limit);
+        drop(inner);
+        self.wake();
+        queued
+    }
+
+    /// Queues a frame of a large fan-out for a lane to write ([`crate::hub`]): the caller
+    /// only queues, so handing a publication to thousands of connections costs the
+    /// publisher no system call. [`Deferred::Schedule`] asks the caller to put the
+    /// connection on its lane's ready list; a connection already there just gets the frame
+    /// behind the others, to go out in the same write.
+    pub fn enqueue_deferred(&self, frame: Bytes) -> Deferred {
+        let mut inner = self.inner.lock();
+        if self.closing.load(Ordering::Relaxed) {
+            return Deferred::Refused;
+        }
+        if !inner.push(frame, self.queue_limit) {
+            drop(inner);
+            self.wake();
+            return Deferred::Refused;
+        }
+        if inner.on_lane {
+            Deferred::Queued
+        } else {
+            inner.on_lane = true;
+            Deferred::Schedule
+        }
+    }
+
+    /// A lane's turn: writes what is queued. What the socket does not take is left to the
+    /// driver, which is woken to wait for the socket to drain (as it is on a write error).
+    pub fn flush_deferred(&self) {
+        let mut inner = self.inner.lock();
+        inner.on_lane = false;
+        let flushed = match &self.socket {
+            Some(socket) => inner.write_queued(socket),
+            None => Ok(false),
+        };
+        drop(inner);
+        if !matches!(flushed, Ok(true)) {
+            self.wake();
+        }
+    }
+
+    /// Hands over several frames under one lock (a reply followed by replayed
+    /// publications), in order; as [`Conn::enqueue`].
     pub fn enqueue_all(&self, frames: impl IntoIterator<Item = Bytes>) -> bool {
         if self.closing.load(Ordering::Relaxed) {
             return false;
         }
         let mut inner = self.inner.lock();
+        if self.closing.load(Ordering::Relaxed) {
+            return false;
+        }
+        let idle = inner.queue.is_empty();
         for frame in frames {
-            if inner.queued_bytes + frame.len() > self.queue_limit {
-                inner
-                    .work
-                    .get_or_insert_default()
-                    .close
-                    .get_or_insert(DisconnectCode::SLOW.into());
+            if !inner.push(frame, self.queue_limit) {
                 drop(inner);
                 self.wake();
                 return false;
             }
-            inner.queued_bytes += frame.len();
-            inner.queue.push_back(frame);
+        }
+        if idle
+            && let Some(socket) = &self.socket
+            && matches!(inner.write_queued(socket), Ok(true))
+        {
+            return true;
         }
         drop(inner);
         self.wake();
         true
+    }
+
+    /// Writes queued frames (for the driver, when the socket is writable). Ok(true) when
+    /// the queue is empty; Ok(false) when the socket would block first.
+    pub fn flush(&self) -> io::Result<bool> {
+        let socket = self.socket()?;
+        self.inner.lock().write_queued(socket)
+    }
+
+    /// Ends the outbound stream: from now on nothing new is queued or written, and only
+    /// what the peer is still owed stays queued, then `close` (the transport's goodbye), if
+    /// any: every queued frame, or with `drop_queued` just the rest of a frame that is
+    /// partly on the wire (so the close after it parses). The driver then
+    /// [flushes](Conn::flush) what is left.
+    pub fn finish_queue(&self, drop_queued: bool, close: Option<Bytes>) {
+        self.closing.store(true, Ordering::Relaxed);
+        let mut inner = self.inner.lock();
+        if drop_queued {
+            let keep = usize::from(inner.head_partial).min(inner.queue.len());
+            inner.queue.truncate(keep);
+            inner.queued_bytes = inner.queue.iter().map(Bytes::len).sum();
+        }
+        if let Some(close) = close {
+            inner.queued_bytes += close.len();
+            inner.queue.push_back(close);
+        }
     }
 
     /// Posts a control message for the session.
@@ -315,33 +519,16 @@ impl Conn {
         }
     }
 
-    /// Moves queued frames into `out` (up to `max` frames) and returns their byte count.
-    ///
-    /// When `out` is empty and the whole queue fits, the queue's buffer itself moves into
-    /// `out` (no copy, no allocation); either way an emptied queue keeps no capacity, so an
-    /// idle connection holds no queue buffer.
-    pub fn drain_frames(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
+    /// Takes the queued frames without writing them: how tests and benches look at what a
+    /// handle without a socket was given.
+    pub fn take_queued(&self) -> Vec<Bytes> {
         let mut inner = self.inner.lock();
-        let bytes = if out.is_empty() && inner.queue.len() <= max {
-            *out = Vec::from(std::mem::take(&mut inner.queue));
-            out.iter().map(Bytes::len).sum()
-        } else {
-            let n = inner.queue.len().min(max);
-            let mut bytes = 0;
-            for frame in inner.queue.drain(..n) {
-                bytes += frame.len();
-                out.push(frame);
-            }
-            if inner.queue.is_empty() {
-                inner.queue = VecDeque::new();
-            }
-            bytes
-        };
-        inner.queued_bytes -= bytes;
-        bytes
+        inner.queued_bytes = 0;
+        inner.head_partial = false;
+        std::mem::take(&mut inner.queue).into()
     }
 
-    /// True when frames are waiting.
+    /// True when frames are waiting to be written.
     pub fn has_frames(&self) -> bool {
         !self.inner.lock().queue.is_empty()
     }
@@ -374,10 +561,62 @@ impl Conn {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
     use super::*;
 
     fn conn(limit: usize) -> Conn {
-        Conn::new(1, Encoding::Json, Framing::WebSocket, limit)
+        Conn::new(1, Encoding::Json, Framing::WebSocket, limit, None)
+    }
+
+    /// A handle on one end of a loopback connection, and the other end.
+    async fn connected(limit: usize) -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
+        // Wait until the socket is known writable, as a served connection's is after the
+        // upgrade response went out.
+        socket.writable().await.unwrap();
+        let conn = Conn::new(1, Encoding::Json, Framing::WebSocket, limit, Some(socket));
+        (conn, peer)
+    }
+
+    async fn read_exactly(peer: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut got = vec![0; n];
+        tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut got))
+            .await
+            .expect("bytes in time")
+            .unwrap();
+        got
+    }
+
+    async fn nothing_to_read(peer: &mut TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(Duration::from_millis(100), peer.read(&mut byte))
+            .await
+            .is_err()
+    }
+
+    fn woken(conn: &Conn) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        conn.poll_woken(&mut cx).is_ready()
+    }
+
+    /// Fills the socket until it takes no more, with frames of `size` bytes; returns the
+    /// frames handed over (the last ones queued).
+    fn fill(conn: &Conn, size: usize) -> Vec<Bytes> {
+        let mut frames = Vec::new();
+        while !conn.has_frames() {
+            let frame = Bytes::from(vec![frames.len() as u8; size]);
+            assert!(conn.enqueue(frame.clone()));
+            frames.push(frame);
+        }
+        frames
     }
 
     #[test]
@@ -392,25 +631,105 @@ mod tests {
         assert!(!c.enqueue(Bytes::from_static(b"1")));
     }
 
-    #[test]
-    fn drain_counts_bytes_and_releases_capacity() {
-        let c = conn(1 << 20);
-        for _ in 0..100 {
-            c.enqueue(Bytes::from_static(b"abc"));
+    #[tokio::test]
+    async fn a_frame_for_an_idle_connection_is_written_at_once_without_waking_the_driver() {
+        let (conn, mut peer) = connected(1 << 20).await;
+        assert!(conn.enqueue(Bytes::from_static(b"ping")));
+        assert!(conn.enqueue_all([Bytes::from_static(b"a"), Bytes::from_static(b"bc")]));
+        assert_eq!(read_exactly(&mut peer, 7).await, b"pingabc");
+        assert!(!conn.has_frames());
+        assert!(!woken(&conn), "nothing was left for the driver");
+        assert_eq!(conn.inner.lock().queue.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn frames_queue_behind_a_full_socket_and_leave_whole_and_in_order() {
+        let (conn, mut peer) = connected(64 << 20).await;
+        let mut frames = fill(&conn, 64 * 1024);
+        assert!(
+            woken(&conn),
+            "the driver must finish what the socket did not take"
+        );
+        // Behind the queued ones, small frames are queued too, never written ahead.
+        for tail in [b"x".as_slice(), b"yz"] {
+            assert!(conn.enqueue(Bytes::copy_from_slice(tail)));
+            frames.push(Bytes::copy_from_slice(tail));
         }
-        let mut out = Vec::new();
-        assert_eq!(c.drain_frames(&mut out, 64), 64 * 3);
-        assert_eq!(c.drain_frames(&mut out, 64), 36 * 3);
-        assert!(!c.has_frames());
-        assert_eq!(c.inner.lock().queue.capacity(), 0);
-        // A queue that fits moves into an empty `out` whole, in order.
-        c.enqueue(Bytes::from_static(b"x"));
-        c.enqueue(Bytes::from_static(b"yz"));
-        let mut out = Vec::new();
-        assert_eq!(c.drain_frames(&mut out, 64), 3);
-        assert_eq!(out, [Bytes::from_static(b"x"), Bytes::from_static(b"yz")]);
-        assert_eq!(c.inner.lock().queue.capacity(), 0);
-        // The byte count went back to zero: a full-limit frame fits again.
-        assert!(c.enqueue(Bytes::from(vec![0; 1 << 20])));
+        assert!(conn.has_frames());
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        let reader = tokio::spawn(async move { read_exactly(&mut peer, expected.len()).await });
+        // What the driver does: flush whenever the socket is writable again.
+        let socket = conn.socket().unwrap();
+        while !conn.flush().unwrap() {
+            socket.writable().await.unwrap();
+        }
+        let got = reader.await.unwrap();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        assert!(got == expected, "bytes arrive as handed over");
+        let inner = conn.inner.lock();
+        assert_eq!((inner.queued_bytes, inner.queue.capacity()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn deferred_frames_wait_for_the_lane_and_leave_together() {
+        let (conn, mut peer) = connected(1 << 20).await;
+        assert_eq!(
+            conn.enqueue_deferred(Bytes::from_static(b"one ")),
+            Deferred::Schedule
+        );
+        assert_eq!(
+            conn.enqueue_deferred(Bytes::from_static(b"two ")),
+            Deferred::Queued,
+            "already on a lane's list"
+        );
+        // A direct frame meanwhile queues behind them: order is the queue's.
+        assert!(conn.enqueue(Bytes::from_static(b"three")));
+        assert!(
+            nothing_to_read(&mut peer).await,
+            "nothing before the lane writes"
+        );
+        conn.flush_deferred();
+        assert_eq!(read_exactly(&mut peer, 13).await, b"one two three");
+        // Written: the next deferred frame puts the connection on a lane again.
+        assert_eq!(
+            conn.enqueue_deferred(Bytes::from_static(b"four")),
+            Deferred::Schedule
+        );
+    }
+
+    #[tokio::test]
+    async fn closing_keeps_the_rest_of_a_partly_written_frame_then_the_goodbye() {
+        let (conn, mut peer) = connected(64 << 20).await;
+        let frames = fill(&conn, 64 * 1024);
+        assert!(conn.enqueue(Bytes::from_static(b"dropped")));
+        let head_partial = conn.inner.lock().head_partial;
+        conn.finish_queue(true, Some(Bytes::from_static(b"bye")));
+        assert!(!conn.enqueue(Bytes::from_static(b"late")), "closing");
+        assert_eq!(
+            conn.enqueue_deferred(Bytes::from_static(b"late")),
+            Deferred::Refused
+        );
+        // Written before: every frame but the last, and part of the last when it was split.
+        let last = frames.last().unwrap();
+        let whole: usize = frames[..frames.len() - 1].iter().map(Bytes::len).sum();
+        let queued = conn.inner.lock().queue.front().map_or(0, Bytes::len);
+        let rest = if head_partial { queued } else { 0 };
+        let first_part = if head_partial { last.len() - rest } else { 0 };
+        let total = whole + first_part + rest + 3;
+        let reader = tokio::spawn(async move { read_exactly(&mut peer, total).await });
+        let socket = conn.socket().unwrap();
+        while !conn.flush().unwrap() {
+            socket.writable().await.unwrap();
+        }
+        let got = reader.await.unwrap();
+        let mut expected: Vec<u8> = frames[..frames.len() - 1]
+            .iter()
+            .flat_map(|f| f.iter().copied())
+            .collect();
+        if head_partial {
+            expected.extend_from_slice(last);
+        }
+        expected.extend_from_slice(b"bye");
+        assert!(got == expected, "whole frames, then the goodbye");
     }
 }

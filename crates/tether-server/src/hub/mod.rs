@@ -1,12 +1,14 @@
 //! Channel hub: who is connected, who is subscribed to what, and fan-out of publications.
 //!
-//! The hub never touches sockets. Drivers register a [`Conn`] handle; fan-out encodes a
-//! publication once per wire variant (encoding × delta form), and appends the same `Bytes`
-//! to every subscriber's bounded queue. A full queue disconnects that subscriber (3008); the
+//! Drivers register a [`Conn`] handle, which holds the socket. Fan-out encodes a publication
+//! once per wire variant (encoding × delta form) and hands the same `Bytes` to every
+//! subscriber's handle: written at once for a small channel, queued and written by tasks
+//! spread over the cores for a large one ([`handover`]). A full queue disconnects that subscriber (3008); the
 //! hub never waits on a slow connection. Registries are sharded and their locks are never
 //! held across `.await`.
 
 mod conn;
+mod handover;
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
@@ -18,11 +20,13 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tether_proto::codes::DisconnectCode;
 use tether_proto::{Encoding, Push, Reply};
+use tokio::net::TcpStream;
 
 pub use self::conn::{
-    ClientId, Conn, ConnHandle, Control, Disconnect, Framing, Heartbeat, PendingPublication,
-    ServerSubscribe, Work,
+    ClientId, Conn, ConnHandle, Control, Deferred, Disconnect, Framing, Heartbeat,
+    PendingPublication, ServerSubscribe, Work,
 };
+use self::handover::Handover;
 use crate::broker::{BrokerEvents, ClientInfo, Publication, PublicationEvent};
 use crate::transport::ws;
 
@@ -42,6 +46,9 @@ struct Shared {
     pings: Pings,
     /// Counts deliveries when the node has metrics.
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The runtime that writes large fan-outs; `None` for a hub made without one (tests),
+    /// whose fan-out is written by the caller.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// One shard of the user index: user -> that user's connections on this node.
@@ -212,19 +219,24 @@ struct Variants {
 }
 
 impl Hub {
-    /// An empty hub.
+    /// An empty hub whose fan-out is written by the caller (no runtime needed).
     pub fn new() -> Self {
-        Self::build(None)
+        Self::build(None, None)
     }
 
-    /// An empty hub that counts its deliveries in `metrics`.
-    pub fn with_metrics(metrics: Arc<crate::metrics::Metrics>) -> Self {
-        Self::build(Some(metrics))
+    /// An empty hub for a running node: counts its deliveries in `metrics` and writes large
+    /// fan-outs on tasks of the current tokio runtime (so it must be called inside one).
+    pub fn serving(metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self::build(Some(metrics), Some(tokio::runtime::Handle::current()))
     }
 
-    fn build(metrics: Option<Arc<crate::metrics::Metrics>>) -> Self {
+    fn build(
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+        runtime: Option<tokio::runtime::Handle>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
+                runtime,
                 metrics,
                 conns: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 users: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -240,10 +252,17 @@ impl Hub {
         }
     }
 
-    /// A new connection handle, registered (so the sweeper watches it from the start).
-    pub fn register(&self, encoding: Encoding, framing: Framing, queue_limit: usize) -> ConnHandle {
+    /// A new connection handle, registered (so the sweeper watches it from the start). It
+    /// takes the connection's socket: frames handed to the handle are written to it.
+    pub fn register(
+        &self,
+        encoding: Encoding,
+        framing: Framing,
+        queue_limit: usize,
+        socket: Option<TcpStream>,
+    ) -> ConnHandle {
         let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(Conn::new(seq, encoding, framing, queue_limit));
+        let conn = Arc::new(Conn::new(seq, encoding, framing, queue_limit, socket));
         self.shared.conns[shard_of_seq(seq)]
             .lock()
             .insert(seq, conn.clone());
@@ -513,7 +532,7 @@ impl Hub {
         };
         let subs = entry.subscribers.read();
         let mut variants = Variants::default();
-        let mut delivered = 0u64;
+        let mut handover = Handover::new(self.shared.runtime.as_ref(), subs.len());
         for sub in subs.iter() {
             if sub.stale.load(Ordering::Relaxed) {
                 continue;
@@ -539,16 +558,14 @@ impl Hub {
                 }
             }
             match self.cached_frame(channel, sub, event, &mut variants) {
-                Some(frame) => {
-                    if sub.conn.enqueue(frame) {
-                        delivered += 1;
-                    }
-                }
+                Some(frame) => handover.give(&sub.conn, frame),
                 None => sub
                     .conn
                     .close(DisconnectCode::INAPPROPRIATE_PROTOCOL.into()),
             }
         }
+        drop(subs);
+        let delivered = handover.finish();
         if let Some(metrics) = &self.shared.metrics {
             metrics.deliveries.increment(delivered);
         }
@@ -595,7 +612,9 @@ impl Hub {
             ..Default::default()
         };
         let mut frames: [Option<Bytes>; WIRE_VARIANTS] = Default::default();
-        for sub in entry.subscribers.read().iter() {
+        let subs = entry.subscribers.read();
+        let mut handover = Handover::new(self.shared.runtime.as_ref(), subs.len());
+        for sub in subs.iter() {
             if !sub.flags.join_leave || !sub.live.load(Ordering::Acquire) {
                 continue;
             }
@@ -604,9 +623,11 @@ impl Hub {
                 *slot = encode_frame(sub.conn.encoding, sub.conn.framing, &reply).ok();
             }
             if let Some(frame) = slot {
-                sub.conn.enqueue(frame.clone());
+                handover.give(&sub.conn, frame.clone());
             }
         }
+        drop(subs);
+        handover.finish();
     }
 
     fn channel(&self, channel: &str) -> Option<Arc<Channel>> {
@@ -916,15 +937,13 @@ mod tests {
     }
 
     fn queued(conn: &Conn) -> usize {
-        let mut frames = Vec::new();
-        conn.drain_frames(&mut frames, usize::MAX);
-        frames.len()
+        conn.take_queued().len()
     }
 
     #[test]
     fn a_late_publication_already_in_the_subscribe_reply_is_not_delivered_again() {
         let hub = Hub::new();
-        let conn = hub.register(Encoding::Json, Framing::WebSocket, 1 << 20);
+        let conn = hub.register(Encoding::Json, Framing::WebSocket, 1 << 20, None);
         let flags = SubscriberFlags {
             positioned: true,
             ..Default::default()
@@ -956,7 +975,7 @@ mod tests {
     fn unsubscribing_any_subscriber_keeps_the_others_receiving() {
         let hub = Hub::new();
         let conns: Vec<ConnHandle> = (0..4)
-            .map(|_| hub.register(Encoding::Json, Framing::WebSocket, 1 << 20))
+            .map(|_| hub.register(Encoding::Json, Framing::WebSocket, 1 << 20, None))
             .collect();
         let subs: Vec<_> = conns.iter().map(|c| live_sub(&hub, "ch", c)).collect();
         // The first (swapped with the last), then the last's new slot, then a repeat.
@@ -982,7 +1001,7 @@ mod tests {
         let hub = Hub::new();
         let conns: Vec<ConnHandle> = (0..3)
             .map(|_| {
-                let conn = hub.register(Encoding::Json, Framing::WebSocket, 1 << 20);
+                let conn = hub.register(Encoding::Json, Framing::WebSocket, 1 << 20, None);
                 conn.set_identity(Arc::from("alice"), None);
                 conn
             })
@@ -998,5 +1017,74 @@ mod tests {
         hub.unregister(&conns[2]);
         assert_eq!(hub.user_conn_count("alice"), 0);
         assert_eq!(hub.stats().num_users, 0);
+    }
+
+    /// Reads `count` server WebSocket frames (unmasked, so a 1- or 3-byte length header)
+    /// from `peer` and returns their payloads.
+    async fn read_frames(peer: &mut TcpStream, count: usize) -> Vec<String> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        let mut frames = Vec::new();
+        while frames.len() < count {
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), peer.read(&mut chunk))
+                .await
+                .expect("frames in time")
+                .unwrap();
+            assert!(n > 0, "connection closed");
+            buf.extend_from_slice(&chunk[..n]);
+            loop {
+                let (len, at) = match buf.get(1) {
+                    Some(126) if buf.len() >= 4 => {
+                        (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4)
+                    }
+                    Some(&len) if len < 126 => (usize::from(len), 2),
+                    _ => break,
+                };
+                if buf.len() < at + len {
+                    break;
+                }
+                frames.push(String::from_utf8(buf[at..at + len].to_vec()).unwrap());
+                buf.drain(..at + len);
+            }
+        }
+        frames
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_fan_out_reaches_every_subscriber_whole_and_in_order() {
+        let hub = Hub::serving(Arc::new(crate::metrics::Metrics::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Far more subscribers than the publisher writes itself, over several chunks.
+        let mut peers = Vec::new();
+        for _ in 0..600 {
+            let peer = TcpStream::connect(addr).await.unwrap();
+            let (socket, _) = listener.accept().await.unwrap();
+            socket.writable().await.unwrap();
+            let conn = hub.register(Encoding::Json, Framing::WebSocket, 1 << 20, Some(socket));
+            let sub = hub.subscribe("big", &conn, SubscriberFlags::default());
+            assert!(hub.activate("big", &sub, Vec::new(), None));
+            peers.push((conn, peer));
+        }
+        // Published back to back: later ones reach connections whose chunk was not written
+        // yet, and must queue behind the earlier ones.
+        for offset in 1..=5 {
+            hub.deliver_publication("big", &event(offset));
+        }
+        for (_, peer) in &mut peers {
+            let frames = read_frames(peer, 5).await;
+            let offsets: Vec<u64> = frames
+                .iter()
+                .map(|frame| {
+                    let reply: serde_json::Value = serde_json::from_str(frame).unwrap();
+                    reply["push"]["pub"]["offset"].as_u64().unwrap()
+                })
+                .collect();
+            assert_eq!(offsets, [1, 2, 3, 4, 5]);
+        }
+        for (conn, _) in &peers {
+            assert!(!conn.has_frames(), "every queue was written out");
+        }
     }
 }

@@ -122,11 +122,16 @@ impl Session {
         Ok(())
     }
 
+    /// The client answered a ping. Pongs are not charged to the command rate limit. A pong
+    /// with no ping outstanding is ignored: harmless, and SDKs never send one.
+    pub fn on_pong(&self) {
+        self.conn.with_heartbeat(|hb| hb.pong_by = 0);
+    }
+
     /// Handles one command.
     pub async fn handle_command(&mut self, node: &Node, cmd: Command, now: Now) -> Outcome {
         if is_pong(&cmd) {
-            // A pong with no ping outstanding is ignored: harmless, and SDKs never send one.
-            self.conn.with_heartbeat(|hb| hb.pong_by = 0);
+            self.on_pong();
             return Ok(());
         }
         let id = cmd.id;

@@ -78,7 +78,7 @@ mod tests {
     impl Fixture {
         fn new() -> Self {
             let hub = Hub::new();
-            let conn = hub.register(Encoding::Json, Framing::WebSocket, 1 << 20);
+            let conn = hub.register(Encoding::Json, Framing::WebSocket, 1 << 20, None);
             Self { hub, conn }
         }
 

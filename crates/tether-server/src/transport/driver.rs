@@ -9,14 +9,16 @@
 //! idle: reads go into a
 //! per-thread scratch buffer and only a partial frame is kept (inside the [`WsReader`], or
 //! the partial delimited command of a TCP connection). Outbound frames are shared `Bytes`
-//! drained from the handle in batches and written with one vectored write.
+//! written by the handle ([`crate::hub::Conn`]): at once when the socket takes them, and
+//! otherwise queued there and flushed by the driver, with vectored writes, when the socket
+//! is writable again.
 //!
 //! The framings differ only at the edges, in [`Wire`]: how inbound bytes become commands,
 //! and how a close is said (a WebSocket close frame, or on TCP a `Disconnect` push followed
 //! by closing the socket).
 
 use std::cell::RefCell;
-use std::io::{self, IoSlice};
+use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,7 +26,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tether_proto::codes::DisconnectCode;
 use tether_proto::decode_delimited_command;
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -97,14 +99,10 @@ impl Wire {
 #[derive(Debug)]
 pub(super) struct Driver {
     node: Arc<Node>,
-    stream: TcpStream,
-    /// The session; it holds the connection's handle ([`Session::conn`]).
+    /// The session; it holds the connection's handle ([`Session::conn`]), which holds the
+    /// socket.
     session: Session,
     wire: Wire,
-    /// Frames taken from the queue and not yet fully written; `offset` bytes of the first
-    /// are already on the wire.
-    out: Vec<Bytes>,
-    offset: usize,
     /// The connection's admission slot, released when the driver is dropped.
     _slot: Slot,
 }
@@ -112,7 +110,7 @@ pub(super) struct Driver {
 /// A connection ready to be served: accepted, admitted and registered.
 #[derive(Debug)]
 pub(super) struct Accepted {
-    pub(super) stream: TcpStream,
+    /// The registered handle, which holds the socket.
     pub(super) conn: ConnHandle,
     pub(super) wire: Wire,
     /// The connection's admission slot, released when serving ends.
@@ -123,12 +121,7 @@ impl Driver {
     /// Takes charge of an accepted connection: counts it open and starts its connect
     /// deadline.
     pub(super) fn new(node: Arc<Node>, accepted: Accepted) -> Self {
-        let Accepted {
-            stream,
-            conn,
-            wire,
-            slot,
-        } = accepted;
+        let Accepted { conn, wire, slot } = accepted;
         tracing::Span::current().record("client", tracing::field::display(&conn.client));
         let now = node.now();
         let stale = node.config.client.stale_close_delay.as_millis() as u64;
@@ -136,10 +129,7 @@ impl Driver {
         let driver = Self {
             session: Session::new(conn),
             node,
-            stream,
             wire,
-            out: Vec::new(),
-            offset: 0,
             _slot: slot,
         };
         driver.open_gauge().increment(1.0);
@@ -209,15 +199,27 @@ impl Driver {
                 }
                 Err(end) => return end,
             }
-            if let Err(error) = self.flush() {
-                return End::Io(error);
-            }
-            let want_write = !self.out.is_empty();
+            let want_write = match self.session.conn().flush() {
+                Ok(flushed) => !flushed,
+                Err(error) => return End::Io(error),
+            };
             match std::future::poll_fn(|cx| self.poll_wake(cx, want_write)).await {
                 Ok(true) => {
+                    // Most wakes of an idle connection bring a pong: read and answer it
+                    // here, and build the (boxed) future that handles input only when
+                    // something else came.
+                    let mut events = Vec::new();
+                    let read = self.read_once(&mut events);
+                    self.take_pongs(&mut events);
+                    if events.is_empty()
+                        && !self.tcp_pending()
+                        && matches!(read, Ok(n) if n < SCRATCH_SIZE)
+                    {
+                        continue;
+                    }
                     // Boxed: handling input reaches into the session and the engine; inline
                     // its state would size every idle connection's task.
-                    if let Err(end) = Box::pin(self.read()).await {
+                    if let Err(end) = Box::pin(self.handle_input(events, read)).await {
                         return end;
                     }
                 }
@@ -232,14 +234,16 @@ impl Driver {
     /// frames are pending. Every source is polled on every call, so none starves another;
     /// the result says whether the socket is readable.
     fn poll_wake(&self, cx: &mut Context<'_>, want_write: bool) -> Poll<io::Result<bool>> {
-        let woken = self.session.conn().poll_woken(cx).is_ready();
-        let readable = match self.stream.poll_read_ready(cx) {
+        let conn = self.session.conn();
+        let woken = conn.poll_woken(cx).is_ready();
+        let stream = conn.socket()?;
+        let readable = match stream.poll_read_ready(cx) {
             Poll::Ready(Ok(())) => true,
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
             Poll::Pending => false,
         };
         let writable = want_write
-            && match self.stream.poll_write_ready(cx) {
+            && match stream.poll_write_ready(cx) {
                 Poll::Ready(Ok(())) => true,
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Pending => false,
@@ -274,34 +278,14 @@ impl Driver {
         Ok(())
     }
 
-    /// Reads what the socket has into the scratch buffer and handles every complete event.
-    async fn read(&mut self) -> Result<(), End> {
-        let mut events = Vec::new();
-        let limits = self.ws_limits();
+    /// Handles what one read brought (`events`, or the TCP connection's buffered commands,
+    /// and how the read went), then goes on reading while reads fill the scratch buffer.
+    async fn handle_input(
+        &mut self,
+        mut events: Vec<WsEvent>,
+        mut read: Result<usize, End>,
+    ) -> Result<(), End> {
         for _ in 0..MAX_READS_PER_WAKE {
-            let read = SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                match read_draining(&self.stream, &mut scratch[..]) {
-                    Ok(0) => Err(End::PeerGone),
-                    Ok(n) => match &mut self.wire {
-                        Wire::WebSocket { reader } => reader
-                            .feed(&scratch[..n], &limits, &mut events)
-                            .map(|()| n)
-                            .map_err(|error| {
-                                End::Disconnect(Disconnect {
-                                    code: error.close_code(),
-                                    reason: error.to_string(),
-                                })
-                            }),
-                        Wire::Tcp { partial, .. } => {
-                            partial.extend_from_slice(&scratch[..n]);
-                            Ok(n)
-                        }
-                    },
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
-                    Err(error) => Err(End::Io(error)),
-                }
-            });
             // Events decoded before an error are still handled, in order.
             for event in events.drain(..) {
                 self.on_event(event).await?;
@@ -310,8 +294,72 @@ impl Driver {
             if read? < SCRATCH_SIZE {
                 break;
             }
+            read = self.read_once(&mut events);
         }
         Ok(())
+    }
+
+    /// Reads what the socket has into the scratch buffer once: a WebSocket's complete
+    /// events go to `events`, a TCP connection's bytes to its partial buffer. Returns the
+    /// bytes read (0 when there was nothing).
+    fn read_once(&mut self, events: &mut Vec<WsEvent>) -> Result<usize, End> {
+        let limits = self.ws_limits();
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let stream = self.session.conn().socket().map_err(End::Io)?;
+            match read_draining(stream, &mut scratch[..]) {
+                Ok(0) => Err(End::PeerGone),
+                Ok(n) => match &mut self.wire {
+                    Wire::WebSocket { reader } => reader
+                        .feed(&scratch[..n], &limits, events)
+                        .map(|()| n)
+                        .map_err(|error| {
+                            End::Disconnect(Disconnect {
+                                code: error.close_code(),
+                                reason: error.to_string(),
+                            })
+                        }),
+                    Wire::Tcp { partial, .. } => {
+                        partial.extend_from_slice(&scratch[..n]);
+                        Ok(n)
+                    }
+                },
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                Err(error) => Err(End::Io(error)),
+            }
+        })
+    }
+
+    /// Answers pongs (an empty command: `{}` in JSON, a zero length in Protobuf) without
+    /// the session's command path, when they are all a read brought: a WebSocket message
+    /// that is exactly one pong, or a TCP buffer of nothing but pongs. Anything else is left
+    /// for the session, in order.
+    fn take_pongs(&mut self, events: &mut Vec<WsEvent>) {
+        let pong: &[u8] = match self.session.conn().encoding {
+            tether_proto::Encoding::Json => b"{}",
+            tether_proto::Encoding::Protobuf => &[0],
+        };
+        match &mut self.wire {
+            Wire::WebSocket { .. } => {
+                if let [WsEvent::Message { payload, .. }] = events.as_slice()
+                    && payload[..] == *pong
+                {
+                    events.clear();
+                    self.session.on_pong();
+                }
+            }
+            Wire::Tcp { partial, .. } => {
+                if !partial.is_empty() && partial.iter().all(|&b| b == 0) {
+                    *partial = BytesMut::new();
+                    self.session.on_pong();
+                }
+            }
+        }
+    }
+
+    /// True when a TCP connection has buffered bytes to decode.
+    fn tcp_pending(&self) -> bool {
+        matches!(&self.wire, Wire::Tcp { partial, .. } if !partial.is_empty())
     }
 
     /// Decodes and handles the complete commands of a TCP connection one at a time (a read
@@ -394,48 +442,6 @@ impl Driver {
         }
     }
 
-    /// Writes queued frames until the socket would block or nothing is left.
-    fn flush(&mut self) -> io::Result<()> {
-        loop {
-            if self.out.is_empty() {
-                self.session.conn().drain_frames(&mut self.out, MAX_BATCH);
-                if self.out.is_empty() {
-                    // Everything is written: an idle connection keeps no buffer.
-                    self.out = Vec::new();
-                    return Ok(());
-                }
-            }
-            let slices: Vec<IoSlice<'_>> = self
-                .out
-                .iter()
-                .enumerate()
-                .map(|(i, frame)| IoSlice::new(if i == 0 { &frame[self.offset..] } else { frame }))
-                .collect();
-            match self.stream.try_write_vectored(&slices) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.advance(n),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(error) => return Err(error),
-            }
-        }
-    }
-
-    fn advance(&mut self, mut written: usize) {
-        let mut done = 0;
-        for frame in &self.out {
-            let left = frame.len() - self.offset;
-            if written >= left {
-                written -= left;
-                done += 1;
-                self.offset = 0;
-            } else {
-                self.offset += written;
-                break;
-            }
-        }
-        self.out.drain(..done);
-    }
-
     /// Sends what is owed (replies before the close, then the close frame) and cleans up.
     async fn finish(&mut self, end: End) {
         let client = self.session.conn().client;
@@ -457,44 +463,46 @@ impl Driver {
                 debug!(%client, code = disconnect.code, reason = %disconnect.reason, "closing connection");
                 let close = self.wire.close_bytes(&disconnect);
                 let slow = disconnect.code == DisconnectCode::SLOW.code;
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.write_rest(slow, close)).await;
+                self.session.conn().finish_queue(slow, Some(close));
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.write_rest()).await;
             }
             End::PeerClose(code) => {
                 debug!(%client, ?code, "client closed the connection");
                 let close = ws::encode_close(code.unwrap_or(NORMAL_CLOSURE), "");
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.write_rest(true, close)).await;
+                self.session.conn().finish_queue(true, Some(close));
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.write_rest()).await;
             }
-            End::PeerGone => debug!(%client, "peer went away"),
-            End::Io(error) => debug!(%client, %error, "connection failed"),
+            End::PeerGone => {
+                debug!(%client, "peer went away");
+                self.session.conn().finish_queue(true, None);
+            }
+            End::Io(error) => {
+                debug!(%client, %error, "connection failed");
+                self.session.conn().finish_queue(true, None);
+            }
         }
         Box::pin(self.session.close(&self.node)).await;
     }
 
-    async fn write_rest(&mut self, drop_queued: bool, close: Bytes) {
-        if !drop_queued {
-            loop {
-                if self.out.is_empty() {
-                    self.session.conn().drain_frames(&mut self.out, MAX_BATCH);
-                    if self.out.is_empty() {
-                        break;
+    /// Writes what [`Conn::finish_queue`](crate::hub::Conn::finish_queue) left queued
+    /// (ending with the goodbye), then shuts the socket's sending side.
+    async fn write_rest(&self) {
+        let conn = self.session.conn();
+        let Ok(socket) = conn.socket() else {
+            return;
+        };
+        loop {
+            match conn.flush() {
+                Ok(true) => break,
+                Ok(false) => {
+                    if socket.writable().await.is_err() {
+                        return;
                     }
                 }
-                let first = self.out.remove(0);
-                if self.stream.write_all(&first[self.offset..]).await.is_err() {
-                    return;
-                }
-                self.offset = 0;
-            }
-        } else if self.offset > 0 {
-            // Finish the frame that is half on the wire so the close frame parses.
-            let first = self.out.remove(0);
-            if self.stream.write_all(&first[self.offset..]).await.is_err() {
-                return;
+                Err(_) => return,
             }
         }
-        if self.stream.write_all(&close).await.is_ok() {
-            let _ = self.stream.shutdown().await;
-        }
+        let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
     }
 }
 
@@ -530,8 +538,6 @@ thread_local! {
 const SCRATCH_SIZE: usize = 64 * 1024;
 /// Reads per wake before yielding to other connections.
 const MAX_READS_PER_WAKE: usize = 4;
-/// Frames per vectored write (well under IOV_MAX).
-const MAX_BATCH: usize = 64;
 /// How long a closing connection may take to flush and send its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Close code counted when the peer's close frame had no code (RFC 6455 1005).

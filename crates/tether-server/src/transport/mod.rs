@@ -197,9 +197,9 @@ async fn upgrade(
         encoding,
         Framing::WebSocket,
         node.config.client.queue_max_size,
+        Some(stream),
     );
     Some(driver::Accepted {
-        stream,
         conn,
         wire: driver::Wire::websocket(),
         slot,

@@ -45,18 +45,11 @@ pub fn handle_connection(
                 Encoding::Protobuf,
                 Framing::Tcp,
                 node.config.client.queue_max_size,
+                Some(stream),
             );
             debug!(%peer, client = %conn.client, "tcp connection accepted");
             let wire = Wire::tcp(&node);
-            Some(Driver::new(
-                node,
-                driver::Accepted {
-                    stream,
-                    conn,
-                    wire,
-                    slot,
-                },
-            ))
+            Some(Driver::new(node, driver::Accepted { conn, wire, slot }))
         }
         Err(refused) => {
             debug!(%peer, %refused, "tcp connection refused");
