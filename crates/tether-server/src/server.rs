@@ -114,7 +114,7 @@ impl Node {
             None
         };
         let metrics = Arc::new(Metrics::new());
-        let hub = Hub::serving(metrics.clone());
+        let hub = Hub::with_metrics(metrics.clone());
         let channel_regexes = std::iter::once(&config.channel.without_namespace)
             .chain(config.channel.namespaces.iter().map(|ns| &ns.options))
             .filter(|options| !options.channel_regex.is_empty())

@@ -198,8 +198,6 @@ struct Inner {
     /// The head of the queue is a frame's rest: part of it is already on the wire, so it
     /// must be finished before anything else (a close frame) is written.
     head_partial: bool,
-    /// The connection waits on a fan-out lane's ready list, which will write its queue.
-    on_lane: bool,
     /// Control messages and a close request waiting for the driver.
     work: Option<Box<Work>>,
     heartbeat: Heartbeat,
@@ -282,18 +280,6 @@ impl Inner {
 
 /// Frames per vectored write (well under IOV_MAX).
 const MAX_BATCH: usize = 64;
-
-/// What became of a frame handed to [`Conn::enqueue_deferred`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Deferred {
-    /// Queued; the connection must be put on its lane's ready list.
-    Schedule,
-    /// Queued behind frames a lane will write anyway.
-    Queued,
-    /// Not queued: the connection is closing, or its queue is full (a 3008 close was
-    /// requested).
-    Refused,
-}
 
 impl Conn {
     /// A handle for a freshly accepted connection and its socket (`None` for a handle with
@@ -384,42 +370,20 @@ impl Conn {
         queued
     }
 
-    /// Queues a frame of a large fan-out for a lane to write ([`crate::hub`]): the caller
-    /// only queues, so handing a publication to thousands of connections costs the
-    /// publisher no system call. [`Deferred::Schedule`] asks the caller to put the
-    /// connection on its lane's ready list; a connection already there just gets the frame
-    /// behind the others, to go out in the same write.
-    pub fn enqueue_deferred(&self, frame: Bytes) -> Deferred {
+    /// Queues a frame of a large fan-out and wakes the driver to write it, without trying
+    /// the socket: the publisher of a publication to thousands of connections then spends
+    /// no system call per subscriber, the connections' own tasks write in parallel on the
+    /// runtime's workers, and frames that pile up before a task runs leave in one vectored
+    /// write. Returns false as [`Conn::enqueue`] does.
+    pub fn enqueue_queued(&self, frame: Bytes) -> bool {
         let mut inner = self.inner.lock();
         if self.closing.load(Ordering::Relaxed) {
-            return Deferred::Refused;
+            return false;
         }
-        if !inner.push(frame, self.queue_limit) {
-            drop(inner);
-            self.wake();
-            return Deferred::Refused;
-        }
-        if inner.on_lane {
-            Deferred::Queued
-        } else {
-            inner.on_lane = true;
-            Deferred::Schedule
-        }
-    }
-
-    /// A lane's turn: writes what is queued. What the socket does not take is left to the
-    /// driver, which is woken to wait for the socket to drain (as it is on a write error).
-    pub fn flush_deferred(&self) {
-        let mut inner = self.inner.lock();
-        inner.on_lane = false;
-        let flushed = match &self.socket {
-            Some(socket) => inner.write_queued(socket),
-            None => Ok(false),
-        };
+        let queued = inner.push(frame, self.queue_limit);
         drop(inner);
-        if !matches!(flushed, Ok(true)) {
-            self.wake();
-        }
+        self.wake();
+        queued
     }
 
     /// Hands over several frames under one lock (a reply followed by replayed
@@ -671,30 +635,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn deferred_frames_wait_for_the_lane_and_leave_together() {
+    async fn a_queued_frame_waits_for_the_driver_and_keeps_its_place() {
         let (conn, mut peer) = connected(1 << 20).await;
-        assert_eq!(
-            conn.enqueue_deferred(Bytes::from_static(b"one ")),
-            Deferred::Schedule
-        );
-        assert_eq!(
-            conn.enqueue_deferred(Bytes::from_static(b"two ")),
-            Deferred::Queued,
-            "already on a lane's list"
-        );
-        // A direct frame meanwhile queues behind them: order is the queue's.
-        assert!(conn.enqueue(Bytes::from_static(b"three")));
+        assert!(conn.enqueue_queued(Bytes::from_static(b"one ")));
+        assert!(woken(&conn), "the driver writes it");
+        // A frame handed over directly meanwhile goes behind it, not ahead.
+        assert!(conn.enqueue(Bytes::from_static(b"two")));
         assert!(
             nothing_to_read(&mut peer).await,
-            "nothing before the lane writes"
+            "nothing before the driver writes"
         );
-        conn.flush_deferred();
-        assert_eq!(read_exactly(&mut peer, 13).await, b"one two three");
-        // Written: the next deferred frame puts the connection on a lane again.
-        assert_eq!(
-            conn.enqueue_deferred(Bytes::from_static(b"four")),
-            Deferred::Schedule
-        );
+        assert!(conn.flush().unwrap());
+        assert_eq!(read_exactly(&mut peer, 7).await, b"one two");
     }
 
     #[tokio::test]
@@ -705,10 +657,7 @@ mod tests {
         let head_partial = conn.inner.lock().head_partial;
         conn.finish_queue(true, Some(Bytes::from_static(b"bye")));
         assert!(!conn.enqueue(Bytes::from_static(b"late")), "closing");
-        assert_eq!(
-            conn.enqueue_deferred(Bytes::from_static(b"late")),
-            Deferred::Refused
-        );
+        assert!(!conn.enqueue_queued(Bytes::from_static(b"late")), "closing");
         // Written before: every frame but the last, and part of the last when it was split.
         let last = frames.last().unwrap();
         let whole: usize = frames[..frames.len() - 1].iter().map(Bytes::len).sum();

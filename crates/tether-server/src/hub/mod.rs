@@ -2,13 +2,12 @@
 //!
 //! Drivers register a [`Conn`] handle, which holds the socket. Fan-out encodes a publication
 //! once per wire variant (encoding × delta form) and hands the same `Bytes` to every
-//! subscriber's handle: written at once for a small channel, queued and written by tasks
-//! spread over the cores for a large one ([`handover`]). A full queue disconnects that subscriber (3008); the
+//! subscriber's handle: written at once by the publisher for a small channel, queued for
+//! the connections' own tasks to write (in parallel, on every worker) for a large one. A full queue disconnects that subscriber (3008); the
 //! hub never waits on a slow connection. Registries are sharded and their locks are never
 //! held across `.await`.
 
 mod conn;
-mod handover;
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
@@ -23,10 +22,9 @@ use tether_proto::{Encoding, Push, Reply};
 use tokio::net::TcpStream;
 
 pub use self::conn::{
-    ClientId, Conn, ConnHandle, Control, Deferred, Disconnect, Framing, Heartbeat,
-    PendingPublication, ServerSubscribe, Work,
+    ClientId, Conn, ConnHandle, Control, Disconnect, Framing, Heartbeat, PendingPublication,
+    ServerSubscribe, Work,
 };
-use self::handover::Handover;
 use crate::broker::{BrokerEvents, ClientInfo, Publication, PublicationEvent};
 use crate::transport::ws;
 
@@ -46,9 +44,6 @@ struct Shared {
     pings: Pings,
     /// Counts deliveries when the node has metrics.
     metrics: Option<Arc<crate::metrics::Metrics>>,
-    /// The runtime that writes large fan-outs; `None` for a hub made without one (tests),
-    /// whose fan-out is written by the caller.
-    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// One shard of the user index: user -> that user's connections on this node.
@@ -219,24 +214,19 @@ struct Variants {
 }
 
 impl Hub {
-    /// An empty hub whose fan-out is written by the caller (no runtime needed).
+    /// An empty hub.
     pub fn new() -> Self {
-        Self::build(None, None)
+        Self::build(None)
     }
 
-    /// An empty hub for a running node: counts its deliveries in `metrics` and writes large
-    /// fan-outs on tasks of the current tokio runtime (so it must be called inside one).
-    pub fn serving(metrics: Arc<crate::metrics::Metrics>) -> Self {
-        Self::build(Some(metrics), Some(tokio::runtime::Handle::current()))
+    /// An empty hub that counts its deliveries in `metrics`.
+    pub fn with_metrics(metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self::build(Some(metrics))
     }
 
-    fn build(
-        metrics: Option<Arc<crate::metrics::Metrics>>,
-        runtime: Option<tokio::runtime::Handle>,
-    ) -> Self {
+    fn build(metrics: Option<Arc<crate::metrics::Metrics>>) -> Self {
         Self {
             shared: Arc::new(Shared {
-                runtime,
                 metrics,
                 conns: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 users: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -532,7 +522,8 @@ impl Hub {
         };
         let subs = entry.subscribers.read();
         let mut variants = Variants::default();
-        let mut handover = Handover::new(self.shared.runtime.as_ref(), subs.len());
+        let large = subs.len() > INLINE_FANOUT;
+        let mut delivered = 0u64;
         for sub in subs.iter() {
             if sub.stale.load(Ordering::Relaxed) {
                 continue;
@@ -558,14 +549,12 @@ impl Hub {
                 }
             }
             match self.cached_frame(channel, sub, event, &mut variants) {
-                Some(frame) => handover.give(&sub.conn, frame),
+                Some(frame) => delivered += u64::from(hand_over(&sub.conn, frame, large)),
                 None => sub
                     .conn
                     .close(DisconnectCode::INAPPROPRIATE_PROTOCOL.into()),
             }
         }
-        drop(subs);
-        let delivered = handover.finish();
         if let Some(metrics) = &self.shared.metrics {
             metrics.deliveries.increment(delivered);
         }
@@ -613,7 +602,7 @@ impl Hub {
         };
         let mut frames: [Option<Bytes>; WIRE_VARIANTS] = Default::default();
         let subs = entry.subscribers.read();
-        let mut handover = Handover::new(self.shared.runtime.as_ref(), subs.len());
+        let large = subs.len() > INLINE_FANOUT;
         for sub in subs.iter() {
             if !sub.flags.join_leave || !sub.live.load(Ordering::Acquire) {
                 continue;
@@ -623,11 +612,9 @@ impl Hub {
                 *slot = encode_frame(sub.conn.encoding, sub.conn.framing, &reply).ok();
             }
             if let Some(frame) = slot {
-                handover.give(&sub.conn, frame.clone());
+                hand_over(&sub.conn, frame.clone(), large);
             }
         }
-        drop(subs);
-        handover.finish();
     }
 
     fn channel(&self, channel: &str) -> Option<Arc<Channel>> {
@@ -909,6 +896,21 @@ pub fn frame_payload(encoding: Encoding, framing: Framing, payload: &[u8]) -> By
     }
 }
 
+/// Hands one fan-out frame to a connection: written at once by the caller for a small
+/// fan-out; for a `large` one only queued, for the connection's own task to write, so the
+/// publisher makes no system call per subscriber and the writes spread over every worker.
+/// True when handed over.
+fn hand_over(conn: &Conn, frame: Bytes, large: bool) -> bool {
+    if large {
+        conn.enqueue_queued(frame)
+    } else {
+        conn.enqueue(frame)
+    }
+}
+
+/// Largest fan-out the publisher writes itself.
+const INLINE_FANOUT: usize = 32;
+
 fn shard_of_seq(seq: u64) -> usize {
     (seq as usize) % SHARDS
 }
@@ -1053,7 +1055,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_large_fan_out_reaches_every_subscriber_whole_and_in_order() {
-        let hub = Hub::serving(Arc::new(crate::metrics::Metrics::new()));
+        let hub = Hub::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         // Far more subscribers than the publisher writes itself, over several chunks.
@@ -1067,10 +1069,14 @@ mod tests {
             assert!(hub.activate("big", &sub, Vec::new(), None));
             peers.push((conn, peer));
         }
-        // Published back to back: later ones reach connections whose chunk was not written
-        // yet, and must queue behind the earlier ones.
+        // Published back to back: each is queued behind the earlier ones, and goes out when
+        // the connection's driver flushes (as the first goes out directly to a small
+        // channel's subscribers).
         for offset in 1..=5 {
             hub.deliver_publication("big", &event(offset));
+        }
+        for (conn, _) in &peers {
+            assert!(conn.flush().unwrap());
         }
         for (_, peer) in &mut peers {
             let frames = read_frames(peer, 5).await;
