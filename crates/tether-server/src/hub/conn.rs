@@ -352,19 +352,22 @@ impl Conn {
         if self.closing.load(Ordering::Relaxed) {
             return false;
         }
-        let frame = match (&self.socket, inner.queue.is_empty()) {
+        let queued = match (&self.socket, inner.queue.is_empty()) {
             (Some(socket), true) => match socket.try_write(&frame) {
                 Ok(n) if n == frame.len() => return true,
-                Ok(n) => {
-                    inner.head_partial = n > 0;
-                    frame.slice(n..)
+                Ok(n) if n > 0 => {
+                    // Part of it is on the wire: the rest is queued whatever the bound (it
+                    // is memory the frame holds anyway), or the stream would be cut mid-frame.
+                    inner.queued_bytes += frame.len() - n;
+                    inner.queue.push_back(frame.slice(n..));
+                    inner.head_partial = true;
+                    true
                 }
                 // Would block, or failed: the driver finds out when it writes the queue.
-                Err(_) => frame,
+                _ => inner.push(frame, self.queue_limit),
             },
-            _ => frame,
+            _ => inner.push(frame, self.queue_limit),
         };
-        let queued = inner.push(frame, self.queue_limit);
         drop(inner);
         self.wake();
         queued
@@ -632,6 +635,31 @@ mod tests {
         assert!(got == expected, "bytes arrive as handed over");
         let inner = conn.inner.lock();
         assert_eq!((inner.queued_bytes, inner.queue.capacity()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_a_partly_written_frame_is_queued_even_over_the_bound() {
+        let (conn, mut peer) = connected(1024).await;
+        // Far more than the socket takes at once, and than the queue's bound.
+        let frame = Bytes::from((0..8 << 20).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        assert!(
+            conn.enqueue(frame.clone()),
+            "part of it is on the wire already"
+        );
+        assert!(conn.inner.lock().head_partial);
+        // Anything more is over the bound: a slow consumer.
+        assert!(!conn.enqueue(Bytes::from_static(b"more")));
+        let len = frame.len();
+        let reader = tokio::spawn(async move { read_exactly(&mut peer, len).await });
+        let socket = conn.socket().unwrap();
+        while !conn.flush().unwrap() {
+            socket.writable().await.unwrap();
+        }
+        assert!(
+            reader.await.unwrap() == frame[..],
+            "the whole frame, never cut"
+        );
+        assert_eq!(conn.take_work().close.map(|d| d.code), Some(3008));
     }
 
     #[tokio::test]
