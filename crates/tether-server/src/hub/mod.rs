@@ -3,9 +3,9 @@
 //! Drivers register a [`Conn`] handle, which holds the socket. Fan-out encodes a publication
 //! once per wire variant (encoding × delta form) and hands the same `Bytes` to every
 //! subscriber's handle: written at once by the publisher for a small channel, queued for
-//! the connections' own tasks to write (in parallel, on every worker) for a large one. A full queue disconnects that subscriber (3008); the
-//! hub never waits on a slow connection. Registries are sharded and their locks are never
-//! held across `.await`.
+//! the connections' own tasks to write (in parallel, on every worker) for a large one. A
+//! full queue disconnects that subscriber (3008); the hub never waits on a slow connection.
+//! Registries are sharded and their locks are never held across `.await`.
 
 mod conn;
 
@@ -1021,7 +1021,7 @@ mod tests {
         assert_eq!(hub.stats().num_users, 0);
     }
 
-    /// Reads `count` server WebSocket frames (unmasked, so a 1- or 3-byte length header)
+    /// Reads `count` server WebSocket text frames (unmasked: a 2- or 4-byte header)
     /// from `peer` and returns their payloads.
     async fn read_frames(peer: &mut TcpStream, count: usize) -> Vec<String> {
         use tokio::io::AsyncReadExt;
