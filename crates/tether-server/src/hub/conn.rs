@@ -198,6 +198,10 @@ struct Inner {
     /// The head of the queue is a frame's rest: part of it is already on the wire, so it
     /// must be finished before anything else (a close frame) is written.
     head_partial: bool,
+    /// The driver is handling a command or control: frames queue until it is done and
+    /// flushes, so a reply never reaches the client before the work the session does after
+    /// queueing it (a subscribe's presence entry, say).
+    holding: bool,
     /// Control messages and a close request waiting for the driver.
     work: Option<Box<Work>>,
     heartbeat: Heartbeat,
@@ -352,7 +356,8 @@ impl Conn {
         if self.closing.load(Ordering::Relaxed) {
             return false;
         }
-        let queued = match (&self.socket, inner.queue.is_empty()) {
+        let idle = inner.queue.is_empty() && !inner.holding;
+        let queued = match (&self.socket, idle) {
             (Some(socket), true) => match socket.try_write(&frame) {
                 Ok(n) if n == frame.len() => return true,
                 Ok(n) if n > 0 => {
@@ -399,7 +404,7 @@ impl Conn {
         if self.closing.load(Ordering::Relaxed) {
             return false;
         }
-        let idle = inner.queue.is_empty();
+        let idle = inner.queue.is_empty() && !inner.holding;
         for frame in frames {
             if !inner.push(frame, self.queue_limit) {
                 drop(inner);
@@ -416,6 +421,12 @@ impl Conn {
         drop(inner);
         self.wake();
         true
+    }
+
+    /// While `holding`, frames handed over are only queued (see [`Conn::flush`]): the
+    /// driver holds them while it handles a command or control, and flushes after.
+    pub fn hold(&self, holding: bool) {
+        self.inner.lock().holding = holding;
     }
 
     /// Writes queued frames (for the driver, when the socket is writable). Ok(true) when

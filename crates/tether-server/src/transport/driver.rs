@@ -160,7 +160,10 @@ impl Driver {
     /// handshake's (boxed, short-lived) future so the long-lived one never holds them.
     /// Returns false when they ended the connection (it is then closed and cleaned up).
     pub(super) async fn feed_leftover(&mut self, leftover: &[u8]) -> bool {
-        match self.on_bytes(leftover).await {
+        self.session.conn().hold(true);
+        let fed = self.on_bytes(leftover).await;
+        self.session.conn().hold(false);
+        match fed {
             Ok(()) => true,
             Err(end) => {
                 self.close(end).await;
@@ -193,7 +196,10 @@ impl Driver {
             match self.take_work() {
                 Ok(None) => {}
                 Ok(Some(controls)) => {
-                    if let Err(end) = Box::pin(self.apply_controls(controls)).await {
+                    self.session.conn().hold(true);
+                    let applied = Box::pin(self.apply_controls(controls)).await;
+                    self.session.conn().hold(false);
+                    if let Err(end) = applied {
                         return end;
                     }
                 }
@@ -219,7 +225,12 @@ impl Driver {
                     }
                     // Boxed: handling input reaches into the session and the engine; inline
                     // its state would size every idle connection's task.
-                    if let Err(end) = Box::pin(self.handle_input(events, read)).await {
+                    // Replies wait for the flush after the input is handled, so none reaches
+                    // the client before the work its command does after queueing it.
+                    self.session.conn().hold(true);
+                    let handled = Box::pin(self.handle_input(events, read)).await;
+                    self.session.conn().hold(false);
+                    if let Err(end) = handled {
                         return end;
                     }
                 }
