@@ -7,7 +7,8 @@
 //! A frame handed to an idle connection (nothing queued before it) is written to the socket
 //! right away by whoever hands it over, with one non-blocking `send`: a ping from the
 //! sweeper or a publication from fan-out then costs no task wake-up and no poll of the
-//! driver. Only what the socket does not take at once is queued, in a queue bounded in
+//! driver. (While the driver handles a command, it [holds](Conn::hold) the frames instead
+//! and flushes them after, so a reply never overtakes its command's work.) Only what the socket does not take at once is queued, in a queue bounded in
 //! bytes, and the driver is woken through one [`AtomicWaker`] (a flag and the driver task's
 //! waker: smaller than a `Notify` and its waiting future, which every idle connection would
 //! carry) to drain it with vectored writes when the socket is writable again. Every write,
