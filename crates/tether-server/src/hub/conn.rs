@@ -338,6 +338,16 @@ impl Conn {
         }
     }
 
+    /// The handle's state, locked, unless the connection is closing (checked without the
+    /// lock as a shortcut, and again under it, where it is final for what is written).
+    fn lock_open(&self) -> Option<parking_lot::MutexGuard<'_, Inner>> {
+        if self.closing.load(Ordering::Relaxed) {
+            return None;
+        }
+        let inner = self.inner.lock();
+        (!self.closing.load(Ordering::Relaxed)).then_some(inner)
+    }
+
     /// The connection's socket, for its driver.
     pub fn socket(&self) -> io::Result<&TcpStream> {
         self.socket
@@ -350,13 +360,9 @@ impl Conn {
     /// the driver to close with 3008) when the queue would pass its byte bound, and when
     /// the connection is closing.
     pub fn enqueue(&self, frame: Bytes) -> bool {
-        if self.closing.load(Ordering::Relaxed) {
+        let Some(mut inner) = self.lock_open() else {
             return false;
-        }
-        let mut inner = self.inner.lock();
-        if self.closing.load(Ordering::Relaxed) {
-            return false;
-        }
+        };
         let idle = inner.queue.is_empty() && !inner.holding;
         let queued = match (&self.socket, idle) {
             (Some(socket), true) => match socket.try_write(&frame) {
@@ -385,10 +391,9 @@ impl Conn {
     /// runtime's workers, and frames that pile up before a task runs leave in one vectored
     /// write. Returns false as [`Conn::enqueue`] does.
     pub fn enqueue_queued(&self, frame: Bytes) -> bool {
-        let mut inner = self.inner.lock();
-        if self.closing.load(Ordering::Relaxed) {
+        let Some(mut inner) = self.lock_open() else {
             return false;
-        }
+        };
         let queued = inner.push(frame, self.queue_limit);
         drop(inner);
         self.wake();
@@ -398,13 +403,9 @@ impl Conn {
     /// Hands over several frames under one lock (a reply followed by replayed
     /// publications), in order; as [`Conn::enqueue`].
     pub fn enqueue_all(&self, frames: impl IntoIterator<Item = Bytes>) -> bool {
-        if self.closing.load(Ordering::Relaxed) {
+        let Some(mut inner) = self.lock_open() else {
             return false;
-        }
-        let mut inner = self.inner.lock();
-        if self.closing.load(Ordering::Relaxed) {
-            return false;
-        }
+        };
         let idle = inner.queue.is_empty() && !inner.holding;
         for frame in frames {
             if !inner.push(frame, self.queue_limit) {
