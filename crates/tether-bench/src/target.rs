@@ -8,7 +8,9 @@
 
 use std::fmt::Write as _;
 
-use memchr::memmem;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 use serde::{Deserialize, Serialize};
 
 /// A server under test.
@@ -83,11 +85,26 @@ pub fn marker_payload(sent_us: u64, seq: u64, size: usize) -> String {
     s
 }
 
+/// A substring searcher built once: every received message goes through a few of them, on
+/// cores the server under test shares.
+macro_rules! finder {
+    ($name:ident, $needle:literal) => {
+        static $name: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new($needle));
+    };
+}
+
+finder!(MARKER, b"@@T");
+finder!(ERROR_KEY, b"\"error\"");
+finder!(PUSHER_ESTABLISHED, b"pusher:connection_established");
+finder!(PUSHER_SUBSCRIBED, b"pusher_internal:subscription_succeeded");
+finder!(PUSHER_PING, b"\"pusher:ping\"");
+finder!(PUSHER_ERROR, b"pusher:error");
+
 /// Calls `f` for every complete marker in `buf`; returns the offset of an incomplete marker
 /// at the end (to be carried into the next message), if any.
 pub fn scan_markers(buf: &[u8], mut f: impl FnMut(Marker)) -> Option<usize> {
     let mut at = 0;
-    while let Some(i) = memmem::find(&buf[at..], b"@@T") {
+    while let Some(i) = MARKER.find(&buf[at..]) {
         let start = at + i;
         match parse_marker(&buf[start + 3..]) {
             Some((m, used)) => {
@@ -168,7 +185,7 @@ impl Target {
                         ev.pings += 1;
                         replies.push("{}".to_owned());
                     } else if line.starts_with(b"{\"id\":2,") || line.starts_with(b"{\"id\":1,") {
-                        if memmem::find(line, b"\"error\"").is_some() {
+                        if ERROR_KEY.find(line).is_some() {
                             set_error(ev, line);
                         } else if line.starts_with(b"{\"id\":2,\"subscribe\"") {
                             ev.subscribed = true;
@@ -189,16 +206,16 @@ impl Target {
                 }
             }
             Self::Sockudo => {
-                if memmem::find(msg, b"pusher:connection_established").is_some() {
+                if PUSHER_ESTABLISHED.find(msg).is_some() {
                     replies.push(format!(
                         "{{\"event\":\"pusher:subscribe\",\"data\":{{\"channel\":\"{channel}\"}}}}"
                     ));
-                } else if memmem::find(msg, b"pusher_internal:subscription_succeeded").is_some() {
+                } else if PUSHER_SUBSCRIBED.find(msg).is_some() {
                     ev.subscribed = true;
-                } else if memmem::find(msg, b"\"pusher:ping\"").is_some() {
+                } else if PUSHER_PING.find(msg).is_some() {
                     ev.pings += 1;
                     replies.push("{\"event\":\"pusher:pong\",\"data\":{}}".to_owned());
-                } else if memmem::find(msg, b"pusher:error").is_some() {
+                } else if PUSHER_ERROR.find(msg).is_some() {
                     set_error(ev, msg);
                 }
             }
