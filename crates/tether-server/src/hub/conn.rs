@@ -173,8 +173,8 @@ pub struct Conn {
     pub framing: Framing,
     /// Byte bound of the outbound queue; over it the connection is closed with 3008.
     queue_limit: usize,
-    /// Set once the connection is closing (a close request was taken, or the driver stopped
-    /// serving); makes later enqueues no-ops. Read without the lock as a shortcut, and again
+    /// Set once the connection is closing (a frame was refused over the queue bound, a close
+    /// request was taken, or the driver stopped serving); makes later enqueues no-ops. Read without the lock as a shortcut, and again
     /// under it before anything is written.
     closing: AtomicBool,
     /// The connection's socket (`None` only for handles made without one, in tests). The
@@ -348,6 +348,17 @@ impl Conn {
         (!self.closing.load(Ordering::Relaxed)).then_some(inner)
     }
 
+    /// Queues a frame within the byte bound. Over it the frame is refused, a 3008 close is
+    /// requested and the handle takes nothing more: a later, smaller frame must not reach
+    /// the client after one it never got, or the client would recover from past the gap.
+    fn push(&self, inner: &mut Inner, frame: Bytes) -> bool {
+        let pushed = inner.push(frame, self.queue_limit);
+        if !pushed {
+            self.closing.store(true, Ordering::Relaxed);
+        }
+        pushed
+    }
+
     /// The connection's socket, for its driver.
     pub fn socket(&self) -> io::Result<&TcpStream> {
         self.socket
@@ -376,9 +387,9 @@ impl Conn {
                     true
                 }
                 // Would block, or failed: the driver finds out when it writes the queue.
-                _ => inner.push(frame, self.queue_limit),
+                _ => self.push(&mut inner, frame),
             },
-            _ => inner.push(frame, self.queue_limit),
+            _ => self.push(&mut inner, frame),
         };
         drop(inner);
         self.wake();
@@ -394,7 +405,7 @@ impl Conn {
         let Some(mut inner) = self.lock_open() else {
             return false;
         };
-        let queued = inner.push(frame, self.queue_limit);
+        let queued = self.push(&mut inner, frame);
         drop(inner);
         self.wake();
         queued
@@ -408,7 +419,7 @@ impl Conn {
         };
         let idle = inner.queue.is_empty() && !inner.holding;
         for frame in frames {
-            if !inner.push(frame, self.queue_limit) {
+            if !self.push(&mut inner, frame) {
                 drop(inner);
                 self.wake();
                 return false;
@@ -527,8 +538,8 @@ impl Conn {
         work
     }
 
-    /// True once the driver took a close request: the connection is on its way out and
-    /// takes no more frames.
+    /// True once the driver took a close request or a frame was refused over the queue
+    /// bound: the connection is on its way out and takes no more frames.
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Relaxed)
     }
@@ -609,6 +620,28 @@ mod tests {
         assert_eq!(work.close.map(|d| d.code), Some(3008));
         // After the close was taken, nothing more is queued.
         assert!(!c.enqueue(Bytes::from_static(b"1")));
+    }
+
+    #[tokio::test]
+    async fn nothing_follows_a_frame_refused_over_the_bound() {
+        let (conn, _peer) = connected(64).await;
+        let filled = fill(&conn, 16);
+        // Over the bound: refused, and a 3008 close requested.
+        assert!(!conn.enqueue_queued(Bytes::from(vec![b'x'; 64])));
+        // Small frames that would fit are refused too, through every path: had one gone out,
+        // the client would see a publication after one it never got.
+        assert!(!conn.enqueue(Bytes::from_static(b"n")));
+        assert!(!conn.enqueue_queued(Bytes::from_static(b"n")));
+        assert!(!conn.enqueue_all([Bytes::from_static(b"n")]));
+        assert!(conn.is_closing());
+        assert_eq!(conn.take_work().close.map(|d| d.code), Some(3008));
+        // The queue still ends with (the rest of) the last frame handed over before the
+        // refused one.
+        let queued = conn.take_queued();
+        let (Some(last), Some(handed)) = (queued.last(), filled.last()) else {
+            panic!("frames were queued");
+        };
+        assert!(handed.ends_with(last));
     }
 
     #[tokio::test]
