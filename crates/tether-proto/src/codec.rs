@@ -299,7 +299,8 @@ fn decode_delimited<T: prost::Message + Default>(
         return Err(DecodeError::TooLarge { len, max: max_len });
     };
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // Nothing is reserved for the announced body: the buffer grows with the bytes that
+        // arrive, so a peer cannot make a connection hold `max_len` with a few bytes.
         return Ok(None);
     }
     buf.advance(prefix);

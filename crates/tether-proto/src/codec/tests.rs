@@ -546,6 +546,17 @@ fn delimited_decoder_enforces_the_limit_before_the_body_arrives() {
 }
 
 #[test]
+fn an_announced_length_reserves_nothing_before_the_body_arrives() {
+    let mut buf = BytesMut::from(&[0x80, 0x80, 0x04][..]); // announces 65,536 bytes
+    assert_eq!(decode_delimited_command(&mut buf, 65_536).unwrap(), None);
+    assert!(
+        buf.capacity() < 1024,
+        "three bytes made the buffer hold {}",
+        buf.capacity()
+    );
+}
+
+#[test]
 fn delimited_replies_roundtrip() {
     let reply = Reply::from_error(3, ClientError::LIMIT_EXCEEDED);
     let mut buf = BytesMut::new();
