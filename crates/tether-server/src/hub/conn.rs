@@ -224,13 +224,9 @@ pub struct Heartbeat {
 }
 
 impl Inner {
-    /// Queues a frame within the byte bound; over it, requests a 3008 close instead.
+    /// Queues a frame within the byte bound; false (nothing queued) over it.
     fn push(&mut self, frame: Bytes, limit: usize) -> bool {
         if self.queued_bytes + frame.len() > limit {
-            self.work
-                .get_or_insert_default()
-                .close
-                .get_or_insert(DisconnectCode::SLOW.into());
             return false;
         }
         self.queued_bytes += frame.len();
@@ -354,9 +350,32 @@ impl Conn {
     fn push(&self, inner: &mut Inner, frame: Bytes) -> bool {
         let pushed = inner.push(frame, self.queue_limit);
         if !pushed {
-            self.closing.store(true, Ordering::Relaxed);
+            self.refuse(inner);
         }
         pushed
+    }
+
+    /// From now on every frame is refused, and the driver is asked to close with 3008.
+    fn refuse(&self, inner: &mut Inner) {
+        self.closing.store(true, Ordering::Relaxed);
+        inner
+            .work
+            .get_or_insert_default()
+            .close
+            .get_or_insert(DisconnectCode::SLOW.into());
+    }
+
+    /// What the connection is owed would not fit its queue (publications parked while a
+    /// subscription was set up, say): it takes no more frames and is closed with 3008, as
+    /// when a frame is refused over the bound.
+    pub fn overflow(&self) {
+        self.refuse(&mut self.inner.lock());
+        self.wake();
+    }
+
+    /// Byte bound of the outbound queue.
+    pub fn queue_limit(&self) -> usize {
+        self.queue_limit
     }
 
     /// The connection's socket, for its driver.

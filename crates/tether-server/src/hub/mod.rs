@@ -156,8 +156,7 @@ pub struct Subscriber {
     /// `Some` while the subscription is being set up: publications are parked here and
     /// replayed after the subscribe reply. `None` once live. Boxed: it is needed only for
     /// the moments of setting up, and the subscriber lives for hours.
-    #[allow(clippy::box_collection)]
-    pending: Mutex<Option<Box<Vec<PendingPublication>>>>,
+    pending: Mutex<Option<Box<Parked>>>,
     /// Set when the stream lost continuity for this positioned subscriber: nothing more is
     /// delivered to it (its position must not move past the hole) until the session ends the
     /// subscription and the client recovers.
@@ -168,6 +167,36 @@ pub struct Subscriber {
     /// message arrives — so live delivery drops it. Cleared (0) by the first newer offset, so
     /// a later epoch that restarts at offset 1 is never filtered.
     skip_up_to: AtomicU64,
+}
+
+/// Publications parked for a subscription being set up, bounded as the connection's queue
+/// is: a stalled engine must not let them grow without end.
+#[derive(Debug, Default)]
+struct Parked {
+    publications: Vec<PendingPublication>,
+    /// Their payload bytes: about what they will take in the queue when replayed.
+    bytes: usize,
+}
+
+impl Parked {
+    /// Parks a publication. False when that passes `limit`: they would overflow the queue
+    /// at activation anyway, so all are dropped now (the caller closes the connection with
+    /// 3008) and later ones are not kept.
+    fn park(&mut self, event: &PublicationEvent, limit: usize) -> bool {
+        if self.bytes > limit {
+            return true;
+        }
+        self.bytes += event.publication.data.len();
+        if self.bytes > limit {
+            self.publications = Vec::new();
+            return false;
+        }
+        self.publications.push(PendingPublication {
+            publication: event.publication.clone(),
+            position: event.position.clone(),
+        });
+        true
+    }
 }
 
 /// What a subscriber asked for.
@@ -358,7 +387,10 @@ impl Hub {
         delivered_up_to: Option<u64>,
     ) -> bool {
         let mut pending = sub.pending.lock();
-        let mut parked = pending.take().map(|parked| *parked).unwrap_or_default();
+        let mut parked = pending
+            .take()
+            .map(|parked| parked.publications)
+            .unwrap_or_default();
         if sub.stale.load(Ordering::Relaxed) {
             // Continuity was lost while setting up: replaying would move the client's
             // position past the hole. The session ends this subscription next.
@@ -531,10 +563,9 @@ impl Hub {
             if !sub.live.load(Ordering::Acquire) {
                 let mut pending = sub.pending.lock();
                 if let Some(parked) = pending.as_mut() {
-                    parked.push(PendingPublication {
-                        publication: event.publication.clone(),
-                        position: event.position.clone(),
-                    });
+                    if !parked.park(event, sub.conn.queue_limit()) {
+                        sub.conn.overflow();
+                    }
                     continue;
                 }
             }
@@ -965,6 +996,37 @@ mod tests {
         assert_eq!(queued(&conn), 1);
         hub.deliver_publication("ch", &event(1));
         assert_eq!(queued(&conn), 1);
+    }
+
+    #[test]
+    fn publications_parked_past_the_queue_bound_close_the_connection_not_grow() {
+        let hub = Hub::new();
+        let conn = hub.register(Encoding::Json, Framing::WebSocket, 64, None);
+        let sub = hub.subscribe("ch", &conn, SubscriberFlags::default());
+        let big = |offset| PublicationEvent {
+            publication: Arc::new(Publication {
+                offset,
+                data: Bytes::from(vec![b'1'; 40]),
+                ..Default::default()
+            }),
+            position: None,
+            previous: None,
+        };
+        // The engine is slow to confirm the subscribe while the channel is busy.
+        hub.deliver_publication("ch", &big(1));
+        assert!(!conn.is_closing(), "one fits the bound");
+        hub.deliver_publication("ch", &big(2));
+        assert!(conn.is_closing(), "two would not fit the queue");
+        assert_eq!(conn.take_work().close.map(|d| d.code), Some(3008));
+        for offset in 3..100 {
+            hub.deliver_publication("ch", &big(offset));
+        }
+        let pending = sub.pending.lock();
+        assert!(pending.as_ref().is_some_and(|p| p.publications.is_empty()));
+        drop(pending);
+        // Activation then sends nothing: not the reply, not a publication after the gap.
+        assert!(!hub.activate("ch", &sub, vec![Bytes::from_static(b"reply")], None));
+        assert_eq!(queued(&conn), 0);
     }
 
     fn live_sub(hub: &Hub, channel: &str, conn: &ConnHandle) -> Arc<Subscriber> {
