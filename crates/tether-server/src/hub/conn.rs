@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
@@ -177,6 +177,10 @@ pub struct Conn {
     /// request was taken, or the driver stopped serving); makes later enqueues no-ops. Read without the lock as a shortcut, and again
     /// under it before anything is written.
     closing: AtomicBool,
+    /// The earliest heartbeat deadline (`u64::MAX`: none), kept by [`Conn::with_heartbeat`]
+    /// so the once-a-second sweep skips, without taking its lock, every connection with
+    /// nothing due.
+    due_at: AtomicU64,
     /// The connection's socket (`None` only for handles made without one, in tests). The
     /// driver reads it; frames are written to it under `inner`'s lock.
     socket: Option<TcpStream>,
@@ -221,6 +225,23 @@ pub struct Heartbeat {
     pub expire_at: u64,
     /// A subscription's token expires: the session must check its subscriptions.
     pub sub_expire_at: u64,
+}
+
+impl Heartbeat {
+    /// The earliest deadline set, or `u64::MAX` when none is.
+    fn earliest(&self) -> u64 {
+        [
+            self.stale_at,
+            self.ping_at,
+            self.pong_by,
+            self.expire_at,
+            self.sub_expire_at,
+        ]
+        .into_iter()
+        .filter(|&at| at != 0)
+        .min()
+        .unwrap_or(u64::MAX)
+    }
 }
 
 impl Inner {
@@ -299,6 +320,7 @@ impl Conn {
             framing,
             queue_limit,
             closing: AtomicBool::new(false),
+            due_at: AtomicU64::new(u64::MAX),
             socket,
             inner: Mutex::new(Inner::default()),
             woken: AtomicBool::new(false),
@@ -565,7 +587,17 @@ impl Conn {
 
     /// Reads or updates the heartbeat deadlines.
     pub fn with_heartbeat<R>(&self, f: impl FnOnce(&mut Heartbeat) -> R) -> R {
-        f(&mut self.inner.lock().heartbeat)
+        let mut inner = self.inner.lock();
+        let result = f(&mut inner.heartbeat);
+        self.due_at
+            .store(inner.heartbeat.earliest(), Ordering::Relaxed);
+        result
+    }
+
+    /// Whether a heartbeat deadline may have come by `now` (node clock, ms): the sweeper
+    /// looks at a connection's deadlines, under its lock, only then.
+    pub fn heartbeat_due(&self, now: u64) -> bool {
+        self.due_at.load(Ordering::Relaxed) <= now
     }
 }
 

@@ -495,7 +495,13 @@ impl Hub {
         let mut due = Vec::new();
         for shard in self.shared.conns.iter() {
             due.clear();
-            due.extend(shard.lock().values().cloned());
+            due.extend(
+                shard
+                    .lock()
+                    .values()
+                    .filter(|conn| conn.heartbeat_due(now_ms))
+                    .cloned(),
+            );
             for conn in &due {
                 self.sweep_one(conn, now_ms, settings);
             }
@@ -1027,6 +1033,32 @@ mod tests {
         // Activation then sends nothing: not the reply, not a publication after the gap.
         assert!(!hub.activate("ch", &sub, vec![Bytes::from_static(b"reply")], None));
         assert_eq!(queued(&conn), 0);
+    }
+
+    #[test]
+    fn the_sweep_acts_on_each_deadline_when_it_comes_and_not_before() {
+        let hub = Hub::new();
+        let conn = hub.register(Encoding::Json, Framing::WebSocket, 1 << 20, None);
+        let settings = SweepSettings {
+            ping_interval_ms: 25_000,
+            pong_timeout_ms: 8_000,
+        };
+        conn.with_heartbeat(|hb| hb.ping_at = 1_000);
+        hub.sweep(999, settings);
+        assert_eq!(queued(&conn), 0, "no ping before it is due");
+        hub.sweep(1_000, settings);
+        assert_eq!(queued(&conn), 1, "the ping");
+        // The pong deadline (9,000) comes before the next ping (26,000).
+        hub.sweep(8_999, settings);
+        assert!(conn.take_work().close.is_none());
+        hub.sweep(9_000, settings);
+        assert_eq!(conn.take_work().close.map(|d| d.code), Some(3012));
+        // An earlier deadline set later is seen at once: credentials expiring at 10,000.
+        let other = hub.register(Encoding::Json, Framing::WebSocket, 1 << 20, None);
+        other.with_heartbeat(|hb| hb.ping_at = 26_000);
+        other.with_heartbeat(|hb| hb.expire_at = 10_000);
+        hub.sweep(10_000, settings);
+        assert_eq!(other.take_work().close.map(|d| d.code), Some(3005));
     }
 
     fn live_sub(hub: &Hub, channel: &str, conn: &ConnHandle) -> Arc<Subscriber> {
