@@ -8,10 +8,11 @@
 //! right away by whoever hands it over, with one non-blocking `send`: a ping from the
 //! sweeper or a publication from fan-out then costs no task wake-up and no poll of the
 //! driver. (While the driver handles a command, it [holds](Conn::hold) the frames instead
-//! and flushes them after, so a reply never overtakes its command's work.) Only what the socket does not take at once is queued, in a queue bounded in
-//! bytes, and the driver is woken through one [`AtomicWaker`] (a flag and the driver task's
-//! waker: smaller than a `Notify` and its waiting future, which every idle connection would
-//! carry) to drain it with vectored writes when the socket is writable again. Every write,
+//! and flushes them after, so a reply never overtakes its command's work.) Only what the
+//! socket does not take at once is queued, in a queue bounded in bytes, and the driver is
+//! woken through one [`AtomicWaker`] (a flag and the driver task's waker: smaller than a
+//! `Notify` and its waiting future, which every idle connection would carry) to drain it
+//! with vectored writes when the socket is writable again. Every write,
 //! direct or drained, happens under the handle's lock and only from the head of the queue,
 //! so frames reach the wire in the order they were handed over. Nobody ever waits on a
 //! connection.
@@ -174,8 +175,8 @@ pub struct Conn {
     /// Byte bound of the outbound queue; over it the connection is closed with 3008.
     queue_limit: usize,
     /// Set once the connection is closing (a frame was refused over the queue bound, a close
-    /// request was taken, or the driver stopped serving); makes later enqueues no-ops. Read without the lock as a shortcut, and again
-    /// under it before anything is written.
+    /// request was taken, or the driver stopped serving); makes later enqueues no-ops. Read
+    /// without the lock as a shortcut, and again under it before anything is written.
     closing: AtomicBool,
     /// The earliest heartbeat deadline (`u64::MAX`: none), kept by [`Conn::with_heartbeat`]
     /// so the once-a-second sweep skips, without taking its lock, every connection with

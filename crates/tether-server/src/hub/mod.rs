@@ -1152,7 +1152,7 @@ mod tests {
         let hub = Hub::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        // Far more subscribers than the publisher writes itself, over several chunks.
+        // Far more subscribers than the publisher writes itself (`INLINE_FANOUT`).
         let mut peers = Vec::new();
         for _ in 0..600 {
             let peer = TcpStream::connect(addr).await.unwrap();
