@@ -122,6 +122,65 @@ async fn client_publish_reaches_other_subscriber() {
     server.stop().await;
 }
 
+/// A command that waits (a refresh whose token names a key while the key server has not
+/// answered yet) holds up neither the publications of a small channel (written by the
+/// publisher) nor those of a large one (written by the connection's task while the command
+/// waits): they arrive before the command's outcome, which comes once the keys do.
+#[tokio::test]
+async fn publications_reach_a_client_while_its_command_waits() {
+    let (jwks, release) = common::stalled_jwks().await;
+    let mut config = config();
+    config.client.token.jwks_public_endpoint = jwks;
+    let server = start(config).await;
+    let (mut client, _) = Client::connected(&server, "1").await;
+    client.call(json!({"subscribe": {"channel": "news"}})).await;
+
+    let header = jsonwebtoken::Header {
+        kid: Some("rotated".to_owned()),
+        ..Default::default()
+    };
+    let key = jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes());
+    let rotated = jsonwebtoken::encode(&header, &json!({"sub": "1"}), &key).unwrap();
+    client
+        .send_raw(&json!({"id": 100, "refresh": {"token": rotated}}).to_string())
+        .await;
+    // Give the server the time to start waiting for the key (if it has not, the
+    // publications below arrive whatever the driver does, and the test proves nothing).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    server
+        .api("publish", json!({"channel": "news", "data": {"n": 1}}))
+        .await;
+    let first = client.next_within(Duration::from_secs(2)).await;
+    assert_eq!(
+        first.as_ref().map(|m| &m["push"]["pub"]["data"]),
+        Some(&json!({"n": 1})),
+        "{first:?}"
+    );
+
+    // Past 32 subscribers, fan-out leaves the writing to each connection's task.
+    let mut others = Vec::new();
+    for n in 0..33 {
+        let (mut other, _) = Client::connected(&server, &format!("other{n}")).await;
+        other.call(json!({"subscribe": {"channel": "news"}})).await;
+        others.push(other);
+    }
+    server
+        .api("publish", json!({"channel": "news", "data": {"n": 2}}))
+        .await;
+    let second = client.next_within(Duration::from_secs(2)).await;
+    assert_eq!(
+        second.as_ref().map(|m| &m["push"]["pub"]["data"]),
+        Some(&json!({"n": 2})),
+        "{second:?}"
+    );
+
+    // The key never comes: the refresh ends the connection, only now.
+    release.send(true).unwrap();
+    assert_eq!(client.close_code(Duration::from_secs(10)).await, Some(3500));
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn recovery_returns_exactly_the_missed_publications() {
     let server = start(config()).await;

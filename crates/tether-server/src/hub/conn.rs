@@ -7,8 +7,9 @@
 //! A frame handed to an idle connection (nothing queued before it) is written to the socket
 //! right away by whoever hands it over, with one non-blocking `send`: a ping from the
 //! sweeper or a publication from fan-out then costs no task wake-up and no poll of the
-//! driver. (While the driver handles a command, it [holds](Conn::hold) the frames instead
-//! and flushes them after, so a reply never overtakes its command's work.) Only what the
+//! driver. (Once the session queues a reply to a command, the driver [holds](Conn::hold)
+//! the frames that follow it and flushes them when the command is done, so a reply never
+//! overtakes its command's work.) Only what the
 //! socket does not take at once is queued, in a queue bounded in bytes, and the driver is
 //! woken through one [`AtomicWaker`] (a flag and the driver task's waker: smaller than a
 //! `Notify` and its waiting future, which every idle connection would carry) to drain it
@@ -204,13 +205,25 @@ struct Inner {
     /// The head of the queue is a frame's rest: part of it is already on the wire, so it
     /// must be finished before anything else (a close frame) is written.
     head_partial: bool,
-    /// The driver is handling a command or control: frames queue until it is done and
-    /// flushes, so a reply never reaches the client before the work the session does after
-    /// queueing it (a subscribe's presence entry, say).
-    holding: bool,
+    /// Whether frames are written through or wait for the driver's flush (see
+    /// [`Conn::hold`]).
+    hold: Hold,
     /// Control messages and a close request waiting for the driver.
     work: Option<Box<Work>>,
     heartbeat: Heartbeat,
+}
+
+/// Whether frames handed over may be written through, or wait for the driver's flush.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Hold {
+    /// Written through when nothing is queued before them.
+    #[default]
+    Off,
+    /// The driver handles a command or control: written through until the session queues a
+    /// reply, held from then on.
+    UntilReply,
+    /// Held until the driver is done with the command and flushes.
+    On,
 }
 
 /// Deadlines the heartbeat sweeper checks, in milliseconds on the node clock (0 = none).
@@ -416,7 +429,7 @@ impl Conn {
         let Some(mut inner) = self.lock_open() else {
             return false;
         };
-        let idle = inner.queue.is_empty() && !inner.holding;
+        let idle = inner.queue.is_empty() && inner.hold != Hold::On;
         let queued = match (&self.socket, idle) {
             (Some(socket), true) => match socket.try_write(&frame) {
                 Ok(n) if n == frame.len() => return true,
@@ -453,13 +466,23 @@ impl Conn {
         queued
     }
 
-    /// Hands over several frames under one lock (a reply followed by replayed
-    /// publications), in order; as [`Conn::enqueue`].
+    /// Hands over a reply (or push) of the session: as [`Conn::enqueue`], except that while
+    /// the driver handles a command the reply is held, with every frame after it, until the
+    /// command is done (see [`Conn::hold`]).
+    pub fn enqueue_reply(&self, frame: Bytes) -> bool {
+        self.enqueue_all(std::iter::once(frame))
+    }
+
+    /// Hands over the session's output under one lock, in order: a reply followed by
+    /// replayed publications, say. As [`Conn::enqueue_reply`].
     pub fn enqueue_all(&self, frames: impl IntoIterator<Item = Bytes>) -> bool {
         let Some(mut inner) = self.lock_open() else {
             return false;
         };
-        let idle = inner.queue.is_empty() && !inner.holding;
+        if inner.hold == Hold::UntilReply {
+            inner.hold = Hold::On;
+        }
+        let idle = inner.queue.is_empty() && inner.hold == Hold::Off;
         for frame in frames {
             if !self.push(&mut inner, frame) {
                 drop(inner);
@@ -478,10 +501,24 @@ impl Conn {
         true
     }
 
-    /// While `holding`, frames handed over are only queued (see [`Conn::flush`]): the
-    /// driver holds them while it handles a command or control, and flushes after.
-    pub fn hold(&self, holding: bool) {
-        self.inner.lock().holding = holding;
+    /// The driver starts handling a command or control. Frames handed over meanwhile are
+    /// still written through until the session queues its first reply
+    /// ([`Conn::enqueue_reply`]); from then on they are held, until [`Conn::release`] and
+    /// the driver's flush, so a reply never reaches the client before the work its command
+    /// does after queueing it (a subscribe's presence entry, say). With `from_start` they
+    /// are held from now on: before the connect reply nothing may reach the client.
+    pub fn hold(&self, from_start: bool) {
+        self.inner.lock().hold = if from_start {
+            Hold::On
+        } else {
+            Hold::UntilReply
+        };
+    }
+
+    /// The driver is done with the command: frames are written through again once it has
+    /// flushed what was held.
+    pub fn release(&self) {
+        self.inner.lock().hold = Hold::Off;
     }
 
     /// Writes queued frames (for the driver, when the socket is writable). Ok(true) when
@@ -489,6 +526,18 @@ impl Conn {
     pub fn flush(&self) -> io::Result<bool> {
         let socket = self.socket()?;
         self.inner.lock().write_queued(socket)
+    }
+
+    /// As [`Conn::flush`], but writes nothing while frames are [held](Conn::hold) (and is
+    /// then Ok(true): there is nothing to write yet): for the driver while it handles a
+    /// command.
+    pub fn flush_unheld(&self) -> io::Result<bool> {
+        let socket = self.socket()?;
+        let mut inner = self.inner.lock();
+        if inner.hold == Hold::On {
+            return Ok(true);
+        }
+        inner.write_queued(socket)
     }
 
     /// Ends the outbound stream: from now on nothing new is queued or written, and only
@@ -773,6 +822,36 @@ mod tests {
         );
         assert!(conn.flush().unwrap());
         assert_eq!(read_exactly(&mut peer, 7).await, b"one two");
+    }
+
+    #[tokio::test]
+    async fn during_a_command_frames_flow_until_the_reply_then_wait_behind_it() {
+        let (conn, mut peer) = connected(1 << 20).await;
+        conn.hold(false);
+        assert!(conn.enqueue(Bytes::from_static(b"pub1 ")));
+        assert_eq!(
+            read_exactly(&mut peer, 5).await,
+            b"pub1 ",
+            "before any reply"
+        );
+        assert!(conn.enqueue_reply(Bytes::from_static(b"reply ")));
+        assert!(conn.enqueue(Bytes::from_static(b"pub2")));
+        assert!(
+            nothing_to_read(&mut peer).await,
+            "the reply waits for the command"
+        );
+        assert!(conn.flush_unheld().unwrap(), "held: nothing to write yet");
+        assert!(nothing_to_read(&mut peer).await);
+        conn.release();
+        assert!(conn.flush().unwrap());
+        assert_eq!(read_exactly(&mut peer, 10).await, b"reply pub2");
+        // Until connected, nothing goes ahead of the connect reply.
+        conn.hold(true);
+        assert!(conn.enqueue(Bytes::from_static(b"ping")));
+        assert!(nothing_to_read(&mut peer).await);
+        conn.release();
+        assert!(conn.flush().unwrap());
+        assert_eq!(read_exactly(&mut peer, 4).await, b"ping");
     }
 
     #[tokio::test]

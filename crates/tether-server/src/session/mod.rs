@@ -109,6 +109,11 @@ impl Session {
         &self.conn
     }
 
+    /// True once the connect command succeeded.
+    pub fn is_connected(&self) -> bool {
+        self.state == State::Connected
+    }
+
     /// Handles the commands of one transport message, in order.
     pub async fn handle_commands(
         &mut self,
@@ -663,7 +668,7 @@ impl Session {
 
     fn enqueue_reply(&self, reply: &Reply) -> Outcome {
         let frame = self.encode(reply)?;
-        self.conn.enqueue(frame);
+        self.conn.enqueue_reply(frame);
         Ok(())
     }
 

@@ -160,9 +160,7 @@ impl Driver {
     /// handshake's (boxed, short-lived) future so the long-lived one never holds them.
     /// Returns false when they ended the connection (it is then closed and cleaned up).
     pub(super) async fn feed_leftover(&mut self, leftover: &[u8]) -> bool {
-        self.session.conn().hold(true);
-        let fed = self.on_bytes(leftover).await;
-        self.session.conn().hold(false);
+        let fed = held(self.holding(), self.on_bytes(leftover)).await;
         match fed {
             Ok(()) => true,
             Err(end) => {
@@ -196,9 +194,8 @@ impl Driver {
             match self.take_work() {
                 Ok(None) => {}
                 Ok(Some(controls)) => {
-                    self.session.conn().hold(true);
-                    let applied = Box::pin(self.apply_controls(controls)).await;
-                    self.session.conn().hold(false);
+                    let holding = self.holding();
+                    let applied = Box::pin(held(holding, self.apply_controls(controls))).await;
                     if let Err(end) = applied {
                         return end;
                     }
@@ -225,11 +222,8 @@ impl Driver {
                     }
                     // Boxed: handling input reaches into the session and the engine; inline
                     // its state would size every idle connection's task.
-                    // Replies wait for the flush after the input is handled, so none reaches
-                    // the client before the work its command does after queueing it.
-                    self.session.conn().hold(true);
-                    let handled = Box::pin(self.handle_input(events, read)).await;
-                    self.session.conn().hold(false);
+                    let holding = self.holding();
+                    let handled = Box::pin(held(holding, self.handle_input(events, read))).await;
                     if let Err(end) = handled {
                         return end;
                     }
@@ -237,6 +231,15 @@ impl Driver {
                 Ok(false) => {}
                 Err(error) => return End::Io(error),
             }
+        }
+    }
+
+    /// What [`held`] needs to hold the handle's frames while the session works: the handle,
+    /// and whether to hold from the start (before the connect reply nothing may overtake it).
+    fn holding(&self) -> Holding {
+        Holding {
+            conn: self.session.conn().clone(),
+            from_start: !self.session.is_connected(),
         }
     }
 
@@ -515,6 +518,42 @@ impl Driver {
         }
         let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
     }
+}
+
+/// The handle whose frames [`held`] holds, and how.
+struct Holding {
+    conn: ConnHandle,
+    from_start: bool,
+}
+
+/// Runs `work` (a command, control messages, the bytes behind the upgrade) with the
+/// session's replies held, as [`crate::hub::Conn::hold`] describes, and writes out what is
+/// queued and not held whenever the handle is woken meanwhile: a command waiting on a slow
+/// engine or key server does not stall the connection's publications. Write errors are left
+/// for the driver's flush after the work.
+async fn held<T>(holding: Holding, work: impl Future<Output = T>) -> T {
+    let Holding { conn, from_start } = holding;
+    conn.hold(from_start);
+    let mut work = std::pin::pin!(work);
+    let mut blocked = false;
+    let out = std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        let writable = blocked
+            && conn
+                .socket()
+                .is_ok_and(|socket| socket.poll_write_ready(cx).is_ready());
+        if conn.poll_woken(cx).is_ready() || writable {
+            blocked = matches!(conn.flush_unheld(), Ok(false));
+            // Polled again, to register for the next wake (and writability) after this one.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    })
+    .await;
+    conn.release();
+    out
 }
 
 /// Reads what the socket has into `buf`. A read that fills less than `buf` drained the
