@@ -19,6 +19,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -160,7 +161,7 @@ impl Driver {
     /// handshake's (boxed, short-lived) future so the long-lived one never holds them.
     /// Returns false when they ended the connection (it is then closed and cleaned up).
     pub(super) async fn feed_leftover(&mut self, leftover: &[u8]) -> bool {
-        let fed = held(self.holding(), self.on_bytes(leftover)).await;
+        let fed = Held::new(self.holding(), Box::pin(self.on_bytes(leftover))).await;
         match fed {
             Ok(()) => true,
             Err(end) => {
@@ -195,7 +196,7 @@ impl Driver {
                 Ok(None) => {}
                 Ok(Some(controls)) => {
                     let holding = self.holding();
-                    let applied = Box::pin(held(holding, self.apply_controls(controls))).await;
+                    let applied = Held::new(holding, Box::pin(self.apply_controls(controls))).await;
                     if let Err(end) = applied {
                         return end;
                     }
@@ -223,7 +224,8 @@ impl Driver {
                     // Boxed: handling input reaches into the session and the engine; inline
                     // its state would size every idle connection's task.
                     let holding = self.holding();
-                    let handled = Box::pin(held(holding, self.handle_input(events, read))).await;
+                    let handled =
+                        Held::new(holding, Box::pin(self.handle_input(events, read))).await;
                     if let Err(end) = handled {
                         return end;
                     }
@@ -234,13 +236,10 @@ impl Driver {
         }
     }
 
-    /// What [`held`] needs to hold the handle's frames while the session works: the handle,
+    /// What [`Held`] needs to hold the handle's frames while the session works: the handle,
     /// and whether to hold from the start (before the connect reply nothing may overtake it).
-    fn holding(&self) -> Holding {
-        Holding {
-            conn: self.session.conn().clone(),
-            from_start: !self.session.is_connected(),
-        }
+    fn holding(&self) -> (ConnHandle, bool) {
+        (self.session.conn().clone(), !self.session.is_connected())
     }
 
     /// The one place a connection waits: ready when the handle was woken (frames queued,
@@ -520,40 +519,54 @@ impl Driver {
     }
 }
 
-/// The handle whose frames [`held`] holds, and how.
-struct Holding {
+/// A command, control messages or the bytes behind the upgrade, run with the session's
+/// replies held as [`crate::hub::Conn::hold`] describes; meanwhile, whenever the handle is
+/// woken, what is queued and not held is written: a command waiting on a slow engine or key
+/// server does not stall the connection's publications. Write errors are left for the
+/// driver's flush after the work.
+///
+/// A struct rather than an `async fn` wrapper: that would keep a second copy of the (large)
+/// work future in its own state, and make each command's allocation twice as big.
+struct Held<F> {
+    work: Pin<Box<F>>,
     conn: ConnHandle,
-    from_start: bool,
+    /// The last write left frames the socket did not take: wait for it to be writable too.
+    blocked: bool,
 }
 
-/// Runs `work` (a command, control messages, the bytes behind the upgrade) with the
-/// session's replies held, as [`crate::hub::Conn::hold`] describes, and writes out what is
-/// queued and not held whenever the handle is woken meanwhile: a command waiting on a slow
-/// engine or key server does not stall the connection's publications. Write errors are left
-/// for the driver's flush after the work.
-async fn held<T>(holding: Holding, work: impl Future<Output = T>) -> T {
-    let Holding { conn, from_start } = holding;
-    conn.hold(from_start);
-    let mut work = std::pin::pin!(work);
-    let mut blocked = false;
-    let out = std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+impl<F: Future> Held<F> {
+    /// Starts holding `conn`'s replies (from the start when `from_start`), for `work`.
+    fn new((conn, from_start): (ConnHandle, bool), work: Pin<Box<F>>) -> Self {
+        conn.hold(from_start);
+        Self {
+            work,
+            conn,
+            blocked: false,
+        }
+    }
+}
+
+impl<F: Future> Future for Held<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(out) = this.work.as_mut().poll(cx) {
+            this.conn.release();
             return Poll::Ready(out);
         }
-        let writable = blocked
-            && conn
+        let writable = this.blocked
+            && this
+                .conn
                 .socket()
                 .is_ok_and(|socket| socket.poll_write_ready(cx).is_ready());
-        if conn.poll_woken(cx).is_ready() || writable {
-            blocked = matches!(conn.flush_unheld(), Ok(false));
+        if this.conn.poll_woken(cx).is_ready() || writable {
+            this.blocked = matches!(this.conn.flush_unheld(), Ok(false));
             // Polled again, to register for the next wake (and writability) after this one.
             cx.waker().wake_by_ref();
         }
         Poll::Pending
-    })
-    .await;
-    conn.release();
-    out
+    }
 }
 
 /// Reads what the socket has into `buf`. A read that fills less than `buf` drained the
