@@ -523,7 +523,7 @@ impl Driver {
 /// replies held as [`crate::hub::Conn::hold`] describes; meanwhile, whenever the handle is
 /// woken, what is queued and not held is written: a command waiting on a slow engine or key
 /// server does not stall the connection's publications. Write errors are left for the
-/// driver's flush after the work.
+/// driver's flush after the work. The handle is released when this is dropped.
 ///
 /// A struct rather than an `async fn` wrapper: that would keep a second copy of the (large)
 /// work future in its own state, and make each command's allocation twice as big.
@@ -540,8 +540,9 @@ impl<F: Future> Held<F> {
         conn.hold(from_start);
         Self {
             work,
+            // Frames left over from before (the socket was full) go out when it drains.
+            blocked: conn.has_frames(),
             conn,
-            blocked: false,
         }
     }
 }
@@ -552,20 +553,29 @@ impl<F: Future> Future for Held<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
         if let Poll::Ready(out) = this.work.as_mut().poll(cx) {
-            this.conn.release();
             return Poll::Ready(out);
         }
-        let writable = this.blocked
-            && this
-                .conn
-                .socket()
-                .is_ok_and(|socket| socket.poll_write_ready(cx).is_ready());
-        if this.conn.poll_woken(cx).is_ready() || writable {
+        // Each pass registers for the next wake (and for writability while blocked); the
+        // loop ends when neither has come.
+        loop {
+            let writable = this.blocked
+                && this
+                    .conn
+                    .socket()
+                    .is_ok_and(|socket| socket.poll_write_ready(cx).is_ready());
+            if !(this.conn.poll_woken(cx).is_ready() || writable) {
+                return Poll::Pending;
+            }
             this.blocked = matches!(this.conn.flush_unheld(), Ok(false));
-            // Polled again, to register for the next wake (and writability) after this one.
-            cx.waker().wake_by_ref();
         }
-        Poll::Pending
+    }
+}
+
+impl<F> Drop for Held<F> {
+    /// Releases the handle: when the command is done and, should its task be torn down
+    /// first, then too.
+    fn drop(&mut self) {
+        self.conn.release();
     }
 }
 
@@ -672,5 +682,74 @@ mod tests {
             0,
             "end of stream"
         );
+    }
+
+    /// A handle on one end of a loopback connection, and the other end.
+    async fn handle_and_peer() -> (ConnHandle, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
+        socket.writable().await.unwrap();
+        let conn = crate::hub::Conn::new(
+            1,
+            tether_proto::Encoding::Json,
+            Framing::WebSocket,
+            64 << 20,
+            Some(socket),
+        );
+        (Arc::new(conn), peer)
+    }
+
+    /// Reads `n` bytes from `peer`, or panics after 5 s.
+    async fn read_n(peer: &mut TcpStream, n: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut got = vec![0; n];
+        tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut got))
+            .await
+            .expect("bytes in time")
+            .unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn while_a_command_waits_queued_frames_drain_and_its_reply_waits() {
+        let (conn, mut peer) = handle_and_peer().await;
+        // More than the socket takes: the rest is queued when the command starts.
+        let mut sent = Vec::new();
+        while !conn.has_frames() {
+            let frame = Bytes::from(vec![sent.len() as u8; 64 * 1024]);
+            assert!(conn.enqueue(frame.clone()));
+            sent.push(frame);
+        }
+        // The driver's wait took the wake that queueing them gave.
+        let _ = conn.poll_woken(&mut Context::from_waker(Waker::noop()));
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let command = Held::new(
+            (conn.clone(), false),
+            Box::pin(async move {
+                let _ = finished.await;
+            }),
+        );
+        let command = tokio::spawn(command);
+        let expected: Vec<u8> = sent.iter().flat_map(|f| f.iter().copied()).collect();
+        assert!(
+            read_n(&mut peer, expected.len()).await == expected,
+            "everything queued before the command, while it still waits"
+        );
+        // A publication during the command goes out at once; a reply waits for its end.
+        assert!(conn.enqueue_queued(Bytes::from_static(b"pub ")));
+        assert_eq!(read_n(&mut peer, 4).await, b"pub ");
+        assert!(conn.enqueue_reply(Bytes::from_static(b"reply")));
+        tokio::task::yield_now().await;
+        assert!(conn.has_frames(), "held until the command is done");
+        done.send(()).unwrap();
+        command.await.unwrap();
+        assert!(
+            conn.flush().unwrap(),
+            "the driver's flush after the command"
+        );
+        assert_eq!(read_n(&mut peer, 5).await, b"reply");
     }
 }
