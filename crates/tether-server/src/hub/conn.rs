@@ -652,7 +652,7 @@ impl Conn {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use tokio::io::AsyncReadExt;
@@ -665,7 +665,7 @@ mod tests {
     }
 
     /// A handle on one end of a loopback connection, and the other end.
-    async fn connected(limit: usize) -> (Conn, TcpStream) {
+    pub(crate) async fn connected(limit: usize) -> (Conn, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = TcpStream::connect(listener.local_addr().unwrap())
             .await
@@ -678,7 +678,8 @@ mod tests {
         (conn, peer)
     }
 
-    async fn read_exactly(peer: &mut TcpStream, n: usize) -> Vec<u8> {
+    /// Reads `n` bytes from `peer`, or panics after 5 s.
+    pub(crate) async fn read_exactly(peer: &mut TcpStream, n: usize) -> Vec<u8> {
         let mut got = vec![0; n];
         tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut got))
             .await

@@ -7,7 +7,7 @@
 //! full queue disconnects that subscriber (3008); the hub never waits on a slow connection.
 //! Registries are sharded and their locks are never held across `.await`.
 
-mod conn;
+pub(crate) mod conn;
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};

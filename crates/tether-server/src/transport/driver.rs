@@ -630,6 +630,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::hub::conn::tests::{connected, read_exactly};
 
     /// Whether the socket's cached read readiness is set (polled once, never waits).
     fn read_ready(stream: &TcpStream) -> bool {
@@ -684,38 +685,10 @@ mod tests {
         );
     }
 
-    /// A handle on one end of a loopback connection, and the other end.
-    async fn handle_and_peer() -> (ConnHandle, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (socket, _) = listener.accept().await.unwrap();
-        socket.writable().await.unwrap();
-        let conn = crate::hub::Conn::new(
-            1,
-            tether_proto::Encoding::Json,
-            Framing::WebSocket,
-            64 << 20,
-            Some(socket),
-        );
-        (Arc::new(conn), peer)
-    }
-
-    /// Reads `n` bytes from `peer`, or panics after 5 s.
-    async fn read_n(peer: &mut TcpStream, n: usize) -> Vec<u8> {
-        use tokio::io::AsyncReadExt;
-        let mut got = vec![0; n];
-        tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut got))
-            .await
-            .expect("bytes in time")
-            .unwrap();
-        got
-    }
-
     #[tokio::test]
     async fn while_a_command_waits_queued_frames_drain_and_its_reply_waits() {
-        let (conn, mut peer) = handle_and_peer().await;
+        let (conn, mut peer) = connected(64 << 20).await;
+        let conn = Arc::new(conn);
         // More than the socket takes: the rest is queued when the command starts.
         let mut sent = Vec::new();
         while !conn.has_frames() {
@@ -735,12 +708,12 @@ mod tests {
         let command = tokio::spawn(command);
         let expected: Vec<u8> = sent.iter().flat_map(|f| f.iter().copied()).collect();
         assert!(
-            read_n(&mut peer, expected.len()).await == expected,
+            read_exactly(&mut peer, expected.len()).await == expected,
             "everything queued before the command, while it still waits"
         );
         // A publication during the command goes out at once; a reply waits for its end.
         assert!(conn.enqueue_queued(Bytes::from_static(b"pub ")));
-        assert_eq!(read_n(&mut peer, 4).await, b"pub ");
+        assert_eq!(read_exactly(&mut peer, 4).await, b"pub ");
         assert!(conn.enqueue_reply(Bytes::from_static(b"reply")));
         tokio::task::yield_now().await;
         assert!(conn.has_frames(), "held until the command is done");
@@ -750,6 +723,6 @@ mod tests {
             conn.flush().unwrap(),
             "the driver's flush after the command"
         );
-        assert_eq!(read_n(&mut peer, 5).await, b"reply");
+        assert_eq!(read_exactly(&mut peer, 5).await, b"reply");
     }
 }
