@@ -208,6 +208,9 @@ struct Inner {
     /// Whether frames are written through or wait for the driver's flush (see
     /// [`Conn::hold`]).
     hold: Hold,
+    /// While held: how many frames at the head of the queue were handed over before the
+    /// hold began. They are not held, and [`Conn::flush_unheld`] still writes them.
+    ahead: usize,
     /// Control messages and a close request waiting for the driver.
     work: Option<Box<Work>>,
     heartbeat: Heartbeat,
@@ -271,14 +274,23 @@ impl Inner {
 
     /// Writes queued frames, oldest first, up to [`MAX_BATCH`] per vectored write, until the
     /// queue is empty (Ok(true): its buffer is released, so an idle connection holds none)
-    /// or the socket would block (Ok(false)).
-    fn write_queued(&mut self, socket: &TcpStream) -> io::Result<bool> {
-        while !self.queue.is_empty() {
-            let written = if self.queue.len() == 1 {
+    /// or the socket would block (Ok(false)). Unless `all`, frames that are
+    /// [held](Conn::hold) stay queued (Ok(true) once only they are left).
+    fn write_queued(&mut self, socket: &TcpStream, all: bool) -> io::Result<bool> {
+        loop {
+            let writable = if all || self.hold != Hold::On {
+                self.queue.len()
+            } else {
+                self.ahead.min(self.queue.len())
+            };
+            if writable == 0 {
+                break;
+            }
+            let written = if writable == 1 {
                 socket.try_write(&self.queue[0])
             } else {
                 let mut slices = [IoSlice::new(&[]); MAX_BATCH];
-                let n = self.queue.len().min(MAX_BATCH);
+                let n = writable.min(MAX_BATCH);
                 for (slice, frame) in slices.iter_mut().zip(&self.queue) {
                     *slice = IoSlice::new(frame);
                 }
@@ -291,7 +303,9 @@ impl Inner {
                 Err(error) => return Err(error),
             }
         }
-        self.queue = VecDeque::new();
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
         Ok(true)
     }
 
@@ -306,6 +320,7 @@ impl Inner {
             }
             written -= head.len();
             self.queue.pop_front();
+            self.ahead = self.ahead.saturating_sub(1);
             self.head_partial = false;
             if written == 0 {
                 return;
@@ -481,6 +496,7 @@ impl Conn {
         };
         if inner.hold == Hold::UntilReply {
             inner.hold = Hold::On;
+            inner.ahead = inner.queue.len();
         }
         let idle = inner.queue.is_empty() && inner.hold == Hold::Off;
         for frame in frames {
@@ -492,7 +508,7 @@ impl Conn {
         }
         if idle
             && let Some(socket) = &self.socket
-            && matches!(inner.write_queued(socket), Ok(true))
+            && matches!(inner.write_queued(socket, true), Ok(true))
         {
             return true;
         }
@@ -506,13 +522,16 @@ impl Conn {
     /// ([`Conn::enqueue_reply`]); from then on they are held, until [`Conn::release`] and
     /// the driver's flush, so a reply never reaches the client before the work its command
     /// does after queueing it (a subscribe's presence entry, say). With `from_start` they
-    /// are held from now on: before the connect reply nothing may reach the client.
+    /// are held from now on: before the connect reply nothing may reach the client. Frames
+    /// queued before the hold began are never held.
     pub fn hold(&self, from_start: bool) {
-        self.inner.lock().hold = if from_start {
+        let mut inner = self.inner.lock();
+        inner.hold = if from_start {
             Hold::On
         } else {
             Hold::UntilReply
         };
+        inner.ahead = inner.queue.len();
     }
 
     /// The driver is done with the command: frames are written through again once it has
@@ -525,19 +544,15 @@ impl Conn {
     /// the queue is empty; Ok(false) when the socket would block first.
     pub fn flush(&self) -> io::Result<bool> {
         let socket = self.socket()?;
-        self.inner.lock().write_queued(socket)
+        self.inner.lock().write_queued(socket, true)
     }
 
-    /// As [`Conn::flush`], but writes nothing while frames are [held](Conn::hold) (and is
-    /// then Ok(true): there is nothing to write yet): for the driver while it handles a
-    /// command.
+    /// As [`Conn::flush`], but leaves [held](Conn::hold) frames queued (Ok(true) once only
+    /// they are left): for the driver while it handles a command. Frames handed over before
+    /// the hold began are still written.
     pub fn flush_unheld(&self) -> io::Result<bool> {
         let socket = self.socket()?;
-        let mut inner = self.inner.lock();
-        if inner.hold == Hold::On {
-            return Ok(true);
-        }
-        inner.write_queued(socket)
+        self.inner.lock().write_queued(socket, false)
     }
 
     /// Ends the outbound stream: from now on nothing new is queued or written, and only
@@ -853,6 +868,31 @@ pub(crate) mod tests {
         conn.release();
         assert!(conn.flush().unwrap());
         assert_eq!(read_exactly(&mut peer, 4).await, b"ping");
+    }
+
+    #[tokio::test]
+    async fn frames_queued_before_the_reply_still_drain_while_it_is_held() {
+        let (conn, mut peer) = connected(64 << 20).await;
+        conn.hold(false);
+        let frames = fill(&conn, 64 * 1024);
+        assert!(conn.enqueue_reply(Bytes::from_static(b"reply")));
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        let len = expected.len();
+        let reader = tokio::spawn(async move {
+            let got = read_exactly(&mut peer, len).await;
+            (got, peer)
+        });
+        let socket = conn.socket().unwrap();
+        while !conn.flush_unheld().unwrap() {
+            socket.writable().await.unwrap();
+        }
+        let (got, mut peer) = reader.await.unwrap();
+        assert!(got == expected, "everything handed over before the reply");
+        assert!(conn.has_frames(), "the reply is still held");
+        assert!(nothing_to_read(&mut peer).await);
+        conn.release();
+        assert!(conn.flush().unwrap());
+        assert_eq!(read_exactly(&mut peer, 5).await, b"reply");
     }
 
     #[tokio::test]
