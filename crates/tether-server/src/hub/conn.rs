@@ -209,7 +209,7 @@ struct Inner {
     /// [`Conn::hold`]).
     hold: Hold,
     /// While held: how many frames at the head of the queue were handed over before the
-    /// hold began. They are not held, and [`Conn::flush_unheld`] still writes them.
+    /// hold began. They are not held, and [`Conn::flush`] still writes them.
     ahead: usize,
     /// Control messages and a close request waiting for the driver.
     work: Option<Box<Work>>,
@@ -274,11 +274,11 @@ impl Inner {
 
     /// Writes queued frames, oldest first, up to [`MAX_BATCH`] per vectored write, until the
     /// queue is empty (Ok(true): its buffer is released, so an idle connection holds none)
-    /// or the socket would block (Ok(false)). Unless `all`, frames that are
-    /// [held](Conn::hold) stay queued (Ok(true) once only they are left).
-    fn write_queued(&mut self, socket: &TcpStream, all: bool) -> io::Result<bool> {
+    /// or the socket would block (Ok(false)). Frames that are [held](Conn::hold) stay
+    /// queued (Ok(true) once only they are left).
+    fn write_queued(&mut self, socket: &TcpStream) -> io::Result<bool> {
         loop {
-            let writable = if all || self.hold != Hold::On {
+            let writable = if self.hold != Hold::On {
                 self.queue.len()
             } else {
                 self.ahead.min(self.queue.len())
@@ -508,7 +508,7 @@ impl Conn {
         }
         if idle
             && let Some(socket) = &self.socket
-            && matches!(inner.write_queued(socket, true), Ok(true))
+            && matches!(inner.write_queued(socket), Ok(true))
         {
             return true;
         }
@@ -541,18 +541,11 @@ impl Conn {
     }
 
     /// Writes queued frames (for the driver, when the socket is writable). Ok(true) when
-    /// the queue is empty; Ok(false) when the socket would block first.
+    /// the queue is empty, or only [held](Conn::hold) frames are left (frames handed over
+    /// before the hold began are written); Ok(false) when the socket would block first.
     pub fn flush(&self) -> io::Result<bool> {
         let socket = self.socket()?;
-        self.inner.lock().write_queued(socket, true)
-    }
-
-    /// As [`Conn::flush`], but leaves [held](Conn::hold) frames queued (Ok(true) once only
-    /// they are left): for the driver while it handles a command. Frames handed over before
-    /// the hold began are still written.
-    pub fn flush_unheld(&self) -> io::Result<bool> {
-        let socket = self.socket()?;
-        self.inner.lock().write_queued(socket, false)
+        self.inner.lock().write_queued(socket)
     }
 
     /// Ends the outbound stream: from now on nothing new is queued or written, and only
@@ -856,7 +849,7 @@ pub(crate) mod tests {
             nothing_to_read(&mut peer).await,
             "the reply waits for the command"
         );
-        assert!(conn.flush_unheld().unwrap(), "held: nothing to write yet");
+        assert!(conn.flush().unwrap(), "held: nothing to write yet");
         assert!(nothing_to_read(&mut peer).await);
         conn.release();
         assert!(conn.flush().unwrap());
@@ -883,7 +876,7 @@ pub(crate) mod tests {
             (got, peer)
         });
         let socket = conn.socket().unwrap();
-        while !conn.flush_unheld().unwrap() {
+        while !conn.flush().unwrap() {
             socket.writable().await.unwrap();
         }
         let (got, mut peer) = reader.await.unwrap();

@@ -566,7 +566,7 @@ impl<F: Future> Future for Held<F> {
             if !(this.conn.poll_woken(cx).is_ready() || writable) {
                 return Poll::Pending;
             }
-            this.blocked = matches!(this.conn.flush_unheld(), Ok(false));
+            this.blocked = matches!(this.conn.flush(), Ok(false));
         }
     }
 }
