@@ -522,8 +522,9 @@ impl Driver {
 /// A command, control messages or the bytes behind the upgrade, run with the session's
 /// replies held as [`crate::hub::Conn::hold`] describes; meanwhile, whenever the handle is
 /// woken, what is queued and not held is written: a command waiting on a slow engine or key
-/// server does not stall the connection's publications. Write errors are left for the
-/// driver's flush after the work. The handle is released when this is dropped.
+/// server does not stall the connection's publications. After a write error nothing more
+/// is written or waited for until the work is done: the driver's flush after it reports the
+/// error. The handle is released when this is dropped.
 ///
 /// A struct rather than an `async fn` wrapper: that would keep a second copy of the (large)
 /// work future in its own state, and make each command's allocation twice as big.
@@ -532,6 +533,9 @@ struct Held<F> {
     conn: ConnHandle,
     /// The last write left frames the socket did not take: wait for it to be writable too.
     blocked: bool,
+    /// A write failed: the socket is broken, and retrying on every frame handed over would
+    /// cost a system call each.
+    failed: bool,
 }
 
 impl<F: Future> Held<F> {
@@ -542,6 +546,7 @@ impl<F: Future> Held<F> {
             work,
             // Frames left over from before (the socket was full) go out when it drains.
             blocked: conn.has_frames(),
+            failed: false,
             conn,
         }
     }
@@ -555,6 +560,9 @@ impl<F: Future> Future for Held<F> {
         if let Poll::Ready(out) = this.work.as_mut().poll(cx) {
             return Poll::Ready(out);
         }
+        if this.failed {
+            return Poll::Pending;
+        }
         // Each pass registers for the next wake (and for writability while blocked); the
         // loop ends when neither has come.
         loop {
@@ -566,7 +574,13 @@ impl<F: Future> Future for Held<F> {
             if !(this.conn.poll_woken(cx).is_ready() || writable) {
                 return Poll::Pending;
             }
-            this.blocked = matches!(this.conn.flush(), Ok(false));
+            match this.conn.flush() {
+                Ok(done) => this.blocked = !done,
+                Err(_) => {
+                    this.failed = true;
+                    return Poll::Pending;
+                }
+            }
         }
     }
 }
@@ -724,5 +738,51 @@ mod tests {
             "the driver's flush after the command"
         );
         assert_eq!(read_exactly(&mut peer, 5).await, b"reply");
+    }
+
+    /// Counts the wakes of a task.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn after_a_write_error_a_waiting_command_writes_nothing_more_and_the_flush_reports_it() {
+        let (conn, peer) = connected(64 << 20).await;
+        let conn = Arc::new(conn);
+        // The client is gone with a reset: every write to the socket now fails.
+        socket2::SockRef::from(&peer)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(peer);
+        conn.socket().unwrap().readable().await.unwrap();
+
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let mut command = Held::new(
+            (conn.clone(), false),
+            Box::pin(async move {
+                let _ = finished.await;
+            }),
+        );
+        assert!(Pin::new(&mut command).poll(&mut cx).is_pending());
+        for _ in 0..10 {
+            assert!(conn.enqueue_queued(Bytes::from_static(b"pub")));
+            assert!(Pin::new(&mut command).poll(&mut cx).is_pending());
+        }
+        assert_eq!(
+            wakes.0.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "only the first frame, whose write failed, woke the command"
+        );
+        done.send(()).unwrap();
+        assert!(Pin::new(&mut command).poll(&mut cx).is_ready());
+        assert!(conn.flush().is_err(), "the driver's flush after it fails");
     }
 }
