@@ -569,3 +569,34 @@ async fn metrics_count_connections_commands_publications_and_disconnects() {
     assert!(value(r#"tether_engine_operation_duration_seconds_count{op="publish"}"#) >= 1.0);
     server.stop().await;
 }
+
+/// An API `refresh` with a far-future (but valid i64) `expire_at` must neither kill the
+/// connection's task nor expire the connection: the client's later commands still work.
+#[tokio::test]
+async fn api_refresh_with_a_far_future_expire_at_keeps_the_connection_working() {
+    let mut cfg = config();
+    cfg.client.expired_close_delay = Duration::from_millis(500);
+    let server = start(cfg).await;
+    let (mut client, _) = Client::connected(&server, "far").await;
+    // (expire_at - now) * 1000 ms is just over 2^64: the deadline arithmetic overflows.
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    let expire_at = unix_now + 18_446_744_073_709_552;
+    let (status, body) = server
+        .api("refresh", json!({"user": "far", "expire_at": expire_at}))
+        .await;
+    assert_eq!((status, &body), (200, &json!({"result": {}})));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    client
+        .send_raw(r#"{"id":77,"presence_stats":{"channel":"chat:x"}}"#)
+        .await;
+    let reply = client.next_within(Duration::from_secs(3)).await;
+    assert!(
+        reply.as_ref().is_some_and(|r| r["id"] == json!(77)),
+        "no reply to a later command: {reply:?}, close {:?}",
+        client.close
+    );
+    server.stop().await;
+}

@@ -433,7 +433,11 @@ impl Session {
     fn set_expiry(&mut self, node: &Node, expiry: Option<i64>, now: Now) {
         let deadline = expiry.map_or(0, |at| {
             let delay = node.config.client.expired_close_delay.as_millis() as u64;
-            now.ms + ((at - now.unix).max(0) as u64) * 1000 + delay
+            // Saturating: `at` comes from a token or the server API and may be any i64; a
+            // deadline past the end of the clock simply never fires.
+            now.ms
+                .saturating_add(ms_until(at, now))
+                .saturating_add(delay)
         });
         self.conn.with_heartbeat(|hb| hb.expire_at = deadline);
     }
@@ -698,6 +702,13 @@ fn error_reply(error: ClientError) -> Reply {
         error: Some(error.into()),
         ..Default::default()
     }
+}
+
+/// Milliseconds from `now` until Unix second `at` (0 when past), saturating.
+pub(super) fn ms_until(at: i64, now: Now) -> u64 {
+    u64::try_from(at.saturating_sub(now.unix))
+        .unwrap_or(0)
+        .saturating_mul(1000)
 }
 
 fn now_unix_ms() -> i64 {

@@ -521,7 +521,10 @@ impl Session {
         let expired: Vec<(String, bool)> = self
             .subs
             .iter()
-            .filter(|(_, s)| s.expires_at.is_some_and(|at| at + grace <= now.unix))
+            .filter(|(_, s)| {
+                s.expires_at
+                    .is_some_and(|at| at.saturating_add(grace) <= now.unix)
+            })
             .map(|(c, s)| (c.to_string(), s.server_side))
             .collect();
         for (channel, server_side) in expired {
@@ -552,7 +555,9 @@ impl Session {
             .filter_map(|s| s.expires_at)
             .min()
             .map_or(0, |at| {
-                now.ms + ((at - now.unix).max(0) as u64) * 1000 + grace
+                now.ms
+                    .saturating_add(super::ms_until(at, now))
+                    .saturating_add(grace)
             });
         self.conn.with_heartbeat(|hb| hb.sub_expire_at = deadline);
     }
