@@ -600,3 +600,37 @@ async fn api_refresh_with_a_far_future_expire_at_keeps_the_connection_working() 
     );
     server.stop().await;
 }
+
+/// A command with several request fields is dispatched by the first set in the protocol's
+/// order (connect, subscribe, unsubscribe, publish, presence, presence_stats, history, rpc,
+/// send, ...; compat-protocol §1.3).
+#[tokio::test]
+async fn a_request_before_send_in_the_protocol_order_wins_over_send() {
+    let server = start(config()).await;
+    let (mut client, _) = Client::connected(&server, "d").await;
+    // rpc comes before send: the rpc is answered (108, no RPC handler), the send ignored.
+    client
+        .send_raw(r#"{"id":5,"rpc":{"method":"m","data":{}},"send":{"data":{}}}"#)
+        .await;
+    let reply = client.next_within(Duration::from_secs(3)).await;
+    assert!(
+        reply
+            .as_ref()
+            .is_some_and(|r| r["id"] == json!(5) && r["error"]["code"] == json!(108)),
+        "rpc not dispatched: {reply:?}, close {:?}",
+        client.close
+    );
+    // subscribe comes before send too.
+    client
+        .send_raw(r#"{"id":6,"subscribe":{"channel":"news"},"send":{"data":{}}}"#)
+        .await;
+    let reply = client.next_within(Duration::from_secs(3)).await;
+    assert!(
+        reply
+            .as_ref()
+            .is_some_and(|r| r["id"] == json!(6) && r.get("subscribe").is_some()),
+        "subscribe not dispatched: {reply:?}, close {:?}",
+        client.close
+    );
+    server.stop().await;
+}

@@ -174,8 +174,8 @@ impl Session {
             State::Connecting | State::Failed => return Err(DisconnectCode::BAD_REQUEST.into()),
             State::Connected => {}
         }
-        if let Some(req) = cmd.send.take() {
-            let _ = req;
+        // `send` only when no request before it in the protocol's order is set (§1.3).
+        if cmd.method() == tether_proto::Method::Send {
             // No server-side message handler is configured.
             return Err(DisconnectCode::NOT_AVAILABLE.into());
         }
