@@ -601,6 +601,36 @@ async fn api_refresh_with_a_far_future_expire_at_keeps_the_connection_working() 
     server.stop().await;
 }
 
+/// A frame whose last line is malformed: the valid commands before it are processed (their
+/// replies arrive) and then the connection is closed with 3501, as the reference server does
+/// (and as `Encoding::iter_commands` documents).
+#[tokio::test]
+async fn valid_commands_before_a_malformed_line_in_one_frame_are_answered_before_3501() {
+    let server = start(config()).await;
+    let mut client = Client::open(&server).await;
+    let frame = format!(
+        "{}\n{}\nnot json",
+        json!({"id": 1, "connect": {"token": user_token("m")}}),
+        json!({"id": 2, "subscribe": {"channel": "news"}})
+    );
+    client.send_raw(&frame).await;
+    let first = client.next_within(Duration::from_secs(3)).await;
+    assert!(
+        first
+            .as_ref()
+            .is_some_and(|r| r["id"] == json!(1) && r.get("connect").is_some()),
+        "connect reply lost: {first:?}, close {:?}",
+        client.close
+    );
+    let second = client.next_within(Duration::from_secs(3)).await;
+    assert!(
+        second.as_ref().is_some_and(|r| r["id"] == json!(2)),
+        "subscribe reply lost: {second:?}"
+    );
+    assert_eq!(client.close_code(Duration::from_secs(3)).await, Some(3501));
+    server.stop().await;
+}
+
 /// A command with several request fields is dispatched by the first set in the protocol's
 /// order (connect, subscribe, unsubscribe, publish, presence, presence_stats, history, rpc,
 /// send, ...; compat-protocol §1.3).

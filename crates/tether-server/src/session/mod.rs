@@ -114,19 +114,6 @@ impl Session {
         self.state == State::Connected
     }
 
-    /// Handles the commands of one transport message, in order.
-    pub async fn handle_commands(
-        &mut self,
-        node: &Node,
-        commands: Vec<Command>,
-        now: Now,
-    ) -> Outcome {
-        for command in commands {
-            self.handle_command(node, command, now).await?;
-        }
-        Ok(())
-    }
-
     /// The client answered a ping. Pongs are not charged to the command rate limit. A pong
     /// with no ping outstanding is ignored: harmless, and SDKs never send one.
     pub fn on_pong(&self) {

@@ -432,17 +432,20 @@ impl Driver {
     async fn on_event(&mut self, event: WsEvent) -> Result<(), End> {
         match event {
             WsEvent::Message { payload, .. } => {
-                let commands = self
-                    .session
-                    .conn()
-                    .encoding
-                    .decode_commands(&payload)
-                    .map_err(|_| End::Disconnect(DisconnectCode::BAD_REQUEST.into()))?;
-                let now = self.node.now();
-                self.session
-                    .handle_commands(&self.node, commands, now)
-                    .await
-                    .map_err(End::Disconnect)
+                // One command decoded at a time: the commands before a malformed one are
+                // handled (as the reference server does) before 3501, and a frame of pongs
+                // never inflates into a vector of decoded commands.
+                let encoding = self.session.conn().encoding;
+                for command in encoding.iter_commands(&payload) {
+                    let command =
+                        command.map_err(|_| End::Disconnect(DisconnectCode::BAD_REQUEST.into()))?;
+                    let now = self.node.now();
+                    self.session
+                        .handle_command(&self.node, command, now)
+                        .await
+                        .map_err(End::Disconnect)?;
+                }
+                Ok(())
             }
             WsEvent::Ping(payload) => {
                 let mut frame = BytesMut::with_capacity(payload.len() + 2);
