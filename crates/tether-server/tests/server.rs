@@ -664,3 +664,24 @@ async fn a_request_before_send_in_the_protocol_order_wins_over_send() {
     );
     server.stop().await;
 }
+
+/// As Centrifugo: an unsubscribe needs a channel and a publish needs data; without them the
+/// connection is closed with 3501, like any other malformed request.
+#[tokio::test]
+async fn unsubscribe_without_a_channel_and_publish_without_data_close_with_3501() {
+    let server = start(config()).await;
+    for command in [
+        r#"{"id":2,"unsubscribe":{"channel":""}}"#,
+        r#"{"id":2,"unsubscribe":{}}"#,
+        r#"{"id":2,"publish":{"channel":"chat:x"}}"#,
+    ] {
+        let (mut client, _) = Client::connected(&server, "u").await;
+        client.send_raw(command).await;
+        assert_eq!(
+            client.close_code(Duration::from_secs(3)).await,
+            Some(3501),
+            "{command}"
+        );
+    }
+    server.stop().await;
+}

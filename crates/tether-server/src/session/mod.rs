@@ -172,6 +172,10 @@ impl Session {
         let reply = if let Some(req) = cmd.subscribe.take() {
             return self.subscribe(node, id, req, now).await;
         } else if let Some(req) = cmd.unsubscribe.take() {
+            // As Centrifugo: a channel is required.
+            if req.channel.is_empty() {
+                return Err(DisconnectCode::BAD_REQUEST.into());
+            }
             self.unsubscribe(node, &req.channel, now).await?;
             Reply {
                 unsubscribe: Some(Default::default()),
@@ -478,6 +482,10 @@ impl Session {
         node: &Node,
         req: tether_proto::PublishRequest,
     ) -> Result<Reply, Disconnect> {
+        // As Centrifugo: channel and data are required.
+        if req.data.is_empty() {
+            return Err(DisconnectCode::BAD_REQUEST.into());
+        }
         let access = match self.access(node, &req.channel)? {
             Ok(access) => access,
             Err(error) => return Ok(error_reply(error)),
