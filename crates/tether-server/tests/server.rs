@@ -685,3 +685,34 @@ async fn unsubscribe_without_a_channel_and_publish_without_data_close_with_3501(
     }
     server.stop().await;
 }
+
+/// A batch item is dispatched by its first request field in the order of Centrifugo's API
+/// `Command` (publish before presence_stats), skipping `null` ones, every time.
+#[tokio::test]
+async fn a_batch_item_with_several_fields_is_dispatched_by_the_first_in_protocol_order() {
+    let server = start(config()).await;
+    for _ in 0..8 {
+        let (status, body) = server
+            .api(
+                "batch",
+                json!({"commands": [
+                    {"presence_stats": {"channel": "chat:x"}, "publish": {"channel": "chat:x", "data": {}}},
+                    {"publish": null, "presence_stats": {"channel": "chat:x"}},
+                    {"no_such_method": {}},
+                    {},
+                ]}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let replies = body["replies"].as_array().expect("replies");
+        assert!(replies[0].get("publish").is_some(), "{body}");
+        assert_eq!(
+            replies[1]["presence_stats"]["num_clients"],
+            json!(0),
+            "{body}"
+        );
+        assert_eq!(replies[2]["error"]["code"], json!(104), "{body}");
+        assert_eq!(replies[3]["error"]["code"], json!(107), "{body}");
+    }
+    server.stop().await;
+}

@@ -62,17 +62,52 @@ pub(super) async fn batch(node: &Node, params: &RawValue) -> Result<Value, CallE
     let request: Batch<'_> = serde_json::from_str(params.get()).map_err(|_| CallError::Decode)?;
     let mut replies = Vec::with_capacity(request.commands.len());
     for command in &request.commands {
-        let Some((method, params)) = command.iter().next() else {
-            replies.push(json!({ "error": ApiError::BAD_REQUEST.to_json() }));
+        let Some((method, params)) = batch_method(command) else {
+            let error = if command.is_empty() {
+                ApiError::BAD_REQUEST
+            } else {
+                ApiError::METHOD_NOT_FOUND
+            };
+            replies.push(json!({ "error": error.to_json() }));
             continue;
         };
         replies.push(match Box::pin(dispatch(node, method, params)).await {
-            Ok(result) => json!({ method.as_str(): result }),
+            Ok(result) => json!({ method: result }),
             Err(CallError::Decode) => json!({ "error": ApiError::BAD_REQUEST.to_json() }),
             Err(CallError::Api(error)) => json!({ "error": error.to_json() }),
         });
     }
     Ok(json!({ "replies": replies }))
+}
+
+/// The request fields of a batch item, in the order Centrifugo's API `Command` declares them.
+const BATCH_METHODS: [&str; 13] = [
+    "publish",
+    "broadcast",
+    "subscribe",
+    "unsubscribe",
+    "disconnect",
+    "presence",
+    "presence_stats",
+    "history",
+    "history_remove",
+    "info",
+    "rpc",
+    "refresh",
+    "channels",
+];
+
+/// The method of a batch item: its first request field in [`BATCH_METHODS`] order that is
+/// set (not `null`), as Centrifugo picks it; other keys are ignored. `None` when none is set.
+fn batch_method<'a>(
+    command: &HashMap<String, &'a RawValue>,
+) -> Option<(&'static str, &'a RawValue)> {
+    BATCH_METHODS.iter().find_map(|&method| {
+        command
+            .get(method)
+            .filter(|params| params.get() != "null")
+            .map(|&params| (method, params))
+    })
 }
 
 fn decode<'a, T: Deserialize<'a>>(params: &'a RawValue) -> Result<T, CallError> {
