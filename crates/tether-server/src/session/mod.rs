@@ -25,6 +25,7 @@ use crate::metrics::CommandResult;
 
 pub use self::channel::SubscribeOverrides;
 use self::channel::{ChannelAccess, Permission};
+use self::subscribe::leave_engine;
 use crate::auth::TokenError;
 use crate::broker::{HistoryQuery, PublishOptions, StreamPosition};
 use crate::hub::{
@@ -53,6 +54,8 @@ enum State {
     Connected,
     /// A connect failed with an error reply; every further command closes the connection.
     Failed,
+    /// Cleaned up ([`Session::close`] or [`Session::close_abandoned`]); nothing is left to undo.
+    Closed,
 }
 
 /// Session state of one connection.
@@ -158,7 +161,9 @@ impl Session {
             return self.connect(node, id, &req, now).await;
         }
         match self.state {
-            State::Connecting | State::Failed => return Err(DisconnectCode::BAD_REQUEST.into()),
+            State::Connecting | State::Failed | State::Closed => {
+                return Err(DisconnectCode::BAD_REQUEST.into());
+            }
             State::Connected => {}
         }
         // `send` only when no request before it in the protocol's order is set (§1.3).
@@ -266,6 +271,32 @@ impl Session {
             self.remove_subscription(node, &channel).await;
         }
         node.hub.unregister(&self.conn);
+        self.state = State::Closed;
+    }
+
+    /// Cleans up after a connection whose task ended without [`Session::close`] (it panicked,
+    /// or was dropped): the hub forgets the connection at once, so nothing is delivered to
+    /// it and its socket closes with the last handle, and a task of its own takes its
+    /// presence, leave events and channel interest out of the engine. A no-op after `close`.
+    pub fn close_abandoned(&mut self, node: &Arc<Node>) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.state = State::Closed;
+        let subs = std::mem::take(&mut self.subs);
+        for state in subs.values() {
+            node.hub.unsubscribe(&state.hub);
+        }
+        node.hub.unregister(&self.conn);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (node, conn) = (Arc::clone(node), self.conn.clone());
+        runtime.spawn(async move {
+            for state in subs.into_values() {
+                leave_engine(&node, &conn, state).await;
+            }
+        });
     }
 
     // === connect ===

@@ -58,6 +58,10 @@ impl Subs {
         self.0.iter()
     }
 
+    pub(super) fn into_values(self) -> impl Iterator<Item = SubState> {
+        self.0.into_iter()
+    }
+
     pub(super) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &SubState)> {
         self.0.iter().map(|s| (s.channel(), s))
     }

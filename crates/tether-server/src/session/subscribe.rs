@@ -20,7 +20,7 @@ use super::{
 use crate::auth::TokenError;
 use crate::broker::{BrokerError, HistoryQuery, StreamPosition};
 use crate::config::NamespaceOptions;
-use crate::hub::{Disconnect, ServerSubscribe, Subscriber, SubscriberFlags};
+use crate::hub::{Conn, Disconnect, ServerSubscribe, Subscriber, SubscriberFlags};
 use crate::metrics::RecoveryOutcome;
 use crate::server::Node;
 
@@ -462,19 +462,7 @@ impl Session {
             return;
         };
         node.hub.unsubscribe(&state.hub);
-        let _ = node.engine.unsubscribe(channel).await;
-        if state.presence {
-            let _ = node
-                .engine
-                .remove_presence(channel, self.conn.client.as_str())
-                .await;
-        }
-        if state.join_leave {
-            let _ = node
-                .engine
-                .publish_leave(channel, &self.conn.client_info(state.chan_info))
-                .await;
-        }
+        leave_engine(node, &self.conn, state).await;
     }
 
     /// `sub_refresh`: a new subscription token for a subscribed channel.
@@ -560,6 +548,25 @@ impl Session {
                     .saturating_add(grace)
             });
         self.conn.with_heartbeat(|hb| hb.sub_expire_at = deadline);
+    }
+}
+
+/// The engine's side of ending a subscription: the node's interest in the channel, the
+/// connection's presence entry and the leave event.
+pub(super) async fn leave_engine(node: &Node, conn: &Conn, state: SubState) {
+    let channel = state.channel();
+    let _ = node.engine.unsubscribe(channel).await;
+    if state.presence {
+        let _ = node
+            .engine
+            .remove_presence(channel, conn.client.as_str())
+            .await;
+    }
+    if state.join_leave {
+        let _ = node
+            .engine
+            .publish_leave(channel, &conn.client_info(state.chan_info.clone()))
+            .await;
     }
 }
 

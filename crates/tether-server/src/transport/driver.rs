@@ -186,7 +186,6 @@ impl Driver {
     /// Says goodbye to the peer as `end` requires and cleans up.
     async fn close(&mut self, end: End) {
         Box::pin(self.finish(end)).await;
-        self.open_gauge().decrement(1.0);
     }
 
     async fn serve(&mut self) -> End {
@@ -519,6 +518,16 @@ impl Driver {
             }
         }
         let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl Drop for Driver {
+    /// Counts the connection closed and, should its task have ended without the close
+    /// sequence (a panic in it, or the task dropped), still takes it out of the hub and the
+    /// engine: a connection nobody serves must not stay subscribed with its socket open.
+    fn drop(&mut self) {
+        self.session.close_abandoned(&self.node);
+        self.open_gauge().decrement(1.0);
     }
 }
 

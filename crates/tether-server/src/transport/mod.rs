@@ -305,4 +305,85 @@ mod tests {
         let size = std::mem::size_of_val(&serve);
         assert!(size <= 400, "connection future is {size} bytes, budget 400");
     }
+
+    /// A connection whose task ends without its close sequence (here it is aborted; a panic
+    /// in it unwinds the same way) still leaves the hub and the engine, and its socket
+    /// closes: nobody serves it any more, so nothing may stay subscribed in its name.
+    #[tokio::test]
+    async fn a_connection_whose_task_ends_without_its_close_leaves_nothing_behind() {
+        use futures_util::{SinkExt as _, StreamExt as _};
+        use tokio_tungstenite::tungstenite::Message;
+
+        let mut config = crate::config::Config::default();
+        config.client.insecure = true;
+        config.channel.namespaces.push(crate::config::Namespace {
+            name: "chat".to_owned(),
+            options: crate::config::NamespaceOptions {
+                presence: true,
+                join_leave: true,
+                ..Default::default()
+            },
+        });
+        let node = Node::new(config).await.expect("node");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let served = {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let (stream, peer) = listener.accept().await.expect("accept");
+                handle_connection(node, stream, peer, axum::Router::new()).await;
+            })
+        };
+        let (mut client, _) =
+            tokio_tungstenite::connect_async(format!("ws://{addr}/connection/websocket"))
+                .await
+                .expect("upgrade");
+        let commands =
+            "{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"chat:x\"}}";
+        client.send(Message::text(commands)).await.expect("send");
+        loop {
+            let message = client.next().await.expect("open").expect("message");
+            if message
+                .to_text()
+                .is_ok_and(|text| text.contains("\"id\":2"))
+            {
+                break;
+            }
+        }
+        let stats = node.hub.stats();
+        assert_eq!((stats.num_clients, stats.num_subs), (1, 1));
+        assert_eq!(
+            node.engine
+                .presence_stats("chat:x")
+                .await
+                .unwrap()
+                .num_clients,
+            1
+        );
+
+        served.abort();
+        assert!(served.await.unwrap_err().is_cancelled());
+        let stats = node.hub.stats();
+        assert_eq!(
+            (stats.num_clients, stats.num_subs),
+            (0, 0),
+            "the hub forgot it"
+        );
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while let Some(Ok(_)) = client.next().await {}
+        })
+        .await;
+        assert!(closed.is_ok(), "its socket closed");
+        assert_eq!(
+            node.engine
+                .presence_stats("chat:x")
+                .await
+                .unwrap()
+                .num_clients,
+            0,
+            "its presence is gone by the time its socket closed"
+        );
+    }
 }
