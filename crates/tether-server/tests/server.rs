@@ -716,3 +716,53 @@ async fn a_batch_item_with_several_fields_is_dispatched_by_the_first_in_protocol
     }
     server.stop().await;
 }
+
+/// A positioned subscriber whose stream's metadata expires (memory engine) must not have the
+/// new epoch's first publications silently dropped: it must be told (insufficient state, 2500)
+/// or get them. Before the fix the hub's "already delivered" filter (`skip_up_to`, set to the
+/// old epoch's top at subscribe) swallowed new-epoch offsets 1..=top, and offset top+1 then
+/// arrived as if it followed the old position.
+#[tokio::test]
+async fn new_epoch_after_meta_expiry_is_not_silently_dropped() {
+    let mut cfg = config();
+    cfg.channel
+        .namespaces
+        .push(tether_server::config::Namespace {
+            name: "short".to_owned(),
+            options: tether_server::config::NamespaceOptions {
+                history_size: 10,
+                history_ttl: Duration::from_secs(1),
+                history_meta_ttl: Some(Duration::from_secs(1)),
+                force_recovery: true,
+                allow_subscribe_for_client: true,
+                ..Default::default()
+            },
+        });
+    let server = start(cfg).await;
+    for n in 1..=3 {
+        server
+            .api("publish", json!({"channel": "short:x", "data": {"n": n}}))
+            .await;
+    }
+    let (mut client, _) = Client::connected(&server, "1").await;
+    let sub = client.subscribe(json!({"channel": "short:x"})).await;
+    assert_eq!(sub["offset"], json!(3), "{sub}");
+    let old_epoch = sub["epoch"].as_str().unwrap().to_owned();
+    // The stream's metadata expires: the next publish starts a new epoch at offset 1.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    for n in 1..=4 {
+        let (_, body) = server
+            .api("publish", json!({"channel": "short:x", "data": {"m": n}}))
+            .await;
+        assert_eq!(body["result"]["offset"], json!(n), "{body}");
+        assert_ne!(body["result"]["epoch"], json!(old_epoch), "{body}");
+    }
+    let first = client.next().await;
+    let told = first["push"]["unsubscribe"]["code"] == json!(2500);
+    let got_first = first["push"]["pub"]["offset"] == json!(1);
+    assert!(
+        told || got_first,
+        "new epoch's offsets 1..=3 silently dropped; first message: {first}"
+    );
+    server.stop().await;
+}

@@ -147,7 +147,9 @@ impl MemoryBroker {
         }
 
         Ok(self.with_channel(channel, |state| {
-            state.expire(now);
+            if state.expire(now) {
+                events.on_insufficient_state(channel);
+            }
             if let Some(key) = &opts.idempotency_key
                 && let Some(position) = state.idempotency.lookup(key, now)
             {
@@ -208,7 +210,9 @@ impl MemoryBroker {
         now: Instant,
     ) -> Result<HistoryPage, BrokerError> {
         self.with_channel(channel, |state| {
-            state.expire(now);
+            if state.expire(now) {
+                self.shared.events.on_insufficient_state(channel);
+            }
             let stream = state.stream_mut(now);
             stream.meta_expire_at = deadline(now, query.meta_ttl);
             let top = stream.position();
@@ -298,11 +302,13 @@ impl MemoryBroker {
     /// in use) and looked at on the next sweep.
     pub fn sweep(&self, now: Instant) {
         for shard in &self.shared.channels {
-            shard.write().retain(|_, channel| {
+            shard.write().retain(|name, channel| {
                 let Some(mut state) = channel.try_lock() else {
                     return true;
                 };
-                state.expire(now);
+                if state.expire(now) {
+                    self.shared.events.on_insufficient_state(name);
+                }
                 if state.is_empty() {
                     state.removed = true;
                     false
@@ -388,16 +394,22 @@ impl fmt::Debug for MemoryBroker {
 // === impl Channel ===
 
 impl Channel {
-    /// Applies every expiry due at `now`.
-    fn expire(&mut self, now: Instant) {
+    /// Applies every expiry due at `now`. True when the stream's epoch was retired just now:
+    /// positioned subscribers of the channel hold a position in an epoch that is gone, and
+    /// must be told (a live subscriber would otherwise see the next epoch's offsets as if
+    /// they followed its old position).
+    fn expire(&mut self, now: Instant) -> bool {
+        let mut retired = false;
         if let Some(stream) = &mut self.stream {
             if stream.meta_expire_at.is_some_and(|at| now >= at) {
                 self.retired_epoch = self.stream.take().map(|stream| stream.epoch);
+                retired = true;
             } else if now >= stream.publications_expire_at && !stream.publications.is_empty() {
                 stream.publications = VecDeque::new();
             }
         }
         self.idempotency.prune(now);
+        retired
     }
 
     /// The channel's stream, created with a fresh epoch and top 0 if there is none.
