@@ -766,3 +766,96 @@ async fn new_epoch_after_meta_expiry_is_not_silently_dropped() {
     );
     server.stop().await;
 }
+
+/// Deletes every key under `prefix` in the test Redis.
+#[allow(clippy::unwrap_used)]
+async fn delete_redis_keys(prefix: &str) {
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits until GET /ready answers 200 (the Redis engine's Pub/Sub is up).
+#[allow(clippy::unwrap_used)]
+async fn wait_ready(server: &common::TestServer) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..100 {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        if response.starts_with(b"HTTP/1.1 200") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not ready");
+}
+
+/// The same on the Redis engine: the stream's meta expires while a positioned subscriber on
+/// this node has not seen a publication since it subscribed (the engine's gap detector has no
+/// last position yet), so the new epoch's offsets 1..=top are dropped as "already delivered"
+/// and top+1 arrives as if it followed the old position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_new_epoch_after_meta_expiry_is_not_silently_dropped() {
+    let prefix = format!("tether-test-meta-expiry-{}", uuid::Uuid::new_v4().simple());
+    let mut cfg = config();
+    cfg.engine.kind = tether_server::config::EngineKind::Redis;
+    cfg.engine.redis.prefix = prefix.clone();
+    cfg.channel
+        .namespaces
+        .push(tether_server::config::Namespace {
+            name: "short".to_owned(),
+            options: tether_server::config::NamespaceOptions {
+                history_size: 10,
+                history_ttl: Duration::from_secs(1),
+                history_meta_ttl: Some(Duration::from_secs(1)),
+                force_recovery: true,
+                allow_subscribe_for_client: true,
+                ..Default::default()
+            },
+        });
+    let server = start(cfg).await;
+    wait_ready(&server).await;
+    for n in 1..=3 {
+        server
+            .api("publish", json!({"channel": "short:x", "data": {"n": n}}))
+            .await;
+    }
+    let (mut client, _) = Client::connected(&server, "1").await;
+    let sub = client.subscribe(json!({"channel": "short:x"})).await;
+    assert_eq!(sub["offset"], json!(3), "{sub}");
+    let old_epoch = sub["epoch"].as_str().unwrap().to_owned();
+    // Redis expires the meta hash (1 s after the subscribe's read refreshed it).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for n in 1..=4 {
+        let (_, body) = server
+            .api("publish", json!({"channel": "short:x", "data": {"m": n}}))
+            .await;
+        assert_eq!(body["result"]["offset"], json!(n), "{body}");
+        assert_ne!(body["result"]["epoch"], json!(old_epoch), "{body}");
+    }
+    let first = client.next().await;
+    delete_redis_keys(&prefix).await;
+    let told = first["push"]["unsubscribe"]["code"] == json!(2500);
+    let got_first = first["push"]["pub"]["offset"] == json!(1);
+    assert!(
+        told || got_first,
+        "new epoch's offsets 1..=3 silently dropped; first message: {first}"
+    );
+    server.stop().await;
+}

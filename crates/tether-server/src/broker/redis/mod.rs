@@ -157,6 +157,10 @@ struct ChannelState {
     refs: usize,
     /// Position of the last publication received, for gap detection.
     last: Option<StreamPosition>,
+    /// `last` is a stream top a history read saw, not a publication received: only an epoch
+    /// change after it is a gap (publications above it may have been published before this
+    /// node's Pub/Sub subscription took effect, and every subscriber read after that).
+    seeded: bool,
 }
 
 /// Why the engine could not start.
@@ -333,6 +337,7 @@ impl RedisEngine {
             .await?;
         let page = parse_history(&value)
             .ok_or_else(|| BrokerError::Unavailable("unexpected history result".to_owned()))?;
+        self.seed_position(channel, &page.top);
         if let Some(since) = &query.since
             && !since.epoch.is_empty()
             && since.epoch != page.top.epoch
@@ -604,6 +609,26 @@ impl RedisEngine {
         self.shared.keys.channel_of(pubsub_channel)
     }
 
+    /// A history read saw the stream's top: gap detection of a local channel continues from
+    /// there. Without it, a channel that has received no publication since it was subscribed
+    /// here has no last position, and an epoch change before its first publication (the meta
+    /// expired, or was lost) would pass unnoticed: its positioned subscribers hold a position
+    /// in the old epoch that the new epoch's offsets would seem to continue.
+    fn seed_position(&self, channel: &str, top: &StreamPosition) {
+        let mut channels = self.shared.channels.lock();
+        let Some(state) = channels.get_mut(channel) else {
+            return;
+        };
+        let seed = match &state.last {
+            None => true,
+            Some(last) => state.seeded && last.epoch == top.epoch && last.offset < top.offset,
+        };
+        if seed {
+            state.last = Some(top.clone());
+            state.seeded = true;
+        }
+    }
+
     /// Handles one message of a channel: gap detection, then delivery.
     fn on_channel_message(&self, channel: &str, payload: &[u8]) {
         let Some(message) = codec::decode_message(payload) else {
@@ -623,6 +648,7 @@ impl RedisEngine {
                         return;
                     };
                     let gap = match (&state.last, &position) {
+                        (Some(last), Some(now)) if state.seeded => last.epoch != now.epoch,
                         (Some(last), Some(now)) => {
                             last.epoch != now.epoch || now.offset != last.offset + 1
                         }
@@ -630,6 +656,7 @@ impl RedisEngine {
                     };
                     if position.is_some() {
                         state.last.clone_from(&position);
+                        state.seeded = false;
                     }
                     gap
                 };
@@ -668,6 +695,7 @@ impl RedisEngine {
             for channel in channels {
                 if let Some(state) = map.get_mut(channel) {
                     state.last = None;
+                    state.seeded = false;
                 }
             }
         }
