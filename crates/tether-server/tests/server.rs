@@ -859,3 +859,46 @@ async fn redis_new_epoch_after_meta_expiry_is_not_silently_dropped() {
     );
     server.stop().await;
 }
+
+/// `force_recovery_mode: "cache"` (accepted by the config) recovers the latest publication:
+/// a client that missed several gets the stream's latest one and `recovered: true`
+/// (compatibility reference §2.3, cache mode). Before the fix the mode was ignored and the
+/// client was told `recovered: false` with nothing, as in stream mode with a one-entry history.
+#[tokio::test]
+async fn cache_recovery_mode_delivers_the_latest_publication() {
+    let mut cfg = config();
+    cfg.channel
+        .namespaces
+        .push(tether_server::config::Namespace {
+            name: "cache".to_owned(),
+            options: tether_server::config::NamespaceOptions {
+                history_size: 1,
+                history_ttl: Duration::from_secs(300),
+                force_recovery: true,
+                force_recovery_mode: tether_server::config::RecoveryMode::Cache,
+                allow_subscribe_for_client: true,
+                ..Default::default()
+            },
+        });
+    let server = start(cfg).await;
+    let (_, body) = server
+        .api("publish", json!({"channel": "cache:s", "data": {"n": 1}}))
+        .await;
+    let epoch = body["result"]["epoch"].as_str().unwrap().to_owned();
+    for n in 2..=3 {
+        server
+            .api("publish", json!({"channel": "cache:s", "data": {"n": n}}))
+            .await;
+    }
+    let (mut client, _) = Client::connected(&server, "1").await;
+    let sub = client
+        .subscribe(json!({"channel": "cache:s", "recover": true, "offset": 1, "epoch": epoch}))
+        .await;
+    assert_eq!(sub["recovered"], json!(true), "{sub}");
+    let offsets: Vec<u64> = sub["publications"]
+        .as_array()
+        .map(|p| p.iter().map(|p| p["offset"].as_u64().unwrap()).collect())
+        .unwrap_or_default();
+    assert_eq!(offsets, [3], "{sub}");
+    server.stop().await;
+}

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::auth::TokenError;
 use crate::broker::{BrokerError, HistoryQuery, StreamPosition};
-use crate::config::NamespaceOptions;
+use crate::config::{NamespaceOptions, RecoveryMode};
 use crate::hub::{Conn, Disconnect, ServerSubscribe, Subscriber, SubscriberFlags};
 use crate::metrics::RecoveryOutcome;
 use crate::server::Node;
@@ -256,6 +256,33 @@ impl Session {
                 meta_ttl,
             };
             let read = match &params.recover_from {
+                Some(since) if ns.force_recovery_mode == RecoveryMode::Cache => {
+                    result.was_recovering = true;
+                    // Cache mode: only the latest publication matters; recovered when it is
+                    // the stream's top (or the stream is empty), in the client's epoch.
+                    let latest = HistoryQuery {
+                        since: None,
+                        limit: Some(1),
+                        reverse: true,
+                        meta_ttl,
+                    };
+                    node.timed("history", node.engine.history(channel, &latest))
+                        .await
+                        .map(|mut page| {
+                            let same_epoch =
+                                since.epoch.is_empty() || since.epoch == page.top.epoch;
+                            let recovered = same_epoch
+                                && match page.publications.first() {
+                                    Some(latest) => latest.offset == page.top.offset,
+                                    None => page.top.offset == 0,
+                                };
+                            // Nothing to send when the client already has the latest.
+                            page.publications.retain(|p| {
+                                !(since.epoch == page.top.epoch && p.offset <= since.offset)
+                            });
+                            (page, recovered)
+                        })
+                }
                 Some(since) => {
                     result.was_recovering = true;
                     let query = HistoryQuery {
