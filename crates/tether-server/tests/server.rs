@@ -902,3 +902,71 @@ async fn cache_recovery_mode_delivers_the_latest_publication() {
     assert_eq!(offsets, [3], "{sub}");
     server.stop().await;
 }
+
+/// A publication without history (`skip_history`) reaching a fossil-delta subscriber is sent
+/// full, and the SDK keeps it as the base of the next delta. The next stream publication must
+/// then be full too (or a patch against that publication): a patch against the stream's
+/// previous publication, which is not what the client holds, cannot be applied.
+#[tokio::test]
+async fn delta_after_a_publication_without_history_applies_to_what_the_client_holds() {
+    use tether_server::config::{Namespace, NamespaceOptions};
+    let mut cfg = config();
+    cfg.channel.namespaces.push(Namespace {
+        name: "delta".to_owned(),
+        options: NamespaceOptions {
+            history_size: 10,
+            history_ttl: Duration::from_secs(300),
+            force_recovery: true,
+            allow_subscribe_for_client: true,
+            allowed_delta_types: vec!["fossil".to_owned()],
+            delta_publish: true,
+            ..Default::default()
+        },
+    });
+    let server = start(cfg).await;
+    let (mut client, _) = Client::connected(&server, "1").await;
+    let sub = client
+        .call(json!({"subscribe": {"channel": "delta:s", "delta": "fossil"}}))
+        .await;
+    assert_eq!(sub["subscribe"]["delta"], json!(true), "{sub}");
+    let text = |animal: &str, n: u32| json!({"text": format!("the quick brown fox jumps over the lazy {animal}, again and again"), "n": n});
+    let publish = |data: serde_json::Value, skip: bool| {
+        let server = &server;
+        async move {
+            server
+                .api(
+                    "publish",
+                    json!({"channel": "delta:s", "data": data, "skip_history": skip}),
+                )
+                .await
+        }
+    };
+    publish(text("dog", 1), false).await;
+    publish(text("cat", 1), false).await;
+    publish(
+        json!({"other": "a completely different payload, not in the stream", "z": [1, 2, 3]}),
+        true,
+    )
+    .await;
+    publish(text("cow", 1), false).await;
+
+    // What the SDK does: keep the last data, apply patches to it.
+    let mut held: Vec<u8> = Vec::new();
+    for _ in 0..4 {
+        let m = client.wait_for(|m| m["push"]["pub"].is_object()).await;
+        let p = &m["push"]["pub"];
+        let data = p["data"].as_str().unwrap().as_bytes().to_vec();
+        held = if p["delta"] == json!(true) {
+            tether_server::delta::apply_fossil_delta(&held, &data).unwrap_or_else(|e| {
+                panic!("patch does not apply to what the client holds: {e:?}; {m}")
+            })
+        } else {
+            data
+        };
+    }
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&held).unwrap(),
+        text("cow", 1)
+    );
+    server.stop().await;
+}

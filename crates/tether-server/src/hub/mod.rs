@@ -717,6 +717,12 @@ impl Hub {
         let publication = &event.publication;
         let form = if !sub.flags.delta {
             Form::Plain
+        } else if publication.offset == 0 {
+            // Not part of the stream (published without history): sent full, and the client
+            // keeps it as the base of its next delta, which the stream's previous
+            // publication then is not: the next one goes full as well.
+            sub.delta_primed.store(false, Ordering::Relaxed);
+            Form::DeltaFull
         } else if publication.delta
             && sub.delta_primed.swap(true, Ordering::Relaxed)
             && event.previous.is_some()
