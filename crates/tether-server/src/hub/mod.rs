@@ -805,6 +805,11 @@ impl Subscriber {
     pub fn channel(&self) -> &Arc<str> {
         &self.channel.name
     }
+
+    /// The stream lost continuity for this subscription ([`Hub::insufficient_state`]).
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
 }
 
 /// The hub as the broker's event sink.

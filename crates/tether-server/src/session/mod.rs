@@ -247,7 +247,9 @@ impl Session {
             }
             Control::CheckExpiry => self.check_sub_expiry(node, now).await,
             Control::InsufficientState { channel } => {
-                let Some(state) = self.subs.get(&channel) else {
+                // Only the subscription the notice was for: one that replaced it since (the
+                // client left and subscribed again) is not stale.
+                let Some(state) = self.subs.get(&channel).filter(|s| s.hub.is_stale()) else {
                     return Ok(());
                 };
                 if state.server_side {
@@ -747,3 +749,88 @@ fn now_unix_ms() -> i64 {
 const UNSUBSCRIBE_SERVER: (u16, &str) = (2000, "server unsubscribe");
 /// Unsubscribe push for an expired client-side subscription.
 const UNSUBSCRIBE_EXPIRED: (u16, &str) = (2501, "subscription expired");
+
+#[cfg(test)]
+mod tests {
+    use tether_proto::{Command, ConnectRequest, Encoding, SubscribeRequest, UnsubscribeRequest};
+
+    use super::*;
+    use crate::config::{Config, Namespace, NamespaceOptions};
+    use crate::hub::Framing;
+
+    /// An insufficient-state notice for a subscription the client has since left must not
+    /// end the new, healthy subscription to the same channel that replaced it (a 2500 the
+    /// client did not deserve; for a server-side subscription, a 3010 disconnect).
+    #[tokio::test]
+    async fn a_stale_notice_for_a_left_subscription_spares_its_replacement() {
+        let mut config = Config::default();
+        config.client.insecure = true;
+        config.channel.namespaces.push(Namespace {
+            name: "chat".to_owned(),
+            options: NamespaceOptions {
+                history_size: 10,
+                history_ttl: std::time::Duration::from_secs(300),
+                force_recovery: true,
+                allow_subscribe_for_client: true,
+                ..Default::default()
+            },
+        });
+        let node = Node::new(config).await.expect("node");
+        let conn = node
+            .hub
+            .register(Encoding::Json, Framing::WebSocket, 1 << 20, None);
+        let mut session = Session::new(conn.clone());
+        let subscribe = |id| Command {
+            id,
+            subscribe: Some(SubscribeRequest {
+                channel: "chat:x".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let connect = Command {
+            id: 1,
+            connect: Some(ConnectRequest::default()),
+            ..Default::default()
+        };
+        for command in [connect, subscribe(2)] {
+            session
+                .handle_command(&node, command, node.now())
+                .await
+                .expect("connect and subscribe");
+        }
+        // The stream loses continuity for the first subscription...
+        node.hub.insufficient_state("chat:x");
+        // ...and before the notice is applied the client leaves and subscribes again.
+        let unsubscribe = Command {
+            id: 3,
+            unsubscribe: Some(UnsubscribeRequest {
+                channel: "chat:x".to_owned(),
+            }),
+            ..Default::default()
+        };
+        for command in [unsubscribe, subscribe(4)] {
+            session
+                .handle_command(&node, command, node.now())
+                .await
+                .expect("unsubscribe and subscribe again");
+        }
+        conn.take_queued();
+        for control in conn.take_work().controls {
+            session
+                .handle_control(&node, control, node.now())
+                .await
+                .expect("control");
+        }
+        let out: Vec<String> = conn
+            .take_queued()
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect();
+        assert!(
+            out.iter().all(|f| !f.contains("\"unsubscribe\"")),
+            "the new subscription was ended: {out:?}"
+        );
+        assert!(session.subs.contains_key("chat:x"));
+    }
+}
