@@ -194,6 +194,10 @@ pub(crate) struct Core {
     /// Calls made while connecting, bounded by `max_pending_calls`.
     buffer: VecDeque<Call>,
     subs: BTreeMap<String, Sub>,
+    /// Server-side subscriptions of a recoverable channel: the position of the last
+    /// publication delivered, offered in the next connect request's `subs` so the server
+    /// recovers what was published while the link was down.
+    server_subs: BTreeMap<String, StreamPosition>,
     /// The server's ping interval; `None` disables dead-link detection.
     ping: Option<Duration>,
     pong: bool,
@@ -228,6 +232,7 @@ impl Core {
             inflight: HashMap::new(),
             buffer: VecDeque::new(),
             subs: BTreeMap::new(),
+            server_subs: BTreeMap::new(),
             ping: None,
             pong: false,
             last_rx: now,
@@ -315,6 +320,19 @@ impl Core {
                 token: self.token.clone().unwrap_or_default(),
                 name: self.config.name.clone(),
                 version: self.config.version.clone(),
+                subs: self
+                    .server_subs
+                    .iter()
+                    .map(|(channel, position)| {
+                        let request = tether_proto::SubscribeRequest {
+                            recover: true,
+                            offset: position.offset,
+                            epoch: position.epoch.clone(),
+                            ..Default::default()
+                        };
+                        (channel.clone(), request)
+                    })
+                    .collect(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -739,12 +757,31 @@ impl Core {
             client: result.client,
             version: result.version,
         });
+        let previous = std::mem::take(&mut self.server_subs);
         for (channel, sub) in result.subs {
+            // Recovered publications, minus any already delivered (as for client-side ones).
+            let mut last = previous
+                .get(&channel)
+                .filter(|p| p.epoch == sub.epoch)
+                .map(|p| p.offset);
             for publication in sub.publications {
+                if publication.offset > 0 {
+                    if last.is_some_and(|l| publication.offset <= l) {
+                        continue;
+                    }
+                    last = Some(publication.offset);
+                }
                 self.emit(ClientEvent::ServerPublication {
                     channel: channel.clone(),
                     publication: publication.into(),
                 });
+            }
+            if sub.recoverable {
+                let position = StreamPosition {
+                    offset: sub.offset.max(last.unwrap_or(0)),
+                    epoch: sub.epoch,
+                };
+                self.server_subs.insert(channel, position);
             }
         }
         let waiting: Vec<String> = self
@@ -935,6 +972,14 @@ impl Core {
         let channel = push.channel;
         if let Some(publication) = push.r#pub {
             let Some(sub) = self.subs.get_mut(&channel) else {
+                if publication.offset > 0
+                    && let Some(position) = self.server_subs.get_mut(&channel)
+                {
+                    if publication.offset <= position.offset {
+                        return;
+                    }
+                    position.offset = publication.offset;
+                }
                 self.emit(ClientEvent::ServerPublication {
                     channel,
                     publication: publication.into(),
@@ -961,8 +1006,18 @@ impl Core {
             if let (Some(sub), Some(info)) = (self.subs.get(&channel), leave.info) {
                 sub.emit(SubscriptionEvent::Leave(info.into()));
             }
+        } else if let Some(subscribe) = push.subscribe {
+            // A server-side subscription made while connected (server API `subscribe`).
+            if !self.subs.contains_key(&channel) && subscribe.recoverable {
+                let position = StreamPosition {
+                    offset: subscribe.offset,
+                    epoch: subscribe.epoch,
+                };
+                self.server_subs.insert(channel, position);
+            }
         } else if let Some(unsubscribe) = push.unsubscribe {
             let Some(sub) = self.subs.get_mut(&channel) else {
+                self.server_subs.remove(&channel);
                 return;
             };
             if sub.state == SubscriptionState::Unsubscribed {

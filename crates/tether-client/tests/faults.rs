@@ -595,3 +595,66 @@ fn publish_numbers(url: &str, channel: &'static str, total: u32) -> tokio::task:
         }
     })
 }
+
+/// A server-side subscription (from the connect token's `channels`) in a recoverable
+/// namespace: what is published while the link is down must arrive after the reconnect (the
+/// client asks for it through the connect request's `subs`, as centrifuge-js does), not be
+/// silently skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_subscription_recovers_across_a_reconnect() {
+    let server = TestServer::start().await;
+    let proxy = FaultProxy::start(server.upstream(Transport::Ws)).await;
+    let url = TestServer::url(Transport::Ws, proxy.addr);
+    let config = ClientConfig {
+        token: Some(support::token_with(
+            serde_json::json!({ "sub": "reader", "channels": ["chat:server-side"] }),
+        )),
+        ..client_config("reader")
+    };
+    let (reader, mut events) = Client::new(&url, config).unwrap();
+    reader.connect();
+    let (publisher, _) = Client::new(
+        &TestServer::url(Transport::Ws, server.upstream(Transport::Ws)),
+        client_config("writer"),
+    )
+    .unwrap();
+    publisher.connect();
+    wait_client(&mut events, SOON, |e| {
+        matches!(e, ClientEvent::Connected { .. })
+    })
+    .await;
+    publisher.publish("chat:server-side", "1").await.unwrap();
+    wait_client(&mut events, SOON, |e| {
+        matches!(e, ClientEvent::ServerPublication { publication, .. } if publication.offset == 1)
+    })
+    .await;
+
+    // The link goes down; a publication is made meanwhile; the link comes back.
+    proxy.set_mode(Mode::Refuse);
+    proxy.reset_all();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publisher.publish("chat:server-side", "2").await.unwrap();
+    proxy.set_mode(Mode::Forward);
+    wait_client(&mut events, SOON, |e| {
+        matches!(e, ClientEvent::Connected { .. })
+    })
+    .await;
+    publisher.publish("chat:server-side", "3").await.unwrap();
+    // Everything up to publication 3, which follows the reconnect.
+    let mut got = Vec::new();
+    while !got.contains(&3) {
+        let event = tokio::time::timeout(SOON, events.next())
+            .await
+            .expect("publication 3 in time")
+            .expect("events");
+        if let ClientEvent::ServerPublication { publication, .. } = event {
+            got.push(publication.offset);
+        }
+    }
+    assert_eq!(
+        got,
+        [2, 3],
+        "publication 2, made while the link was down, was lost"
+    );
+    server.stop().await;
+}
