@@ -436,8 +436,8 @@ async fn oversized_message_closes_with_1009() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn fossil_delta_follows_a_full_first_publication() {
+/// The test config with a `delta` namespace: history, recovery and fossil delta.
+fn with_delta_namespace() -> tether_server::config::Config {
     use tether_server::config::{Namespace, NamespaceOptions};
     let mut cfg = config();
     cfg.channel.namespaces.push(Namespace {
@@ -452,7 +452,12 @@ async fn fossil_delta_follows_a_full_first_publication() {
             ..Default::default()
         },
     });
-    let server = start(cfg).await;
+    cfg
+}
+
+#[tokio::test]
+async fn fossil_delta_follows_a_full_first_publication() {
+    let server = start(with_delta_namespace()).await;
     let (mut client, _) = Client::connected(&server, "1").await;
     let sub = client
         .call(json!({"subscribe": {"channel": "delta:x", "delta": "fossil"}}))
@@ -909,21 +914,7 @@ async fn cache_recovery_mode_delivers_the_latest_publication() {
 /// previous publication, which is not what the client holds, cannot be applied.
 #[tokio::test]
 async fn delta_after_a_publication_without_history_applies_to_what_the_client_holds() {
-    use tether_server::config::{Namespace, NamespaceOptions};
-    let mut cfg = config();
-    cfg.channel.namespaces.push(Namespace {
-        name: "delta".to_owned(),
-        options: NamespaceOptions {
-            history_size: 10,
-            history_ttl: Duration::from_secs(300),
-            force_recovery: true,
-            allow_subscribe_for_client: true,
-            allowed_delta_types: vec!["fossil".to_owned()],
-            delta_publish: true,
-            ..Default::default()
-        },
-    });
-    let server = start(cfg).await;
+    let server = start(with_delta_namespace()).await;
     let (mut client, _) = Client::connected(&server, "1").await;
     let sub = client
         .call(json!({"subscribe": {"channel": "delta:s", "delta": "fossil"}}))
