@@ -7,7 +7,9 @@
 # Builds tether + tether-bench (release), installs the peers (scripts/bench/install-peers.sh),
 # then for each run and each target: starts a fresh server, runs idle, fanout and churn with
 # tether-bench --json, stops the server. Records go to $OUT/results.jsonl; the table of
-# medians is printed and written to $OUT/table.md.
+# medians is printed and written to $OUT/table.md. The `floor` target is `tether-bench floor`,
+# a server that only writes (one send per subscriber per publication): it runs fan-out only,
+# as the yardstick for the fan-out latency this machine allows in the same run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
@@ -18,7 +20,7 @@ BIN="$CARGO_TARGET_DIR/release"
 PEERS_DIR="${PEERS_DIR:-$CARGO_TARGET_DIR/peers}"
 OUT="${OUT:-$CARGO_TARGET_DIR/bench-results/$(date +%Y%m%d-%H%M%S)}"
 RUNS="${RUNS:-3}"
-TARGETS="${TARGETS:-tether sockudo nats ws}"
+TARGETS="${TARGETS:-tether sockudo nats ws floor}"
 IDLE_N="${IDLE_N:-15000}"
 IDLE_WINDOW="${IDLE_WINDOW:-60s}"
 FANOUT_N="${FANOUT_N:-15000}"
@@ -59,6 +61,9 @@ start_server() {
       [[ -d scripts/bench/ws-server/node_modules/ws ]] || return 1
       PORT=18003 node scripts/bench/ws-server/server.js >"$OUT/ws.log" 2>&1 &
       server_pid=$!; WS=127.0.0.1:18003; API=127.0.0.1:18003; wait_port 18003 ;;
+    floor)
+      "$BIN/tether-bench" floor --listen 127.0.0.1:18005 >"$OUT/floor.log" 2>&1 &
+      server_pid=$!; WS=127.0.0.1:18005; API=127.0.0.1:18005; wait_port 18005 ;;
     sockudo)
       [[ -x "$PEERS_DIR/sockudo/bin/sockudo" ]] || return 1
       # Production-style: an app with limits sized for the test (the default app allows
@@ -86,10 +91,14 @@ for run in $(seq 1 "$RUNS"); do
     echo "== run $run: $t" >&2
     if ! start_server "$t"; then echo "$t: not installed, skipped" >&2; continue; fi
     sleep 1
-    bench idle -n "$IDLE_N" --window "$IDLE_WINDOW" || echo "$t idle failed" >&2
+    if [[ "$t" != floor ]]; then
+      bench idle -n "$IDLE_N" --window "$IDLE_WINDOW" || echo "$t idle failed" >&2
+    fi
     bench fanout -n "$FANOUT_N" --rates "$FANOUT_RATES" --duration "$FANOUT_STEP" \
       --size "$FANOUT_SIZE" || echo "$t fanout failed" >&2
-    bench churn --duration "$CHURN_TIME" --concurrency "$CHURN_CONC" || echo "$t churn failed" >&2
+    if [[ "$t" != floor ]]; then
+      bench churn --duration "$CHURN_TIME" --concurrency "$CHURN_CONC" || echo "$t churn failed" >&2
+    fi
     stop_server
     sleep 2
   done

@@ -77,6 +77,16 @@ enum Command {
         #[arg(long, default_value = "20s", value_parser = humantime_duration)]
         duration: Duration,
     },
+    /// Serve as the fan-out floor: the `ws` baseline's protocol on a server that only writes
+    /// (one `send` per subscriber per publication), to run as `--target floor`.
+    Floor {
+        /// Address to listen on (WebSocket and `POST /publish`).
+        #[arg(long, default_value = "127.0.0.1:18005")]
+        listen: SocketAddr,
+        /// Writing threads, each with its share of the subscribers.
+        #[arg(long, default_value_t = 2)]
+        lanes: usize,
+    },
     /// Side-by-side table of medians from `--json` output files (one record per line).
     Table {
         /// Files with `--json` records.
@@ -173,6 +183,7 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(worker::run),
         Command::Table { files } => table(&files),
+        Command::Floor { listen, lanes } => floor(listen, lanes),
         command => scenario(command),
     };
     match result {
@@ -199,6 +210,13 @@ fn table(files: &[PathBuf]) -> anyhow::Result<()> {
     }
     print!("{}", report::table(&records));
     Ok(())
+}
+
+fn floor(listen: SocketAddr, lanes: usize) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(tether_bench::floor::serve(listen, lanes))
 }
 
 fn scenario(command: Command) -> anyhow::Result<()> {
@@ -242,7 +260,7 @@ fn scenario(command: Command) -> anyhow::Result<()> {
                 let r = coord::churn(&common.common(), concurrency, workers, duration).await?;
                 common.print("churn", &r);
             }
-            Command::Table { .. } | Command::Worker { .. } => {}
+            Command::Table { .. } | Command::Worker { .. } | Command::Floor { .. } => {}
         }
         Ok(())
     })

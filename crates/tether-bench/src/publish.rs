@@ -197,7 +197,7 @@ impl Publisher {
                     self.channel
                 ),
             ),
-            Target::Ws | Target::Nats => (
+            Target::Ws | Target::Floor | Target::Nats => (
                 "/publish".to_owned(),
                 String::new(),
                 format!("{{\"channel\":\"{}\",\"data\":\"{data}\"}}", self.channel),

@@ -25,6 +25,8 @@ pub enum Target {
     Nats,
     /// node `ws`: a minimal broadcast server (scripts/bench/ws-server).
     Ws,
+    /// `tether-bench floor`: the `ws` protocol on a write-only server, the machine's floor.
+    Floor,
 }
 
 /// Credentials the clients and the publisher need.
@@ -154,7 +156,7 @@ impl Target {
         match self {
             Self::Tether => "/connection/websocket".to_owned(),
             Self::Sockudo => format!("/app/{}?protocol=7&client=bench&version=1", creds.app_key),
-            Self::Nats | Self::Ws => "/".to_owned(),
+            Self::Nats | Self::Ws | Self::Floor => "/".to_owned(),
         }
     }
 
@@ -170,7 +172,7 @@ impl Target {
                 "CONNECT {{\"verbose\":false,\"pedantic\":false,\"protocol\":1}}\r\n\
                  SUB {channel} 1\r\nPING\r\n"
             )),
-            Self::Ws => Some(format!("{{\"sub\":\"{channel}\"}}")),
+            Self::Ws | Self::Floor => Some(format!("{{\"sub\":\"{channel}\"}}")),
             Self::Sockudo => None,
         }
     }
@@ -219,7 +221,7 @@ impl Target {
                     set_error(ev, msg);
                 }
             }
-            Self::Ws => {
+            Self::Ws | Self::Floor => {
                 if msg.starts_with(b"{\"ok\"") {
                     ev.subscribed = true;
                 } else if msg.starts_with(b"{\"error\"") {
