@@ -161,6 +161,12 @@ struct ChannelState {
     /// change after it is a gap (publications above it may have been published before this
     /// node's Pub/Sub subscription took effect, and every subscriber read after that).
     seeded: bool,
+    /// The highest position this node received, kept across Pub/Sub reconnects (unlike
+    /// `last`): a stream top below it in its epoch proves that Redis lost publications this
+    /// node delivered (a failover to a replica that had not got them), and the next history
+    /// read starts a new epoch. A client's claim to have seen an offset above the top proves
+    /// nothing, and rotates nothing: any client could wipe a channel's history with one.
+    high: Option<StreamPosition>,
 }
 
 /// Why the engine could not start.
@@ -320,6 +326,13 @@ impl RedisEngine {
             None => -1,
             Some(n) => i64::try_from(n).unwrap_or(i64::MAX),
         };
+        let proof = self
+            .shared
+            .channels
+            .lock()
+            .get(channel)
+            .and_then(|state| state.high.clone())
+            .unwrap_or_default();
         let mut invocation = self.shared.history_script.prepare_invoke();
         invocation
             .key(self.shared.keys.stream(channel))
@@ -329,8 +342,9 @@ impl RedisEngine {
             .arg(limit)
             .arg(if query.reverse { "1" } else { "0" })
             .arg(since.offset)
-            .arg(since.epoch.as_str())
-            .arg(if query.since.is_some() { "1" } else { "0" });
+            .arg(if query.since.is_some() { "1" } else { "0" })
+            .arg(proof.offset)
+            .arg(proof.epoch.as_str());
         let mut conn = self.shared.shards[shard].conn.clone();
         let value = self
             .run(shard, invocation.invoke_async::<Value>(&mut conn))
@@ -642,24 +656,30 @@ impl RedisEngine {
                 position,
                 previous,
             } => {
-                let gap = {
-                    let mut channels = self.shared.channels.lock();
-                    let Some(state) = channels.get_mut(channel) else {
-                        return;
-                    };
-                    let gap = match (&state.last, &position) {
-                        (Some(last), Some(now)) if state.seeded => last.epoch != now.epoch,
-                        (Some(last), Some(now)) => {
-                            last.epoch != now.epoch || now.offset != last.offset + 1
+                let gap =
+                    {
+                        let mut channels = self.shared.channels.lock();
+                        let Some(state) = channels.get_mut(channel) else {
+                            return;
+                        };
+                        let gap = match (&state.last, &position) {
+                            (Some(last), Some(now)) if state.seeded => last.epoch != now.epoch,
+                            (Some(last), Some(now)) => {
+                                last.epoch != now.epoch || now.offset != last.offset + 1
+                            }
+                            _ => false,
+                        };
+                        if let Some(now) = &position {
+                            state.last = Some(now.clone());
+                            state.seeded = false;
+                            if state.high.as_ref().is_none_or(|high| {
+                                high.epoch != now.epoch || high.offset < now.offset
+                            }) {
+                                state.high = Some(now.clone());
+                            }
                         }
-                        _ => false,
+                        gap
                     };
-                    if position.is_some() {
-                        state.last.clone_from(&position);
-                        state.seeded = false;
-                    }
-                    gap
-                };
                 if gap {
                     debug!(channel, "publication gap: insufficient state");
                     events.on_insufficient_state(channel);

@@ -88,21 +88,23 @@ return {offset, epoch, 0}
 ///
 /// KEYS: 1 stream, 2 meta hash.
 /// ARGV: 1 epoch to use if a new stream must start, 2 meta TTL seconds (0 = no expiry),
-/// 3 limit (-1 = all, 0 = position only), 4 "1" for reverse, 5 since offset, 6 since epoch,
-/// 7 "1" when a since position was given.
+/// 3 limit (-1 = all, 0 = position only), 4 "1" for reverse, 5 since offset, 6 "1" when a
+/// since position was given, 7 and 8 the highest offset and its epoch the reading node has
+/// received (0 and "" for none). A since epoch is checked by the caller.
 ///
 /// Returns `{top, epoch, entries}` with entries as `XRANGE` returns them.
 ///
-/// A `since` in the current epoch above the top proves the stream lost acknowledged
-/// publications (a reader saw an offset that is gone): the epoch is rotated so nobody is told
-/// they recovered across that hole.
+/// A node that received an offset above the top, in the current epoch, proves the stream
+/// lost publications that were delivered: the epoch is rotated so nobody is told they
+/// recovered across that hole. The reader's `since` is a client's claim and rotates nothing.
 pub(super) const HISTORY: &str = r#"
 local stream, meta = KEYS[1], KEYS[2]
 local candidate, meta_ttl, limit, reverse = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local since_offset, since_epoch, has_since = tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local since_offset, has_since = tonumber(ARGV[5]), ARGV[6]
+local seen_offset, seen_epoch = tonumber(ARGV[7]), ARGV[8]
 local state = redis.call('hmget', meta, 'e', 's')
 local epoch, top = state[1], tonumber(state[2] or '0')
-if not epoch or (has_since == '1' and since_epoch == epoch and since_offset > top) then
+if not epoch or (seen_epoch == epoch and seen_offset > top) then
   epoch = candidate
   top = 0
   redis.call('del', stream)

@@ -193,7 +193,7 @@ async fn lost_keys_start_a_new_epoch() {
 }
 
 #[tokio::test]
-async fn a_position_beyond_the_top_rotates_the_epoch() {
+async fn a_clients_position_beyond_the_top_recovers_nothing_and_rotates_nothing() {
     let prefix = unique_prefix("beyond");
     let (engine, _) = start(&prefix);
     let top = publish_positioned(&engine, "ch", "a").await;
@@ -201,16 +201,63 @@ async fn a_position_beyond_the_top_rotates_the_epoch() {
         offset: 5,
         epoch: top.epoch.clone(),
     };
-    assert_eq!(
-        engine.history("ch", &query(Some(ahead), Some(10))).await,
-        Err(BrokerError::UnrecoverablePosition),
-        "writes the reader saw are gone: never recoverable"
-    );
     let page = engine
-        .history("ch", &query(None, Some(0)))
+        .history("ch", &query(Some(ahead), Some(10)))
         .await
         .expect("history");
-    assert_ne!(page.top.epoch, top.epoch);
+    assert_eq!(page.top, top, "nothing above the top, which stays");
+    assert!(page.publications.is_empty());
+    let page = engine
+        .history("ch", &query(None, Some(10)))
+        .await
+        .expect("history");
+    assert_eq!(page.top, top, "a client's claim wiped no history");
+    assert_eq!(page.publications.len(), 1);
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn publications_this_node_received_and_redis_lost_start_a_new_epoch() {
+    let prefix = unique_prefix("lost-writes");
+    let (engine, events) = start(&prefix);
+    eventually(|| engine.is_ready()).await;
+    engine.subscribe("ch").await.expect("subscribe");
+    let mut top = publish_positioned(&engine, "ch", "a").await;
+    for data in ["b", "c"] {
+        top = publish_positioned(&engine, "ch", data).await;
+    }
+    eventually(|| events.publications.lock().len() == 3).await;
+    // A failover to a replica that had only the first publication.
+    let client = redis::Client::open(address()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let () = redis::cmd("HSET")
+        .arg(engine.shared.keys.meta("ch"))
+        .arg("s")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(engine.shared.keys.stream("ch"))
+        .arg("MAXLEN")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .expect("xtrim");
+    let page = engine
+        .history("ch", &query(None, Some(10)))
+        .await
+        .expect("history");
+    assert_ne!(
+        page.top.epoch, top.epoch,
+        "offsets 2 and 3 were delivered and lost"
+    );
+    assert_eq!(page.top.offset, 0);
+    let next = publish_positioned(&engine, "ch", "d").await;
+    assert_eq!((next.offset, next.epoch), (1, page.top.epoch));
     cleanup(&prefix).await;
 }
 
