@@ -961,3 +961,59 @@ async fn delta_after_a_publication_without_history_applies_to_what_the_client_ho
     );
     server.stop().await;
 }
+
+/// POSTs `body` to `path` (with its query) with extra header lines; returns the status and the
+/// body text.
+async fn post_raw(
+    server: &common::TestServer,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status: u16 = text[9..12].parse().expect("status");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn legacy_api_endpoint_runs_newline_separated_commands_with_numeric_methods() {
+    let server = start(config()).await;
+    let body = concat!(
+        r#"{"id":1,"method":"publish","params":{"channel":"chat:legacy","data":{"n":1}}}"#,
+        "\n",
+        r#"{"id":2,"method":6,"params":{"channel":"chat:legacy","limit":10}}"#,
+    );
+    let (status, text) = post_raw(
+        &server,
+        "/api",
+        &format!("Authorization: apikey {}\r\n", common::API_KEY),
+        body,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let replies: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON reply per line"))
+        .collect();
+    assert_eq!(replies.len(), 2, "{text}");
+    assert_eq!(replies[0]["id"], json!(1));
+    assert_eq!(replies[0]["result"]["offset"], json!(1));
+    assert_eq!(replies[1]["id"], json!(2));
+    assert_eq!(
+        replies[1]["result"]["publications"][0]["data"],
+        json!({"n": 1})
+    );
+    server.stop().await;
+}

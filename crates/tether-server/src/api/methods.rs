@@ -658,7 +658,7 @@ async fn channels(node: &Node, req: &ChannelsRequest) -> CallResult {
 
 /// This node and every other node heard from recently (announcements over the control
 /// channel).
-fn info(node: &Node) -> Value {
+pub(super) fn info(node: &Node) -> Value {
     let mut nodes = vec![cluster::local_info(node)];
     nodes.extend(node.cluster.live_nodes());
     json!({ "nodes": nodes })

@@ -85,6 +85,7 @@ impl ApiError {
 /// The router for the API and health endpoints.
 pub fn router(node: Arc<Node>) -> Router {
     let router = Router::new()
+        .route("/api", post(legacy))
         .route("/api/{method}", post(call))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -160,6 +161,127 @@ async fn call(
         }
         Err(methods::CallError::Api(error)) => error_response(&error, transport_mode),
     }
+}
+
+/// The legacy single endpoint `POST /api` (old `cent` clients, Centrifugo's
+/// `handler_legacy.go`): newline-separated `{"id", "method", "params"}` commands, `method` a
+/// case-insensitive name or its number in Centrifugo's `Command.MethodType`; answered in
+/// order with newline-separated `{"id", "result"}` or `{"id", "error"}`.
+async fn legacy(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    #[derive(serde::Deserialize)]
+    struct LegacyCommand<'a> {
+        #[serde(default)]
+        id: u32,
+        #[serde(default)]
+        method: Option<serde_json::Value>,
+        #[serde(borrow, default)]
+        params: Option<&'a RawValue>,
+    }
+    /// Centrifugo's `Command.MethodType` numbers 0..=12 (13 is unused).
+    const METHODS: [&str; 13] = [
+        "publish",
+        "broadcast",
+        "unsubscribe",
+        "disconnect",
+        "presence",
+        "presence_stats",
+        "history",
+        "history_remove",
+        "channels",
+        "info",
+        "rpc",
+        "subscribe",
+        "refresh",
+    ];
+    /// Names Centrifugo knows (numbers 14..=32) that tether does not implement.
+    const OTHER_METHODS: [&str; 19] = [
+        "connections",
+        "update_user_status",
+        "get_user_status",
+        "delete_user_status",
+        "block_user",
+        "unblock_user",
+        "revoke_token",
+        "invalidate_user_tokens",
+        "device_register",
+        "device_update",
+        "device_remove",
+        "device_list",
+        "device_topic_list",
+        "device_topic_update",
+        "user_topic_list",
+        "user_topic_update",
+        "send_push_notification",
+        "update_push_status",
+        "cancel_push",
+    ];
+    let bad_request = || (StatusCode::BAD_REQUEST, "bad request").into_response();
+    if !authorized(&node, &headers, &query) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if node.shutdown.is_cancelled() {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if body.is_empty() {
+        return bad_request();
+    }
+    let mut replies = Vec::new();
+    for command in serde_json::Deserializer::from_slice(&body).into_iter::<LegacyCommand<'_>>() {
+        let Ok(command) = command else {
+            return bad_request();
+        };
+        // `None`: a number Centrifugo knows but tether does not implement, or no such method.
+        let method: Option<&str> = match &command.method {
+            None => Some(METHODS[0]),
+            Some(serde_json::Value::String(name)) => {
+                let name = name.to_ascii_lowercase();
+                if let Some(&method) = METHODS.iter().find(|&&m| m == name) {
+                    Some(method)
+                } else if OTHER_METHODS.contains(&name.as_str()) {
+                    None
+                } else {
+                    return bad_request();
+                }
+            }
+            Some(serde_json::Value::Number(n)) => match n.as_i64() {
+                Some(n) => usize::try_from(n)
+                    .ok()
+                    .and_then(|n| METHODS.get(n).copied()),
+                None => return bad_request(),
+            },
+            Some(_) => return bad_request(),
+        };
+        let result = match (method, command.params) {
+            (None, _) => Err(ApiError::METHOD_NOT_FOUND),
+            // As Centrifugo: `info` reads no params.
+            (Some("info"), _) => Ok(methods::info(&node)),
+            (Some(_), None) => Err(ApiError::BAD_REQUEST),
+            (Some(method), Some(params)) => match methods::dispatch(&node, method, params).await {
+                Ok(result) => Ok(result),
+                Err(methods::CallError::Decode) => Err(ApiError::BAD_REQUEST),
+                Err(methods::CallError::Api(error)) => Err(error),
+            },
+        };
+        let mut reply = match result {
+            Ok(result) => serde_json::json!({ "result": result }),
+            Err(error) => serde_json::json!({ "error": error.to_json() }),
+        };
+        if command.id != 0 {
+            reply["id"] = command.id.into();
+        }
+        replies.push(reply.to_string());
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        replies.join("\n"),
+    )
+        .into_response()
 }
 
 fn error_response(error: &ApiError, transport_mode: bool) -> Response {
