@@ -1017,3 +1017,22 @@ async fn legacy_api_endpoint_runs_newline_separated_commands_with_numeric_method
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn api_key_in_the_query_is_accepted_beside_a_non_apikey_authorization_header() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(config()).await;
+    let request = format!(
+        "POST /api/info?api_key={} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer some-proxy-token\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}",
+        common::API_KEY
+    );
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response);
+    assert_eq!(&text[9..12], "200", "{text}");
+    server.stop().await;
+}

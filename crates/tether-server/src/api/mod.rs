@@ -304,8 +304,9 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
         .into_response()
 }
 
-/// `X-API-Key`, else `Authorization: apikey <key>`, else `?api_key=`; an empty configured
-/// key never matches unless the API is insecure.
+/// `X-API-Key` when set, else `Authorization: apikey <key>`; when neither matched,
+/// `?api_key=` (as Centrifugo's `APIKeyAuth`). An empty configured key never matches unless
+/// the API is insecure.
 fn authorized(node: &Node, headers: &HeaderMap, query: &HashMap<String, String>) -> bool {
     let api = &node.config.http_api;
     if api.insecure {
@@ -314,17 +315,20 @@ fn authorized(node: &Node, headers: &HeaderMap, query: &HashMap<String, String>)
     if api.key.is_empty() {
         return false;
     }
-    if let Some(key) = headers.get("x-api-key") {
-        return key.as_bytes() == api.key.as_bytes();
-    }
-    if let Some(auth) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let mut parts = auth.splitn(2, ' ');
-        let scheme = parts.next().unwrap_or_default();
-        let key = parts.next().unwrap_or_default().trim();
-        return scheme.eq_ignore_ascii_case("apikey") && key == api.key;
-    }
-    query.get("api_key").is_some_and(|k| *k == api.key)
+    let x_api_key = headers
+        .get("x-api-key")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let header_valid = if x_api_key.is_empty() {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|auth| {
+                let parts: Vec<&str> = auth.split_ascii_whitespace().collect();
+                parts.len() == 2 && parts[0].eq_ignore_ascii_case("apikey") && parts[1] == api.key
+            })
+    } else {
+        x_api_key == api.key.as_bytes()
+    };
+    header_valid || query.get("api_key").is_some_and(|k| *k == api.key)
 }
