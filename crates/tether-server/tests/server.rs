@@ -1036,3 +1036,27 @@ async fn api_key_in_the_query_is_accepted_beside_a_non_apikey_authorization_head
     assert_eq!(&text[9..12], "200", "{text}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn api_subscribe_with_expire_at_closes_the_connection_with_3006_when_it_expires() {
+    let mut cfg = config();
+    cfg.client.expired_sub_close_delay = Duration::from_millis(100);
+    let server = start(cfg).await;
+    let (mut client, _) = Client::connected(&server, "exp").await;
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    let (status, body) = server
+        .api(
+            "subscribe",
+            json!({"user": "exp", "channel": "chat:exp", "expire_at": unix_now + 1}),
+        )
+        .await;
+    assert_eq!((status, &body), (200, &json!({"result": {}})));
+    client
+        .wait_for(|m| m["push"].get("subscribe").is_some())
+        .await;
+    assert_eq!(client.close_code(Duration::from_secs(5)).await, Some(3006));
+    server.stop().await;
+}

@@ -147,6 +147,9 @@ pub struct SubscribeSpec {
     pub data: Option<String>,
     /// Recover from this (offset, epoch).
     pub recover_since: Option<(u64, String)>,
+    /// When the subscription expires (Unix seconds).
+    #[serde(default)]
+    pub expire_at: Option<i64>,
     /// Overrides: presence, join_leave, force_push_join_leave, force_recovery,
     /// force_positioning.
     pub overrides: [Option<bool>; 5],

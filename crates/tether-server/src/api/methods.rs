@@ -271,6 +271,8 @@ struct SubscribeRequest<'a> {
     #[serde(default)]
     recover_since: Option<PositionRequest>,
     #[serde(default)]
+    expire_at: i64,
+    #[serde(default)]
     r#override: Option<Override>,
 }
 
@@ -298,6 +300,7 @@ async fn subscribe(node: &Node, req: SubscribeRequest<'_>) -> CallResult {
             offset: p.offset,
             epoch: p.epoch,
         }),
+        expire_at: (req.expire_at > 0).then_some(req.expire_at),
         overrides: SubscribeOverrides {
             presence: pick(o.presence),
             join_leave: pick(o.join_leave),
@@ -316,6 +319,7 @@ async fn subscribe(node: &Node, req: SubscribeRequest<'_>) -> CallResult {
             .recover_since
             .as_ref()
             .map(|p| (p.offset, p.epoch.clone())),
+        expire_at: control.expire_at,
         overrides: [
             o.presence,
             o.join_leave,
@@ -369,6 +373,7 @@ pub(super) fn apply_control(node: &Node, command: &ControlCommand) {
                         epoch: epoch.clone(),
                     }
                 }),
+                expire_at: subscribe.expire_at,
                 overrides: SubscribeOverrides {
                     presence,
                     join_leave,

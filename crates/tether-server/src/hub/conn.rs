@@ -135,6 +135,8 @@ pub struct ServerSubscribe {
     pub data: Option<Bytes>,
     /// Recover from this position instead of starting at the top.
     pub recover_since: Option<StreamPosition>,
+    /// When the subscription expires (Unix seconds); `None` = never.
+    pub expire_at: Option<i64>,
     /// Channel option overrides.
     pub overrides: crate::session::SubscribeOverrides,
 }

@@ -419,6 +419,14 @@ impl Session {
         // The API call already answered; a subscription the engine cannot serve now is
         // dropped (the client is not told of a subscription that does not exist).
         let Ok(opened) = opened else { return Ok(()) };
+        if let Some(at) = req.expire_at {
+            // Ends as a server-side subscription whose token expired: the connection closes
+            // with 3006 once `expired_sub_close_delay` has passed.
+            if let Some(state) = self.subs.get_mut(&channel) {
+                state.expires_at = Some(at);
+            }
+            self.schedule_sub_expiry(node, now);
+        }
         let (result, top) = opened.result;
         let push = tether_proto::Push {
             channel: channel.clone(),
