@@ -1060,3 +1060,14 @@ async fn api_subscribe_with_expire_at_closes_the_connection_with_3006_when_it_ex
     assert_eq!(client.close_code(Duration::from_secs(5)).await, Some(3006));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn history_remove_on_a_channel_without_history_is_108() {
+    let server = start(config()).await;
+    let (status, body) = server
+        .api("history_remove", json!({"channel": "news"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["error"]["code"], json!(108), "{body}");
+    server.stop().await;
+}

@@ -633,9 +633,14 @@ async fn history_remove(node: &Node, req: &ChannelRequest) -> CallResult {
     if req.channel.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
     }
-    node.config
+    let ns = node
+        .config
         .namespace_for(&req.channel)
         .map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
+    // As Centrifugo: a namespace without history has none to remove.
+    if !ns.history_enabled() {
+        return Err(ApiError::NOT_AVAILABLE.into());
+    }
     node.engine
         .remove_history(&req.channel)
         .await
