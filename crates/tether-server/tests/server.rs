@@ -1071,3 +1071,26 @@ async fn history_remove_on_a_channel_without_history_is_108() {
     assert_eq!(body["error"]["code"], json!(108), "{body}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn api_disconnect_for_another_session_leaves_the_connection_alone() {
+    let server = start(config()).await;
+    let (mut client, _) = Client::connected(&server, "sess").await;
+    let (status, body) = server
+        .api(
+            "disconnect",
+            json!({"user": "sess", "session": "no-such-session"}),
+        )
+        .await;
+    assert_eq!((status, &body), (200, &json!({"result": {}})));
+    client
+        .send_raw(r#"{"id":78,"presence_stats":{"channel":"chat:x"}}"#)
+        .await;
+    let reply = client.next_within(Duration::from_secs(3)).await;
+    assert!(
+        reply.as_ref().is_some_and(|r| r["id"] == json!(78)),
+        "no reply after a disconnect aimed at another session: {reply:?}, close {:?}",
+        client.close
+    );
+    server.stop().await;
+}

@@ -309,7 +309,12 @@ async fn subscribe(node: &Node, req: SubscribeRequest<'_>) -> CallResult {
             force_positioning: pick(o.force_positioning),
         },
     };
-    let _ = req.session;
+    // Centrifugo applies a call with `session` only to the connection with that session id;
+    // no tether connection has one, so such a call (here and in unsubscribe, disconnect,
+    // refresh) matches no connection.
+    if !req.session.is_empty() {
+        return Ok(json!({}));
+    }
     let o = &control.overrides;
     let spec = SubscribeSpec {
         channel: control.channel.clone(),
@@ -443,6 +448,8 @@ struct UnsubscribeRequest {
     channel: String,
     #[serde(default)]
     client: String,
+    #[serde(default)]
+    session: String,
 }
 
 async fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> CallResult {
@@ -452,6 +459,9 @@ async fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> CallResult {
     node.config
         .namespace_for(&req.channel)
         .map_err(|_| ApiError::UNKNOWN_CHANNEL)?;
+    if !req.session.is_empty() {
+        return Ok(json!({}));
+    }
     let command = ControlCommand::Unsubscribe {
         user: req.user,
         channel: req.channel,
@@ -479,6 +489,8 @@ struct DisconnectRequest {
     #[serde(default)]
     client: String,
     #[serde(default)]
+    session: String,
+    #[serde(default)]
     whitelist: Vec<String>,
     #[serde(default)]
     disconnect: Option<DisconnectCodeRequest>,
@@ -487,6 +499,9 @@ struct DisconnectRequest {
 async fn disconnect(node: &Node, req: DisconnectRequest) -> CallResult {
     if req.user.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
+    }
+    if !req.session.is_empty() {
+        return Ok(json!({}));
     }
     let disconnect = match req.disconnect {
         Some(d) if d.code != 0 => Disconnect {
@@ -516,6 +531,8 @@ struct RefreshRequest<'a> {
     #[serde(default)]
     client: String,
     #[serde(default)]
+    session: String,
+    #[serde(default)]
     expired: bool,
     #[serde(default)]
     expire_at: i64,
@@ -526,6 +543,9 @@ struct RefreshRequest<'a> {
 async fn refresh(node: &Node, req: &RefreshRequest<'_>) -> CallResult {
     if req.user.is_empty() {
         return Err(ApiError::BAD_REQUEST.into());
+    }
+    if !req.session.is_empty() {
+        return Ok(json!({}));
     }
     let info = req.info.map(|i| Bytes::copy_from_slice(i.get().as_bytes()));
     let command = ControlCommand::Refresh {
