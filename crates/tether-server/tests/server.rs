@@ -1094,3 +1094,24 @@ async fn api_disconnect_for_another_session_leaves_the_connection_alone() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn api_publish_prefers_b64data_over_data() {
+    let server = start(config()).await;
+    let (status, body) = server
+        .api(
+            "publish",
+            json!({"channel": "chat:b64", "data": {"from": "data"}, "b64data": "eyJmcm9tIjoiYjY0In0="}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = server
+        .api("history", json!({"channel": "chat:b64", "limit": 1}))
+        .await;
+    assert_eq!(
+        body["result"]["publications"][0]["data"],
+        json!({"from": "b64"}),
+        "{body}"
+    );
+    server.stop().await;
+}

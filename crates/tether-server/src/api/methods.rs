@@ -135,15 +135,17 @@ struct PublishRequest<'a> {
     delta: bool,
 }
 
+/// The payload of a request: `b64data` when set (it wins over `data`, as in Centrifugo),
+/// else `data`.
 fn payload(data: Option<&RawValue>, b64data: &str) -> Result<Bytes, ApiError> {
-    if let Some(data) = data {
-        return Ok(Bytes::copy_from_slice(data.get().as_bytes()));
-    }
     if !b64data.is_empty() {
         return base64::engine::general_purpose::STANDARD
             .decode(b64data)
             .map(Bytes::from)
             .map_err(|_| ApiError::BAD_REQUEST);
+    }
+    if let Some(data) = data {
+        return Ok(Bytes::copy_from_slice(data.get().as_bytes()));
     }
     Err(ApiError::BAD_REQUEST)
 }
