@@ -582,3 +582,63 @@ async fn stalled_reader_is_closed_with_3008_while_others_keep_up() {
     );
     server.stop().await;
 }
+
+/// Server-side subscriptions count against the channel limit as client ones do, but past it
+/// the reference server closes the connection with 3505 (centrifuge `connectCmd`:
+/// `len(subscriptions) > channelLimit` -> `DisconnectChannelLimit`) instead of replying 106:
+/// a connect whose token lists more channels than the limit is not let through with all of
+/// them.
+#[tokio::test]
+async fn server_side_channels_over_the_channel_limit_close_with_3505() {
+    let mut cfg = config();
+    cfg.client.channel_limit = 2;
+    let server = start(cfg).await;
+    let mut client = Client::open(&server).await;
+    let over = token(json!({"sub": "u", "channels": ["a", "b", "c"]}));
+    client
+        .send_raw(&json!({"id": 1, "connect": {"token": over}}).to_string())
+        .await;
+    let reply = client.next_within(Duration::from_secs(3)).await;
+    assert!(
+        reply.is_none(),
+        "connected with more channels than the limit: {reply:?}"
+    );
+    assert_eq!(
+        client.close.clone().flatten().map(|frame| u16::from(frame.code)),
+        Some(3505)
+    );
+    // At the limit the connect goes through.
+    let mut client = Client::open(&server).await;
+    let at = token(json!({"sub": "u", "channels": ["a", "b"]}));
+    let reply = client.connect_with(&at).await;
+    assert_eq!(reply["connect"]["subs"].as_object().map(|s| s.len()), Some(2));
+    server.stop().await;
+}
+
+/// A server API `subscribe` for a connection already at the channel limit closes it with
+/// 3505, as the reference server's `Client.Subscribe` does (`numChannels >= channelLimit` ->
+/// `DisconnectChannelLimit`), rather than taking it past the limit.
+#[tokio::test]
+async fn api_subscribe_past_the_channel_limit_closes_with_3505() {
+    let mut cfg = config();
+    cfg.client.channel_limit = 2;
+    let server = start(cfg).await;
+    let (mut client, _) = Client::connected(&server, "u").await;
+    for channel in ["a", "b"] {
+        let reply = client
+            .call(json!({"subscribe": {"channel": channel}}))
+            .await;
+        assert!(reply.get("subscribe").is_some(), "{reply}");
+    }
+    let (status, _) = server
+        .api("subscribe", json!({"user": "u", "channel": "c"}))
+        .await;
+    assert_eq!(status, 200);
+    let push = client.next_within(Duration::from_secs(3)).await;
+    assert!(push.is_none(), "subscribed past the limit: {push:?}");
+    assert_eq!(
+        client.close.clone().flatten().map(|frame| u16::from(frame.code)),
+        Some(3505)
+    );
+    server.stop().await;
+}

@@ -352,6 +352,30 @@ impl Session {
         if limit > 0 && !user.is_empty() && node.hub.user_conn_count(&user) >= limit {
             return Err(DisconnectCode::CONNECTION_LIMIT.into());
         }
+        let personal = &config.client.subscribe_to_user_personal_channel;
+        if personal.enabled && !user.is_empty() {
+            let channel = if personal.personal_channel_namespace.is_empty() {
+                format!("{}{user}", config.channel.user_boundary)
+            } else {
+                format!(
+                    "{}{}{}{user}",
+                    personal.personal_channel_namespace,
+                    config.channel.namespace_boundary,
+                    config.channel.user_boundary
+                )
+            };
+            server_subs.push((channel, None));
+        }
+        // As the reference server: more server-side subscriptions than the channel limit
+        // allows close the connection with 3505 rather than exceed the limit.
+        let channel_limit = config.client.channel_limit;
+        if channel_limit > 0 {
+            let distinct: std::collections::HashSet<&str> =
+                server_subs.iter().map(|(channel, _)| channel.as_str()).collect();
+            if distinct.len() > channel_limit {
+                return Err(DisconnectCode::CHANNEL_LIMIT.into());
+            }
+        }
         self.user = Arc::from(user.as_str());
         self.conn.set_identity(self.user.clone(), info);
         node.hub.add_user_conn(&self.conn);
@@ -369,21 +393,6 @@ impl Session {
                 now.ms + first_ping
             };
         });
-
-        let personal = &config.client.subscribe_to_user_personal_channel;
-        if personal.enabled && !user.is_empty() {
-            let channel = if personal.personal_channel_namespace.is_empty() {
-                format!("{}{user}", config.channel.user_boundary)
-            } else {
-                format!(
-                    "{}{}{}{user}",
-                    personal.personal_channel_namespace,
-                    config.channel.namespace_boundary,
-                    config.channel.user_boundary
-                )
-            };
-            server_subs.push((channel, None));
-        }
 
         let mut result = tether_proto::ConnectResult {
             client: self.conn.client.to_string(),

@@ -405,6 +405,12 @@ impl Session {
         {
             return Ok(());
         }
+        // As the reference server: a server-side subscription past the channel limit closes
+        // the connection with 3505.
+        let limit = node.config.client.channel_limit;
+        if limit > 0 && self.subs.len() >= limit {
+            return Err(DisconnectCode::CHANNEL_LIMIT.into());
+        }
         let channel = req.channel.clone();
         let opened = self
             .setup_server_sub(
