@@ -642,3 +642,85 @@ async fn api_subscribe_past_the_channel_limit_closes_with_3505() {
     );
     server.stop().await;
 }
+
+/// A connection the server closes stops counting against its user's connection limit at
+/// once, as in the reference server (centrifuge `Client.close` removes the client from the
+/// hub before the transport is closed), not only once its goodbye has been written: a client
+/// that lost its network path is told 3012 (reconnect), comes back on a new connection,
+/// and must not be refused with 3504 — a terminal code, after which the SDK never
+/// reconnects — while the old socket is still full and its close frame waits to be written.
+#[tokio::test]
+async fn a_closed_connection_frees_its_users_slot_before_its_goodbye_is_written() {
+    let mut cfg = config();
+    cfg.client.user_connection_limit = 1;
+    cfg.client.ping_interval = Duration::from_secs(2);
+    cfg.client.pong_timeout = Duration::from_secs(1);
+    let server = tether_server::server::Server::bind(cfg).await.unwrap();
+    let node = server.node().clone();
+    let addr = server.local_addr();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(server.run(stop.clone()));
+    let server = TestServer::from_parts(addr, stop, handle);
+
+    // The old connection: subscribed, then its reader stalls (a dead network path).
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let (mut stalled, _) = tokio_tungstenite::client_async(server.ws_url(), stream)
+        .await
+        .unwrap();
+    let hello = [
+        json!({"id": 1, "connect": {"token": user_token("u")}}).to_string(),
+        json!({"id": 2, "subscribe": {"channel": "feed"}}).to_string(),
+    ]
+    .join("\n");
+    stalled.send(Message::Text(hello.into())).await.unwrap();
+    let mut subscribed = false;
+    while !subscribed {
+        let msg = tokio::time::timeout(Duration::from_secs(5), stalled.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        subscribed = msg.to_text().unwrap_or_default().contains(r#""id":2"#);
+    }
+    let old = node
+        .hub
+        .all_conns()
+        .into_iter()
+        .find(|c| &*c.user() == "u")
+        .expect("old connection registered");
+    // Publish until the socket takes no more and frames wait in the server's queue (well
+    // under its bound, so this is not a slow-consumer close).
+    let pad = "p".repeat(16 * 1024);
+    for i in 0..200 {
+        if old.has_frames() {
+            break;
+        }
+        let (status, _) = server
+            .api("publish", json!({"channel": "feed", "data": {"i": i, "pad": pad}}))
+            .await;
+        assert_eq!(status, 200);
+    }
+    assert!(old.has_frames(), "the old socket never filled up");
+    // Its pong never comes: the server closes it with 3012.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !old.is_closing() {
+        assert!(Instant::now() < deadline, "no 3012 for the silent connection");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // The client is back on a new connection.
+    let mut fresh = Client::open(&server).await;
+    fresh
+        .send_raw(&json!({"id": 1, "connect": {"token": user_token("u")}}).to_string())
+        .await;
+    let reply = fresh.next_within(Duration::from_secs(3)).await;
+    assert!(
+        reply.as_ref().is_some_and(|r| r.get("connect").is_some()),
+        "the reconnect was refused: {reply:?}, close {:?}",
+        fresh.close
+    );
+    drop(stalled);
+    server.stop().await;
+}

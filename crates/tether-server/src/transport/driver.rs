@@ -460,6 +460,12 @@ impl Driver {
     /// Sends what is owed (replies before the close, then the close frame) and cleans up.
     async fn finish(&mut self, end: End) {
         let client = self.session.conn().client;
+        // The connection is over for the node from here on, as in the reference server
+        // (which removes the client before closing the transport): its user's slot is free
+        // before the goodbye is written, which may wait for a full socket, so a client told
+        // to reconnect is not refused with 3504 meanwhile. (Unregistering again at the end
+        // of the session's cleanup is a no-op.)
+        self.node.hub.unregister(self.session.conn());
         let metrics = &self.node.metrics;
         metrics.disconnected(match &end {
             End::Disconnect(disconnect) => disconnect.code,
