@@ -1115,3 +1115,31 @@ async fn api_publish_prefers_b64data_over_data() {
     );
     server.stop().await;
 }
+
+/// `sub_refresh` is for client-side subscriptions refreshed with a token: for a server-side
+/// subscription the reference server closes the connection with 3501 ("server-side sub
+/// refresh expected", centrifuge `handleSubRefresh`) rather than give the subscription the
+/// token's expiry — which would later end the connection with 3006.
+#[tokio::test]
+async fn sub_refresh_of_a_server_side_subscription_is_a_bad_request() {
+    let server = start(config()).await;
+    let mut client = Client::open(&server).await;
+    client
+        .connect_with(&token(json!({"sub": "s", "channels": ["feed"]})))
+        .await;
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    let sub_token = token(json!({"sub": "s", "channel": "feed", "exp": unix_now + 60}));
+    client
+        .send_raw(&json!({"id": 2, "sub_refresh": {"channel": "feed", "token": sub_token}}).to_string())
+        .await;
+    let reply = client.next_within(Duration::from_secs(3)).await;
+    assert!(reply.is_none(), "answered: {reply:?}");
+    assert_eq!(
+        client.close.clone().flatten().map(|frame| u16::from(frame.code)),
+        Some(3501)
+    );
+    server.stop().await;
+}

@@ -516,8 +516,12 @@ impl Session {
         if req.channel.is_empty() || req.token.is_empty() {
             return Err(DisconnectCode::BAD_REQUEST.into());
         }
-        if !self.subs.contains_key(&req.channel) {
-            return Ok(error_reply(ClientError::PERMISSION_DENIED));
+        match self.subs.get(&req.channel) {
+            None => return Ok(error_reply(ClientError::PERMISSION_DENIED)),
+            // As the reference server: a server-side subscription is not refreshed by the
+            // client ("server-side sub refresh expected").
+            Some(state) if state.server_side => return Err(DisconnectCode::BAD_REQUEST.into()),
+            Some(_) => {}
         }
         let verifier = node.sub_tokens.as_ref().unwrap_or(&node.tokens);
         verifier.ensure_key(&req.token).await;
