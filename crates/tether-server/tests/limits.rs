@@ -604,14 +604,21 @@ async fn server_side_channels_over_the_channel_limit_close_with_3505() {
         "connected with more channels than the limit: {reply:?}"
     );
     assert_eq!(
-        client.close.clone().flatten().map(|frame| u16::from(frame.code)),
+        client
+            .close
+            .clone()
+            .flatten()
+            .map(|frame| u16::from(frame.code)),
         Some(3505)
     );
     // At the limit the connect goes through.
     let mut client = Client::open(&server).await;
     let at = token(json!({"sub": "u", "channels": ["a", "b"]}));
     let reply = client.connect_with(&at).await;
-    assert_eq!(reply["connect"]["subs"].as_object().map(|s| s.len()), Some(2));
+    assert_eq!(
+        reply["connect"]["subs"].as_object().map(|s| s.len()),
+        Some(2)
+    );
     server.stop().await;
 }
 
@@ -637,7 +644,11 @@ async fn api_subscribe_past_the_channel_limit_closes_with_3505() {
     let push = client.next_within(Duration::from_secs(3)).await;
     assert!(push.is_none(), "subscribed past the limit: {push:?}");
     assert_eq!(
-        client.close.clone().flatten().map(|frame| u16::from(frame.code)),
+        client
+            .close
+            .clone()
+            .flatten()
+            .map(|frame| u16::from(frame.code)),
         Some(3505)
     );
     server.stop().await;
@@ -698,7 +709,10 @@ async fn a_closed_connection_frees_its_users_slot_before_its_goodbye_is_written(
             break;
         }
         let (status, _) = server
-            .api("publish", json!({"channel": "feed", "data": {"i": i, "pad": pad}}))
+            .api(
+                "publish",
+                json!({"channel": "feed", "data": {"i": i, "pad": pad}}),
+            )
             .await;
         assert_eq!(status, 200);
     }
@@ -706,7 +720,10 @@ async fn a_closed_connection_frees_its_users_slot_before_its_goodbye_is_written(
     // Its pong never comes: the server closes it with 3012.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !old.is_closing() {
-        assert!(Instant::now() < deadline, "no 3012 for the silent connection");
+        assert!(
+            Instant::now() < deadline,
+            "no 3012 for the silent connection"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 

@@ -1133,12 +1133,18 @@ async fn sub_refresh_of_a_server_side_subscription_is_a_bad_request() {
         .as_secs() as i64;
     let sub_token = token(json!({"sub": "s", "channel": "feed", "exp": unix_now + 60}));
     client
-        .send_raw(&json!({"id": 2, "sub_refresh": {"channel": "feed", "token": sub_token}}).to_string())
+        .send_raw(
+            &json!({"id": 2, "sub_refresh": {"channel": "feed", "token": sub_token}}).to_string(),
+        )
         .await;
     let reply = client.next_within(Duration::from_secs(3)).await;
     assert!(reply.is_none(), "answered: {reply:?}");
     assert_eq!(
-        client.close.clone().flatten().map(|frame| u16::from(frame.code)),
+        client
+            .close
+            .clone()
+            .flatten()
+            .map(|frame| u16::from(frame.code)),
         Some(3501)
     );
     server.stop().await;

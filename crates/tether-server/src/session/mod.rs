@@ -370,8 +370,10 @@ impl Session {
         // allows close the connection with 3505 rather than exceed the limit.
         let channel_limit = config.client.channel_limit;
         if channel_limit > 0 {
-            let distinct: std::collections::HashSet<&str> =
-                server_subs.iter().map(|(channel, _)| channel.as_str()).collect();
+            let distinct: std::collections::HashSet<&str> = server_subs
+                .iter()
+                .map(|(channel, _)| channel.as_str())
+                .collect();
             if distinct.len() > channel_limit {
                 return Err(DisconnectCode::CHANNEL_LIMIT.into());
             }
