@@ -724,12 +724,21 @@ async fn a_batch_item_with_several_fields_is_dispatched_by_the_first_in_protocol
 
 /// A positioned subscriber whose stream's metadata expires (memory engine) must not have the
 /// new epoch's first publications silently dropped: it must be told (insufficient state, 2500)
-/// or get them. Before the fix the hub's "already delivered" filter (`skip_up_to`, set to the
-/// old epoch's top at subscribe) swallowed new-epoch offsets 1..=top, and offset top+1 then
-/// arrived as if it followed the old position.
+/// or get them. The hub's "already delivered" filter (`skip_up_to`, set to the old epoch's top
+/// at subscribe) used to swallow new-epoch offsets 1..=top, and offset top+1 then arrived as
+/// if it followed the old position.
 #[tokio::test]
 async fn new_epoch_after_meta_expiry_is_not_silently_dropped() {
-    let mut cfg = config();
+    let server = start(with_short_meta_namespace(config())).await;
+    let first = first_message_after_meta_expiry(&server, Duration::from_millis(1600)).await;
+    assert_told_or_got_the_new_epoch(&first);
+    server.stop().await;
+}
+
+/// The config with a `short` namespace whose history and stream metadata live 1 s.
+fn with_short_meta_namespace(
+    mut cfg: tether_server::config::Config,
+) -> tether_server::config::Config {
     cfg.channel
         .namespaces
         .push(tether_server::config::Namespace {
@@ -743,33 +752,43 @@ async fn new_epoch_after_meta_expiry_is_not_silently_dropped() {
                 ..Default::default()
             },
         });
-    let server = start(cfg).await;
+    cfg
+}
+
+/// Subscribes at offset 3 of `short:x`, waits `expiry` for the stream's metadata to expire,
+/// publishes four times into the new epoch, and returns the first message the subscriber got.
+async fn first_message_after_meta_expiry(
+    server: &common::TestServer,
+    expiry: Duration,
+) -> serde_json::Value {
     for n in 1..=3 {
         server
             .api("publish", json!({"channel": "short:x", "data": {"n": n}}))
             .await;
     }
-    let (mut client, _) = Client::connected(&server, "1").await;
+    let (mut client, _) = Client::connected(server, "1").await;
     let sub = client.subscribe(json!({"channel": "short:x"})).await;
     assert_eq!(sub["offset"], json!(3), "{sub}");
-    let old_epoch = sub["epoch"].as_str().unwrap().to_owned();
-    // The stream's metadata expires: the next publish starts a new epoch at offset 1.
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let old_epoch = sub["epoch"].clone();
+    tokio::time::sleep(expiry).await;
     for n in 1..=4 {
         let (_, body) = server
             .api("publish", json!({"channel": "short:x", "data": {"m": n}}))
             .await;
         assert_eq!(body["result"]["offset"], json!(n), "{body}");
-        assert_ne!(body["result"]["epoch"], json!(old_epoch), "{body}");
+        assert_ne!(body["result"]["epoch"], old_epoch, "{body}");
     }
-    let first = client.next().await;
+    client.next().await
+}
+
+/// The subscriber was told (2500) or got the new epoch's first offset.
+fn assert_told_or_got_the_new_epoch(first: &serde_json::Value) {
     let told = first["push"]["unsubscribe"]["code"] == json!(2500);
     let got_first = first["push"]["pub"]["offset"] == json!(1);
     assert!(
         told || got_first,
         "new epoch's offsets 1..=3 silently dropped; first message: {first}"
     );
-    server.stop().await;
 }
 
 /// Deletes every key under `prefix` in the test Redis.
@@ -812,56 +831,19 @@ async fn wait_ready(server: &common::TestServer) {
 }
 
 /// The same on the Redis engine: the stream's meta expires while a positioned subscriber on
-/// this node has not seen a publication since it subscribed (the engine's gap detector has no
-/// last position yet), so the new epoch's offsets 1..=top are dropped as "already delivered"
-/// and top+1 arrives as if it followed the old position.
+/// this node has not seen a publication since it subscribed (the engine's gap detector had no
+/// last position yet). Redis expires the meta hash 1 s after the subscribe's read refreshed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_new_epoch_after_meta_expiry_is_not_silently_dropped() {
     let prefix = format!("tether-test-meta-expiry-{}", uuid::Uuid::new_v4().simple());
     let mut cfg = config();
     cfg.engine.kind = tether_server::config::EngineKind::Redis;
     cfg.engine.redis.prefix = prefix.clone();
-    cfg.channel
-        .namespaces
-        .push(tether_server::config::Namespace {
-            name: "short".to_owned(),
-            options: tether_server::config::NamespaceOptions {
-                history_size: 10,
-                history_ttl: Duration::from_secs(1),
-                history_meta_ttl: Some(Duration::from_secs(1)),
-                force_recovery: true,
-                allow_subscribe_for_client: true,
-                ..Default::default()
-            },
-        });
-    let server = start(cfg).await;
+    let server = start(with_short_meta_namespace(cfg)).await;
     wait_ready(&server).await;
-    for n in 1..=3 {
-        server
-            .api("publish", json!({"channel": "short:x", "data": {"n": n}}))
-            .await;
-    }
-    let (mut client, _) = Client::connected(&server, "1").await;
-    let sub = client.subscribe(json!({"channel": "short:x"})).await;
-    assert_eq!(sub["offset"], json!(3), "{sub}");
-    let old_epoch = sub["epoch"].as_str().unwrap().to_owned();
-    // Redis expires the meta hash (1 s after the subscribe's read refreshed it).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    for n in 1..=4 {
-        let (_, body) = server
-            .api("publish", json!({"channel": "short:x", "data": {"m": n}}))
-            .await;
-        assert_eq!(body["result"]["offset"], json!(n), "{body}");
-        assert_ne!(body["result"]["epoch"], json!(old_epoch), "{body}");
-    }
-    let first = client.next().await;
+    let first = first_message_after_meta_expiry(&server, Duration::from_millis(2500)).await;
     delete_redis_keys(&prefix).await;
-    let told = first["push"]["unsubscribe"]["code"] == json!(2500);
-    let got_first = first["push"]["pub"]["offset"] == json!(1);
-    assert!(
-        told || got_first,
-        "new epoch's offsets 1..=3 silently dropped; first message: {first}"
-    );
+    assert_told_or_got_the_new_epoch(&first);
     server.stop().await;
 }
 
