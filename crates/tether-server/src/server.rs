@@ -183,10 +183,10 @@ impl Node {
     }
 
     /// Whether a channel passes its namespace's `channel_regex` (checked against the part
-    /// after the namespace boundary; no pattern passes everything).
+    /// after the namespace boundary; without a pattern the name must be ASCII).
     pub fn channel_matches_regex(&self, pattern: &str, channel: &str) -> bool {
         if pattern.is_empty() {
-            return true;
+            return channel.is_ascii();
         }
         let boundary = self.config.channel.namespace_boundary.as_str();
         let name = channel

@@ -521,7 +521,7 @@ async fn channel_regex_limits_client_subscriptions() {
     let denied = client
         .call(json!({"subscribe": {"channel": "rx:abc"}}))
         .await;
-    assert_eq!(denied["error"]["code"], json!(103));
+    assert_eq!(denied["error"]["code"], json!(107));
     server.stop().await;
 }
 
@@ -1129,5 +1129,144 @@ async fn sub_refresh_of_a_server_side_subscription_is_a_bad_request() {
             .map(|frame| u16::from(frame.code)),
         Some(3501)
     );
+    server.stop().await;
+}
+
+/// compat-protocol §3.4: with `subscribe_to_user_personal_channel.single_connection` the
+/// server keeps one connection per user. Centrifugo (`internal/client/handler.go`,
+/// `OnConnect`) checks presence of the personal channel when a user connects and, when a
+/// second connection is there, disconnects the user's other connections with 3504
+/// ("connection limit"), keeping the new one.
+#[tokio::test]
+async fn personal_channel_single_connection_closes_the_older_connection_with_3504() {
+    let mut cfg = config();
+    cfg.channel.without_namespace.presence = true;
+    cfg.client.subscribe_to_user_personal_channel.enabled = true;
+    cfg.client
+        .subscribe_to_user_personal_channel
+        .single_connection = true;
+    let server = start(cfg).await;
+    let (mut first, _) = Client::connected(&server, "solo").await;
+    let (mut second, reply) = Client::connected(&server, "solo").await;
+    assert!(reply["connect"]["subs"].get("#solo").is_some(), "{reply}");
+    assert_eq!(first.close_code(Duration::from_secs(3)).await, Some(3504));
+    // The new connection stays.
+    let ok = second.call(json!({"subscribe": {"channel": "news"}})).await;
+    assert!(ok.get("subscribe").is_some(), "{ok}");
+    server.stop().await;
+}
+
+/// compat-protocol §3.2: a subscription token's `data` (or `b64data`) is custom data for the
+/// client; Centrifugo puts it into the subscription options (`jwtverify`
+/// `VerifySubscribeToken`: `Options.Data`), which centrifuge returns as
+/// `SubscribeResult.data` (field 11; centrifuge-js `SubscribedContext.data`).
+#[tokio::test]
+async fn subscription_token_data_is_returned_in_the_subscribe_result() {
+    let server = start(config()).await;
+    let (mut client, _) = Client::connected(&server, "d1").await;
+    let sub_token = token(json!({"sub": "d1", "channel": "news", "data": {"welcome": 1}}));
+    let reply = client
+        .call(json!({"subscribe": {"channel": "news", "token": sub_token}}))
+        .await;
+    assert_eq!(reply["subscribe"]["data"], json!({"welcome": 1}), "{reply}");
+    server.stop().await;
+}
+
+/// compat-protocol §3.1: a connection token's server-side subscriptions (`subs`, and
+/// `channels`) in a namespace that is not configured fail the connect with 102 (Centrifugo
+/// `VerifyConnectToken` returns `ErrorUnknownChannel`), rather than connecting the client
+/// without the subscriptions it was given.
+#[tokio::test]
+async fn connection_token_subscriptions_in_an_unknown_namespace_are_error_102() {
+    let server = start(config()).await;
+    let mut client = Client::open(&server).await;
+    let reply = client
+        .call(json!({"connect": {"token": token(json!({"sub": "u", "subs": {"nope:x": {}}}))}}))
+        .await;
+    assert_eq!(reply["error"]["code"], json!(102), "{reply}");
+    let mut client = Client::open(&server).await;
+    let reply = client
+        .call(json!({"connect": {"token": token(json!({"sub": "u", "channels": ["nope:y"]}))}}))
+        .await;
+    assert_eq!(reply["error"]["code"], json!(102), "{reply}");
+    server.stop().await;
+}
+
+/// compat-protocol §3.3: `client.insecure` makes all subscribe permission checks pass. In
+/// Centrifugo's `OnSubscribe` a user-limited channel the user is not listed in falls
+/// through to the `client.insecure` branch and is allowed.
+#[tokio::test]
+async fn insecure_mode_allows_a_user_limited_channel_for_an_unlisted_user() {
+    use tether_server::config::{Namespace, NamespaceOptions};
+    let mut cfg = config();
+    cfg.client.insecure = true;
+    cfg.channel.namespaces.push(Namespace {
+        name: "dm".to_owned(),
+        options: NamespaceOptions {
+            allow_user_limited_channels: true,
+            ..Default::default()
+        },
+    });
+    let server = start(cfg).await;
+    let (mut client, _) = Client::connected(&server, "3").await;
+    let reply = client
+        .call(json!({"subscribe": {"channel": "dm:#1,2"}}))
+        .await;
+    assert!(reply.get("subscribe").is_some(), "{reply}");
+    server.stop().await;
+}
+
+/// Centrifugo's `UserAllowed` reads the allowed users after the **last** user boundary
+/// (`parts[len(parts)-1]`), so `dm:room#a#42` is open to user 42.
+#[tokio::test]
+async fn user_limited_channel_users_follow_the_last_boundary() {
+    use tether_server::config::{Namespace, NamespaceOptions};
+    let mut cfg = config();
+    cfg.channel.namespaces.push(Namespace {
+        name: "dm".to_owned(),
+        options: NamespaceOptions {
+            allow_user_limited_channels: true,
+            ..Default::default()
+        },
+    });
+    let server = start(cfg).await;
+    let (mut client, _) = Client::connected(&server, "42").await;
+    let reply = client
+        .call(json!({"subscribe": {"channel": "dm:room#a#42"}}))
+        .await;
+    assert!(reply.get("subscribe").is_some(), "{reply}");
+    server.stop().await;
+}
+
+/// compat-protocol §3.4: channel names are ASCII only. Centrifugo (`validateChannelName` in
+/// `OnSubscribe`/`OnPublish`/`OnPresence`/`OnHistory`) answers 107 for a channel that fails
+/// the namespace `channel_regex`, or, without a regex, is not ASCII.
+#[tokio::test]
+async fn invalid_channel_names_are_107_bad_request() {
+    use tether_server::config::{Namespace, NamespaceOptions};
+    let mut cfg = config();
+    cfg.channel.namespaces.push(Namespace {
+        name: "rx".to_owned(),
+        options: NamespaceOptions {
+            allow_subscribe_for_client: true,
+            allow_publish_for_client: true,
+            channel_regex: "^[0-9]+$".to_owned(),
+            ..Default::default()
+        },
+    });
+    let server = start(cfg).await;
+    let (mut client, _) = Client::connected(&server, "1").await;
+    let reply = client
+        .call(json!({"subscribe": {"channel": "rx:abc"}}))
+        .await;
+    assert_eq!(reply["error"]["code"], json!(107), "{reply}");
+    let reply = client
+        .call(json!({"publish": {"channel": "rx:abc", "data": {}}}))
+        .await;
+    assert_eq!(reply["error"]["code"], json!(107), "{reply}");
+    let reply = client
+        .call(json!({"subscribe": {"channel": "caf\u{e9}"}}))
+        .await;
+    assert_eq!(reply["error"]["code"], json!(107), "{reply}");
     server.stop().await;
 }

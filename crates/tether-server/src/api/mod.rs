@@ -332,3 +332,22 @@ fn authorized(node: &Node, headers: &HeaderMap, query: &HashMap<String, String>)
     };
     header_valid || query.get("api_key").is_some_and(|k| *k == api.key)
 }
+
+/// Closes a user's connections on every node with `disconnect`, sparing the client ids in
+/// `whitelist` (as the server API `disconnect` does).
+pub(crate) async fn disconnect_user(
+    node: &Node,
+    user: &str,
+    whitelist: Vec<String>,
+    disconnect: crate::hub::Disconnect,
+) {
+    let command = cluster::ControlCommand::Disconnect {
+        user: user.to_owned(),
+        client: String::new(),
+        whitelist,
+        code: disconnect.code,
+        reason: disconnect.reason,
+    };
+    methods::apply_control(node, &command);
+    let _ = cluster::broadcast(node, command).await;
+}

@@ -69,6 +69,11 @@ impl<'a> ChannelAccess<'a> {
             .config
             .namespace_for(channel)
             .map_err(|_| ClientError::UNKNOWN_CHANNEL)?;
+        // As Centrifugo's `validateChannelName`: a name failing the namespace's
+        // `channel_regex` (or, without one, not ASCII) is a bad request.
+        if !node.channel_matches_regex(&options.channel_regex, channel) {
+            return Err(ClientError::BAD_REQUEST);
+        }
         Ok(Self {
             options,
             insecure: node.config.client.insecure,

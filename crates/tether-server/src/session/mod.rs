@@ -333,6 +333,16 @@ impl Session {
             if claims.sub.is_empty() && config.client.disallow_anonymous_connection_tokens {
                 return Err(DisconnectCode::PERMISSION_DENIED.into());
             }
+            // As Centrifugo's `VerifyConnectToken`: a server-side subscription in a namespace
+            // that is not configured fails the connect with 102.
+            if claims
+                .channels
+                .iter()
+                .chain(claims.subs.keys())
+                .any(|channel| config.namespace_for(channel).is_err())
+            {
+                return self.fail_connect(id, ClientError::UNKNOWN_CHANNEL);
+            }
             let expiry = claims.expires_at();
             for channel in &claims.channels {
                 server_subs.push((channel.clone(), None));
@@ -353,6 +363,7 @@ impl Session {
             return Err(DisconnectCode::CONNECTION_LIMIT.into());
         }
         let personal = &config.client.subscribe_to_user_personal_channel;
+        let mut personal_channel = None;
         if personal.enabled && !user.is_empty() {
             let channel = if personal.personal_channel_namespace.is_empty() {
                 format!("{}{user}", config.channel.user_boundary)
@@ -364,6 +375,7 @@ impl Session {
                     config.channel.user_boundary
                 )
             };
+            personal_channel = Some(channel.clone());
             server_subs.push((channel, None));
         }
         // As the reference server: more server-side subscriptions than the channel limit
@@ -455,6 +467,22 @@ impl Session {
         for (channel, sub, top) in pending {
             node.hub.activate(&channel, &sub, Vec::new(), top);
             self.after_subscribed(node, &channel).await;
+        }
+        // As Centrifugo's `OnConnect`: with `single_connection`, a second connection in the
+        // personal channel's presence closes the user's other connections with 3504.
+        if let Some(channel) = personal_channel.filter(|_| personal.single_connection) {
+            let Ok(stats) = node.engine.presence_stats(&channel).await else {
+                return Err(DisconnectCode::INTERNAL.into());
+            };
+            if stats.num_clients >= 2 {
+                crate::api::disconnect_user(
+                    node,
+                    &self.user,
+                    vec![self.conn.client.to_string()],
+                    DisconnectCode::CONNECTION_LIMIT.into(),
+                )
+                .await;
+            }
         }
         Ok(())
     }

@@ -40,6 +40,8 @@ struct SubParams {
     /// Emit join/leave for this subscriber.
     join_leave: bool,
     chan_info: Option<Bytes>,
+    /// Custom data for the subscribe result (a subscription token's `data`).
+    data: Option<Bytes>,
     expires_at: Option<i64>,
     server_side: bool,
 }
@@ -109,15 +111,13 @@ impl Session {
         if self.subs.contains_key(channel) {
             return Ok(Err(ClientError::ALREADY_SUBSCRIBED));
         }
-        if !node.channel_matches_regex(&access.options.channel_regex, channel) {
-            return Ok(Err(ClientError::PERMISSION_DENIED));
-        }
         if self.subs.len() >= config.client.channel_limit {
             return Ok(Err(ClientError::LIMIT_EXCEEDED));
         }
         let ns = access.options;
         let mut overrides = SubscribeOverrides::default();
         let mut chan_info = None;
+        let mut data = None;
         let mut expires_at = None;
         if !req.token.is_empty() {
             let verifier = node.sub_tokens.as_ref().unwrap_or(&node.tokens);
@@ -146,16 +146,18 @@ impl Session {
                 .map(SubscribeOverrides::from)
                 .unwrap_or_default();
             chan_info = claims.info;
+            data = claims.data;
         } else if channel.starts_with(config.channel.private_prefix.as_str())
             && !config.channel.private_prefix.is_empty()
         {
             return Ok(Err(ClientError::PERMISSION_DENIED));
         } else if let Some(users) = user_limited(node, ns, channel) {
-            if self.user.is_empty()
-                || !users
+            // As Centrifugo: a user not listed falls through to `client.insecure` only.
+            let listed = !self.user.is_empty()
+                && users
                     .split(config.channel.user_separator.as_str())
-                    .any(|u| u == &*self.user)
-            {
+                    .any(|u| u == &*self.user);
+            if !listed && !config.client.insecure {
                 return Ok(Err(ClientError::PERMISSION_DENIED));
             }
         } else if !access.allows(Permission::Subscribe) {
@@ -192,6 +194,7 @@ impl Session {
         params.push_join_leave =
             params.join_leave && (force_push || (req.join_leave && presence_allowed));
         params.chan_info = chan_info;
+        params.data = data;
         params.expires_at = expires_at;
         Ok(Ok(params))
     }
@@ -240,6 +243,7 @@ impl Session {
             positioned: params.positioned,
             recoverable: params.recoverable,
             delta: params.delta,
+            data: params.data.clone().unwrap_or_default(),
             ..Default::default()
         };
         if let Some(at) = params.expires_at {
@@ -624,5 +628,5 @@ fn user_limited<'c>(node: &Node, ns: &NamespaceOptions, channel: &'c str) -> Opt
     if boundary.is_empty() {
         return None;
     }
-    channel.split_once(boundary).map(|(_, users)| users)
+    channel.rsplit_once(boundary).map(|(_, users)| users)
 }
