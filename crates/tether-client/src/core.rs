@@ -486,7 +486,7 @@ impl Core {
                         self.send(Pending::SubRefresh(channel), command, deadline);
                     }
                     Err(error) if error.is_unauthorized() => {
-                        self.unsubscribe(&channel, now);
+                        self.unsubscribe_with(&channel, codes::UNAUTHORIZED, "unauthorized", now);
                     }
                     Err(error) => {
                         sub.emit(SubscriptionEvent::Error(error));
@@ -836,6 +836,10 @@ impl Core {
                 recover: position.is_some(),
                 offset: position.as_ref().map_or(0, |p| p.offset),
                 epoch: position.map(|p| p.epoch).unwrap_or_default(),
+                // Ask for a recoverable (hence positioned) subscription: granted where the
+                // namespace allows recovery or the client may read history, as in
+                // Centrifugo; without it nothing is recovered unless the namespace forces it.
+                recoverable: true,
                 join_leave: sub.config.join_leave,
                 ..Default::default()
             }),
@@ -865,8 +869,13 @@ impl Core {
         }
         if let Some(error) = reply.error {
             if error.code == TOKEN_EXPIRED && sub.config.token_source.is_some() {
+                // A fresh token is fetched when the resubscribe is due; with backoff, as the
+                // reference SDKs do, so tokens the server keeps finding expired (clock skew)
+                // do not loop subscribe, fetch, subscribe without pause.
                 sub.token = None;
-                self.send_subscribe(channel, now);
+                let delay = self.config.backoff.delay(sub.attempt, &mut self.rng);
+                sub.attempt += 1;
+                sub.resubscribe_at = Some(now + delay);
             } else if error.temporary {
                 sub.emit(SubscriptionEvent::Error(Error::server(&error)));
                 let delay = self.config.backoff.delay(sub.attempt, &mut self.rng);
@@ -942,6 +951,16 @@ impl Core {
     }
 
     fn unsubscribe(&mut self, channel: &str, now: Instant) {
+        self.unsubscribe_with(
+            channel,
+            codes::UNSUBSCRIBE_CALLED,
+            "unsubscribe called",
+            now,
+        );
+    }
+
+    /// Unsubscribes on the client's own initiative, telling the app why.
+    fn unsubscribe_with(&mut self, channel: &str, code: u32, reason: &str, now: Instant) {
         let connected = self.state == State::Connected;
         let Some(sub) = self.subs.get_mut(channel) else {
             return;
@@ -951,7 +970,7 @@ impl Core {
         }
         let was_subscribed = sub.state == SubscriptionState::Subscribed;
         sub.position = None;
-        set_unsubscribed(sub, codes::UNSUBSCRIBE_CALLED, "unsubscribe called");
+        set_unsubscribed(sub, code, reason);
         if was_subscribed && connected {
             self.send_unsubscribe(channel, now);
         }
@@ -999,11 +1018,16 @@ impl Core {
             }
             sub.emit(SubscriptionEvent::Publication(publication.into()));
         } else if let Some(join) = push.join {
-            if let (Some(sub), Some(info)) = (self.subs.get(&channel), join.info) {
+            // As for publications: only while subscribed (not after `unsubscribe()`).
+            if let (Some(sub), Some(info)) = (self.subs.get(&channel), join.info)
+                && sub.state == SubscriptionState::Subscribed
+            {
                 sub.emit(SubscriptionEvent::Join(info.into()));
             }
         } else if let Some(leave) = push.leave {
-            if let (Some(sub), Some(info)) = (self.subs.get(&channel), leave.info) {
+            if let (Some(sub), Some(info)) = (self.subs.get(&channel), leave.info)
+                && sub.state == SubscriptionState::Subscribed
+            {
                 sub.emit(SubscriptionEvent::Leave(info.into()));
             }
         } else if let Some(subscribe) = push.subscribe {

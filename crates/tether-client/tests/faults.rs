@@ -658,3 +658,68 @@ async fn server_side_subscription_recovers_across_a_reconnect() {
     );
     server.stop().await;
 }
+
+/// A channel with history whose namespace does not force recovery, but lets clients read
+/// history (so, as in Centrifugo, a subscriber may ask for a recoverable subscription): a
+/// publication made while the link is down must still arrive after the reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_channel_without_forced_recovery_recovers_across_a_reconnect() {
+    use tether_server::config::{Namespace, NamespaceOptions};
+    let mut config = support::config();
+    config.channel.namespaces.push(Namespace {
+        name: "feed".to_owned(),
+        options: NamespaceOptions {
+            history_size: 1000,
+            history_ttl: Duration::from_secs(300),
+            allow_subscribe_for_client: true,
+            allow_publish_for_client: true,
+            allow_history_for_client: true,
+            ..Default::default()
+        },
+    });
+    let server = TestServer::start_with(config).await;
+    let proxy = FaultProxy::start(server.upstream(Transport::Ws)).await;
+    let url = TestServer::url(Transport::Ws, proxy.addr);
+    let (_reader, _events, _sub, mut sub_events) = subscribed_reader(&url, "feed:news").await;
+    let (publisher, _) = Client::new(
+        &TestServer::url(Transport::Ws, server.upstream(Transport::Ws)),
+        client_config("writer"),
+    )
+    .unwrap();
+    publisher.connect();
+    publisher.publish("feed:news", "1").await.unwrap();
+    wait_sub(
+        &mut sub_events,
+        SOON,
+        |e| matches!(e, SubscriptionEvent::Publication(p) if p.offset == 1),
+    )
+    .await;
+
+    // The link goes down; a publication is made meanwhile; the link comes back.
+    proxy.set_mode(Mode::Refuse);
+    proxy.reset_all();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publisher.publish("feed:news", "2").await.unwrap();
+    proxy.set_mode(Mode::Forward);
+    wait_sub(&mut sub_events, SOON, |e| {
+        matches!(e, SubscriptionEvent::Subscribed { .. })
+    })
+    .await;
+    publisher.publish("feed:news", "3").await.unwrap();
+    let mut got = Vec::new();
+    while !got.contains(&3) {
+        let event = tokio::time::timeout(SOON, sub_events.next())
+            .await
+            .expect("publication 3 in time")
+            .expect("events");
+        if let SubscriptionEvent::Publication(p) = event {
+            got.push(p.offset);
+        }
+    }
+    assert_eq!(
+        got,
+        [2, 3],
+        "publication 2, made while the link was down, was lost"
+    );
+    server.stop().await;
+}

@@ -437,3 +437,165 @@ fn token_expired_on_connect_fetches_a_new_token_then_opens() {
     let connect = h.sent().remove(0);
     assert_eq!(connect.connect.unwrap().token, "fresh");
 }
+
+#[test]
+fn subscribe_token_expired_again_and_again_backs_off() {
+    // A token backend whose tokens the server always finds expired (clock skew): each 109
+    // must be followed by a backoff delay, not an immediate fetch-and-resubscribe loop.
+    let mut h = Harness::new(ClientConfig::default());
+    let (tx, _rx) = mpsc::unbounded_channel();
+    h.core.handle_request(
+        Request::AddSubscription {
+            channel: "private".to_owned(),
+            config: SubscriptionConfig {
+                token: Some("stale".to_owned()),
+                token_source: Some(TokenSource::new(|| async { Ok("stale".to_owned()) })),
+                ..SubscriptionConfig::default()
+            },
+            events: tx,
+            state: Arc::new(Mutex::new(SubscriptionState::Unsubscribed)),
+        },
+        h.now,
+    );
+    h.core
+        .handle_request(Request::Subscribe("private".to_owned()), h.now);
+    h.connected(0);
+    let mut subscribes_at_once = 0;
+    for _ in 0..10 {
+        let Some(subscribe) = h.sent().into_iter().find(|c| c.subscribe.is_some()) else {
+            break;
+        };
+        subscribes_at_once += 1;
+        h.core.handle_reply(
+            Reply {
+                id: subscribe.id,
+                error: Some(tether_proto::Error {
+                    code: 109,
+                    message: "token expired".to_owned(),
+                    temporary: false,
+                }),
+                ..Default::default()
+            },
+            h.now,
+        );
+        // The token callback answers at once (the driver would run it now).
+        for action in h.actions() {
+            if let Action::FetchToken(target, _) = action {
+                h.core.handle_token(target, Ok("stale".to_owned()), h.now);
+            }
+        }
+    }
+    assert_eq!(
+        subscribes_at_once, 1,
+        "resubscribed {subscribes_at_once} times without any time passing"
+    );
+    // When the backoff delay is over, a new token is fetched for the resubscribe.
+    let due = h.core.poll_timeout().expect("a resubscribe is scheduled");
+    h.advance(due - h.now);
+    let actions = h.actions();
+    assert!(
+        matches!(&actions[..], [Action::FetchToken(TokenTarget::Subscribe(c), _)] if c == "private"),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn unauthorized_sub_refresh_unsubscribes_with_the_unauthorized_code() {
+    let mut h = Harness::new(ClientConfig::default());
+    let (tx, mut sub) = mpsc::unbounded_channel();
+    h.core.handle_request(
+        Request::AddSubscription {
+            channel: "private".to_owned(),
+            config: SubscriptionConfig {
+                token: Some("t1".to_owned()),
+                token_source: Some(TokenSource::new(|| async { Err(Error::unauthorized()) })),
+                ..SubscriptionConfig::default()
+            },
+            events: tx,
+            state: Arc::new(Mutex::new(SubscriptionState::Unsubscribed)),
+        },
+        h.now,
+    );
+    h.core
+        .handle_request(Request::Subscribe("private".to_owned()), h.now);
+    h.connected(0);
+    let id = h.sent()[0].id;
+    h.subscribe_reply(
+        id,
+        SubscribeResult {
+            expires: true,
+            ttl: 60,
+            ..Default::default()
+        },
+    );
+    h.advance(Duration::from_secs(60));
+    let actions = h.actions();
+    assert!(
+        matches!(&actions[..], [Action::FetchToken(TokenTarget::SubRefresh(c), _)] if c == "private"),
+        "{actions:?}"
+    );
+    // The app's token callback says the user may no longer read this channel.
+    h.core.handle_token(
+        TokenTarget::SubRefresh("private".to_owned()),
+        Err(Error::unauthorized()),
+        h.now,
+    );
+    let sent = h.sent();
+    assert!(
+        sent.iter().any(|c| c.unsubscribe.is_some()),
+        "the server is told: {sent:?}"
+    );
+    let last = std::iter::from_fn(|| sub.try_recv().ok()).last();
+    assert!(
+        matches!(
+            last,
+            Some(SubscriptionEvent::Unsubscribed {
+                code: codes::UNAUTHORIZED,
+                ..
+            })
+        ),
+        "{last:?}"
+    );
+}
+
+#[test]
+fn no_join_or_leave_events_after_unsubscribe() {
+    let mut h = Harness::new(ClientConfig::default());
+    let mut sub = h.subscription("room");
+    h.connected(0);
+    let id = h.sent()[0].id;
+    h.subscribe_reply(id, SubscribeResult::default());
+    h.core
+        .handle_request(Request::Unsubscribe("room".to_owned()), h.now);
+    // Pushes the server sent before it handled the unsubscribe command.
+    let info = || tether_proto::ClientInfo {
+        user: "u".to_owned(),
+        client: "c2".to_owned(),
+        ..Default::default()
+    };
+    for push in [
+        Push {
+            channel: "room".to_owned(),
+            join: Some(tether_proto::Join { info: Some(info()) }),
+            ..Default::default()
+        },
+        Push {
+            channel: "room".to_owned(),
+            leave: Some(tether_proto::Leave { info: Some(info()) }),
+            ..Default::default()
+        },
+    ] {
+        h.core.handle_reply(
+            Reply {
+                push: Some(push),
+                ..Default::default()
+            },
+            h.now,
+        );
+    }
+    let last = std::iter::from_fn(|| sub.try_recv().ok()).last();
+    assert!(
+        matches!(last, Some(SubscriptionEvent::Unsubscribed { .. })),
+        "nothing follows Unsubscribed: {last:?}"
+    );
+}
