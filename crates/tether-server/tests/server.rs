@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::{Client, config, start, token, user_token};
 use serde_json::json;
+use tether_server::config::{Config, Namespace, NamespaceOptions};
 
 #[tokio::test]
 async fn connect_reply_carries_client_version_and_ping() {
@@ -436,13 +437,21 @@ async fn oversized_message_closes_with_1009() {
     server.stop().await;
 }
 
-/// The test config with a `delta` namespace: history, recovery and fossil delta.
-fn with_delta_namespace() -> tether_server::config::Config {
-    use tether_server::config::{Namespace, NamespaceOptions};
-    let mut cfg = config();
+/// Adds namespace `name` with `options` to `cfg`.
+fn add_namespace(cfg: &mut Config, name: &str, options: NamespaceOptions) {
     cfg.channel.namespaces.push(Namespace {
-        name: "delta".to_owned(),
-        options: NamespaceOptions {
+        name: name.to_owned(),
+        options,
+    });
+}
+
+/// The test config with a `delta` namespace: history, recovery and fossil delta.
+fn with_delta_namespace() -> Config {
+    let mut cfg = config();
+    add_namespace(
+        &mut cfg,
+        "delta",
+        NamespaceOptions {
             history_size: 10,
             history_ttl: Duration::from_secs(300),
             force_recovery: true,
@@ -451,7 +460,7 @@ fn with_delta_namespace() -> tether_server::config::Config {
             delta_publish: true,
             ..Default::default()
         },
-    });
+    );
     cfg
 }
 
@@ -502,16 +511,16 @@ async fn fossil_delta_follows_a_full_first_publication() {
 
 #[tokio::test]
 async fn channel_regex_limits_client_subscriptions() {
-    use tether_server::config::{Namespace, NamespaceOptions};
     let mut cfg = config();
-    cfg.channel.namespaces.push(Namespace {
-        name: "rx".to_owned(),
-        options: NamespaceOptions {
+    add_namespace(
+        &mut cfg,
+        "rx",
+        NamespaceOptions {
             allow_subscribe_for_client: true,
             channel_regex: "^[0-9]+$".to_owned(),
             ..Default::default()
         },
-    });
+    );
     let server = start(cfg).await;
     let (mut client, _) = Client::connected(&server, "1").await;
     let ok = client
@@ -736,22 +745,19 @@ async fn new_epoch_after_meta_expiry_is_not_silently_dropped() {
 }
 
 /// The config with a `short` namespace whose history and stream metadata live 1 s.
-fn with_short_meta_namespace(
-    mut cfg: tether_server::config::Config,
-) -> tether_server::config::Config {
-    cfg.channel
-        .namespaces
-        .push(tether_server::config::Namespace {
-            name: "short".to_owned(),
-            options: tether_server::config::NamespaceOptions {
-                history_size: 10,
-                history_ttl: Duration::from_secs(1),
-                history_meta_ttl: Some(Duration::from_secs(1)),
-                force_recovery: true,
-                allow_subscribe_for_client: true,
-                ..Default::default()
-            },
-        });
+fn with_short_meta_namespace(mut cfg: Config) -> Config {
+    add_namespace(
+        &mut cfg,
+        "short",
+        NamespaceOptions {
+            history_size: 10,
+            history_ttl: Duration::from_secs(1),
+            history_meta_ttl: Some(Duration::from_secs(1)),
+            force_recovery: true,
+            allow_subscribe_for_client: true,
+            ..Default::default()
+        },
+    );
     cfg
 }
 
@@ -854,19 +860,18 @@ async fn redis_new_epoch_after_meta_expiry_is_not_silently_dropped() {
 #[tokio::test]
 async fn cache_recovery_mode_delivers_the_latest_publication() {
     let mut cfg = config();
-    cfg.channel
-        .namespaces
-        .push(tether_server::config::Namespace {
-            name: "cache".to_owned(),
-            options: tether_server::config::NamespaceOptions {
-                history_size: 1,
-                history_ttl: Duration::from_secs(300),
-                force_recovery: true,
-                force_recovery_mode: tether_server::config::RecoveryMode::Cache,
-                allow_subscribe_for_client: true,
-                ..Default::default()
-            },
-        });
+    add_namespace(
+        &mut cfg,
+        "cache",
+        NamespaceOptions {
+            history_size: 1,
+            history_ttl: Duration::from_secs(300),
+            force_recovery: true,
+            force_recovery_mode: tether_server::config::RecoveryMode::Cache,
+            allow_subscribe_for_client: true,
+            ..Default::default()
+        },
+    );
     let server = start(cfg).await;
     let (_, body) = server
         .api("publish", json!({"channel": "cache:s", "data": {"n": 1}}))
@@ -1197,16 +1202,16 @@ async fn connection_token_subscriptions_in_an_unknown_namespace_are_error_102() 
 /// through to the `client.insecure` branch and is allowed.
 #[tokio::test]
 async fn insecure_mode_allows_a_user_limited_channel_for_an_unlisted_user() {
-    use tether_server::config::{Namespace, NamespaceOptions};
     let mut cfg = config();
     cfg.client.insecure = true;
-    cfg.channel.namespaces.push(Namespace {
-        name: "dm".to_owned(),
-        options: NamespaceOptions {
+    add_namespace(
+        &mut cfg,
+        "dm",
+        NamespaceOptions {
             allow_user_limited_channels: true,
             ..Default::default()
         },
-    });
+    );
     let server = start(cfg).await;
     let (mut client, _) = Client::connected(&server, "3").await;
     let reply = client
@@ -1220,15 +1225,15 @@ async fn insecure_mode_allows_a_user_limited_channel_for_an_unlisted_user() {
 /// (`parts[len(parts)-1]`), so `dm:room#a#42` is open to user 42.
 #[tokio::test]
 async fn user_limited_channel_users_follow_the_last_boundary() {
-    use tether_server::config::{Namespace, NamespaceOptions};
     let mut cfg = config();
-    cfg.channel.namespaces.push(Namespace {
-        name: "dm".to_owned(),
-        options: NamespaceOptions {
+    add_namespace(
+        &mut cfg,
+        "dm",
+        NamespaceOptions {
             allow_user_limited_channels: true,
             ..Default::default()
         },
-    });
+    );
     let server = start(cfg).await;
     let (mut client, _) = Client::connected(&server, "42").await;
     let reply = client
@@ -1243,17 +1248,17 @@ async fn user_limited_channel_users_follow_the_last_boundary() {
 /// the namespace `channel_regex`, or, without a regex, is not ASCII.
 #[tokio::test]
 async fn invalid_channel_names_are_107_bad_request() {
-    use tether_server::config::{Namespace, NamespaceOptions};
     let mut cfg = config();
-    cfg.channel.namespaces.push(Namespace {
-        name: "rx".to_owned(),
-        options: NamespaceOptions {
+    add_namespace(
+        &mut cfg,
+        "rx",
+        NamespaceOptions {
             allow_subscribe_for_client: true,
             allow_publish_for_client: true,
             channel_regex: "^[0-9]+$".to_owned(),
             ..Default::default()
         },
-    });
+    );
     let server = start(cfg).await;
     let (mut client, _) = Client::connected(&server, "1").await;
     let reply = client
