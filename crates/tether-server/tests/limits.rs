@@ -449,23 +449,30 @@ async fn channel_limit_is_error_106() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn stalled_reader_is_closed_with_3008_while_others_keep_up() {
-    let mut cfg = config();
-    cfg.client.queue_max_size = 64 * 1024;
+/// Starts a server with `cfg`, keeping its node for the test to look into.
+async fn start_with_node(
+    cfg: tether_server::config::Config,
+) -> (TestServer, std::sync::Arc<tether_server::server::Node>) {
     let server = tether_server::server::Server::bind(cfg).await.unwrap();
     let node = server.node().clone();
     let addr = server.local_addr();
     let stop = tokio_util::sync::CancellationToken::new();
     let handle = tokio::spawn(server.run(stop.clone()));
-    let server = TestServer::from_parts(addr, stop, handle);
-    let (mut healthy, _) = Client::connected(&server, "healthy").await;
-    healthy
-        .call(json!({"subscribe": {"channel": "flood"}}))
-        .await;
+    (TestServer::from_parts(addr, stop, handle), node)
+}
 
-    // The stalled client: a small receive window so the kernel buffers less, subscribed,
-    // then it stops reading.
+/// A client of `user` subscribed to `channel` over a socket with a small receive window (so
+/// the kernel buffers less for it), which reads nothing more: a stalled reader, or a dead
+/// network path. Returns it with its connection's handle on the server.
+async fn stalled_subscriber(
+    server: &TestServer,
+    node: &tether_server::server::Node,
+    user: &str,
+    channel: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<TcpStream>,
+    tether_server::hub::ConnHandle,
+) {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(server.addr).await.unwrap();
@@ -473,8 +480,8 @@ async fn stalled_reader_is_closed_with_3008_while_others_keep_up() {
         .await
         .unwrap();
     let hello = [
-        json!({"id": 1, "connect": {"token": user_token("stalled")}}).to_string(),
-        json!({"id": 2, "subscribe": {"channel": "flood"}}).to_string(),
+        json!({"id": 1, "connect": {"token": user_token(user)}}).to_string(),
+        json!({"id": 2, "subscribe": {"channel": channel}}).to_string(),
     ]
     .join("\n");
     stalled.send(Message::Text(hello.into())).await.unwrap();
@@ -487,12 +494,27 @@ async fn stalled_reader_is_closed_with_3008_while_others_keep_up() {
             .unwrap();
         subscribed = msg.to_text().unwrap_or_default().contains(r#""id":2"#);
     }
-    let stalled_conn = node
+    let conn = node
         .hub
         .all_conns()
         .into_iter()
-        .find(|c| &*c.user() == "stalled")
+        .find(|c| &*c.user() == user)
         .expect("stalled connection registered");
+    (stalled, conn)
+}
+
+#[tokio::test]
+async fn stalled_reader_is_closed_with_3008_while_others_keep_up() {
+    let mut cfg = config();
+    cfg.client.queue_max_size = 64 * 1024;
+    let (server, node) = start_with_node(cfg).await;
+    let (mut healthy, _) = Client::connected(&server, "healthy").await;
+    healthy
+        .call(json!({"subscribe": {"channel": "flood"}}))
+        .await;
+
+    // The stalled client: subscribed, then it stops reading.
+    let (mut stalled, stalled_conn) = stalled_subscriber(&server, &node, "stalled", "flood").await;
 
     // Flood the channel until the stalled connection is cut off; the healthy subscriber
     // reads along (until the `done` marker) and times every publication.
@@ -666,41 +688,10 @@ async fn a_closed_connection_frees_its_users_slot_before_its_goodbye_is_written(
     cfg.client.user_connection_limit = 1;
     cfg.client.ping_interval = Duration::from_secs(2);
     cfg.client.pong_timeout = Duration::from_secs(1);
-    let server = tether_server::server::Server::bind(cfg).await.unwrap();
-    let node = server.node().clone();
-    let addr = server.local_addr();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let handle = tokio::spawn(server.run(stop.clone()));
-    let server = TestServer::from_parts(addr, stop, handle);
+    let (server, node) = start_with_node(cfg).await;
 
     // The old connection: subscribed, then its reader stalls (a dead network path).
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let (mut stalled, _) = tokio_tungstenite::client_async(server.ws_url(), stream)
-        .await
-        .unwrap();
-    let hello = [
-        json!({"id": 1, "connect": {"token": user_token("u")}}).to_string(),
-        json!({"id": 2, "subscribe": {"channel": "feed"}}).to_string(),
-    ]
-    .join("\n");
-    stalled.send(Message::Text(hello.into())).await.unwrap();
-    let mut subscribed = false;
-    while !subscribed {
-        let msg = tokio::time::timeout(Duration::from_secs(5), stalled.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        subscribed = msg.to_text().unwrap_or_default().contains(r#""id":2"#);
-    }
-    let old = node
-        .hub
-        .all_conns()
-        .into_iter()
-        .find(|c| &*c.user() == "u")
-        .expect("old connection registered");
+    let (stalled, old) = stalled_subscriber(&server, &node, "u", "feed").await;
     // Publish until the socket takes no more and frames wait in the server's queue (well
     // under its bound, so this is not a slow-consumer close).
     let pad = "p".repeat(16 * 1024);
