@@ -52,6 +52,20 @@ pub(super) async fn dispatch(node: &Node, method: &str, params: &RawValue) -> Ca
     }
 }
 
+/// Runs one method as an item of a batch or legacy request: params that do not decode are
+/// that item's 107, not a failure of the whole request.
+pub(super) async fn dispatch_item(
+    node: &Node,
+    method: &str,
+    params: &RawValue,
+) -> Result<Value, ApiError> {
+    match Box::pin(dispatch(node, method, params)).await {
+        Ok(result) => Ok(result),
+        Err(CallError::Decode) => Err(ApiError::BAD_REQUEST),
+        Err(CallError::Api(error)) => Err(error),
+    }
+}
+
 /// `batch`: runs the commands in order and answers `{"replies": [...]}` at the top level.
 pub(super) async fn batch(node: &Node, params: &RawValue) -> Result<Value, CallError> {
     #[derive(Deserialize)]
@@ -71,10 +85,9 @@ pub(super) async fn batch(node: &Node, params: &RawValue) -> Result<Value, CallE
             replies.push(json!({ "error": error.to_json() }));
             continue;
         };
-        replies.push(match Box::pin(dispatch(node, method, params)).await {
+        replies.push(match dispatch_item(node, method, params).await {
             Ok(result) => json!({ method: result }),
-            Err(CallError::Decode) => json!({ "error": ApiError::BAD_REQUEST.to_json() }),
-            Err(CallError::Api(error)) => json!({ "error": error.to_json() }),
+            Err(error) => json!({ "error": error.to_json() }),
         });
     }
     Ok(json!({ "replies": replies }))

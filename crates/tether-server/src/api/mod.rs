@@ -261,11 +261,7 @@ async fn legacy(
             // As Centrifugo: `info` reads no params.
             (Some("info"), _) => Ok(methods::info(&node)),
             (Some(_), None) => Err(ApiError::BAD_REQUEST),
-            (Some(method), Some(params)) => match methods::dispatch(&node, method, params).await {
-                Ok(result) => Ok(result),
-                Err(methods::CallError::Decode) => Err(ApiError::BAD_REQUEST),
-                Err(methods::CallError::Api(error)) => Err(error),
-            },
+            (Some(method), Some(params)) => methods::dispatch_item(&node, method, params).await,
         };
         let mut reply = match result {
             Ok(result) => serde_json::json!({ "result": result }),
