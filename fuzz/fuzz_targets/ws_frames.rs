@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tether_fuzz::{chunks, split_plan};
-use tether_server::transport::ws::{WsEvent, WsLimits, WsReader};
+use tether_server::wire::ws::{WsEvent, WsLimits, WsReader};
 
 /// Small, so `MessageTooBig` is reachable by the fuzzer.
 const LIMIT: usize = 256;

@@ -452,7 +452,7 @@ async fn calls_round_trip(transport: Transport) {
     })
     .await;
     eventually(SOON, "server-side unsubscribe", || {
-        server.node.hub.stats().num_subs == 0
+        server.node.hub().stats().num_subs == 0
     })
     .await;
     server.stop().await;

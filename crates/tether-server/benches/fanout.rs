@@ -10,7 +10,8 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tether_proto::Encoding;
 use tether_server::broker::{Publication, PublicationEvent};
-use tether_server::hub::{ConnHandle, Framing, Hub, SubscriberFlags};
+use tether_server::hub::{ConnHandle, Hub, SubscriberFlags};
+use tether_server::wire::Framing;
 
 fn setup(n: usize) -> (Hub, Vec<ConnHandle>) {
     let hub = Hub::new();

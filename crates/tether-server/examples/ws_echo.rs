@@ -17,9 +17,7 @@ use bytes::BytesMut;
 use tether_server::transport::handshake::{
     HandshakeLimits, check_upgrade, error_response, parse_request_head, upgrade_response,
 };
-use tether_server::transport::ws::{
-    Opcode, WsEvent, WsLimits, WsReader, encode_close, encode_frame,
-};
+use tether_server::wire::ws::{Opcode, WsEvent, WsLimits, WsReader, encode_close, encode_frame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 

@@ -7,33 +7,48 @@
 //!
 //! # Layout
 //!
-//! Data flows one way: `transport -> session -> hub -> broker`, and back out through small
-//! types each lower layer defines.
+//! Layers from the top down; a module imports only modules below it (the test
+//! `tests/layers.rs` checks every `crate::` path, and `docs/architecture.md` explains each
+//! row and how a publication and a client command flow through them). A lower layer reports
+//! upward only through what it is handed: the broker's event sink, a connection's `Control`
+//! messages, the API router given to the transports.
 //!
-//! - [`config`]: the typed configuration (file + `TETHER_*` environment), validated before
-//!   any port is bound.
-//! - [`auth`]: JWT verification of connection and subscription tokens.
-//! - [`transport`]: the accept loop, HTTP upgrade, our RFC 6455 server codec, and the
-//!   per-connection driver that owns the socket.
-//! - [`session`]: one client's protocol state machine, sans-IO (commands and `now` in,
-//!   replies out).
-//! - [`hub`]: registries of connections, users and channels; fan-out that encodes a
-//!   publication once and shares the bytes; the recovery decision.
+//! - [`server`]: wiring and lifecycle of one node (listeners, admission limits, accept
+//!   loops, the sweeper and cluster control loop, drain, shutdown). Only `main.rs` uses it.
+//! - `api`: the server HTTP API (`POST /api/<method>`, legacy `POST /api`), health,
+//!   readiness and metrics endpoints.
+//! - [`transport`]: accept, HTTP upgrade ([`transport::handshake`]), raw TCP, and the
+//!   per-connection driver that owns the socket and runs the session.
+//! - `session`: one client's protocol state machine. Async: it awaits the engine and the key
+//!   server, and writes replies only to its connection's handle, never to a socket.
+//! - `node`: [`server::Node`], the context every layer below the server shares (config, hub,
+//!   engine, token verifiers, metrics, cluster control, clock).
+//! - `cluster`: cluster control over the engine's control channel (announcements, surveys,
+//!   commands for a user's connections on every node).
+//! - [`hub`]: registries of connections, users and channels; encode-once fan-out; parking
+//!   of publications during a subscribe; the heartbeat sweep.
+//! - [`wire`]: what a client receives as bytes: the RFC 6455 codec ([`wire::ws`]), frame
+//!   encoding, close codes, channel patterns. A leaf over the broker's data types.
 //! - [`broker`]: stream positions, history and presence; the embedded memory engine, the
 //!   Redis engine, and the NATS broker (fan-out between nodes without history).
-//! - [`metrics`]: the node's Prometheus metrics (its own recorder, handles cached).
-//! - [`api`]: the server HTTP API (`POST /api/<method>`) and health endpoints.
-//! - [`server`]: wiring and lifecycle of one node.
-//! - `small`: how the small vectors every connection holds grow (exactly while small).
+//! - [`config`]: the typed configuration (file + `TETHER_*` environment), validated before
+//!   any port is bound; [`auth`]: JWT verification, owning its config types.
+//! - `metrics`, [`delta`] (fossil delta), `small` (exact growth of small vectors): leaves.
+//!
+//! The public surface is what the `tether` binary, the fuzz targets, the benches and the
+//! integration tests use; everything else is crate-private.
 
-pub mod api;
+mod api;
 pub mod auth;
 pub mod broker;
+mod cluster;
 pub mod config;
 pub mod delta;
 pub mod hub;
-pub mod metrics;
+mod metrics;
+mod node;
 pub mod server;
-pub mod session;
+mod session;
 mod small;
 pub mod transport;
+pub mod wire;

@@ -191,7 +191,7 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
     // `serve` returned by `shutdown.timeout`; whatever is still running does not hold the
     // exit (exit code 0 after a signal).
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
-    served.map_err(failed)
+    served.map_err(|error| failed(error.into()))
 }
 
 fn client(args: &ClientArgs) -> Result<(), Failure> {

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 
 /// The transports a connection can use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransportKind {
+pub(crate) enum TransportKind {
     /// WebSocket at `/connection/websocket`.
     WebSocket,
     /// Raw TCP with varint-delimited Protobuf.
@@ -23,7 +23,7 @@ pub enum TransportKind {
 
 /// How a recovery attempt ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecoveryOutcome {
+pub(crate) enum RecoveryOutcome {
     /// The client got exactly what it missed.
     Recovered,
     /// The gap could not be filled; the client was told so.
@@ -32,7 +32,7 @@ pub enum RecoveryOutcome {
 
 /// Whether a command succeeded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CommandResult {
+pub(crate) enum CommandResult {
     /// Answered with a result.
     Ok,
     /// Answered with an error reply or a disconnect.
@@ -43,7 +43,7 @@ pub enum CommandResult {
 type CommandHandles = (Counter, Histogram);
 
 /// The metrics of one node.
-pub struct Metrics {
+pub(crate) struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     /// Open connections: [transport][encoding] (encoding 0 = JSON, 1 = Protobuf).
@@ -67,7 +67,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// A fresh set of metrics with its own recorder.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let recorder = PrometheusBuilder::new()
             .set_buckets(LATENCY_BUCKETS)
             .map_or_else(
@@ -111,17 +111,17 @@ impl Metrics {
     }
 
     /// The open-connections gauge of a transport and encoding.
-    pub fn connections(&self, transport: TransportKind, protobuf: bool) -> &Gauge {
+    pub(crate) fn connections(&self, transport: TransportKind, protobuf: bool) -> &Gauge {
         &self.connections[transport as usize][usize::from(protobuf)]
     }
 
     /// Counts a successful connect.
-    pub fn connected(&self) {
+    pub(crate) fn connected(&self) {
         self.connects.increment(1);
     }
 
     /// Counts a disconnect by its close code.
-    pub fn disconnected(&self, code: u16) {
+    pub(crate) fn disconnected(&self, code: u16) {
         let mut map = self.disconnects.lock();
         map.entry(code)
             .or_insert_with(|| {
@@ -137,7 +137,7 @@ impl Metrics {
     }
 
     /// Counts one command and records how long it took.
-    pub fn command(&self, method: &'static str, result: CommandResult, took: Duration) {
+    pub(crate) fn command(&self, method: &'static str, result: CommandResult, took: Duration) {
         let mut map = self.commands.lock();
         let (count, latency) = map.entry((method, result)).or_insert_with(|| {
             let outcome = match result {
@@ -159,12 +159,12 @@ impl Metrics {
     }
 
     /// Counts a recovery attempt.
-    pub fn recovery(&self, outcome: RecoveryOutcome) {
+    pub(crate) fn recovery(&self, outcome: RecoveryOutcome) {
         self.recoveries[outcome as usize].increment(1);
     }
 
     /// Records one engine operation.
-    pub fn engine_op(&self, op: &'static str, took: Duration, failed: bool) {
+    pub(crate) fn engine_op(&self, op: &'static str, took: Duration, failed: bool) {
         let mut map = self.engine_ops.lock();
         let (latency, errors) = map.entry(op).or_insert_with(|| {
             (
@@ -183,7 +183,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with process figures read now.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         if let Some(rss) = read_rss_bytes() {
             self.rss_bytes.set(rss as f64);
         }
@@ -194,7 +194,7 @@ impl Metrics {
     }
 
     /// Periodic housekeeping of histogram windows.
-    pub fn upkeep(&self) {
+    pub(crate) fn upkeep(&self) {
         self.handle.run_upkeep();
     }
 }

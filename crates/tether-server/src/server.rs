@@ -1,9 +1,9 @@
-//! Wiring and lifecycle of one tether node.
+//! Wiring and lifecycle of one tether node: the only module that knows every other.
 //!
-//! [`Node`] is everything a session or an API call needs (config, hub, broker, token
-//! verifiers, clock), shared behind an `Arc`. [`Server`] binds the listeners (HTTP/WebSocket,
-//! and raw TCP when `tcp.enabled`), runs the accept loop and the heartbeat sweeper, and shuts
-//! down gracefully on a cancellation token (SIGTERM / SIGINT for `tether serve`):
+//! [`Server`] builds the [`Node`], binds the listeners (HTTP/WebSocket, and raw TCP when
+//! `tcp.enabled`), owns the admission limits it hands to the transports, runs the accept
+//! loops, the heartbeat sweeper and the cluster control loop, and shuts down gracefully on
+//! a cancellation token (SIGTERM / SIGINT for `tether serve`):
 //!
 //! 1. drain: [`Node::draining`] is cancelled, so `/ready` answers 503 and new client
 //!    connections are refused (the raw TCP listener closes, upgrades get 503) while the API
@@ -13,14 +13,12 @@
 //!    finish, sessions clean up, background loops end;
 //! 3. `run` returns by `shutdown.timeout` after the request at the latest.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
 use rand::seq::SliceRandom;
-use regex::Regex;
 use tether_proto::codes::DisconnectCode;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -28,263 +26,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, debug, debug_span, field, info, warn};
 
-use crate::api::cluster::Cluster;
-use crate::auth::TokenVerifier;
-use crate::broker::nats::NatsStartError;
-use crate::broker::redis::RedisStartError;
-use crate::broker::{
-    ControlReceiver, Engine, MemoryBroker, NatsBroker, NatsOptions, PresenceStore, RedisDeployment,
-    RedisEngine, RedisOptions,
-};
-use crate::config::{Config, EngineKind};
-use crate::hub::{Hub, HubEvents, SweepSettings};
-use crate::metrics::Metrics;
-use crate::session::Now;
+use crate::config::Config;
+pub use crate::node::{Node, StartError};
 use crate::transport::limits::Admission;
-
-/// Everything shared by the sessions and the API of one node.
-#[derive(Debug)]
-pub struct Node {
-    /// The validated configuration.
-    pub config: Arc<Config>,
-    /// Connection, user and channel registries; fan-out.
-    pub hub: Hub,
-    /// Positions, history and presence (the configured engine).
-    pub engine: Engine,
-    /// Prometheus metrics of this node (`/metrics`).
-    pub metrics: Arc<Metrics>,
-    /// Verifies connection tokens (and subscription tokens unless a separate key is set).
-    pub tokens: TokenVerifier,
-    /// Verifies subscription tokens when `client.subscription_token.enabled`.
-    pub sub_tokens: Option<TokenVerifier>,
-    /// Server version reported to clients (`ConnectResult.version`).
-    pub version: String,
-    /// This node's unique id (`info` API).
-    pub id: String,
-    /// This node's name (`info` API).
-    pub name: String,
-    /// Cancelled when the node starts shutting down.
-    pub shutdown: CancellationToken,
-    /// Cancelled when a shutdown was requested and client connections are being drained:
-    /// `/ready` answers 503 and new client connections are refused from then on.
-    pub draining: CancellationToken,
-    /// Connection counts and the connection rate (`client.connection_limit` and friends).
-    pub admission: Admission,
-    /// Compiled `channel_regex` of every namespace, by pattern.
-    channel_regexes: HashMap<String, Regex>,
-    /// Other nodes and open surveys (cluster-wide `info` and `channels`).
-    pub cluster: Cluster,
-    /// The engine's control channel, taken by the control loop when the server runs.
-    control: parking_lot::Mutex<Option<ControlReceiver>>,
-    started: Instant,
-}
-
-/// Failures while starting a node.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// A token key in the config could not be loaded.
-    #[error("invalid token key configuration")]
-    Auth(#[from] crate::auth::AuthConfigError),
-    /// The configured engine could not be built.
-    #[error("cannot start the engine")]
-    Engine(#[from] RedisStartError),
-    /// The NATS broker could not connect (`broker.nats.url` unreachable within
-    /// `broker.nats.dial_timeout`).
-    #[error("cannot start the nats broker")]
-    Broker(#[from] NatsStartError),
-    /// The listen address could not be bound.
-    #[error("cannot bind {addr}")]
-    Bind {
-        /// The address.
-        addr: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl Node {
-    /// Builds a node from a validated config. With the NATS broker this connects to NATS and
-    /// fails when it does not answer within the dial timeout.
-    pub async fn new(config: Config) -> Result<Arc<Self>, StartError> {
-        let tokens = TokenVerifier::new(&config.client.token)?;
-        let sub_tokens = if config.client.subscription_token.enabled {
-            Some(TokenVerifier::new(&config.client.subscription_token.token)?)
-        } else {
-            None
-        };
-        let metrics = Arc::new(Metrics::new());
-        let hub = Hub::with_metrics(metrics.clone());
-        let channel_regexes = std::iter::once(&config.channel.without_namespace)
-            .chain(config.channel.namespaces.iter().map(|ns| &ns.options))
-            .filter(|options| !options.channel_regex.is_empty())
-            .filter_map(|options| {
-                // Validated with the config; a pattern that fails here is skipped.
-                Regex::new(&options.channel_regex)
-                    .ok()
-                    .map(|re| (options.channel_regex.clone(), re))
-            })
-            .collect();
-        let events = Arc::new(HubEvents(hub.clone()));
-        let id = uuid::Uuid::new_v4().to_string();
-        let (engine, control) = build_engine(&config, &id, events).await?;
-        let name = if config.node.name.is_empty() {
-            "tether".to_owned()
-        } else {
-            config.node.name.clone()
-        };
-        let admission = Admission::new(&config.client);
-        Ok(Arc::new(Self {
-            config: Arc::new(config),
-            hub,
-            engine,
-            metrics,
-            tokens,
-            sub_tokens,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            id,
-            name,
-            shutdown: CancellationToken::new(),
-            draining: CancellationToken::new(),
-            admission,
-            channel_regexes,
-            cluster: Cluster::default(),
-            control: parking_lot::Mutex::new(control),
-            started: Instant::now(),
-        }))
-    }
-
-    /// The current time in every form the session needs.
-    pub fn now(&self) -> Now {
-        let instant = Instant::now();
-        let unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        Now {
-            instant,
-            unix,
-            ms: self.clock_ms(instant),
-        }
-    }
-
-    /// Milliseconds since the node started (the sweeper's time base).
-    pub fn clock_ms(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.started).as_millis() as u64
-    }
-
-    /// Delay of a new connection's first ping: uniform in `[interval/2, interval)` so a mass
-    /// reconnect does not ping in lock-step.
-    pub fn first_ping_delay_ms(&self) -> u64 {
-        let interval = self.config.client.ping_interval.as_millis() as u64;
-        if interval < 2 {
-            return interval;
-        }
-        rand::rng().random_range(interval / 2..interval)
-    }
-
-    /// Whether a channel passes its namespace's `channel_regex` (checked against the part
-    /// after the namespace boundary; without a pattern the name must be ASCII).
-    pub fn channel_matches_regex(&self, pattern: &str, channel: &str) -> bool {
-        if pattern.is_empty() {
-            return channel.is_ascii();
-        }
-        let boundary = self.config.channel.namespace_boundary.as_str();
-        let name = channel
-            .split_once(boundary)
-            .map_or(channel, |(_, rest)| rest);
-        self.channel_regexes
-            .get(pattern)
-            .is_none_or(|re| re.is_match(name))
-    }
-
-    /// Runs one engine operation, recording its latency and failure in the metrics.
-    pub async fn timed<T>(
-        &self,
-        op: &'static str,
-        operation: impl std::future::Future<Output = Result<T, crate::broker::BrokerError>>,
-    ) -> Result<T, crate::broker::BrokerError> {
-        let started = Instant::now();
-        let result = operation.await;
-        self.metrics
-            .engine_op(op, started.elapsed(), result.is_err());
-        result
-    }
-
-    /// True once a shutdown was requested: the node is telling its clients to go elsewhere.
-    pub fn is_draining(&self) -> bool {
-        self.draining.is_cancelled()
-    }
-
-    /// Seconds since start.
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    fn sweep_settings(&self) -> SweepSettings {
-        SweepSettings {
-            ping_interval_ms: self.config.client.ping_interval.as_millis() as u64,
-            pong_timeout_ms: self.config.client.pong_timeout.as_millis() as u64,
-        }
-    }
-}
-
-/// The configured engine and its control channel (`None` for a single node). With the NATS
-/// broker, NATS carries fan-out and control and the engine keeps only presence.
-async fn build_engine(
-    config: &Config,
-    node_id: &str,
-    events: Arc<HubEvents>,
-) -> Result<(Engine, Option<ControlReceiver>), StartError> {
-    let redis_options = |fanout| {
-        let redis = &config.engine.redis;
-        let deployment = if redis.cluster_address.is_empty() {
-            RedisDeployment::Shards(redis.standalone_addresses())
-        } else {
-            RedisDeployment::Cluster(redis.cluster_address.clone())
-        };
-        RedisOptions {
-            deployment,
-            prefix: redis.prefix.clone(),
-            connect_timeout: redis.connect_timeout,
-            io_timeout: redis.io_timeout,
-            presence_ttl: redis.presence_ttl,
-            presence_update_interval: config.client.presence_update_interval,
-            fanout,
-        }
-    };
-    if !config.broker.enabled {
-        return Ok(match config.engine.kind {
-            EngineKind::Memory => (Engine::Memory(MemoryBroker::new(events)), None),
-            EngineKind::Redis => {
-                let (engine, control) = RedisEngine::start(redis_options(true), events)?;
-                (Engine::Redis(engine), Some(control))
-            }
-        });
-    }
-    let nats = &config.broker.nats;
-    let options = NatsOptions {
-        url: nats.url.clone(),
-        prefix: nats.prefix.clone(),
-        dial_timeout: nats.dial_timeout,
-        write_timeout: nats.write_timeout,
-        node_id: node_id.to_owned(),
-    };
-    let (broker, control) = NatsBroker::start(options, events.clone()).await?;
-    let presence = match config.engine.kind {
-        EngineKind::Memory => PresenceStore::Memory(MemoryBroker::new(events)),
-        EngineKind::Redis => {
-            // Its control receiver stays silent (no Pub/Sub side): NATS carries control.
-            let (engine, _control) = RedisEngine::start(redis_options(false), events)?;
-            PresenceStore::Redis(engine)
-        }
-    };
-    Ok((Engine::Nats { broker, presence }, Some(control)))
-}
 
 /// A bound, not yet running node.
 #[derive(Debug)]
 pub struct Server {
     node: Arc<Node>,
+    /// Connection counts and the connection rate (`client.connection_limit` and friends),
+    /// checked by the transports before a connection is registered.
+    admission: Admission,
     listener: TcpListener,
     local_addr: SocketAddr,
     /// The raw TCP listener and its address; `None` when `tcp.enabled` is off.
@@ -300,6 +52,7 @@ impl Server {
             .tcp
             .enabled
             .then(|| format!("{}:{}", config.tcp.address, config.tcp.port));
+        let admission = Admission::new(&config.client);
         let node = Node::new(config).await?;
         let (listener, local_addr) = bind_listener(addr).await?;
         let tcp = match tcp_addr {
@@ -308,6 +61,7 @@ impl Server {
         };
         Ok(Self {
             node,
+            admission,
             listener,
             local_addr,
             tcp,
@@ -333,6 +87,7 @@ impl Server {
     pub async fn run(self, stop: CancellationToken) {
         let Self {
             node,
+            admission,
             listener,
             local_addr,
             tcp,
@@ -344,12 +99,13 @@ impl Server {
         });
         let tracker = TaskTracker::new();
         tracker.spawn(sweeper(node.clone()));
-        if let Some(control) = node.control.lock().take() {
-            tracker.spawn(crate::api::cluster::run(node.clone(), control));
+        if let Some(control) = node.take_control() {
+            tracker.spawn(node.cluster.clone().run(control, node.shutdown.clone()));
         }
         let api = crate::api::router(node.clone());
         let accept = Acceptor {
             node: &node,
+            admission: &admission,
             listener: &listener,
             api: &api,
             tracker: &tracker,
@@ -397,6 +153,7 @@ impl Server {
 /// The accept loops of a running node.
 struct Acceptor<'a> {
     node: &'a Arc<Node>,
+    admission: &'a Admission,
     listener: &'a TcpListener,
     api: &'a axum::Router,
     tracker: &'a TaskTracker,
@@ -429,6 +186,7 @@ impl Acceptor<'_> {
                         );
                         let serve = crate::transport::handle_connection(
                             self.node.clone(),
+                            self.admission.clone(),
                             stream,
                             peer,
                             self.api.clone(),
@@ -448,7 +206,12 @@ impl Acceptor<'_> {
                         );
                         // In the span: the driver is made before the future (see tcp.rs).
                         let serve = span.in_scope(|| {
-                            crate::transport::tcp::handle_connection(self.node.clone(), stream, peer)
+                            crate::transport::tcp::handle_connection(
+                                self.node.clone(),
+                                self.admission,
+                                stream,
+                                peer,
+                            )
                         });
                         self.spawn_connection(serve, span);
                     }
@@ -535,7 +298,7 @@ async fn accept_tcp(
 }
 
 /// Runs one node until SIGINT/SIGTERM.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub async fn serve(config: Config) -> Result<(), StartError> {
     let server = Server::bind(config).await?;
     let stop = CancellationToken::new();
     let signal = stop.clone();

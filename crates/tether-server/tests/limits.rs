@@ -495,7 +495,7 @@ async fn stalled_subscriber(
         subscribed = msg.to_text().unwrap_or_default().contains(r#""id":2"#);
     }
     let conn = node
-        .hub
+        .hub()
         .all_conns()
         .into_iter()
         .find(|c| &*c.user() == user)

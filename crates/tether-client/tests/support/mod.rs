@@ -86,7 +86,7 @@ impl TestServer {
 
     /// Registered connections on the server (connected or still authenticating).
     pub fn num_clients(&self) -> u32 {
-        self.node.hub.stats().num_clients
+        self.node.hub().stats().num_clients
     }
 
     pub async fn stop(self) {

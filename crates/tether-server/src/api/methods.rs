@@ -9,13 +9,13 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::ApiError;
-use super::cluster::{self, ControlCommand, SubscribeSpec};
 use crate::broker::{
     BrokerError, ClientInfo, HistoryQuery, Publication, PublishOptions, StreamPosition,
 };
-use crate::hub::{Control, Disconnect, ServerSubscribe};
-use crate::server::Node;
-use crate::session::SubscribeOverrides;
+use crate::cluster::{self, ControlCommand, SubscribeSpec};
+use crate::hub::{ServerSubscribe, SubscribeOverrides};
+use crate::node::Node;
+use crate::wire::{CloseCode, Disconnect};
 
 /// Why a call failed: the body did not decode (HTTP 400), or an API error.
 #[derive(Debug)]
@@ -353,106 +353,11 @@ async fn subscribe(node: &Node, req: SubscribeRequest<'_>) -> CallResult {
         client: req.client,
         subscribe: spec,
     };
-    apply_control(node, &command);
-    cluster::broadcast(node, command)
+    node.cluster
+        .apply_everywhere(command)
         .await
         .map_err(|_| ApiError::INTERNAL)?;
     Ok(json!({}))
-}
-
-/// Applies a connection-targeting command to this node's connections (from the API, or
-/// from another node over the control channel).
-pub(super) fn apply_control(node: &Node, command: &ControlCommand) {
-    let targets = |user: &str, client: &str| -> Vec<crate::hub::ConnHandle> {
-        node.hub
-            .user_conns(user)
-            .into_iter()
-            .filter(|conn| client.is_empty() || conn.client.as_str() == client)
-            .collect()
-    };
-    match command {
-        ControlCommand::Subscribe {
-            user,
-            client,
-            subscribe,
-        } => {
-            let [
-                presence,
-                join_leave,
-                force_push_join_leave,
-                force_recovery,
-                force_positioning,
-            ] = subscribe.overrides;
-            let control = ServerSubscribe {
-                channel: subscribe.channel.clone(),
-                info: subscribe.info.as_deref().and_then(cluster::unb64),
-                data: subscribe.data.as_deref().and_then(cluster::unb64),
-                recover_since: subscribe.recover_since.as_ref().map(|(offset, epoch)| {
-                    StreamPosition {
-                        offset: *offset,
-                        epoch: epoch.clone(),
-                    }
-                }),
-                expire_at: subscribe.expire_at,
-                overrides: SubscribeOverrides {
-                    presence,
-                    join_leave,
-                    force_push_join_leave,
-                    force_recovery,
-                    force_positioning,
-                },
-            };
-            for conn in targets(user, client) {
-                conn.post(Control::Subscribe(control.clone()));
-            }
-        }
-        ControlCommand::Unsubscribe {
-            user,
-            channel,
-            client,
-        } => {
-            for conn in targets(user, client) {
-                conn.post(Control::Unsubscribe {
-                    channel: channel.clone(),
-                });
-            }
-        }
-        ControlCommand::Disconnect {
-            user,
-            client,
-            whitelist,
-            code,
-            reason,
-        } => {
-            for conn in targets(user, client) {
-                if !whitelist.iter().any(|w| w == conn.client.as_str()) {
-                    conn.close(Disconnect {
-                        code: *code,
-                        reason: reason.clone(),
-                    });
-                }
-            }
-        }
-        ControlCommand::Refresh {
-            user,
-            client,
-            expired,
-            expire_at,
-            info,
-        } => {
-            let info = info.as_deref().and_then(cluster::unb64);
-            for conn in targets(user, client) {
-                conn.post(Control::Refresh {
-                    expired: *expired,
-                    expire_at: *expire_at,
-                    info: info.clone(),
-                });
-            }
-        }
-        ControlCommand::Node(_)
-        | ControlCommand::Survey { .. }
-        | ControlCommand::Channels { .. } => {}
-    }
 }
 
 #[derive(Deserialize)]
@@ -482,8 +387,8 @@ async fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> CallResult {
         channel: req.channel,
         client: req.client,
     };
-    apply_control(node, &command);
-    cluster::broadcast(node, command)
+    node.cluster
+        .apply_everywhere(command)
         .await
         .map_err(|_| ApiError::INTERNAL)?;
     Ok(json!({}))
@@ -520,7 +425,7 @@ async fn disconnect(node: &Node, req: DisconnectRequest) -> CallResult {
     }
     let disconnect = match req.disconnect {
         Some(d) if d.code != 0 => Disconnect {
-            code: d.code,
+            code: CloseCode::new(d.code),
             reason: d.reason,
         },
         _ => tether_proto::codes::DisconnectCode::FORCE_DISCONNECT.into(),
@@ -529,11 +434,11 @@ async fn disconnect(node: &Node, req: DisconnectRequest) -> CallResult {
         user: req.user,
         client: req.client,
         whitelist: req.whitelist,
-        code: disconnect.code,
+        code: disconnect.code.get(),
         reason: disconnect.reason,
     };
-    apply_control(node, &command);
-    cluster::broadcast(node, command)
+    node.cluster
+        .apply_everywhere(command)
         .await
         .map_err(|_| ApiError::INTERNAL)?;
     Ok(json!({}))
@@ -570,8 +475,8 @@ async fn refresh(node: &Node, req: &RefreshRequest<'_>) -> CallResult {
         expire_at: req.expire_at,
         info: info.as_ref().map(cluster::b64),
     };
-    apply_control(node, &command);
-    cluster::broadcast(node, command)
+    node.cluster
+        .apply_everywhere(command)
         .await
         .map_err(|_| ApiError::INTERNAL)?;
     Ok(json!({}))
@@ -690,11 +595,13 @@ struct ChannelsRequest {
 }
 
 async fn channels(node: &Node, req: &ChannelsRequest) -> CallResult {
-    let channels: serde_json::Map<String, Value> = cluster::cluster_channels(node)
+    let channels: serde_json::Map<String, Value> = node
+        .cluster
+        .channels()
         .await
         .into_iter()
         .filter(|(name, _)| {
-            req.pattern.is_empty() || crate::transport::wildcard_match(&req.pattern, name)
+            req.pattern.is_empty() || crate::wire::pattern::wildcard_match(&req.pattern, name)
         })
         .map(|(name, n)| (name, json!({ "num_clients": n })))
         .collect();
@@ -704,7 +611,7 @@ async fn channels(node: &Node, req: &ChannelsRequest) -> CallResult {
 /// This node and every other node heard from recently (announcements over the control
 /// channel).
 pub(super) fn info(node: &Node) -> Value {
-    let mut nodes = vec![cluster::local_info(node)];
+    let mut nodes = vec![node.cluster.local_info()];
     nodes.extend(node.cluster.live_nodes());
     json!({ "nodes": nodes })
 }

@@ -6,7 +6,6 @@
 //! connections (subscribe, unsubscribe, disconnect, refresh) are posted to the connections'
 //! handles and applied by their drivers; the API never touches a socket.
 
-pub mod cluster;
 mod methods;
 #[cfg(feature = "profiling")]
 mod profile;
@@ -23,11 +22,11 @@ use axum::routing::{get, post};
 use serde_json::value::RawValue;
 
 use crate::config::ApiErrorMode;
-use crate::server::Node;
+use crate::node::Node;
 
 /// An API error: a code of §4.1 and its message.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     /// Numeric code (100 internal, 102 unknown channel, 107 bad request, …).
     pub code: u32,
     /// Human-readable message.
@@ -36,32 +35,32 @@ pub struct ApiError {
 
 impl ApiError {
     /// 100: internal server error.
-    pub const INTERNAL: Self = Self {
+    pub(crate) const INTERNAL: Self = Self {
         code: 100,
         message: "internal server error",
     };
     /// 102: unknown channel (namespace not configured).
-    pub const UNKNOWN_CHANNEL: Self = Self {
+    pub(crate) const UNKNOWN_CHANNEL: Self = Self {
         code: 102,
         message: "unknown channel",
     };
     /// 104: method not found.
-    pub const METHOD_NOT_FOUND: Self = Self {
+    pub(crate) const METHOD_NOT_FOUND: Self = Self {
         code: 104,
         message: "method not found",
     };
     /// 107: bad request.
-    pub const BAD_REQUEST: Self = Self {
+    pub(crate) const BAD_REQUEST: Self = Self {
         code: 107,
         message: "bad request",
     };
     /// 108: not available (feature off for the namespace).
-    pub const NOT_AVAILABLE: Self = Self {
+    pub(crate) const NOT_AVAILABLE: Self = Self {
         code: 108,
         message: "not available",
     };
     /// 112: unrecoverable position.
-    pub const UNRECOVERABLE_POSITION: Self = Self {
+    pub(crate) const UNRECOVERABLE_POSITION: Self = Self {
         code: 112,
         message: "unrecoverable position",
     };
@@ -83,7 +82,7 @@ impl ApiError {
 }
 
 /// The router for the API and health endpoints.
-pub fn router(node: Arc<Node>) -> Router {
+pub(crate) fn router(node: Arc<Node>) -> Router {
     let router = Router::new()
         .route("/api", post(legacy))
         .route("/api/{method}", post(call))
@@ -327,23 +326,4 @@ fn authorized(node: &Node, headers: &HeaderMap, query: &HashMap<String, String>)
         x_api_key == api.key.as_bytes()
     };
     header_valid || query.get("api_key").is_some_and(|k| *k == api.key)
-}
-
-/// Closes a user's connections on every node with `disconnect`, sparing the client ids in
-/// `whitelist` (as the server API `disconnect` does).
-pub(crate) async fn disconnect_user(
-    node: &Node,
-    user: &str,
-    whitelist: Vec<String>,
-    disconnect: crate::hub::Disconnect,
-) {
-    let command = cluster::ControlCommand::Disconnect {
-        user: user.to_owned(),
-        client: String::new(),
-        whitelist,
-        code: disconnect.code,
-        reason: disconnect.reason,
-    };
-    methods::apply_control(node, &command);
-    let _ = cluster::broadcast(node, command).await;
 }

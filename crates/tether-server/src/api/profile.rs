@@ -13,7 +13,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::server::Node;
+use crate::node::Node;
 
 /// One profile at a time: the sampler is process-wide.
 static RUNNING: AtomicBool = AtomicBool::new(false);

@@ -28,7 +28,7 @@ use super::{
 
 /// The configured engine. Clone = handle clone.
 #[derive(Clone, Debug)]
-pub enum Engine {
+pub(crate) enum Engine {
     /// The embedded single-node engine.
     Memory(MemoryBroker),
     /// Several nodes sharing Redis: Pub/Sub fan-out, Streams history, presence with TTL.
@@ -44,7 +44,7 @@ pub enum Engine {
 
 /// Where presence lives when the NATS broker carries fan-out: the configured `engine.type`.
 #[derive(Clone, Debug)]
-pub enum PresenceStore {
+pub(crate) enum PresenceStore {
     /// This node's memory: each node knows its own connections only.
     Memory(MemoryBroker),
     /// Redis, shared by every node (its Pub/Sub side is off: `RedisOptions::fanout`).
@@ -53,7 +53,7 @@ pub enum PresenceStore {
 
 impl Engine {
     /// Appends to history (when enabled) and delivers to subscribers on every node.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         channel: &str,
         publication: Publication,
@@ -76,7 +76,7 @@ impl Engine {
     }
 
     /// Reads a channel's history and current position.
-    pub async fn history(
+    pub(crate) async fn history(
         &self,
         channel: &str,
         query: &HistoryQuery,
@@ -92,7 +92,7 @@ impl Engine {
     }
 
     /// Drops a channel's publications, keeping its position.
-    pub async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
+    pub(crate) async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
         match self {
             Self::Memory(m) => {
                 m.remove_history(channel);
@@ -108,7 +108,7 @@ impl Engine {
 
     /// Starts receiving a channel's publications on this node (one call per local
     /// subscription).
-    pub async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+    pub(crate) async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
         match self {
             Self::Memory(_) => {
                 let _ = channel;
@@ -120,7 +120,7 @@ impl Engine {
     }
 
     /// Ends one local subscription's interest in a channel.
-    pub async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+    pub(crate) async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
         match self {
             Self::Memory(_) => {
                 let _ = channel;
@@ -132,7 +132,11 @@ impl Engine {
     }
 
     /// Announces a join to the channel's subscribers on every node.
-    pub async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+    pub(crate) async fn publish_join(
+        &self,
+        channel: &str,
+        info: &ClientInfo,
+    ) -> Result<(), BrokerError> {
         match self {
             Self::Memory(m) => {
                 m.publish_join(channel, info);
@@ -144,7 +148,11 @@ impl Engine {
     }
 
     /// Announces a leave to the channel's subscribers on every node.
-    pub async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+    pub(crate) async fn publish_leave(
+        &self,
+        channel: &str,
+        info: &ClientInfo,
+    ) -> Result<(), BrokerError> {
         match self {
             Self::Memory(m) => {
                 m.publish_leave(channel, info);
@@ -156,7 +164,7 @@ impl Engine {
     }
 
     /// Adds or refreshes a connection's presence in a channel.
-    pub async fn add_presence(
+    pub(crate) async fn add_presence(
         &self,
         channel: &str,
         client_id: &str,
@@ -180,7 +188,11 @@ impl Engine {
     }
 
     /// Removes a connection's presence from a channel.
-    pub async fn remove_presence(&self, channel: &str, client_id: &str) -> Result<(), BrokerError> {
+    pub(crate) async fn remove_presence(
+        &self,
+        channel: &str,
+        client_id: &str,
+    ) -> Result<(), BrokerError> {
         match self {
             Self::Memory(m)
             | Self::Nats {
@@ -199,7 +211,7 @@ impl Engine {
     }
 
     /// Who is present in a channel.
-    pub async fn presence(
+    pub(crate) async fn presence(
         &self,
         channel: &str,
     ) -> Result<HashMap<String, ClientInfo>, BrokerError> {
@@ -218,7 +230,7 @@ impl Engine {
     }
 
     /// Presence counters of a channel.
-    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
+    pub(crate) async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
         match self {
             Self::Memory(m)
             | Self::Nats {
@@ -234,7 +246,7 @@ impl Engine {
     }
 
     /// Periodic housekeeping (expired streams, idempotency keys).
-    pub fn sweep(&self, now: Instant) {
+    pub(crate) fn sweep(&self, now: Instant) {
         match self {
             Self::Memory(m)
             | Self::Nats {
@@ -253,7 +265,7 @@ impl Engine {
     /// `None`, else to that node. Redis has one control channel: an addressed message reaches
     /// every node there too, and the message itself names its addressee. A single-node
     /// engine has no other node: nothing is sent.
-    pub async fn publish_control(
+    pub(crate) async fn publish_control(
         &self,
         payload: Bytes,
         node: Option<&str>,
@@ -269,7 +281,7 @@ impl Engine {
     }
 
     /// The engine can serve: reachable, and its fan-out connections are up.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         match self {
             Self::Memory(_) => true,
             Self::Redis(r) => r.is_ready(),
@@ -285,7 +297,7 @@ impl Engine {
 
     /// Hands everything already published to the network (the NATS client buffers writes;
     /// the other engines write each command before it returns).
-    pub async fn flush(&self) {
+    pub(crate) async fn flush(&self) {
         if let Self::Nats { broker, .. } = self {
             broker.flush().await;
         }
@@ -293,7 +305,7 @@ impl Engine {
 
     /// True when several nodes share this engine (cluster-wide operations go through its
     /// control channel).
-    pub fn is_clustered(&self) -> bool {
+    pub(crate) fn is_clustered(&self) -> bool {
         matches!(self, Self::Redis(_) | Self::Nats { .. })
     }
 }

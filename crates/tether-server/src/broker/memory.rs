@@ -28,7 +28,7 @@ use super::{
 
 /// The embedded broker. Cloning is cheap: every clone is a handle to the same state.
 #[derive(Clone)]
-pub struct MemoryBroker {
+pub(crate) struct MemoryBroker {
     shared: Arc<Shared>,
 }
 
@@ -94,7 +94,7 @@ struct IdempotencyCache {
 
 impl MemoryBroker {
     /// Creates an empty broker that reports deliveries to `events`.
-    pub fn new(events: Arc<dyn BrokerEvents>) -> Self {
+    pub(crate) fn new(events: Arc<dyn BrokerEvents>) -> Self {
         let channels = (0..SHARDS).map(|_| RwLock::default()).collect();
         let presence = (0..SHARDS).map(|_| Mutex::default()).collect();
         Self {
@@ -114,7 +114,7 @@ impl MemoryBroker {
     /// released, so delivery order equals offset order. Without history it gets offset 0 and
     /// no position. A repeated idempotency key within five minutes publishes nothing and
     /// returns the first result with `from_cache` set.
-    pub fn publish(
+    pub(crate) fn publish(
         &self,
         channel: &str,
         mut publication: Publication,
@@ -187,12 +187,12 @@ impl MemoryBroker {
     }
 
     /// Emits a join to [`BrokerEvents::on_join`]. Stores nothing.
-    pub fn publish_join(&self, channel: &str, info: &ClientInfo) {
+    pub(crate) fn publish_join(&self, channel: &str, info: &ClientInfo) {
         self.shared.events.on_join(channel, info);
     }
 
     /// Emits a leave to [`BrokerEvents::on_leave`]. Stores nothing.
-    pub fn publish_leave(&self, channel: &str, info: &ClientInfo) {
+    pub(crate) fn publish_leave(&self, channel: &str, info: &ClientInfo) {
         self.shared.events.on_leave(channel, info);
     }
 
@@ -203,7 +203,7 @@ impl MemoryBroker {
     /// publications before `since.offset` (or from the top) newest first; both stop after
     /// `limit`. A `since` with a non-empty epoch other than the current one is
     /// [`BrokerError::UnrecoverablePosition`].
-    pub fn history(
+    pub(crate) fn history(
         &self,
         channel: &str,
         query: &HistoryQuery,
@@ -241,7 +241,7 @@ impl MemoryBroker {
 
     /// Drops the channel's retained publications but keeps its epoch and top offset, so
     /// positions stay valid and later offsets continue from the same top.
-    pub fn remove_history(&self, channel: &str) {
+    pub(crate) fn remove_history(&self, channel: &str) {
         self.with_existing_channel(channel, |state| {
             if let Some(stream) = &mut state.stream {
                 stream.publications = VecDeque::new();
@@ -250,7 +250,7 @@ impl MemoryBroker {
     }
 
     /// Records `client_id` as present in `channel` (replacing its previous info).
-    pub fn add_presence(&self, channel: &str, client_id: &str, info: ClientInfo) {
+    pub(crate) fn add_presence(&self, channel: &str, client_id: &str, info: ClientInfo) {
         let mut shard = self.presence_shard(channel).lock();
         if let Some(clients) = shard.get_mut(channel) {
             clients.insert(client_id.to_owned(), info);
@@ -264,7 +264,7 @@ impl MemoryBroker {
 
     /// Removes `client_id` from `channel`'s presence; the channel's map goes with its last
     /// entry.
-    pub fn remove_presence(&self, channel: &str, client_id: &str) {
+    pub(crate) fn remove_presence(&self, channel: &str, client_id: &str) {
         let mut shard = self.presence_shard(channel).lock();
         if let Some(clients) = shard.get_mut(channel) {
             clients.remove(client_id);
@@ -275,7 +275,7 @@ impl MemoryBroker {
     }
 
     /// Who is present in `channel`: client id -> info.
-    pub fn presence(&self, channel: &str) -> HashMap<String, ClientInfo> {
+    pub(crate) fn presence(&self, channel: &str) -> HashMap<String, ClientInfo> {
         self.presence_shard(channel)
             .lock()
             .get(channel)
@@ -284,7 +284,7 @@ impl MemoryBroker {
     }
 
     /// How many connections and distinct users are present in `channel`.
-    pub fn presence_stats(&self, channel: &str) -> PresenceStats {
+    pub(crate) fn presence_stats(&self, channel: &str) -> PresenceStats {
         let shard = self.presence_shard(channel).lock();
         let Some(clients) = shard.get(channel) else {
             return PresenceStats::default();
@@ -300,7 +300,7 @@ impl MemoryBroker {
     ///
     /// Call every few seconds; channels that are locked at that moment are skipped (they are
     /// in use) and looked at on the next sweep.
-    pub fn sweep(&self, now: Instant) {
+    pub(crate) fn sweep(&self, now: Instant) {
         for shard in &self.shared.channels {
             shard.write().retain(|name, channel| {
                 let Some(mut state) = channel.try_lock() else {

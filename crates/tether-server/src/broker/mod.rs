@@ -24,15 +24,15 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 mod engine;
-pub mod memory;
-pub mod nats;
-pub mod redis;
+pub(crate) mod memory;
+pub(crate) mod nats;
+pub(crate) mod redis;
 mod wire;
 
-pub use self::nats::{NatsBroker, NatsOptions};
-pub use self::redis::{RedisDeployment, RedisEngine, RedisOptions};
-pub use engine::{Engine, PresenceStore};
-pub use memory::MemoryBroker;
+pub(crate) use self::nats::{NatsBroker, NatsOptions};
+pub(crate) use self::redis::{RedisDeployment, RedisEngine, RedisOptions};
+pub(crate) use engine::{Engine, PresenceStore};
+pub(crate) use memory::MemoryBroker;
 
 /// Receives the payloads published on the cluster control channel (including this node's
 /// own broadcasts, and those addressed to this node). Taken once by the node.

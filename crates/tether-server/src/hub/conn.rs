@@ -32,6 +32,7 @@ use tether_proto::codes::DisconnectCode;
 use tokio::net::TcpStream;
 
 use crate::broker::{ClientInfo, Publication, StreamPosition};
+use crate::wire::{Disconnect, Framing};
 
 /// A connection's protocol-level id (the `client` field of the protocol, a UUID), kept
 /// inline as its 36 ASCII characters: no allocation per connection.
@@ -40,14 +41,14 @@ pub struct ClientId([u8; uuid::fmt::Hyphenated::LENGTH]);
 
 impl ClientId {
     /// A fresh random id.
-    pub fn random() -> Self {
+    pub(crate) fn random() -> Self {
         let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
         uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
         Self(text)
     }
 
     /// The id as text.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         // Written only by `random`, as ASCII.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
@@ -63,35 +64,6 @@ impl std::fmt::Debug for ClientId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(self.as_str(), f)
     }
-}
-
-/// Why and how a connection is to be closed: a protocol disconnect code and its reason.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Disconnect {
-    /// Close code (3000–4999 for protocol disconnects, 1xxx for WebSocket-level ones).
-    pub code: u16,
-    /// Short human-readable reason; cut to 123 bytes on the wire.
-    pub reason: String,
-}
-
-impl From<DisconnectCode> for Disconnect {
-    fn from(code: DisconnectCode) -> Self {
-        Self {
-            code: code.code,
-            reason: code.reason.to_owned(),
-        }
-    }
-}
-
-/// How frames for this connection are put on the wire; decides which shared encoding of a
-/// publication it gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Framing {
-    /// RFC 6455 message frames: text for JSON, binary for Protobuf.
-    WebSocket,
-    /// Raw TCP: a byte stream of uvarint-length-delimited Protobuf replies, so an encoded
-    /// reply is its own frame (no header around it).
-    Tcp,
 }
 
 /// A message from the node to a connection's session, applied by its driver.
@@ -124,6 +96,22 @@ pub enum Control {
     },
 }
 
+/// Per-subscription overrides of namespace options (from a token's `override` or the server
+/// API's `override`). `None` keeps the namespace's value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubscribeOverrides {
+    /// Keep presence for this subscription.
+    pub presence: Option<bool>,
+    /// Emit join/leave for this subscription.
+    pub join_leave: Option<bool>,
+    /// Push join/leave to this subscriber without it asking.
+    pub force_push_join_leave: Option<bool>,
+    /// Make the subscription recoverable.
+    pub force_recovery: Option<bool>,
+    /// Make the subscription positioned.
+    pub force_positioning: Option<bool>,
+}
+
 /// A server-side subscription requested through the API.
 #[derive(Clone, Debug, Default)]
 pub struct ServerSubscribe {
@@ -138,7 +126,7 @@ pub struct ServerSubscribe {
     /// When the subscription expires (Unix seconds); `None` = never.
     pub expire_at: Option<i64>,
     /// Channel option overrides.
-    pub overrides: crate::session::SubscribeOverrides,
+    pub overrides: SubscribeOverrides,
 }
 
 /// A publication that reached a subscription while it was still being set up; replayed by
@@ -337,7 +325,7 @@ const MAX_BATCH: usize = 64;
 impl Conn {
     /// A handle for a freshly accepted connection and its socket (`None` for a handle with
     /// nothing behind it: frames are then only queued).
-    pub fn new(
+    pub(crate) fn new(
         seq: u64,
         encoding: Encoding,
         framing: Framing,
@@ -365,19 +353,19 @@ impl Conn {
     }
 
     /// Sets user and connection info at connect.
-    pub fn set_identity(&self, user: Arc<str>, info: Option<Bytes>) {
+    pub(crate) fn set_identity(&self, user: Arc<str>, info: Option<Bytes>) {
         let mut inner = self.inner.lock();
         inner.user = user;
         inner.info = info;
     }
 
     /// Replaces the connection info (API refresh).
-    pub fn set_info(&self, info: Option<Bytes>) {
+    pub(crate) fn set_info(&self, info: Option<Bytes>) {
         self.inner.lock().info = info;
     }
 
     /// ClientInfo for presence, join/leave and client publications.
-    pub fn client_info(&self, chan_info: Option<Bytes>) -> ClientInfo {
+    pub(crate) fn client_info(&self, chan_info: Option<Bytes>) -> ClientInfo {
         let inner = self.inner.lock();
         ClientInfo {
             user: inner.user.to_string(),
@@ -421,18 +409,18 @@ impl Conn {
     /// What the connection is owed would not fit its queue (publications parked while a
     /// subscription was set up, say): it takes no more frames and is closed with 3008, as
     /// when a frame is refused over the bound.
-    pub fn overflow(&self) {
+    pub(crate) fn overflow(&self) {
         self.refuse(&mut self.inner.lock());
         self.wake();
     }
 
     /// Byte bound of the outbound queue.
-    pub fn queue_limit(&self) -> usize {
+    pub(crate) fn queue_limit(&self) -> usize {
         self.queue_limit
     }
 
     /// The connection's socket, for its driver.
-    pub fn socket(&self) -> io::Result<&TcpStream> {
+    pub(crate) fn socket(&self) -> io::Result<&TcpStream> {
         self.socket
             .as_ref()
             .ok_or_else(|| io::ErrorKind::NotConnected.into())
@@ -442,7 +430,7 @@ impl Conn {
     /// queued otherwise (or for the part the socket did not take). Returns false (and asks
     /// the driver to close with 3008) when the queue would pass its byte bound, and when
     /// the connection is closing.
-    pub fn enqueue(&self, frame: Bytes) -> bool {
+    pub(crate) fn enqueue(&self, frame: Bytes) -> bool {
         let Some(mut inner) = self.lock_open() else {
             return false;
         };
@@ -473,7 +461,7 @@ impl Conn {
     /// no system call per subscriber, the connections' own tasks write in parallel on the
     /// runtime's workers, and frames that pile up before a task runs leave in one vectored
     /// write. Returns false as [`Conn::enqueue`] does.
-    pub fn enqueue_queued(&self, frame: Bytes) -> bool {
+    pub(crate) fn enqueue_queued(&self, frame: Bytes) -> bool {
         let Some(mut inner) = self.lock_open() else {
             return false;
         };
@@ -486,13 +474,13 @@ impl Conn {
     /// Hands over a reply (or push) of the session: as [`Conn::enqueue`], except that while
     /// the driver handles a command the reply is held, with every frame after it, until the
     /// command is done (see [`Conn::hold`]).
-    pub fn enqueue_reply(&self, frame: Bytes) -> bool {
+    pub(crate) fn enqueue_reply(&self, frame: Bytes) -> bool {
         self.enqueue_all(std::iter::once(frame))
     }
 
     /// Hands over the session's output under one lock, in order: a reply followed by
     /// replayed publications, say. As [`Conn::enqueue_reply`].
-    pub fn enqueue_all(&self, frames: impl IntoIterator<Item = Bytes>) -> bool {
+    pub(crate) fn enqueue_all(&self, frames: impl IntoIterator<Item = Bytes>) -> bool {
         let Some(mut inner) = self.lock_open() else {
             return false;
         };
@@ -526,7 +514,7 @@ impl Conn {
     /// does after queueing it (a subscribe's presence entry, say). With `from_start` they
     /// are held from now on: before the connect reply nothing may reach the client. Frames
     /// queued before the hold began are never held.
-    pub fn hold(&self, from_start: bool) {
+    pub(crate) fn hold(&self, from_start: bool) {
         let mut inner = self.inner.lock();
         inner.hold = if from_start {
             Hold::On
@@ -538,14 +526,14 @@ impl Conn {
 
     /// The driver is done with the command: frames are written through again once it has
     /// flushed what was held.
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         self.inner.lock().hold = Hold::Off;
     }
 
     /// Writes queued frames (for the driver, when the socket is writable). Ok(true) when
     /// the queue is empty, or only [held](Conn::hold) frames are left (frames handed over
     /// before the hold began are written); Ok(false) when the socket would block first.
-    pub fn flush(&self) -> io::Result<bool> {
+    pub(crate) fn flush(&self) -> io::Result<bool> {
         let socket = self.socket()?;
         self.inner.lock().write_queued(socket)
     }
@@ -555,7 +543,7 @@ impl Conn {
     /// any: every queued frame, or with `drop_queued` just the rest of a frame that is
     /// partly on the wire (so the close after it parses). The driver then
     /// [flushes](Conn::flush) what is left.
-    pub fn finish_queue(&self, drop_queued: bool, close: Option<Bytes>) {
+    pub(crate) fn finish_queue(&self, drop_queued: bool, close: Option<Bytes>) {
         self.closing.store(true, Ordering::Relaxed);
         let mut inner = self.inner.lock();
         if drop_queued {
@@ -570,7 +558,7 @@ impl Conn {
     }
 
     /// Posts a control message for the session.
-    pub fn post(&self, control: Control) {
+    pub(crate) fn post(&self, control: Control) {
         self.inner
             .lock()
             .work
@@ -581,7 +569,7 @@ impl Conn {
     }
 
     /// Asks the driver to close the connection; the first reason wins.
-    pub fn close(&self, disconnect: Disconnect) {
+    pub(crate) fn close(&self, disconnect: Disconnect) {
         self.inner
             .lock()
             .work
@@ -599,7 +587,7 @@ impl Conn {
     /// Ready once something was queued, posted or a close was requested since the last
     /// ready poll; registers the polling task to be woken otherwise. A wake that lands
     /// between two polls is kept, never lost.
-    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.woken.swap(false, Ordering::AcqRel) {
             return Poll::Ready(());
         }
@@ -626,7 +614,7 @@ impl Conn {
     }
 
     /// Takes pending control messages and any close request.
-    pub fn take_work(&self) -> Work {
+    pub(crate) fn take_work(&self) -> Work {
         let work = self
             .inner
             .lock()
@@ -646,7 +634,7 @@ impl Conn {
     }
 
     /// Reads or updates the heartbeat deadlines.
-    pub fn with_heartbeat<R>(&self, f: impl FnOnce(&mut Heartbeat) -> R) -> R {
+    pub(crate) fn with_heartbeat<R>(&self, f: impl FnOnce(&mut Heartbeat) -> R) -> R {
         let mut inner = self.inner.lock();
         let result = f(&mut inner.heartbeat);
         self.due_at
@@ -656,7 +644,7 @@ impl Conn {
 
     /// Whether a heartbeat deadline may have come by `now` (node clock, ms): the sweeper
     /// looks at a connection's deadlines, under its lock, only then.
-    pub fn heartbeat_due(&self, now: u64) -> bool {
+    pub(crate) fn heartbeat_due(&self, now: u64) -> bool {
         self.due_at.load(Ordering::Relaxed) <= now
     }
 }
@@ -729,7 +717,7 @@ pub(crate) mod tests {
         assert!(c.enqueue(Bytes::from_static(b"12345")));
         assert!(!c.enqueue(Bytes::from_static(b"1")));
         let work = c.take_work();
-        assert_eq!(work.close.map(|d| d.code), Some(3008));
+        assert_eq!(work.close.map(|d| d.code.get()), Some(3008));
         // After the close was taken, nothing more is queued.
         assert!(!c.enqueue(Bytes::from_static(b"1")));
     }
@@ -746,7 +734,7 @@ pub(crate) mod tests {
         assert!(!conn.enqueue_queued(Bytes::from_static(b"n")));
         assert!(!conn.enqueue_all([Bytes::from_static(b"n")]));
         assert!(conn.is_closing());
-        assert_eq!(conn.take_work().close.map(|d| d.code), Some(3008));
+        assert_eq!(conn.take_work().close.map(|d| d.code.get()), Some(3008));
         // The queue still ends with (the rest of) the last frame handed over before the
         // refused one.
         let queued = conn.take_queued();
@@ -817,7 +805,7 @@ pub(crate) mod tests {
             reader.await.unwrap() == frame[..],
             "the whole frame, never cut"
         );
-        assert_eq!(conn.take_work().close.map(|d| d.code), Some(3008));
+        assert_eq!(conn.take_work().close.map(|d| d.code.get()), Some(3008));
     }
 
     #[tokio::test]

@@ -1,13 +1,22 @@
 //! Channel hub: who is connected, who is subscribed to what, and fan-out of publications.
 //!
-//! Drivers register a [`Conn`] handle, which holds the socket. Fan-out encodes a publication
-//! once per wire variant (encoding × delta form) and hands the same `Bytes` to every
-//! subscriber's handle: written at once by the publisher for a small channel, queued for
-//! the connections' own tasks to write (in parallel, on every worker) for a large one. A
-//! full queue disconnects that subscriber (3008); the hub never waits on a slow connection.
-//! Registries are sharded and their locks are never held across `.await`.
+//! Drivers register a [`Conn`] handle, which holds the socket; everybody else reaches a
+//! connection only through it. The hub never waits on a slow connection: a full queue
+//! disconnects that subscriber (3008). Registries are sharded and their locks are never
+//! held across `.await`. It reports upward only through the handles it holds: a
+//! [`Control`] posted to a connection is applied by that connection's driver and session.
+//!
+//! - this file: the registries (connections, users, channels and their subscribers);
+//! - [`conn`]: the connection handle and its bounded outbound queue;
+//! - [`fanout`]: encode-once delivery of publications, joins and leaves, and the hub as the
+//!   broker's event sink;
+//! - [`park`]: publications held while a subscription is being set up;
+//! - [`sweep`]: the heartbeat sweep (pings, pong and connect deadlines, expiries).
 
 pub(crate) mod conn;
+mod fanout;
+mod park;
+mod sweep;
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
@@ -15,18 +24,19 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use tether_proto::codes::DisconnectCode;
-use tether_proto::{Encoding, Push, Reply};
+use tether_proto::Encoding;
 use tokio::net::TcpStream;
 
 pub use self::conn::{
-    ClientId, Conn, ConnHandle, Control, Disconnect, Framing, Heartbeat, PendingPublication,
-    ServerSubscribe, Work,
+    ClientId, Conn, ConnHandle, Control, Heartbeat, PendingPublication, ServerSubscribe,
+    SubscribeOverrides, Work,
 };
-use crate::broker::{BrokerEvents, ClientInfo, Publication, PublicationEvent};
-use crate::transport::ws;
+pub use self::fanout::HubEvents;
+use self::park::Parked;
+use self::sweep::Pings;
+pub use self::sweep::SweepSettings;
+use crate::wire::Framing;
 
 /// Registries and fan-out of one node. Clone = refcount bump.
 #[derive(Clone, Debug)]
@@ -92,15 +102,6 @@ impl UserConns {
             }
         }
     }
-}
-
-/// Pre-encoded ping frames, one per wire variant.
-#[derive(Debug)]
-struct Pings {
-    json: Bytes,
-    protobuf: Bytes,
-    /// Raw TCP: an empty Reply, which is the single length byte 0.
-    tcp: Bytes,
 }
 
 /// The subscribers of one channel on this node.
@@ -169,36 +170,6 @@ pub struct Subscriber {
     skip_up_to: AtomicU64,
 }
 
-/// Publications parked for a subscription being set up, bounded as the connection's queue
-/// is: a stalled engine must not let them grow without end.
-#[derive(Debug, Default)]
-struct Parked {
-    publications: Vec<PendingPublication>,
-    /// Their payload bytes: about what they will take in the queue when replayed.
-    bytes: usize,
-}
-
-impl Parked {
-    /// Parks a publication. False when that passes `limit`: they would overflow the queue
-    /// at activation anyway, so all are dropped now (the caller closes the connection with
-    /// 3008) and later ones are not kept.
-    fn park(&mut self, event: &PublicationEvent, limit: usize) -> bool {
-        if self.bytes > limit {
-            return true;
-        }
-        self.bytes += event.publication.data.len();
-        if self.bytes > limit {
-            self.publications = Vec::new();
-            return false;
-        }
-        self.publications.push(PendingPublication {
-            publication: event.publication.clone(),
-            position: event.position.clone(),
-        });
-        true
-    }
-}
-
 /// What a subscriber asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SubscriberFlags {
@@ -224,24 +195,6 @@ pub struct HubStats {
     pub num_subs: u32,
 }
 
-/// Heartbeat settings the sweeper applies, in milliseconds (0 disables).
-#[derive(Clone, Copy, Debug)]
-pub struct SweepSettings {
-    /// Interval between pings.
-    pub ping_interval_ms: u64,
-    /// How long a pong may take.
-    pub pong_timeout_ms: u64,
-}
-
-/// Wire variants of one publication, encoded lazily and at most once each.
-#[derive(Default)]
-struct Variants {
-    /// Index: wire variant (see [`wire_index`]) × form (0 plain, 1 full for a delta
-    /// subscriber, 2 delta patch).
-    frames: [Option<Option<Bytes>>; WIRE_VARIANTS * 3],
-    patch: Option<Option<Bytes>>,
-}
-
 impl Hub {
     /// An empty hub.
     pub fn new() -> Self {
@@ -249,7 +202,7 @@ impl Hub {
     }
 
     /// An empty hub that counts its deliveries in `metrics`.
-    pub fn with_metrics(metrics: Arc<crate::metrics::Metrics>) -> Self {
+    pub(crate) fn with_metrics(metrics: Arc<crate::metrics::Metrics>) -> Self {
         Self::build(Some(metrics))
     }
 
@@ -262,11 +215,7 @@ impl Hub {
                 channels: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 next_seq: AtomicU64::new(1),
                 hasher: std::collections::hash_map::RandomState::new(),
-                pings: Pings {
-                    json: ws::encode_message_frame(false, b"{}"),
-                    protobuf: ws::encode_message_frame(true, &[0]),
-                    tcp: Bytes::from_static(&[0]),
-                },
+                pings: Pings::new(),
             }),
         }
     }
@@ -289,7 +238,7 @@ impl Hub {
     }
 
     /// Removes a connection from every registry (its subscriptions are removed by the session).
-    pub fn unregister(&self, conn: &ConnHandle) {
+    pub(crate) fn unregister(&self, conn: &ConnHandle) {
         self.shared.conns[shard_of_seq(conn.seq)]
             .lock()
             .remove(&conn.seq);
@@ -304,7 +253,7 @@ impl Hub {
 
     /// Adds an authenticated connection to its user's index. Returns how many connections
     /// the user has now.
-    pub fn add_user_conn(&self, conn: &ConnHandle) -> usize {
+    pub(crate) fn add_user_conn(&self, conn: &ConnHandle) -> usize {
         let user = conn.user();
         let mut users = self.shared.users[self.shard(&user)].lock();
         match users.entry(user) {
@@ -320,7 +269,7 @@ impl Hub {
     }
 
     /// Number of connections a user has on this node.
-    pub fn user_conn_count(&self, user: &str) -> usize {
+    pub(crate) fn user_conn_count(&self, user: &str) -> usize {
         self.shared.users[self.shard(user)]
             .lock()
             .get(user)
@@ -328,7 +277,7 @@ impl Hub {
     }
 
     /// The connections of a user on this node.
-    pub fn user_conns(&self, user: &str) -> Vec<ConnHandle> {
+    pub(crate) fn user_conns(&self, user: &str) -> Vec<ConnHandle> {
         self.shared.users[self.shard(user)]
             .lock()
             .get(user)
@@ -374,58 +323,9 @@ impl Hub {
         sub
     }
 
-    /// Makes a pending subscription live: enqueues `head` (the subscribe reply and any
-    /// recovered publications), then the parked publications whose offset is above
-    /// `delivered_up_to` (all of them when `None`), in order and under the subscriber's lock
-    /// so live fan-out cannot slip in between. Returns false if the connection's queue
-    /// overflowed.
-    pub fn activate(
-        &self,
-        channel: &str,
-        sub: &Subscriber,
-        head: Vec<Bytes>,
-        delivered_up_to: Option<u64>,
-    ) -> bool {
-        let mut pending = sub.pending.lock();
-        let mut parked = pending
-            .take()
-            .map(|parked| parked.publications)
-            .unwrap_or_default();
-        if sub.stale.load(Ordering::Relaxed) {
-            // Continuity was lost while setting up: replaying would move the client's
-            // position past the hole. The session ends this subscription next.
-            parked.clear();
-        }
-        let mut frames = head;
-        let mut covered = delivered_up_to.unwrap_or(0);
-        for item in parked {
-            if let (Some(top), Some(pos)) = (delivered_up_to, &item.position)
-                && pos.offset <= top
-            {
-                continue;
-            }
-            match self.frame_for(channel, sub, &item.publication, None) {
-                Ok(frame) => frames.push(frame),
-                Err(code) => {
-                    sub.conn.close(code.into());
-                    return false;
-                }
-            }
-            if let Some(pos) = &item.position {
-                covered = covered.max(pos.offset);
-            }
-        }
-        // Still under the pending lock: live fan-out sees the bound as soon as it sees the
-        // subscription live.
-        sub.skip_up_to.store(covered, Ordering::Relaxed);
-        let ok = sub.conn.enqueue_all(frames);
-        sub.live.store(true, Ordering::Release);
-        ok
-    }
-
     /// Removes a subscription; frees the channel entry when it was the last. Removing one
     /// that is already gone does nothing.
-    pub fn unsubscribe(&self, sub: &Arc<Subscriber>) {
+    pub(crate) fn unsubscribe(&self, sub: &Arc<Subscriber>) {
         let channel = &sub.channel;
         let mut channels = self.shared.channels[self.shard(&channel.name)].lock();
         let mut subs = channel.subscribers.write();
@@ -448,7 +348,7 @@ impl Hub {
     }
 
     /// Channels with local subscribers and their subscriber counts.
-    pub fn channels(&self) -> Vec<(String, u32)> {
+    pub(crate) fn channels(&self) -> Vec<(String, u32)> {
         let mut out = Vec::new();
         for shard in self.shared.channels.iter() {
             for ChannelEntry(entry) in shard.lock().iter() {
@@ -489,171 +389,6 @@ impl Hub {
             .collect()
     }
 
-    /// One heartbeat pass: sends due pings, closes connections whose pong, connect or
-    /// credentials are overdue. `now_ms` is the node clock.
-    pub fn sweep(&self, now_ms: u64, settings: SweepSettings) {
-        let mut due = Vec::new();
-        for shard in self.shared.conns.iter() {
-            due.clear();
-            due.extend(
-                shard
-                    .lock()
-                    .values()
-                    .filter(|conn| conn.heartbeat_due(now_ms))
-                    .cloned(),
-            );
-            for conn in &due {
-                self.sweep_one(conn, now_ms, settings);
-            }
-        }
-    }
-
-    fn sweep_one(&self, conn: &Conn, now: u64, settings: SweepSettings) {
-        enum Act {
-            Nothing,
-            Ping,
-            CheckExpiry,
-            Close(DisconnectCode),
-        }
-        let act = conn.with_heartbeat(|hb| {
-            if hb.stale_at != 0 && now >= hb.stale_at {
-                return Act::Close(DisconnectCode::STALE);
-            }
-            if hb.pong_by != 0 && now >= hb.pong_by {
-                return Act::Close(DisconnectCode::NO_PONG);
-            }
-            if hb.expire_at != 0 && now >= hb.expire_at {
-                return Act::Close(DisconnectCode::EXPIRED);
-            }
-            if hb.sub_expire_at != 0 && now >= hb.sub_expire_at {
-                hb.sub_expire_at = 0;
-                return Act::CheckExpiry;
-            }
-            if hb.ping_at != 0 && now >= hb.ping_at {
-                hb.ping_at = now + settings.ping_interval_ms;
-                if settings.pong_timeout_ms > 0 && hb.pong_by == 0 {
-                    hb.pong_by = now + settings.pong_timeout_ms;
-                }
-                return Act::Ping;
-            }
-            Act::Nothing
-        });
-        match act {
-            Act::Nothing => {}
-            Act::Ping => {
-                let frame = match (conn.framing, conn.encoding) {
-                    (Framing::Tcp, _) => self.shared.pings.tcp.clone(),
-                    (Framing::WebSocket, Encoding::Json) => self.shared.pings.json.clone(),
-                    (Framing::WebSocket, Encoding::Protobuf) => self.shared.pings.protobuf.clone(),
-                };
-                conn.enqueue(frame);
-            }
-            Act::CheckExpiry => conn.post(Control::CheckExpiry),
-            Act::Close(code) => conn.close(code.into()),
-        }
-    }
-
-    /// Fan-out of one publication to this node's subscribers of `channel`.
-    pub fn deliver_publication(&self, channel: &str, event: &PublicationEvent) {
-        let Some(entry) = self.channel(channel) else {
-            return;
-        };
-        let subs = entry.subscribers.read();
-        let mut variants = Variants::default();
-        let large = subs.len() > INLINE_FANOUT;
-        let mut delivered = 0u64;
-        for sub in subs.iter() {
-            if sub.stale.load(Ordering::Relaxed) {
-                continue;
-            }
-            if !sub.live.load(Ordering::Acquire) {
-                let mut pending = sub.pending.lock();
-                if let Some(parked) = pending.as_mut() {
-                    if !parked.park(event, sub.conn.queue_limit()) {
-                        sub.conn.overflow();
-                    }
-                    continue;
-                }
-            }
-            if let Some(position) = &event.position {
-                let skip = sub.skip_up_to.load(Ordering::Relaxed);
-                if skip != 0 {
-                    if position.offset <= skip {
-                        // Already delivered with the subscribe reply: a late duplicate.
-                        continue;
-                    }
-                    sub.skip_up_to.store(0, Ordering::Relaxed);
-                }
-            }
-            match self.cached_frame(channel, sub, event, &mut variants) {
-                Some(frame) => delivered += u64::from(hand_over(&sub.conn, frame, large)),
-                None => sub
-                    .conn
-                    .close(DisconnectCode::INAPPROPRIATE_PROTOCOL.into()),
-            }
-        }
-        if let Some(metrics) = &self.shared.metrics {
-            metrics.deliveries.increment(delivered);
-        }
-    }
-
-    /// Publications of `channel` may have been lost before reaching this node: every
-    /// positioned subscriber stops receiving the channel and its session is told to end the
-    /// subscription with insufficient state (2500, or 3010 for server-side ones), so the
-    /// client recovers from its last real position.
-    pub fn insufficient_state(&self, channel: &str) {
-        let Some(entry) = self.channel(channel) else {
-            return;
-        };
-        for sub in entry.subscribers.read().iter() {
-            if sub.flags.positioned && !sub.stale.swap(true, Ordering::Relaxed) {
-                sub.conn.post(Control::InsufficientState {
-                    channel: channel.to_owned(),
-                });
-            }
-        }
-    }
-
-    /// Fan-out of a join or leave to subscribers that asked for them.
-    pub fn deliver_join_leave(&self, channel: &str, info: &ClientInfo, join: bool) {
-        let Some(entry) = self.channel(channel) else {
-            return;
-        };
-        let info = Some(to_proto_info(info));
-        let push = if join {
-            Push {
-                channel: channel.to_owned(),
-                join: Some(tether_proto::Join { info }),
-                ..Default::default()
-            }
-        } else {
-            Push {
-                channel: channel.to_owned(),
-                leave: Some(tether_proto::Leave { info }),
-                ..Default::default()
-            }
-        };
-        let reply = Reply {
-            push: Some(push),
-            ..Default::default()
-        };
-        let mut frames: [Option<Bytes>; WIRE_VARIANTS] = Default::default();
-        let subs = entry.subscribers.read();
-        let large = subs.len() > INLINE_FANOUT;
-        for sub in subs.iter() {
-            if !sub.flags.join_leave || !sub.live.load(Ordering::Acquire) {
-                continue;
-            }
-            let slot = &mut frames[wire_index(sub.conn.encoding, sub.conn.framing)];
-            if slot.is_none() {
-                *slot = encode_frame(sub.conn.encoding, sub.conn.framing, &reply).ok();
-            }
-            if let Some(frame) = slot {
-                hand_over(&sub.conn, frame.clone(), large);
-            }
-        }
-    }
-
     fn channel(&self, channel: &str) -> Option<Arc<Channel>> {
         self.shared.channels[self.shard(channel)]
             .lock()
@@ -664,129 +399,6 @@ impl Hub {
     fn shard(&self, key: &str) -> usize {
         (self.shared.hasher.hash_one(key) as usize) % SHARDS
     }
-
-    /// Encodes a publication for one subscriber outside fan-out (replay after subscribe,
-    /// recovery). Keeps delta priming consistent with live delivery.
-    pub fn frame_for(
-        &self,
-        channel: &str,
-        sub: &Subscriber,
-        publication: &Arc<Publication>,
-        previous: Option<&Arc<Publication>>,
-    ) -> Result<Bytes, DisconnectCode> {
-        let event = PublicationEvent {
-            publication: publication.clone(),
-            position: None,
-            previous: previous.cloned(),
-        };
-        let mut variants = Variants::default();
-        self.cached_frame(channel, sub, &event, &mut variants)
-            .ok_or(DisconnectCode::INAPPROPRIATE_PROTOCOL)
-    }
-
-    /// A recovered publication as it goes into a subscribe result for this subscriber: full
-    /// data (a JSON string when delta was negotiated on JSON), and the subscriber primed for
-    /// deltas after it.
-    pub fn recovered_publication(
-        &self,
-        sub: &Subscriber,
-        publication: &Publication,
-    ) -> tether_proto::Publication {
-        let form = if sub.flags.delta {
-            sub.delta_primed.store(true, Ordering::Relaxed);
-            Form::DeltaFull
-        } else {
-            Form::Plain
-        };
-        to_proto_publication(
-            publication,
-            wire_data(sub.conn.encoding, form, &publication.data),
-            false,
-        )
-    }
-
-    fn cached_frame(
-        &self,
-        channel: &str,
-        sub: &Subscriber,
-        event: &PublicationEvent,
-        variants: &mut Variants,
-    ) -> Option<Bytes> {
-        let conn = &sub.conn;
-        let enc = wire_index(conn.encoding, conn.framing);
-        let publication = &event.publication;
-        let form = if !sub.flags.delta {
-            Form::Plain
-        } else if publication.offset == 0 {
-            // Not part of the stream (published without history): sent full, and the client
-            // keeps it as the base of its next delta, which the stream's previous
-            // publication then is not: the next one goes full as well.
-            sub.delta_primed.store(false, Ordering::Relaxed);
-            Form::DeltaFull
-        } else if publication.delta
-            && sub.delta_primed.swap(true, Ordering::Relaxed)
-            && event.previous.is_some()
-        {
-            Form::Delta
-        } else {
-            sub.delta_primed.store(true, Ordering::Relaxed);
-            Form::DeltaFull
-        };
-        if form == Form::Delta {
-            let patch = variants
-                .patch
-                .get_or_insert_with(|| {
-                    let prev = event.previous.as_ref()?;
-                    let patch = crate::delta::fossil_delta(&prev.data, &publication.data);
-                    (patch.len() < publication.data.len()).then(|| Bytes::from(patch))
-                })
-                .clone();
-            if let Some(patch) = patch {
-                let slot = &mut variants.frames[enc * 3 + 2];
-                return slot
-                    .get_or_insert_with(|| {
-                        let data = wire_data(conn.encoding, Form::Delta, &patch);
-                        encode_publication(
-                            channel,
-                            publication,
-                            data,
-                            true,
-                            conn.encoding,
-                            conn.framing,
-                        )
-                    })
-                    .clone();
-            }
-            // The patch is not smaller: send the full data instead.
-            return variants.frames[enc * 3 + 1]
-                .get_or_insert_with(|| {
-                    let data = wire_data(conn.encoding, Form::DeltaFull, &publication.data);
-                    encode_publication(
-                        channel,
-                        publication,
-                        data,
-                        false,
-                        conn.encoding,
-                        conn.framing,
-                    )
-                })
-                .clone();
-        }
-        let index = enc * 3 + if form == Form::Plain { 0 } else { 1 };
-        variants.frames[index]
-            .get_or_insert_with(|| {
-                let data = wire_data(conn.encoding, form, &publication.data);
-                encode_publication(
-                    channel,
-                    publication,
-                    data,
-                    false,
-                    conn.encoding,
-                    conn.framing,
-                )
-            })
-            .clone()
-    }
 }
 
 impl Default for Hub {
@@ -796,168 +408,16 @@ impl Default for Hub {
 }
 
 impl Subscriber {
-    /// The connection behind this subscription.
-    pub fn conn(&self) -> &ConnHandle {
-        &self.conn
-    }
-
     /// The channel's name (shared with the hub's registry).
-    pub fn channel(&self) -> &Arc<str> {
+    pub(crate) fn channel(&self) -> &Arc<str> {
         &self.channel.name
     }
 
     /// The stream lost continuity for this subscription ([`Hub::insufficient_state`]).
-    pub fn is_stale(&self) -> bool {
+    pub(crate) fn is_stale(&self) -> bool {
         self.stale.load(Ordering::Relaxed)
     }
 }
-
-/// The hub as the broker's event sink.
-#[derive(Debug)]
-pub struct HubEvents(pub Hub);
-
-impl BrokerEvents for HubEvents {
-    fn on_publication(&self, channel: &str, event: &PublicationEvent) {
-        self.0.deliver_publication(channel, event);
-    }
-
-    fn on_join(&self, channel: &str, info: &ClientInfo) {
-        self.0.deliver_join_leave(channel, info, true);
-    }
-
-    fn on_leave(&self, channel: &str, info: &ClientInfo) {
-        self.0.deliver_join_leave(channel, info, false);
-    }
-
-    fn on_insufficient_state(&self, channel: &str) {
-        self.0.insufficient_state(channel);
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Form {
-    Plain,
-    DeltaFull,
-    Delta,
-}
-
-/// Data as it travels: raw for Protobuf and plain JSON; a JSON string when delta was
-/// negotiated on a JSON connection (the SDK parses it after applying the patch).
-fn wire_data(encoding: Encoding, form: Form, data: &Bytes) -> Bytes {
-    match (encoding, form) {
-        (Encoding::Json, Form::DeltaFull | Form::Delta) => {
-            let text = String::from_utf8_lossy(data);
-            Bytes::from(serde_json::to_vec(&text).unwrap_or_default())
-        }
-        _ => data.clone(),
-    }
-}
-
-/// Which shared encoding of a reply a connection gets: WebSocket JSON, WebSocket Protobuf,
-/// or raw TCP (Protobuf without a frame header). Connections of one variant share bytes.
-fn wire_index(encoding: Encoding, framing: Framing) -> usize {
-    match (framing, encoding) {
-        (Framing::WebSocket, Encoding::Json) => 0,
-        (Framing::WebSocket, Encoding::Protobuf) => 1,
-        (Framing::Tcp, _) => 2,
-    }
-}
-
-/// Number of distinct wire variants ([`wire_index`]).
-const WIRE_VARIANTS: usize = 3;
-
-/// Converts a broker publication into the protocol type with the given wire data.
-pub fn to_proto_publication(
-    publication: &Publication,
-    data: Bytes,
-    delta: bool,
-) -> tether_proto::Publication {
-    tether_proto::Publication {
-        data,
-        info: publication.info.as_ref().map(to_proto_info),
-        offset: publication.offset,
-        tags: publication
-            .tags
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        delta,
-        ..Default::default()
-    }
-}
-
-/// Converts broker client info into the protocol type.
-pub fn to_proto_info(info: &ClientInfo) -> tether_proto::ClientInfo {
-    tether_proto::ClientInfo {
-        user: info.user.clone(),
-        client: info.client.clone(),
-        conn_info: info.conn_info.clone().unwrap_or_default(),
-        chan_info: info.chan_info.clone().unwrap_or_default(),
-    }
-}
-
-fn encode_publication(
-    channel: &str,
-    publication: &Publication,
-    data: Bytes,
-    delta: bool,
-    encoding: Encoding,
-    framing: Framing,
-) -> Option<Bytes> {
-    let push = Push {
-        channel: channel.to_owned(),
-        r#pub: Some(to_proto_publication(publication, data, delta)),
-        ..Default::default()
-    };
-    encode_frame(
-        encoding,
-        framing,
-        &Reply {
-            push: Some(push),
-            ..Default::default()
-        },
-    )
-    .ok()
-}
-
-/// Encodes one reply as a complete wire frame for a connection.
-pub fn encode_frame(
-    encoding: Encoding,
-    framing: Framing,
-    reply: &Reply,
-) -> Result<Bytes, tether_proto::EncodeError> {
-    let mut payload = Vec::with_capacity(64);
-    encoding.encode_reply(reply, &mut payload)?;
-    Ok(match framing {
-        // The delimited reply is the whole frame: hand over the buffer without a copy.
-        Framing::Tcp => Bytes::from(payload),
-        Framing::WebSocket => frame_payload(encoding, framing, &payload),
-    })
-}
-
-/// Wraps an encoded payload (one or more replies) in the transport's framing. Raw TCP has
-/// none: Protobuf replies carry their own length prefix.
-pub fn frame_payload(encoding: Encoding, framing: Framing, payload: &[u8]) -> Bytes {
-    match framing {
-        Framing::WebSocket => ws::encode_message_frame(encoding == Encoding::Protobuf, payload),
-        Framing::Tcp => Bytes::copy_from_slice(payload),
-    }
-}
-
-/// Hands one fan-out frame to a connection: written at once by the caller for a small
-/// fan-out; for a `large` one only queued, for the connection's own task to write, so the
-/// publisher makes no system call per subscriber and the writes spread over every worker.
-/// True when handed over.
-fn hand_over(conn: &Conn, frame: Bytes, large: bool) -> bool {
-    if large {
-        conn.enqueue_queued(frame)
-    } else {
-        conn.enqueue(frame)
-    }
-}
-
-/// Largest fan-out the publisher writes itself.
-const INLINE_FANOUT: usize = 32;
 
 fn shard_of_seq(seq: u64) -> usize {
     (seq as usize) % SHARDS
@@ -968,8 +428,10 @@ const SHARDS: usize = 64;
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
-    use crate::broker::StreamPosition;
+    use crate::broker::{Publication, PublicationEvent, StreamPosition};
 
     fn event(offset: u64) -> PublicationEvent {
         PublicationEvent {
@@ -1034,7 +496,7 @@ mod tests {
         assert!(!conn.is_closing(), "one fits the bound");
         hub.deliver_publication("ch", &big(2));
         assert!(conn.is_closing(), "two would not fit the queue");
-        assert_eq!(conn.take_work().close.map(|d| d.code), Some(3008));
+        assert_eq!(conn.take_work().close.map(|d| d.code.get()), Some(3008));
         for offset in 3..100 {
             hub.deliver_publication("ch", &big(offset));
         }
@@ -1063,13 +525,13 @@ mod tests {
         hub.sweep(8_999, settings);
         assert!(conn.take_work().close.is_none());
         hub.sweep(9_000, settings);
-        assert_eq!(conn.take_work().close.map(|d| d.code), Some(3012));
+        assert_eq!(conn.take_work().close.map(|d| d.code.get()), Some(3012));
         // An earlier deadline set later is seen at once: credentials expiring at 10,000.
         let other = hub.register(Encoding::Json, Framing::WebSocket, 1 << 20, None);
         other.with_heartbeat(|hb| hb.ping_at = 26_000);
         other.with_heartbeat(|hb| hb.expire_at = 10_000);
         hub.sweep(10_000, settings);
-        assert_eq!(other.take_work().close.map(|d| d.code), Some(3005));
+        assert_eq!(other.take_work().close.map(|d| d.code.get()), Some(3005));
     }
 
     fn live_sub(hub: &Hub, channel: &str, conn: &ConnHandle) -> Arc<Subscriber> {

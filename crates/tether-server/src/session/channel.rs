@@ -6,23 +6,8 @@ use tether_proto::codes::ClientError;
 
 use crate::broker::HistoryOptions;
 use crate::config::NamespaceOptions;
-use crate::server::Node;
-
-/// Per-subscription overrides of namespace options (from a token's `override` or the server
-/// API's `override`). `None` keeps the namespace's value.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SubscribeOverrides {
-    /// Keep presence for this subscription.
-    pub presence: Option<bool>,
-    /// Emit join/leave for this subscription.
-    pub join_leave: Option<bool>,
-    /// Push join/leave to this subscriber without it asking.
-    pub force_push_join_leave: Option<bool>,
-    /// Make the subscription recoverable.
-    pub force_recovery: Option<bool>,
-    /// Make the subscription positioned.
-    pub force_positioning: Option<bool>,
-}
+use crate::hub::SubscribeOverrides;
+use crate::node::Node;
 
 impl From<crate::auth::SubscribeOverride> for SubscribeOverrides {
     fn from(o: crate::auth::SubscribeOverride) -> Self {

@@ -2,9 +2,11 @@
 //!
 //! A [`Session`] holds what the protocol needs to remember about one connection (its state,
 //! user, subscriptions and expiries) and turns each decoded [`Command`] into replies on the
-//! connection's outbound queue and calls into the hub and broker. It performs no socket I/O:
-//! the driver in `transport` feeds it commands and control messages with the current time,
-//! and acts on the [`Disconnect`] it may return; it awaits only the engine.
+//! connection's outbound queue and calls into the hub, the engine and cluster control. It
+//! does no socket I/O: the driver in `transport` feeds it commands and control messages with
+//! the current time, writes what it queued, and acts on the [`Disconnect`] it may return. It
+//! is not sans-IO all the same: a command's handling awaits the engine (history, presence,
+//! publish, subscribe) and, for a token whose key is not cached yet, the JWKS endpoint.
 //!
 //! Commands of one frame are handled in order, so the reply to `connect` is queued before the
 //! replies to the `subscribe` commands that centrifuge-js batches behind it.
@@ -23,27 +25,13 @@ use tokio::time::Instant;
 
 use crate::metrics::CommandResult;
 
-pub use self::channel::SubscribeOverrides;
 use self::channel::{ChannelAccess, Permission};
 use self::subscribe::leave_engine;
 use crate::auth::TokenError;
 use crate::broker::{HistoryQuery, PublishOptions, StreamPosition};
-use crate::hub::{
-    ConnHandle, Control, Disconnect, Subscriber, encode_frame, to_proto_info, to_proto_publication,
-};
-use crate::server::Node;
-
-/// The time as the session sees it: the monotonic instant (for the broker and the node
-/// clock) and wall-clock Unix seconds (for token expiry).
-#[derive(Clone, Copy, Debug)]
-pub struct Now {
-    /// Monotonic time.
-    pub instant: Instant,
-    /// Unix time in seconds.
-    pub unix: i64,
-    /// Milliseconds on the node clock (the sweeper's time base).
-    pub ms: u64,
-}
+use crate::hub::{ConnHandle, Control, SubscribeOverrides, Subscriber};
+use crate::node::{Node, Now};
+use crate::wire::{Disconnect, encode_frame, to_proto_info, to_proto_publication};
 
 /// Where the session is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +48,7 @@ enum State {
 
 /// Session state of one connection.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     conn: ConnHandle,
     state: State,
     user: Arc<str>,
@@ -92,11 +80,11 @@ impl SubState {
 }
 
 /// Result of handling a command: `Err` means close the connection with that code.
-pub type Outcome = Result<(), Disconnect>;
+pub(crate) type Outcome = Result<(), Disconnect>;
 
 impl Session {
     /// A session for a freshly accepted connection.
-    pub fn new(conn: ConnHandle) -> Self {
+    pub(crate) fn new(conn: ConnHandle) -> Self {
         Self {
             conn,
             state: State::Connecting,
@@ -108,23 +96,23 @@ impl Session {
     }
 
     /// The connection handle.
-    pub fn conn(&self) -> &ConnHandle {
+    pub(crate) fn conn(&self) -> &ConnHandle {
         &self.conn
     }
 
     /// True once the connect command succeeded.
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.state == State::Connected
     }
 
     /// The client answered a ping. Pongs are not charged to the command rate limit. A pong
     /// with no ping outstanding is ignored: harmless, and SDKs never send one.
-    pub fn on_pong(&self) {
+    pub(crate) fn on_pong(&self) {
         self.conn.with_heartbeat(|hb| hb.pong_by = 0);
     }
 
     /// Handles one command.
-    pub async fn handle_command(&mut self, node: &Node, cmd: Command, now: Now) -> Outcome {
+    pub(crate) async fn handle_command(&mut self, node: &Node, cmd: Command, now: Now) -> Outcome {
         if is_pong(&cmd) {
             self.on_pong();
             return Ok(());
@@ -208,7 +196,12 @@ impl Session {
     }
 
     /// Applies a control message from the node (server API or sweeper).
-    pub async fn handle_control(&mut self, node: &Node, control: Control, now: Now) -> Outcome {
+    pub(crate) async fn handle_control(
+        &mut self,
+        node: &Node,
+        control: Control,
+        now: Now,
+    ) -> Outcome {
         if self.state != State::Connected {
             return Ok(());
         }
@@ -267,7 +260,7 @@ impl Session {
 
     /// Cleans up after the connection ended: subscriptions, presence, leave events and the
     /// registries.
-    pub async fn close(&mut self, node: &Node) {
+    pub(crate) async fn close(&mut self, node: &Node) {
         let channels: Vec<Arc<str>> = self.subs.keys().cloned().collect();
         for channel in channels {
             self.remove_subscription(node, &channel).await;
@@ -280,7 +273,7 @@ impl Session {
     /// or was dropped): the hub forgets the connection at once, so nothing is delivered to
     /// it and its socket closes with the last handle, and a task of its own takes its
     /// presence, leave events and channel interest out of the engine. A no-op after `close`.
-    pub fn close_abandoned(&mut self, node: &Arc<Node>) {
+    pub(crate) fn close_abandoned(&mut self, node: &Arc<Node>) {
         if self.state == State::Closed {
             return;
         }
@@ -475,13 +468,13 @@ impl Session {
                 return Err(DisconnectCode::INTERNAL.into());
             };
             if stats.num_clients >= 2 {
-                crate::api::disconnect_user(
-                    node,
-                    &self.user,
-                    vec![self.conn.client.to_string()],
-                    DisconnectCode::CONNECTION_LIMIT.into(),
-                )
-                .await;
+                node.cluster
+                    .disconnect_user(
+                        &self.user,
+                        vec![self.conn.client.to_string()],
+                        DisconnectCode::CONNECTION_LIMIT.into(),
+                    )
+                    .await;
             }
         }
         Ok(())
@@ -795,7 +788,7 @@ mod tests {
 
     use super::*;
     use crate::config::{Config, Namespace, NamespaceOptions};
-    use crate::hub::Framing;
+    use crate::wire::Framing;
 
     /// An insufficient-state notice for a subscription the client has since left must not
     /// end the new, healthy subscription to the same channel that replaced it (a 2500 the

@@ -72,7 +72,8 @@ mod tests {
     use tether_proto::Encoding;
 
     use super::*;
-    use crate::hub::{ConnHandle, Framing, Hub};
+    use crate::hub::{ConnHandle, Hub};
+    use crate::wire::Framing;
 
     struct Fixture {
         hub: Hub,

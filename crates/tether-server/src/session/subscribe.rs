@@ -13,16 +13,14 @@ use tether_proto::codes::{ClientError, DisconnectCode};
 use tether_proto::{Reply, SubscribeRequest, SubscribeResult};
 
 use super::channel::{ChannelAccess, Permission, meta_ttl};
-use super::{
-    Now, Outcome, Session, SubState, SubscribeOverrides, UNSUBSCRIBE_EXPIRED, engine_error,
-    error_reply,
-};
+use super::{Now, Outcome, Session, SubState, UNSUBSCRIBE_EXPIRED, engine_error, error_reply};
 use crate::auth::TokenError;
 use crate::broker::{BrokerError, HistoryQuery, StreamPosition};
 use crate::config::{NamespaceOptions, RecoveryMode};
-use crate::hub::{Conn, Disconnect, ServerSubscribe, Subscriber, SubscriberFlags};
+use crate::hub::{Conn, ServerSubscribe, SubscribeOverrides, Subscriber, SubscriberFlags};
 use crate::metrics::RecoveryOutcome;
-use crate::server::Node;
+use crate::node::Node;
+use crate::wire::Disconnect;
 
 /// What a subscription was set up with.
 #[derive(Debug, Default)]

@@ -32,11 +32,12 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::limits::Slot;
-use super::ws::{self, Opcode, WsEvent, WsLimits, WsReader};
-use crate::hub::{ConnHandle, Control, Disconnect, Framing};
+use crate::hub::{ConnHandle, Control};
 use crate::metrics::TransportKind;
-use crate::server::Node;
+use crate::node::Node;
 use crate::session::Session;
+use crate::wire::ws::{self, Opcode, WsEvent, WsLimits, WsReader};
+use crate::wire::{CloseCode, Disconnect, Framing};
 
 /// How a connection's serving loop ended.
 #[derive(Debug)]
@@ -89,10 +90,11 @@ impl Wire {
 
     /// The bytes that tell the peer the connection ends with `disconnect`.
     fn close_bytes(&self, disconnect: &Disconnect) -> Bytes {
-        match self {
-            Self::WebSocket { .. } => ws::encode_close(disconnect.code, &disconnect.reason),
-            Self::Tcp { .. } => super::tcp::encode_disconnect(disconnect),
-        }
+        let framing = match self {
+            Self::WebSocket { .. } => Framing::WebSocket,
+            Self::Tcp { .. } => Framing::Tcp,
+        };
+        crate::wire::close_bytes(framing, disconnect)
     }
 }
 
@@ -325,12 +327,7 @@ impl Driver {
                     Wire::WebSocket { reader } => reader
                         .feed(&scratch[..n], &limits, events)
                         .map(|()| n)
-                        .map_err(|error| {
-                            End::Disconnect(Disconnect {
-                                code: error.close_code(),
-                                reason: error.to_string(),
-                            })
-                        }),
+                        .map_err(|error| End::Disconnect(Disconnect::from(&error))),
                     Wire::Tcp { partial, .. } => {
                         partial.extend_from_slice(&scratch[..n]);
                         Ok(n)
@@ -391,7 +388,7 @@ impl Driver {
                 Ok(None) => break,
                 Err(tether_proto::DecodeError::TooLarge { .. }) => {
                     return Err(End::Disconnect(Disconnect {
-                        code: MESSAGE_TOO_BIG,
+                        code: CloseCode::new(MESSAGE_TOO_BIG),
                         reason: "message too big".to_owned(),
                     }));
                 }
@@ -420,12 +417,7 @@ impl Driver {
         for event in events {
             self.on_event(event).await?;
         }
-        fed.map_err(|error| {
-            End::Disconnect(Disconnect {
-                code: error.close_code(),
-                reason: error.to_string(),
-            })
-        })
+        fed.map_err(|error| End::Disconnect(Disconnect::from(&error)))
     }
 
     async fn on_event(&mut self, event: WsEvent) -> Result<(), End> {
@@ -468,22 +460,22 @@ impl Driver {
         self.node.hub.unregister(self.session.conn());
         let metrics = &self.node.metrics;
         metrics.disconnected(match &end {
-            End::Disconnect(disconnect) => disconnect.code,
+            End::Disconnect(disconnect) => disconnect.code.get(),
             End::PeerClose(code) => code.unwrap_or(NO_STATUS_RECEIVED),
             End::PeerGone | End::Io(_) => ABNORMAL_CLOSURE,
         });
         if let End::Disconnect(disconnect) = &end {
-            if disconnect.code == DisconnectCode::SLOW.code {
+            if disconnect.is(DisconnectCode::SLOW) {
                 metrics.slow_consumers.increment(1);
-            } else if disconnect.code == DisconnectCode::NO_PONG.code {
+            } else if disconnect.is(DisconnectCode::NO_PONG) {
                 metrics.heartbeat_timeouts.increment(1);
             }
         }
         match end {
             End::Disconnect(disconnect) => {
-                debug!(%client, code = disconnect.code, reason = %disconnect.reason, "closing connection");
+                debug!(%client, code = disconnect.code.get(), reason = %disconnect.reason, "closing connection");
                 let close = self.wire.close_bytes(&disconnect);
-                let slow = disconnect.code == DisconnectCode::SLOW.code;
+                let slow = disconnect.is(DisconnectCode::SLOW);
                 self.session.conn().finish_queue(slow, Some(close));
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.write_rest()).await;
             }

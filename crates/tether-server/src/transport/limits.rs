@@ -18,7 +18,7 @@ use crate::config::ClientConfig;
 
 /// Why a connection was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// `client.connection_limit` connections are open.
     #[error("connection limit reached")]
     ConnectionLimit,
@@ -35,7 +35,7 @@ pub enum Refused {
 
 /// Connection counts and the connection-rate bucket of one node. Clone = refcount bump.
 #[derive(Clone, Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     shared: Arc<Shared>,
 }
 
@@ -57,7 +57,7 @@ struct Shared {
 /// A client connection's place in the counts; released on drop.
 #[derive(Debug)]
 #[must_use = "the slot is released as soon as it is dropped"]
-pub struct Slot {
+pub(crate) struct Slot {
     shared: Arc<Shared>,
     /// Set when the per-IP count was incremented for this address.
     ip: Option<IpAddr>,
@@ -65,7 +65,7 @@ pub struct Slot {
 
 impl Admission {
     /// Limits from the client config.
-    pub fn new(config: &ClientConfig) -> Self {
+    pub(crate) fn new(config: &ClientConfig) -> Self {
         let rate = config.connection_rate_limit;
         Self {
             shared: Arc::new(Shared {
@@ -86,7 +86,7 @@ impl Admission {
 
     /// Takes a slot for a new client connection from `ip`, or says why not. The rate is
     /// charged only for connections that pass the count limits.
-    pub fn admit(&self, ip: IpAddr, now: Instant) -> Result<Slot, Refused> {
+    pub(crate) fn admit(&self, ip: IpAddr, now: Instant) -> Result<Slot, Refused> {
         let shared = &self.shared;
         let total = shared.total.fetch_add(1, Ordering::AcqRel) + 1;
         // From here on `slot` undoes what was counted if we refuse.
@@ -116,7 +116,8 @@ impl Admission {
     }
 
     /// Open client connections.
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    fn open(&self) -> usize {
         self.shared.total.load(Ordering::Acquire)
     }
 }
@@ -138,7 +139,7 @@ impl Drop for Slot {
 
 /// A token bucket refilled lazily from the time it is asked at: two numbers, no timer.
 #[derive(Clone, Copy, Debug)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     /// Tokens per second.
     rate: f64,
     /// Most tokens held.
@@ -149,7 +150,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
+    pub(crate) fn new(rate: f64, burst: f64, now: Instant) -> Self {
         Self {
             rate,
             burst,
@@ -159,7 +160,7 @@ impl TokenBucket {
     }
 
     /// Takes one token if there is one.
-    pub fn try_take(&mut self, now: Instant) -> bool {
+    pub(crate) fn try_take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = self.at.max(now);
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);

@@ -10,10 +10,9 @@
 
 mod driver;
 pub mod handshake;
-pub mod limits;
+pub(crate) mod limits;
 mod rewind;
-pub mod tcp;
-pub mod ws;
+pub(crate) mod tcp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,8 +24,10 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use self::handshake::{HandshakeLimits, RequestHead};
-use crate::hub::Framing;
-use crate::server::Node;
+use self::limits::Admission;
+use crate::node::Node;
+use crate::wire::Framing;
+use crate::wire::pattern::wildcard_match;
 
 /// Serves one accepted socket to the end.
 ///
@@ -34,13 +35,14 @@ use crate::server::Node;
 /// small: the handshake (request head, its timer, or the API's hyper connection) runs in a
 /// boxed future that is freed before the WebSocket is served, and then the future holds one
 /// [`driver::Driver`] and the driver's wait.
-pub fn handle_connection(
+pub(crate) fn handle_connection(
     node: Arc<Node>,
+    admission: Admission,
     stream: TcpStream,
     peer: SocketAddr,
     api: axum::Router,
 ) -> impl Future<Output = ()> + Send {
-    let handshake = Box::pin(accept(node, stream, peer, api));
+    let handshake = Box::pin(accept(node, admission, stream, peer, api));
     async move {
         // Served in place (`&mut`): moving the driver out of the option would keep two
         // copies of it in this future.
@@ -54,6 +56,7 @@ pub fn handle_connection(
 /// of the connection to serve) or serves the HTTP API on the socket to its end (`None`).
 async fn accept(
     node: Arc<Node>,
+    admission: Admission,
     mut stream: TcpStream,
     peer: SocketAddr,
     api: axum::Router,
@@ -89,7 +92,7 @@ async fn accept(
     if head.path == WEBSOCKET_PATH {
         let leftover = buf.split_off(consumed);
         drop(buf);
-        let accepted = upgrade(&node, stream, peer, head).await?;
+        let accepted = upgrade(&node, &admission, stream, peer, head).await?;
         let mut driver = driver::Driver::new(node, accepted);
         return driver.feed_leftover(&leftover).await.then_some(driver);
     }
@@ -143,6 +146,7 @@ async fn read_head(
 /// dropped before the connection's long life begins: an idle connection keeps none of it.
 async fn upgrade(
     node: &Node,
+    admission: &Admission,
     mut stream: TcpStream,
     peer: SocketAddr,
     head: RequestHead,
@@ -173,7 +177,7 @@ async fn upgrade(
     let admitted = if node.is_draining() {
         Err(limits::Refused::Draining)
     } else {
-        node.admission.admit(peer.ip(), tokio::time::Instant::now())
+        admission.admit(peer.ip(), tokio::time::Instant::now())
     };
     let slot = match admitted {
         Ok(slot) => slot,
@@ -235,28 +239,6 @@ fn origin_allowed(patterns: &[String], origin: &str) -> bool {
         .any(|p| wildcard_match(&p.to_ascii_lowercase(), &origin))
 }
 
-pub(crate) fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or_default();
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    if parts.is_empty() {
-        return rest.is_empty();
-    }
-    for (i, part) in parts.iter().enumerate() {
-        if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        }
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
 /// How much the request-head reader asks the socket for at a time.
 const HEAD_READ_CHUNK: usize = 2048;
 /// The client WebSocket endpoint.
@@ -265,6 +247,11 @@ const WEBSOCKET_PATH: &str = "/connection/websocket";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Admission with the default limits.
+    fn test_admission() -> Admission {
+        Admission::new(&crate::config::Config::default().client)
+    }
 
     #[test]
     fn origin_patterns() {
@@ -301,7 +288,7 @@ mod tests {
             .await
             .expect("connect");
         let (stream, peer) = listener.accept().await.expect("accept");
-        let serve = handle_connection(node, stream, peer, axum::Router::new());
+        let serve = handle_connection(node, test_admission(), stream, peer, axum::Router::new());
         let size = std::mem::size_of_val(&serve);
         assert!(size <= 400, "connection future is {size} bytes, budget 400");
     }
@@ -333,7 +320,7 @@ mod tests {
             let node = node.clone();
             tokio::spawn(async move {
                 let (stream, peer) = listener.accept().await.expect("accept");
-                handle_connection(node, stream, peer, axum::Router::new()).await;
+                handle_connection(node, test_admission(), stream, peer, axum::Router::new()).await;
             })
         };
         let (mut client, _) =

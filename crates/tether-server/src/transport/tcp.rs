@@ -15,27 +15,28 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tether_proto::{Encoding, Push, Reply};
+use tether_proto::Encoding;
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::driver::{self, Driver, Wire};
-use crate::hub::{Disconnect, Framing};
-use crate::server::Node;
+use super::limits::Admission;
+use crate::node::Node;
+use crate::wire::Framing;
 
 /// Serves one accepted raw TCP connection to the end.
 ///
 /// Admission, registration and the driver are made before the future is built (call it
 /// inside the connection's span); the future holds the [`Driver`] and its wait (see
 /// [`super::handle_connection`]).
-pub fn handle_connection(
+pub(crate) fn handle_connection(
     node: Arc<Node>,
+    admission: &Admission,
     stream: TcpStream,
     peer: SocketAddr,
-) -> impl Future<Output = ()> + Send {
+) -> impl Future<Output = ()> + Send + use<> {
     // Over a limit the socket is closed as it is: raw TCP has no way to say why.
-    let driver = match node.admission.admit(peer.ip(), tokio::time::Instant::now()) {
+    let driver = match admission.admit(peer.ip(), tokio::time::Instant::now()) {
         Ok(slot) => {
             let _ = stream.set_nodelay(true);
             if let Err(error) = set_keepalive(&stream) {
@@ -67,59 +68,14 @@ pub fn handle_connection(
 
 /// Turns on TCP keepalive: probes after 30 s of silence, then every 10 s, so a peer that
 /// vanished without a FIN is found even when app-level pings are off.
-pub fn set_keepalive(stream: &TcpStream) -> std::io::Result<()> {
+pub(crate) fn set_keepalive(stream: &TcpStream) -> std::io::Result<()> {
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL);
     socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
-/// The bytes that end a TCP connection: a `Disconnect` push (the socket is closed after it).
-pub(super) fn encode_disconnect(disconnect: &Disconnect) -> Bytes {
-    let reply = Reply {
-        push: Some(Push {
-            disconnect: Some(tether_proto::Disconnect {
-                code: u32::from(disconnect.code),
-                reason: disconnect.reason.clone(),
-                reconnect: tether_proto::codes::reconnect(disconnect.code),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let mut out = Vec::with_capacity(disconnect.reason.len() + 16);
-    // Encoding a Reply into a growing Vec cannot fail (only JSON bytes fields can).
-    let _ = Encoding::Protobuf.encode_reply(&reply, &mut out);
-    Bytes::from(out)
-}
-
 /// Idle time before the first keepalive probe.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// Time between keepalive probes.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-
-#[cfg(test)]
-mod tests {
-    use bytes::BytesMut;
-
-    use super::*;
-
-    #[test]
-    fn disconnect_push_decodes_with_the_reconnect_flag_of_its_code() {
-        for (code, reconnect) in [(3001, true), (3500, false), (1009, false)] {
-            let bytes = encode_disconnect(&Disconnect {
-                code,
-                reason: "why".to_owned(),
-            });
-            let mut buf = BytesMut::from(&bytes[..]);
-            let reply = tether_proto::decode_delimited_reply(&mut buf, 1024)
-                .unwrap()
-                .unwrap();
-            assert!(buf.is_empty());
-            let d = reply.push.unwrap().disconnect.unwrap();
-            assert_eq!(d.code, u32::from(code));
-            assert_eq!(d.reason, "why");
-            assert_eq!(d.reconnect, reconnect);
-        }
-    }
-}

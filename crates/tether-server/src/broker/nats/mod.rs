@@ -48,7 +48,7 @@ use super::{
 
 /// How to reach NATS and name subjects. Built by the server from `broker.nats.*`.
 #[derive(Clone, Debug)]
-pub struct NatsOptions {
+pub(crate) struct NatsOptions {
     /// `nats://host:port`.
     pub url: String,
     /// First token(s) of every subject, so deployments (or tests) can share one NATS.
@@ -63,7 +63,7 @@ pub struct NatsOptions {
 
 /// The NATS broker. Clone = handle clone.
 #[derive(Clone)]
-pub struct NatsBroker {
+pub(crate) struct NatsBroker {
     shared: Arc<Shared>,
 }
 
@@ -114,7 +114,7 @@ impl NatsBroker {
     /// Connects (failing when NATS does not answer within the dial timeout), subscribes the
     /// control subjects and starts the background tasks. Must be called inside a Tokio
     /// runtime.
-    pub async fn start(
+    pub(crate) async fn start(
         options: NatsOptions,
         events: Arc<dyn BrokerEvents>,
     ) -> Result<(Self, ControlReceiver), NatsStartError> {
@@ -189,7 +189,7 @@ impl NatsBroker {
 
     /// Publishes to every node's subscribers of the channel (this node's included, through
     /// NATS like everyone else's so that they see one order).
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         channel: &str,
         publication: &Publication,
@@ -200,13 +200,21 @@ impl NatsBroker {
     }
 
     /// Announces a join to the channel's subscribers on every node.
-    pub async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+    pub(crate) async fn publish_join(
+        &self,
+        channel: &str,
+        info: &ClientInfo,
+    ) -> Result<(), BrokerError> {
         let subject = self.subject(channel)?;
         self.send(subject, codec::join_message(channel, info)).await
     }
 
     /// Announces a leave to the channel's subscribers on every node.
-    pub async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+    pub(crate) async fn publish_leave(
+        &self,
+        channel: &str,
+        info: &ClientInfo,
+    ) -> Result<(), BrokerError> {
         let subject = self.subject(channel)?;
         self.send(subject, codec::leave_message(channel, info))
             .await
@@ -214,7 +222,7 @@ impl NatsBroker {
 
     /// One more local subscription to `channel`; returns once the NATS server registered the
     /// subscription (see the module doc).
-    pub async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+    pub(crate) async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
         let subject = self.subject(channel)?;
         *self
             .shared
@@ -239,14 +247,14 @@ impl NatsBroker {
     }
 
     /// One local subscription fewer; the NATS subscription goes with the last.
-    pub async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+    pub(crate) async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
         self.release(channel);
         Ok(())
     }
 
     /// Publishes a cluster control payload: to every node (this one included) when `node` is
     /// `None`, else to that node only.
-    pub async fn publish_control(
+    pub(crate) async fn publish_control(
         &self,
         payload: Bytes,
         node: Option<&str>,
@@ -260,12 +268,12 @@ impl NatsBroker {
     }
 
     /// The connection to NATS is up.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.shared.client.connection_state() == State::Connected
     }
 
     /// Writes out what the connection still buffers (at most the write timeout).
-    pub async fn flush(&self) {
+    pub(crate) async fn flush(&self) {
         let flush = self.shared.client.flush();
         match tokio::time::timeout(self.shared.options.write_timeout, flush).await {
             Ok(Ok(())) => {}

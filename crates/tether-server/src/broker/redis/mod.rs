@@ -81,7 +81,7 @@ use super::{
 
 /// How to reach Redis and name keys. Built by the server from `engine.redis.*`.
 #[derive(Clone, Debug)]
-pub struct RedisOptions {
+pub(crate) struct RedisOptions {
     /// Which Redis, and how it is deployed.
     pub deployment: RedisDeployment,
     /// Prefix of every key and Pub/Sub channel; lets several deployments (or tests) share
@@ -103,7 +103,7 @@ pub struct RedisOptions {
 
 /// Where the engine's Redis is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RedisDeployment {
+pub(crate) enum RedisDeployment {
     /// Standalone instances, one `redis://host:port[/db]` URL per shard; channels are spread
     /// over them by a consistent hash of their name.
     Shards(Vec<String>),
@@ -113,7 +113,7 @@ pub enum RedisDeployment {
 
 /// The Redis engine. Clone = handle clone.
 #[derive(Clone)]
-pub struct RedisEngine {
+pub(crate) struct RedisEngine {
     shared: Arc<Shared>,
 }
 
@@ -189,7 +189,7 @@ impl RedisEngine {
     /// Builds the engine and starts its background tasks (Pub/Sub, presence refresh).
     /// Connects lazily: a Redis that is down at start is retried with backoff. Must be called
     /// inside a Tokio runtime.
-    pub fn start(
+    pub(crate) fn start(
         options: RedisOptions,
         events: Arc<dyn BrokerEvents>,
     ) -> Result<(Self, ControlReceiver), RedisStartError> {
@@ -272,7 +272,7 @@ impl RedisEngine {
     }
 
     /// Appends to history (when enabled) and publishes to every node, in one script.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         channel: &str,
         publication: Publication,
@@ -315,7 +315,7 @@ impl RedisEngine {
     }
 
     /// Reads a channel's history and current position (creating its epoch if needed).
-    pub async fn history(
+    pub(crate) async fn history(
         &self,
         channel: &str,
         query: &HistoryQuery,
@@ -362,7 +362,7 @@ impl RedisEngine {
     }
 
     /// Drops a channel's publications, keeping its epoch and top offset.
-    pub async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
+    pub(crate) async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
         let shard = self.shard_for(channel);
         let mut conn = self.shared.shards[shard].conn.clone();
         let key = self.shared.keys.stream(channel);
@@ -377,7 +377,7 @@ impl RedisEngine {
 
     /// One more local subscription to `channel`; returns once Redis confirmed the Pub/Sub
     /// subscription, so a history read after it cannot miss a publication.
-    pub async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+    pub(crate) async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
         self.shared
             .channels
             .lock()
@@ -404,24 +404,32 @@ impl RedisEngine {
     }
 
     /// One local subscription fewer; the Redis subscription goes with the last.
-    pub async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+    pub(crate) async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
         self.release(channel);
         Ok(())
     }
 
     /// Announces a join to the channel's subscribers on every node.
-    pub async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+    pub(crate) async fn publish_join(
+        &self,
+        channel: &str,
+        info: &ClientInfo,
+    ) -> Result<(), BrokerError> {
         self.publish_raw(channel, codec::join_message(info)).await
     }
 
     /// Announces a leave to the channel's subscribers on every node.
-    pub async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+    pub(crate) async fn publish_leave(
+        &self,
+        channel: &str,
+        info: &ClientInfo,
+    ) -> Result<(), BrokerError> {
         self.publish_raw(channel, codec::leave_message(info)).await
     }
 
     /// Adds or refreshes a connection's presence; this node keeps refreshing it until
     /// [`RedisEngine::remove_presence`].
-    pub async fn add_presence(
+    pub(crate) async fn add_presence(
         &self,
         channel: &str,
         client_id: &str,
@@ -435,7 +443,11 @@ impl RedisEngine {
     }
 
     /// Removes a connection's presence.
-    pub async fn remove_presence(&self, channel: &str, client_id: &str) -> Result<(), BrokerError> {
+    pub(crate) async fn remove_presence(
+        &self,
+        channel: &str,
+        client_id: &str,
+    ) -> Result<(), BrokerError> {
         self.shared
             .presence
             .lock()
@@ -452,7 +464,7 @@ impl RedisEngine {
     }
 
     /// Who is present in a channel, cluster-wide.
-    pub async fn presence(
+    pub(crate) async fn presence(
         &self,
         channel: &str,
     ) -> Result<HashMap<String, ClientInfo>, BrokerError> {
@@ -472,7 +484,7 @@ impl RedisEngine {
     }
 
     /// Presence counters of a channel, cluster-wide.
-    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
+    pub(crate) async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
         let presence = self.presence(channel).await?;
         let users: std::collections::HashSet<&str> =
             presence.values().map(|info| info.user.as_str()).collect();
@@ -484,7 +496,7 @@ impl RedisEngine {
 
     /// Publishes a payload on the cluster control channel (every node, this one included,
     /// receives it on its [`ControlReceiver`]).
-    pub async fn publish_control(&self, payload: Bytes) -> Result<(), BrokerError> {
+    pub(crate) async fn publish_control(&self, payload: Bytes) -> Result<(), BrokerError> {
         let mut conn = self.shared.shards[0].conn.clone();
         let channel = self.control_channel();
         let command = self.shared.publish_command;
@@ -499,17 +511,12 @@ impl RedisEngine {
     }
 
     /// Every shard answers commands and has its Pub/Sub connection up (when it runs one).
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         let fanout = self.shared.options.fanout;
         self.shared.shards.iter().all(|shard| {
             (!fanout || shard.pubsub_up.load(Ordering::Relaxed))
                 && shard.command_up.load(Ordering::Relaxed)
         })
-    }
-
-    /// The key prefix (tests clean up with it).
-    pub fn prefix(&self) -> &str {
-        &self.shared.options.prefix
     }
 
     // === internals ===
