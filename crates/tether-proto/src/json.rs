@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::de::{Deserialize, DeserializeOwned, Deserializer, Visitor};
 use serde_json::value::RawValue;
 
-use crate::codec::{DecodeError, EncodeError};
+use crate::error::{DecodeError, EncodeError};
 use crate::protocol::*;
 
 // === Decoding ===

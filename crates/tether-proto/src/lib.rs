@@ -14,8 +14,10 @@
 //!   ranges, unsubscribe codes (2xxx).
 //! - [`codec`]: [`Encoding`] (JSON or Protobuf) decodes a whole transport frame into commands
 //!   or replies (eagerly into a `Vec`, or lazily through [`Messages`]) and encodes replies (or
-//!   commands) back; the varint-delimited stream helpers serve raw TCP. [`DecodeError`] and
-//!   [`EncodeError`] live here.
+//!   commands) back; the varint-delimited stream helpers serve raw TCP. Re-exports the error
+//!   types.
+//! - `error` (private): [`DecodeError`] and [`EncodeError`], shared by `codec` and `json` so
+//!   neither imports the other; re-exported here and from [`codec`].
 //! - `json` (private): the hand-written JSON encoder (omit-empty, raw-JSON `bytes` fields,
 //!   field-number key order) and the serde helpers used by the decoders.
 //!
@@ -42,12 +44,14 @@
 
 pub mod codec;
 pub mod codes;
+mod error;
 mod json;
 pub mod protocol;
 
 pub use codec::{
-    DecodeError, EncodeError, Encoding, Messages, decode_delimited_command, decode_delimited_reply,
-    encode_delimited_command, encode_delimited_reply,
+    Encoding, Messages, decode_delimited_command, decode_delimited_reply, encode_delimited_command,
+    encode_delimited_reply,
 };
 pub use codes::{ClientError, DisconnectCode, UnsubscribeCode};
+pub use error::{DecodeError, EncodeError};
 pub use protocol::*;

@@ -20,7 +20,11 @@
 //!
 //! Rotation of the HMAC secret: `hmac_previous_secret_key` is accepted beside the current one
 //! until `hmac_previous_secret_key_valid_until` (unix seconds, exclusive).
+//!
+//! [`TokenConfig`] is defined here (private `config` submodule) and re-exported by the
+//! top-level `config` module, which validates it; `auth` imports nothing from that module.
 
+mod config;
 pub mod jwks;
 
 use std::collections::HashMap;
@@ -35,7 +39,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::config::TokenConfig;
+pub use config::TokenConfig;
+pub(crate) use config::redacted;
 use jwks::{JwkKey, JwksCache};
 
 /// Verifies tokens against one key set. Cheap to share behind an `Arc`; never mutated.
