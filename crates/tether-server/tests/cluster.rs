@@ -3,16 +3,15 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-#[path = "cluster/harness.rs"]
-mod harness;
+mod support;
 
 use std::time::Duration;
 
-use harness::{
-    Client, FaultProxy, Node, collect, delete_keys, publication, recovered_publications, redis_url,
-    unique_prefix,
-};
 use serde_json::json;
+use support::cluster::{
+    FaultProxy, collect, delete_keys, publication, recovered_publications, redis_url, unique_prefix,
+};
+use support::{Client, Node};
 
 const ROOM: &str = "chat:room";
 
@@ -196,7 +195,7 @@ async fn harness_publish(addr: std::net::SocketAddr, body: &str) -> bool {
     };
     let request = format!(
         "POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        harness::API_KEY,
+        support::API_KEY,
         body.len()
     );
     if stream.write_all(request.as_bytes()).await.is_err() {

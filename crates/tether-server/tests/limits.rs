@@ -7,14 +7,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Client, SECRET, TestServer, config, start, token, user_token};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use support::{
+    API_KEY, Client, ConnHandle, Gateway as _, SECRET, TestServer, config, http, start, token,
+    user_token,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -336,12 +339,8 @@ async fn per_user_limit_closes_with_3504() {
 async fn raw_tcp_over_the_limit_is_closed() {
     let mut cfg = config();
     cfg.client.connection_limit = 1;
-    let server = tether_server::server::Server::bind(cfg).await.unwrap();
-    let addr = server.local_addr();
-    let tcp_addr = server.tcp_addr().expect("tcp enabled");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let handle = tokio::spawn(server.run(stop.clone()));
-    let server = TestServer::from_parts(addr, stop, handle);
+    let server = start(cfg).await;
+    let tcp_addr = server.tcp.expect("tcp enabled");
     let (_a, _) = Client::connected(&server, "a").await;
     let mut tcp = TcpStream::connect(tcp_addr).await.unwrap();
     let took = eof_within(&mut tcp, Duration::from_secs(5)).await;
@@ -449,30 +448,14 @@ async fn channel_limit_is_error_106() {
     server.stop().await;
 }
 
-/// Starts a server with `cfg`, keeping its node for the test to look into.
-async fn start_with_node(
-    cfg: tether_server::config::Config,
-) -> (TestServer, std::sync::Arc<tether_server::server::Node>) {
-    let server = tether_server::server::Server::bind(cfg).await.unwrap();
-    let node = server.node().clone();
-    let addr = server.local_addr();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let handle = tokio::spawn(server.run(stop.clone()));
-    (TestServer::from_parts(addr, stop, handle), node)
-}
-
 /// A client of `user` subscribed to `channel` over a socket with a small receive window (so
 /// the kernel buffers less for it), which reads nothing more: a stalled reader, or a dead
 /// network path. Returns it with its connection's handle on the server.
 async fn stalled_subscriber(
     server: &TestServer,
-    node: &tether_server::server::Node,
     user: &str,
     channel: &str,
-) -> (
-    tokio_tungstenite::WebSocketStream<TcpStream>,
-    tether_server::hub::ConnHandle,
-) {
+) -> (tokio_tungstenite::WebSocketStream<TcpStream>, ConnHandle) {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(server.addr).await.unwrap();
@@ -494,7 +477,8 @@ async fn stalled_subscriber(
             .unwrap();
         subscribed = msg.to_text().unwrap_or_default().contains(r#""id":2"#);
     }
-    let conn = node
+    let conn = server
+        .node
         .hub
         .all_conns()
         .into_iter()
@@ -507,14 +491,14 @@ async fn stalled_subscriber(
 async fn stalled_reader_is_closed_with_3008_while_others_keep_up() {
     let mut cfg = config();
     cfg.client.queue_max_size = 64 * 1024;
-    let (server, node) = start_with_node(cfg).await;
+    let server = start(cfg).await;
     let (mut healthy, _) = Client::connected(&server, "healthy").await;
     healthy
         .call(json!({"subscribe": {"channel": "flood"}}))
         .await;
 
     // The stalled client: subscribed, then it stops reading.
-    let (mut stalled, stalled_conn) = stalled_subscriber(&server, &node, "stalled", "flood").await;
+    let (mut stalled, stalled_conn) = stalled_subscriber(&server, "stalled", "flood").await;
 
     // Flood the channel until the stalled connection is cut off; the healthy subscriber
     // reads along (until the `done` marker) and times every publication.
@@ -533,11 +517,7 @@ async fn stalled_reader_is_closed_with_3008_while_others_keep_up() {
     let pad = "p".repeat(16 * 1024);
     let flood = {
         let stalled_conn = stalled_conn.clone();
-        let api = TestServer::from_parts(
-            server.addr,
-            tokio_util::sync::CancellationToken::new(),
-            tokio::spawn(async {}),
-        );
+        let addr = server.addr;
         tokio::spawn(async move {
             let mut sent = Vec::new();
             for i in 0..MAX {
@@ -546,7 +526,9 @@ async fn stalled_reader_is_closed_with_3008_while_others_keep_up() {
                 }
                 sent.push(Instant::now());
                 let body = json!({"channel": "flood", "data": {"i": i, "pad": pad}});
-                let (status, _) = api.api("publish", body).await;
+                let (status, _) = http::api(addr, "publish", body, Some(API_KEY))
+                    .await
+                    .unwrap();
                 assert_eq!(status, 200);
             }
             sent
@@ -688,10 +670,10 @@ async fn a_closed_connection_frees_its_users_slot_before_its_goodbye_is_written(
     cfg.client.user_connection_limit = 1;
     cfg.client.ping_interval = Duration::from_secs(2);
     cfg.client.pong_timeout = Duration::from_secs(1);
-    let (server, node) = start_with_node(cfg).await;
+    let server = start(cfg).await;
 
     // The old connection: subscribed, then its reader stalls (a dead network path).
-    let (stalled, old) = stalled_subscriber(&server, &node, "u", "feed").await;
+    let (stalled, old) = stalled_subscriber(&server, "u", "feed").await;
     // Publish until the socket takes no more and frames wait in the server's queue (well
     // under its bound, so this is not a slow-consumer close).
     let pad = "p".repeat(16 * 1024);

@@ -4,19 +4,17 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-#[path = "cluster/harness.rs"]
-mod harness;
+mod support;
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use harness::{
-    Client, FaultProxy, Node, complete_config, delete_keys, free_port, publication, redis_url,
-    serve_command, unique_prefix,
-};
 use prost::Message as _;
 use serde_json::{Value, json};
+use support::cluster::{FaultProxy, delete_keys, publication, redis_url, unique_prefix};
+use support::process::{complete_config, serve_command};
+use support::{Client, Node, free_port};
 
 fn nats_url() -> String {
     std::env::var("TETHER_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())

@@ -1,12 +1,11 @@
 //! Integration tests: the real server on 127.0.0.1:0, driven over WebSocket and HTTP.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{Client, config, start, token, user_token};
 use serde_json::json;
-use tether_server::config::{Config, Namespace, NamespaceOptions};
+use support::{Client, Config, Namespace, NamespaceOptions, config, start, token, user_token};
 
 #[tokio::test]
 async fn connect_reply_carries_client_version_and_ping() {
@@ -133,7 +132,7 @@ async fn client_publish_reaches_other_subscriber() {
 /// within that, and does (about 0.3 s here).
 #[tokio::test]
 async fn publications_reach_a_client_while_its_command_waits() {
-    let (jwks, release) = common::stalled_jwks().await;
+    let (jwks, release) = support::http::stalled_jwks().await;
     let mut config = config();
     config.client.token.jwks_public_endpoint = jwks;
     let started = std::time::Instant::now();
@@ -157,7 +156,7 @@ async fn publications_reach_a_client_while_its_command_waits() {
         kid: Some("rotated".to_owned()),
         ..Default::default()
     };
-    let key = jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes());
+    let key = jsonwebtoken::EncodingKey::from_secret(support::SECRET.as_bytes());
     let rotated = jsonwebtoken::encode(&header, &json!({"sub": "1"}), &key).unwrap();
     client
         .send_raw(&json!({"id": 100, "refresh": {"token": rotated}}).to_string())
@@ -764,7 +763,7 @@ fn with_short_meta_namespace(mut cfg: Config) -> Config {
 /// Subscribes at offset 3 of `short:x`, waits `expiry` for the stream's metadata to expire,
 /// publishes four times into the new epoch, and returns the first message the subscriber got.
 async fn first_message_after_meta_expiry(
-    server: &common::TestServer,
+    server: &support::TestServer,
     expiry: Duration,
 ) -> serde_json::Value {
     for n in 1..=3 {
@@ -816,26 +815,6 @@ async fn delete_redis_keys(prefix: &str) {
     }
 }
 
-/// Waits until GET /ready answers 200 (the Redis engine's Pub/Sub is up).
-#[allow(clippy::unwrap_used)]
-async fn wait_ready(server: &common::TestServer) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    for _ in 0..100 {
-        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        stream
-            .write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        if response.starts_with(b"HTTP/1.1 200") {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not ready");
-}
-
 /// The same on the Redis engine: the stream's meta expires while a positioned subscriber on
 /// this node has not seen a publication since it subscribed (the engine's gap detector had no
 /// last position yet). Redis expires the meta hash 1 s after the subscribe's read refreshed it.
@@ -846,7 +825,7 @@ async fn redis_new_epoch_after_meta_expiry_is_not_silently_dropped() {
     cfg.engine.kind = tether_server::config::EngineKind::Redis;
     cfg.engine.redis.prefix = prefix.clone();
     let server = start(with_short_meta_namespace(cfg)).await;
-    wait_ready(&server).await;
+    server.wait_ready().await;
     let first = first_message_after_meta_expiry(&server, Duration::from_millis(2500)).await;
     delete_redis_keys(&prefix).await;
     assert_told_or_got_the_new_epoch(&first);
@@ -952,7 +931,7 @@ async fn delta_after_a_publication_without_history_applies_to_what_the_client_ho
 /// POSTs `body` to `path` (with its query) with extra header lines; returns the status and the
 /// body text.
 async fn post_raw(
-    server: &common::TestServer,
+    server: &support::TestServer,
     path: &str,
     headers: &str,
     body: &str,
@@ -985,7 +964,7 @@ async fn legacy_api_endpoint_runs_newline_separated_commands_with_numeric_method
     let (status, text) = post_raw(
         &server,
         "/api",
-        &format!("Authorization: apikey {}\r\n", common::API_KEY),
+        &format!("Authorization: apikey {}\r\n", support::API_KEY),
         body,
     )
     .await;
@@ -1011,7 +990,7 @@ async fn api_key_in_the_query_is_accepted_beside_a_non_apikey_authorization_head
     let server = start(config()).await;
     let request = format!(
         "POST /api/info?api_key={} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer some-proxy-token\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}",
-        common::API_KEY
+        support::API_KEY
     );
     let mut stream = tokio::net::TcpStream::connect(server.addr)
         .await

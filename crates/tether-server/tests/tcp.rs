@@ -6,23 +6,20 @@
     reason = "test helpers panic on failure by design"
 )]
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::{config, user_token};
 use serde_json::json;
+use support::{Config, Gateway as _, Server, TestServer, config, start, user_token};
 use tether_proto::{
     Command, ConnectRequest, PublishRequest, Reply, SubscribeRequest, decode_delimited_reply,
     encode_delimited_command,
 };
-use tether_server::config::Config;
-use tether_server::server::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 /// A raw TCP peer: writes delimited commands, reads delimited replies.
 struct TcpPeer {
@@ -110,15 +107,11 @@ fn fast_heartbeats(mut config: Config) -> Config {
     config
 }
 
-/// Binds a server and returns its TCP address, the API helper and a stopper.
-async fn start_tcp(config: Config) -> (common::TestServer, SocketAddr) {
-    // `common::start` hides the server; bind once more here to learn the TCP address.
-    let server = Server::bind(config).await.unwrap();
-    let tcp = server.tcp_addr().expect("tcp enabled");
-    let addr = server.local_addr();
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(server.run(stop.clone()));
-    (common::TestServer::from_parts(addr, stop, handle), tcp)
+/// Starts a server; returns it with its TCP address.
+async fn start_tcp(config: Config) -> (TestServer, SocketAddr) {
+    let server = start(config).await;
+    let tcp = server.tcp.expect("tcp enabled");
+    (server, tcp)
 }
 
 #[tokio::test]
@@ -325,7 +318,7 @@ async fn tcp_can_be_disabled() {
     config.tcp.enabled = false;
     let server = Server::bind(config).await.unwrap();
     assert!(server.tcp_addr().is_none());
-    let server = common::start(common::config()).await;
+    let server = start(support::config()).await;
     server.stop().await;
 }
 
@@ -414,7 +407,7 @@ async fn one_channel_fans_out_to_ws_json_ws_protobuf_and_tcp_subscribers() {
         .await;
     assert!(reply.subscribe.is_some());
     // WebSocket JSON subscriber.
-    let (mut json_client, _) = common::Client::connected(&server, "json").await;
+    let (mut json_client, _) = support::Client::connected(&server, "json").await;
     let reply = json_client
         .call(json!({"subscribe": {"channel": "chat:mix"}}))
         .await;
