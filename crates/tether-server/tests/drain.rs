@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Client, Node};
+use support::{Client, Node, http};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -18,19 +18,6 @@ use tokio::time::Instant;
 const CLIENTS: usize = 20;
 const DRAIN_WINDOW: Duration = Duration::from_secs(2);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
-
-/// Status of `GET path`, or `None` when nothing answers.
-async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
-        .await
-        .ok()?
-        .ok()?;
-    String::from_utf8_lossy(response.get(9..12)?).parse().ok()
-}
 
 async fn upgrade_status(addr: SocketAddr) -> Option<u16> {
     let mut stream = TcpStream::connect(addr).await.ok()?;
@@ -59,12 +46,9 @@ async fn sigterm_drains_clients_with_3001_spread_over_the_window_and_exits_0() {
     let mut node = start_binary();
     let addr = node.addr;
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http_status(addr, "/health").await != Some(200) {
-        assert!(Instant::now() < deadline, "tether did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(http_status(addr, "/ready").await, Some(200));
+    let started = http::wait_for_status(addr, "/health", 200, Duration::from_secs(20)).await;
+    assert!(started, "tether did not start");
+    assert_eq!(http::get_status(addr, "/ready").await, Some(200));
 
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
@@ -88,7 +72,7 @@ async fn sigterm_drains_clients_with_3001_spread_over_the_window_and_exits_0() {
 
     // While draining: not ready, no new clients, but still answering.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(http_status(addr, "/ready").await, Some(503));
+    assert_eq!(http::get_status(addr, "/ready").await, Some(503));
     assert_eq!(upgrade_status(addr).await, Some(503));
 
     let mut times = Vec::new();

@@ -5,7 +5,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Client, Config, Namespace, NamespaceOptions, config, start, token, user_token};
+use support::{
+    API_KEY, Client, Config, Namespace, NamespaceOptions, config, http, start, token, user_token,
+};
 
 #[tokio::test]
 async fn connect_reply_carries_client_version_and_ping() {
@@ -535,7 +537,6 @@ async fn channel_regex_limits_client_subscriptions() {
 
 #[tokio::test]
 async fn metrics_count_connections_commands_publications_and_disconnects() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = start(config()).await;
     let (mut client, _) = Client::connected(&server, "m1").await;
     client
@@ -552,13 +553,10 @@ async fn metrics_count_connections_commands_publications_and_disconnects() {
     server.api("disconnect", json!({"user": "m1"})).await;
     client.closed(Duration::from_secs(3)).await;
 
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    let body = http::request(server.addr, "GET", "/metrics", "", "")
         .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
+        .unwrap()
+        .text;
     let value = |needle: &str| -> f64 {
         body.lines()
             .find(|l| l.starts_with(needle))
@@ -796,25 +794,6 @@ fn assert_told_or_got_the_new_epoch(first: &serde_json::Value) {
     );
 }
 
-/// Deletes every key under `prefix` in the test Redis.
-#[allow(clippy::unwrap_used)]
-async fn delete_redis_keys(prefix: &str) {
-    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
-}
-
 /// The same on the Redis engine: the stream's meta expires while a positioned subscriber on
 /// this node has not seen a publication since it subscribed (the engine's gap detector had no
 /// last position yet). Redis expires the meta hash 1 s after the subscribe's read refreshed it.
@@ -827,7 +806,7 @@ async fn redis_new_epoch_after_meta_expiry_is_not_silently_dropped() {
     let server = start(with_short_meta_namespace(cfg)).await;
     server.wait_ready().await;
     let first = first_message_after_meta_expiry(&server, Duration::from_millis(2500)).await;
-    delete_redis_keys(&prefix).await;
+    support::cluster::delete_keys(&prefix).await;
     assert_told_or_got_the_new_epoch(&first);
     server.stop().await;
 }
@@ -928,31 +907,6 @@ async fn delta_after_a_publication_without_history_applies_to_what_the_client_ho
     server.stop().await;
 }
 
-/// POSTs `body` to `path` (with its query) with extra header lines; returns the status and the
-/// body text.
-async fn post_raw(
-    server: &support::TestServer,
-    path: &str,
-    headers: &str,
-    body: &str,
-) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut stream = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read");
-    let text = String::from_utf8_lossy(&response).to_string();
-    let status: u16 = text[9..12].parse().expect("status");
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (status, body)
-}
-
 #[tokio::test]
 async fn legacy_api_endpoint_runs_newline_separated_commands_with_numeric_methods() {
     let server = start(config()).await;
@@ -961,13 +915,16 @@ async fn legacy_api_endpoint_runs_newline_separated_commands_with_numeric_method
         "\n",
         r#"{"id":2,"method":6,"params":{"channel":"chat:legacy","limit":10}}"#,
     );
-    let (status, text) = post_raw(
-        &server,
+    let response = http::request(
+        server.addr,
+        "POST",
         "/api",
-        &format!("Authorization: apikey {}\r\n", support::API_KEY),
+        &format!("Authorization: apikey {API_KEY}\r\n"),
         body,
     )
-    .await;
+    .await
+    .expect("api reachable");
+    let (status, text) = (response.status, response.body());
     assert_eq!(status, 200, "{text}");
     let replies: Vec<serde_json::Value> = text
         .lines()
@@ -986,19 +943,17 @@ async fn legacy_api_endpoint_runs_newline_separated_commands_with_numeric_method
 
 #[tokio::test]
 async fn api_key_in_the_query_is_accepted_beside_a_non_apikey_authorization_header() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = start(config()).await;
-    let request = format!(
-        "POST /api/info?api_key={} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer some-proxy-token\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}",
-        support::API_KEY
-    );
-    let mut stream = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read");
-    let text = String::from_utf8_lossy(&response);
+    let response = http::request(
+        server.addr,
+        "POST",
+        &format!("/api/info?api_key={API_KEY}"),
+        "Authorization: Bearer some-proxy-token\r\n",
+        "{}",
+    )
+    .await
+    .expect("api reachable");
+    let text = &response.text;
     assert_eq!(&text[9..12], "200", "{text}");
     server.stop().await;
 }
