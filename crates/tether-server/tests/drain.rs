@@ -6,27 +6,15 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Client, Node, http};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use support::{Client, Node, http, ws};
 use tokio::time::Instant;
 
 const CLIENTS: usize = 20;
 const DRAIN_WINDOW: Duration = Duration::from_secs(2);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
-
-async fn upgrade_status(addr: SocketAddr) -> Option<u16> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    let request = "GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).await.ok()?;
-    String::from_utf8_lossy(&head[9..12]).parse().ok()
-}
 
 /// The binary with a drain window and a shutdown deadline (the node is killed if the test
 /// fails half-way).
@@ -73,7 +61,7 @@ async fn sigterm_drains_clients_with_3001_spread_over_the_window_and_exits_0() {
     // While draining: not ready, no new clients, but still answering.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(http::get_status(addr, "/ready").await, Some(503));
-    assert_eq!(upgrade_status(addr).await, Some(503));
+    assert_eq!(ws::upgrade_status(addr, "").await.0, 503);
 
     let mut times = Vec::new();
     for wait in waits {

@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use support::ws::upgrade_status;
 use support::{
     API_KEY, Client, ConnHandle, Gateway as _, SECRET, TestServer, config, http, start, token,
-    user_token,
+    user_token, ws,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -25,40 +26,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 const RSA_PUBLIC: &str = include_str!("../src/auth/testdata/rsa_public.pem");
 
-/// Sends a WebSocket upgrade request with `extra` header lines and returns the response
-/// status and the stream (upgraded on 101).
-async fn upgrade(stream: &mut TcpStream, extra: &str) -> u16 {
-    let request = format!(
-        "GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
-            .await
-            .expect("no response in time")
-            .unwrap();
-        assert_eq!(n, 1, "closed before a response: {head:?}");
-        head.push(byte[0]);
-    }
-    let text = String::from_utf8_lossy(&head);
-    text[9..12].parse().unwrap()
-}
-
-async fn upgrade_status(addr: SocketAddr, extra: &str) -> (u16, TcpStream) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let status = upgrade(&mut stream, extra).await;
-    (status, stream)
-}
-
 /// Connects from a chosen loopback address (127.0.0.0/8 is all loopback on Linux).
 async fn upgrade_from(addr: SocketAddr, from: [u8; 4]) -> (u16, TcpStream) {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::from((from, 0))).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
-    let status = upgrade(&mut stream, "").await;
-    (status, stream)
+    let head = ws::upgrade(&mut stream, "").await.unwrap();
+    (ws::status(&head), stream)
 }
 
 /// Waits until the peer closes the stream (EOF or reset); returns how long it took.

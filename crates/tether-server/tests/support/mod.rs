@@ -11,6 +11,7 @@ mod json_client;
 pub(crate) mod process;
 pub(crate) mod server;
 pub(crate) mod token;
+pub(crate) mod ws;
 
 use std::net::SocketAddr;
 
