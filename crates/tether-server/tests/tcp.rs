@@ -324,24 +324,22 @@ async fn tcp_can_be_disabled() {
 
 #[tokio::test]
 async fn cli_client_sub_and_pub_over_both_transports() {
+    use support::process::tether_async;
     use tokio::io::AsyncBufReadExt;
-    use tokio::process::Command as Process;
 
     let (server, tcp) = start_tcp(config()).await;
-    let bin = env!("CARGO_BIN_EXE_tether");
     let token = user_token("cli");
     let ws_url = server.ws_url();
     let tcp_url = format!("tcp://{tcp}");
 
-    let mut sub = Process::new(bin)
-        .args([
-            "client", "sub", "chat:cli", "--url", &ws_url, "--token", &token,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut sub = tether_async(&[
+        "client", "sub", "chat:cli", "--url", &ws_url, "--token", &token,
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .unwrap();
     let mut stderr = tokio::io::BufReader::new(sub.stderr.take().unwrap()).lines();
     let mut stdout = tokio::io::BufReader::new(sub.stdout.take().unwrap()).lines();
     tokio::time::timeout(Duration::from_secs(20), async {
@@ -355,8 +353,7 @@ async fn cli_client_sub_and_pub_over_both_transports() {
     .await
     .expect("sub subscribed in time");
 
-    let status = Process::new(bin)
-        .args(["client", "pub", "chat:cli", r#"{"n":1}"#, "--url", &tcp_url])
+    let status = tether_async(&["client", "pub", "chat:cli", r#"{"n":1}"#, "--url", &tcp_url])
         .args(["--token", &token])
         .status()
         .await
@@ -369,8 +366,7 @@ async fn cli_client_sub_and_pub_over_both_transports() {
     assert_eq!(line.as_deref(), Some(r#"{"n":1}"#));
 
     // A refused token is a terminal disconnect: exit 1 with the code.
-    let out = Process::new(bin)
-        .args(["client", "pub", "chat:cli", "1", "--url", &tcp_url])
+    let out = tether_async(&["client", "pub", "chat:cli", "1", "--url", &tcp_url])
         .args(["--token", "bad.token.here"])
         .output()
         .await
@@ -378,8 +374,7 @@ async fn cli_client_sub_and_pub_over_both_transports() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("3500"));
     // A bad URL is a usage error.
-    let out = Process::new(bin)
-        .args(["client", "pub", "c", "1", "--url", "http://x"])
+    let out = tether_async(&["client", "pub", "c", "1", "--url", "http://x"])
         .output()
         .await
         .unwrap();

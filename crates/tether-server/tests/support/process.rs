@@ -1,7 +1,6 @@
 //! The `tether` binary as the tests run it: a command with a clean environment, and a
 //! `tether serve` process ([`Node`]) with its config in a directory of its own.
 
-use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -14,11 +13,7 @@ use tokio::process::Child;
 use super::{API_KEY, Gateway, SECRET, free_port, http};
 
 /// `tether args…` with no `TETHER_*` variable inherited from the test's environment.
-pub(crate) fn tether<I, S>(args: I) -> std::process::Command
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
+pub(crate) fn tether(args: &[&str]) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tether"));
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("TETHER_") {
@@ -30,11 +25,7 @@ where
 }
 
 /// [`tether`] as a Tokio command.
-pub(crate) fn tether_async<I, S>(args: I) -> tokio::process::Command
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
+pub(crate) fn tether_async(args: &[&str]) -> tokio::process::Command {
     tether(args).into()
 }
 
@@ -42,12 +33,9 @@ where
 /// race for the TCP port 8001), stdin and stdout closed, killed when dropped. The caller
 /// decides where stderr goes.
 pub(crate) fn serve_command(path: &Path) -> tokio::process::Command {
-    let mut command = tether_async([
-        OsStr::new("serve"),
-        OsStr::new("--config"),
-        path.as_os_str(),
-    ]);
+    let mut command = tether_async(&["serve", "--config"]);
     command
+        .arg(path)
         .env("TETHER_TCP_ENABLED", "false")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
