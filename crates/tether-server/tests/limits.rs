@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use support::token::sign;
 use support::ws::upgrade_status;
 use support::{
     API_KEY, Client, ConnHandle, Gateway as _, SECRET, TestServer, config, http, start, token,
@@ -102,12 +103,7 @@ async fn jwt_rules_give_the_reference_codes() {
     assert_eq!(connect_close(&server, &none).await, Some(3500));
 
     // HS256 signed with the RSA public key as the HMAC secret: close 3500.
-    let confused = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": "u1"}),
-        &jsonwebtoken::EncodingKey::from_secret(RSA_PUBLIC.as_bytes()),
-    )
-    .unwrap();
+    let confused = sign(RSA_PUBLIC.as_bytes(), None, json!({"sub": "u1"}));
     assert_eq!(connect_close(&server, &confused).await, Some(3500));
     server.stop().await;
 
@@ -124,12 +120,7 @@ async fn jwt_rules_give_the_reference_codes() {
     let reply = client.call(json!({"connect": {"token": good}})).await;
     assert!(reply.get("connect").is_some(), "{reply}");
     // The HMAC secret itself is what verifies: a token signed with another one is refused.
-    let forged = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": "u1"}),
-        &jsonwebtoken::EncodingKey::from_secret(format!("{SECRET}x").as_bytes()),
-    )
-    .unwrap();
+    let forged = sign(format!("{SECRET}x").as_bytes(), None, json!({"sub": "u1"}));
     assert_eq!(connect_close(&server, &forged).await, Some(3500));
     server.stop().await;
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::{
-    API_KEY, Client, Config, Namespace, NamespaceOptions, config, http, start, token, user_token,
+    API_KEY, Client, Config, Namespace, NamespaceOptions, SECRET, config, http, start, token,
+    user_token,
 };
 
 #[tokio::test]
@@ -154,12 +155,7 @@ async fn publications_reach_a_client_while_its_command_waits() {
         others.push(other);
     }
 
-    let header = jsonwebtoken::Header {
-        kid: Some("rotated".to_owned()),
-        ..Default::default()
-    };
-    let key = jsonwebtoken::EncodingKey::from_secret(support::SECRET.as_bytes());
-    let rotated = jsonwebtoken::encode(&header, &json!({"sub": "1"}), &key).unwrap();
+    let rotated = support::token::sign(SECRET.as_bytes(), Some("rotated"), json!({"sub": "1"}));
     client
         .send_raw(&json!({"id": 100, "refresh": {"token": rotated}}).to_string())
         .await;
