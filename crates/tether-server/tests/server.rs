@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::{
-    API_KEY, Client, Config, Namespace, NamespaceOptions, SECRET, config, http, start, token,
-    user_token,
+    API_KEY, Client, Config, EngineKind, Namespace, NamespaceOptions, RecoveryMode, SECRET,
+    apply_fossil_delta, config, http, start, token, user_token,
 };
 
 #[tokio::test]
@@ -497,8 +497,7 @@ async fn fossil_delta_follows_a_full_first_publication() {
     assert_eq!(p2["push"]["pub"]["delta"], json!(true), "{p2}");
     let patch = p2["push"]["pub"]["data"].as_str().unwrap();
     assert!(patch.len() < second.to_string().len());
-    let applied =
-        tether_server::delta::apply_fossil_delta(full.as_bytes(), patch.as_bytes()).unwrap();
+    let applied = apply_fossil_delta(full.as_bytes(), patch.as_bytes()).unwrap();
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&applied).unwrap(),
         second
@@ -797,7 +796,7 @@ fn assert_told_or_got_the_new_epoch(first: &serde_json::Value) {
 async fn redis_new_epoch_after_meta_expiry_is_not_silently_dropped() {
     let prefix = format!("tether-test-meta-expiry-{}", uuid::Uuid::new_v4().simple());
     let mut cfg = config();
-    cfg.engine.kind = tether_server::config::EngineKind::Redis;
+    cfg.engine.kind = EngineKind::Redis;
     cfg.engine.redis.prefix = prefix.clone();
     let server = start(with_short_meta_namespace(cfg)).await;
     server.wait_ready().await;
@@ -821,7 +820,7 @@ async fn cache_recovery_mode_delivers_the_latest_publication() {
             history_size: 1,
             history_ttl: Duration::from_secs(300),
             force_recovery: true,
-            force_recovery_mode: tether_server::config::RecoveryMode::Cache,
+            force_recovery_mode: RecoveryMode::Cache,
             allow_subscribe_for_client: true,
             ..Default::default()
         },
@@ -889,7 +888,7 @@ async fn delta_after_a_publication_without_history_applies_to_what_the_client_ho
         let p = &m["push"]["pub"];
         let data = p["data"].as_str().unwrap().as_bytes().to_vec();
         held = if p["delta"] == json!(true) {
-            tether_server::delta::apply_fossil_delta(&held, &data).unwrap_or_else(|e| {
+            apply_fossil_delta(&held, &data).unwrap_or_else(|e| {
                 panic!("patch does not apply to what the client holds: {e:?}; {m}")
             })
         } else {

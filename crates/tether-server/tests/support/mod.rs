@@ -24,13 +24,13 @@ pub(crate) use {
     token::{token, user_token},
 };
 
-/// What the tests use of the library, named here only.
+/// What the tests use of the library, named here only (its module paths move).
 #[allow(unused_imports)]
 pub(crate) use tether_server::{
     config::{Config, EngineKind, Namespace, NamespaceOptions, RecoveryMode},
     delta::apply_fossil_delta,
     hub::ConnHandle,
-    server::Server,
+    server::{Node as ServerNode, Server},
     transport::ws::{Opcode, WsLimits},
 };
 

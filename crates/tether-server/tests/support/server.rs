@@ -6,18 +6,18 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use tether_server::config::{Config, Namespace, NamespaceOptions};
-use tether_server::server::{Node, Server};
 use tokio_util::sync::CancellationToken;
 
-use super::{API_KEY, Gateway, SECRET, http};
+use super::{
+    API_KEY, Config, Gateway, Namespace, NamespaceOptions, SECRET, Server, ServerNode, http,
+};
 
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
     /// The raw TCP transport's address; `None` with `tcp.enabled` off.
     pub(crate) tcp: Option<SocketAddr>,
     /// The server's node, for tests that look into its state.
-    pub(crate) node: Arc<Node>,
+    pub(crate) node: Arc<ServerNode>,
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
 }
