@@ -51,11 +51,6 @@ async fn eof_within(stream: &mut TcpStream, within: Duration) -> Duration {
     }
 }
 
-async fn close_code(client: &mut Client, within: Duration) -> u16 {
-    let frame = client.closed(within).await.expect("close frame");
-    u16::from(frame.code)
-}
-
 // === defences ===
 
 #[tokio::test]
@@ -131,10 +126,7 @@ async fn connect_close(server: &TestServer, token: &str) -> Option<u16> {
     client
         .send_raw(&json!({"id": 1, "connect": {"token": token}}).to_string())
         .await;
-    client
-        .closed(Duration::from_secs(5))
-        .await
-        .map(|frame| u16::from(frame.code))
+    client.close_code(Duration::from_secs(5)).await
 }
 
 /// Sends connect with `token` and expects an error reply; returns its code.
@@ -161,7 +153,7 @@ async fn oversized_message_closes_with_1009() {
     assert!(reply.get("publish").is_some(), "{reply}");
     let big = json!({"id": 3, "publish": {"channel": "news", "data": "x".repeat(2000)}});
     client.send_raw(&big.to_string()).await;
-    assert_eq!(close_code(&mut client, Duration::from_secs(5)).await, 1009);
+    assert_eq!(client.close_code(Duration::from_secs(5)).await, Some(1009));
     server.stop().await;
 }
 
@@ -172,7 +164,7 @@ async fn no_connect_in_time_closes_with_3502() {
     let server = start(cfg).await;
     let start_at = Instant::now();
     let mut client = Client::open(&server).await;
-    assert_eq!(close_code(&mut client, Duration::from_secs(6)).await, 3502);
+    assert_eq!(client.close_code(Duration::from_secs(6)).await, Some(3502));
     assert!(start_at.elapsed() >= Duration::from_millis(900));
     server.stop().await;
 }
@@ -294,7 +286,7 @@ async fn per_user_limit_closes_with_3504() {
     third
         .send_raw(&json!({"id": 1, "connect": {"token": user_token("u")}}).to_string())
         .await;
-    assert_eq!(close_code(&mut third, Duration::from_secs(5)).await, 3504);
+    assert_eq!(third.close_code(Duration::from_secs(5)).await, Some(3504));
     // Other users are not affected.
     let (_c, _) = Client::connected(&server, "v").await;
     server.stop().await;
@@ -392,7 +384,7 @@ async fn command_rate_gives_111_then_3013() {
         assert_eq!(reply["error"]["temporary"], json!(true), "{reply}");
     }
     // The fifth rejection closes the connection.
-    assert_eq!(close_code(&mut client, Duration::from_secs(5)).await, 3013);
+    assert_eq!(client.close_code(Duration::from_secs(5)).await, Some(3013));
     server.stop().await;
 }
 
