@@ -1,20 +1,11 @@
 //! The `tether` binary end to end: genconfig, gentoken/checktoken round trips, and config
 //! errors that exit 2 naming the key before anything binds.
 
-use std::path::PathBuf;
+mod support;
+
 use std::process::{Command, Output};
 
-/// A `tether` command with a clean `TETHER_*` environment.
-fn tether(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("TETHER_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.args(args);
-    cmd
-}
+use support::{TempDir, tether};
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run tether")
@@ -28,18 +19,9 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A fresh directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
-}
-
 #[test]
 fn genconfig_writes_a_loadable_config_in_every_format() {
-    let dir = scratch("genconfig");
+    let dir = TempDir::new();
     for ext in ["json", "yaml", "toml"] {
         let path = dir.join(format!("config.{ext}"));
         let p = path.to_str().unwrap();
@@ -73,7 +55,7 @@ fn genconfig_writes_a_loadable_config_in_every_format() {
 
 #[test]
 fn genconfig_refuses_to_overwrite_without_force() {
-    let dir = scratch("overwrite");
+    let dir = TempDir::new();
     let path = dir.join("config.json");
     std::fs::write(&path, "{}").unwrap();
     let p = path.to_str().unwrap();
@@ -159,7 +141,7 @@ fn gentoken_without_an_hmac_key_fails_clearly() {
 
 #[test]
 fn invalid_config_file_exits_2_naming_the_key() {
-    let dir = scratch("invalid");
+    let dir = TempDir::new();
     let cases = [
         (
             "rule.json",
@@ -204,7 +186,7 @@ fn invalid_env_value_exits_2_naming_the_variable() {
 
 #[test]
 fn config_path_from_tether_config_variable() {
-    let dir = scratch("envpath");
+    let dir = TempDir::new();
     let path = dir.join("bad.json");
     std::fs::write(&path, r#"{"log":{"level":"loud"}}"#).unwrap();
     let out = run(tether(&["serve"]).env("TETHER_CONFIG", &path));

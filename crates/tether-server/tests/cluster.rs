@@ -3,16 +3,15 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-#[path = "cluster/harness.rs"]
-mod harness;
+mod support;
 
 use std::time::Duration;
 
-use harness::{
-    Client, FaultProxy, Node, collect, delete_keys, publication, recovered_publications, redis_url,
-    unique_prefix,
-};
 use serde_json::json;
+use support::cluster::{
+    FaultProxy, collect, delete_keys, publication, recovered_publications, redis_url, unique_prefix,
+};
+use support::{API_KEY, Client, Node, http};
 
 const ROOM: &str = "chat:room";
 
@@ -152,8 +151,9 @@ async fn clients_of_a_killed_node_recover_on_another_with_zero_loss() {
     let publisher = tokio::spawn(async move {
         let mut published = 0;
         for n in 1..=200 {
-            let body = json!({ "channel": ROOM, "data": { "n": n } }).to_string();
-            if harness_publish(api, &body).await {
+            let body = json!({ "channel": ROOM, "data": { "n": n } });
+            let reply = http::api(api, "publish", body, Some(API_KEY)).await;
+            if reply.is_ok_and(|(_, reply)| reply.get("result").is_some()) {
                 published = n;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -187,24 +187,6 @@ async fn clients_of_a_killed_node_recover_on_another_with_zero_loss() {
         "zero loss, zero duplicates"
     );
     delete_keys(&prefix).await;
-}
-
-async fn harness_publish(addr: std::net::SocketAddr, body: &str) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-        return false;
-    };
-    let request = format!(
-        "POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        harness::API_KEY,
-        body.len()
-    );
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response).await;
-    response.contains("\"result\"")
 }
 
 /// Redis losing its data. Redis here is shared with other work, so instead of FLUSHALL the

@@ -4,126 +4,49 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
+mod support;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{API_KEY, Client, SECRET, TestServer};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use support::{Client, Node, http, ws};
 use tokio::time::Instant;
 
 const CLIENTS: usize = 20;
 const DRAIN_WINDOW: Duration = Duration::from_secs(2);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
 
-/// Kills the child if the test fails half-way.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Status of `GET path`, or `None` when nothing answers.
-async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
-        .await
-        .ok()?
-        .ok()?;
-    String::from_utf8_lossy(response.get(9..12)?).parse().ok()
-}
-
-async fn upgrade_status(addr: SocketAddr) -> Option<u16> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    let request = "GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).await.ok()?;
-    String::from_utf8_lossy(&head[9..12]).parse().ok()
-}
-
-fn start_binary(port: u16) -> Guard {
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("drain-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("config.json");
-    let config = json!({
-        "http_server": { "address": "127.0.0.1", "port": port },
+/// The binary with a drain window and a shutdown deadline (the node is killed if the test
+/// fails half-way).
+fn start_binary() -> Node {
+    Node::spawn(json!({
         "tcp": { "enabled": false },
-        "client": { "token": { "hmac_secret_key": SECRET } },
-        "http_api": { "key": API_KEY },
         "channel": { "without_namespace": { "allow_subscribe_for_client": true } },
         "shutdown": {
             "drain_window": humantime::format_duration(DRAIN_WINDOW).to_string(),
             "timeout": humantime::format_duration(SHUTDOWN_TIMEOUT).to_string(),
         },
-        "log": { "level": "warn" },
-    });
-    std::fs::write(&path, config.to_string()).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("TETHER_") {
-            cmd.env_remove(key);
-        }
-    }
-    let child = cmd
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start tether");
-    Guard(child)
+    }))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_clients_with_3001_spread_over_the_window_and_exits_0() {
-    let port = free_port();
-    let mut child = start_binary(port);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut node = start_binary();
+    let addr = node.addr;
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http_status(addr, "/health").await != Some(200) {
-        assert!(Instant::now() < deadline, "tether did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(http_status(addr, "/ready").await, Some(200));
+    let started = http::wait_for_status(addr, "/health", 200, Duration::from_secs(20)).await;
+    assert!(started, "tether did not start");
+    assert_eq!(http::get_status(addr, "/ready").await, Some(200));
 
-    // `Client` only needs the address from a TestServer.
-    let server = TestServer::from_parts(
-        addr,
-        tokio_util::sync::CancellationToken::new(),
-        tokio::spawn(async {}),
-    );
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
-        let (mut client, _) = Client::connected(&server, &format!("u{i}")).await;
+        let (mut client, _) = Client::connected(&node, &format!("u{i}")).await;
         client.call(json!({"subscribe": {"channel": "news"}})).await;
         clients.push(client);
     }
 
     let signalled = Instant::now();
-    let pid = child.0.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(killed.success());
+    node.sigterm();
 
     let waits: Vec<_> = clients
         .into_iter()
@@ -137,8 +60,8 @@ async fn sigterm_drains_clients_with_3001_spread_over_the_window_and_exits_0() {
 
     // While draining: not ready, no new clients, but still answering.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(http_status(addr, "/ready").await, Some(503));
-    assert_eq!(upgrade_status(addr).await, Some(503));
+    assert_eq!(http::get_status(addr, "/ready").await, Some(503));
+    assert_eq!(ws::upgrade_status(addr, "").await.0, 503);
 
     let mut times = Vec::new();
     for wait in waits {
@@ -151,7 +74,7 @@ async fn sigterm_drains_clients_with_3001_spread_over_the_window_and_exits_0() {
         times.push(at);
     }
     let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
+        if let Some(status) = node.try_wait() {
             break status;
         }
         assert!(

@@ -7,14 +7,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Client, SECRET, TestServer, config, start, token, user_token};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use support::token::sign;
+use support::ws::upgrade_status;
+use support::{
+    API_KEY, Client, ConnHandle, Gateway as _, SECRET, TestServer, config, http, start, token,
+    user_token, ws,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -22,40 +27,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 const RSA_PUBLIC: &str = include_str!("../src/auth/testdata/rsa_public.pem");
 
-/// Sends a WebSocket upgrade request with `extra` header lines and returns the response
-/// status and the stream (upgraded on 101).
-async fn upgrade(stream: &mut TcpStream, extra: &str) -> u16 {
-    let request = format!(
-        "GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
-            .await
-            .expect("no response in time")
-            .unwrap();
-        assert_eq!(n, 1, "closed before a response: {head:?}");
-        head.push(byte[0]);
-    }
-    let text = String::from_utf8_lossy(&head);
-    text[9..12].parse().unwrap()
-}
-
-async fn upgrade_status(addr: SocketAddr, extra: &str) -> (u16, TcpStream) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let status = upgrade(&mut stream, extra).await;
-    (status, stream)
-}
-
 /// Connects from a chosen loopback address (127.0.0.0/8 is all loopback on Linux).
 async fn upgrade_from(addr: SocketAddr, from: [u8; 4]) -> (u16, TcpStream) {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::from((from, 0))).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
-    let status = upgrade(&mut stream, "").await;
-    (status, stream)
+    let head = ws::upgrade(&mut stream, "").await.unwrap();
+    (ws::status(&head), stream)
 }
 
 /// Waits until the peer closes the stream (EOF or reset); returns how long it took.
@@ -71,11 +49,6 @@ async fn eof_within(stream: &mut TcpStream, within: Duration) -> Duration {
             Ok(_) => {}
         }
     }
-}
-
-async fn close_code(client: &mut Client, within: Duration) -> u16 {
-    let frame = client.closed(within).await.expect("close frame");
-    u16::from(frame.code)
 }
 
 // === defences ===
@@ -125,12 +98,7 @@ async fn jwt_rules_give_the_reference_codes() {
     assert_eq!(connect_close(&server, &none).await, Some(3500));
 
     // HS256 signed with the RSA public key as the HMAC secret: close 3500.
-    let confused = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": "u1"}),
-        &jsonwebtoken::EncodingKey::from_secret(RSA_PUBLIC.as_bytes()),
-    )
-    .unwrap();
+    let confused = sign(RSA_PUBLIC.as_bytes(), None, json!({"sub": "u1"}));
     assert_eq!(connect_close(&server, &confused).await, Some(3500));
     server.stop().await;
 
@@ -147,12 +115,7 @@ async fn jwt_rules_give_the_reference_codes() {
     let reply = client.call(json!({"connect": {"token": good}})).await;
     assert!(reply.get("connect").is_some(), "{reply}");
     // The HMAC secret itself is what verifies: a token signed with another one is refused.
-    let forged = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": "u1"}),
-        &jsonwebtoken::EncodingKey::from_secret(format!("{SECRET}x").as_bytes()),
-    )
-    .unwrap();
+    let forged = sign(format!("{SECRET}x").as_bytes(), None, json!({"sub": "u1"}));
     assert_eq!(connect_close(&server, &forged).await, Some(3500));
     server.stop().await;
 }
@@ -163,10 +126,7 @@ async fn connect_close(server: &TestServer, token: &str) -> Option<u16> {
     client
         .send_raw(&json!({"id": 1, "connect": {"token": token}}).to_string())
         .await;
-    client
-        .closed(Duration::from_secs(5))
-        .await
-        .map(|frame| u16::from(frame.code))
+    client.close_code(Duration::from_secs(5)).await
 }
 
 /// Sends connect with `token` and expects an error reply; returns its code.
@@ -193,7 +153,7 @@ async fn oversized_message_closes_with_1009() {
     assert!(reply.get("publish").is_some(), "{reply}");
     let big = json!({"id": 3, "publish": {"channel": "news", "data": "x".repeat(2000)}});
     client.send_raw(&big.to_string()).await;
-    assert_eq!(close_code(&mut client, Duration::from_secs(5)).await, 1009);
+    assert_eq!(client.close_code(Duration::from_secs(5)).await, Some(1009));
     server.stop().await;
 }
 
@@ -204,7 +164,7 @@ async fn no_connect_in_time_closes_with_3502() {
     let server = start(cfg).await;
     let start_at = Instant::now();
     let mut client = Client::open(&server).await;
-    assert_eq!(close_code(&mut client, Duration::from_secs(6)).await, 3502);
+    assert_eq!(client.close_code(Duration::from_secs(6)).await, Some(3502));
     assert!(start_at.elapsed() >= Duration::from_millis(900));
     server.stop().await;
 }
@@ -326,7 +286,7 @@ async fn per_user_limit_closes_with_3504() {
     third
         .send_raw(&json!({"id": 1, "connect": {"token": user_token("u")}}).to_string())
         .await;
-    assert_eq!(close_code(&mut third, Duration::from_secs(5)).await, 3504);
+    assert_eq!(third.close_code(Duration::from_secs(5)).await, Some(3504));
     // Other users are not affected.
     let (_c, _) = Client::connected(&server, "v").await;
     server.stop().await;
@@ -336,12 +296,8 @@ async fn per_user_limit_closes_with_3504() {
 async fn raw_tcp_over_the_limit_is_closed() {
     let mut cfg = config();
     cfg.client.connection_limit = 1;
-    let server = tether_server::server::Server::bind(cfg).await.unwrap();
-    let addr = server.local_addr();
-    let tcp_addr = server.tcp_addr().expect("tcp enabled");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let handle = tokio::spawn(server.run(stop.clone()));
-    let server = TestServer::from_parts(addr, stop, handle);
+    let server = start(cfg).await;
+    let tcp_addr = server.tcp.expect("tcp enabled");
     let (_a, _) = Client::connected(&server, "a").await;
     let mut tcp = TcpStream::connect(tcp_addr).await.unwrap();
     let took = eof_within(&mut tcp, Duration::from_secs(5)).await;
@@ -428,7 +384,7 @@ async fn command_rate_gives_111_then_3013() {
         assert_eq!(reply["error"]["temporary"], json!(true), "{reply}");
     }
     // The fifth rejection closes the connection.
-    assert_eq!(close_code(&mut client, Duration::from_secs(5)).await, 3013);
+    assert_eq!(client.close_code(Duration::from_secs(5)).await, Some(3013));
     server.stop().await;
 }
 
@@ -449,30 +405,14 @@ async fn channel_limit_is_error_106() {
     server.stop().await;
 }
 
-/// Starts a server with `cfg`, keeping its node for the test to look into.
-async fn start_with_node(
-    cfg: tether_server::config::Config,
-) -> (TestServer, std::sync::Arc<tether_server::server::Node>) {
-    let server = tether_server::server::Server::bind(cfg).await.unwrap();
-    let node = server.node().clone();
-    let addr = server.local_addr();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let handle = tokio::spawn(server.run(stop.clone()));
-    (TestServer::from_parts(addr, stop, handle), node)
-}
-
 /// A client of `user` subscribed to `channel` over a socket with a small receive window (so
 /// the kernel buffers less for it), which reads nothing more: a stalled reader, or a dead
 /// network path. Returns it with its connection's handle on the server.
 async fn stalled_subscriber(
     server: &TestServer,
-    node: &tether_server::server::Node,
     user: &str,
     channel: &str,
-) -> (
-    tokio_tungstenite::WebSocketStream<TcpStream>,
-    tether_server::hub::ConnHandle,
-) {
+) -> (tokio_tungstenite::WebSocketStream<TcpStream>, ConnHandle) {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(server.addr).await.unwrap();
@@ -494,7 +434,8 @@ async fn stalled_subscriber(
             .unwrap();
         subscribed = msg.to_text().unwrap_or_default().contains(r#""id":2"#);
     }
-    let conn = node
+    let conn = server
+        .node
         .hub()
         .all_conns()
         .into_iter()
@@ -507,14 +448,14 @@ async fn stalled_subscriber(
 async fn stalled_reader_is_closed_with_3008_while_others_keep_up() {
     let mut cfg = config();
     cfg.client.queue_max_size = 64 * 1024;
-    let (server, node) = start_with_node(cfg).await;
+    let server = start(cfg).await;
     let (mut healthy, _) = Client::connected(&server, "healthy").await;
     healthy
         .call(json!({"subscribe": {"channel": "flood"}}))
         .await;
 
     // The stalled client: subscribed, then it stops reading.
-    let (mut stalled, stalled_conn) = stalled_subscriber(&server, &node, "stalled", "flood").await;
+    let (mut stalled, stalled_conn) = stalled_subscriber(&server, "stalled", "flood").await;
 
     // Flood the channel until the stalled connection is cut off; the healthy subscriber
     // reads along (until the `done` marker) and times every publication.
@@ -533,11 +474,7 @@ async fn stalled_reader_is_closed_with_3008_while_others_keep_up() {
     let pad = "p".repeat(16 * 1024);
     let flood = {
         let stalled_conn = stalled_conn.clone();
-        let api = TestServer::from_parts(
-            server.addr,
-            tokio_util::sync::CancellationToken::new(),
-            tokio::spawn(async {}),
-        );
+        let addr = server.addr;
         tokio::spawn(async move {
             let mut sent = Vec::new();
             for i in 0..MAX {
@@ -546,7 +483,9 @@ async fn stalled_reader_is_closed_with_3008_while_others_keep_up() {
                 }
                 sent.push(Instant::now());
                 let body = json!({"channel": "flood", "data": {"i": i, "pad": pad}});
-                let (status, _) = api.api("publish", body).await;
+                let (status, _) = http::api(addr, "publish", body, Some(API_KEY))
+                    .await
+                    .unwrap();
                 assert_eq!(status, 200);
             }
             sent
@@ -688,10 +627,10 @@ async fn a_closed_connection_frees_its_users_slot_before_its_goodbye_is_written(
     cfg.client.user_connection_limit = 1;
     cfg.client.ping_interval = Duration::from_secs(2);
     cfg.client.pong_timeout = Duration::from_secs(1);
-    let (server, node) = start_with_node(cfg).await;
+    let server = start(cfg).await;
 
     // The old connection: subscribed, then its reader stalls (a dead network path).
-    let (stalled, old) = stalled_subscriber(&server, &node, "u", "feed").await;
+    let (stalled, old) = stalled_subscriber(&server, "u", "feed").await;
     // Publish until the socket takes no more and frames wait in the server's queue (well
     // under its bound, so this is not a slow-consumer close).
     let pad = "p".repeat(16 * 1024);

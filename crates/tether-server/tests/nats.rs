@@ -4,19 +4,17 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-#[path = "cluster/harness.rs"]
-mod harness;
+mod support;
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use harness::{
-    Client, FaultProxy, Node, complete_config, delete_keys, free_port, publication, redis_url,
-    serve_command, unique_prefix,
-};
 use prost::Message as _;
 use serde_json::{Value, json};
+use support::cluster::{FaultProxy, delete_keys, publication, redis_url, unique_prefix};
+use support::process::{complete_config, serve_command};
+use support::{Client, Node, TempDir, free_port};
 
 fn nats_url() -> String {
     std::env::var("TETHER_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
@@ -380,17 +378,13 @@ async fn with_the_redis_engine_presence_is_shared_and_publications_go_through_na
 /// stderr.
 async fn serve_until_exit(mut config: Value) -> (Option<i32>, String) {
     complete_config(&mut config, free_port());
-    let path = std::env::temp_dir().join(format!(
-        "tether-nats-{}.json",
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::write(&path, config.to_string()).unwrap();
+    let dir = TempDir::new();
+    let path = dir.write_config(&config);
     let output = serve_command(&path).stderr(Stdio::piped()).output();
     let output = tokio::time::timeout(Duration::from_secs(10), output)
         .await
         .expect("tether exits by itself")
         .unwrap();
-    let _ = std::fs::remove_file(&path);
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stderr).into_owned(),

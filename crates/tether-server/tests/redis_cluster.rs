@@ -5,16 +5,16 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-#[path = "cluster/harness.rs"]
-mod harness;
+mod support;
 
 use std::time::Duration;
 
-use harness::{
-    Client, Node, collect, delete_cluster_keys, publication, recovered_publications,
-    redis_cluster_seeds, unique_prefix,
-};
 use serde_json::json;
+use support::cluster::{
+    collect, delete_cluster_keys, publication, recovered_publications, redis_cluster_seeds,
+    unique_prefix,
+};
+use support::{Client, Node};
 
 /// Channels of the history namespace spread over the cluster's masters.
 fn rooms() -> Vec<String> {

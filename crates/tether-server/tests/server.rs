@@ -1,12 +1,14 @@
 //! Integration tests: the real server on 127.0.0.1:0, driven over WebSocket and HTTP.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{Client, config, start, token, user_token};
 use serde_json::json;
-use tether_server::config::{Config, Namespace, NamespaceOptions};
+use support::{
+    API_KEY, Client, Config, EngineKind, Namespace, NamespaceOptions, RecoveryMode, SECRET,
+    apply_fossil_delta, config, http, start, token, user_token,
+};
 
 #[tokio::test]
 async fn connect_reply_carries_client_version_and_ping() {
@@ -133,7 +135,7 @@ async fn client_publish_reaches_other_subscriber() {
 /// within that, and does (about 0.3 s here).
 #[tokio::test]
 async fn publications_reach_a_client_while_its_command_waits() {
-    let (jwks, release) = common::stalled_jwks().await;
+    let (jwks, release) = support::http::stalled_jwks().await;
     let mut config = config();
     config.client.token.jwks_public_endpoint = jwks;
     let started = std::time::Instant::now();
@@ -153,12 +155,7 @@ async fn publications_reach_a_client_while_its_command_waits() {
         others.push(other);
     }
 
-    let header = jsonwebtoken::Header {
-        kid: Some("rotated".to_owned()),
-        ..Default::default()
-    };
-    let key = jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes());
-    let rotated = jsonwebtoken::encode(&header, &json!({"sub": "1"}), &key).unwrap();
+    let rotated = support::token::sign(SECRET.as_bytes(), Some("rotated"), json!({"sub": "1"}));
     client
         .send_raw(&json!({"id": 100, "refresh": {"token": rotated}}).to_string())
         .await;
@@ -500,8 +497,7 @@ async fn fossil_delta_follows_a_full_first_publication() {
     assert_eq!(p2["push"]["pub"]["delta"], json!(true), "{p2}");
     let patch = p2["push"]["pub"]["data"].as_str().unwrap();
     assert!(patch.len() < second.to_string().len());
-    let applied =
-        tether_server::delta::apply_fossil_delta(full.as_bytes(), patch.as_bytes()).unwrap();
+    let applied = apply_fossil_delta(full.as_bytes(), patch.as_bytes()).unwrap();
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&applied).unwrap(),
         second
@@ -536,7 +532,6 @@ async fn channel_regex_limits_client_subscriptions() {
 
 #[tokio::test]
 async fn metrics_count_connections_commands_publications_and_disconnects() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = start(config()).await;
     let (mut client, _) = Client::connected(&server, "m1").await;
     client
@@ -553,13 +548,10 @@ async fn metrics_count_connections_commands_publications_and_disconnects() {
     server.api("disconnect", json!({"user": "m1"})).await;
     client.closed(Duration::from_secs(3)).await;
 
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    let body = http::request(server.addr, "GET", "/metrics", "", "")
         .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
+        .unwrap()
+        .text;
     let value = |needle: &str| -> f64 {
         body.lines()
             .find(|l| l.starts_with(needle))
@@ -764,7 +756,7 @@ fn with_short_meta_namespace(mut cfg: Config) -> Config {
 /// Subscribes at offset 3 of `short:x`, waits `expiry` for the stream's metadata to expire,
 /// publishes four times into the new epoch, and returns the first message the subscriber got.
 async fn first_message_after_meta_expiry(
-    server: &common::TestServer,
+    server: &support::TestServer,
     expiry: Duration,
 ) -> serde_json::Value {
     for n in 1..=3 {
@@ -797,45 +789,6 @@ fn assert_told_or_got_the_new_epoch(first: &serde_json::Value) {
     );
 }
 
-/// Deletes every key under `prefix` in the test Redis.
-#[allow(clippy::unwrap_used)]
-async fn delete_redis_keys(prefix: &str) {
-    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
-}
-
-/// Waits until GET /ready answers 200 (the Redis engine's Pub/Sub is up).
-#[allow(clippy::unwrap_used)]
-async fn wait_ready(server: &common::TestServer) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    for _ in 0..100 {
-        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        stream
-            .write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        if response.starts_with(b"HTTP/1.1 200") {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not ready");
-}
-
 /// The same on the Redis engine: the stream's meta expires while a positioned subscriber on
 /// this node has not seen a publication since it subscribed (the engine's gap detector had no
 /// last position yet). Redis expires the meta hash 1 s after the subscribe's read refreshed it.
@@ -843,12 +796,12 @@ async fn wait_ready(server: &common::TestServer) {
 async fn redis_new_epoch_after_meta_expiry_is_not_silently_dropped() {
     let prefix = format!("tether-test-meta-expiry-{}", uuid::Uuid::new_v4().simple());
     let mut cfg = config();
-    cfg.engine.kind = tether_server::config::EngineKind::Redis;
+    cfg.engine.kind = EngineKind::Redis;
     cfg.engine.redis.prefix = prefix.clone();
     let server = start(with_short_meta_namespace(cfg)).await;
-    wait_ready(&server).await;
+    server.wait_ready().await;
     let first = first_message_after_meta_expiry(&server, Duration::from_millis(2500)).await;
-    delete_redis_keys(&prefix).await;
+    support::cluster::delete_keys(&prefix).await;
     assert_told_or_got_the_new_epoch(&first);
     server.stop().await;
 }
@@ -867,7 +820,7 @@ async fn cache_recovery_mode_delivers_the_latest_publication() {
             history_size: 1,
             history_ttl: Duration::from_secs(300),
             force_recovery: true,
-            force_recovery_mode: tether_server::config::RecoveryMode::Cache,
+            force_recovery_mode: RecoveryMode::Cache,
             allow_subscribe_for_client: true,
             ..Default::default()
         },
@@ -935,7 +888,7 @@ async fn delta_after_a_publication_without_history_applies_to_what_the_client_ho
         let p = &m["push"]["pub"];
         let data = p["data"].as_str().unwrap().as_bytes().to_vec();
         held = if p["delta"] == json!(true) {
-            tether_server::delta::apply_fossil_delta(&held, &data).unwrap_or_else(|e| {
+            apply_fossil_delta(&held, &data).unwrap_or_else(|e| {
                 panic!("patch does not apply to what the client holds: {e:?}; {m}")
             })
         } else {
@@ -949,31 +902,6 @@ async fn delta_after_a_publication_without_history_applies_to_what_the_client_ho
     server.stop().await;
 }
 
-/// POSTs `body` to `path` (with its query) with extra header lines; returns the status and the
-/// body text.
-async fn post_raw(
-    server: &common::TestServer,
-    path: &str,
-    headers: &str,
-    body: &str,
-) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut stream = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read");
-    let text = String::from_utf8_lossy(&response).to_string();
-    let status: u16 = text[9..12].parse().expect("status");
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (status, body)
-}
-
 #[tokio::test]
 async fn legacy_api_endpoint_runs_newline_separated_commands_with_numeric_methods() {
     let server = start(config()).await;
@@ -982,13 +910,16 @@ async fn legacy_api_endpoint_runs_newline_separated_commands_with_numeric_method
         "\n",
         r#"{"id":2,"method":6,"params":{"channel":"chat:legacy","limit":10}}"#,
     );
-    let (status, text) = post_raw(
-        &server,
+    let response = http::request(
+        server.addr,
+        "POST",
         "/api",
-        &format!("Authorization: apikey {}\r\n", common::API_KEY),
+        &format!("Authorization: apikey {API_KEY}\r\n"),
         body,
     )
-    .await;
+    .await
+    .expect("api reachable");
+    let (status, text) = (response.status, response.body());
     assert_eq!(status, 200, "{text}");
     let replies: Vec<serde_json::Value> = text
         .lines()
@@ -1007,19 +938,17 @@ async fn legacy_api_endpoint_runs_newline_separated_commands_with_numeric_method
 
 #[tokio::test]
 async fn api_key_in_the_query_is_accepted_beside_a_non_apikey_authorization_header() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = start(config()).await;
-    let request = format!(
-        "POST /api/info?api_key={} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer some-proxy-token\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}",
-        common::API_KEY
-    );
-    let mut stream = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read");
-    let text = String::from_utf8_lossy(&response);
+    let response = http::request(
+        server.addr,
+        "POST",
+        &format!("/api/info?api_key={API_KEY}"),
+        "Authorization: Bearer some-proxy-token\r\n",
+        "{}",
+    )
+    .await
+    .expect("api reachable");
+    let text = &response.text;
     assert_eq!(&text[9..12], "200", "{text}");
     server.stop().await;
 }

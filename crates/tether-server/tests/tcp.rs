@@ -6,23 +6,20 @@
     reason = "test helpers panic on failure by design"
 )]
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::{config, user_token};
 use serde_json::json;
+use support::{Config, Gateway as _, Server, TestServer, config, start, user_token};
 use tether_proto::{
     Command, ConnectRequest, PublishRequest, Reply, SubscribeRequest, decode_delimited_reply,
     encode_delimited_command,
 };
-use tether_server::config::Config;
-use tether_server::server::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 /// A raw TCP peer: writes delimited commands, reads delimited replies.
 struct TcpPeer {
@@ -110,15 +107,11 @@ fn fast_heartbeats(mut config: Config) -> Config {
     config
 }
 
-/// Binds a server and returns its TCP address, the API helper and a stopper.
-async fn start_tcp(config: Config) -> (common::TestServer, SocketAddr) {
-    // `common::start` hides the server; bind once more here to learn the TCP address.
-    let server = Server::bind(config).await.unwrap();
-    let tcp = server.tcp_addr().expect("tcp enabled");
-    let addr = server.local_addr();
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(server.run(stop.clone()));
-    (common::TestServer::from_parts(addr, stop, handle), tcp)
+/// Starts a server; returns it with its TCP address.
+async fn start_tcp(config: Config) -> (TestServer, SocketAddr) {
+    let server = start(config).await;
+    let tcp = server.tcp.expect("tcp enabled");
+    (server, tcp)
 }
 
 #[tokio::test]
@@ -325,30 +318,28 @@ async fn tcp_can_be_disabled() {
     config.tcp.enabled = false;
     let server = Server::bind(config).await.unwrap();
     assert!(server.tcp_addr().is_none());
-    let server = common::start(common::config()).await;
+    let server = start(support::config()).await;
     server.stop().await;
 }
 
 #[tokio::test]
 async fn cli_client_sub_and_pub_over_both_transports() {
+    use support::process::tether_async;
     use tokio::io::AsyncBufReadExt;
-    use tokio::process::Command as Process;
 
     let (server, tcp) = start_tcp(config()).await;
-    let bin = env!("CARGO_BIN_EXE_tether");
     let token = user_token("cli");
     let ws_url = server.ws_url();
     let tcp_url = format!("tcp://{tcp}");
 
-    let mut sub = Process::new(bin)
-        .args([
-            "client", "sub", "chat:cli", "--url", &ws_url, "--token", &token,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut sub = tether_async(&[
+        "client", "sub", "chat:cli", "--url", &ws_url, "--token", &token,
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .unwrap();
     let mut stderr = tokio::io::BufReader::new(sub.stderr.take().unwrap()).lines();
     let mut stdout = tokio::io::BufReader::new(sub.stdout.take().unwrap()).lines();
     tokio::time::timeout(Duration::from_secs(20), async {
@@ -362,8 +353,7 @@ async fn cli_client_sub_and_pub_over_both_transports() {
     .await
     .expect("sub subscribed in time");
 
-    let status = Process::new(bin)
-        .args(["client", "pub", "chat:cli", r#"{"n":1}"#, "--url", &tcp_url])
+    let status = tether_async(&["client", "pub", "chat:cli", r#"{"n":1}"#, "--url", &tcp_url])
         .args(["--token", &token])
         .status()
         .await
@@ -376,8 +366,7 @@ async fn cli_client_sub_and_pub_over_both_transports() {
     assert_eq!(line.as_deref(), Some(r#"{"n":1}"#));
 
     // A refused token is a terminal disconnect: exit 1 with the code.
-    let out = Process::new(bin)
-        .args(["client", "pub", "chat:cli", "1", "--url", &tcp_url])
+    let out = tether_async(&["client", "pub", "chat:cli", "1", "--url", &tcp_url])
         .args(["--token", "bad.token.here"])
         .output()
         .await
@@ -385,8 +374,7 @@ async fn cli_client_sub_and_pub_over_both_transports() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("3500"));
     // A bad URL is a usage error.
-    let out = Process::new(bin)
-        .args(["client", "pub", "c", "1", "--url", "http://x"])
+    let out = tether_async(&["client", "pub", "c", "1", "--url", "http://x"])
         .output()
         .await
         .unwrap();
@@ -414,7 +402,7 @@ async fn one_channel_fans_out_to_ws_json_ws_protobuf_and_tcp_subscribers() {
         .await;
     assert!(reply.subscribe.is_some());
     // WebSocket JSON subscriber.
-    let (mut json_client, _) = common::Client::connected(&server, "json").await;
+    let (mut json_client, _) = support::Client::connected(&server, "json").await;
     let reply = json_client
         .call(json!({"subscribe": {"channel": "chat:mix"}}))
         .await;

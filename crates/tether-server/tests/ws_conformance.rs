@@ -8,6 +8,8 @@
 // A test crate: a failed unwrap is a failed test (helpers outside `#[test]` fns included).
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 #[path = "../examples/ws_echo.rs"]
 #[allow(dead_code)]
 mod ws_echo;
@@ -16,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use tether_server::wire::ws::{Opcode, WsLimits};
+use support::{Opcode, WsLimits, ws};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -53,32 +55,12 @@ impl RawClient {
     async fn connect(addr: SocketAddr) -> Self {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
-        stream
-            .write_all(
-                b"GET /connection/websocket HTTP/1.1\r\nHost: localhost\r\n\
-                  Upgrade: websocket\r\nConnection: Upgrade\r\n\
-                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            )
-            .await
-            .unwrap();
-        let mut client = Self {
-            stream,
-            buf: Vec::new(),
-        };
-        let head = client.read_head().await;
+        let head = ws::upgrade(&mut stream, "").await.unwrap();
         assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
         assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
-        client
-    }
-
-    async fn read_head(&mut self) -> String {
-        loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8(self.buf[..end + 4].to_vec()).unwrap();
-                self.buf.drain(..end + 4);
-                return head;
-            }
-            assert!(self.fill().await, "eof before the response head");
+        Self {
+            stream,
+            buf: Vec::new(),
         }
     }
 

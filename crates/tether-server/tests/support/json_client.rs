@@ -1,9 +1,6 @@
-//! A raw protocol-v2 JSON WebSocket client for the integration tests, shared by the
-//! single-server helpers (`common`) and the cluster harness: commands get ids and their
-//! replies are matched by id, pushes read meanwhile wait in a backlog, pings are answered.
-//! Each side adds its own constructors (from a `TestServer` or a cluster `Node`).
-
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+//! A raw protocol-v2 JSON WebSocket client for the integration tests: commands get ids and
+//! their replies are matched by id, pushes read meanwhile wait in a backlog, pings are
+//! answered. It opens on any [`Gateway`]: an in-process server or a `tether` process.
 
 use std::time::Duration;
 
@@ -14,21 +11,23 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use super::{Gateway, user_token};
+
 /// How long [`JsonClient::next`] waits before it fails the test.
 const NEXT_WITHIN: Duration = Duration::from_secs(10);
 
-pub struct JsonClient {
+pub(crate) struct JsonClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u32,
     /// Pushes and replies read while waiting for something else.
-    pub backlog: Vec<Value>,
+    pub(crate) backlog: Vec<Value>,
     /// The server's close frame, once one was read (`Some(None)`: a close without a code).
-    pub close: Option<Option<CloseFrame>>,
+    pub(crate) close: Option<Option<CloseFrame>>,
 }
 
 impl JsonClient {
     /// Opens the WebSocket; no command is sent.
-    pub async fn open_url(url: &str) -> Self {
+    pub(crate) async fn open_url(url: &str) -> Self {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("ws connect");
@@ -40,22 +39,39 @@ impl JsonClient {
         }
     }
 
+    /// Opens a WebSocket to `gateway`; no command is sent.
+    pub(crate) async fn open(gateway: &impl Gateway) -> Self {
+        Self::open_url(&gateway.ws_url()).await
+    }
+
+    /// Opens a WebSocket to `gateway` and connects as `user`; returns the connect reply too.
+    pub(crate) async fn connected(gateway: &impl Gateway, user: &str) -> (Self, Value) {
+        let mut client = Self::open(gateway).await;
+        let reply = client.connect_with(&user_token(user)).await;
+        (client, reply)
+    }
+
+    /// Opens a WebSocket to `gateway` and connects as `user`.
+    pub(crate) async fn connect(gateway: &impl Gateway, user: &str) -> Self {
+        Self::connected(gateway, user).await.0
+    }
+
     /// Sends `{"connect": {"token": token}}` and returns the reply, which must be a success.
-    pub async fn connect_with(&mut self, token: &str) -> Value {
+    pub(crate) async fn connect_with(&mut self, token: &str) -> Value {
         let reply = self.call(json!({ "connect": { "token": token } })).await;
         assert!(reply.get("connect").is_some(), "connect failed: {reply}");
         reply
     }
 
-    pub async fn send_raw(&mut self, text: &str) {
+    pub(crate) async fn send_raw(&mut self, text: &str) {
         self.ws
             .send(Message::Text(text.to_owned().into()))
             .await
-            .unwrap();
+            .expect("ws send");
     }
 
     /// Sends one command (an id is added) and waits for its reply.
-    pub async fn call(&mut self, mut command: Value) -> Value {
+    pub(crate) async fn call(&mut self, mut command: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         command["id"] = json!(id);
@@ -64,7 +80,7 @@ impl JsonClient {
     }
 
     /// Subscribes and returns the subscribe result, which must be a success.
-    pub async fn subscribe(&mut self, request: Value) -> Value {
+    pub(crate) async fn subscribe(&mut self, request: Value) -> Value {
         let reply = self.call(json!({ "subscribe": request })).await;
         assert!(
             reply.get("subscribe").is_some(),
@@ -75,7 +91,7 @@ impl JsonClient {
 
     /// The next JSON message, answering pings with pongs; `None` if the connection closed
     /// (the close frame is kept in [`JsonClient::close`]) or nothing came `within`.
-    pub async fn next_within(&mut self, within: Duration) -> Option<Value> {
+    pub(crate) async fn next_within(&mut self, within: Duration) -> Option<Value> {
         if !self.backlog.is_empty() {
             return Some(self.backlog.remove(0));
         }
@@ -88,7 +104,7 @@ impl JsonClient {
             match msg {
                 Message::Text(text) => {
                     for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
-                        let v: Value = serde_json::from_str(line).unwrap();
+                        let v: Value = serde_json::from_str(line).expect("a JSON message");
                         if v == json!({}) {
                             let _ = self.ws.send(Message::Text("{}".into())).await;
                             continue;
@@ -110,7 +126,7 @@ impl JsonClient {
 
     /// The next JSON message (pings answered); fails the test if the connection closed or
     /// nothing came in 10 s.
-    pub async fn next(&mut self) -> Value {
+    pub(crate) async fn next(&mut self) -> Value {
         match self.next_within(NEXT_WITHIN).await {
             Some(v) => v,
             None => match &self.close {
@@ -122,7 +138,7 @@ impl JsonClient {
 
     /// The first message `pred` accepts, from the backlog or the wire; the others stay in
     /// the backlog, in order.
-    pub async fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
         if let Some(i) = self.backlog.iter().position(&pred) {
             return self.backlog.remove(i);
         }
@@ -140,7 +156,7 @@ impl JsonClient {
 
     /// Reads, without answering pings, until the server's close frame and returns it
     /// (`None`: the connection ended without one). Fails the test if none came `within`.
-    pub async fn closed(&mut self, within: Duration) -> Option<CloseFrame> {
+    pub(crate) async fn closed(&mut self, within: Duration) -> Option<CloseFrame> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let msg = tokio::time::timeout_at(deadline, self.ws.next())
@@ -155,7 +171,7 @@ impl JsonClient {
     }
 
     /// The code of the server's close frame, as [`JsonClient::closed`].
-    pub async fn close_code(&mut self, within: Duration) -> Option<u16> {
+    pub(crate) async fn close_code(&mut self, within: Duration) -> Option<u16> {
         self.closed(within).await.map(|frame| u16::from(frame.code))
     }
 }

@@ -1,0 +1,176 @@
+//! The `tether` binary as the tests run it: a command with a clean environment, and a
+//! `tether serve` process ([`Node`]) with its config in a directory of its own.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::process::Child;
+
+use super::{API_KEY, Gateway, SECRET, free_port, http};
+
+/// `tether args…` with no `TETHER_*` variable inherited from the test's environment.
+pub(crate) fn tether(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tether"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("TETHER_") {
+            command.env_remove(key);
+        }
+    }
+    command.args(args);
+    command
+}
+
+/// [`tether`] as a Tokio command.
+pub(crate) fn tether_async(args: &[&str]) -> tokio::process::Command {
+    tether(args).into()
+}
+
+/// `tether serve --config <path>` as the tests run it: WebSocket only (several nodes must not
+/// race for the TCP port 8001), stdin and stdout closed, killed when dropped. The caller
+/// decides where stderr goes.
+pub(crate) fn serve_command(path: &Path) -> tokio::process::Command {
+    let mut command = tether_async(&["serve", "--config"]);
+    command
+        .arg(path)
+        .env("TETHER_TCP_ENABLED", "false")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Fills in what every test node needs: its HTTP address on `port`, the token secret and the
+/// API key the helpers use.
+pub(crate) fn complete_config(config: &mut Value, port: u16) {
+    config["http_server"] = json!({ "address": "127.0.0.1", "port": port });
+    config["client"]["token"] = json!({ "hmac_secret_key": SECRET });
+    config["http_api"] = json!({ "key": API_KEY });
+}
+
+/// A fresh directory under the system's temporary one, removed when dropped.
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("tether-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("create a temporary directory");
+        Self(dir)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// `name` in the directory.
+    pub(crate) fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Writes `config` as JSON to `config.json` in the directory; returns its path.
+    pub(crate) fn write_config(&self, config: &Value) -> PathBuf {
+        let path = self.join("config.json");
+        std::fs::write(&path, config.to_string()).expect("write the config");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One `tether serve` process.
+pub(crate) struct Node {
+    pub(crate) addr: SocketAddr,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Node {
+    /// Starts a node on a free port with `config` (its `http_server`, `client.token`,
+    /// `http_api` and `log` are set here), stderr inherited; does not wait for it.
+    pub(crate) fn spawn(mut config: Value) -> Self {
+        let port = free_port();
+        complete_config(&mut config, port);
+        config["log"] = json!({ "level": "warn" });
+        let dir = TempDir::new();
+        let path = dir.write_config(&config);
+        let child = serve_command(&path)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tether");
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// [`Node::spawn`], then waits until `/ready` answers 200.
+    pub(crate) async fn start_with(config: Value) -> Self {
+        let node = Self::spawn(config);
+        let ready = http::wait_for_status(node.addr, "/ready", 200, Duration::from_secs(10)).await;
+        assert!(ready, "node on {} never became ready", node.addr);
+        node
+    }
+
+    /// HTTP status of `/ready`, `None` when the node does not answer.
+    pub(crate) async fn ready(&self) -> Option<u16> {
+        http::get_status(self.addr, "/ready").await
+    }
+
+    /// POST /api/<method>, which must answer 200; returns the JSON body.
+    pub(crate) async fn api(&self, method: &str, body: impl Serialize) -> Value {
+        let (status, body) = http::api(self.addr, method, body, Some(API_KEY))
+            .await
+            .expect("api reachable");
+        assert_eq!(status, 200, "{method}: {body}");
+        body
+    }
+
+    pub(crate) async fn publish(&self, channel: &str, data: Value) -> Value {
+        self.api("publish", json!({ "channel": channel, "data": data }))
+            .await
+    }
+
+    /// Sends SIGTERM; the node drains its clients and exits by itself.
+    pub(crate) fn sigterm(&self) {
+        let pid = self.child.id().expect("node running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+    }
+
+    /// SIGTERM, then waits for the exit (within 10 s).
+    pub(crate) async fn terminate(mut self) {
+        self.sigterm();
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("node exits after SIGTERM")
+            .expect("wait for the node");
+    }
+
+    /// SIGKILL: the node gets no chance to say goodbye.
+    pub(crate) async fn kill(mut self) {
+        self.child.start_kill().expect("kill the node");
+        let _ = self.child.wait().await;
+    }
+
+    /// The exit status, once the node has exited.
+    pub(crate) fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("node status")
+    }
+}
+
+impl Gateway for Node {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
