@@ -12,6 +12,7 @@
 //! [`TokenConfig`] is owned by [`crate::auth`] and re-exported here; its validation stays here.
 
 mod load;
+mod proxy;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -23,6 +24,12 @@ use serde::{Deserialize, Serialize};
 pub use crate::auth::TokenConfig;
 use crate::auth::redacted;
 pub use load::{EnvSource, ProcessEnv};
+pub use proxy::{
+    ChannelProxyConfig, ClientProxyConfig, DEFAULT_PROXY_NAME, EnabledProxy, NamedProxy,
+    ProxyConfig, ProxyDisconnectConfig, ProxyErrorConfig, ProxyEvent, ProxyGrpcConfig,
+    ProxyHttpConfig, RpcConfig, RpcNamespace, RpcNamespaceOptions, RpcPingConfig,
+    StatusToCodeTransform, TlsClientConfig,
+};
 
 /// The whole configuration of one node.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -52,6 +59,10 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// Graceful shutdown on SIGTERM / SIGINT: the drain window and the exit deadline.
     pub shutdown: ShutdownConfig,
+    /// Client RPC: the `"default"` RPC proxy and RPC namespaces.
+    pub rpc: RpcConfig,
+    /// Named backend proxies that namespaces and RPC namespaces refer to by name.
+    pub proxies: Vec<NamedProxy>,
 }
 
 /// The engine (Centrifugo v6 `engine.*`).
@@ -246,6 +257,8 @@ pub struct ClientConfig {
     /// upgrades (and API requests) are closed after it.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// The connect and refresh proxies.
+    pub proxy: ClientProxyConfig,
 }
 
 /// A connection's command rate limit (`client.command_rate_limit`).
@@ -322,6 +335,8 @@ pub struct ChannelConfig {
     pub without_namespace: NamespaceOptions,
     /// Named option sets; a channel `ns:rest` uses the one named `ns`.
     pub namespaces: Vec<Namespace>,
+    /// The channel proxies called `"default"`, which namespaces turn on per event.
+    pub proxy: ChannelProxyConfig,
 }
 
 /// One named set of channel options.
@@ -335,8 +350,9 @@ pub struct Namespace {
     pub options: NamespaceOptions,
 }
 
-/// Channel options (Centrifugo namespace options). All off / zero by default.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Channel options (Centrifugo namespace options). All off / zero by default; proxy names
+/// are `"default"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NamespaceOptions {
     /// Keep presence (client id -> client info).
@@ -393,6 +409,26 @@ pub struct NamespaceOptions {
     pub allowed_delta_types: Vec<String>,
     /// Mark every publication as a delta candidate.
     pub delta_publish: bool,
+    /// Ask a proxy whether a client may subscribe (clients without a subscription token,
+    /// channels that are not user-limited).
+    pub subscribe_proxy_enabled: bool,
+    /// `"default"` (`channel.proxy.subscribe`) or the name of a `proxies` entry.
+    pub subscribe_proxy_name: String,
+    /// Ask a proxy whether (and what) a client may publish.
+    pub publish_proxy_enabled: bool,
+    /// `"default"` (`channel.proxy.publish`) or the name of a `proxies` entry.
+    pub publish_proxy_name: String,
+    /// Extend subscriptions at `expire_at` through a proxy.
+    pub sub_refresh_proxy_enabled: bool,
+    /// `"default"` (`channel.proxy.sub_refresh`) or the name of a `proxies` entry.
+    pub sub_refresh_proxy_name: String,
+    /// Subscriptions stream from a gRPC proxy; excludes the subscribe, publish and sub
+    /// refresh proxies in the same namespace.
+    pub subscribe_stream_proxy_enabled: bool,
+    /// `"default"` (`channel.proxy.subscribe_stream`) or the name of a `proxies` entry.
+    pub subscribe_stream_proxy_name: String,
+    /// The stream is bidirectional: client publications go to the backend over it.
+    pub subscribe_stream_proxy_bidirectional: bool,
 }
 
 /// How a recoverable subscription recovers.
@@ -583,6 +619,156 @@ impl Config {
         }
         self.validate_tcp()?;
         self.validate_limits()?;
+        self.validate_proxies()?;
+        Ok(())
+    }
+
+    /// Proxy rules (compat-proxy §2.1 "Validation", §8). Proxy objects are checked only
+    /// where they are used: connect/refresh when enabled, `channel.proxy.<event>` and
+    /// `rpc.proxy` when some namespace enables that event under the name `"default"`, and
+    /// every `proxies` entry always.
+    fn validate_proxies(&self) -> Result<(), ConfigError> {
+        for (index, named) in self.proxies.iter().enumerate() {
+            let key = format!("proxies[{index}]");
+            if named.name == DEFAULT_PROXY_NAME {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    "proxy name default is reserved",
+                ));
+            }
+            if !is_valid_proxy_name(&named.name) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("{:?} must match ^[-a-zA-Z0-9_.]{{2,}}$", named.name),
+                ));
+            }
+            if self.proxies[..index]
+                .iter()
+                .any(|other| other.name == named.name)
+            {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("duplicate proxy name {:?}", named.name),
+                ));
+            }
+            validate_proxy(&named.proxy, &key)?;
+        }
+        for (key, enabled) in [
+            ("client.proxy.connect", &self.client.proxy.connect),
+            ("client.proxy.refresh", &self.client.proxy.refresh),
+        ] {
+            if enabled.enabled {
+                validate_proxy(&enabled.proxy, key)?;
+            }
+        }
+        self.validate_channel_proxies()?;
+        self.validate_rpc_proxies()
+    }
+
+    fn validate_channel_proxies(&self) -> Result<(), ConfigError> {
+        let namespaces = std::iter::once((
+            "channel.without_namespace".to_owned(),
+            &self.channel.without_namespace,
+        ))
+        .chain(
+            self.channel
+                .namespaces
+                .iter()
+                .enumerate()
+                .map(|(index, ns)| (format!("channel.namespaces[{index}]"), &ns.options)),
+        );
+        for (key, options) in namespaces {
+            if options.subscribe_stream_proxy_enabled
+                && (options.subscribe_proxy_enabled
+                    || options.publish_proxy_enabled
+                    || options.sub_refresh_proxy_enabled)
+            {
+                return Err(invalid(
+                    format!("{key}.subscribe_stream_proxy_enabled"),
+                    "can not be used together with subscribe, publish or sub_refresh proxies",
+                ));
+            }
+            for event in ProxyEvent::CHANNEL {
+                let Some(name) = options.proxy_name(event) else {
+                    continue;
+                };
+                let (proxy_key, proxy) = if name == DEFAULT_PROXY_NAME {
+                    // Every channel event has a "default" object, so this never skips.
+                    let Some(proxy) = self.proxy(event, name) else {
+                        continue;
+                    };
+                    let proxy_key = format!("channel.proxy.{event}");
+                    validate_proxy(proxy, &proxy_key)?;
+                    (proxy_key, proxy)
+                } else {
+                    let index = self
+                        .proxies
+                        .iter()
+                        .position(|named| named.name == name)
+                        .ok_or_else(|| {
+                            invalid(
+                                format!("{key}.{event}_proxy_name"),
+                                format!("{event} proxy with name {name:?} not found"),
+                            )
+                        })?;
+                    (format!("proxies[{index}]"), &self.proxies[index].proxy)
+                };
+                // Centrifugo refuses to start with such a proxy: streams exist only over
+                // gRPC.
+                if event == ProxyEvent::SubscribeStream && proxy.endpoint.starts_with("http") {
+                    return Err(invalid(
+                        format!("{proxy_key}.endpoint"),
+                        format!(
+                            "only GRPC endpoints supported for the subscribe_stream proxy \
+                             (used by {key})"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_rpc_proxies(&self) -> Result<(), ConfigError> {
+        let rpc = &self.rpc;
+        for (index, ns) in rpc.namespaces.iter().enumerate() {
+            let key = format!("rpc.namespaces[{index}].name");
+            if !is_valid_proxy_name(&ns.name) {
+                return Err(invalid(
+                    key,
+                    format!("{:?} must match ^[-a-zA-Z0-9_.]{{2,}}$", ns.name),
+                ));
+            }
+            if rpc.namespaces[..index]
+                .iter()
+                .any(|other| other.name == ns.name)
+            {
+                return Err(invalid(
+                    key,
+                    format!("duplicate rpc namespace name {:?}", ns.name),
+                ));
+            }
+        }
+        let namespaces =
+            std::iter::once(("rpc.without_namespace".to_owned(), &rpc.without_namespace)).chain(
+                rpc.namespaces
+                    .iter()
+                    .enumerate()
+                    .map(|(index, ns)| (format!("rpc.namespaces[{index}]"), &ns.options)),
+            );
+        for (key, options) in namespaces {
+            if !options.proxy_enabled {
+                continue;
+            }
+            if options.proxy_name == DEFAULT_PROXY_NAME {
+                validate_proxy(&rpc.proxy, "rpc.proxy")?;
+            } else if self.named_proxy(&options.proxy_name).is_none() {
+                return Err(invalid(
+                    format!("{key}.proxy_name"),
+                    format!("proxy {} not found for rpc", options.proxy_name),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -699,6 +885,69 @@ impl Config {
     /// True when a connection or subscription token key of any kind is configured.
     pub fn has_token_key(&self) -> bool {
         self.client.token.has_key()
+    }
+
+    /// The proxy object for `event` under `name`, as a namespace names it.
+    ///
+    /// Connect and refresh ignore `name`: they are `client.proxy.<event>`, and `None` unless
+    /// enabled. For the other events `"default"` is `channel.proxy.<event>` (or `rpc.proxy`)
+    /// and any other name is the `proxies` entry with that name (`None` if there is none;
+    /// [`Config::validate`] refuses configs that refer to a missing one).
+    pub fn proxy(&self, event: ProxyEvent, name: &str) -> Option<&ProxyConfig> {
+        let connection = match event {
+            ProxyEvent::Connect => Some(&self.client.proxy.connect),
+            ProxyEvent::Refresh => Some(&self.client.proxy.refresh),
+            _ => None,
+        };
+        if let Some(enabled) = connection {
+            return enabled.enabled.then_some(&enabled.proxy);
+        }
+        if name != DEFAULT_PROXY_NAME {
+            return self.named_proxy(name);
+        }
+        let channel = &self.channel.proxy;
+        match event {
+            ProxyEvent::Subscribe => Some(&channel.subscribe),
+            ProxyEvent::Publish => Some(&channel.publish),
+            ProxyEvent::SubRefresh => Some(&channel.sub_refresh),
+            ProxyEvent::SubscribeStream => Some(&channel.subscribe_stream),
+            ProxyEvent::Rpc => Some(&self.rpc.proxy),
+            ProxyEvent::Connect | ProxyEvent::Refresh => None,
+        }
+    }
+
+    /// RPC options for `method`: when `rpc.namespace_boundary` is non-empty and occurs in
+    /// the method, the part before its first occurrence names the namespace (error 104 when
+    /// unknown); otherwise `rpc.without_namespace`.
+    pub fn rpc_namespace_for(
+        &self,
+        method: &str,
+    ) -> Result<&RpcNamespaceOptions, UnknownNamespace> {
+        let boundary = &self.rpc.namespace_boundary;
+        let name = if boundary.is_empty() {
+            None
+        } else {
+            method.split_once(boundary.as_str()).map(|(name, _)| name)
+        };
+        let Some(name) = name else {
+            return Ok(&self.rpc.without_namespace);
+        };
+        self.rpc
+            .namespaces
+            .iter()
+            .find(|ns| ns.name == name)
+            .map(|ns| &ns.options)
+            .ok_or_else(|| UnknownNamespace {
+                name: name.to_owned(),
+            })
+    }
+
+    /// The `proxies` entry called `name`.
+    fn named_proxy(&self, name: &str) -> Option<&ProxyConfig> {
+        self.proxies
+            .iter()
+            .find(|proxy| proxy.name == name)
+            .map(|proxy| &proxy.proxy)
     }
 
     fn validate_client(&self) -> Result<(), ConfigError> {
@@ -951,6 +1200,7 @@ impl Default for ClientConfig {
             // The bound the old fixed constant had: generous for a slow mobile link, short
             // enough that silent sockets do not pile up.
             handshake_timeout: Duration::from_secs(10),
+            proxy: ClientProxyConfig::default(),
         }
     }
 }
@@ -1005,6 +1255,69 @@ impl NamespaceOptions {
     pub fn history_enabled(&self) -> bool {
         self.history_size > 0 && !self.history_ttl.is_zero()
     }
+
+    /// The name of the proxy this namespace uses for a channel `event` (`subscribe`,
+    /// `publish`, `sub_refresh`, `subscribe_stream`), `None` when the namespace does not
+    /// enable it. Connect, refresh and RPC are not namespace options: always `None`.
+    pub fn proxy_name(&self, event: ProxyEvent) -> Option<&str> {
+        let (enabled, name) = match event {
+            ProxyEvent::Subscribe => (self.subscribe_proxy_enabled, &self.subscribe_proxy_name),
+            ProxyEvent::Publish => (self.publish_proxy_enabled, &self.publish_proxy_name),
+            ProxyEvent::SubRefresh => {
+                (self.sub_refresh_proxy_enabled, &self.sub_refresh_proxy_name)
+            }
+            ProxyEvent::SubscribeStream => (
+                self.subscribe_stream_proxy_enabled,
+                &self.subscribe_stream_proxy_name,
+            ),
+            ProxyEvent::Connect | ProxyEvent::Refresh | ProxyEvent::Rpc => return None,
+        };
+        enabled.then_some(name.as_str())
+    }
+}
+
+impl Default for NamespaceOptions {
+    fn default() -> Self {
+        Self {
+            presence: false,
+            join_leave: false,
+            force_push_join_leave: false,
+            history_size: 0,
+            history_ttl: Duration::ZERO,
+            history_meta_ttl: None,
+            force_positioning: false,
+            allow_positioning: false,
+            force_recovery: false,
+            allow_recovery: false,
+            force_recovery_mode: RecoveryMode::default(),
+            allow_subscribe_for_client: false,
+            allow_subscribe_for_anonymous: false,
+            allow_publish_for_subscriber: false,
+            allow_publish_for_client: false,
+            allow_publish_for_anonymous: false,
+            allow_history_for_subscriber: false,
+            allow_history_for_client: false,
+            allow_history_for_anonymous: false,
+            allow_presence_for_subscriber: false,
+            allow_presence_for_client: false,
+            allow_presence_for_anonymous: false,
+            allow_user_limited_channels: false,
+            channel_regex: String::new(),
+            allowed_delta_types: Vec::new(),
+            delta_publish: false,
+            // Proxies are off; when turned on without a name, Centrifugo uses the
+            // `channel.proxy.<event>` object, called "default".
+            subscribe_proxy_enabled: false,
+            subscribe_proxy_name: DEFAULT_PROXY_NAME.to_owned(),
+            publish_proxy_enabled: false,
+            publish_proxy_name: DEFAULT_PROXY_NAME.to_owned(),
+            sub_refresh_proxy_enabled: false,
+            sub_refresh_proxy_name: DEFAULT_PROXY_NAME.to_owned(),
+            subscribe_stream_proxy_enabled: false,
+            subscribe_stream_proxy_name: DEFAULT_PROXY_NAME.to_owned(),
+            subscribe_stream_proxy_bidirectional: false,
+        }
+    }
 }
 
 // === Defaults ===
@@ -1039,6 +1352,7 @@ impl Default for ChannelConfig {
             history_meta_ttl: Duration::from_secs(720 * 3600),
             without_namespace: NamespaceOptions::default(),
             namespaces: Vec::new(),
+            proxy: ChannelProxyConfig::default(),
         }
     }
 }
@@ -1238,6 +1552,49 @@ fn validate_log_level(level: &str) -> Result<(), ConfigError> {
             format!("{level:?} is not one of none, trace, debug, info, warn, error"),
         )),
     }
+}
+
+/// `^[-a-zA-Z0-9_.]{2,}$`, as Centrifugo requires of proxy and RPC namespace names.
+fn is_valid_proxy_name(name: &str) -> bool {
+    name.len() >= 2
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// The rules of one proxy object in use; `key` is where it sits (`proxies[2]`,
+/// `client.proxy.connect`).
+fn validate_proxy(proxy: &ProxyConfig, key: &str) -> Result<(), ConfigError> {
+    if proxy.endpoint.trim().is_empty() {
+        return Err(invalid(
+            format!("{key}.endpoint"),
+            "must be set when the proxy is used",
+        ));
+    }
+    if proxy.timeout.is_zero() {
+        return Err(invalid(format!("{key}.timeout"), "must be greater than 0"));
+    }
+    for (index, transform) in proxy.http.status_to_code_transforms.iter().enumerate() {
+        let key = format!("{key}.http.status_to_code_transforms[{index}]");
+        if transform.status_code == 0 {
+            return Err(invalid(format!("{key}.status_code"), "must be set"));
+        }
+        let to_error = transform.to_error.code > 0;
+        let to_disconnect = transform.to_disconnect.code > 0;
+        if to_error == to_disconnect {
+            return Err(invalid(
+                key,
+                "set exactly one of to_error.code and to_disconnect.code",
+            ));
+        }
+        if !transform.to_disconnect.reason.is_ascii() {
+            return Err(invalid(
+                format!("{key}.to_disconnect.reason"),
+                "must be ASCII",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `^[-a-zA-Z0-9_]{2,}$`, as Centrifugo requires.
