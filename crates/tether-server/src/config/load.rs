@@ -10,7 +10,10 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::{Config, ConfigError, Namespace, NamespaceOptions, TokenConfig};
+use super::{
+    Config, ConfigError, NamedProxy, Namespace, NamespaceOptions, ProxyConfig, RpcNamespace,
+    RpcNamespaceOptions, StatusToCodeTransform, TokenConfig,
+};
 
 /// Where `TETHER_*` overrides come from. Tests pass a map; the binary passes [`ProcessEnv`].
 pub trait EnvSource {
@@ -56,15 +59,15 @@ pub(super) fn load(
     env: &dyn EnvSource,
 ) -> Result<(Config, Vec<String>), ConfigError> {
     let defaults = to_tree(&Config::default())?;
-    let namespace_template = to_tree(&Namespace::default())?;
+    let templates = Templates::new()?;
     let mut tree = defaults.clone();
     if let Some(path) = path {
         let file = read_file(path)?;
-        check_known_keys(&file, &defaults, &namespace_template, "")?;
+        check_known_keys(&file, &defaults, &templates, "")?;
         merge(&mut tree, file);
     }
     let mut origins = HashMap::new();
-    let warnings = apply_env(&mut tree, &namespace_template, env, &mut origins)?;
+    let warnings = apply_env(&mut tree, &templates, env, &mut origins)?;
     let config = from_tree(tree, &origins)?;
     Ok((config, warnings))
 }
@@ -74,8 +77,67 @@ const RESERVED_VARS: &[&str] = &["TETHER_CONFIG"];
 
 const ENV_PREFIX: &str = "TETHER_";
 
-/// The one list of named objects, addressed by name in variable names.
+/// Channel namespaces: a list of named objects.
 const NAMESPACES_PATH: &str = "channel.namespaces";
+
+/// RPC namespaces: a list of named objects.
+const RPC_NAMESPACES_PATH: &str = "rpc.namespaces";
+
+/// Named proxies: a list of named objects.
+const PROXIES_PATH: &str = "proxies";
+
+/// The lists of named objects. Their elements are addressed by name in variable names
+/// (`TETHER_PROXIES_<NAME>_TIMEOUT`), and the list itself is set by one variable
+/// (`TETHER_PROXIES`) holding names or a JSON list of objects.
+const NAMED_LISTS: [&str; 3] = [NAMESPACES_PATH, RPC_NAMESPACES_PATH, PROXIES_PATH];
+
+/// A list of objects inside every proxy object; not named, set as a whole (JSON).
+const TRANSFORMS_KEY: &str = "status_to_code_transforms";
+
+/// Maps whose keys are data (header and metadata names), not config keys: any key is
+/// accepted, and a variable sets the whole map as a JSON object.
+const FREE_FORM_MAPS: [&str; 2] = ["static_headers", "static_metadata"];
+
+/// Default-filled trees of the objects that sit in lists, to check keys and resolve
+/// variables against.
+struct Templates {
+    namespace: Value,
+    rpc_namespace: Value,
+    proxy: Value,
+    transform: Value,
+}
+
+impl Templates {
+    fn new() -> Result<Self, ConfigError> {
+        Ok(Self {
+            namespace: to_tree(&Namespace::default())?,
+            rpc_namespace: to_tree(&RpcNamespace::default())?,
+            proxy: to_tree(&NamedProxy::default())?,
+            transform: to_tree(&StatusToCodeTransform::default())?,
+        })
+    }
+
+    /// The template of the elements of the list at `path`, and what an element is (for
+    /// messages); `None` for lists of plain values.
+    fn element(&self, path: &str) -> Option<(&Value, &'static str)> {
+        match path {
+            NAMESPACES_PATH => Some((&self.namespace, "namespace options")),
+            RPC_NAMESPACES_PATH => Some((&self.rpc_namespace, "rpc namespace options")),
+            PROXIES_PATH => Some((&self.proxy, "proxy options")),
+            _ if path.ends_with(TRANSFORMS_KEY) => Some((&self.transform, "transform options")),
+            _ => None,
+        }
+    }
+
+    /// The element template when `path` is a list of named objects.
+    fn named(&self, path: &str) -> Option<&Value> {
+        if NAMED_LISTS.contains(&path) {
+            self.element(path).map(|(template, _)| template)
+        } else {
+            None
+        }
+    }
+}
 
 fn to_tree<T: serde::Serialize>(value: &T) -> Result<Value, ConfigError> {
     serde_json::to_value(value).map_err(|err| ConfigError::Invalid {
@@ -113,12 +175,13 @@ fn read_file(path: &Path) -> Result<Value, ConfigError> {
     }
 }
 
-/// Every key of `file` must exist in `schema` (the defaults tree); elements of
-/// `channel.namespaces` are checked against `namespace_template`.
+/// Every key of `file` must exist in `schema` (the defaults tree); elements of lists of
+/// objects (namespaces, proxies, transforms) are checked against their template, and the
+/// keys of free-form maps (`http.static_headers`) are not checked.
 fn check_known_keys(
     file: &Value,
     schema: &Value,
-    namespace_template: &Value,
+    templates: &Templates,
     path: &str,
 ) -> Result<(), ConfigError> {
     match (file, schema) {
@@ -128,24 +191,31 @@ fn check_known_keys(
                 let Some(schema_child) = schema.get(key) else {
                     return Err(ConfigError::UnknownKey { key: child });
                 };
-                check_known_keys(value, schema_child, namespace_template, &child)?;
+                if FREE_FORM_MAPS.contains(&key.as_str()) {
+                    continue;
+                }
+                check_known_keys(value, schema_child, templates, &child)?;
             }
             Ok(())
         }
-        (Value::Array(items), _) if path == NAMESPACES_PATH => {
+        (Value::Array(items), _) => {
+            let Some((template, what)) = templates.element(path) else {
+                // A list of plain values: its type is checked on deserialization.
+                return Ok(());
+            };
             for (index, item) in items.iter().enumerate() {
                 let child = format!("{path}[{index}]");
                 if !item.is_object() {
                     return Err(ConfigError::Invalid {
                         key: child,
-                        message: "must be a map of namespace options".to_owned(),
+                        message: format!("must be a map of {what}"),
                     });
                 }
-                check_known_keys(item, namespace_template, namespace_template, &child)?;
+                check_known_keys(item, template, templates, &child)?;
             }
             Ok(())
         }
-        // Leaves and lists of plain values: their type is checked on deserialization.
+        // Leaves: their type is checked on deserialization.
         _ => Ok(()),
     }
 }
@@ -171,7 +241,7 @@ fn merge(base: &mut Value, overlay: Value) {
 /// so later type errors can name the variable.
 fn apply_env(
     tree: &mut Value,
-    namespace_template: &Value,
+    templates: &Templates,
     env: &dyn EnvSource,
     origins: &mut HashMap<String, String>,
 ) -> Result<Vec<String>, ConfigError> {
@@ -183,20 +253,22 @@ fn apply_env(
     vars.sort();
     let mut warnings = Vec::new();
 
-    // The namespace list goes first: it decides which names the per-namespace variables
-    // can address.
-    let list_var = env_name(NAMESPACES_PATH);
-    if let Some((var, value)) = vars.iter().find(|(name, _)| *name == list_var) {
-        set_namespace_list(tree, namespace_template, var, value)?;
-        origins.insert(NAMESPACES_PATH.to_owned(), var.clone());
+    // The named lists go first: they decide which names the per-element variables can
+    // address.
+    let list_vars: Vec<String> = NAMED_LISTS.iter().map(|path| env_name(path)).collect();
+    for (path, list_var) in NAMED_LISTS.iter().zip(&list_vars) {
+        if let Some((var, value)) = vars.iter().find(|(name, _)| name == list_var) {
+            set_named_list(tree, templates, path, var, value)?;
+            origins.insert((*path).to_owned(), var.clone());
+        }
     }
 
     for (var, value) in &vars {
-        if *var == list_var {
+        if list_vars.contains(var) {
             continue;
         }
         let rest = &var[ENV_PREFIX.len()..];
-        let Some(target) = resolve(tree, namespace_template, rest, &mut Vec::new()) else {
+        let Some(target) = resolve(tree, templates, rest, &mut Vec::new()) else {
             warnings.push(format!("{var}: matches no config key, ignored"));
             continue;
         };
@@ -213,20 +285,22 @@ fn apply_env(
     Ok(warnings)
 }
 
-/// `TETHER_CHANNEL_NAMESPACES`: names separated by commas or spaces (each kept with its file
-/// options, or created empty; unlisted ones are dropped), or a JSON list of names or of full
-/// namespace objects.
-fn set_namespace_list(
+/// `TETHER_CHANNEL_NAMESPACES`, `TETHER_RPC_NAMESPACES`, `TETHER_PROXIES`: names separated
+/// by commas or spaces (each kept with its file options, or created with defaults; unlisted
+/// ones are dropped), or a JSON list of names or of full objects.
+fn set_named_list(
     tree: &mut Value,
-    namespace_template: &Value,
+    templates: &Templates,
+    list_path: &str,
     var: &str,
     value: &str,
 ) -> Result<(), ConfigError> {
     let env_error = |message: String| ConfigError::Env {
         var: var.to_owned(),
-        key: NAMESPACES_PATH.to_owned(),
+        key: list_path.to_owned(),
         message,
     };
+    let path = key_path(list_path);
     let trimmed = value.trim();
     let names: Vec<String> = if trimmed.starts_with('[') {
         let parsed: Value = serde_json::from_str(trimmed)
@@ -236,17 +310,15 @@ fn set_namespace_list(
         };
         if items.iter().all(Value::is_object) {
             let list = Value::Array(items);
-            check_known_keys(&list, &Value::Null, namespace_template, NAMESPACES_PATH)?;
-            set_at(tree, &namespaces_path(), list);
+            check_known_keys(&list, &Value::Null, templates, list_path)?;
+            set_at(tree, &path, list);
             return Ok(());
         }
         items
             .into_iter()
             .map(|item| match item {
                 Value::String(name) => Ok(name),
-                other => Err(env_error(format!(
-                    "expected namespace names, found {other}"
-                ))),
+                other => Err(env_error(format!("expected names, found {other}"))),
             })
             .collect::<Result<_, _>>()?
     } else {
@@ -256,7 +328,7 @@ fn set_namespace_list(
             .map(str::to_owned)
             .collect()
     };
-    let existing = match get_at(tree, &namespaces_path()) {
+    let existing = match get_at(tree, &path) {
         Some(Value::Array(items)) => items.clone(),
         _ => Vec::new(),
     };
@@ -265,7 +337,7 @@ fn set_namespace_list(
         .map(|name| {
             existing
                 .iter()
-                .find(|ns| ns.get("name").and_then(Value::as_str) == Some(name.as_str()))
+                .find(|item| item.get("name").and_then(Value::as_str) == Some(name.as_str()))
                 .cloned()
                 .unwrap_or_else(|| {
                     let mut map = Map::new();
@@ -274,7 +346,7 @@ fn set_namespace_list(
                 })
         })
         .collect();
-    set_at(tree, &namespaces_path(), Value::Array(list));
+    set_at(tree, &path, Value::Array(list));
     Ok(())
 }
 
@@ -295,7 +367,7 @@ struct Target {
 /// contain underscores too, so every key that prefixes `rest` is tried, longest first.
 fn resolve(
     node: &Value,
-    namespace_template: &Value,
+    templates: &Templates,
     rest: &str,
     path: &mut Vec<Segment>,
 ) -> Option<Target> {
@@ -307,11 +379,11 @@ fn resolve(
                 let upper = key.to_ascii_uppercase();
                 path.push(Segment::Key(key.clone()));
                 if rest == upper {
-                    // Exact hit. Objects and lists of objects are not set as a whole, except
-                    // lists of plain values (comma-separated or JSON).
+                    // Exact hit. Objects and lists of named objects are not set as a whole,
+                    // except free-form maps (JSON); other lists are comma-separated or JSON.
                     let found = match &map[key] {
-                        Value::Object(_) => None,
-                        Value::Array(_) if path_string(path) == NAMESPACES_PATH => None,
+                        Value::Object(_) if !FREE_FORM_MAPS.contains(&key.as_str()) => None,
+                        Value::Array(_) if templates.named(&path_string(path)).is_some() => None,
                         other => Some(Target {
                             path: path.clone(),
                             template: other.clone(),
@@ -324,10 +396,9 @@ fn resolve(
                     && let Some(tail) = tail.strip_prefix('_')
                 {
                     let child = &map[key];
-                    let found = if path_string(path) == NAMESPACES_PATH {
-                        resolve_namespace(child, namespace_template, tail, path)
-                    } else {
-                        resolve(child, namespace_template, tail, path)
+                    let found = match templates.named(&path_string(path)) {
+                        Some(template) => resolve_named(child, template, templates, tail, path),
+                        None => resolve(child, templates, tail, path),
                     };
                     if found.is_some() {
                         return found;
@@ -341,11 +412,12 @@ fn resolve(
     }
 }
 
-/// `<NAME>_<OPTION>` under `channel.namespaces`: names may contain `-` and `_`, so the
-/// longest name that fits wins.
-fn resolve_namespace(
+/// `<NAME>_<OPTION>` under a list of named objects: names may contain `-`, `_` and `.`
+/// (written `_` in variable names), so the longest name that fits wins.
+fn resolve_named(
     list: &Value,
-    namespace_template: &Value,
+    template: &Value,
+    templates: &Templates,
     rest: &str,
     path: &mut Vec<Segment>,
 ) -> Option<Target> {
@@ -355,11 +427,20 @@ fn resolve_namespace(
     let mut named: Vec<(usize, String)> = items
         .iter()
         .enumerate()
-        .filter_map(|(i, ns)| Some((i, ns.get("name")?.as_str()?.to_owned())))
+        .filter_map(|(i, item)| Some((i, item.get("name")?.as_str()?.to_owned())))
         .collect();
     named.sort_by_key(|(_, name)| std::cmp::Reverse(name.len()));
     for (index, name) in named {
-        let upper = name.to_ascii_uppercase().replace('-', "_");
+        let upper: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         let Some(tail) = rest
             .strip_prefix(upper.as_str())
             .and_then(|t| t.strip_prefix('_'))
@@ -367,7 +448,7 @@ fn resolve_namespace(
             continue;
         };
         path.push(Segment::Index(index));
-        if let Some(found) = resolve(namespace_template, namespace_template, tail, path)
+        if let Some(found) = resolve(template, templates, tail, path)
             && found.path.last() != Some(&Segment::Key("name".to_owned()))
         {
             return Some(found);
@@ -419,32 +500,54 @@ fn from_tree(tree: Value, origins: &HashMap<String, String>) -> Result<Config, C
     serde_path_to_error::deserialize(tree).map_err(|err| path_error(&err, "", origins))
 }
 
-/// Serde loses the path inside `#[serde(flatten)]` fields, so those parts (namespace options,
-/// the subscription token key set) are deserialized on their own first, for errors like
+/// Serde loses the path inside `#[serde(flatten)]` fields, so those parts (namespace and
+/// RPC namespace options, proxy objects beside `name` or `enabled`, the subscription token
+/// key set) are deserialized on their own first, for errors like
 /// `channel.namespaces[0].history_size: invalid type ...`.
 fn check_flattened(tree: &Value, origins: &HashMap<String, String>) -> Result<(), ConfigError> {
-    if let Some(Value::Array(items)) = get_at(tree, &namespaces_path()) {
+    check_named_items::<NamespaceOptions>(tree, NAMESPACES_PATH, origins)?;
+    check_named_items::<RpcNamespaceOptions>(tree, RPC_NAMESPACES_PATH, origins)?;
+    check_named_items::<ProxyConfig>(tree, PROXIES_PATH, origins)?;
+    for key in ["client.proxy.connect", "client.proxy.refresh"] {
+        check_beside::<ProxyConfig>(tree, key, "enabled", origins)?;
+    }
+    check_beside::<TokenConfig>(tree, "client.subscription_token", "enabled", origins)
+}
+
+/// Deserializes each element of the list at `list_path` without its `name` as `T`.
+fn check_named_items<T: serde::de::DeserializeOwned>(
+    tree: &Value,
+    list_path: &str,
+    origins: &HashMap<String, String>,
+) -> Result<(), ConfigError> {
+    if let Some(Value::Array(items)) = get_at(tree, &key_path(list_path)) {
         for (index, item) in items.iter().enumerate() {
             let mut options = item.clone();
             if let Value::Object(map) = &mut options {
                 map.remove("name");
             }
-            let prefix = format!("{NAMESPACES_PATH}[{index}]");
-            serde_path_to_error::deserialize::<_, NamespaceOptions>(options)
+            let prefix = format!("{list_path}[{index}]");
+            serde_path_to_error::deserialize::<_, T>(options)
                 .map_err(|err| path_error(&err, &prefix, origins))?;
         }
     }
-    let token_path = [
-        Segment::Key("client".to_owned()),
-        Segment::Key("subscription_token".to_owned()),
-    ];
-    if let Some(token) = get_at(tree, &token_path) {
-        let mut token = token.clone();
-        if let Value::Object(map) = &mut token {
-            map.remove("enabled");
+    Ok(())
+}
+
+/// Deserializes the object at `key` without its `beside` key as `T`.
+fn check_beside<T: serde::de::DeserializeOwned>(
+    tree: &Value,
+    key: &str,
+    beside: &str,
+    origins: &HashMap<String, String>,
+) -> Result<(), ConfigError> {
+    if let Some(value) = get_at(tree, &key_path(key)) {
+        let mut value = value.clone();
+        if let Value::Object(map) = &mut value {
+            map.remove(beside);
         }
-        serde_path_to_error::deserialize::<_, TokenConfig>(token)
-            .map_err(|err| path_error(&err, "client.subscription_token", origins))?;
+        serde_path_to_error::deserialize::<_, T>(value)
+            .map_err(|err| path_error(&err, key, origins))?;
     }
     Ok(())
 }
@@ -471,8 +574,9 @@ fn path_error(
     }
 }
 
-fn namespaces_path() -> Vec<Segment> {
-    NAMESPACES_PATH
+/// `a.b.c` as segments (keys only).
+fn key_path(dotted: &str) -> Vec<Segment> {
+    dotted
         .split('.')
         .map(|k| Segment::Key(k.to_owned()))
         .collect()
