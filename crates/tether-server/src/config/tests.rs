@@ -926,3 +926,767 @@ fn nats_broker_rules_name_the_key() {
     c.engine.kind = EngineKind::Redis;
     c.validate().unwrap();
 }
+
+// === proxies ===
+
+/// The example of compat-proxy §2.2.
+const PROXY_EXAMPLE: &str = r#"{
+  "client": {
+    "proxy": {
+      "connect": {"enabled": true, "endpoint": "http://app:3000/centrifugo/connect", "timeout": "1s"},
+      "refresh": {"enabled": true, "endpoint": "http://app:3000/centrifugo/refresh"}
+    }
+  },
+  "channel": {
+    "proxy": {
+      "subscribe":        {"endpoint": "http://app:3000/centrifugo/subscribe"},
+      "publish":          {"endpoint": "http://app:3000/centrifugo/publish"},
+      "sub_refresh":      {"endpoint": "http://app:3000/centrifugo/sub_refresh"},
+      "subscribe_stream": {"endpoint": "grpc://app:9000"}
+    },
+    "without_namespace": {"subscribe_proxy_enabled": true},
+    "namespaces": [
+      {"name": "chat", "publish_proxy_enabled": true, "publish_proxy_name": "chat_backend"}
+    ]
+  },
+  "rpc": {
+    "proxy": {"endpoint": "http://app:3000/centrifugo/rpc"},
+    "without_namespace": {"proxy_enabled": true},
+    "namespaces": [{"name": "billing", "proxy_enabled": true, "proxy_name": "billing"}],
+    "namespace_boundary": ":"
+  },
+  "proxies": [
+    {"name": "chat_backend", "endpoint": "http://chat:4000/centrifugo/publish", "timeout": "2s"},
+    {"name": "billing", "endpoint": "grpc://billing:9000"}
+  ]
+}"#;
+
+fn proxy_example() -> Config {
+    Config::load(
+        Some(&file("proxy-example", "json", PROXY_EXAMPLE)),
+        &no_env(),
+    )
+    .unwrap()
+}
+
+fn named(name: &str, endpoint: &str) -> NamedProxy {
+    NamedProxy {
+        name: name.to_owned(),
+        proxy: ProxyConfig {
+            endpoint: endpoint.to_owned(),
+            ..ProxyConfig::default()
+        },
+    }
+}
+
+fn endpoint(proxy: Option<&ProxyConfig>) -> Option<&str> {
+    proxy.map(|p| p.endpoint.as_str())
+}
+
+#[test]
+fn proxy_defaults_match_centrifugo() {
+    let c = Config::default();
+    assert_eq!(ProxyConfig::default().timeout, Duration::from_secs(1));
+    assert!(!c.client.proxy.connect.enabled);
+    assert_eq!(c.client.proxy.connect.proxy.timeout, Duration::from_secs(1));
+    assert_eq!(
+        c.channel.proxy.subscribe_stream.timeout,
+        Duration::from_secs(1)
+    );
+    let ns = NamespaceOptions::default();
+    for name in [
+        &ns.subscribe_proxy_name,
+        &ns.publish_proxy_name,
+        &ns.sub_refresh_proxy_name,
+        &ns.subscribe_stream_proxy_name,
+    ] {
+        assert_eq!(name, "default");
+    }
+    assert!(!ns.subscribe_proxy_enabled && !ns.subscribe_stream_proxy_bidirectional);
+    assert_eq!(c.rpc.namespace_boundary, ":");
+    assert_eq!(c.rpc.without_namespace.proxy_name, "default");
+    assert!(!c.rpc.without_namespace.proxy_enabled);
+    assert!(!c.rpc.ping.enabled);
+    assert_eq!(c.rpc.ping.method, "ping");
+    assert!(c.proxies.is_empty());
+    assert!(!c.client.proxy.connect.proxy.http.tls.enabled);
+    // A namespace written without proxy keys deserializes to the same defaults.
+    let text =
+        r#"{"channel":{"namespaces":[{"name":"plain"}]},"rpc":{"namespaces":[{"name":"rp"}]}}"#;
+    let c = Config::load(Some(&file("proxy-defaults", "json", text)), &no_env()).unwrap();
+    assert_eq!(c.channel.namespaces[0].options, NamespaceOptions::default());
+    assert_eq!(c.rpc.namespaces[0].options, RpcNamespaceOptions::default());
+    // Nothing is enabled, so the empty proxy objects are not validated.
+    Config::default().validate().unwrap();
+}
+
+#[test]
+fn proxy_example_loads_and_lookups_answer() {
+    let c = proxy_example();
+    assert_eq!(
+        endpoint(c.proxy(ProxyEvent::Connect, "ignored")),
+        Some("http://app:3000/centrifugo/connect")
+    );
+    assert_eq!(
+        endpoint(c.proxy(ProxyEvent::Refresh, "default")),
+        Some("http://app:3000/centrifugo/refresh")
+    );
+    assert_eq!(
+        c.proxy(ProxyEvent::Refresh, "default").unwrap().timeout,
+        Duration::from_secs(1),
+        "default timeout"
+    );
+    for (event, expected) in [
+        (
+            ProxyEvent::Subscribe,
+            "http://app:3000/centrifugo/subscribe",
+        ),
+        (ProxyEvent::Publish, "http://app:3000/centrifugo/publish"),
+        (
+            ProxyEvent::SubRefresh,
+            "http://app:3000/centrifugo/sub_refresh",
+        ),
+        (ProxyEvent::SubscribeStream, "grpc://app:9000"),
+        (ProxyEvent::Rpc, "http://app:3000/centrifugo/rpc"),
+    ] {
+        assert_eq!(
+            endpoint(c.proxy(event, "default")),
+            Some(expected),
+            "{event}"
+        );
+    }
+    let chat_backend = c.proxy(ProxyEvent::Publish, "chat_backend").unwrap();
+    assert_eq!(chat_backend.endpoint, "http://chat:4000/centrifugo/publish");
+    assert_eq!(chat_backend.timeout, Duration::from_secs(2));
+    assert!(chat_backend.is_http());
+    let billing = c.proxy(ProxyEvent::Rpc, "billing").unwrap();
+    assert!(!billing.is_http());
+    assert_eq!(billing.timeout, Duration::from_secs(1));
+    assert!(c.proxy(ProxyEvent::Subscribe, "nope").is_none());
+
+    // Namespaces pick their proxies by name.
+    let top = c.namespace_for("news").unwrap();
+    assert_eq!(top.proxy_name(ProxyEvent::Subscribe), Some("default"));
+    assert_eq!(top.proxy_name(ProxyEvent::Publish), None);
+    let chat = c.namespace_for("chat:room").unwrap();
+    assert_eq!(chat.proxy_name(ProxyEvent::Publish), Some("chat_backend"));
+    assert_eq!(chat.proxy_name(ProxyEvent::Subscribe), None);
+
+    // RPC methods pick their namespace by the part before the first boundary.
+    let plain = c.rpc_namespace_for("getUser").unwrap();
+    assert!(plain.proxy_enabled);
+    assert_eq!(plain.proxy_name, "default");
+    let billing = c.rpc_namespace_for("billing:charge:now").unwrap();
+    assert_eq!(billing.proxy_name, "billing");
+    assert_eq!(
+        c.rpc_namespace_for("shop:buy").unwrap_err(),
+        UnknownNamespace {
+            name: "shop".to_owned()
+        }
+    );
+    assert!(
+        c.rpc_namespace_for(":x").is_err(),
+        "empty namespace is unknown"
+    );
+}
+
+#[test]
+fn proxy_lookups_without_config() {
+    let mut c = Config::default();
+    assert!(c.proxy(ProxyEvent::Connect, "default").is_none(), "off");
+    assert!(c.proxy(ProxyEvent::Refresh, "default").is_none(), "off");
+    c.client.proxy.refresh.enabled = true;
+    assert!(c.proxy(ProxyEvent::Refresh, "default").is_some());
+    // An empty boundary means no RPC namespaces at all.
+    c.rpc.namespace_boundary = String::new();
+    c.rpc.without_namespace.proxy_enabled = true;
+    assert!(c.rpc_namespace_for("billing:charge").unwrap().proxy_enabled);
+    c.rpc.namespace_boundary = ".".to_owned();
+    assert!(c.rpc_namespace_for("billing:charge").is_ok(), "no '.'");
+    assert!(c.rpc_namespace_for("a.b").is_err());
+}
+
+#[test]
+fn proxy_example_in_yaml_and_toml_loads_the_same() {
+    let yaml = r#"
+client:
+  proxy:
+    connect: {enabled: true, endpoint: "http://app:3000/c", timeout: 3s,
+              http_headers: [Authorization, Cookie],
+              http: {static_headers: {X-App: tether}, tls: {enabled: true, server_name: app}}}
+proxies:
+  - name: g.rpc
+    endpoint: grpc://billing:9000
+    grpc: {credentials_key: authorization, credentials_value: secret, compression: true,
+           static_metadata: {x-team: pay}}
+"#;
+    let toml = r#"
+[client.proxy.connect]
+enabled = true
+endpoint = "http://app:3000/c"
+timeout = "3s"
+http_headers = ["Authorization", "Cookie"]
+[client.proxy.connect.http.static_headers]
+X-App = "tether"
+[client.proxy.connect.http.tls]
+enabled = true
+server_name = "app"
+[[proxies]]
+name = "g.rpc"
+endpoint = "grpc://billing:9000"
+[proxies.grpc]
+credentials_key = "authorization"
+credentials_value = "secret"
+compression = true
+static_metadata = { x-team = "pay" }
+"#;
+    let mut a = Config::load(Some(&file("proxy-same", "yaml", yaml)), &no_env()).unwrap();
+    let mut b = Config::load(Some(&file("proxy-same", "toml", toml)), &no_env()).unwrap();
+    a.node.name.clear();
+    b.node.name.clear();
+    assert_eq!(a, b);
+    let connect = &a.client.proxy.connect.proxy;
+    assert_eq!(connect.timeout, Duration::from_secs(3));
+    assert_eq!(connect.http_headers, ["Authorization", "Cookie"]);
+    assert_eq!(connect.http.static_headers["X-App"], "tether");
+    assert!(connect.http.tls.enabled);
+    assert_eq!(connect.http.tls.server_name, "app");
+    let grpc = &a.proxy(ProxyEvent::Subscribe, "g.rpc").unwrap().grpc;
+    assert_eq!(grpc.credentials_value, "secret");
+    assert!(grpc.compression);
+    assert_eq!(grpc.static_metadata["x-team"], "pay");
+}
+
+#[test]
+fn proxy_transforms_and_tls_keys_load() {
+    let text = r#"{"proxies":[{"name":"tr","endpoint":"http://x/","http":{
+        "tls":{"enabled":true,"cert_pem":"c","cert_pem_file":"/c.pem","key_pem":"k",
+               "key_pem_file":"/k.pem","server_ca_pem":"ca","server_ca_pem_file":"/ca.pem",
+               "client_ca_pem":"cca","insecure_skip_verify":true,"server_name":"x"},
+        "status_to_code_transforms":[
+          {"status_code":404,"to_error":{"code":404,"message":"not found","temporary":false}},
+          {"status_code":401,"to_disconnect":{"code":4501,"reason":"unauthorized"}}]}}]}"#;
+    let c = Config::load(Some(&file("transforms", "json", text)), &no_env()).unwrap();
+    let http = &c.proxies[0].proxy.http;
+    let tls = &http.tls;
+    assert!(tls.enabled && tls.insecure_skip_verify);
+    assert_eq!(
+        [
+            &tls.cert_pem,
+            &tls.cert_pem_file,
+            &tls.key_pem,
+            &tls.key_pem_file,
+            &tls.server_ca_pem,
+            &tls.server_ca_pem_file,
+            &tls.client_ca_pem,
+            &tls.server_name
+        ],
+        ["c", "/c.pem", "k", "/k.pem", "ca", "/ca.pem", "cca", "x"]
+    );
+    let [not_found, unauthorized] = &http.status_to_code_transforms[..] else {
+        panic!("two transforms");
+    };
+    assert_eq!(not_found.status_code, 404);
+    assert_eq!(
+        not_found.to_error,
+        ProxyErrorConfig {
+            code: 404,
+            message: "not found".to_owned(),
+            temporary: false
+        }
+    );
+    assert_eq!(unauthorized.to_disconnect.code, 4501);
+    assert_eq!(unauthorized.to_disconnect.reason, "unauthorized");
+}
+
+#[test]
+fn unknown_proxy_keys_are_errors_naming_the_key() {
+    let cases = [
+        (
+            r#"{"client":{"proxy":{"connect":{"enabled":true,"endpiont":"x"}}}}"#,
+            "client.proxy.connect.endpiont",
+        ),
+        (
+            r#"{"proxies":[{"name":"ok","endpoint":"x","timout":"1s"}]}"#,
+            "proxies[0].timout",
+        ),
+        (
+            r#"{"proxies":[{"name":"ok","endpoint":"x","http":{"tls":{"cert":"x"}}}]}"#,
+            "proxies[0].http.tls.cert",
+        ),
+        (
+            r#"{"channel":{"proxy":{"publish":{"http":{"static_http_headers":{}}}}}}"#,
+            "channel.proxy.publish.http.static_http_headers",
+        ),
+        (
+            r#"{"rpc":{"namespaces":[{"name":"ok","proxy":true}]}}"#,
+            "rpc.namespaces[0].proxy",
+        ),
+        (
+            r#"{"proxies":[{"name":"ok","endpoint":"x","http":{"status_to_code_transforms":[{"status_code":1,"to_eror":{}}]}}]}"#,
+            "proxies[0].http.status_to_code_transforms[0].to_eror",
+        ),
+        // v5's flat keys do not exist in v6.
+        (
+            r#"{"client":{"proxy":{"connect":{"proxy_connect_endpoint":"x"}}}}"#,
+            "client.proxy.connect.proxy_connect_endpoint",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = Config::load(Some(&file("proxy-unknown", "json", text)), &no_env()).unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownKey { .. }), "{err}");
+        assert_eq!(key_of(&err), key);
+    }
+}
+
+#[test]
+fn proxy_type_errors_name_the_key() {
+    let cases = [
+        (
+            r#"{"proxies":[{"name":"ok","endpoint":"x","timeout":"soon"}]}"#,
+            "proxies[0].timeout",
+        ),
+        (
+            r#"{"client":{"proxy":{"connect":{"enabled":true,"binary_encoding":"yes"}}}}"#,
+            "client.proxy.connect.binary_encoding",
+        ),
+        (
+            r#"{"rpc":{"namespaces":[{"name":"ok","proxy_enabled":1}]}}"#,
+            "rpc.namespaces[0].proxy_enabled",
+        ),
+        (
+            r#"{"channel":{"proxy":{"subscribe":{"http":{"static_headers":{"X":1}}}}}}"#,
+            "channel.proxy.subscribe.http.static_headers.X",
+        ),
+        (
+            r#"{"proxies":[{"name":"ok","endpoint":"x","http":{"status_to_code_transforms":{}}}]}"#,
+            "proxies[0].http.status_to_code_transforms",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = Config::load(Some(&file("proxy-types", "json", text)), &no_env()).unwrap_err();
+        assert_eq!(key_of(&err), key, "{err}");
+    }
+}
+
+#[test]
+fn proxy_validation_rules_name_the_key() {
+    type Mutate = fn(&mut Config);
+    let cases: [(Mutate, &str, &str); 22] = [
+        (
+            |c| c.proxies = vec![named("default", "http://x/")],
+            "proxies[0].name",
+            "proxy name default is reserved",
+        ),
+        (
+            |c| c.proxies = vec![named("x", "http://x/")],
+            "proxies[0].name",
+            "must match",
+        ),
+        (
+            |c| c.proxies = vec![named("a b", "http://x/")],
+            "proxies[0].name",
+            "must match",
+        ),
+        (
+            |c| {
+                c.proxies = vec![
+                    named("p1", "http://x/"),
+                    named("p2", "http://y/"),
+                    named("p1", "grpc://z"),
+                ]
+            },
+            "proxies[2].name",
+            "duplicate",
+        ),
+        (
+            |c| c.proxies = vec![named("p1", "")],
+            "proxies[0].endpoint",
+            "must be set",
+        ),
+        (
+            |c| {
+                c.proxies = vec![named("p1", "http://x/")];
+                c.proxies[0].proxy.timeout = Duration::ZERO;
+            },
+            "proxies[0].timeout",
+            "greater than 0",
+        ),
+        (
+            |c| c.client.proxy.connect.enabled = true,
+            "client.proxy.connect.endpoint",
+            "must be set",
+        ),
+        (
+            |c| {
+                c.client.proxy.refresh.enabled = true;
+                c.client.proxy.refresh.proxy.endpoint = "http://x/".to_owned();
+                c.client.proxy.refresh.proxy.timeout = Duration::ZERO;
+            },
+            "client.proxy.refresh.timeout",
+            "greater than 0",
+        ),
+        (
+            |c| c.channel.without_namespace.subscribe_proxy_enabled = true,
+            "channel.proxy.subscribe.endpoint",
+            "must be set",
+        ),
+        (
+            |c| {
+                let mut n = ns("chat");
+                n.options.sub_refresh_proxy_enabled = true;
+                c.channel.namespaces = vec![n];
+            },
+            "channel.proxy.sub_refresh.endpoint",
+            "must be set",
+        ),
+        (
+            |c| {
+                let mut n = ns("chat");
+                n.options.publish_proxy_enabled = true;
+                n.options.publish_proxy_name = "missing".to_owned();
+                c.channel.namespaces = vec![ns("ok"), n];
+            },
+            "channel.namespaces[1].publish_proxy_name",
+            "publish proxy with name \"missing\" not found",
+        ),
+        (
+            |c| {
+                c.channel.without_namespace.subscribe_proxy_enabled = true;
+                c.channel.without_namespace.subscribe_proxy_name = "nope".to_owned();
+            },
+            "channel.without_namespace.subscribe_proxy_name",
+            "subscribe proxy with name \"nope\" not found",
+        ),
+        (
+            |c| {
+                c.channel.proxy.subscribe_stream.endpoint = "grpc://x:1".to_owned();
+                c.channel.proxy.publish.endpoint = "http://x/".to_owned();
+                let o = &mut c.channel.without_namespace;
+                o.subscribe_stream_proxy_enabled = true;
+                o.publish_proxy_enabled = true;
+            },
+            "channel.without_namespace.subscribe_stream_proxy_enabled",
+            "can not be used together",
+        ),
+        (
+            |c| {
+                c.channel.proxy.subscribe_stream.endpoint = "http://x/".to_owned();
+                c.channel.without_namespace.subscribe_stream_proxy_enabled = true;
+            },
+            "channel.proxy.subscribe_stream.endpoint",
+            "only GRPC endpoints supported",
+        ),
+        (
+            |c| {
+                c.proxies = vec![named("ok", "grpc://a:1"), named("stream", "https://x/")];
+                let mut n = ns("live");
+                n.options.subscribe_stream_proxy_enabled = true;
+                n.options.subscribe_stream_proxy_name = "stream".to_owned();
+                c.channel.namespaces = vec![n];
+            },
+            "proxies[1].endpoint",
+            "only GRPC endpoints supported",
+        ),
+        (
+            |c| c.rpc.without_namespace.proxy_enabled = true,
+            "rpc.proxy.endpoint",
+            "must be set",
+        ),
+        (
+            |c| {
+                c.rpc.namespaces = vec![RpcNamespace {
+                    name: "billing".to_owned(),
+                    options: RpcNamespaceOptions {
+                        proxy_enabled: true,
+                        proxy_name: "billing".to_owned(),
+                    },
+                }];
+            },
+            "rpc.namespaces[0].proxy_name",
+            "proxy billing not found for rpc",
+        ),
+        (
+            |c| c.rpc.namespaces = vec![rpc_ns("x")],
+            "rpc.namespaces[0].name",
+            "must match",
+        ),
+        (
+            |c| c.rpc.namespaces = vec![rpc_ns("a.b"), rpc_ns("a.b")],
+            "rpc.namespaces[1].name",
+            "duplicate",
+        ),
+        (
+            |c| {
+                c.proxies = vec![named("p1", "http://x/")];
+                c.proxies[0].proxy.http.status_to_code_transforms =
+                    vec![StatusToCodeTransform::default()];
+            },
+            "proxies[0].http.status_to_code_transforms[0].status_code",
+            "must be set",
+        ),
+        (
+            |c| {
+                c.proxies = vec![named("p1", "http://x/")];
+                let mut both = StatusToCodeTransform {
+                    status_code: 404,
+                    ..StatusToCodeTransform::default()
+                };
+                both.to_error.code = 404;
+                both.to_disconnect.code = 4404;
+                c.proxies[0].proxy.http.status_to_code_transforms = vec![both];
+            },
+            "proxies[0].http.status_to_code_transforms[0]",
+            "exactly one",
+        ),
+        (
+            |c| {
+                c.client.proxy.connect.enabled = true;
+                c.client.proxy.connect.proxy.endpoint = "http://x/".to_owned();
+                let mut t = StatusToCodeTransform {
+                    status_code: 403,
+                    ..StatusToCodeTransform::default()
+                };
+                t.to_disconnect.code = 4403;
+                t.to_disconnect.reason = "interdit é".to_owned();
+                c.client.proxy.connect.proxy.http.status_to_code_transforms = vec![t];
+            },
+            "client.proxy.connect.http.status_to_code_transforms[0].to_disconnect.reason",
+            "ASCII",
+        ),
+    ];
+    for (mutate, key, message) in cases {
+        let mut c = Config::default();
+        mutate(&mut c);
+        let err = c.validate().unwrap_err();
+        assert_eq!(key_of(&err), key, "{err}");
+        assert!(err.to_string().contains(message), "{err}");
+    }
+}
+
+#[test]
+fn unused_proxies_are_not_validated() {
+    let mut c = Config::default();
+    // Disabled connect/refresh, channel and rpc objects nobody enables: not checked.
+    c.client.proxy.connect.proxy.timeout = Duration::ZERO;
+    c.channel.proxy.subscribe_stream.endpoint = "http://x/".to_owned();
+    c.channel.proxy.publish.timeout = Duration::ZERO;
+    c.rpc.proxy.timeout = Duration::ZERO;
+    // A name pointing nowhere is fine while the proxy is off.
+    c.channel.without_namespace.publish_proxy_name = "nowhere".to_owned();
+    c.validate().unwrap();
+    // A namespace that uses a named proxy does not make the "default" object used.
+    c.proxies = vec![named("pub", "http://p/")];
+    c.channel.without_namespace.publish_proxy_enabled = true;
+    c.channel.without_namespace.publish_proxy_name = "pub".to_owned();
+    c.validate().unwrap();
+    // The stream proxy alone, over gRPC, is fine; so is a transform with one outcome.
+    c.channel.proxy.subscribe_stream.endpoint = "grpc://s:1".to_owned();
+    let mut n = ns("live");
+    n.options.subscribe_stream_proxy_enabled = true;
+    n.options.subscribe_stream_proxy_bidirectional = true;
+    c.channel.namespaces.push(n);
+    let mut t = StatusToCodeTransform {
+        status_code: 401,
+        ..StatusToCodeTransform::default()
+    };
+    t.to_disconnect.code = 4501;
+    t.to_disconnect.reason = "unauthorized".to_owned();
+    c.proxies[0].proxy.http.status_to_code_transforms.push(t);
+    c.validate().unwrap();
+}
+
+#[test]
+fn env_overrides_proxy_keys() {
+    let e = env(&[
+        ("TETHER_CLIENT_PROXY_CONNECT_ENABLED", "true"),
+        (
+            "TETHER_CLIENT_PROXY_CONNECT_ENDPOINT",
+            "http://app:3000/centrifugo/connect",
+        ),
+        ("TETHER_CLIENT_PROXY_CONNECT_TIMEOUT", "750ms"),
+        (
+            "TETHER_CLIENT_PROXY_CONNECT_HTTP_HEADERS",
+            "Cookie, Authorization",
+        ),
+        (
+            "TETHER_CLIENT_PROXY_CONNECT_HTTP_STATIC_HEADERS",
+            r#"{"X-App":"tether"}"#,
+        ),
+        ("TETHER_CLIENT_PROXY_CONNECT_HTTP_TLS_ENABLED", "true"),
+        (
+            "TETHER_CLIENT_PROXY_CONNECT_HTTP_TLS_SERVER_CA_PEM",
+            "/ca.pem",
+        ),
+        (
+            "TETHER_CLIENT_PROXY_CONNECT_HTTP_STATUS_TO_CODE_TRANSFORMS",
+            r#"[{"status_code":401,"to_disconnect":{"code":4501,"reason":"unauthorized"}}]"#,
+        ),
+        ("TETHER_CHANNEL_PROXY_PUBLISH_ENDPOINT", "grpc://app:9000"),
+        ("TETHER_CHANNEL_PROXY_PUBLISH_GRPC_COMPRESSION", "true"),
+        (
+            "TETHER_CHANNEL_WITHOUT_NAMESPACE_PUBLISH_PROXY_ENABLED",
+            "true",
+        ),
+        ("TETHER_RPC_PROXY_ENDPOINT", "http://app:3000/rpc"),
+        ("TETHER_RPC_WITHOUT_NAMESPACE_PROXY_ENABLED", "1"),
+        ("TETHER_RPC_NAMESPACE_BOUNDARY", "."),
+        ("TETHER_RPC_PING_ENABLED", "true"),
+    ]);
+    let (c, warnings) = Config::load_with_warnings(None, &e).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let connect = c.proxy(ProxyEvent::Connect, "default").unwrap();
+    assert_eq!(connect.endpoint, "http://app:3000/centrifugo/connect");
+    assert_eq!(connect.timeout, Duration::from_millis(750));
+    assert_eq!(connect.http_headers, ["Cookie", "Authorization"]);
+    assert_eq!(connect.http.static_headers["X-App"], "tether");
+    assert!(connect.http.tls.enabled);
+    assert_eq!(connect.http.tls.server_ca_pem, "/ca.pem");
+    assert_eq!(
+        connect.http.status_to_code_transforms[0].to_disconnect.code,
+        4501
+    );
+    let publish = c.proxy(ProxyEvent::Publish, "default").unwrap();
+    assert_eq!(publish.endpoint, "grpc://app:9000");
+    assert!(publish.grpc.compression);
+    assert!(c.channel.without_namespace.publish_proxy_enabled);
+    assert_eq!(
+        endpoint(c.proxy(ProxyEvent::Rpc, "default")),
+        Some("http://app:3000/rpc")
+    );
+    assert!(
+        c.rpc_namespace_for("any:thing").unwrap().proxy_enabled,
+        "boundary is '.'"
+    );
+    assert!(c.rpc.ping.enabled);
+}
+
+#[test]
+fn env_proxies_as_a_json_list_and_by_name() {
+    let e = env(&[(
+        "TETHER_PROXIES",
+        r#"[{"name":"chat_backend","endpoint":"http://chat:4000/pub","timeout":"2s"},
+            {"name":"billing.v2","endpoint":"grpc://billing:9000"}]"#,
+    )]);
+    let c = Config::load(None, &e).unwrap();
+    assert_eq!(c.proxies.len(), 2);
+    assert_eq!(
+        c.proxy(ProxyEvent::Publish, "chat_backend")
+            .unwrap()
+            .timeout,
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        c.proxy(ProxyEvent::Rpc, "billing.v2").unwrap().timeout,
+        Duration::from_secs(1),
+        "defaults fill the rest"
+    );
+
+    // Names in the list variable, options per name (`.` and `-` are written `_`).
+    let e = env(&[
+        ("TETHER_PROXIES", "chat_backend billing.v2"),
+        (
+            "TETHER_PROXIES_CHAT_BACKEND_ENDPOINT",
+            "http://chat:4000/pub",
+        ),
+        ("TETHER_PROXIES_BILLING_V2_ENDPOINT", "grpc://billing:9000"),
+        ("TETHER_PROXIES_BILLING_V2_TIMEOUT", "5s"),
+        (
+            "TETHER_PROXIES_BILLING_V2_GRPC_CREDENTIALS_KEY",
+            "authorization",
+        ),
+        ("TETHER_RPC_NAMESPACES", "billing"),
+        ("TETHER_RPC_NAMESPACES_BILLING_PROXY_ENABLED", "true"),
+        ("TETHER_RPC_NAMESPACES_BILLING_PROXY_NAME", "billing.v2"),
+    ]);
+    let c = Config::load(None, &e).unwrap();
+    let billing = c.rpc_namespace_for("billing:charge").unwrap();
+    assert!(billing.proxy_enabled);
+    let proxy = c.proxy(ProxyEvent::Rpc, &billing.proxy_name).unwrap();
+    assert_eq!(proxy.endpoint, "grpc://billing:9000");
+    assert_eq!(proxy.timeout, Duration::from_secs(5));
+    assert_eq!(proxy.grpc.credentials_key, "authorization");
+    assert_eq!(
+        endpoint(c.proxy(ProxyEvent::Publish, "chat_backend")),
+        Some("http://chat:4000/pub")
+    );
+
+    // Options of proxies from the file, without the list variable; env wins.
+    let e = env(&[("TETHER_PROXIES_CHAT_BACKEND_TIMEOUT", "3s")]);
+    let c = Config::load(Some(&file("proxy-env-file", "json", PROXY_EXAMPLE)), &e).unwrap();
+    assert_eq!(
+        c.proxy(ProxyEvent::Publish, "chat_backend")
+            .unwrap()
+            .timeout,
+        Duration::from_secs(3)
+    );
+    assert_eq!(c.proxies.len(), 2);
+}
+
+#[test]
+fn env_proxy_errors_name_the_variable_and_key() {
+    let e = env(&[(
+        "TETHER_PROXIES",
+        r#"[{"name":"p1","endpoint":"http://x/","timout":"2s"}]"#,
+    )]);
+    let err = Config::load(None, &e).unwrap_err();
+    assert_eq!(key_of(&err), "proxies[0].timout", "{err}");
+    let e = env(&[
+        ("TETHER_PROXIES", "p1"),
+        ("TETHER_PROXIES_P1_ENDPOINT", "http://x/"),
+        ("TETHER_PROXIES_P1_TIMEOUT", "later"),
+    ]);
+    let err = Config::load(None, &e).unwrap_err();
+    assert_eq!(key_of(&err), "proxies[0].timeout", "{err}");
+    assert!(
+        err.to_string().contains("TETHER_PROXIES_P1_TIMEOUT"),
+        "{err}"
+    );
+    let e = env(&[("TETHER_CLIENT_PROXY_REFRESH_TIMEOUT", "soon")]);
+    let err = Config::load(None, &e).unwrap_err();
+    assert_eq!(key_of(&err), "client.proxy.refresh.timeout", "{err}");
+    assert!(
+        err.to_string()
+            .contains("TETHER_CLIENT_PROXY_REFRESH_TIMEOUT"),
+        "{err}"
+    );
+    // Validation applies to env-built proxies too.
+    let e = env(&[("TETHER_PROXIES", "default")]);
+    let err = Config::load(None, &e).unwrap_err();
+    assert!(
+        err.to_string().contains("proxy name default is reserved"),
+        "{err}"
+    );
+}
+
+#[test]
+fn debug_output_hides_proxy_secrets() {
+    let mut c = Config::default();
+    c.client.proxy.connect.proxy.grpc.credentials_value = "grpc-secret".to_owned();
+    c.rpc.proxy.http.tls.key_pem = "-----BEGIN PRIVATE KEY-----".to_owned();
+    c.proxies.push(named("p1", "grpc://x:1"));
+    c.proxies[0].proxy.grpc.tls.key_pem = "PRIVATE-KEY-BYTES".to_owned();
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("grpc-secret"));
+    assert!(!shown.contains("BEGIN PRIVATE KEY"));
+    assert!(!shown.contains("PRIVATE-KEY-BYTES"));
+}
+
+#[test]
+fn proxy_config_round_trips_through_json() {
+    let c = proxy_example();
+    let text = serde_json::to_string(&c).unwrap();
+    assert!(
+        text.contains(r#""subscribe_proxy_name":"default""#),
+        "{text}"
+    );
+    let back: Config = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, c);
+}
+
+fn rpc_ns(name: &str) -> RpcNamespace {
+    RpcNamespace {
+        name: name.to_owned(),
+        options: RpcNamespaceOptions::default(),
+    }
+}
