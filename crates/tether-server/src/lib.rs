@@ -23,6 +23,8 @@
 //!   server, and writes replies only to its connection's handle, never to a socket.
 //! - `node`: [`server::Node`], the context every layer below the server shares (config, hub,
 //!   engine, token verifiers, metrics, cluster control, clock).
+//! - `proxy`: the backend proxy (client events handed to the application over HTTP), its
+//!   circuit breakers and in-flight bounds.
 //! - `cluster`: cluster control over the engine's control channel (announcements, surveys,
 //!   commands for a user's connections on every node).
 //! - [`hub`]: registries of connections, users and channels; encode-once fan-out; parking
@@ -47,6 +49,7 @@ pub mod delta;
 pub mod hub;
 mod metrics;
 mod node;
+mod proxy;
 pub mod server;
 mod session;
 mod small;

@@ -61,6 +61,9 @@ pub(crate) struct Metrics {
     pub heartbeat_timeouts: Counter,
     recoveries: [Counter; 2],
     engine_ops: Mutex<HashMap<&'static str, (Histogram, Counter)>>,
+    /// Proxy calls by (proxy, event, outcome), and their latency by (proxy, event).
+    proxy_calls: Mutex<HashMap<(String, &'static str, &'static str), Counter>>,
+    proxy_latency: Mutex<HashMap<(String, &'static str), Histogram>>,
     rss_bytes: Gauge,
     open_files: Gauge,
 }
@@ -105,6 +108,8 @@ impl Metrics {
             disconnects: Mutex::default(),
             commands: Mutex::default(),
             engine_ops: Mutex::default(),
+            proxy_calls: Mutex::default(),
+            proxy_latency: Mutex::default(),
             recorder,
             handle,
         }
@@ -182,6 +187,58 @@ impl Metrics {
         }
     }
 
+    /// Records one proxy call: `outcome` is `ok`, `refused` (the backend answered with an
+    /// error or a disconnect), `timeout`, `unavailable` (breaker open or too many in flight),
+    /// `failed` (transport, status or answer) or `bad_request`.
+    pub(crate) fn proxy_call(
+        &self,
+        proxy: &str,
+        event: &'static str,
+        outcome: &'static str,
+        took: Duration,
+    ) {
+        let mut calls = self.proxy_calls.lock();
+        calls
+            .entry((proxy.to_owned(), event, outcome))
+            .or_insert_with(|| {
+                self.recorder.register_counter(
+                    &owned_key(
+                        "tether_proxy_calls_total",
+                        &[("proxy", proxy), ("event", event), ("outcome", outcome)],
+                    ),
+                    &META,
+                )
+            })
+            .increment(1);
+        drop(calls);
+        if outcome == "unavailable" {
+            return;
+        }
+        self.proxy_latency
+            .lock()
+            .entry((proxy.to_owned(), event))
+            .or_insert_with(|| {
+                self.recorder.register_histogram(
+                    &owned_key(
+                        "tether_proxy_call_duration_seconds",
+                        &[("proxy", proxy), ("event", event)],
+                    ),
+                    &META,
+                )
+            })
+            .record(took.as_secs_f64());
+    }
+
+    /// Sets whether a proxy's circuit breaker is open.
+    pub(crate) fn proxy_breaker(&self, proxy: &str, open: bool) {
+        self.recorder
+            .register_gauge(
+                &owned_key("tether_proxy_breaker_open", &[("proxy", proxy)]),
+                &META,
+            )
+            .set(if open { 1.0 } else { 0.0 });
+    }
+
     /// The Prometheus text exposition, with process figures read now.
     pub(crate) fn render(&self) -> String {
         if let Some(rss) = read_rss_bytes() {
@@ -217,6 +274,17 @@ fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
         labels
             .iter()
             .map(|(k, v)| Label::new(*k, *v))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// A metric key whose label values are not static (a proxy's configured name).
+fn owned_key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    Key::from_parts(
+        name,
+        labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, (*v).to_owned()))
             .collect::<Vec<_>>(),
     )
 }

@@ -25,6 +25,7 @@ use crate::cluster::{Cluster, NodeInfo};
 use crate::config::{Config, EngineKind};
 use crate::hub::{Hub, HubEvents, SweepSettings};
 use crate::metrics::Metrics;
+use crate::proxy::{Proxies, ProxyBuildError};
 
 /// The time as a session sees it: wall-clock Unix seconds (for token expiry) and the node
 /// clock (the sweeper's time base).
@@ -62,6 +63,8 @@ pub struct Node {
     channel_regexes: HashMap<String, Regex>,
     /// Cluster control: other nodes, surveys, commands for every node's connections.
     pub(crate) cluster: Arc<Cluster>,
+    /// The backend proxies the config enables.
+    pub(crate) proxies: Proxies,
     /// The engine's control channel, taken by the control loop when the server runs.
     control: parking_lot::Mutex<Option<ControlReceiver>>,
     started: Instant,
@@ -76,6 +79,9 @@ pub enum StartError {
     /// The configured engine could not be built.
     #[error("cannot start the engine")]
     Engine(#[from] RedisStartError),
+    /// A backend proxy could not be built from its config.
+    #[error("invalid proxy configuration")]
+    Proxy(#[from] ProxyBuildError),
     /// The NATS broker could not connect (`broker.nats.url` unreachable within
     /// `broker.nats.dial_timeout`).
     #[error("cannot start the nats broker")]
@@ -102,6 +108,7 @@ impl Node {
             None
         };
         let metrics = Arc::new(Metrics::new());
+        let proxies = Proxies::new(&config, &metrics)?;
         let hub = Hub::with_metrics(metrics.clone());
         let channel_regexes = std::iter::once(&config.channel.without_namespace)
             .chain(config.channel.namespaces.iter().map(|ns| &ns.options))
@@ -144,6 +151,7 @@ impl Node {
             draining: CancellationToken::new(),
             channel_regexes,
             cluster,
+            proxies,
             control: parking_lot::Mutex::new(control),
             started: Instant::now(),
         }))

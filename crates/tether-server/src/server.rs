@@ -28,6 +28,7 @@ use tracing::{Instrument, Span, debug, debug_span, field, info, warn};
 
 use crate::config::Config;
 pub use crate::node::{Node, StartError};
+pub use crate::proxy::ProxyBuildError;
 use crate::transport::limits::Admission;
 
 /// A bound, not yet running node.

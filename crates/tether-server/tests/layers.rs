@@ -20,6 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "transport",
             "session",
             "node",
+            "proxy",
             "cluster",
             "hub",
             "wire",
@@ -46,16 +47,17 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "session",
         &[
-            "node", "cluster", "hub", "wire", "broker", "auth", "config", "metrics", "delta",
-            "small",
+            "node", "proxy", "cluster", "hub", "wire", "broker", "auth", "config", "metrics",
+            "delta", "small",
         ],
     ),
     (
         "node",
         &[
-            "cluster", "hub", "wire", "broker", "auth", "config", "metrics",
+            "proxy", "cluster", "hub", "wire", "broker", "auth", "config", "metrics",
         ],
     ),
+    ("proxy", &["config", "metrics"]),
     ("cluster", &["hub", "wire", "broker"]),
     ("hub", &["wire", "broker", "metrics", "delta", "small"]),
     ("wire", &["broker"]),

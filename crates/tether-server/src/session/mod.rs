@@ -12,6 +12,7 @@
 //! replies to the `subscribe` commands that centrifuge-js batches behind it.
 
 mod channel;
+mod proxy;
 mod rate;
 mod subs;
 mod subscribe;
@@ -19,6 +20,7 @@ mod subscribe;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use hyper::header::{HeaderName, HeaderValue};
 use tether_proto::codes::{ClientError, DisconnectCode, UnsubscribeCode};
 use tether_proto::{Command, Reply};
 use tokio::time::Instant;
@@ -29,6 +31,7 @@ use self::channel::{ChannelAccess, Permission};
 use self::subscribe::leave_engine;
 use crate::auth::TokenError;
 use crate::broker::{HistoryQuery, PublishOptions, StreamPosition};
+use crate::config::ProxyEvent;
 use crate::hub::{ConnHandle, Control, SubscribeOverrides, Subscriber};
 use crate::node::{Node, Now};
 use crate::wire::{Disconnect, encode_frame, to_proto_info, to_proto_publication};
@@ -57,6 +60,8 @@ pub(crate) struct Session {
     error_replies: u32,
     /// `client.command_rate_limit` state (pongs are not charged).
     rate: rate::CommandLimiter,
+    /// Headers, meta and server-side refresh of a connection that uses the backend proxy.
+    proxied: Option<Box<proxy::Proxied>>,
 }
 
 /// One subscription of this session.
@@ -70,6 +75,8 @@ struct SubState {
     chan_info: Option<Bytes>,
     /// Unix seconds at which the subscription token expires.
     expires_at: Option<i64>,
+    /// The subscribe proxy gave it and the sub_refresh proxy refreshes it (server-side).
+    refresh_by_proxy: bool,
 }
 
 impl SubState {
@@ -79,12 +86,49 @@ impl SubState {
     }
 }
 
+/// Who a connecting client is, from its token, the connect proxy or nothing (anonymous).
+#[derive(Debug, Default)]
+struct Credentials {
+    user: String,
+    info: Option<Bytes>,
+    /// When the credentials expire (Unix seconds).
+    expiry: Option<i64>,
+    server_subs: Vec<ServerSub>,
+    /// Custom data for the connect result (from the connect proxy).
+    data: Option<Bytes>,
+}
+
+/// A server-side subscription made at connect.
+#[derive(Debug)]
+struct ServerSub {
+    channel: String,
+    overrides: SubscribeOverrides,
+    info: Option<Bytes>,
+    /// Custom data for its subscribe result.
+    data: Option<Bytes>,
+}
+
+impl ServerSub {
+    /// With the namespace's options as they are.
+    fn plain(channel: String) -> Self {
+        Self {
+            channel,
+            overrides: SubscribeOverrides::default(),
+            info: None,
+            data: None,
+        }
+    }
+}
+
 /// Result of handling a command: `Err` means close the connection with that code.
 pub(crate) type Outcome = Result<(), Disconnect>;
 
 impl Session {
     /// A session for a freshly accepted connection.
-    pub(crate) fn new(conn: ConnHandle) -> Self {
+    ///
+    /// `forward` holds the headers of the connection's request that a proxy forwards (none
+    /// without proxies that forward headers).
+    pub(crate) fn new(conn: ConnHandle, forward: Vec<(HeaderName, HeaderValue)>) -> Self {
         Self {
             conn,
             state: State::Connecting,
@@ -92,6 +136,15 @@ impl Session {
             subs: subs::Subs::default(),
             error_replies: 0,
             rate: rate::CommandLimiter::default(),
+            proxied: (!forward.is_empty()).then(|| {
+                Box::new(proxy::Proxied {
+                    forward: crate::proxy::Forward {
+                        http: forward,
+                        emulated: Vec::new(),
+                    },
+                    ..Default::default()
+                })
+            }),
         }
     }
 
@@ -182,8 +235,8 @@ impl Session {
             self.presence(node, &req.channel, true).await?
         } else if let Some(req) = cmd.history.take() {
             self.history(node, req, now).await?
-        } else if cmd.rpc.take().is_some() {
-            error_reply(ClientError::NOT_AVAILABLE)
+        } else if let Some(req) = cmd.rpc.take() {
+            self.rpc(node, req).await?
         } else if let Some(req) = cmd.refresh.take() {
             self.refresh(node, &req.token, now).await?
         } else if let Some(req) = cmd.sub_refresh.take() {
@@ -238,7 +291,10 @@ impl Session {
                 }
                 Ok(())
             }
-            Control::CheckExpiry => self.check_sub_expiry(node, now).await,
+            Control::CheckExpiry => {
+                self.refresh_via_proxy(node, now).await?;
+                self.check_sub_expiry(node, now).await
+            }
             Control::InsufficientState { channel } => {
                 // Only the subscription the notice was for: one that replaced it since (the
                 // client left and subscribed again) is not stale.
@@ -307,13 +363,9 @@ impl Session {
             return Err(DisconnectCode::BAD_REQUEST.into());
         }
         let config = &node.config;
-        let mut server_subs: Vec<(String, Option<crate::auth::SubscribeOptions>)> = Vec::new();
-        let (user, info, expiry) = if req.token.is_empty() {
-            if !(config.client.insecure || config.client.allow_anonymous_connect_without_token) {
-                return Err(DisconnectCode::BAD_REQUEST.into());
-            }
-            (String::new(), None, None)
-        } else {
+        let mut server_subs: Vec<ServerSub> = Vec::new();
+        let mut connect_data = None;
+        let (user, info, expiry) = if !req.token.is_empty() {
             // A token signed with a JWKS key not seen yet: fetch it first (no-op otherwise).
             node.tokens.ensure_key(&req.token).await;
             let claims = match node.tokens.verify_connect(&req.token, now.unix) {
@@ -338,13 +390,106 @@ impl Session {
             }
             let expiry = claims.expires_at();
             for channel in &claims.channels {
-                server_subs.push((channel.clone(), None));
+                server_subs.push(ServerSub::plain(channel.clone()));
             }
             for (channel, opts) in claims.subs {
-                server_subs.push((channel, Some(opts)));
+                server_subs.push(ServerSub {
+                    channel,
+                    overrides: opts
+                        .override_
+                        .map(SubscribeOverrides::from)
+                        .unwrap_or_default(),
+                    info: opts.info,
+                    data: opts.data,
+                });
             }
             (claims.sub, claims.info, expiry)
+        } else if let Some(proxy) = node.proxies.connect() {
+            let result = match self.connect_via_proxy(node, proxy, req).await? {
+                proxy::Verdict::Go(result) => result,
+                proxy::Verdict::Reply(reply) => {
+                    self.state = State::Failed;
+                    return self.send_reply(id, *reply);
+                }
+            };
+            let Some(result) = result else {
+                // No credentials: as a connect without a token and without a proxy.
+                if !(config.client.insecure || config.client.allow_anonymous_connect_without_token)
+                {
+                    return Err(DisconnectCode::BAD_REQUEST.into());
+                }
+                return self
+                    .finish_connect(node, id, req, Credentials::default(), now)
+                    .await;
+            };
+            // The backend decided: no permission checks, but every channel needs a namespace.
+            if result
+                .channels
+                .iter()
+                .chain(result.subs.keys())
+                .any(|channel| config.namespace_for(channel).is_err())
+            {
+                return self.fail_connect(id, ClientError::UNKNOWN_CHANNEL);
+            }
+            for channel in &result.channels {
+                if !result.subs.contains_key(channel) {
+                    server_subs.push(ServerSub::plain(channel.clone()));
+                }
+            }
+            for (channel, opts) in result.subs {
+                let o = opts.overrides;
+                server_subs.push(ServerSub {
+                    channel,
+                    overrides: SubscribeOverrides {
+                        presence: o.presence,
+                        join_leave: o.join_leave,
+                        force_push_join_leave: o.force_push_join_leave,
+                        force_recovery: o.force_recovery,
+                        force_positioning: o.force_positioning,
+                    },
+                    info: opts.info,
+                    data: opts.data,
+                });
+            }
+            connect_data = result.data;
+            (
+                result.user,
+                result.info,
+                (result.expire_at > 0).then_some(result.expire_at),
+            )
+        } else {
+            if !(config.client.insecure || config.client.allow_anonymous_connect_without_token) {
+                return Err(DisconnectCode::BAD_REQUEST.into());
+            }
+            (String::new(), None, None)
         };
+        let credentials = Credentials {
+            user,
+            info,
+            expiry,
+            server_subs,
+            data: connect_data,
+        };
+        self.finish_connect(node, id, req, credentials, now).await
+    }
+
+    /// The rest of a connect once the credentials are known, however they were obtained.
+    async fn finish_connect(
+        &mut self,
+        node: &Node,
+        id: u32,
+        req: &tether_proto::ConnectRequest,
+        credentials: Credentials,
+        now: Now,
+    ) -> Outcome {
+        let config = &node.config;
+        let Credentials {
+            user,
+            info,
+            expiry,
+            mut server_subs,
+            data: connect_data,
+        } = credentials;
         let expiry = if config.client.insecure { None } else { expiry };
         if let Some(at) = expiry
             && at <= now.unix
@@ -369,16 +514,14 @@ impl Session {
                 )
             };
             personal_channel = Some(channel.clone());
-            server_subs.push((channel, None));
+            server_subs.push(ServerSub::plain(channel));
         }
         // As the reference server: more server-side subscriptions than the channel limit
         // allows close the connection with 3505 rather than exceed the limit.
         let channel_limit = config.client.channel_limit;
         if channel_limit > 0 {
-            let distinct: std::collections::HashSet<&str> = server_subs
-                .iter()
-                .map(|(channel, _)| channel.as_str())
-                .collect();
+            let distinct: std::collections::HashSet<&str> =
+                server_subs.iter().map(|sub| sub.channel.as_str()).collect();
             if distinct.len() > channel_limit {
                 return Err(DisconnectCode::CHANNEL_LIMIT.into());
             }
@@ -389,7 +532,15 @@ impl Session {
         self.state = State::Connected;
         node.metrics.connected();
         tracing::Span::current().record("user", &*user);
-        self.set_expiry(node, expiry, now);
+        if node.proxies.refresh().is_some() {
+            // Server-side refresh: the refresh proxy is asked when the credentials expire.
+            if let Some(at) = expiry {
+                self.proxied_mut().refresh_at = at;
+                self.schedule_sub_expiry(node, now);
+            }
+        } else {
+            self.set_expiry(node, expiry, now);
+        }
         let ping = config.client.ping_interval;
         let first_ping = node.first_ping_delay_ms();
         self.conn.with_heartbeat(|hb| {
@@ -408,14 +559,23 @@ impl Session {
             pong: !ping.is_zero() && !config.client.pong_timeout.is_zero(),
             ..Default::default()
         };
-        if let Some(at) = expiry {
+        // With server-side refresh (the refresh proxy) the client is not told when its
+        // credentials expire, as centrifuge's `connectCmd` does: it has nothing to refresh.
+        if let Some(at) = expiry.filter(|_| node.proxies.refresh().is_none()) {
             result.expires = true;
             result.ttl = (at - now.unix).max(0) as u32;
         }
+        result.data = connect_data.unwrap_or_default();
         // Server-side subscriptions are set up before the reply is queued (their results go
         // into it) and made live right after it.
         let mut pending = Vec::new();
-        for (channel, opts) in server_subs {
+        for ServerSub {
+            channel,
+            overrides,
+            info,
+            data,
+        } in server_subs
+        {
             if self.subs.contains_key(&channel) || node.config.namespace_for(&channel).is_err() {
                 continue;
             }
@@ -427,18 +587,8 @@ impl Session {
                     offset: s.offset,
                     epoch: s.epoch.clone(),
                 });
-            let opts = opts.unwrap_or_default();
             let setup = self
-                .setup_server_sub(
-                    node,
-                    &channel,
-                    opts.override_
-                        .map(SubscribeOverrides::from)
-                        .unwrap_or_default(),
-                    opts.info,
-                    recover,
-                    now,
-                )
+                .setup_server_sub(node, &channel, overrides, info, recover, now)
                 .await;
             // Without its server-side subscriptions the connection would silently miss
             // publications: fail it so the client reconnects and tries again.
@@ -446,7 +596,7 @@ impl Session {
                 return Err(DisconnectCode::INTERNAL.into());
             };
             let (mut sub_result, top) = setup.result;
-            sub_result.data = opts.data.unwrap_or_default();
+            sub_result.data = data.unwrap_or_default();
             result.subs.insert(channel.clone(), sub_result);
             pending.push((channel, setup.sub, top));
         }
@@ -501,7 +651,9 @@ impl Session {
     // === refresh ===
 
     async fn refresh(&mut self, node: &Node, token: &str, now: Now) -> Result<Reply, Disconnect> {
-        if token.is_empty() {
+        // With the refresh proxy the server refreshes: a client refresh is a protocol
+        // violation, as in the reference server ("server-side refresh expected").
+        if token.is_empty() || node.proxies.refresh().is_some() {
             return Err(DisconnectCode::BAD_REQUEST.into());
         }
         node.tokens.ensure_key(token).await;
@@ -555,24 +707,51 @@ impl Session {
             Ok(access) => access,
             Err(error) => return Ok(error_reply(error)),
         };
-        if !access.allows(Permission::Publish) {
-            return Ok(error_reply(ClientError::PERMISSION_DENIED));
-        }
         let chan_info = self
             .subs
             .get(&req.channel)
             .and_then(|s| s.chan_info.clone());
-        let publication = crate::broker::Publication {
+        let mut publication = crate::broker::Publication {
             data: req.data,
             info: Some(self.conn.client_info(chan_info)),
             delta: access.options.delta_publish,
             time_ms: now_unix_ms(),
             ..Default::default()
         };
-        let opts = PublishOptions {
+        let mut opts = PublishOptions {
             history: access.history_options(node),
             idempotency_key: None,
         };
+        if access.options.publish_proxy_enabled {
+            // The backend decides instead of the publish permissions, and may change what
+            // is published (compat-proxy §6.4).
+            let Some(proxy) = node
+                .proxies
+                .get(ProxyEvent::Publish, &access.options.publish_proxy_name)
+            else {
+                return Ok(error_reply(ClientError::NOT_AVAILABLE));
+            };
+            let result = match self
+                .publish_via_proxy(proxy, &req.channel, &publication.data)
+                .await?
+            {
+                proxy::Verdict::Go(result) => result.unwrap_or_default(),
+                proxy::Verdict::Reply(reply) => return Ok(*reply),
+            };
+            if let Some(data) = result.data {
+                publication.data = data;
+            }
+            if result.skip_history {
+                opts.history = None;
+            }
+            publication.tags = result.tags.into_iter().collect();
+            publication.delta = result.delta;
+            if !result.idempotency_key.is_empty() {
+                opts.idempotency_key = Some(result.idempotency_key);
+            }
+        } else if !access.allows(Permission::Publish) {
+            return Ok(error_reply(ClientError::PERMISSION_DENIED));
+        }
         match node
             .timed(
                 "publish",
@@ -811,7 +990,7 @@ mod tests {
         let conn = node
             .hub
             .register(Encoding::Json, Framing::WebSocket, 1 << 20, None);
-        let mut session = Session::new(conn.clone());
+        let mut session = Session::new(conn.clone(), Vec::new());
         let subscribe = |id| Command {
             id,
             subscribe: Some(SubscribeRequest {

@@ -95,6 +95,7 @@ mod tests {
                 join_leave: false,
                 chan_info: None,
                 expires_at: None,
+                refresh_by_proxy: false,
             }
         }
     }

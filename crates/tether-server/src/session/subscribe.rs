@@ -13,9 +13,11 @@ use tether_proto::codes::{ClientError, DisconnectCode};
 use tether_proto::{Reply, SubscribeRequest, SubscribeResult};
 
 use super::channel::{ChannelAccess, Permission, meta_ttl};
+use super::proxy::Verdict;
 use super::{Now, Outcome, Session, SubState, UNSUBSCRIBE_EXPIRED, engine_error, error_reply};
 use crate::auth::TokenError;
 use crate::broker::{BrokerError, HistoryQuery, StreamPosition};
+use crate::config::ProxyEvent;
 use crate::config::{NamespaceOptions, RecoveryMode};
 use crate::hub::{Conn, ServerSubscribe, SubscribeOverrides, Subscriber, SubscriberFlags};
 use crate::metrics::RecoveryOutcome;
@@ -42,6 +44,10 @@ struct SubParams {
     data: Option<Bytes>,
     expires_at: Option<i64>,
     server_side: bool,
+    /// The namespace's subscribe proxy decides this subscription.
+    via_proxy: bool,
+    /// Its expiry is refreshed by the sub_refresh proxy, not by the client.
+    refresh_by_proxy: bool,
 }
 
 /// A subscription registered with the hub (pending) and the result to report.
@@ -68,7 +74,13 @@ impl Session {
             verifier.ensure_key(&req.token).await;
         }
         match self.check_subscribe(node, &req, now)? {
-            Ok(params) => {
+            Ok(mut params) => {
+                if params.via_proxy {
+                    match self.proxy_subscribe_params(node, &req, now).await? {
+                        Ok(proxied) => params = proxied,
+                        Err(reply) => return self.send_reply(id, reply),
+                    }
+                }
                 let channel = req.channel;
                 let opened = match self.open(node, &channel, params, now).await {
                     Ok(opened) => opened,
@@ -158,6 +170,12 @@ impl Session {
             if !listed && !config.client.insecure {
                 return Ok(Err(ClientError::PERMISSION_DENIED));
             }
+        } else if ns.subscribe_proxy_enabled {
+            // The backend decides (and the client's own flags are not honoured).
+            return Ok(Ok(SubParams {
+                via_proxy: true,
+                ..Default::default()
+            }));
         } else if !access.allows(Permission::Subscribe) {
             return Ok(Err(ClientError::PERMISSION_DENIED));
         }
@@ -194,6 +212,55 @@ impl Session {
         params.chan_info = chan_info;
         params.data = data;
         params.expires_at = expires_at;
+        Ok(Ok(params))
+    }
+
+    /// A subscribe the namespace's subscribe proxy decides (compat-proxy §6.3): `Ok(Err)`
+    /// is the command's error reply.
+    async fn proxy_subscribe_params(
+        &self,
+        node: &Node,
+        req: &SubscribeRequest,
+        now: Now,
+    ) -> Result<Result<SubParams, Reply>, Disconnect> {
+        let channel = req.channel.as_str();
+        let Ok(ns) = node.config.namespace_for(channel) else {
+            return Ok(Err(error_reply(ClientError::UNKNOWN_CHANNEL)));
+        };
+        let Some(proxy) = node
+            .proxies
+            .get(ProxyEvent::Subscribe, &ns.subscribe_proxy_name)
+        else {
+            return Ok(Err(error_reply(ClientError::NOT_AVAILABLE)));
+        };
+        let result = match self.subscribe_via_proxy(proxy, req).await? {
+            Verdict::Go(result) => result.unwrap_or_default(),
+            Verdict::Reply(reply) => return Ok(Err(*reply)),
+        };
+        let expires_at = (result.expire_at > 0).then_some(result.expire_at);
+        if expires_at.is_some_and(|at| at <= now.unix) {
+            return Ok(Err(error_reply(ClientError::EXPIRED)));
+        }
+        let o = result.overrides;
+        let overrides = SubscribeOverrides {
+            presence: o.presence,
+            join_leave: o.join_leave,
+            force_push_join_leave: o.force_push_join_leave,
+            force_recovery: o.force_recovery,
+            force_positioning: o.force_positioning,
+        };
+        let mut params = self.params_for(ns, overrides);
+        params.push_join_leave = params.join_leave
+            && overrides
+                .force_push_join_leave
+                .unwrap_or(ns.force_push_join_leave);
+        params.delta = req.delta == "fossil"
+            && params.positioned
+            && ns.allowed_delta_types.iter().any(|t| t == "fossil");
+        params.chan_info = result.info;
+        params.data = result.data;
+        params.expires_at = expires_at;
+        params.refresh_by_proxy = expires_at.is_some() && ns.sub_refresh_proxy_enabled;
         Ok(Ok(params))
     }
 
@@ -244,7 +311,7 @@ impl Session {
             data: params.data.clone().unwrap_or_default(),
             ..Default::default()
         };
-        if let Some(at) = params.expires_at {
+        if let Some(at) = params.expires_at.filter(|_| !params.refresh_by_proxy) {
             result.expires = true;
             result.ttl = (at - now.unix).max(0) as u32;
         }
@@ -360,6 +427,7 @@ impl Session {
             join_leave: params.join_leave,
             chan_info: params.chan_info,
             expires_at: params.expires_at,
+            refresh_by_proxy: params.refresh_by_proxy,
         });
         self.schedule_sub_expiry(node, now);
         Ok(Opened {
@@ -522,7 +590,9 @@ impl Session {
             None => return Ok(error_reply(ClientError::PERMISSION_DENIED)),
             // As the reference server: a server-side subscription is not refreshed by the
             // client ("server-side sub refresh expected").
-            Some(state) if state.server_side => return Err(DisconnectCode::BAD_REQUEST.into()),
+            Some(state) if state.server_side || state.refresh_by_proxy => {
+                return Err(DisconnectCode::BAD_REQUEST.into());
+            }
             Some(_) => {}
         }
         let verifier = node.sub_tokens.as_ref().unwrap_or(&node.tokens);
@@ -553,16 +623,35 @@ impl Session {
     /// Ends subscriptions whose token expired and was not refreshed in time.
     pub(super) async fn check_sub_expiry(&mut self, node: &Node, now: Now) -> Outcome {
         let grace = node.config.client.expired_sub_close_delay.as_secs() as i64;
-        let expired: Vec<(String, bool)> = self
+        let due: Vec<(String, bool, bool)> = self
             .subs
             .iter()
             .filter(|(_, s)| {
                 s.expires_at
                     .is_some_and(|at| at.saturating_add(grace) <= now.unix)
             })
-            .map(|(c, s)| (c.to_string(), s.server_side))
+            .map(|(c, s)| (c.to_string(), s.server_side, s.refresh_by_proxy))
             .collect();
-        for (channel, server_side) in expired {
+        for (channel, server_side, refresh_by_proxy) in due {
+            if let Some(proxy) = node
+                .config
+                .namespace_for(&channel)
+                .ok()
+                .filter(|ns| refresh_by_proxy && ns.sub_refresh_proxy_enabled)
+                .and_then(|ns| {
+                    node.proxies
+                        .get(ProxyEvent::SubRefresh, &ns.sub_refresh_proxy_name)
+                })
+                && let Some((at, info)) = self.sub_refresh_via_proxy(proxy, &channel, now).await
+            {
+                if let Some(state) = self.subs.get_mut(&channel) {
+                    state.expires_at = Some(at);
+                    if info.is_some() {
+                        state.chan_info = info;
+                    }
+                }
+                continue;
+            }
             if server_side {
                 return Err(DisconnectCode::SUBSCRIPTION_EXPIRED.into());
             }
@@ -582,18 +671,25 @@ impl Session {
     }
 
     /// Points the sweeper at the earliest subscription expiry (plus grace), if any.
-    fn schedule_sub_expiry(&self, node: &Node, now: Now) {
+    pub(super) fn schedule_sub_expiry(&self, node: &Node, now: Now) {
         let grace = node.config.client.expired_sub_close_delay.as_millis() as u64;
-        let deadline = self
+        let subs = self
             .subs
             .values()
             .filter_map(|s| s.expires_at)
             .min()
-            .map_or(0, |at| {
+            .map(|at| {
                 now.ms
                     .saturating_add(super::ms_until(at, now))
                     .saturating_add(grace)
             });
+        // Server-side refresh of the connection (the refresh proxy) is due at its expiry.
+        let refresh = self
+            .proxied
+            .as_deref()
+            .filter(|p| p.refresh_at != 0)
+            .map(|p| now.ms.saturating_add(super::ms_until(p.refresh_at, now)));
+        let deadline = subs.into_iter().chain(refresh).min().unwrap_or(0);
         self.conn.with_heartbeat(|hb| hb.sub_expire_at = deadline);
     }
 }

@@ -25,6 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use hyper::header::{HeaderName, HeaderValue};
 use tether_proto::codes::DisconnectCode;
 use tether_proto::decode_delimited_command;
 use tokio::io::Interest;
@@ -118,19 +119,26 @@ pub(super) struct Accepted {
     pub(super) wire: Wire,
     /// The connection's admission slot, released when serving ends.
     pub(super) slot: Slot,
+    /// Headers of its request that a backend proxy forwards (none for raw TCP).
+    pub(super) forward: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Driver {
     /// Takes charge of an accepted connection: counts it open and starts its connect
     /// deadline.
     pub(super) fn new(node: Arc<Node>, accepted: Accepted) -> Self {
-        let Accepted { conn, wire, slot } = accepted;
+        let Accepted {
+            conn,
+            wire,
+            slot,
+            forward,
+        } = accepted;
         tracing::Span::current().record("client", tracing::field::display(&conn.client));
         let now = node.now();
         let stale = node.config.client.stale_close_delay.as_millis() as u64;
         conn.with_heartbeat(|hb| hb.stale_at = now.ms + stale.max(1));
         let driver = Self {
-            session: Session::new(conn),
+            session: Session::new(conn, forward),
             node,
             wire,
             _slot: slot,

@@ -190,6 +190,12 @@ async fn upgrade(
         }
     };
     let (encoding, protocol) = negotiate(&head, &upgrade.offered_protocols);
+    // Kept only when a backend proxy forwards some of them.
+    let forward = node.proxies.keep_http_headers(
+        head.headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str())),
+    );
     let response = handshake::upgrade_response(&upgrade.accept, protocol);
     drop(head);
     drop(upgrade);
@@ -207,6 +213,7 @@ async fn upgrade(
         conn,
         wire: driver::Wire::websocket(),
         slot,
+        forward,
     })
 }
 
@@ -276,6 +283,40 @@ mod tests {
     /// 512-byte task, one byte more takes 640 — on every idle connection. heaptrack showed
     /// exactly that step (416 bytes: 640; 376: 512). Growing past the budget means boxing
     /// the new state instead (see `driver.rs`).
+    #[tokio::test]
+    async fn zz_sizes() {
+        let node = Node::new(crate::config::Config::default())
+            .await
+            .expect("node");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let _c1 = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let _c2 = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let (s2, p2) = listener.accept().await.expect("accept");
+        let serve = handle_connection(
+            node.clone(),
+            test_admission(),
+            stream,
+            peer,
+            axum::Router::new(),
+        );
+        let acc = accept(node.clone(), test_admission(), s2, p2, axum::Router::new());
+        eprintln!(
+            "SIZES serve={} accept={} driver={} session={} conn={}",
+            std::mem::size_of_val(&serve),
+            std::mem::size_of_val(&acc),
+            std::mem::size_of::<driver::Driver>(),
+            std::mem::size_of::<crate::session::Session>(),
+            std::mem::size_of::<crate::hub::Conn>()
+        );
+    }
+
     #[tokio::test]
     async fn a_served_connection_future_stays_within_its_budget() {
         let node = Node::new(crate::config::Config::default())

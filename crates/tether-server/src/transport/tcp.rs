@@ -50,7 +50,13 @@ pub(crate) fn handle_connection(
             );
             debug!(%peer, client = %conn.client, "tcp connection accepted");
             let wire = Wire::tcp(&node);
-            Some(Driver::new(node, driver::Accepted { conn, wire, slot }))
+            let accepted = driver::Accepted {
+                conn,
+                wire,
+                slot,
+                forward: Vec::new(),
+            };
+            Some(Driver::new(node, accepted))
         }
         Err(refused) => {
             debug!(%peer, %refused, "tcp connection refused");

@@ -44,6 +44,32 @@ impl JsonClient {
         Self::open_url(&gateway.ws_url()).await
     }
 
+    /// Opens a WebSocket to `gateway` with extra request headers (a browser's `Cookie`,
+    /// say); no command is sent.
+    pub(crate) async fn open_with_headers(
+        gateway: &impl Gateway,
+        headers: &[(&str, &str)],
+    ) -> Self {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut request = gateway.ws_url().into_client_request().expect("ws request");
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::try_from(*name)
+                    .expect("header name"),
+                value.parse().expect("header value"),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("ws connect");
+        Self {
+            ws,
+            next_id: 0,
+            backlog: Vec::new(),
+            close: None,
+        }
+    }
+
     /// Opens a WebSocket to `gateway` and connects as `user`; returns the connect reply too.
     pub(crate) async fn connected(gateway: &impl Gateway, user: &str) -> (Self, Value) {
         let mut client = Self::open(gateway).await;

@@ -27,7 +27,10 @@ pub(crate) use {
 /// What the tests use of the library, named here only (its module paths move).
 #[allow(unused_imports)]
 pub(crate) use tether_server::{
-    config::{Config, EngineKind, Namespace, NamespaceOptions, RecoveryMode},
+    config::{
+        Config, EnabledProxy, EngineKind, NamedProxy, Namespace, NamespaceOptions, ProxyConfig,
+        RecoveryMode, RpcNamespace, RpcNamespaceOptions,
+    },
     delta::apply_fossil_delta,
     hub::ConnHandle,
     server::{Node as ServerNode, Server},

@@ -1,0 +1,445 @@
+//! The backend proxy: client events handed to the application over HTTP, as Centrifugo v6
+//! does it (see `docs/proxy.md`).
+//!
+//! The session calls a [`Proxy`] at the points where it would otherwise decide alone: a
+//! connect without a token, a refresh of server-side credentials, a subscribe, publish or
+//! subscription refresh in a namespace that enables its proxy, and every `rpc`. The proxy
+//! sends the event, waits for the backend's [`Answer`] at most `timeout`, and the session
+//! applies it. The proxy knows nothing of sessions: it imports only the config and the
+//! metrics.
+//!
+//! Every proxy protects its backend and the node: at most [`MAX_IN_FLIGHT`] calls are out at
+//! once, and a [circuit breaker](breaker) per endpoint refuses calls at once while the
+//! backend is failing. A refused call is a [`Failure`] like a timeout, which the session turns
+//! into the protocol's temporary error: clients back off instead of piling on, and nothing
+//! waits on a backend that does not answer.
+//!
+//! - [`protocol`]: the requests and results, and their JSON form;
+//! - [`breaker`]: the circuit breaker, time in and decisions out;
+//! - `http`: the pooled HTTP client.
+
+mod breaker;
+mod http;
+pub(crate) mod protocol;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use self::breaker::{Admit, Breaker, Transition};
+use self::http::{HttpClient, HttpError};
+pub(crate) use self::protocol::{
+    Answer, Common, ConnectRequest, ConnectResult, JsonError, PublishRequest, PublishResult,
+    RefreshRequest, RefreshResult, RpcRequest, RpcResult, SubRefreshRequest, SubRefreshResult,
+    SubscribeRequest, SubscribeResult,
+};
+use self::protocol::{JsonRequest, JsonResult, ProxyDisconnect, ProxyError, decode_answer};
+use crate::config::{Config, ProxyConfig, ProxyEvent, StatusToCodeTransform};
+use crate::metrics::Metrics;
+
+/// Why a proxy call produced no answer. The session treats every kind alike (the protocol's
+/// "unexpected error"); the kinds are for logs and metrics.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Failure {
+    /// The call was not made: the breaker is open, or [`MAX_IN_FLIGHT`] calls are out.
+    #[error("backend unavailable ({0})")]
+    Unavailable(&'static str),
+    /// No answer within the proxy's timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The request could not be written as JSON.
+    #[error("request: {0}")]
+    Request(JsonError),
+    /// The HTTP exchange failed.
+    #[error("http: {0}")]
+    Http(#[from] HttpError),
+    /// The backend answered with an HTTP status other than 200 and no transform for it.
+    #[error("http status {0}")]
+    Status(u16),
+    /// The answer could not be read.
+    #[error("answer: {0}")]
+    Answer(JsonError),
+}
+
+impl Failure {
+    /// The metrics label of this failure.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "unavailable",
+            Self::Timeout => "timeout",
+            Self::Request(_) => "bad_request",
+            Self::Http(_) | Self::Status(_) | Self::Answer(_) => "failed",
+        }
+    }
+
+    /// Whether it says the backend is unwell (and so counts against the breaker).
+    fn is_backend_fault(&self) -> bool {
+        !matches!(self, Self::Unavailable(_) | Self::Request(_))
+    }
+}
+
+/// Headers of a connection kept for forwarding: the transport headers of its upgrade
+/// request and the emulated headers of its connect command that some proxy forwards.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Forward {
+    /// The transport request's headers, by lowercase name.
+    pub(crate) http: Vec<(HeaderName, HeaderValue)>,
+    /// The connect command's `headers`, by lowercase name.
+    pub(crate) emulated: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// One configured proxy endpoint.
+#[derive(Debug)]
+pub(crate) struct Proxy {
+    /// Its name in logs and metrics (`default` for the unnamed ones).
+    name: Arc<str>,
+    endpoint: hyper::Uri,
+    timeout: Duration,
+    binary: bool,
+    include_meta: bool,
+    http_headers: Vec<HeaderName>,
+    emulated_headers: Vec<HeaderName>,
+    static_headers: HeaderMap,
+    transforms: Vec<StatusToCodeTransform>,
+    client: HttpClient,
+    breaker: Mutex<Breaker>,
+    in_flight: Semaphore,
+    metrics: Arc<Metrics>,
+}
+
+/// A proxy that cannot be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyBuildError {
+    /// The endpoint is not a usable URI.
+    #[error("proxy {name}: endpoint {endpoint:?}: {reason}")]
+    Endpoint {
+        /// The proxy's name.
+        name: String,
+        /// The endpoint as configured.
+        endpoint: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A static header is not a valid HTTP header.
+    #[error("proxy {name}: http.static_headers: {header:?} is not a valid header")]
+    Header {
+        /// The proxy's name.
+        name: String,
+        /// The header's name.
+        header: String,
+    },
+}
+
+impl Proxy {
+    fn new(
+        name: &str,
+        config: &ProxyConfig,
+        client: HttpClient,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ProxyBuildError> {
+        let endpoint_error = |reason: &str| ProxyBuildError::Endpoint {
+            name: name.to_owned(),
+            endpoint: config.endpoint.clone(),
+            reason: reason.to_owned(),
+        };
+        let endpoint: hyper::Uri = config
+            .endpoint
+            .parse()
+            .map_err(|error: hyper::http::uri::InvalidUri| endpoint_error(&error.to_string()))?;
+        if endpoint.scheme_str() != Some("http") {
+            return Err(endpoint_error(
+                "only http:// endpoints are supported (https and gRPC are not built yet)",
+            ));
+        }
+        let mut static_headers = HeaderMap::new();
+        for (header, value) in &config.http.static_headers {
+            let bad = || ProxyBuildError::Header {
+                name: name.to_owned(),
+                header: header.clone(),
+            };
+            let header_name = HeaderName::try_from(header.as_str()).map_err(|_| bad())?;
+            let value = HeaderValue::try_from(value.as_str()).map_err(|_| bad())?;
+            static_headers.insert(header_name, value);
+        }
+        let names = |list: &[String]| {
+            list.iter()
+                .filter_map(|h| HeaderName::try_from(h.to_ascii_lowercase()).ok())
+                .collect()
+        };
+        Ok(Self {
+            name: Arc::from(name),
+            endpoint,
+            timeout: config.timeout,
+            binary: config.binary_encoding,
+            include_meta: config.include_connection_meta,
+            http_headers: names(&config.http_headers),
+            emulated_headers: names(&config.emulated_headers),
+            static_headers,
+            transforms: config.http.status_to_code_transforms.clone(),
+            client,
+            breaker: Mutex::new(Breaker::new(breaker::Settings::default(), Instant::now())),
+            in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            metrics,
+        })
+    }
+
+    /// Whether requests carry the connection's `meta`.
+    pub(crate) fn includes_meta(&self) -> bool {
+        self.include_meta
+    }
+
+    /// Sends one event and reads the backend's answer. `event` names it in metrics and logs.
+    pub(crate) async fn call<Q: JsonRequest, R: JsonResult>(
+        &self,
+        event: &'static str,
+        request: &Q,
+        forward: Option<&Forward>,
+    ) -> Result<Answer<R>, Failure> {
+        let started = Instant::now();
+        let result = self.exchange(request, forward).await;
+        let outcome = match &result {
+            Ok(Answer::Result(_)) => "ok",
+            Ok(Answer::Error(_) | Answer::Disconnect(_)) => "refused",
+            Err(failure) => {
+                debug!(proxy = %self.name, event, %failure, "proxy call failed");
+                failure.label()
+            }
+        };
+        self.metrics
+            .proxy_call(&self.name, event, outcome, started.elapsed());
+        result
+    }
+
+    async fn exchange<Q: JsonRequest, R: JsonResult>(
+        &self,
+        request: &Q,
+        forward: Option<&Forward>,
+    ) -> Result<Answer<R>, Failure> {
+        let body = request.to_json(self.binary).map_err(Failure::Request)?;
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            return Err(Failure::Unavailable("too many calls in flight"));
+        };
+        let admit = self.breaker.lock().admit(Instant::now());
+        if admit == Admit::Refuse {
+            return Err(Failure::Unavailable("circuit breaker open"));
+        }
+        let headers = self.headers(forward);
+        let sent = tokio::time::timeout(
+            self.timeout,
+            http::post(&self.client, &self.endpoint, headers, body),
+        )
+        .await;
+        let answer = match sent {
+            Err(_) => Err(Failure::Timeout),
+            Ok(Err(error)) => Err(Failure::Http(error)),
+            Ok(Ok((200, body))) => decode_answer::<R>(&body).map_err(Failure::Answer),
+            Ok(Ok((status, _))) => self.transform(status).ok_or(Failure::Status(status)),
+        };
+        let failed = answer.as_ref().is_err_and(Failure::is_backend_fault);
+        let transition = self.breaker.lock().record(admit, failed, Instant::now());
+        match transition {
+            Some(Transition::Opened) => {
+                warn!(proxy = %self.name, endpoint = %self.endpoint, "proxy circuit breaker opened: calls fail at once until a probe succeeds");
+                self.metrics.proxy_breaker(&self.name, true);
+            }
+            Some(Transition::Closed) => {
+                warn!(proxy = %self.name, endpoint = %self.endpoint, "proxy circuit breaker closed: the backend answers again");
+                self.metrics.proxy_breaker(&self.name, false);
+            }
+            None => {}
+        }
+        answer
+    }
+
+    /// The answer `http.status_to_code_transforms` makes of an HTTP status, if any.
+    fn transform<R>(&self, status: u16) -> Option<Answer<R>> {
+        let transform = self.transforms.iter().find(|t| t.status_code == status)?;
+        Some(if transform.to_error.code > 0 {
+            Answer::Error(ProxyError {
+                code: transform.to_error.code,
+                message: transform.to_error.message.clone(),
+                temporary: transform.to_error.temporary,
+            })
+        } else {
+            Answer::Disconnect(ProxyDisconnect {
+                code: transform.to_disconnect.code,
+                reason: transform.to_disconnect.reason.clone(),
+            })
+        })
+    }
+
+    /// The request's headers: static ones, then allowed emulated ones, then allowed
+    /// transport ones (later ones win).
+    fn headers(&self, forward: Option<&Forward>) -> HeaderMap {
+        let mut headers = self.static_headers.clone();
+        let Some(forward) = forward else {
+            return headers;
+        };
+        for (name, value) in &forward.emulated {
+            if self.emulated_headers.contains(name) {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        let mut replaced: Vec<&HeaderName> = Vec::new();
+        for (name, value) in &forward.http {
+            if self.http_headers.contains(name) {
+                // All values of a forwarded header are copied, replacing earlier ones.
+                if !replaced.contains(&name) {
+                    headers.remove(name);
+                    replaced.push(name);
+                }
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        headers
+    }
+}
+
+/// Every proxy of a node, built once from the config.
+#[derive(Debug, Default)]
+pub(crate) struct Proxies {
+    connect: Option<Arc<Proxy>>,
+    refresh: Option<Arc<Proxy>>,
+    /// The unnamed (`"default"`) proxy of each channel event and of RPC.
+    defaults: HashMap<ProxyEvent, Arc<Proxy>>,
+    /// The `proxies` entries by name; one endpoint, one breaker, whichever events use it.
+    named: HashMap<String, Arc<Proxy>>,
+    /// Transport headers some proxy forwards (lowercase): the only ones a connection keeps.
+    http_headers: Vec<HeaderName>,
+    /// Emulated headers some proxy forwards (lowercase).
+    emulated_headers: Vec<HeaderName>,
+    /// Some RPC namespace (or the one without a name) has its proxy enabled.
+    rpc: bool,
+}
+
+impl Proxies {
+    /// The proxies `config` uses.
+    pub(crate) fn new(config: &Config, metrics: &Arc<Metrics>) -> Result<Self, ProxyBuildError> {
+        let client = http::client();
+        let build = |name: &str, proxy: &ProxyConfig| {
+            Proxy::new(name, proxy, client.clone(), metrics.clone()).map(Arc::new)
+        };
+        let mut proxies = Self::default();
+        let client_proxy = &config.client.proxy;
+        if client_proxy.connect.enabled {
+            proxies.connect = Some(build("connect", &client_proxy.connect.proxy)?);
+        }
+        if client_proxy.refresh.enabled {
+            proxies.refresh = Some(build("refresh", &client_proxy.refresh.proxy)?);
+        }
+        for event in [
+            ProxyEvent::Subscribe,
+            ProxyEvent::Publish,
+            ProxyEvent::SubRefresh,
+            ProxyEvent::Rpc,
+        ] {
+            if let Some(proxy) = config.proxy(event, "default")
+                && !proxy.endpoint.is_empty()
+            {
+                proxies.defaults.insert(event, build("default", proxy)?);
+            }
+        }
+        let rpc = &config.rpc;
+        proxies.rpc = rpc.without_namespace.proxy_enabled
+            || rpc.namespaces.iter().any(|ns| ns.options.proxy_enabled);
+        for named in &config.proxies {
+            proxies
+                .named
+                .insert(named.name.clone(), build(&named.name, &named.proxy)?);
+        }
+        let all: Vec<&Arc<Proxy>> = proxies
+            .connect
+            .iter()
+            .chain(&proxies.refresh)
+            .chain(proxies.defaults.values())
+            .chain(proxies.named.values())
+            .collect();
+        for proxy in all {
+            for name in &proxy.http_headers {
+                if !proxies.http_headers.contains(name) {
+                    proxies.http_headers.push(name.clone());
+                }
+            }
+            for name in &proxy.emulated_headers {
+                if !proxies.emulated_headers.contains(name) {
+                    proxies.emulated_headers.push(name.clone());
+                }
+            }
+        }
+        Ok(proxies)
+    }
+
+    /// The connect proxy, when enabled.
+    pub(crate) fn connect(&self) -> Option<&Proxy> {
+        self.connect.as_deref()
+    }
+
+    /// The refresh proxy, when enabled.
+    pub(crate) fn refresh(&self) -> Option<&Proxy> {
+        self.refresh.as_deref()
+    }
+
+    /// Whether RPC calls go to a backend at all (otherwise every `rpc` is 108).
+    pub(crate) fn has_rpc(&self) -> bool {
+        self.rpc
+    }
+
+    /// The proxy a namespace (or RPC namespace) names for a channel event or RPC.
+    pub(crate) fn get(&self, event: ProxyEvent, name: &str) -> Option<&Proxy> {
+        if name == "default" {
+            self.defaults.get(&event).map(Arc::as_ref)
+        } else {
+            self.named.get(name).map(Arc::as_ref)
+        }
+    }
+
+    /// The transport headers (name, value) of a request that some proxy forwards; `None`
+    /// when there are none to keep.
+    pub(crate) fn keep_http_headers<'a>(
+        &self,
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        if self.http_headers.is_empty() {
+            return Vec::new();
+        }
+        keep(&self.http_headers, headers)
+    }
+
+    /// The emulated headers of a connect command that some proxy forwards.
+    pub(crate) fn keep_emulated_headers<'a>(
+        &self,
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        if self.emulated_headers.is_empty() {
+            return Vec::new();
+        }
+        keep(&self.emulated_headers, headers)
+    }
+}
+
+/// The headers among `headers` whose (case-insensitive) name is in `allowed`.
+fn keep<'a>(
+    allowed: &[HeaderName],
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<(HeaderName, HeaderValue)> {
+    headers
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let name = HeaderName::try_from(name.to_ascii_lowercase()).ok()?;
+            if !allowed.contains(&name) {
+                return None;
+            }
+            Some((name, HeaderValue::try_from(value).ok()?))
+        })
+        .collect()
+}
+
+/// Calls out to one proxy at once, at most; more are refused (the protocol's temporary
+/// error) rather than queued.
+pub(crate) const MAX_IN_FLIGHT: usize = 1024;
