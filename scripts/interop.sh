@@ -7,7 +7,10 @@
 # Env:   INTEROP_SKIP_JS=1 / INTEROP_SKIP_PY=1 to run one side only;
 #        TETHER_BIN=/path/to/tether to test a prebuilt binary instead of building one;
 #        INTEROP_ENGINE=redis to run tether on the Redis engine (INTEROP_REDIS_URL, default
-#        redis://127.0.0.1:6379, under a unique key prefix deleted at the end).
+#        redis://127.0.0.1:6379, under a unique key prefix deleted at the end);
+#        INTEROP_SKIP_PROXY=1 to skip the last phase, the backend proxy suites
+#        (scripts/interop-proxy.sh: a second tether with tests/interop/tether-proxy.json and
+#        the backend tests/interop/backend/app.py; that script also runs on its own).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -190,8 +193,17 @@ if missing:
 PY
 fi
 
-section "summary: node exit $js_rc, pytest exit $py_rc, metrics check $metrics_rc, tether alive: $alive"
-if [[ "$js_rc" -ne 0 || "$py_rc" -ne 0 || "$metrics_rc" -ne 0 || "$alive" -ne 1 ]]; then
+# ---------------------------------------------------------------- proxy phase
+# Its own backend and tether (own ports, own cleanup trap); this run's tether is untouched.
+proxy_rc=0
+if [[ -z "${INTEROP_SKIP_PROXY:-}" ]]; then
+    section "proxy phase (scripts/interop-proxy.sh)"
+    TETHER_BIN="$BIN" INTEROP_ENGINE="$ENGINE" INTEROP_REDIS_URL="$REDIS_URL" \
+        bash "$ROOT/scripts/interop-proxy.sh" || proxy_rc=$?
+fi
+
+section "summary: node exit $js_rc, pytest exit $py_rc, metrics check $metrics_rc, proxy phase $proxy_rc, tether alive: $alive"
+if [[ "$js_rc" -ne 0 || "$py_rc" -ne 0 || "$metrics_rc" -ne 0 || "$proxy_rc" -ne 0 || "$alive" -ne 1 ]]; then
     exit 1
 fi
 STATUS=0

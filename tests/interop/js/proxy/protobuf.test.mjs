@@ -1,0 +1,5 @@
+// centrifuge-js, Protobuf build, against tether running with the backend proxy.
+import { CODECS } from './helpers.mjs';
+import { defineSuite } from './suite.mjs';
+
+defineSuite(CODECS.protobuf);
