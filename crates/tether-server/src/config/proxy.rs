@@ -8,7 +8,8 @@
 //!
 //! This file holds the shapes and their defaults; validation and the lookups
 //! ([`super::Config::proxy`], [`super::Config::rpc_namespace_for`]) live with the rest of
-//! [`super::Config`]. See `docs/compat-proxy.md` §2 for the contract.
+//! [`super::Config`]. `docs/proxy.md` describes the keys; they are Centrifugo's
+//! (<https://centrifugal.dev/docs/server/proxy>).
 
 use std::collections::BTreeMap;
 use std::fmt;
