@@ -29,6 +29,7 @@ use tracing::{Instrument, Span, debug, debug_span, field, info, warn};
 use crate::config::Config;
 pub use crate::node::{Node, StartError};
 pub use crate::proxy::ProxyBuildError;
+use crate::transport::Entry;
 use crate::transport::limits::Admission;
 
 /// A bound, not yet running node.
@@ -103,12 +104,14 @@ impl Server {
         if let Some(control) = node.take_control() {
             tracker.spawn(node.cluster.clone().run(control, node.shutdown.clone()));
         }
-        let api = crate::api::router(node.clone());
+        let entry = Arc::new(Entry {
+            admission,
+            api: crate::api::router(node.clone()),
+        });
         let accept = Acceptor {
             node: &node,
-            admission: &admission,
+            entry: &entry,
             listener: &listener,
-            api: &api,
             tracker: &tracker,
         };
         accept.run(tcp.as_ref(), stop.cancelled()).await;
@@ -154,9 +157,8 @@ impl Server {
 /// The accept loops of a running node.
 struct Acceptor<'a> {
     node: &'a Arc<Node>,
-    admission: &'a Admission,
+    entry: &'a Arc<Entry>,
     listener: &'a TcpListener,
-    api: &'a axum::Router,
     tracker: &'a TaskTracker,
 }
 
@@ -187,10 +189,9 @@ impl Acceptor<'_> {
                         );
                         let serve = crate::transport::handle_connection(
                             self.node.clone(),
-                            self.admission.clone(),
+                            self.entry.clone(),
                             stream,
                             peer,
-                            self.api.clone(),
                         );
                         self.spawn_connection(serve, span);
                     }
@@ -209,7 +210,7 @@ impl Acceptor<'_> {
                         let serve = span.in_scope(|| {
                             crate::transport::tcp::handle_connection(
                                 self.node.clone(),
-                                self.admission,
+                                &self.entry.admission,
                                 stream,
                                 peer,
                             )

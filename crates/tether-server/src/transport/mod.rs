@@ -29,6 +29,17 @@ use crate::node::Node;
 use crate::wire::Framing;
 use crate::wire::pattern::wildcard_match;
 
+/// What the server hands every accepted socket besides the node: the admission limits it
+/// owns, and the HTTP API for requests that are not WebSocket upgrades. One `Arc` for both
+/// keeps the handshake's future as small as one handle makes it.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// Connection counts and the connection rate.
+    pub(crate) admission: Admission,
+    /// The server HTTP API and health endpoints.
+    pub(crate) api: axum::Router,
+}
+
 /// Serves one accepted socket to the end.
 ///
 /// The returned future is the connection's task for its whole life, so it is built to stay
@@ -37,12 +48,11 @@ use crate::wire::pattern::wildcard_match;
 /// [`driver::Driver`] and the driver's wait.
 pub(crate) fn handle_connection(
     node: Arc<Node>,
-    admission: Admission,
+    entry: Arc<Entry>,
     stream: TcpStream,
     peer: SocketAddr,
-    api: axum::Router,
 ) -> impl Future<Output = ()> + Send {
-    let handshake = Box::pin(accept(node, admission, stream, peer, api));
+    let handshake = Box::pin(accept(node, entry, stream, peer));
     async move {
         // Served in place (`&mut`): moving the driver out of the option would keep two
         // copies of it in this future.
@@ -56,10 +66,9 @@ pub(crate) fn handle_connection(
 /// of the connection to serve) or serves the HTTP API on the socket to its end (`None`).
 async fn accept(
     node: Arc<Node>,
-    admission: Admission,
+    entry: Arc<Entry>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    api: axum::Router,
 ) -> Option<driver::Driver> {
     let _ = stream.set_nodelay(true);
     let limits = HandshakeLimits {
@@ -92,12 +101,12 @@ async fn accept(
     if head.path == WEBSOCKET_PATH {
         let leftover = buf.split_off(consumed);
         drop(buf);
-        let accepted = upgrade(&node, &admission, stream, peer, head).await?;
+        let accepted = upgrade(&node, &entry.admission, stream, peer, head).await?;
         let mut driver = driver::Driver::new(node, accepted);
         return driver.feed_leftover(&leftover).await.then_some(driver);
     }
     let io = TokioIo::new(rewind::Rewind::new(buf, stream));
-    let service = hyper_util::service::TowerToHyperService::new(api);
+    let service = hyper_util::service::TowerToHyperService::new(entry.api.clone());
     let mut conn = std::pin::pin!(
         hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
@@ -255,9 +264,12 @@ const WEBSOCKET_PATH: &str = "/connection/websocket";
 mod tests {
     use super::*;
 
-    /// Admission with the default limits.
-    fn test_admission() -> Admission {
-        Admission::new(&crate::config::Config::default().client)
+    /// Default admission limits and an empty API.
+    fn test_entry() -> Arc<Entry> {
+        Arc::new(Entry {
+            admission: Admission::new(&crate::config::Config::default().client),
+            api: axum::Router::new(),
+        })
     }
 
     #[test]
@@ -284,40 +296,6 @@ mod tests {
     /// exactly that step (416 bytes: 640; 376: 512). Growing past the budget means boxing
     /// the new state instead (see `driver.rs`).
     #[tokio::test]
-    async fn zz_sizes() {
-        let node = Node::new(crate::config::Config::default())
-            .await
-            .expect("node");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let _c1 = TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let _c2 = TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (stream, peer) = listener.accept().await.expect("accept");
-        let (s2, p2) = listener.accept().await.expect("accept");
-        let serve = handle_connection(
-            node.clone(),
-            test_admission(),
-            stream,
-            peer,
-            axum::Router::new(),
-        );
-        let acc = accept(node.clone(), test_admission(), s2, p2, axum::Router::new());
-        eprintln!(
-            "SIZES serve={} accept={} driver={} session={} conn={}",
-            std::mem::size_of_val(&serve),
-            std::mem::size_of_val(&acc),
-            std::mem::size_of::<driver::Driver>(),
-            std::mem::size_of::<crate::session::Session>(),
-            std::mem::size_of::<crate::hub::Conn>()
-        );
-    }
-
-    #[tokio::test]
     async fn a_served_connection_future_stays_within_its_budget() {
         let node = Node::new(crate::config::Config::default())
             .await
@@ -329,7 +307,7 @@ mod tests {
             .await
             .expect("connect");
         let (stream, peer) = listener.accept().await.expect("accept");
-        let serve = handle_connection(node, test_admission(), stream, peer, axum::Router::new());
+        let serve = handle_connection(node, test_entry(), stream, peer);
         let size = std::mem::size_of_val(&serve);
         assert!(size <= 400, "connection future is {size} bytes, budget 400");
     }
@@ -361,7 +339,7 @@ mod tests {
             let node = node.clone();
             tokio::spawn(async move {
                 let (stream, peer) = listener.accept().await.expect("accept");
-                handle_connection(node, test_admission(), stream, peer, axum::Router::new()).await;
+                handle_connection(node, test_entry(), stream, peer).await;
             })
         };
         let (mut client, _) =
