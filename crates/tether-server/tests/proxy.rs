@@ -804,6 +804,55 @@ async fn a_waiting_backend_holds_up_neither_other_clients_nor_the_callers_public
     server.stop().await;
 }
 
+#[tokio::test]
+async fn a_flapping_backend_gets_answers_through_until_half_the_calls_fail() {
+    let calls = Arc::new(Mutex::new(0u32));
+    let counter = calls.clone();
+    // Every other call fails with 500.
+    let backend = Backend::start(move |_: &Seen| {
+        let mut n = counter.lock();
+        *n += 1;
+        if *n % 2 == 0 {
+            Answer::Status(500)
+        } else {
+            Answer::Json(json!({"result": {"data": {"n": *n}}}))
+        }
+    })
+    .await;
+    let mut cfg = config();
+    cfg.rpc.proxy = proxy(backend.url("/rpc"));
+    cfg.rpc.without_namespace.proxy_enabled = true;
+    let server = start(cfg).await;
+    let (mut client, _) = Client::connected(&server, "1").await;
+    let mut ok = 0;
+    let mut failed = 0;
+    for _ in 0..10 {
+        let reply = rpc(&mut client).await;
+        if reply.get("rpc").is_some() {
+            ok += 1;
+        } else {
+            assert_eq!(reply["error"]["code"], 100, "{reply}");
+            assert_eq!(reply["error"]["temporary"], true, "{reply}");
+            failed += 1;
+        }
+    }
+    // Each call got its own answer; at 5 failures in 10 calls the breaker opened.
+    assert_eq!((ok, failed), (5, 5));
+    let reply = rpc(&mut client).await;
+    assert_eq!(reply["error"]["code"], 100, "{reply}");
+    assert_eq!(
+        *calls.lock(),
+        10,
+        "refused while open, without asking the backend"
+    );
+    // The connection itself was never in question.
+    let reply = client
+        .call(json!({"presence_stats": {"channel": "chat:x"}}))
+        .await;
+    assert!(reply.get("presence_stats").is_some(), "{reply}");
+    server.stop().await;
+}
+
 /// Calls the method `m` with empty data.
 async fn rpc(client: &mut Client) -> Value {
     client
