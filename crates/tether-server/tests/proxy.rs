@@ -1,7 +1,8 @@
 //! The backend proxy against a real HTTP backend (an axum server on a loopback port in this
 //! process): what the backend receives, and what the client sees of each answer, as
 //! Centrifugo v6 does it (compat-proxy §4–§6). Faults: a backend that is slow, down, or
-//! answers 500, and the circuit breaker that then refuses calls at once.
+//! answers 500, and the circuit breaker that then refuses calls at once. HTTPS backends:
+//! `http.tls` with a CA made in the test (server CA, server name, client certificates).
 
 mod support;
 
@@ -14,9 +15,11 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
+use support::tls::{TestCa, TlsListener};
 use support::{
     Client, Config, EnabledProxy, NamedProxy, Namespace, NamespaceOptions, ProxyConfig,
-    RpcNamespace, RpcNamespaceOptions, TestServer, config, start, user_token,
+    ProxyHttpConfig, RpcNamespace, RpcNamespaceOptions, Server, TempDir, TestServer,
+    TlsClientConfig, config, start, user_token,
 };
 
 /// One request the backend received.
@@ -48,12 +51,36 @@ struct BackendState {
 /// A proxy backend: records every request and answers as its handler says.
 struct Backend {
     addr: SocketAddr,
+    /// `http` or `https`.
+    scheme: &'static str,
     state: BackendState,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Backend {
     async fn start(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        Self::serve_on(listener, "http", handler)
+    }
+
+    /// A backend speaking HTTPS with `tls` (see `support::tls`).
+    async fn start_tls(
+        tls: Arc<rustls::ServerConfig>,
+        handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static,
+    ) -> Self {
+        Self::serve_on(TlsListener::bind(tls).await, "https", handler)
+    }
+
+    fn serve_on<L>(
+        listener: L,
+        scheme: &'static str,
+        handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static,
+    ) -> Self
+    where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+    {
         let state = BackendState {
             seen: Arc::default(),
             handler: Arc::new(Mutex::new(Arc::new(handler))),
@@ -61,18 +88,20 @@ impl Backend {
         let app = axum::Router::new()
             .fallback(serve)
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { addr, state, task }
+        Self {
+            addr,
+            scheme,
+            state,
+            task,
+        }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     fn seen(&self, path: &str) -> Vec<Seen> {
@@ -867,4 +896,272 @@ async fn server_metrics(server: &TestServer) -> String {
         .expect("metrics");
     assert_eq!(response.status, 200);
     response.body().to_owned()
+}
+
+// === https (http.tls) ===
+
+/// The connect proxy towards `backend` (an https one) with `tls` as its `http.tls`.
+fn https_connect_config(backend: &Backend, tls: TlsClientConfig) -> Config {
+    let mut cfg = connect_proxy_config(backend);
+    cfg.client.proxy.connect.proxy.http.tls = tls;
+    cfg
+}
+
+/// What a client with ann's session cookie gets for its connect.
+async fn connect_as_ann(server: &TestServer) -> Value {
+    let mut client = with_cookie(server, "session=ann").await;
+    client.call(json!({"connect": {}})).await
+}
+
+/// `http.tls` as tests set it: on, with `f` applied.
+fn tls(f: impl FnOnce(&mut TlsClientConfig)) -> TlsClientConfig {
+    let mut tls = TlsClientConfig {
+        enabled: true,
+        ..TlsClientConfig::default()
+    };
+    f(&mut tls);
+    tls
+}
+
+/// Starts a server with `cfg` and returns what ann's connect gets.
+async fn connect_through(cfg: Config) -> Value {
+    let server = start(cfg).await;
+    let reply = connect_as_ann(&server).await;
+    server.stop().await;
+    reply
+}
+
+fn assert_connected(reply: &Value, case: &str) {
+    assert_eq!(
+        reply["connect"]["data"],
+        json!({"hello": "ann"}),
+        "{case}: {reply}"
+    );
+}
+
+fn assert_temporary_error(reply: &Value, case: &str) {
+    assert_eq!(
+        reply["error"],
+        json!({"code": 100, "message": "internal server error", "temporary": true}),
+        "{case}: {reply}"
+    );
+}
+
+#[tokio::test]
+async fn an_https_backend_is_trusted_through_server_ca_pem_in_each_of_its_forms() {
+    let ca = TestCa::new();
+    let identity = ca.issue(&["127.0.0.1"]);
+    let backend = Backend::start_tls(
+        TestCa::server_config(&identity, None, &[b"http/1.1"]),
+        cookie_user,
+    )
+    .await;
+    let dir = TempDir::new();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).expect("write the CA");
+    let ca_path = ca_file.to_string_lossy().into_owned();
+    let base64_pem = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(ca.cert_pem())
+    };
+    let cases = [
+        ("PEM text", tls(|t| t.server_ca_pem = ca.cert_pem())),
+        ("base64 PEM", tls(|t| t.server_ca_pem = base64_pem.clone())),
+        ("a path", tls(|t| t.server_ca_pem = ca_path.clone())),
+        (
+            "v5 server_ca_pem_file",
+            tls(|t| t.server_ca_pem_file = ca_path.clone()),
+        ),
+    ];
+    for (case, tls) in cases {
+        let reply = connect_through(https_connect_config(&backend, tls)).await;
+        assert_connected(&reply, case);
+    }
+    assert_eq!(backend.seen("/connect").len(), 4);
+    assert_eq!(backend.seen("/connect")[0].headers["cookie"], "session=ann");
+}
+
+#[tokio::test]
+async fn an_untrusted_https_backend_is_never_asked_unless_verification_is_skipped() {
+    let ca = TestCa::new();
+    let identity = ca.issue(&["127.0.0.1"]);
+    let backend = Backend::start_tls(
+        TestCa::server_config(&identity, None, &[b"http/1.1"]),
+        cookie_user,
+    )
+    .await;
+    let other_ca = TestCa::new();
+    // The system's roots (no server_ca_pem, or no http.tls at all), and another CA: the
+    // handshake fails, the client gets the temporary internal error.
+    let cases = [
+        ("system roots", tls(|_| ())),
+        ("http.tls off", TlsClientConfig::default()),
+        ("another CA", tls(|t| t.server_ca_pem = other_ca.cert_pem())),
+    ];
+    for (case, tls) in cases {
+        let reply = connect_through(https_connect_config(&backend, tls)).await;
+        assert_temporary_error(&reply, case);
+    }
+    assert!(backend.seen("/connect").is_empty());
+    let reply = connect_through(https_connect_config(
+        &backend,
+        tls(|t| t.insecure_skip_verify = true),
+    ))
+    .await;
+    assert_connected(&reply, "insecure_skip_verify");
+    assert_eq!(backend.seen("/connect").len(), 1);
+}
+
+#[tokio::test]
+async fn server_name_checks_the_certificate_against_another_name() {
+    let ca = TestCa::new();
+    let identity = ca.issue(&["backend.internal"]);
+    let backend = Backend::start_tls(
+        TestCa::server_config(&identity, None, &[b"http/1.1"]),
+        cookie_user,
+    )
+    .await;
+    let reply = connect_through(https_connect_config(
+        &backend,
+        tls(|t| t.server_ca_pem = ca.cert_pem()),
+    ))
+    .await;
+    assert_temporary_error(&reply, "the certificate does not name 127.0.0.1");
+    let reply = connect_through(https_connect_config(
+        &backend,
+        tls(|t| {
+            t.server_ca_pem = ca.cert_pem();
+            t.server_name = "backend.internal".to_owned();
+        }),
+    ))
+    .await;
+    assert_connected(&reply, "server_name");
+    let reply = connect_through(https_connect_config(
+        &backend,
+        tls(|t| {
+            t.server_ca_pem = ca.cert_pem();
+            t.server_name = "other.internal".to_owned();
+        }),
+    ))
+    .await;
+    assert_temporary_error(&reply, "a server_name the certificate does not hold");
+}
+
+#[tokio::test]
+async fn a_backend_that_asks_for_a_client_certificate_gets_cert_pem() {
+    let ca = TestCa::new();
+    let clients_ca = TestCa::new();
+    let identity = ca.issue(&["127.0.0.1"]);
+    let backend = Backend::start_tls(
+        TestCa::server_config(&identity, Some(&clients_ca), &[b"http/1.1"]),
+        cookie_user,
+    )
+    .await;
+    let reply = connect_through(https_connect_config(
+        &backend,
+        tls(|t| t.server_ca_pem = ca.cert_pem()),
+    ))
+    .await;
+    assert_temporary_error(&reply, "no client certificate");
+    let stranger = TestCa::new().issue(&["tether"]);
+    let reply = connect_through(https_connect_config(
+        &backend,
+        tls(|t| {
+            t.server_ca_pem = ca.cert_pem();
+            t.cert_pem = stranger.cert_pem.clone();
+            t.key_pem = stranger.key_pem.clone();
+        }),
+    ))
+    .await;
+    assert_temporary_error(&reply, "a client certificate of another CA");
+    assert!(backend.seen("/connect").is_empty());
+
+    // The client identity as PEM text, and as v5 files.
+    let client = clients_ca.issue(&["tether"]);
+    let reply = connect_through(https_connect_config(
+        &backend,
+        tls(|t| {
+            t.server_ca_pem = ca.cert_pem();
+            t.cert_pem = client.cert_pem.clone();
+            t.key_pem = client.key_pem.clone();
+        }),
+    ))
+    .await;
+    assert_connected(&reply, "cert_pem and key_pem");
+    let dir = TempDir::new();
+    let (cert_file, key_file) = (dir.join("client.pem"), dir.join("client.key"));
+    std::fs::write(&cert_file, &client.cert_pem).expect("write the certificate");
+    std::fs::write(&key_file, &client.key_pem).expect("write the key");
+    let reply = connect_through(https_connect_config(
+        &backend,
+        tls(|t| {
+            t.server_ca_pem = ca.cert_pem();
+            t.cert_pem_file = cert_file.to_string_lossy().into_owned();
+            t.key_pem_file = key_file.to_string_lossy().into_owned();
+        }),
+    ))
+    .await;
+    assert_connected(&reply, "cert_pem_file and key_pem_file");
+    assert_eq!(backend.seen("/connect").len(), 2);
+}
+
+#[tokio::test]
+async fn a_tls_object_that_cannot_load_stops_the_start_with_the_key_at_fault() {
+    let ca = TestCa::new();
+    let identity = ca.issue(&["127.0.0.1"]);
+    let endpoint = "https://127.0.0.1:1/connect".to_owned();
+    let cases = [
+        (
+            tls(|t| t.server_ca_pem = "/nonexistent/ca.pem".to_owned()),
+            "server_ca_pem",
+        ),
+        (
+            tls(|t| t.server_ca_pem = identity.key_pem.clone()),
+            "server_ca_pem: no certificate",
+        ),
+        (
+            tls(|t| t.cert_pem = identity.cert_pem.clone()),
+            "cert_pem and key_pem must be set together",
+        ),
+        (
+            tls(|t| {
+                t.cert_pem = identity.cert_pem.clone();
+                t.key_pem = identity.cert_pem.clone();
+            }),
+            "key_pem",
+        ),
+        (
+            tls(|t| t.server_name = "not a host".to_owned()),
+            "server_name",
+        ),
+    ];
+    for (tls, expected) in cases {
+        let mut cfg = config();
+        cfg.client.proxy.connect = EnabledProxy {
+            enabled: true,
+            proxy: ProxyConfig {
+                http: ProxyHttpConfig {
+                    tls,
+                    ..Default::default()
+                },
+                ..proxy(endpoint.clone())
+            },
+        };
+        let error = match Server::bind(cfg).await {
+            Ok(_) => panic!("{expected}: the server started"),
+            Err(error) => {
+                let mut text = error.to_string();
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    text.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                text
+            }
+        };
+        assert!(
+            error.contains("http.tls") && error.contains(expected),
+            "{expected}: {error}"
+        );
+    }
 }

@@ -16,11 +16,13 @@
 //!
 //! - [`protocol`]: the requests and results, and their JSON form;
 //! - [`breaker`]: the circuit breaker, time in and decisions out;
-//! - `http`: the pooled HTTP client.
+//! - `http`: the pooled HTTP clients;
+//! - `tls`: client TLS (`http.tls`) with rustls.
 
 mod breaker;
 mod http;
 pub(crate) mod protocol;
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,7 +42,8 @@ pub(crate) use self::protocol::{
     SubscribeRequest, SubscribeResult,
 };
 use self::protocol::{JsonRequest, JsonResult, ProxyDisconnect, ProxyError, decode_answer};
-use crate::config::{Config, ProxyConfig, ProxyEvent, StatusToCodeTransform};
+use self::tls::{SystemRoots, TlsError};
+use crate::config::{Config, ProxyConfig, ProxyEvent, StatusToCodeTransform, TlsClientConfig};
 use crate::metrics::Metrics;
 
 /// Why a proxy call produced no answer. The session treats every kind alike (the protocol's
@@ -126,6 +129,17 @@ pub enum ProxyBuildError {
         /// What is wrong.
         reason: String,
     },
+    /// The TLS object cannot be used: a PEM value that does not load, a key without its
+    /// certificate, a bad `server_name`.
+    #[error("proxy {name}: {key}: {reason}")]
+    Tls {
+        /// The proxy's name.
+        name: String,
+        /// The TLS object's key (`http.tls`).
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// A static header is not a valid HTTP header.
     #[error("proxy {name}: http.static_headers: {header:?} is not a valid header")]
     Header {
@@ -140,7 +154,7 @@ impl Proxy {
     fn new(
         name: &str,
         config: &ProxyConfig,
-        client: HttpClient,
+        clients: &mut HttpClients,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ProxyBuildError> {
         let endpoint_error = |reason: &str| ProxyBuildError::Endpoint {
@@ -152,11 +166,28 @@ impl Proxy {
             .endpoint
             .parse()
             .map_err(|error: hyper::http::uri::InvalidUri| endpoint_error(&error.to_string()))?;
-        if endpoint.scheme_str() != Some("http") {
-            return Err(endpoint_error(
-                "only http:// endpoints are supported (https and gRPC are not built yet)",
-            ));
-        }
+        let tls = match endpoint.scheme_str() {
+            Some("http") => None,
+            Some("https") if config.http.tls.enabled => Some(config.http.tls.clone()),
+            // Without `http.tls`, an https endpoint is verified against the system's roots,
+            // as Go's default client does.
+            Some("https") => Some(TlsClientConfig {
+                enabled: true,
+                ..TlsClientConfig::default()
+            }),
+            _ => {
+                return Err(endpoint_error(
+                    "only http:// and https:// endpoints are supported (gRPC is not built yet)",
+                ));
+            }
+        };
+        let client = clients
+            .client(tls.as_ref())
+            .map_err(|error| ProxyBuildError::Tls {
+                name: name.to_owned(),
+                key: "http.tls",
+                reason: error.to_string(),
+            })?;
         let mut static_headers = HeaderMap::new();
         for (header, value) in &config.http.static_headers {
             let bad = || ProxyBuildError::Header {
@@ -321,9 +352,9 @@ pub(crate) struct Proxies {
 impl Proxies {
     /// The proxies `config` uses.
     pub(crate) fn new(config: &Config, metrics: &Arc<Metrics>) -> Result<Self, ProxyBuildError> {
-        let client = http::client();
-        let build = |name: &str, proxy: &ProxyConfig| {
-            Proxy::new(name, proxy, client.clone(), metrics.clone()).map(Arc::new)
+        let mut clients = HttpClients::default();
+        let mut build = |name: &str, proxy: &ProxyConfig| {
+            Proxy::new(name, proxy, &mut clients, metrics.clone()).map(Arc::new)
         };
         let mut proxies = Self::default();
         let client_proxy = &config.client.proxy;
@@ -420,6 +451,35 @@ impl Proxies {
             return Vec::new();
         }
         keep(&self.emulated_headers, headers)
+    }
+}
+
+/// The HTTP clients of a node's proxies, made while the proxies are built: one for every
+/// plain `http://` proxy, and one per distinct TLS object, so proxies on the same terms share
+/// a connection pool.
+#[derive(Debug, Default)]
+struct HttpClients {
+    plain: Option<HttpClient>,
+    tls: Vec<(TlsClientConfig, HttpClient)>,
+    roots: SystemRoots,
+}
+
+impl HttpClients {
+    /// The client for `tls` (`None`: plain http).
+    fn client(&mut self, tls: Option<&TlsClientConfig>) -> Result<HttpClient, TlsError> {
+        let Some(tls) = tls else {
+            return Ok(self
+                .plain
+                .get_or_insert_with(|| http::client(http::Tls::Off))
+                .clone());
+        };
+        if let Some((_, client)) = self.tls.iter().find(|(built, _)| built == tls) {
+            return Ok(client.clone());
+        }
+        let config = tls::client_config(tls, &mut self.roots)?;
+        let client = http::client(http::Tls::On(Box::new(config), tls::server_name(tls)?));
+        self.tls.push((tls.clone(), client.clone()));
+        Ok(client)
     }
 }
 

@@ -10,6 +10,7 @@ pub(crate) mod http;
 mod json_client;
 pub(crate) mod process;
 pub(crate) mod server;
+pub(crate) mod tls;
 pub(crate) mod token;
 pub(crate) mod ws;
 
@@ -29,7 +30,7 @@ pub(crate) use {
 pub(crate) use tether_server::{
     config::{
         Config, EnabledProxy, EngineKind, NamedProxy, Namespace, NamespaceOptions, ProxyConfig,
-        RecoveryMode, RpcNamespace, RpcNamespaceOptions,
+        ProxyHttpConfig, RecoveryMode, RpcNamespace, RpcNamespaceOptions, TlsClientConfig,
     },
     delta::apply_fossil_delta,
     hub::ConnHandle,
