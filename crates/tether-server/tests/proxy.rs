@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use support::tls::{TestCa, TlsListener};
 use support::{
     Client, Config, EnabledProxy, NamedProxy, Namespace, NamespaceOptions, ProxyConfig,
-    ProxyHttpConfig, RpcNamespace, RpcNamespaceOptions, Server, TempDir, TestServer,
-    TlsClientConfig, config, start, user_token,
+    ProxyHttpConfig, RpcNamespace, RpcNamespaceOptions, TempDir, TestServer, TlsClientConfig,
+    config, start, start_error, user_token,
 };
 
 /// One request the backend received.
@@ -1147,18 +1147,7 @@ async fn a_tls_object_that_cannot_load_stops_the_start_with_the_key_at_fault() {
                 ..proxy(endpoint.clone())
             },
         };
-        let error = match Server::bind(cfg).await {
-            Ok(_) => panic!("{expected}: the server started"),
-            Err(error) => {
-                let mut text = error.to_string();
-                let mut source = std::error::Error::source(&error);
-                while let Some(cause) = source {
-                    text.push_str(&format!(": {cause}"));
-                    source = cause.source();
-                }
-                text
-            }
-        };
+        let error = start_error(cfg).await;
         assert!(
             error.contains("http.tls") && error.contains(expected),
             "{expected}: {error}"

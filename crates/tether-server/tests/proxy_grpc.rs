@@ -13,8 +13,8 @@ use support::grpc::{GrpcAnswer, GrpcBackend, GrpcSeen};
 use support::proxyproto as pp;
 use support::tls::TestCa;
 use support::{
-    Client, Config, EnabledProxy, Namespace, NamespaceOptions, ProxyConfig, Server, TestServer,
-    TlsClientConfig, config, start,
+    Client, Config, EnabledProxy, Namespace, NamespaceOptions, ProxyConfig, TestServer,
+    TlsClientConfig, config, start, start_error,
 };
 use tonic::{Code, Status};
 
@@ -504,18 +504,7 @@ async fn bad_grpc_options_stop_the_start_with_the_key_at_fault() {
             enabled: true,
             proxy: connect,
         };
-        let error = match Server::bind(cfg).await {
-            Ok(_) => panic!("{expected}: the server started"),
-            Err(error) => {
-                let mut text = error.to_string();
-                let mut source = std::error::Error::source(&error);
-                while let Some(cause) = source {
-                    text.push_str(&format!(": {cause}"));
-                    source = cause.source();
-                }
-                text
-            }
-        };
+        let error = start_error(cfg).await;
         assert!(error.contains(expected), "{expected}: {error}");
     }
 }
@@ -531,12 +520,6 @@ async fn a_subscribe_stream_namespace_is_refused_at_start_rather_than_left_unche
             ..NamespaceOptions::default()
         },
     });
-    let Err(error) = Server::bind(cfg).await else {
-        panic!("the server started");
-    };
-    let cause = std::error::Error::source(&error).expect("a cause");
-    assert!(
-        cause.to_string().contains("subscribe_stream_proxy_enabled"),
-        "{cause}"
-    );
+    let error = start_error(cfg).await;
+    assert!(error.contains("subscribe_stream_proxy_enabled"), "{error}");
 }

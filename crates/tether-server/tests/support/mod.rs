@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 pub(crate) use {
     json_client::JsonClient as Client,
     process::{Node, TempDir, tether},
-    server::{TestServer, config, start},
+    server::{TestServer, config, start, start_error},
     token::{token, user_token},
 };
 

@@ -104,3 +104,18 @@ pub(crate) async fn start(config: Config) -> TestServer {
         handle,
     }
 }
+
+/// Why a server with `config` does not start, with every cause (`error: cause: cause…`);
+/// panics when it starts.
+pub(crate) async fn start_error(config: Config) -> String {
+    let Err(error) = Server::bind(config).await else {
+        panic!("the server started");
+    };
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
