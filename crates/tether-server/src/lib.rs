@@ -23,8 +23,9 @@
 //!   server, and writes replies only to its connection's handle, never to a socket.
 //! - `node`: [`server::Node`], the context every layer below the server shares (config, hub,
 //!   engine, token verifiers, metrics, cluster control, clock).
-//! - `proxy`: the backend proxy (client events handed to the application over HTTP), its
-//!   circuit breakers and in-flight bounds.
+//! - `proxy`: the backend proxy (client events handed to the application over HTTP(S) or
+//!   gRPC), its circuit breakers and in-flight bounds; its gRPC messages are public as
+//!   [`proxyproto`].
 //! - `cluster`: cluster control over the engine's control channel (announcements, surveys,
 //!   commands for a user's connections on every node).
 //! - [`hub`]: registries of connections, users and channels; encode-once fan-out; parking
@@ -55,3 +56,5 @@ mod session;
 mod small;
 pub mod transport;
 pub mod wire;
+
+pub use proxy::proto as proxyproto;

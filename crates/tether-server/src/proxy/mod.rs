@@ -1,5 +1,5 @@
-//! The backend proxy: client events handed to the application over HTTP, as Centrifugo v6
-//! does it (see `docs/proxy.md`).
+//! The backend proxy: client events handed to the application over HTTP or gRPC, as
+//! Centrifugo v6 does it (see `docs/proxy.md`).
 //!
 //! The session calls a [`Proxy`] at the points where it would otherwise decide alone: a
 //! connect without a token, a refresh of server-side credentials, a subscribe, publish or
@@ -15,12 +15,16 @@
 //! waits on a backend that does not answer.
 //!
 //! - [`protocol`]: the requests and results, and their JSON form;
+//! - [`proto`]: the same as gRPC messages (Centrifugo's `proxyproto`, public);
 //! - [`breaker`]: the circuit breaker, time in and decisions out;
 //! - `http`: the pooled HTTP clients;
-//! - `tls`: client TLS (`http.tls`) with rustls.
+//! - `grpc`: one HTTP/2 channel per gRPC proxy, and the messages' conversions;
+//! - `tls`: client TLS (`http.tls`, `grpc.tls`) with rustls.
 
 mod breaker;
+mod grpc;
 mod http;
+pub mod proto;
 pub(crate) mod protocol;
 mod tls;
 
@@ -35,11 +39,12 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use self::breaker::{Admit, Breaker, Transition};
+use self::grpc::{GrpcBuildError, GrpcClient, GrpcError, GrpcRequest, GrpcResult, GrpcTls};
 use self::http::{HttpClient, HttpError};
 pub(crate) use self::protocol::{
-    Answer, Common, ConnectRequest, ConnectResult, JsonError, PublishRequest, PublishResult,
-    RefreshRequest, RefreshResult, RpcRequest, RpcResult, SubRefreshRequest, SubRefreshResult,
-    SubscribeRequest, SubscribeResult,
+    Answer, Common, ConnectRequest, ConnectResult, PublishRequest, PublishResult, RefreshRequest,
+    RefreshResult, RpcRequest, RpcResult, SubRefreshRequest, SubRefreshResult, SubscribeRequest,
+    SubscribeResult, WireError,
 };
 use self::protocol::{JsonRequest, JsonResult, ProxyDisconnect, ProxyError, decode_answer};
 use self::tls::{SystemRoots, TlsError};
@@ -58,16 +63,19 @@ pub(crate) enum Failure {
     Timeout,
     /// The request could not be written as JSON.
     #[error("request: {0}")]
-    Request(JsonError),
+    Request(WireError),
     /// The HTTP exchange failed.
     #[error("http: {0}")]
     Http(#[from] HttpError),
     /// The backend answered with an HTTP status other than 200 and no transform for it.
     #[error("http status {0}")]
     Status(u16),
+    /// The gRPC call ended with a status other than OK, or its answer could not be read.
+    #[error("grpc: {0}")]
+    Grpc(#[from] GrpcError),
     /// The answer could not be read.
     #[error("answer: {0}")]
-    Answer(JsonError),
+    Answer(WireError),
 }
 
 impl Failure {
@@ -77,7 +85,7 @@ impl Failure {
             Self::Unavailable(_) => "unavailable",
             Self::Timeout => "timeout",
             Self::Request(_) => "bad_request",
-            Self::Http(_) | Self::Status(_) | Self::Answer(_) => "failed",
+            Self::Http(_) | Self::Status(_) | Self::Grpc(_) | Self::Answer(_) => "failed",
         }
     }
 
@@ -97,23 +105,56 @@ pub(crate) struct Forward {
     pub(crate) emulated: Vec<(HeaderName, HeaderValue)>,
 }
 
+/// The requests a proxy can send, over either protocol.
+pub(crate) trait Event: JsonRequest + GrpcRequest {}
+impl<T: JsonRequest + GrpcRequest> Event for T {}
+
+/// The results a proxy can read, over either protocol.
+pub(crate) trait EventResult: JsonResult + GrpcResult {}
+impl<T: JsonResult + GrpcResult> EventResult for T {}
+
 /// One configured proxy endpoint.
 #[derive(Debug)]
 pub(crate) struct Proxy {
     /// Its name in logs and metrics (`default` for the unnamed ones).
     name: Arc<str>,
-    endpoint: hyper::Uri,
     timeout: Duration,
     binary: bool,
     include_meta: bool,
     http_headers: Vec<HeaderName>,
     emulated_headers: Vec<HeaderName>,
-    static_headers: HeaderMap,
-    transforms: Vec<StatusToCodeTransform>,
-    client: HttpClient,
+    transport: Transport,
     breaker: Mutex<Breaker>,
     in_flight: Semaphore,
     metrics: Arc<Metrics>,
+}
+
+/// How a proxy reaches its backend.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per configured proxy, made once at start"
+)]
+enum Transport {
+    /// One JSON POST per event.
+    Http {
+        endpoint: hyper::Uri,
+        client: HttpClient,
+        static_headers: HeaderMap,
+        transforms: Vec<StatusToCodeTransform>,
+    },
+    /// One unary gRPC call per event.
+    Grpc(GrpcClient),
+}
+
+impl Transport {
+    /// Where it sends, for logs.
+    fn endpoint(&self) -> String {
+        match self {
+            Self::Http { endpoint, .. } => endpoint.to_string(),
+            Self::Grpc(client) => client.target().to_owned(),
+        }
+    }
 }
 
 /// A proxy that cannot be built from its config.
@@ -135,10 +176,27 @@ pub enum ProxyBuildError {
     Tls {
         /// The proxy's name.
         name: String,
-        /// The TLS object's key (`http.tls`).
+        /// The TLS object's key (`http.tls` or `grpc.tls`).
         key: &'static str,
         /// What is wrong.
         reason: String,
+    },
+    /// A gRPC option cannot be used: credentials or static metadata that are not valid
+    /// metadata.
+    #[error("proxy {name}: {reason}")]
+    Grpc {
+        /// The proxy's name.
+        name: String,
+        /// What is wrong, and with which key.
+        reason: String,
+    },
+    /// A namespace asks for something tether does not do yet.
+    #[error("{key}: {reason}")]
+    Unsupported {
+        /// The key asking for it.
+        key: String,
+        /// What is missing.
+        reason: &'static str,
     },
     /// A static header is not a valid HTTP header.
     #[error("proxy {name}: http.static_headers: {header:?} is not a valid header")]
@@ -154,9 +212,39 @@ impl Proxy {
     fn new(
         name: &str,
         config: &ProxyConfig,
-        clients: &mut HttpClients,
+        clients: &mut Clients,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ProxyBuildError> {
+        let transport = if config.is_http() {
+            Self::http(name, config, clients)?
+        } else {
+            Self::grpc(name, config, clients)?
+        };
+        let names = |list: &[String]| {
+            list.iter()
+                .filter_map(|h| HeaderName::try_from(h.to_ascii_lowercase()).ok())
+                .collect()
+        };
+        Ok(Self {
+            name: Arc::from(name),
+            timeout: config.timeout,
+            binary: config.binary_encoding,
+            include_meta: config.include_connection_meta,
+            http_headers: names(&config.http_headers),
+            emulated_headers: names(&config.emulated_headers),
+            transport,
+            breaker: Mutex::new(Breaker::new(breaker::Settings::default(), Instant::now())),
+            in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            metrics,
+        })
+    }
+
+    /// The HTTP transport of an `http://` or `https://` endpoint.
+    fn http(
+        name: &str,
+        config: &ProxyConfig,
+        clients: &mut Clients,
+    ) -> Result<Transport, ProxyBuildError> {
         let endpoint_error = |reason: &str| ProxyBuildError::Endpoint {
             name: name.to_owned(),
             endpoint: config.endpoint.clone(),
@@ -166,23 +254,23 @@ impl Proxy {
             .endpoint
             .parse()
             .map_err(|error: hyper::http::uri::InvalidUri| endpoint_error(&error.to_string()))?;
-        let tls = match endpoint.scheme_str() {
-            Some("http") => None,
-            Some("https") if config.http.tls.enabled => Some(config.http.tls.clone()),
+        let tls = if endpoint
+            .scheme_str()
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http"))
+        {
+            None
+        } else if config.http.tls.enabled {
+            Some(config.http.tls.clone())
+        } else {
             // Without `http.tls`, an https endpoint is verified against the system's roots,
             // as Go's default client does.
-            Some("https") => Some(TlsClientConfig {
+            Some(TlsClientConfig {
                 enabled: true,
                 ..TlsClientConfig::default()
-            }),
-            _ => {
-                return Err(endpoint_error(
-                    "only http:// and https:// endpoints are supported (gRPC is not built yet)",
-                ));
-            }
+            })
         };
         let client = clients
-            .client(tls.as_ref())
+            .http(tls.as_ref())
             .map_err(|error| ProxyBuildError::Tls {
                 name: name.to_owned(),
                 key: "http.tls",
@@ -198,26 +286,49 @@ impl Proxy {
             let value = HeaderValue::try_from(value.as_str()).map_err(|_| bad())?;
             static_headers.insert(header_name, value);
         }
-        let names = |list: &[String]| {
-            list.iter()
-                .filter_map(|h| HeaderName::try_from(h.to_ascii_lowercase()).ok())
-                .collect()
-        };
-        Ok(Self {
-            name: Arc::from(name),
+        Ok(Transport::Http {
             endpoint,
-            timeout: config.timeout,
-            binary: config.binary_encoding,
-            include_meta: config.include_connection_meta,
-            http_headers: names(&config.http_headers),
-            emulated_headers: names(&config.emulated_headers),
+            client,
             static_headers,
             transforms: config.http.status_to_code_transforms.clone(),
-            client,
-            breaker: Mutex::new(Breaker::new(breaker::Settings::default(), Instant::now())),
-            in_flight: Semaphore::new(MAX_IN_FLIGHT),
-            metrics,
         })
+    }
+
+    /// The gRPC transport of any other endpoint (`grpc://host:port` or `host:port`).
+    fn grpc(
+        name: &str,
+        config: &ProxyConfig,
+        clients: &mut Clients,
+    ) -> Result<Transport, ProxyBuildError> {
+        let tls_error = |error: TlsError| ProxyBuildError::Tls {
+            name: name.to_owned(),
+            key: "grpc.tls",
+            reason: error.to_string(),
+        };
+        let grpc = &config.grpc;
+        let tls = if grpc.tls.enabled {
+            // ALPN (`h2`) is the connector's to set.
+            let tls = tls::client_config(&grpc.tls, &mut clients.roots).map_err(tls_error)?;
+            GrpcTls::On(
+                Box::new(tls),
+                tls::server_name(&grpc.tls).map_err(tls_error)?,
+            )
+        } else {
+            GrpcTls::Off
+        };
+        GrpcClient::new(&config.endpoint, grpc, tls)
+            .map(Transport::Grpc)
+            .map_err(|error| match error {
+                GrpcBuildError::Endpoint(_) => ProxyBuildError::Endpoint {
+                    name: name.to_owned(),
+                    endpoint: config.endpoint.clone(),
+                    reason: error.to_string(),
+                },
+                _ => ProxyBuildError::Grpc {
+                    name: name.to_owned(),
+                    reason: error.to_string(),
+                },
+            })
     }
 
     /// Whether requests carry the connection's `meta`.
@@ -226,7 +337,7 @@ impl Proxy {
     }
 
     /// Sends one event and reads the backend's answer. `event` names it in metrics and logs.
-    pub(crate) async fn call<Q: JsonRequest, R: JsonResult>(
+    pub(crate) async fn call<Q: Event, R: EventResult>(
         &self,
         event: &'static str,
         request: &Q,
@@ -247,12 +358,17 @@ impl Proxy {
         result
     }
 
-    async fn exchange<Q: JsonRequest, R: JsonResult>(
+    async fn exchange<Q: Event, R: EventResult>(
         &self,
         request: &Q,
         forward: Option<&Forward>,
     ) -> Result<Answer<R>, Failure> {
-        let body = request.to_json(self.binary).map_err(Failure::Request)?;
+        // Written before a permit is taken: a request that cannot be sent is no backend's
+        // fault. (A gRPC message always encodes.)
+        let body = match &self.transport {
+            Transport::Http { .. } => request.to_json(self.binary).map_err(Failure::Request)?,
+            Transport::Grpc(_) => Vec::new(),
+        };
         let Ok(_permit) = self.in_flight.try_acquire() else {
             return Err(Failure::Unavailable("too many calls in flight"));
         };
@@ -260,27 +376,51 @@ impl Proxy {
         if admit == Admit::Refuse {
             return Err(Failure::Unavailable("circuit breaker open"));
         }
-        let headers = self.headers(forward);
-        let sent = tokio::time::timeout(
-            self.timeout,
-            http::post(&self.client, &self.endpoint, headers, body),
-        )
-        .await;
-        let answer = match sent {
-            Err(_) => Err(Failure::Timeout),
-            Ok(Err(error)) => Err(Failure::Http(error)),
-            Ok(Ok((200, body))) => decode_answer::<R>(&body).map_err(Failure::Answer),
-            Ok(Ok((status, _))) => self.transform(status).ok_or(Failure::Status(status)),
+        let answer = match &self.transport {
+            Transport::Http {
+                endpoint,
+                client,
+                static_headers,
+                ..
+            } => {
+                let headers = self.headers(static_headers, forward);
+                let sent =
+                    tokio::time::timeout(self.timeout, http::post(client, endpoint, headers, body))
+                        .await;
+                match sent {
+                    Err(_) => Err(Failure::Timeout),
+                    Ok(Err(error)) => Err(Failure::Http(error)),
+                    Ok(Ok((200, body))) => decode_answer::<R>(&body).map_err(Failure::Answer),
+                    Ok(Ok((status, _))) => self.transform(status).ok_or(Failure::Status(status)),
+                }
+            }
+            Transport::Grpc(client) => {
+                let headers = self.headers(client.static_metadata(), forward);
+                let sent = tokio::time::timeout(
+                    self.timeout,
+                    client.call::<Q, R>(request, self.binary, headers, self.timeout),
+                )
+                .await;
+                match sent {
+                    Err(_) => Err(Failure::Timeout),
+                    Ok(Err(GrpcError::Status(status)))
+                        if status.code() == tonic::Code::DeadlineExceeded =>
+                    {
+                        Err(Failure::Timeout)
+                    }
+                    Ok(result) => result.map_err(Failure::Grpc),
+                }
+            }
         };
         let failed = answer.as_ref().is_err_and(Failure::is_backend_fault);
         let transition = self.breaker.lock().record(admit, failed, Instant::now());
         match transition {
             Some(Transition::Opened) => {
-                warn!(proxy = %self.name, endpoint = %self.endpoint, "proxy circuit breaker opened: calls fail at once until a probe succeeds");
+                warn!(proxy = %self.name, endpoint = %self.transport.endpoint(), "proxy circuit breaker opened: calls fail at once until a probe succeeds");
                 self.metrics.proxy_breaker(&self.name, true);
             }
             Some(Transition::Closed) => {
-                warn!(proxy = %self.name, endpoint = %self.endpoint, "proxy circuit breaker closed: the backend answers again");
+                warn!(proxy = %self.name, endpoint = %self.transport.endpoint(), "proxy circuit breaker closed: the backend answers again");
                 self.metrics.proxy_breaker(&self.name, false);
             }
             None => {}
@@ -290,7 +430,10 @@ impl Proxy {
 
     /// The answer `http.status_to_code_transforms` makes of an HTTP status, if any.
     fn transform<R>(&self, status: u16) -> Option<Answer<R>> {
-        let transform = self.transforms.iter().find(|t| t.status_code == status)?;
+        let Transport::Http { transforms, .. } = &self.transport else {
+            return None;
+        };
+        let transform = transforms.iter().find(|t| t.status_code == status)?;
         Some(if transform.to_error.code > 0 {
             Answer::Error(ProxyError {
                 code: transform.to_error.code,
@@ -305,10 +448,10 @@ impl Proxy {
         })
     }
 
-    /// The request's headers: static ones, then allowed emulated ones, then allowed
-    /// transport ones (later ones win).
-    fn headers(&self, forward: Option<&Forward>) -> HeaderMap {
-        let mut headers = self.static_headers.clone();
+    /// The request's headers (or gRPC metadata): static ones, then allowed emulated ones,
+    /// then allowed transport ones (later ones win).
+    fn headers(&self, static_headers: &HeaderMap, forward: Option<&Forward>) -> HeaderMap {
+        let mut headers = static_headers.clone();
         let Some(forward) = forward else {
             return headers;
         };
@@ -352,7 +495,28 @@ pub(crate) struct Proxies {
 impl Proxies {
     /// The proxies `config` uses.
     pub(crate) fn new(config: &Config, metrics: &Arc<Metrics>) -> Result<Self, ProxyBuildError> {
-        let mut clients = HttpClients::default();
+        // A namespace whose subscriptions would be streams from the backend must not fall
+        // back to plain subscriptions that nobody approved.
+        let streams = std::iter::once((
+            "channel.without_namespace".to_owned(),
+            &config.channel.without_namespace,
+        ))
+        .chain(
+            config
+                .channel
+                .namespaces
+                .iter()
+                .map(|ns| (format!("channel.namespaces[{:?}]", ns.name), &ns.options)),
+        );
+        for (key, options) in streams {
+            if options.subscribe_stream_proxy_enabled {
+                return Err(ProxyBuildError::Unsupported {
+                    key: format!("{key}.subscribe_stream_proxy_enabled"),
+                    reason: "subscription streams from the backend are not built yet",
+                });
+            }
+        }
+        let mut clients = Clients::default();
         let mut build = |name: &str, proxy: &ProxyConfig| {
             Proxy::new(name, proxy, &mut clients, metrics.clone()).map(Arc::new)
         };
@@ -456,17 +620,17 @@ impl Proxies {
 
 /// The HTTP clients of a node's proxies, made while the proxies are built: one for every
 /// plain `http://` proxy, and one per distinct TLS object, so proxies on the same terms share
-/// a connection pool.
+/// a connection pool; and the system's roots, read once for HTTP and gRPC alike.
 #[derive(Debug, Default)]
-struct HttpClients {
+struct Clients {
     plain: Option<HttpClient>,
     tls: Vec<(TlsClientConfig, HttpClient)>,
     roots: SystemRoots,
 }
 
-impl HttpClients {
-    /// The client for `tls` (`None`: plain http).
-    fn client(&mut self, tls: Option<&TlsClientConfig>) -> Result<HttpClient, TlsError> {
+impl Clients {
+    /// The HTTP client for `tls` (`None`: plain http).
+    fn http(&mut self, tls: Option<&TlsClientConfig>) -> Result<HttpClient, TlsError> {
         let Some(tls) = tls else {
             return Ok(self
                 .plain

@@ -192,9 +192,10 @@ pub(crate) struct SubRefreshResult {
     pub(crate) info: Option<Bytes>,
 }
 
-/// Why a request or an answer could not be put into or read from JSON.
+/// Why a request or an answer could not be put into or read from its wire form (JSON, or
+/// the base64 fields of a gRPC answer).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum JsonError {
+pub(crate) enum WireError {
     /// A `bytes` field that must be embedded raw is not JSON (a Protobuf client's binary
     /// data without `binary_encoding`).
     #[error("{0} is not valid JSON (binary data needs binary_encoding)")]
@@ -202,7 +203,7 @@ pub(crate) enum JsonError {
     /// The answer is not the expected JSON.
     #[error("undecodable answer: {0}")]
     Answer(#[from] serde_json::Error),
-    /// A `b64*` field of the answer is not base64.
+    /// A `b64*` field of the answer (JSON or gRPC) is not base64.
     #[error("{0} is not valid base64")]
     Base64(&'static str),
 }
@@ -210,7 +211,7 @@ pub(crate) enum JsonError {
 /// A request in its JSON form.
 pub(crate) trait JsonRequest {
     /// The request body. `binary` is the proxy's `binary_encoding`.
-    fn to_json(&self, binary: bool) -> Result<Vec<u8>, JsonError>;
+    fn to_json(&self, binary: bool) -> Result<Vec<u8>, WireError>;
 }
 
 /// A result that can be read from its JSON form.
@@ -218,11 +219,11 @@ pub(crate) trait JsonResult: Sized {
     /// The result's JSON shape.
     type Wire: DeserializeOwned;
     /// The result from its JSON shape.
-    fn from_wire(wire: Self::Wire) -> Result<Self, JsonError>;
+    fn from_wire(wire: Self::Wire) -> Result<Self, WireError>;
 }
 
 /// Reads an answer (`{"result": …}`, `{"error": …}` or `{"disconnect": …}`).
-pub(crate) fn decode_answer<T: JsonResult>(body: &[u8]) -> Result<Answer<T>, JsonError> {
+pub(crate) fn decode_answer<T: JsonResult>(body: &[u8]) -> Result<Answer<T>, WireError> {
     #[derive(Deserialize)]
     #[serde(bound = "W: DeserializeOwned")]
     struct Wire<W> {
@@ -266,21 +267,21 @@ impl Common {
 }
 
 /// A `bytes` field embedded as raw JSON (`None` when empty).
-fn raw(bytes: &[u8], field: &'static str) -> Result<Option<Box<RawValue>>, JsonError> {
+fn raw(bytes: &[u8], field: &'static str) -> Result<Option<Box<RawValue>>, WireError> {
     if bytes.is_empty() {
         return Ok(None);
     }
-    let text = std::str::from_utf8(bytes).map_err(|_| JsonError::NotJson(field))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| WireError::NotJson(field))?;
     RawValue::from_string(text.to_owned())
         .map(Some)
-        .map_err(|_| JsonError::NotJson(field))
+        .map_err(|_| WireError::NotJson(field))
 }
 
 /// `data` as the proxy sends it: raw JSON, or base64 with `binary_encoding`.
 fn data_fields(
     data: &[u8],
     binary: bool,
-) -> Result<(Option<Box<RawValue>>, Option<String>), JsonError> {
+) -> Result<(Option<Box<RawValue>>, Option<String>), WireError> {
     if data.is_empty() {
         return Ok((None, None));
     }
@@ -290,16 +291,16 @@ fn data_fields(
     Ok((raw(data, "data")?, None))
 }
 
-fn meta_field(meta: Option<&Bytes>) -> Result<Option<Box<RawValue>>, JsonError> {
+fn meta_field(meta: Option<&Bytes>) -> Result<Option<Box<RawValue>>, WireError> {
     meta.map_or(Ok(None), |meta| raw(meta, "meta"))
 }
 
-fn to_vec(value: &impl Serialize) -> Result<Vec<u8>, JsonError> {
+fn to_vec(value: &impl Serialize) -> Result<Vec<u8>, WireError> {
     Ok(serde_json::to_vec(value)?)
 }
 
 impl JsonRequest for ConnectRequest {
-    fn to_json(&self, binary: bool) -> Result<Vec<u8>, JsonError> {
+    fn to_json(&self, binary: bool) -> Result<Vec<u8>, WireError> {
         #[derive(Serialize)]
         struct Wire<'a> {
             #[serde(flatten)]
@@ -328,7 +329,7 @@ impl JsonRequest for ConnectRequest {
 }
 
 impl JsonRequest for RefreshRequest {
-    fn to_json(&self, binary: bool) -> Result<Vec<u8>, JsonError> {
+    fn to_json(&self, binary: bool) -> Result<Vec<u8>, WireError> {
         #[derive(Serialize)]
         struct Wire<'a> {
             #[serde(flatten)]
@@ -346,7 +347,7 @@ impl JsonRequest for RefreshRequest {
 }
 
 impl JsonRequest for SubscribeRequest {
-    fn to_json(&self, binary: bool) -> Result<Vec<u8>, JsonError> {
+    fn to_json(&self, binary: bool) -> Result<Vec<u8>, WireError> {
         #[derive(Serialize)]
         struct Wire<'a> {
             #[serde(flatten)]
@@ -373,7 +374,7 @@ impl JsonRequest for SubscribeRequest {
 }
 
 impl JsonRequest for PublishRequest {
-    fn to_json(&self, binary: bool) -> Result<Vec<u8>, JsonError> {
+    fn to_json(&self, binary: bool) -> Result<Vec<u8>, WireError> {
         #[derive(Serialize)]
         struct Wire<'a> {
             #[serde(flatten)]
@@ -400,7 +401,7 @@ impl JsonRequest for PublishRequest {
 }
 
 impl JsonRequest for RpcRequest {
-    fn to_json(&self, binary: bool) -> Result<Vec<u8>, JsonError> {
+    fn to_json(&self, binary: bool) -> Result<Vec<u8>, WireError> {
         #[derive(Serialize)]
         struct Wire<'a> {
             #[serde(flatten)]
@@ -427,7 +428,7 @@ impl JsonRequest for RpcRequest {
 }
 
 impl JsonRequest for SubRefreshRequest {
-    fn to_json(&self, binary: bool) -> Result<Vec<u8>, JsonError> {
+    fn to_json(&self, binary: bool) -> Result<Vec<u8>, WireError> {
         #[derive(Serialize)]
         struct Wire<'a> {
             #[serde(flatten)]
@@ -454,7 +455,7 @@ fn bytes_of(
     b64: &str,
     field: &'static str,
     raw_first: bool,
-) -> Result<Option<Bytes>, JsonError> {
+) -> Result<Option<Bytes>, WireError> {
     let raw = raw
         .filter(|value| value.get() != "null")
         .map(|value| Bytes::from(String::from(Box::<str>::from(value))));
@@ -462,7 +463,7 @@ fn bytes_of(
         None
     } else {
         Some(Bytes::from(
-            BASE64.decode(b64).map_err(|_| JsonError::Base64(field))?,
+            BASE64.decode(b64).map_err(|_| WireError::Base64(field))?,
         ))
     };
     Ok(if raw_first { raw.or(b64) } else { b64.or(raw) })
@@ -529,7 +530,7 @@ pub(crate) struct ConnectResultWire {
 impl JsonResult for ConnectResult {
     type Wire = ConnectResultWire;
 
-    fn from_wire(wire: ConnectResultWire) -> Result<Self, JsonError> {
+    fn from_wire(wire: ConnectResultWire) -> Result<Self, WireError> {
         let subs = wire
             .subs
             .into_iter()
@@ -543,7 +544,7 @@ impl JsonResult for ConnectResult {
                     },
                 ))
             })
-            .collect::<Result<_, JsonError>>()?;
+            .collect::<Result<_, WireError>>()?;
         Ok(Self {
             user: wire.user,
             expire_at: wire.expire_at,
@@ -570,7 +571,7 @@ pub(crate) struct RefreshResultWire {
 impl JsonResult for RefreshResult {
     type Wire = RefreshResultWire;
 
-    fn from_wire(wire: RefreshResultWire) -> Result<Self, JsonError> {
+    fn from_wire(wire: RefreshResultWire) -> Result<Self, WireError> {
         Ok(Self {
             expired: wire.expired,
             expire_at: wire.expire_at,
@@ -596,7 +597,7 @@ pub(crate) struct SubscribeResultWire {
 impl JsonResult for SubscribeResult {
     type Wire = SubscribeResultWire;
 
-    fn from_wire(wire: SubscribeResultWire) -> Result<Self, JsonError> {
+    fn from_wire(wire: SubscribeResultWire) -> Result<Self, WireError> {
         Ok(Self {
             expire_at: wire.expire_at,
             info: bytes_of(wire.info, &wire.b64info, "b64info", false)?,
@@ -621,7 +622,7 @@ pub(crate) struct PublishResultWire {
 impl JsonResult for PublishResult {
     type Wire = PublishResultWire;
 
-    fn from_wire(wire: PublishResultWire) -> Result<Self, JsonError> {
+    fn from_wire(wire: PublishResultWire) -> Result<Self, WireError> {
         Ok(Self {
             data: bytes_of(wire.data, &wire.b64data, "b64data", true)?,
             skip_history: wire.skip_history,
@@ -643,7 +644,7 @@ pub(crate) struct RpcResultWire {
 impl JsonResult for RpcResult {
     type Wire = RpcResultWire;
 
-    fn from_wire(wire: RpcResultWire) -> Result<Self, JsonError> {
+    fn from_wire(wire: RpcResultWire) -> Result<Self, WireError> {
         Ok(Self {
             data: bytes_of(wire.data, &wire.b64data, "b64data", false)?,
         })
@@ -663,7 +664,7 @@ pub(crate) struct SubRefreshResultWire {
 impl JsonResult for SubRefreshResult {
     type Wire = SubRefreshResultWire;
 
-    fn from_wire(wire: SubRefreshResultWire) -> Result<Self, JsonError> {
+    fn from_wire(wire: SubRefreshResultWire) -> Result<Self, WireError> {
         Ok(Self {
             expired: wire.expired,
             expire_at: wire.expire_at,
@@ -725,7 +726,7 @@ mod tests {
         );
         assert!(matches!(
             request.to_json(false),
-            Err(JsonError::NotJson("data"))
+            Err(WireError::NotJson("data"))
         ));
     }
 
@@ -816,7 +817,7 @@ mod tests {
         let body = br#"{"result":{"b64data":"***"}}"#;
         assert!(matches!(
             decode_answer::<RpcResult>(body),
-            Err(JsonError::Base64("b64data"))
+            Err(WireError::Base64("b64data"))
         ));
     }
 }

@@ -91,8 +91,8 @@ impl Session {
         request: &Q,
     ) -> Result<Verdict<R>, Disconnect>
     where
-        Q: crate::proxy::protocol::JsonRequest,
-        R: crate::proxy::protocol::JsonResult,
+        Q: crate::proxy::Event,
+        R: crate::proxy::EventResult,
     {
         match proxy.call::<Q, R>(event, request, self.forward()).await {
             Ok(Answer::Result(result)) => Ok(Verdict::Go(result)),

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod cluster;
+pub(crate) mod grpc;
 pub(crate) mod http;
 mod json_client;
 pub(crate) mod process;
@@ -34,6 +35,7 @@ pub(crate) use tether_server::{
     },
     delta::apply_fossil_delta,
     hub::ConnHandle,
+    proxyproto,
     server::{Node as ServerNode, Server},
     wire::ws::{Opcode, WsLimits},
 };
