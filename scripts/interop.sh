@@ -10,7 +10,9 @@
 #        redis://127.0.0.1:6379, under a unique key prefix deleted at the end);
 #        INTEROP_SKIP_PROXY=1 to skip the last phase, the backend proxy suites
 #        (scripts/interop-proxy.sh: a second tether with tests/interop/tether-proxy.json and
-#        the backend tests/interop/backend/app.py; that script also runs on its own).
+#        the backend tests/interop/backend/app.py, then a third with
+#        tests/interop/tether-proxy-grpc.json and the gRPC backend backend/grpc_app.py; that
+#        script also runs on its own); INTEROP_SKIP_GRPC_PROXY=1 skips only the gRPC half.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -37,6 +37,9 @@ rpc (`/centrifugo/rpc`), keyed by method:
   - `http500` -> HTTP 500
   - anything else -> error 1404 "unknown method"
 
+The decisions (and the record of requests) live in proxy_logic.py, shared with the gRPC
+backend (grpc_app.py), which answers the same events the same way over gRPC.
+
 Introspection (for the tests, not part of the proxy protocol):
   GET  /health                       -> 200 "ok"
   GET  /_seen?kind=connect[&...]     -> every recorded request of that kind, oldest first:
@@ -58,210 +61,70 @@ import asyncio
 import json
 import signal
 import sys
-import time
-from http.cookies import CookieError, SimpleCookie
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 from aiohttp import web
 
-#: Lifetime of an expiring connection or subscription, in seconds.
-TTL = 2
-
-KINDS = ("connect", "refresh", "subscribe", "publish", "sub_refresh", "rpc")
+from proxy_logic import KINDS, BackendFailure, Logic
 
 
-class State:
-    def __init__(self) -> None:
-        self.seen: List[Dict[str, Any]] = []
-        self.stored: List[Dict[str, Any]] = []
-        self.connects_by_session: Dict[str, int] = {}
-        self.refresh_calls: Dict[str, int] = {}
-        self.refresh_plan: Dict[str, List[str]] = {}
-        self.sub_refresh_calls: Dict[str, int] = {}
+def _handler(logic: Logic, kind: str):
+    decide = getattr(logic, kind)
 
-    def reset(self) -> None:
-        self.__init__()
-
-
-def session_of(headers: Dict[str, str]) -> Optional[str]:
-    """The `session` cookie value, or None."""
-    raw = headers.get("cookie")
-    if not raw:
-        return None
-    jar = SimpleCookie()
-    try:
-        jar.load(raw)
-    except CookieError:
-        return None
-    morsel = jar.get("session")
-    return morsel.value if morsel is not None else None
-
-
-def error(code: int, message: str, temporary: bool = False) -> Dict[str, Any]:
-    err: Dict[str, Any] = {"code": code, "message": message}
-    if temporary:
-        err["temporary"] = True
-    return {"error": err}
-
-
-def text_of(data: Any) -> str:
-    if isinstance(data, dict) and isinstance(data.get("text"), str):
-        return data["text"]
-    return ""
-
-
-class Backend:
-    def __init__(self) -> None:
-        self.state = State()
-
-    # ------------------------------------------------------------------ plumbing
-
-    async def _record(self, kind: str, request: web.Request) -> Dict[str, Any]:
+    async def handle(request: web.Request) -> web.Response:
         raw = await request.read()
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
             body = {"_unparsable": raw.decode("utf-8", "replace")}
+        if not isinstance(body, dict):
+            body = {"_not_an_object": body}
         headers = {k.lower(): v for k, v in request.headers.items()}
-        self.state.seen.append({"kind": kind, "time": time.time(), "body": body, "headers": headers})
-        return {"body": body, "headers": headers}
+        logic.record(kind, body, headers)
+        try:
+            answer = await decide(body, headers)
+        except BackendFailure as failure:
+            return web.Response(status=500, text=str(failure))
+        return web.json_response(answer)
 
-    # ------------------------------------------------------------------ proxy events
+    return handle
 
-    async def connect(self, request: web.Request) -> web.Response:
-        rec = await self._record("connect", request)
-        session = session_of(rec["headers"])
-        if session is None:
-            return web.json_response({"result": {}})
-        calls = self.state.connects_by_session.get(session, 0) + 1
-        self.state.connects_by_session[session] = calls
-        if session.startswith("refuse"):
-            return web.json_response(error(1403, "forbidden"))
-        if session.startswith("ban"):
-            return web.json_response({"disconnect": {"code": 4501, "reason": "banned"}})
-        if session.startswith("flaky") and calls == 1:
-            return web.json_response(error(1503, "try again", temporary=True))
-        result: Dict[str, Any] = {
-            "user": session,
-            "info": {"name": session},
-            "data": {"hello": session},
-            "meta": {"session": session},
-        }
-        if session.startswith("short"):
-            result["expire_at"] = int(time.time()) + TTL
-        return web.json_response({"result": result})
 
-    async def refresh(self, request: web.Request) -> web.Response:
-        rec = await self._record("refresh", request)
-        user = rec["body"].get("user", "")
-        n = self.state.refresh_calls.get(user, 0)
-        self.state.refresh_calls[user] = n + 1
-        plan = self.state.refresh_plan.get(user, ["extend", "expired"])
-        step = plan[min(n, len(plan) - 1)]
-        if step == "expired":
-            return web.json_response({"result": {"expired": True}})
-        return web.json_response({"result": {"expire_at": int(time.time()) + TTL}})
+def add_introspection_routes(app: web.Application, logic: Logic) -> None:
+    """`GET /health`, `GET /_seen`, `GET /_stored`, `POST /_control` (also served by the gRPC
+    backend, on its HTTP side)."""
 
-    async def subscribe(self, request: web.Request) -> web.Response:
-        rec = await self._record("subscribe", request)
-        channel = rec["body"].get("channel", "")
-        if channel.startswith("allowed:"):
-            return web.json_response(
-                {"result": {"info": {"role": "member"}, "data": {"welcome": True}}}
-            )
-        if channel.startswith("denied:"):
-            return web.json_response(error(103, "permission denied"))
-        if channel.startswith("expiring:"):
-            return web.json_response({"result": {"expire_at": int(time.time()) + TTL}})
-        return web.json_response({"result": {}})
-
-    async def publish(self, request: web.Request) -> web.Response:
-        rec = await self._record("publish", request)
-        body = rec["body"]
-        text = text_of(body.get("data"))
-        if text.startswith("store"):
-            self.state.stored.append(
-                {"channel": body.get("channel"), "user": body.get("user"), "data": body.get("data")}
-            )
-            return web.json_response({"result": {}})
-        if "rewrite" in text:
-            return web.json_response({"result": {"data": {"text": "rewritten", "by": "backend"}}})
-        if "reject" in text:
-            return web.json_response(error(1403, "rejected"))
-        return web.json_response({"result": {}})
-
-    async def sub_refresh(self, request: web.Request) -> web.Response:
-        rec = await self._record("sub_refresh", request)
-        key = f'{rec["body"].get("user", "")}\x00{rec["body"].get("channel", "")}'
-        n = self.state.sub_refresh_calls.get(key, 0)
-        self.state.sub_refresh_calls[key] = n + 1
-        if n == 0:
-            return web.json_response({"result": {"expire_at": int(time.time()) + TTL}})
-        return web.json_response({"result": {"expired": True}})
-
-    async def rpc(self, request: web.Request) -> web.Response:
-        rec = await self._record("rpc", request)
-        body = rec["body"]
-        method = body.get("method", "")
-        if method == "echo":
-            return web.json_response({"result": {"data": body.get("data")}})
-        if method == "whoami":
-            return web.json_response(
-                {"result": {"data": {"user": body.get("user"), "meta": body.get("meta")}}}
-            )
-        if method == "slow":
-            await asyncio.sleep(1.5)
-            return web.json_response({"result": {"data": {"slow": True}}})
-        if method == "http500":
-            return web.Response(status=500, text="backend failure")
-        return web.json_response(error(1404, "unknown method"))
-
-    # ------------------------------------------------------------------ introspection
-
-    async def health(self, _request: web.Request) -> web.Response:
+    async def health(_request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    async def seen(self, request: web.Request) -> web.Response:
-        query = dict(request.query)
-        kind = query.pop("kind", None)
-        session = query.pop("session", None)
-        out = []
-        for entry in self.state.seen:
-            if kind is not None and entry["kind"] != kind:
-                continue
-            if session is not None and session_of(entry["headers"]) != session:
-                continue
-            if any(str(entry["body"].get(k)) != v for k, v in query.items()):
-                continue
-            out.append(entry)
-        return web.json_response(out)
+    async def seen(request: web.Request) -> web.Response:
+        return web.json_response(logic.seen(request.query))
 
-    async def stored(self, _request: web.Request) -> web.Response:
-        return web.json_response(self.state.stored)
+    async def stored(_request: web.Request) -> web.Response:
+        return web.json_response(logic.state.stored)
 
-    async def control(self, request: web.Request) -> web.Response:
+    async def control(request: web.Request) -> web.Response:
         try:
             cmd = await request.json()
         except ValueError:
             return web.json_response({"error": "body must be JSON"}, status=400)
-        if cmd.get("reset"):
-            self.state.reset()
-        for user, plan in (cmd.get("refresh_plan") or {}).items():
-            if not plan or any(step not in ("extend", "expired") for step in plan):
-                return web.json_response({"error": f"bad refresh plan for {user!r}"}, status=400)
-            self.state.refresh_plan[user] = list(plan)
+        problem = logic.control(cmd)
+        if problem is not None:
+            return web.json_response({"error": problem}, status=400)
         return web.json_response({"ok": True})
 
+    app.router.add_get("/health", health)
+    app.router.add_get("/_seen", seen)
+    app.router.add_get("/_stored", stored)
+    app.router.add_post("/_control", control)
 
-def make_app() -> web.Application:
-    backend = Backend()
+
+def make_app(logic: Optional[Logic] = None) -> web.Application:
+    logic = logic or Logic()
     app = web.Application()
     for kind in KINDS:
-        app.router.add_post(f"/centrifugo/{kind}", getattr(backend, kind))
-    app.router.add_get("/health", backend.health)
-    app.router.add_get("/_seen", backend.seen)
-    app.router.add_get("/_stored", backend.stored)
-    app.router.add_post("/_control", backend.control)
+        app.router.add_post(f"/centrifugo/{kind}", _handler(logic, kind))
+    add_introspection_routes(app, logic)
     return app
 
 

@@ -1,7 +1,8 @@
 """Helpers for the centrifuge-python proxy suite.
 
 tether runs with tether-proxy.json and forwards client events to the real backend process
-(tests/interop/backend/app.py). The SDK is the real PyPI `centrifuge-python`; the cookie
+(tests/interop/backend/app.py), or with tether-proxy-grpc.json and calls the real gRPC
+backend (tests/interop/backend/grpc_app.py); MODE says which. The SDK is the real PyPI `centrifuge-python`; the cookie
 travels through its `headers` option, which it passes to `websockets.connect(...,
 additional_headers=...)` on the WebSocket handshake.
 
@@ -43,8 +44,22 @@ API_URL = f"http://{_HOST}:{_PORT}/api"
 API_KEY: str = CONFIG["http_api"]["key"]
 HMAC_SECRET: str = CONFIG["client"]["token"]["hmac_secret_key"]
 _connect_endpoint = urlsplit(CONFIG["client"]["proxy"]["connect"]["endpoint"])
-#: The backend answers on the origin of the connect proxy endpoint.
-BACKEND_URL = f"{_connect_endpoint.scheme}://{_connect_endpoint.netloc}"
+#: How tether reaches the backend, read from the connect proxy endpoint (Centrifugo:
+#: http(s):// is HTTP, anything else gRPC): "http" (backend/app.py) or "grpc" (grpc_app.py).
+MODE = "http" if _connect_endpoint.scheme in ("http", "https") else "grpc"
+#: Where the backend's introspection (/_seen, /_stored, /_control) answers:
+#: TETHER_PROXY_BACKEND_URL, else the origin of the connect proxy endpoint (HTTP backend) or
+#: http://127.0.0.1:18102 (the gRPC backend's default HTTP port).
+BACKEND_URL = os.environ.get("TETHER_PROXY_BACKEND_URL") or (
+    f"{_connect_endpoint.scheme}://{_connect_endpoint.netloc}"
+    if MODE == "http"
+    else "http://127.0.0.1:18102"
+)
+
+
+def grpc_method(name: str) -> str:
+    """The full gRPC method path tether calls for an event (gRPC mode)."""
+    return f"/centrifugal.centrifugo.proxy.CentrifugoProxy/{name}"
 #: What the SDK reports as its version in connect (forwarded to the connect proxy).
 SDK_VERSION = "interop-proxy"
 

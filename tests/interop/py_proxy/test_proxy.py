@@ -1,7 +1,10 @@
 """centrifuge-python (JSON and Protobuf) against tether with the backend proxy.
 
-Each test asserts what the SDK reports AND what the backend received (GET /_seen), per
-docs compat-proxy.md §4-§6. The same cases as js/proxy/suite.mjs.
+tether reaches the backend over HTTP (backend/app.py) or gRPC (backend/grpc_app.py), as the
+config it runs with says (MODE). Each test asserts what the SDK reports AND what the backend
+received (GET /_seen), per docs compat-proxy.md §4-§6. The backends decide alike, so the
+cases are the same in both modes; only the transport-level checks differ. The same cases as
+js/proxy/suite.mjs.
 """
 
 import asyncio
@@ -11,10 +14,12 @@ import pytest
 from centrifuge import ClientState, ReplyError, SubscriptionState
 
 from proxy_helpers import (
+    MODE,
     SDK_VERSION,
     api,
     conn_token,
     connected_or_fail,
+    grpc_method,
     new_subscription,
     seen,
     stored,
@@ -31,6 +36,23 @@ def assert_common(body, codec, client_id):
     assert body["encoding"] == "json", "binary_encoding is off"
 
 
+def assert_transport(req, method):
+    """Over HTTP a JSON POST; over gRPC a unary call of CentrifugoProxy/<method>."""
+    if MODE == "http":
+        assert req["headers"]["content-type"].startswith("application/json")
+    else:
+        assert req["grpc_method"] == grpc_method(method), f"a unary CentrifugoProxy/{method} call"
+
+
+def assert_anonymous_user(body):
+    """HTTP: `"user": ""` is always in the body; gRPC: an empty proto3 string is not on the
+    wire, so the backend sees no field."""
+    if MODE == "http":
+        assert body.get("user", None) == "", "`user` is always present, even empty"
+    else:
+        assert body.get("user", "") == "", 'user "" (absent on the wire: proto3 default)'
+
+
 async def test_cookie_only_connect(clients, codec):
     user = f"ann-{uid()}"
     client, _, ctx = await clients.connected(user)
@@ -41,7 +63,7 @@ async def test_cookie_only_connect(clients, codec):
     assert len(reqs) == 1, "one connect proxy call"
     body, headers = reqs[0]["body"], reqs[0]["headers"]
     assert re.search(rf"(^|; )session={user}($|;)", headers["cookie"]), "Cookie forwarded"
-    assert headers["content-type"].startswith("application/json")
+    assert_transport(reqs[0], "Connect")
     assert_common(body, codec, ctx.client)
     assert body["name"] == "python", "SDK name from the connect command"
     assert body["version"] == SDK_VERSION, "SDK version from the connect command"
@@ -64,7 +86,7 @@ async def test_no_cookie_connects_anonymous(clients, codec):
     who = await client.rpc("whoami", codec.enc({}))
     assert codec.dec(who.data) == {"user": "", "meta": None}, "anonymous: user '' and no meta"
     (rpc_req,) = await seen("rpc", client=ctx.client, method="whoami")
-    assert rpc_req["body"].get("user", None) == "", "`user` is always present, even empty"
+    assert_anonymous_user(rpc_req["body"])
 
 
 async def test_connection_token_bypasses_connect_proxy(clients, codec):
@@ -125,6 +147,7 @@ async def test_subscribe_proxy_allowed_and_denied(clients, codec):
     assert sub.state == SubscriptionState.SUBSCRIBED
     assert codec.dec(ctx.data) == {"welcome": True}, "subscribe reply data = backend result data"
     (req,) = await seen("subscribe", channel=allowed)
+    assert_transport(req, "Subscribe")
     assert_common(req["body"], codec, cctx.client)
     assert (req["body"]["user"], req["body"]["channel"]) == (user, allowed)
     assert f"session={user}" in req["headers"]["cookie"], "Cookie forwarded to subscribe"
@@ -157,9 +180,11 @@ async def test_publish_proxy_store_rewrite_reject(clients, codec):
     kept = [s for s in await stored() if s["channel"] == channel]
     assert kept == [{"channel": channel, "user": bob, "data": {"text": store_text, "n": 1}}]
     (pub_req,) = await seen("publish", channel=channel)
+    assert_transport(pub_req, "Publish")
     assert_common(pub_req["body"], codec, bctx.client)
     assert pub_req["body"]["user"] == bob
-    assert pub_req["body"]["data"] == {"text": store_text, "n": 1}, "data embedded as raw JSON"
+    # HTTP: embedded as raw JSON; gRPC: `bytes` holding that JSON (the backend parses it).
+    assert pub_req["body"]["data"] == {"text": store_text, "n": 1}, "data = the JSON the client sent"
 
     # 2. Rewritten: subscribers get the backend's data.
     await b.publish(channel, codec.enc({"text": "please rewrite me"}))
@@ -189,6 +214,7 @@ async def test_rpc_proxy(clients, codec):
     echo = await client.rpc("echo", codec.enc(payload))
     assert codec.dec(echo.data) == payload
     (echo_req,) = await seen("rpc", client=cctx.client, method="echo")
+    assert_transport(echo_req, "RPC")
     assert_common(echo_req["body"], codec, cctx.client)
     assert echo_req["body"]["user"] == user
     assert echo_req["body"]["data"] == payload
@@ -200,9 +226,10 @@ async def test_rpc_proxy(clients, codec):
     with pytest.raises(ReplyError) as unknown:
         await client.rpc("no-such-method", codec.enc({}))
     assert (unknown.value.code, unknown.value.message) == (1404, "unknown method")
+    # The backend fails the call: HTTP 500, or gRPC status INTERNAL.
     with pytest.raises(ReplyError) as failed:
         await client.rpc("http500", codec.enc({}))
-    assert failed.value.code == 100, "non-200 from the backend -> 100 internal server error"
+    assert failed.value.code == 100, "a backend failure (non-200 / non-OK status) -> 100"
     with pytest.raises(ReplyError) as slow:
         await client.rpc("slow", codec.enc({}))
     assert slow.value.code == 100, "proxy timeout (1 s) -> 100"
@@ -230,6 +257,7 @@ async def test_refresh_proxy_extends_then_expires(clients, codec):
     calls = await refreshes()
     assert len(calls) == 2, "one extension, then expired"
     for r in calls:
+        assert_transport(r, "Refresh")
         assert_common(r["body"], codec, ctx.client)
         assert r["body"]["user"] == user
         assert r["body"]["meta"] == {"session": user}, "include_connection_meta on refresh"
@@ -258,6 +286,7 @@ async def test_sub_refresh_proxy_extends_then_expires(clients, codec):
     assert sctx.code == 2501, "subscription expired (the SDK resubscribes)"
     made = await calls()
     assert len(made) == 2
+    assert_transport(made[0], "SubRefresh")
     assert_common(made[0]["body"], codec, cctx.client)
     assert made[0]["body"]["user"] == user
     assert client.state == ClientState.CONNECTED, "only the subscription expired"

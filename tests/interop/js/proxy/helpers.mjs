@@ -1,8 +1,9 @@
 // Helpers for the proxy suite: tether runs with tether-proxy.json and forwards client
-// events to the real backend process (tests/interop/backend/app.py). The SDK is the real
-// npm `centrifuge` over the real `ws`; the only addition is the Cookie header on the
-// WebSocket handshake, which is what a browser would send and what the connect proxy
-// forwards (`http_headers: ["Cookie"]`).
+// events to the real backend process (tests/interop/backend/app.py), or with
+// tether-proxy-grpc.json and calls the real gRPC backend (tests/interop/backend/grpc_app.py).
+// The SDK is the real npm `centrifuge` over the real `ws`; the only addition is the Cookie
+// header on the WebSocket handshake, which is what a browser would send and what the
+// proxies forward (`http_headers: ["Cookie"]`: a header over HTTP, metadata over gRPC).
 
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -24,8 +25,23 @@ const port = config.http_server?.port ?? 8000;
 export const WS_URL = `ws://${host}:${port}/connection/websocket`;
 const API_URL = `http://${host}:${port}/api`;
 const API_KEY = config.http_api.key;
-/** The backend answers on the origin of the connect proxy endpoint. */
-export const BACKEND_URL = new URL(config.client.proxy.connect.endpoint).origin;
+/**
+ * How tether reaches the backend: 'http' (backend/app.py) or 'grpc' (backend/grpc_app.py),
+ * read from the connect proxy endpoint (Centrifugo: http(s):// is HTTP, anything else gRPC).
+ */
+export const MODE = /^https?:\/\//.test(config.client.proxy.connect.endpoint) ? 'http' : 'grpc';
+/**
+ * Where the backend's introspection (/_seen, /_stored, /_control) answers:
+ * TETHER_PROXY_BACKEND_URL, else the origin of the connect proxy endpoint (HTTP backend) or
+ * http://127.0.0.1:18102 (the gRPC backend's default HTTP port).
+ */
+export const BACKEND_URL =
+  process.env.TETHER_PROXY_BACKEND_URL ??
+  (MODE === 'http' ? new URL(config.client.proxy.connect.endpoint).origin : 'http://127.0.0.1:18102');
+/** The full gRPC method path tether calls for an event (gRPC mode). */
+export function grpcMethod(name) {
+  return `/centrifugal.centrifugo.proxy.CentrifugoProxy/${name}`;
+}
 /** A connection token for `user`, signed with the proxy config's HMAC key. */
 export function connToken(user) {
   return signJwt({ sub: user }, config.client.token.hmac_secret_key);

@@ -1,7 +1,9 @@
 // The centrifuge-js proxy suite, defined once and run for each SDK build
 // (proxy/json.test.mjs, proxy/protobuf.test.mjs). tether forwards client events to the
-// real backend (backend/app.py); each test asserts what the SDK reports AND what the
-// backend received (GET /_seen), per docs compat-proxy.md §4-§6.
+// real backend, over HTTP (backend/app.py) or gRPC (backend/grpc_app.py) as the config it
+// runs with says (MODE); each test asserts what the SDK reports AND what the backend
+// received (GET /_seen), per docs compat-proxy.md §4-§6. The backends decide alike, so the
+// cases are the same in both modes; only the transport-level checks differ.
 
 import { describe, test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,6 +12,8 @@ import {
   clientFactory,
   connectedOrFail,
   connToken,
+  grpcMethod,
+  MODE,
   nextEvent,
   record,
   SDK_VERSION,
@@ -31,6 +35,30 @@ function assertCommon(body, codec, clientId) {
   assert.equal(body.encoding, 'json', 'binary_encoding is off');
 }
 
+/**
+ * How the request reached the backend: over HTTP a JSON POST, over gRPC a unary call of
+ * `CentrifugoProxy/<method>` (the backend records the method path).
+ */
+function assertTransport(req, method) {
+  if (MODE === 'http') {
+    assert.match(req.headers['content-type'], /^application\/json/);
+  } else {
+    assert.equal(req.grpc_method, grpcMethod(method), `a unary CentrifugoProxy/${method} call`);
+  }
+}
+
+/**
+ * `user` of an anonymous connection: always present in the HTTP JSON body (`"user": ""`);
+ * over gRPC an empty proto3 string is not on the wire, so the backend sees no field.
+ */
+function assertAnonymousUser(body) {
+  if (MODE === 'http') {
+    assert.ok('user' in body && body.user === '', '`user` is always present, even empty');
+  } else {
+    assert.equal(body.user ?? '', '', 'user "" (absent on the wire: proto3 default)');
+  }
+}
+
 /** Resolves with the rejection of `promise` (fails if it resolves). */
 async function rejection(promise) {
   try {
@@ -44,7 +72,7 @@ async function rejection(promise) {
 export function defineSuite(codec) {
   const { enc, dec } = codec;
 
-  describe(`centrifuge-js ${codec.name} via the proxy`, () => {
+  describe(`centrifuge-js ${codec.name} via the ${MODE} proxy`, () => {
     const clients = clientFactory(codec);
     afterEach(() => clients.closeAll());
 
@@ -59,7 +87,7 @@ export function defineSuite(codec) {
       assert.equal(reqs.length, 1, 'one connect proxy call');
       const { body, headers } = reqs[0];
       assert.match(headers.cookie, new RegExp(`(^|; )session=${user}($|;)`), 'Cookie forwarded');
-      assert.match(headers['content-type'], /^application\/json/);
+      assertTransport(reqs[0], 'Connect');
       assertCommon(body, codec, ctx.client);
       assert.equal(body.name, 'js', 'SDK name from the connect command');
       assert.equal(body.version, SDK_VERSION, 'SDK version from the connect command');
@@ -86,7 +114,7 @@ export function defineSuite(codec) {
       const who = await client.rpc('whoami', enc({}));
       assert.deepEqual(dec(who.data), { user: '', meta: null }, 'anonymous: user "" and no meta');
       const [rpcReq] = await seen('rpc', { client: ctx.client, method: 'whoami' });
-      assert.ok('user' in rpcReq.body && rpcReq.body.user === '', '`user` is always present, even empty');
+      assertAnonymousUser(rpcReq.body);
     });
 
     test('a connection token bypasses the connect proxy', { timeout: TEST_TIMEOUT_MS }, async () => {
@@ -165,6 +193,7 @@ export function defineSuite(codec) {
       assert.equal(sub.state, 'subscribed');
       assert.deepEqual(dec(ctx.data), { welcome: true }, 'subscribe reply data = backend result data');
       const [req] = await seen('subscribe', { channel: allowed });
+      assertTransport(req, 'Subscribe');
       assertCommon(req.body, codec, clientId);
       assert.equal(req.body.user, user);
       assert.equal(req.body.channel, allowed);
@@ -204,9 +233,11 @@ export function defineSuite(codec) {
       const kept = (await stored()).filter((s) => s.channel === channel);
       assert.deepEqual(kept, [{ channel, user: bob, data: { text: storeText, n: 1 } }]);
       const [pubReq] = await seen('publish', { channel });
+      assertTransport(pubReq, 'Publish');
       assertCommon(pubReq.body, codec, b.connectedCtx.client);
       assert.equal(pubReq.body.user, bob);
-      assert.deepEqual(pubReq.body.data, { text: storeText, n: 1 }, 'data embedded as raw JSON');
+      // HTTP: embedded as raw JSON; gRPC: `bytes` holding that JSON (the backend parses it).
+      assert.deepEqual(pubReq.body.data, { text: storeText, n: 1 }, 'data = the JSON the client sent');
 
       // 2. Rewritten: subscribers get the backend's data.
       await b.publish(channel, enc({ text: 'please rewrite me' }));
@@ -238,6 +269,7 @@ export function defineSuite(codec) {
       const echo = await client.rpc('echo', enc(payload));
       assert.deepEqual(dec(echo.data), payload);
       const [echoReq] = await seen('rpc', { client: clientId, method: 'echo' });
+      assertTransport(echoReq, 'RPC');
       assertCommon(echoReq.body, codec, clientId);
       assert.equal(echoReq.body.user, user);
       assert.deepEqual(echoReq.body.data, payload);
@@ -250,8 +282,9 @@ export function defineSuite(codec) {
       assert.equal(unknown.code, 1404);
       assert.equal(unknown.message, 'unknown method');
 
+      // The backend fails the call: HTTP 500, or gRPC status INTERNAL.
       const failed = await rejection(client.rpc('http500', enc({})));
-      assert.equal(failed.code, 100, 'non-200 from the backend -> 100 internal server error');
+      assert.equal(failed.code, 100, 'a backend failure (non-200 / non-OK status) -> 100 internal server error');
       const slow = await rejection(client.rpc('slow', enc({})));
       assert.equal(slow.code, 100, 'proxy timeout (1 s) -> 100');
       assert.equal(client.state, 'connected');
@@ -284,6 +317,7 @@ export function defineSuite(codec) {
       const refreshes = (await seen('refresh', { user })).filter((r) => r.body.client === clientId);
       assert.equal(refreshes.length, 2, 'one extension, then expired');
       for (const r of refreshes) {
+        assertTransport(r, 'Refresh');
         assertCommon(r.body, codec, clientId);
         assert.equal(r.body.user, user);
         assert.deepEqual(r.body.meta, { session: user }, 'include_connection_meta on refresh');
@@ -320,6 +354,7 @@ export function defineSuite(codec) {
       assert.equal(resubscribing.code, 2501, 'subscription expired (the SDK resubscribes)');
       const calls = (await seen('sub_refresh', { channel })).filter((r) => r.body.client === clientId);
       assert.equal(calls.length, 2);
+      assertTransport(calls[0], 'SubRefresh');
       assertCommon(calls[0].body, codec, clientId);
       assert.equal(calls[0].body.user, user);
       assert.equal(client.state, 'connected', 'only the subscription expired');
