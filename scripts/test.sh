@@ -42,7 +42,9 @@ fi
 bash "$ROOT/scripts/interop.sh"
 
 section "interop on the Redis engine (INTEROP_ENGINE=redis scripts/interop.sh)"
-INTEROP_ENGINE=redis bash "$ROOT/scripts/interop.sh"
+# The proxy's transport does not depend on the engine: the HTTP half of the proxy phase shows
+# the proxy on Redis, the gRPC half runs once, on the memory engine above.
+INTEROP_ENGINE=redis INTEROP_SKIP_GRPC_PROXY=1 bash "$ROOT/scripts/interop.sh"
 
 section "fuzz smoke (scripts/fuzz-smoke.sh)"; bash "$ROOT/scripts/fuzz-smoke.sh"
 
