@@ -509,17 +509,238 @@ async fn bad_grpc_options_stop_the_start_with_the_key_at_fault() {
     }
 }
 
+// === subscription streams (compat-proxy §6.6) ===
+
+/// A live-score backend: `SubscribeUnidirectional` opens `live:*` streams, refuses
+/// `live:closed` (103, said to be temporary), and fails `live:down` with a status.
+fn scores(seen: &GrpcSeen) -> GrpcAnswer {
+    if seen.method != "SubscribeUnidirectional" {
+        return GrpcAnswer::Status(Status::unimplemented(seen.method.clone()));
+    }
+    let request: pp::SubscribeRequest = seen.decode();
+    let response = match request.channel.as_str() {
+        "live:down" => return GrpcAnswer::Status(Status::unavailable("down")),
+        "live:closed" => pp::SubscribeResponse {
+            error: Some(pp::Error {
+                code: 103,
+                message: "permission denied".to_owned(),
+                temporary: true,
+            }),
+            ..Default::default()
+        },
+        _ => pp::SubscribeResponse {
+            result: Some(pp::SubscribeResult {
+                info: json_bytes(&json!({"seat": "A1"})),
+                data: json_bytes(&json!({"kickoff": "20:00"})),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    };
+    GrpcAnswer::of(&pp::StreamSubscribeResponse {
+        subscribe_response: Some(response),
+        publication: None,
+    })
+}
+
+/// The `live` namespace, fed by subscription streams from `endpoint`.
+fn stream_config(endpoint: &str) -> Config {
+    let mut cfg = config();
+    cfg.channel.proxy.subscribe_stream = proxy(endpoint.to_owned());
+    cfg.channel.namespaces.push(Namespace {
+        name: "live".to_owned(),
+        options: NamespaceOptions {
+            subscribe_stream_proxy_enabled: true,
+            history_size: 10,
+            history_ttl: Duration::from_secs(60),
+            force_recovery: true,
+            ..NamespaceOptions::default()
+        },
+    });
+    cfg
+}
+
+fn stream_publication(value: &Value) -> pp::StreamSubscribeResponse {
+    pp::StreamSubscribeResponse {
+        subscribe_response: None,
+        publication: Some(pp::Publication {
+            data: json_bytes(value),
+            tags: [("minute".to_owned(), "12".to_owned())].into(),
+        }),
+    }
+}
+
 #[tokio::test]
-async fn a_subscribe_stream_namespace_is_refused_at_start_rather_than_left_unchecked() {
+async fn a_subscription_stream_decides_the_subscribe_and_feeds_only_its_subscriber() {
+    let backend = GrpcBackend::start(scores).await;
+    let server = start(stream_config(&backend.endpoint())).await;
+    let mut ann = Client::connect(&server, "ann").await;
+    let result = ann
+        .subscribe(json!({"channel": "live:final", "data": {"team": "red"}}))
+        .await;
+    assert_eq!(result["data"], json!({"kickoff": "20:00"}), "{result}");
+    assert!(
+        result.get("recoverable").is_none() && result.get("positioned").is_none(),
+        "no recovery nor positioning on a stream: {result}"
+    );
+    let seen = backend.seen("SubscribeUnidirectional");
+    assert_eq!(seen.len(), 1);
+    let request: pp::SubscribeRequest = seen[0].decode();
+    assert_eq!(
+        (request.user.as_str(), request.channel.as_str()),
+        ("ann", "live:final")
+    );
+    assert_eq!(json_of(&request.data), json!({"team": "red"}));
+    let ann_stream = backend.next_stream().await;
+
+    // Bob has his own stream on the same channel, and a plain subscription to a channel
+    // of the same name without a namespace: Ann's publications reach neither.
+    let mut bob = Client::connect(&server, "bob").await;
+    bob.subscribe(json!({"channel": "live:final"})).await;
+    bob.subscribe(json!({"channel": "final"})).await;
+    let bob_stream = backend.next_stream().await;
+
+    for minute in [12, 13] {
+        assert!(ann_stream.send(&stream_publication(&json!({"goal": minute}))));
+    }
+    for minute in [12, 13] {
+        let push = ann.wait_for(|m| m.get("push").is_some()).await;
+        assert_eq!(push["push"]["channel"], "live:final", "{push}");
+        let publication = &push["push"]["pub"];
+        assert_eq!(publication["data"], json!({"goal": minute}), "{push}");
+        assert_eq!(publication["tags"], json!({"minute": "12"}), "{push}");
+        assert!(
+            publication.get("offset").is_none(),
+            "no offset on a stream's publication: {push}"
+        );
+    }
+    assert!(
+        bob.next_within(Duration::from_millis(300)).await.is_none(),
+        "another subscriber got Ann's stream"
+    );
+
+    // Publishing into a unidirectional stream namespace is not available.
+    let reply = ann
+        .call(json!({"publish": {"channel": "live:final", "data": {"goal": 99}}}))
+        .await;
+    assert_eq!(reply["error"]["code"], 108, "{reply}");
+
+    // The backend refuses: its error as it is, never temporary; failing to open is 100.
+    let reply = ann
+        .call(json!({"subscribe": {"channel": "live:closed"}}))
+        .await;
+    assert_eq!(
+        reply["error"],
+        json!({"code": 103, "message": "permission denied"}),
+        "{reply}"
+    );
+    let refused = backend.next_stream().await;
+    assert!(
+        refused.cancelled(Duration::from_secs(5)).await,
+        "a refused subscription's stream is cancelled"
+    );
+    let reply = ann
+        .call(json!({"subscribe": {"channel": "live:down"}}))
+        .await;
+    assert_eq!(reply["error"]["code"], 100, "{reply}");
+    assert_eq!(reply["error"]["temporary"], true, "{reply}");
+
+    // The backend ends the stream: unsubscribe 2000, and the channel can be subscribed again.
+    ann_stream.end();
+    let push = ann.wait_for(|m| m.get("push").is_some()).await;
+    assert_eq!(push["push"]["channel"], "live:final", "{push}");
+    assert_eq!(
+        push["push"]["unsubscribe"],
+        json!({"code": 2000, "reason": "server unsubscribe"}),
+        "{push}"
+    );
+    ann.subscribe(json!({"channel": "live:final"})).await;
+    let again = backend.next_stream().await;
+    assert!(again.send(&stream_publication(&json!({"goal": 14}))));
+    let push = ann.wait_for(|m| m.get("push").is_some()).await;
+    assert_eq!(push["push"]["pub"]["data"], json!({"goal": 14}), "{push}");
+    // A stream that fails: unsubscribe 2500, and the SDK subscribes again.
+    again.fail(Status::internal("lost the feed"));
+    let push = ann.wait_for(|m| m.get("push").is_some()).await;
+    assert_eq!(
+        push["push"]["unsubscribe"],
+        json!({"code": 2500, "reason": "insufficient state"}),
+        "{push}"
+    );
+
+    // Bob unsubscribes: his stream is cancelled; a disconnect cancels one too.
+    let reply = bob
+        .call(json!({"unsubscribe": {"channel": "live:final"}}))
+        .await;
+    assert!(reply.get("unsubscribe").is_some(), "{reply}");
+    assert!(
+        bob_stream.cancelled(Duration::from_secs(5)).await,
+        "the backend did not see the stream cancelled"
+    );
+    ann.subscribe(json!({"channel": "live:final"})).await;
+    let last = backend.next_stream().await;
+    drop(ann);
+    assert!(
+        last.cancelled(Duration::from_secs(5)).await,
+        "a disconnect did not cancel the stream"
+    );
+
+    let metrics = server_metrics(&server).await;
+    for line in [
+        "tether_proxy_calls_total{proxy=\"default\",event=\"subscribe_stream\",outcome=\"ok\"} 4",
+        "tether_proxy_calls_total{proxy=\"default\",event=\"subscribe_stream\",outcome=\"refused\"} 1",
+        "tether_proxy_calls_total{proxy=\"default\",event=\"subscribe_stream\",outcome=\"failed\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_subscription_stream_whose_first_message_is_late_is_the_temporary_error() {
+    let backend =
+        GrpcBackend::start(|seen| GrpcAnswer::Slow(Duration::from_secs(3), Box::new(scores(seen))))
+            .await;
+    let mut cfg = stream_config(&backend.endpoint());
+    cfg.channel.proxy.subscribe_stream.timeout = Duration::from_millis(300);
+    let server = start(cfg).await;
+    let mut client = Client::connect(&server, "cid").await;
+    let started = Instant::now();
+    let reply = client
+        .call(json!({"subscribe": {"channel": "live:final"}}))
+        .await;
+    assert_eq!(reply["error"]["code"], 100, "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waited {:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}
+
+async fn server_metrics(server: &TestServer) -> String {
+    let response = support::http::request(server.addr, "GET", "/metrics", "", "")
+        .await
+        .expect("metrics");
+    assert_eq!(response.status, 200);
+    response.body().to_owned()
+}
+
+#[tokio::test]
+async fn a_bidirectional_subscribe_stream_namespace_is_refused_at_start() {
     let mut cfg = config();
     cfg.channel.proxy.subscribe_stream = proxy("grpc://127.0.0.1:1".to_owned());
     cfg.channel.namespaces.push(Namespace {
         name: "live".to_owned(),
         options: NamespaceOptions {
             subscribe_stream_proxy_enabled: true,
+            subscribe_stream_proxy_bidirectional: true,
             ..NamespaceOptions::default()
         },
     });
     let error = start_error(cfg).await;
-    assert!(error.contains("subscribe_stream_proxy_enabled"), "{error}");
+    assert!(
+        error.contains("subscribe_stream_proxy_bidirectional") && error.contains("not built"),
+        "{error}"
+    );
 }

@@ -94,6 +94,16 @@ pub enum Control {
         /// The channel.
         channel: String,
     },
+    /// The backend's subscription stream feeding one subscription ended: unsubscribe with
+    /// 2000 when the backend closed it, 2500 when it failed (compat-proxy §6.6).
+    StreamEnded {
+        /// The channel.
+        channel: Arc<str>,
+        /// The subscription the stream fed: one that replaced it since is left alone.
+        sub: std::sync::Weak<super::Subscriber>,
+        /// The stream failed rather than ended.
+        failed: bool,
+    },
 }
 
 /// Per-subscription overrides of namespace options (from a token's `override` or the server

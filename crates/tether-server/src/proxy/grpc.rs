@@ -1,5 +1,6 @@
 //! The gRPC side of the proxy: one unary call of Centrifugo's `CentrifugoProxy` service per
-//! event, with the messages of [`super::proto`].
+//! event, with the messages of [`super::proto`]; and the server-streaming call of a
+//! subscription stream (`SubscribeUnidirectional`).
 //!
 //! As in Centrifugo (`internal/proxy/grpc.go`): each proxy has its own HTTP/2 connection to
 //! its endpoint (`grpc://host:port`, or a bare `host:port`), dialled lazily so a backend that
@@ -188,7 +189,55 @@ impl GrpcClient {
             .map_err(GrpcError::Status)?;
         R::from_response(response.into_inner()).map_err(GrpcError::Answer)
     }
+
+    /// Opens a subscription stream (`SubscribeUnidirectional`) and reads its first message,
+    /// which must carry the subscribe response: its answer, and the stream of the later
+    /// messages. No `grpc-timeout` is sent (the stream lives as long as the subscription);
+    /// the caller bounds the wait for the first message.
+    pub(crate) async fn subscribe_stream(
+        &self,
+        request: &SubscribeRequest,
+        binary: bool,
+        headers: HeaderMap,
+    ) -> Result<(Answer<SubscribeResult>, GrpcStream), GrpcError> {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        if self.compression {
+            grpc = grpc
+                .send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip);
+        }
+        grpc.ready()
+            .await
+            .map_err(|error| GrpcError::Status(tonic::Status::unavailable(error.to_string())))?;
+        let mut call = tonic::Request::new(request.to_proto(binary));
+        *call.metadata_mut() = MetadataMap::from_headers(headers);
+        if let Some((key, value)) = &self.credentials {
+            call.metadata_mut().insert(key.clone(), value.clone());
+        }
+        let codec = tonic_prost::ProstCodec::<
+            proto::SubscribeRequest,
+            proto::StreamSubscribeResponse,
+        >::default();
+        let path =
+            hyper::http::uri::PathAndQuery::from_static(proto::method::SUBSCRIBE_UNIDIRECTIONAL);
+        let mut stream = grpc
+            .server_streaming(call, path, codec)
+            .await
+            .map_err(GrpcError::Status)?
+            .into_inner();
+        let first = stream
+            .message()
+            .await
+            .map_err(GrpcError::Status)?
+            .and_then(|message| message.subscribe_response)
+            .ok_or(GrpcError::NoSubscribeResponse)?;
+        let answer = SubscribeResult::from_response(first).map_err(GrpcError::Answer)?;
+        Ok((answer, stream))
+    }
 }
+
+/// The messages of a subscription stream after its first.
+pub(crate) type GrpcStream = tonic::codec::Streaming<proto::StreamSubscribeResponse>;
 
 /// Why a gRPC call produced no answer.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +248,9 @@ pub(crate) enum GrpcError {
     /// A `b64*` field of the answer is not base64.
     #[error("answer: {0}")]
     Answer(WireError),
+    /// A subscription stream ended, or sent another message, before its subscribe response.
+    #[error("the stream's first message carries no subscribe_response")]
+    NoSubscribeResponse,
 }
 
 /// `host:port` from a gRPC endpoint: `grpc://` is stripped, anything after the authority

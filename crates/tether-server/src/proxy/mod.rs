@@ -5,7 +5,9 @@
 //! connect without a token, a refresh of server-side credentials, a subscribe, publish or
 //! subscription refresh in a namespace that enables its proxy, and every `rpc`. The proxy
 //! sends the event, waits for the backend's [`Answer`] at most `timeout`, and the session
-//! applies it. The proxy knows nothing of sessions: it imports only the config and the
+//! applies it. A subscribe in a subscription stream namespace opens a gRPC stream instead
+//! ([`Proxy::subscribe_stream`]): the answer comes first, the subscriber's publications
+//! after it. The proxy knows nothing of sessions: it imports only the config and the
 //! metrics.
 //!
 //! Every proxy protects its backend and the node: at most [`MAX_IN_FLIGHT`] calls are out at
@@ -39,7 +41,9 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use self::breaker::{Admit, Breaker, Transition};
-use self::grpc::{GrpcBuildError, GrpcClient, GrpcError, GrpcRequest, GrpcResult, GrpcTls};
+use self::grpc::{
+    GrpcBuildError, GrpcClient, GrpcError, GrpcRequest, GrpcResult, GrpcStream, GrpcTls,
+};
 use self::http::{HttpClient, HttpError};
 pub(crate) use self::protocol::{
     Answer, Common, ConnectRequest, ConnectResult, PublishRequest, PublishResult, RefreshRequest,
@@ -92,6 +96,51 @@ impl Failure {
     /// Whether it says the backend is unwell (and so counts against the breaker).
     fn is_backend_fault(&self) -> bool {
         !matches!(self, Self::Unavailable(_) | Self::Request(_))
+    }
+}
+
+/// The publications of an open subscription stream, after its first message.
+#[derive(Debug)]
+pub(crate) struct SubscribeStream(GrpcStream);
+
+/// What a subscription stream says next.
+#[derive(Debug, PartialEq)]
+pub(crate) enum StreamItem {
+    /// A publication for the subscriber.
+    Publication {
+        /// Its data, as the backend sent it.
+        data: bytes::Bytes,
+        /// Its tags.
+        tags: HashMap<String, String>,
+    },
+    /// The backend ended the stream (gRPC status OK).
+    End,
+    /// The stream failed: a status other than OK, a broken connection, a message that
+    /// does not decode.
+    Failed,
+}
+
+impl SubscribeStream {
+    /// The next publication, or how the stream ended. Messages without a publication are
+    /// skipped.
+    pub(crate) async fn next(&mut self) -> StreamItem {
+        loop {
+            match self.0.message().await {
+                Ok(Some(message)) => {
+                    if let Some(publication) = message.publication {
+                        return StreamItem::Publication {
+                            data: publication.data,
+                            tags: publication.tags,
+                        };
+                    }
+                }
+                Ok(None) => return StreamItem::End,
+                Err(status) => {
+                    debug!(code = %status.code(), message = status.message(), "subscription stream failed");
+                    return StreamItem::Failed;
+                }
+            }
+        }
     }
 }
 
@@ -369,13 +418,7 @@ impl Proxy {
             Transport::Http { .. } => request.to_json(self.binary).map_err(Failure::Request)?,
             Transport::Grpc(_) => Vec::new(),
         };
-        let Ok(_permit) = self.in_flight.try_acquire() else {
-            return Err(Failure::Unavailable("too many calls in flight"));
-        };
-        let admit = self.breaker.lock().admit(Instant::now());
-        if admit == Admit::Refuse {
-            return Err(Failure::Unavailable("circuit breaker open"));
-        }
+        let (_permit, admit) = self.admit()?;
         let answer = match &self.transport {
             Transport::Http {
                 endpoint,
@@ -412,7 +455,25 @@ impl Proxy {
                 }
             }
         };
-        let failed = answer.as_ref().is_err_and(Failure::is_backend_fault);
+        self.record(admit, answer.as_ref().is_err_and(Failure::is_backend_fault));
+        answer
+    }
+
+    /// A permit for one call, if [`MAX_IN_FLIGHT`] are not out and the breaker lets it
+    /// through.
+    fn admit(&self) -> Result<(tokio::sync::SemaphorePermit<'_>, Admit), Failure> {
+        let Ok(permit) = self.in_flight.try_acquire() else {
+            return Err(Failure::Unavailable("too many calls in flight"));
+        };
+        let admit = self.breaker.lock().admit(Instant::now());
+        if admit == Admit::Refuse {
+            return Err(Failure::Unavailable("circuit breaker open"));
+        }
+        Ok((permit, admit))
+    }
+
+    /// Tells the breaker how an admitted call went.
+    fn record(&self, admit: Admit, failed: bool) {
         let transition = self.breaker.lock().record(admit, failed, Instant::now());
         match transition {
             Some(Transition::Opened) => {
@@ -425,7 +486,69 @@ impl Proxy {
             }
             None => {}
         }
-        answer
+    }
+
+    /// Opens a subscription stream (compat-proxy §6.6, unidirectional): the backend's
+    /// answer to the subscribe, from the stream's first message within the proxy's
+    /// `timeout`, and the stream of the publications that follow. Opening counts as one
+    /// call (event `subscribe_stream`) against the in-flight bound, the breaker and the
+    /// metrics; the stream then lives on without either. An `error` answer is never
+    /// temporary. Dropping the stream cancels the call.
+    pub(crate) async fn subscribe_stream(
+        &self,
+        request: &SubscribeRequest,
+        forward: Option<&Forward>,
+    ) -> Result<(Answer<SubscribeResult>, SubscribeStream), Failure> {
+        const EVENT: &str = "subscribe_stream";
+        let started = Instant::now();
+        let result = self.open_stream(request, forward).await;
+        let outcome = match &result {
+            Ok((Answer::Result(_), _)) => "ok",
+            Ok(_) => "refused",
+            Err(failure) => {
+                debug!(proxy = %self.name, event = EVENT, %failure, "proxy call failed");
+                failure.label()
+            }
+        };
+        self.metrics
+            .proxy_call(&self.name, EVENT, outcome, started.elapsed());
+        result
+    }
+
+    async fn open_stream(
+        &self,
+        request: &SubscribeRequest,
+        forward: Option<&Forward>,
+    ) -> Result<(Answer<SubscribeResult>, SubscribeStream), Failure> {
+        let Transport::Grpc(client) = &self.transport else {
+            // The config allows only gRPC endpoints for subscription streams.
+            return Err(Failure::Unavailable(
+                "subscription streams need a gRPC proxy",
+            ));
+        };
+        let (permit, admit) = self.admit()?;
+        let headers = self.headers(client.static_metadata(), forward);
+        let opened = tokio::time::timeout(
+            self.timeout,
+            client.subscribe_stream(request, self.binary, headers),
+        )
+        .await;
+        drop(permit);
+        let opened = match opened {
+            Err(_) => Err(Failure::Timeout),
+            Ok(Err(GrpcError::Status(status)))
+                if status.code() == tonic::Code::DeadlineExceeded =>
+            {
+                Err(Failure::Timeout)
+            }
+            Ok(result) => result.map_err(Failure::Grpc),
+        };
+        self.record(admit, opened.as_ref().is_err_and(Failure::is_backend_fault));
+        let (mut answer, stream) = opened?;
+        if let Answer::Error(error) = &mut answer {
+            error.temporary = false;
+        }
+        Ok((answer, SubscribeStream(stream)))
     }
 
     /// The answer `http.status_to_code_transforms` makes of an HTTP status, if any.
@@ -495,8 +618,8 @@ pub(crate) struct Proxies {
 impl Proxies {
     /// The proxies `config` uses.
     pub(crate) fn new(config: &Config, metrics: &Arc<Metrics>) -> Result<Self, ProxyBuildError> {
-        // A namespace whose subscriptions would be streams from the backend must not fall
-        // back to plain subscriptions that nobody approved.
+        // A namespace whose subscriptions would be bidirectional streams must not fall back
+        // to plain subscriptions that nobody approved.
         let streams = std::iter::once((
             "channel.without_namespace".to_owned(),
             &config.channel.without_namespace,
@@ -509,10 +632,13 @@ impl Proxies {
                 .map(|ns| (format!("channel.namespaces[{:?}]", ns.name), &ns.options)),
         );
         for (key, options) in streams {
-            if options.subscribe_stream_proxy_enabled {
+            if options.subscribe_stream_proxy_enabled
+                && options.subscribe_stream_proxy_bidirectional
+            {
                 return Err(ProxyBuildError::Unsupported {
-                    key: format!("{key}.subscribe_stream_proxy_enabled"),
-                    reason: "subscription streams from the backend are not built yet",
+                    key: format!("{key}.subscribe_stream_proxy_bidirectional"),
+                    reason: "bidirectional subscription streams are not built yet \
+                             (unidirectional ones are)",
                 });
             }
         }
@@ -532,6 +658,7 @@ impl Proxies {
             ProxyEvent::Subscribe,
             ProxyEvent::Publish,
             ProxyEvent::SubRefresh,
+            ProxyEvent::SubscribeStream,
             ProxyEvent::Rpc,
         ] {
             if let Some(proxy) = config.proxy(event, "default")

@@ -2,8 +2,8 @@
 //! `centrifugal.centrifugo.proxy`, service `CentrifugoProxy`), field for field with the same
 //! numbers, written out with prost's derive instead of generated from a `.proto` file.
 //!
-//! Only the unary events tether calls are here (Connect, Refresh, Subscribe, Publish, RPC,
-//! SubRefresh). Centrifugo PRO's fields (`labels`, `caps`, `allow`, `server_tags_filter`) are
+//! Only the events tether calls are here (the unary Connect, Refresh, Subscribe, Publish, RPC,
+//! SubRefresh, and the server-streaming SubscribeUnidirectional). Centrifugo PRO's fields (`labels`, `caps`, `allow`, `server_tags_filter`) are
 //! left out: a backend that sets them is read as if it had not, as Centrifugo OSS does. The
 //! module is public so that a Rust backend can answer tether with the same types (the tests
 //! do).
@@ -33,6 +33,9 @@ pub mod method {
     pub const RPC: &str = "/centrifugal.centrifugo.proxy.CentrifugoProxy/RPC";
     /// `SubRefresh(SubRefreshRequest) returns (SubRefreshResponse)`.
     pub const SUB_REFRESH: &str = "/centrifugal.centrifugo.proxy.CentrifugoProxy/SubRefresh";
+    /// `SubscribeUnidirectional(SubscribeRequest) returns (stream StreamSubscribeResponse)`.
+    pub const SUBSCRIBE_UNIDIRECTIONAL: &str =
+        "/centrifugal.centrifugo.proxy.CentrifugoProxy/SubscribeUnidirectional";
 }
 
 /// An error for the client.
@@ -248,6 +251,25 @@ pub struct SubscribeResponse {
     pub error: Option<Error>,
     #[prost(message, optional, tag = "3")]
     pub disconnect: Option<Disconnect>,
+}
+
+/// A publication on a subscription stream (numbers 1, 2, 3, 5 and 6 are reserved).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Publication {
+    #[prost(bytes = "bytes", tag = "4")]
+    pub data: Bytes,
+    #[prost(map = "string, string", tag = "7")]
+    pub tags: HashMap<String, String>,
+}
+
+/// A message of a subscription stream from the backend: the first carries
+/// `subscribe_response`, the later ones `publication`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StreamSubscribeResponse {
+    #[prost(message, optional, tag = "1")]
+    pub subscribe_response: Option<SubscribeResponse>,
+    #[prost(message, optional, tag = "2")]
+    pub publication: Option<Publication>,
 }
 
 /// `Publish`'s request.

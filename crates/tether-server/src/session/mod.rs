@@ -14,6 +14,7 @@
 mod channel;
 mod proxy;
 mod rate;
+mod stream;
 mod subs;
 mod subscribe;
 
@@ -77,6 +78,9 @@ struct SubState {
     expires_at: Option<i64>,
     /// The subscribe proxy gave it and the sub_refresh proxy refreshes it (server-side).
     refresh_by_proxy: bool,
+    /// The task feeding it from the backend's subscription stream; dropping it cancels
+    /// the stream.
+    stream: Option<stream::StreamTask>,
 }
 
 impl SubState {
@@ -311,6 +315,11 @@ impl Session {
                     ..Default::default()
                 })
             }
+            Control::StreamEnded {
+                channel,
+                sub,
+                failed,
+            } => self.stream_ended(node, &channel, &sub, failed, now).await,
         }
     }
 
@@ -334,8 +343,9 @@ impl Session {
             return;
         }
         self.state = State::Closed;
-        let subs = std::mem::take(&mut self.subs);
-        for state in subs.values() {
+        let mut subs = std::mem::take(&mut self.subs);
+        for state in subs.values_mut() {
+            state.stream = None;
             node.hub.unsubscribe(&state.hub);
         }
         node.hub.unregister(&self.conn);
@@ -707,6 +717,11 @@ impl Session {
             Ok(access) => access,
             Err(error) => return Ok(error_reply(error)),
         };
+        if access.options.subscribe_stream_proxy_enabled {
+            // Publications in a stream namespace come from the backend's streams only
+            // (bidirectional streams, which take client publications, are not built).
+            return Ok(error_reply(ClientError::NOT_AVAILABLE));
+        }
         let chan_info = self
             .subs
             .get(&req.channel)

@@ -51,7 +51,7 @@ pub(super) enum Verdict<T> {
 
 impl Session {
     /// The fields every request starts with.
-    fn common(&self) -> Common {
+    pub(super) fn common(&self) -> Common {
         Common {
             client: self.conn.client.to_string(),
             transport: match self.conn.framing {
@@ -65,7 +65,7 @@ impl Session {
         }
     }
 
-    fn forward(&self) -> Option<&Forward> {
+    pub(super) fn forward(&self) -> Option<&Forward> {
         self.proxied.as_deref().map(|p| &p.forward)
     }
 
@@ -74,7 +74,7 @@ impl Session {
     }
 
     /// The connection's meta, for a proxy that includes it.
-    fn meta_for(&self, proxy: &Proxy) -> Option<Bytes> {
+    pub(super) fn meta_for(&self, proxy: &Proxy) -> Option<Bytes> {
         if !proxy.includes_meta() {
             return None;
         }

@@ -58,6 +58,10 @@ impl Subs {
         self.0.iter()
     }
 
+    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut SubState> {
+        self.0.iter_mut()
+    }
+
     pub(super) fn into_values(self) -> impl Iterator<Item = SubState> {
         self.0.into_iter()
     }
@@ -96,6 +100,7 @@ mod tests {
                 chan_info: None,
                 expires_at: None,
                 refresh_by_proxy: false,
+                stream: None,
             }
         }
     }

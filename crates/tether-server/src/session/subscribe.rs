@@ -48,6 +48,8 @@ struct SubParams {
     via_proxy: bool,
     /// Its expiry is refreshed by the sub_refresh proxy, not by the client.
     refresh_by_proxy: bool,
+    /// The namespace's subscribe stream proxy decides this subscription and feeds it.
+    via_stream: bool,
 }
 
 /// A subscription registered with the hub (pending) and the result to report.
@@ -75,11 +77,22 @@ impl Session {
         }
         match self.check_subscribe(node, &req, now)? {
             Ok(mut params) => {
+                let mut stream = None;
                 if params.via_proxy {
                     match self.proxy_subscribe_params(node, &req, now).await? {
                         Ok(proxied) => params = proxied,
                         Err(reply) => return self.send_reply(id, reply),
                     }
+                } else if params.via_stream {
+                    let (result, opened) = match self.open_subscribe_stream(node, &req).await? {
+                        Ok(opened) => opened,
+                        Err(reply) => return self.send_reply(id, reply),
+                    };
+                    match self.proxied_params(node, &req, result, true, now) {
+                        Ok(proxied) => params = proxied,
+                        Err(error) => return self.send_reply(id, error_reply(error)),
+                    }
+                    stream = Some(opened);
                 }
                 let channel = req.channel;
                 let opened = match self.open(node, &channel, params, now).await {
@@ -94,6 +107,9 @@ impl Session {
                 };
                 let frame = self.encode(&reply)?;
                 node.hub.activate(&channel, &opened.sub, vec![frame], top);
+                if let Some(stream) = stream {
+                    self.feed_from_stream(&opened.sub, stream);
+                }
                 self.after_subscribed(node, &channel).await;
                 Ok(())
             }
@@ -170,6 +186,12 @@ impl Session {
             if !listed && !config.client.insecure {
                 return Ok(Err(ClientError::PERMISSION_DENIED));
             }
+        } else if ns.subscribe_stream_proxy_enabled {
+            // The backend decides, and feeds the subscription from a stream.
+            return Ok(Ok(SubParams {
+                via_stream: true,
+                ..Default::default()
+            }));
         } else if ns.subscribe_proxy_enabled {
             // The backend decides (and the client's own flags are not honoured).
             return Ok(Ok(SubParams {
@@ -237,17 +259,44 @@ impl Session {
             Verdict::Go(result) => result.unwrap_or_default(),
             Verdict::Reply(reply) => return Ok(Err(*reply)),
         };
+        Ok(self
+            .proxied_params(node, req, result, false, now)
+            .map_err(error_reply))
+    }
+
+    /// A subscription's options from the backend's subscribe result (the subscribe proxy's,
+    /// or a subscription stream's first message): `Err` is the command's error. A
+    /// stream's subscription is never recoverable nor positioned.
+    fn proxied_params(
+        &self,
+        node: &Node,
+        req: &SubscribeRequest,
+        result: crate::proxy::SubscribeResult,
+        stream: bool,
+        now: Now,
+    ) -> Result<SubParams, ClientError> {
+        let Ok(ns) = node.config.namespace_for(&req.channel) else {
+            return Err(ClientError::UNKNOWN_CHANNEL);
+        };
         let expires_at = (result.expire_at > 0).then_some(result.expire_at);
         if expires_at.is_some_and(|at| at <= now.unix) {
-            return Ok(Err(error_reply(ClientError::EXPIRED)));
+            return Err(ClientError::EXPIRED);
         }
         let o = result.overrides;
         let overrides = SubscribeOverrides {
             presence: o.presence,
             join_leave: o.join_leave,
             force_push_join_leave: o.force_push_join_leave,
-            force_recovery: o.force_recovery,
-            force_positioning: o.force_positioning,
+            force_recovery: if stream {
+                Some(false)
+            } else {
+                o.force_recovery
+            },
+            force_positioning: if stream {
+                Some(false)
+            } else {
+                o.force_positioning
+            },
         };
         let mut params = self.params_for(ns, overrides);
         params.push_join_leave = params.join_leave
@@ -261,7 +310,7 @@ impl Session {
         params.data = result.data;
         params.expires_at = expires_at;
         params.refresh_by_proxy = expires_at.is_some() && ns.sub_refresh_proxy_enabled;
-        Ok(Ok(params))
+        Ok(params)
     }
 
     /// Options every subscription to `ns` starts from, with overrides applied.
@@ -428,6 +477,7 @@ impl Session {
             chan_info: params.chan_info,
             expires_at: params.expires_at,
             refresh_by_proxy: params.refresh_by_proxy,
+            stream: None,
         });
         self.schedule_sub_expiry(node, now);
         Ok(Opened {
@@ -569,9 +619,11 @@ impl Session {
 
     /// Removes one subscription from the hub and presence, and announces the leave.
     pub(super) async fn remove_subscription(&mut self, node: &Node, channel: &str) {
-        let Some(state) = self.subs.remove(channel) else {
+        let Some(mut state) = self.subs.remove(channel) else {
             return;
         };
+        // A subscription stream is cancelled first.
+        state.stream = None;
         node.hub.unsubscribe(&state.hub);
         leave_engine(node, &self.conn, state).await;
     }

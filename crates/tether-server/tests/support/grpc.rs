@@ -3,7 +3,9 @@
 //! metadata and the request's bytes, decoded by the test with `tether_server::proxyproto`).
 //!
 //! Messages pass through as bytes (a codec that neither encodes nor decodes), so one handler
-//! serves every method.
+//! serves every method. `SubscribeUnidirectional` is served as a server stream: the
+//! handler's answer is its first message (or its status), and the test drives the rest
+//! through the stream's [`BackendStream`] ([`GrpcBackend::next_stream`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,7 +18,7 @@ use prost::Message;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{BoxFuture, Context, Poll, Service, http};
 use tonic::metadata::MetadataMap;
-use tonic::server::{NamedService, UnaryService};
+use tonic::server::{NamedService, ServerStreamingService, UnaryService};
 use tonic::{Request, Response, Status};
 
 /// One call the backend received.
@@ -58,6 +60,34 @@ type Handler = Arc<dyn Fn(&GrpcSeen) -> GrpcAnswer + Send + Sync>;
 struct State {
     seen: Arc<Mutex<Vec<GrpcSeen>>>,
     handler: Arc<Mutex<Handler>>,
+    /// Streams opened and not yet taken by the test.
+    streams: Arc<Mutex<Vec<BackendStream>>>,
+}
+
+/// The backend's end of one open `SubscribeUnidirectional` stream, after its first message.
+pub(crate) struct BackendStream {
+    tx: tokio::sync::mpsc::UnboundedSender<Result<Bytes, Status>>,
+}
+
+impl BackendStream {
+    /// Sends `message`; false once the stream is gone.
+    pub(crate) fn send(&self, message: &impl Message) -> bool {
+        self.tx.send(Ok(message.encode_to_vec().into())).is_ok()
+    }
+
+    /// Ends the stream with `status`.
+    pub(crate) fn fail(self, status: Status) {
+        let _ = self.tx.send(Err(status));
+    }
+
+    /// Ends the stream with OK (EOF).
+    pub(crate) fn end(self) {}
+
+    /// Waits until the client has cancelled the stream (or `within` passes): true when it
+    /// did.
+    pub(crate) async fn cancelled(&self, within: Duration) -> bool {
+        tokio::time::timeout(within, self.tx.closed()).await.is_ok()
+    }
 }
 
 /// A running gRPC backend; stopped when dropped.
@@ -90,6 +120,7 @@ impl GrpcBackend {
         let state = State {
             seen: Arc::default(),
             handler: Arc::new(Mutex::new(Arc::new(handler))),
+            streams: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -135,6 +166,24 @@ impl GrpcBackend {
             .filter(|s| s.method == method)
             .cloned()
             .collect()
+    }
+
+    /// The next `SubscribeUnidirectional` stream opened (oldest first), waiting up to 5 s.
+    pub(crate) async fn next_stream(&self) -> BackendStream {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            {
+                let mut streams = self.state.streams.lock();
+                if !streams.is_empty() {
+                    return streams.remove(0);
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no subscription stream was opened"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Answers with `handler` from now on.
@@ -239,7 +288,7 @@ impl Service<http::Request<tonic::body::Body>> for ProxyService {
             .next()
             .unwrap_or_default()
             .to_owned();
-        let unary = Method {
+        let call = Method {
             state: self.0.clone(),
             method,
         };
@@ -247,7 +296,10 @@ impl Service<http::Request<tonic::body::Body>> for ProxyService {
             let mut grpc = tonic::server::Grpc::new(PassThrough)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip);
-            Ok(grpc.unary(unary, request).await)
+            if call.method == "SubscribeUnidirectional" {
+                return Ok(grpc.server_streaming(call, request).await);
+            }
+            Ok(grpc.unary(call, request).await)
         })
     }
 }
@@ -263,6 +315,25 @@ impl UnaryService<Bytes> for Method {
     type Future = BoxFuture<Response<Bytes>, Status>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let mut answer = self.answer(request);
+        Box::pin(async move {
+            loop {
+                match answer {
+                    GrpcAnswer::Message(bytes) => return Ok(Response::new(bytes)),
+                    GrpcAnswer::Status(status) => return Err(status),
+                    GrpcAnswer::Slow(delay, then) => {
+                        tokio::time::sleep(delay).await;
+                        answer = *then;
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl Method {
+    /// Records the call and asks the handler.
+    fn answer(&self, request: Request<Bytes>) -> GrpcAnswer {
         let seen = GrpcSeen {
             method: self.method.clone(),
             metadata: request.metadata().clone(),
@@ -270,11 +341,29 @@ impl UnaryService<Bytes> for Method {
         };
         self.state.seen.lock().push(seen.clone());
         let handler = self.state.handler.lock().clone();
-        let mut answer = handler(&seen);
+        handler(&seen)
+    }
+}
+
+impl ServerStreamingService<Bytes> for Method {
+    type Response = Bytes;
+    type ResponseStream = tonic::codegen::BoxStream<Bytes>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let mut answer = self.answer(request);
+        let streams = self.state.streams.clone();
         Box::pin(async move {
             loop {
                 match answer {
-                    GrpcAnswer::Message(bytes) => return Ok(Response::new(bytes)),
+                    GrpcAnswer::Message(first) => {
+                        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                        streams.lock().push(BackendStream { tx });
+                        let rest = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+                        let stream =
+                            tokio_stream::StreamExt::chain(tokio_stream::once(Ok(first)), rest);
+                        return Ok(Response::new(Box::pin(stream) as Self::ResponseStream));
+                    }
                     GrpcAnswer::Status(status) => return Err(status),
                     GrpcAnswer::Slow(delay, then) => {
                         tokio::time::sleep(delay).await;
