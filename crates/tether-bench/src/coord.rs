@@ -118,6 +118,7 @@ async fn spawn_holders(
             src_ips: vec![src_ip(w)],
             connect_concurrency: c.connect_concurrency,
             churn_ms: None,
+            proxy_connect: false,
         };
         workers.push(Worker::spawn(&spec)?);
     }
@@ -472,6 +473,18 @@ pub async fn churn(
     workers: u64,
     duration: Duration,
 ) -> anyhow::Result<ChurnResult> {
+    cycles(c, concurrency, workers, duration, false).await
+}
+
+/// Churn's cycles; with `proxy_connect`, a cycle is a token-less connect answered through
+/// tether's connect proxy, then close (no subscribe).
+pub(crate) async fn cycles(
+    c: &Common,
+    concurrency: u64,
+    workers: u64,
+    duration: Duration,
+    proxy_connect: bool,
+) -> anyhow::Result<ChurnResult> {
     let workers_n = workers.max(1);
     let per = concurrency.div_ceil(workers_n);
     let mut ws = Vec::new();
@@ -491,6 +504,7 @@ pub async fn churn(
             src_ips: ips,
             connect_concurrency: per as usize,
             churn_ms: Some(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)),
+            proxy_connect,
         };
         ws.push(Worker::spawn(&spec)?);
     }
