@@ -1,5 +1,5 @@
-//! Readings from `/proc`: a process's resident memory and CPU time, and the kernel's socket
-//! memory. The server is only observed, never touched.
+//! Readings from `/proc`: a process's resident memory and CPU time, the whole machine's CPU
+//! time, and the kernel's socket memory. The server is only observed, never touched.
 
 use std::path::Path;
 
@@ -70,6 +70,28 @@ fn parse_stat_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// CPU time every process on the machine spent, over all cores, in clock ticks (`/proc/stat`
+/// `cpu`: user, nice, system, irq, softirq and steal; guest time is inside user).
+pub fn machine_busy_ticks() -> Result<u64, ProcError> {
+    let path = "/proc/stat";
+    parse_machine_busy(&read(path)?).ok_or(ProcError::Field {
+        path: path.to_owned(),
+        field: "cpu",
+    })
+}
+
+fn parse_machine_busy(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|w| w.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]
+    let at = |i: usize| v.get(i).copied();
+    Some(at(0)? + at(1)? + at(2)? + at(5)? + at(6)? + at(7).unwrap_or(0))
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`; 100 when unavailable, the Linux value).
 pub fn clock_ticks_per_sec() -> u64 {
     std::process::Command::new("getconf")
@@ -114,6 +136,9 @@ mod tests {
         let sock =
             "sockets: used 200\nTCP: inuse 15004 orphan 0 tw 3 alloc 15010 mem 512\nUDP: inuse 1\n";
         assert_eq!(parse_sockstat(sock), Some((512 * 4096, 15004)));
+        let stat = "cpu  100 5 30 900 7 1 2 3 0 0\ncpu0 50 2 15 450 3 0 1 1 0 0\nintr 1\n";
+        assert_eq!(parse_machine_busy(stat), Some(100 + 5 + 30 + 1 + 2 + 3));
+        assert_eq!(parse_machine_busy("cpu0 1 2 3\n"), None);
     }
 
     #[test]
@@ -121,6 +146,7 @@ mod tests {
         let pid = std::process::id();
         assert!(rss_bytes(pid).unwrap() > 0);
         cpu_ticks(pid).unwrap();
+        machine_busy_ticks().unwrap();
         assert!(clock_ticks_per_sec() > 0);
     }
 }

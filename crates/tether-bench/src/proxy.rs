@@ -98,6 +98,9 @@ pub struct ConnectStep {
     pub cpu_pct: Option<f64>,
     /// Backend CPU, % of one core.
     pub backend_cpu_pct: Option<f64>,
+    /// Every process on the machine, % of one core (200 = both cores of two): above tether
+    /// and the backend are the connect workers and whatever else ran meanwhile.
+    pub machine_cpu_pct: Option<f64>,
 }
 
 /// Latency of one kind of call in one phase.
@@ -132,6 +135,9 @@ pub struct Cpu {
     pub backend: Option<f64>,
     /// This bench process (clients, direct caller, pacing thread).
     pub bench: Option<f64>,
+    /// Every process on the machine (% of one core, so up to 100 × cores): what is above
+    /// the three is other work that shared the cores.
+    pub machine: Option<f64>,
 }
 
 /// The fixed-rate rpc phase: through tether and direct, interleaved.
@@ -605,15 +611,20 @@ async fn direct_call(client: &HttpClient, uri: &hyper::Uri, body: &Bytes, t0: In
     }
 }
 
-/// CPU ticks of tether, the backend and this process.
+/// CPU ticks of tether, the backend, this process and the whole machine.
 #[derive(Clone, Copy)]
-struct Ticks([Option<u64>; 3], Instant);
+struct Ticks([Option<u64>; 4], Instant);
 
 impl Ticks {
     fn now(tether: Option<u32>, backend: Option<u32>) -> Self {
         let read = |pid: Option<u32>| pid.and_then(|p| procfs::cpu_ticks(p).ok());
         Self(
-            [read(tether), read(backend), read(Some(std::process::id()))],
+            [
+                read(tether),
+                read(backend),
+                read(Some(std::process::id())),
+                procfs::machine_busy_ticks().ok(),
+            ],
             Instant::now(),
         )
     }
@@ -630,6 +641,7 @@ impl Ticks {
             tether: pct(0),
             backend: pct(1),
             bench: pct(2),
+            machine: pct(3),
         }
     }
 }
@@ -763,6 +775,7 @@ pub async fn run(c: &Common, p: &ProxyParams) -> anyhow::Result<ProxyResult> {
         p99_ms: churn.p99_ms,
         cpu_pct: churn.cpu_pct,
         backend_cpu_pct: cpu.backend,
+        machine_cpu_pct: cpu.machine,
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
 

@@ -104,7 +104,7 @@ fn proxy_human(s: &mut String, t: &str, r: &Value) {
     let c = &r["connect"];
     let _ = writeln!(
         s,
-        "proxy [{t}]: {} connects/s through the connect proxy ({} connects, {} errors {}), connect p50 {} ms p99 {} ms, {} loops, cpu tether {} % backend {} %",
+        "proxy [{t}]: {} connects/s through the connect proxy ({} connects, {} errors {}), connect p50 {} ms p99 {} ms, {} loops, cpu tether {} % backend {} % machine {} %",
         num(f(c, "connects_per_s"), 0),
         c["connects"],
         c["errors"],
@@ -114,6 +114,7 @@ fn proxy_human(s: &mut String, t: &str, r: &Value) {
         c["loops"],
         num(f(c, "cpu_pct"), 0),
         num(f(c, "backend_cpu_pct"), 0),
+        num(f(c, "machine_cpu_pct"), 0),
     );
     let lat = |l: &Value| {
         format!(
@@ -135,10 +136,11 @@ fn proxy_human(s: &mut String, t: &str, r: &Value) {
     };
     let cpu = |c: &Value| {
         format!(
-            "cpu tether {} % backend {} % bench {} %",
+            "cpu tether {} % backend {} % bench {} % machine {} %",
             num(f(c, "tether"), 0),
             num(f(c, "backend"), 0),
             num(f(c, "bench"), 0),
+            num(f(c, "machine"), 0),
         )
     };
     let rpc = &r["rpc"];
@@ -255,6 +257,9 @@ const METRICS: &[Metric] = &[
     ("proxy: connects, tether CPU % of a core", "proxy", |r| {
         f(&r["connect"], "cpu_pct")
     }),
+    ("proxy: connects, machine CPU % of a core", "proxy", |r| {
+        f(&r["connect"], "machine_cpu_pct")
+    }),
     ("proxy rpc, fixed rate: rate/s", "proxy", |r| {
         f(&r["rpc"], "rate")
     }),
@@ -284,6 +289,11 @@ const METRICS: &[Metric] = &[
         "proxy",
         |r| f(&r["rpc"]["cpu"], "tether"),
     ),
+    (
+        "proxy rpc, fixed rate: machine CPU % of a core",
+        "proxy",
+        |r| f(&r["rpc"]["cpu"], "machine"),
+    ),
     ("proxy rpc at most: proxied rpc/s", "proxy", |r| {
         f(&r["rpc_max"]["proxied"], "per_s")
     }),
@@ -295,6 +305,9 @@ const METRICS: &[Metric] = &[
     }),
     ("proxy rpc at most: tether CPU % of a core", "proxy", |r| {
         f(&r["rpc_max"]["proxied_cpu"], "tether")
+    }),
+    ("proxy rpc at most: machine CPU % of a core", "proxy", |r| {
+        f(&r["rpc_max"]["proxied_cpu"], "machine")
     }),
 ];
 
