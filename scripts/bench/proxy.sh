@@ -9,9 +9,11 @@
 # POST /rpc echoes) and a fresh `tether serve` on free loopback ports, with a temporary config
 # whose connect and rpc proxies point at the backend and whose per-connection command rate
 # limit is off (the max phase sends far more than 100 commands/s per connection); then
-# `tether-bench proxy --json`. Records go to $OUT/proxy.jsonl; the table of medians (and, with
-# jq, one column per run) is printed and written to $OUT/proxy-table.md. Loopback only; every
-# wait is bounded.
+# `tether-bench proxy --json`; then, as the same run's reference for the connect figure,
+# plain `tether-bench churn --label token-churn` (token connect + subscribe + close, no proxy
+# involved) with as many loops for as long on the same tether (REFERENCE=0 skips it). Records
+# go to $OUT/proxy.jsonl; the table of medians (and, with jq, one column per run) is printed
+# and written to $OUT/proxy-table.md. Loopback only; every wait is bounded.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
@@ -33,6 +35,7 @@ SIZE="${SIZE:-64}"
 MAX_DURATION="${MAX_DURATION:-10s}"
 DEPTH="${DEPTH:-4}"
 BACKEND_THREADS="${BACKEND_THREADS:-1}"
+REFERENCE="${REFERENCE:-1}"
 # One run takes about connect + fixed rate + 2 x max + 10 s; this bounds it.
 RUN_TIMEOUT="${RUN_TIMEOUT:-240}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
@@ -94,6 +97,7 @@ start() {
       }
     }
   },
+  "channel": { "without_namespace": { "allow_subscribe_for_client": true } },
   "rpc": {
     "proxy": { "endpoint": "http://127.0.0.1:$backend_port/rpc", "timeout": "1s" },
     "without_namespace": { "proxy_enabled": true }
@@ -120,9 +124,17 @@ for run in $(seq 1 "$RUNS"); do
     --json >"$tmp/run.json"; then
     echo "run $run failed (see $OUT/tether.log, $OUT/backend.log)" >&2
   fi
+  if [[ "$REFERENCE" == 1 ]]; then
+    sleep 1
+    timeout --kill-after=10 "$RUN_TIMEOUT" "$BENCH" churn --target tether --label token-churn \
+      --addr "127.0.0.1:$tether_port" --pid "$tether_pid" --concurrency "$CONNECT_LOOPS" \
+      --workers "$CONNECT_WORKERS" --duration "$CONNECT_DURATION" --json >>"$tmp/run.json" \
+      || echo "run $run: reference churn failed" >&2
+  fi
   cat "$tmp/run.json" >>"$OUT/proxy.jsonl"
   if command -v jq >/dev/null; then
-    jq -c --arg run "run $run" '.target = $run' "$tmp/run.json" >>"$tmp/runs.jsonl" || true
+    jq -c --arg run "run $run" '.target = "\(.target) \($run)"' "$tmp/run.json" \
+      >>"$tmp/runs.jsonl" || true
   fi
   stop
   sleep 2
