@@ -463,6 +463,8 @@ pub struct ChurnResult {
     pub p99_ms: f64,
     /// Server CPU, % of one core.
     pub cpu_pct: Option<f64>,
+    /// The client worker processes' CPU, % of one core (all of them together).
+    pub clients_cpu_pct: Option<f64>,
 }
 
 /// connect -> subscribe -> disconnect cycles for `duration` with `concurrency` loops spread
@@ -527,6 +529,10 @@ pub(crate) async fn cycles(
         cpu_pct: ticks0
             .zip(ticks1)
             .map(|(a, b)| (b - a) as f64 / hz / elapsed_s * 100.0),
+        clients_cpu_pct: reports
+            .iter()
+            .all(|r| r.cpu_ticks > 0)
+            .then(|| sum(&reports, |r| r.cpu_ticks) as f64 / hz / worker_s.max(1e-9) * 100.0),
     })
 }
 

@@ -98,8 +98,10 @@ pub struct ConnectStep {
     pub cpu_pct: Option<f64>,
     /// Backend CPU, % of one core.
     pub backend_cpu_pct: Option<f64>,
-    /// Every process on the machine, % of one core (200 = both cores of two): above tether
-    /// and the backend are the connect workers and whatever else ran meanwhile.
+    /// The connect workers' CPU, % of one core (all of them together).
+    pub clients_cpu_pct: Option<f64>,
+    /// Every process on the machine, % of one core (200 = both cores of two): what is above
+    /// tether, the backend and the workers is other work that shared the cores.
     pub machine_cpu_pct: Option<f64>,
 }
 
@@ -775,6 +777,7 @@ pub async fn run(c: &Common, p: &ProxyParams) -> anyhow::Result<ProxyResult> {
         p99_ms: churn.p99_ms,
         cpu_pct: churn.cpu_pct,
         backend_cpu_pct: cpu.backend,
+        clients_cpu_pct: churn.clients_cpu_pct,
         machine_cpu_pct: cpu.machine,
     };
     tokio::time::sleep(Duration::from_secs(1)).await;

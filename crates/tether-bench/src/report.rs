@@ -80,7 +80,7 @@ pub fn human(rec: &Value) -> String {
         "churn" => {
             let _ = writeln!(
                 s,
-                "churn [{t}]: {} cycles/s ({} cycles, {} errors {}), cycle p50 {} ms p99 {} ms, concurrency {}, cpu {} %",
+                "churn [{t}]: {} cycles/s ({} cycles, {} errors {}), cycle p50 {} ms p99 {} ms, concurrency {}, cpu {} %, clients cpu {} %",
                 num(f(r, "cycles_per_s"), 0),
                 r["cycles"],
                 r["errors"],
@@ -89,6 +89,7 @@ pub fn human(rec: &Value) -> String {
                 num(f(r, "p99_ms"), 1),
                 r["concurrency"],
                 num(f(r, "cpu_pct"), 0),
+                num(f(r, "clients_cpu_pct"), 0),
             );
         }
         "proxy" => proxy_human(&mut s, t, r),
@@ -104,7 +105,7 @@ fn proxy_human(s: &mut String, t: &str, r: &Value) {
     let c = &r["connect"];
     let _ = writeln!(
         s,
-        "proxy [{t}]: {} connects/s through the connect proxy ({} connects, {} errors {}), connect p50 {} ms p99 {} ms, {} loops, cpu tether {} % backend {} % machine {} %",
+        "proxy [{t}]: {} connects/s through the connect proxy ({} connects, {} errors {}), connect p50 {} ms p99 {} ms, {} loops, cpu tether {} % backend {} % clients {} % machine {} %",
         num(f(c, "connects_per_s"), 0),
         c["connects"],
         c["errors"],
@@ -114,6 +115,7 @@ fn proxy_human(s: &mut String, t: &str, r: &Value) {
         c["loops"],
         num(f(c, "cpu_pct"), 0),
         num(f(c, "backend_cpu_pct"), 0),
+        num(f(c, "clients_cpu_pct"), 0),
         num(f(c, "machine_cpu_pct"), 0),
     );
     let lat = |l: &Value| {
@@ -217,6 +219,11 @@ fn sustained(s: &Value, limit: f64) -> bool {
         && f(s, "publish_rate").is_some_and(|p| p >= 0.9 * rate)
 }
 
+/// A phase's CPU of every process on the machine but tether, the backend and the bench.
+fn others(cpu: &Value) -> Option<f64> {
+    Some(f(cpu, "machine")? - f(cpu, "tether")? - f(cpu, "backend")? - f(cpu, "bench")?)
+}
+
 const METRICS: &[Metric] = &[
     ("idle: RSS bytes/conn", "idle", |r| f(r, "bytes_per_conn")),
     ("idle: kernel TCP bytes/conn", "idle", |r| {
@@ -257,9 +264,19 @@ const METRICS: &[Metric] = &[
     ("proxy: connects, tether CPU % of a core", "proxy", |r| {
         f(&r["connect"], "cpu_pct")
     }),
-    ("proxy: connects, machine CPU % of a core", "proxy", |r| {
-        f(&r["connect"], "machine_cpu_pct")
-    }),
+    (
+        "proxy: connects, other processes' CPU % of a core",
+        "proxy",
+        |r| {
+            let c = &r["connect"];
+            Some(
+                f(c, "machine_cpu_pct")?
+                    - f(c, "cpu_pct")?
+                    - f(c, "backend_cpu_pct")?
+                    - f(c, "clients_cpu_pct")?,
+            )
+        },
+    ),
     ("proxy rpc, fixed rate: rate/s", "proxy", |r| {
         f(&r["rpc"], "rate")
     }),
@@ -290,9 +307,9 @@ const METRICS: &[Metric] = &[
         |r| f(&r["rpc"]["cpu"], "tether"),
     ),
     (
-        "proxy rpc, fixed rate: machine CPU % of a core",
+        "proxy rpc, fixed rate: other processes' CPU % of a core",
         "proxy",
-        |r| f(&r["rpc"]["cpu"], "machine"),
+        |r| others(&r["rpc"]["cpu"]),
     ),
     ("proxy rpc at most: proxied rpc/s", "proxy", |r| {
         f(&r["rpc_max"]["proxied"], "per_s")
@@ -306,9 +323,11 @@ const METRICS: &[Metric] = &[
     ("proxy rpc at most: tether CPU % of a core", "proxy", |r| {
         f(&r["rpc_max"]["proxied_cpu"], "tether")
     }),
-    ("proxy rpc at most: machine CPU % of a core", "proxy", |r| {
-        f(&r["rpc_max"]["proxied_cpu"], "machine")
-    }),
+    (
+        "proxy rpc at most: other processes' CPU % of a core",
+        "proxy",
+        |r| others(&r["rpc_max"]["proxied_cpu"]),
+    ),
 ];
 
 /// A markdown table of medians per target over all records (each record one run).
@@ -438,14 +457,15 @@ mod tests {
             json!({"sent": 10, "ok": 10, "errors": 0, "error_kinds": [], "per_s": per_s,
                    "p50_ms": p50, "p99_ms": p99, "p999_ms": p99, "max_ms": p99})
         };
-        let cpu = json!({"tether": 40.0, "backend": 20.0, "bench": 30.0});
+        let cpu = json!({"tether": 40.0, "backend": 20.0, "bench": 30.0, "machine": 150.0});
         let rec = record(
             "tether",
             "proxy",
             &json!({
                 "connect": {"loops": 200, "connects": 60000, "errors": 0, "error_kinds": [],
                             "elapsed_s": 10.0, "connects_per_s": 6000.0, "p50_ms": 30.0,
-                            "p99_ms": 60.0, "cpu_pct": 100.0, "backend_cpu_pct": 50.0},
+                            "p99_ms": 60.0, "cpu_pct": 100.0, "backend_cpu_pct": 50.0,
+                            "clients_cpu_pct": 40.0, "machine_cpu_pct": 200.0},
                 "rpc_clients": 100,
                 "rpc": {"rate": 1000.0, "duration_s": 20.0, "clients": 100,
                         "proxied": lat(0.3, 0.9, 1000.0), "direct": lat(0.1, 0.4, 1000.0),
@@ -471,6 +491,14 @@ mod tests {
         assert_eq!(
             row("proxy rpc at most: direct rpc/s"),
             "| proxy rpc at most: direct rpc/s | 40000 |"
+        );
+        assert_eq!(
+            row("proxy: connects, other processes' CPU % of a core"),
+            "| proxy: connects, other processes' CPU % of a core | 10.00 |"
+        );
+        assert_eq!(
+            row("proxy rpc, fixed rate: other processes' CPU % of a core"),
+            "| proxy rpc, fixed rate: other processes' CPU % of a core | 60.00 |"
         );
         assert!(!t.contains("idle"), "{t}");
         let h = human(&rec);

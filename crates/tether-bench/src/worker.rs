@@ -87,6 +87,9 @@ pub struct Report {
     pub hist: Vec<(u64, u64)>,
     /// Milliseconds the worker spent (churn mode).
     pub elapsed_ms: u64,
+    /// The worker's own CPU time in clock ticks, user + system (churn mode; 0 if unknown).
+    #[serde(default)]
+    pub cpu_ticks: u64,
 }
 
 struct Stats {
@@ -263,6 +266,7 @@ async fn churn(spec: &Spec, duration: Duration) -> anyhow::Result<()> {
     }
     let mut report = stats.borrow().snapshot();
     report.elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    report.cpu_ticks = crate::procfs::cpu_ticks(std::process::id()).unwrap_or(0);
     emit(&report);
     Ok(())
 }
