@@ -137,8 +137,8 @@ pub struct Cpu {
     pub backend: Option<f64>,
     /// This bench process (clients, direct caller, pacing thread).
     pub bench: Option<f64>,
-    /// Every process on the machine (% of one core, so up to 100 × cores): what is above
-    /// the three is other work that shared the cores.
+    /// Every process on the machine (% of one core, so up to 100 × cores; cores × time −
+    /// idle time): what is above the three is other work that shared the cores.
     pub machine: Option<f64>,
 }
 
@@ -613,27 +613,24 @@ async fn direct_call(client: &HttpClient, uri: &hyper::Uri, body: &Bytes, t0: In
     }
 }
 
-/// CPU ticks of tether, the backend, this process and the whole machine.
+/// CPU ticks of tether, the backend and this process, and the machine's idle ticks and
+/// cores.
 #[derive(Clone, Copy)]
-struct Ticks([Option<u64>; 4], Instant);
+struct Ticks([Option<u64>; 3], Option<(u64, u32)>, Instant);
 
 impl Ticks {
     fn now(tether: Option<u32>, backend: Option<u32>) -> Self {
         let read = |pid: Option<u32>| pid.and_then(|p| procfs::cpu_ticks(p).ok());
         Self(
-            [
-                read(tether),
-                read(backend),
-                read(Some(std::process::id())),
-                procfs::machine_busy_ticks().ok(),
-            ],
+            [read(tether), read(backend), read(Some(std::process::id()))],
+            procfs::machine_idle_ticks().ok(),
             Instant::now(),
         )
     }
 
     fn since(self, before: Self) -> Cpu {
         let hz = procfs::clock_ticks_per_sec() as f64;
-        let secs = self.1.saturating_duration_since(before.1).as_secs_f64();
+        let secs = self.2.saturating_duration_since(before.2).as_secs_f64();
         let pct = |i: usize| {
             before.0[i]
                 .zip(self.0[i])
@@ -643,7 +640,10 @@ impl Ticks {
             tether: pct(0),
             backend: pct(1),
             bench: pct(2),
-            machine: pct(3),
+            machine: before.1.zip(self.1).map(|((a, cores), (b, _))| {
+                let idle = b.saturating_sub(a) as f64 / hz;
+                (f64::from(cores) * secs - idle).max(0.0) / secs.max(1e-9) * 100.0
+            }),
         }
     }
 }
