@@ -9,3 +9,17 @@ wait_port() {
   echo "port $1 did not open" >&2
   return 1
 }
+
+# free_port START: prints the first port in START..START+99 with no listener on 127.0.0.1
+# (nothing answers a connect); fails if all 100 are taken.
+free_port() {
+  local p
+  for p in $(seq "$1" $(($1 + 99))); do
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "$p"
+      return 0
+    fi
+  done
+  echo "no free port in $1..$(($1 + 99))" >&2
+  return 1
+}

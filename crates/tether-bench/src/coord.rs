@@ -118,6 +118,7 @@ async fn spawn_holders(
             src_ips: vec![src_ip(w)],
             connect_concurrency: c.connect_concurrency,
             churn_ms: None,
+            proxy_connect: false,
         };
         workers.push(Worker::spawn(&spec)?);
     }
@@ -462,6 +463,8 @@ pub struct ChurnResult {
     pub p99_ms: f64,
     /// Server CPU, % of one core.
     pub cpu_pct: Option<f64>,
+    /// The client worker processes' CPU, % of one core (all of them together).
+    pub clients_cpu_pct: Option<f64>,
 }
 
 /// connect -> subscribe -> disconnect cycles for `duration` with `concurrency` loops spread
@@ -471,6 +474,18 @@ pub async fn churn(
     concurrency: u64,
     workers: u64,
     duration: Duration,
+) -> anyhow::Result<ChurnResult> {
+    cycles(c, concurrency, workers, duration, false).await
+}
+
+/// Churn's cycles; with `proxy_connect`, a cycle is a token-less connect answered through
+/// tether's connect proxy, then close (no subscribe).
+pub(crate) async fn cycles(
+    c: &Common,
+    concurrency: u64,
+    workers: u64,
+    duration: Duration,
+    proxy_connect: bool,
 ) -> anyhow::Result<ChurnResult> {
     let workers_n = workers.max(1);
     let per = concurrency.div_ceil(workers_n);
@@ -491,6 +506,7 @@ pub async fn churn(
             src_ips: ips,
             connect_concurrency: per as usize,
             churn_ms: Some(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)),
+            proxy_connect,
         };
         ws.push(Worker::spawn(&spec)?);
     }
@@ -513,6 +529,10 @@ pub async fn churn(
         cpu_pct: ticks0
             .zip(ticks1)
             .map(|(a, b)| (b - a) as f64 / hz / elapsed_s * 100.0),
+        clients_cpu_pct: reports
+            .iter()
+            .all(|r| r.cpu_ticks > 0)
+            .then(|| sum(&reports, |r| r.cpu_ticks) as f64 / hz / worker_s.max(1e-9) * 100.0),
     })
 }
 

@@ -3,13 +3,24 @@
 //! Talks to servers over the network only (WebSocket clients, each server's publish API) and
 //! observes the server process through `/proc`. Clients are spread over worker processes
 //! (re-executions of the binary) and 127.0.0.x source addresses so that no process nears the
-//! open-file limit. Scenarios: `idle`, `fanout`, `churn` ([`coord`]); [`report`] turns
-//! `--json` records of many runs into a side-by-side table of medians; [`floor`] is a
-//! write-only fan-out server, the yardstick for what this machine allows.
+//! open-file limit.
+//!
+//! # Layout
+//!
+//! - [`coord`]: the scenarios `idle`, `fanout` and `churn`, which spread clients over
+//!   [`worker`] processes ([`ws`] frames, [`target`] per-server protocols, [`publish`] the
+//!   publishers, [`procfs`] RSS and CPU).
+//! - [`proxy`]: the `proxy` scenario (issue 17): connects through tether's connect proxy and
+//!   rpc through its rpc proxy, against the same [`backend`] called directly, in one run.
+//! - [`backend`]: the trivial HTTP backend the `proxy` scenario runs tether against.
+//! - [`report`]: `--json` records of many runs into a side-by-side table of medians.
+//! - [`floor`]: a write-only fan-out server, the yardstick for what this machine allows.
 
+pub mod backend;
 pub mod coord;
 pub mod floor;
 pub mod procfs;
+pub mod proxy;
 pub mod publish;
 pub mod report;
 pub mod target;

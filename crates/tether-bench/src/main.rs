@@ -10,14 +10,15 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use tether_bench::coord::{self, Common, FanoutParams};
+use tether_bench::proxy::ProxyParams;
 use tether_bench::target::{Creds, Target};
-use tether_bench::{report, worker};
+use tether_bench::{backend, proxy, report, worker};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "tether-bench",
     version,
-    about = "Idle, fan-out and churn benchmarks over the network"
+    about = "Idle, fan-out, churn and backend-proxy benchmarks over the network"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -76,6 +77,26 @@ enum Command {
         /// How long, e.g. `20s`.
         #[arg(long, default_value = "20s", value_parser = humantime_duration)]
         duration: Duration,
+    },
+    /// tether's backend proxy (run it against `tether-bench backend`): connects/s through
+    /// the connect proxy, then rpc through the rpc proxy at a fixed rate interleaved with
+    /// the same calls made to the backend directly (the latency the proxy adds), then rpc/s
+    /// at most, proxied and direct.
+    Proxy {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    },
+    /// Serve the `proxy` scenario's trivial backend: `POST /connect` answers a user,
+    /// `POST /rpc` echoes the request's `data`.
+    Backend {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:18200")]
+        listen: SocketAddr,
+        /// Runtime threads (1: one current-thread runtime).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Serve as the fan-out floor: the `ws` baseline's protocol on a server that only writes
     /// (one `send` per subscriber per publication), to run as `--target floor`.
@@ -136,6 +157,67 @@ struct CommonArgs {
     json: bool,
 }
 
+#[derive(Debug, clap::Args)]
+struct ProxyArgs {
+    /// The backend's address (as in tether's proxy endpoints), for the direct calls.
+    #[arg(long, default_value = "127.0.0.1:18200")]
+    backend: SocketAddr,
+    /// The backend's process id, for its CPU from /proc.
+    #[arg(long)]
+    backend_pid: Option<u32>,
+    /// Concurrent connect loops (over all workers).
+    #[arg(long, default_value_t = 200)]
+    connect_loops: u64,
+    /// Worker processes for the connect loops.
+    #[arg(long, default_value_t = 2)]
+    connect_workers: u64,
+    /// How long the connect loops run, e.g. `10s`.
+    #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+    connect_duration: Duration,
+    /// rpc clients (connections, opened through the connect proxy).
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// rpc calls per second through tether, and as many direct, in the fixed-rate phase.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Length of the fixed-rate phase, e.g. `20s`.
+    #[arg(long, default_value = "20s", value_parser = humantime_duration)]
+    duration: Duration,
+    /// Size of the rpc `data` in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Length of each max-throughput phase (proxied, then direct), e.g. `10s`.
+    #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+    max_duration: Duration,
+    /// rpc calls in flight per client in the max-throughput phase.
+    #[arg(long, default_value_t = 4)]
+    depth: usize,
+}
+
+impl ProxyArgs {
+    fn params(&self) -> anyhow::Result<ProxyParams> {
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            anyhow::bail!("--rate must be a positive number");
+        }
+        if self.clients == 0 || self.depth == 0 || self.connect_loops == 0 {
+            anyhow::bail!("--clients, --depth and --connect-loops must be at least 1");
+        }
+        Ok(ProxyParams {
+            backend: self.backend,
+            backend_pid: self.backend_pid,
+            connect_loops: self.connect_loops,
+            connect_workers: self.connect_workers,
+            connect_duration: self.connect_duration,
+            clients: self.clients,
+            rate: self.rate,
+            duration: self.duration,
+            size: self.size,
+            max_duration: self.max_duration,
+            depth: self.depth,
+        })
+    }
+}
+
 fn humantime_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
 }
@@ -184,6 +266,7 @@ fn main() -> ExitCode {
             .and_then(worker::run),
         Command::Table { files } => table(&files),
         Command::Floor { listen, lanes } => floor(listen, lanes),
+        Command::Backend { listen, threads } => backend::serve(listen, threads),
         command => scenario(command),
     };
     match result {
@@ -260,7 +343,20 @@ fn scenario(command: Command) -> anyhow::Result<()> {
                 let r = coord::churn(&common.common(), concurrency, workers, duration).await?;
                 common.print("churn", &r);
             }
-            Command::Table { .. } | Command::Worker { .. } | Command::Floor { .. } => {}
+            Command::Proxy { common, proxy } => {
+                if common.target != Target::Tether {
+                    anyhow::bail!("the proxy scenario is for --target tether only");
+                }
+                let p = proxy.params()?;
+                // The scenario's clients are local tasks (one thread, shared tallies).
+                let local = tokio::task::LocalSet::new();
+                let r = local.run_until(proxy::run(&common.common(), &p)).await?;
+                common.print("proxy", &r);
+            }
+            Command::Table { .. }
+            | Command::Worker { .. }
+            | Command::Floor { .. }
+            | Command::Backend { .. } => {}
         }
         Ok(())
     })

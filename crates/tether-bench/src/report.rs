@@ -80,7 +80,7 @@ pub fn human(rec: &Value) -> String {
         "churn" => {
             let _ = writeln!(
                 s,
-                "churn [{t}]: {} cycles/s ({} cycles, {} errors {}), cycle p50 {} ms p99 {} ms, concurrency {}, cpu {} %",
+                "churn [{t}]: {} cycles/s ({} cycles, {} errors {}), cycle p50 {} ms p99 {} ms, concurrency {}, cpu {} %, clients cpu {} %",
                 num(f(r, "cycles_per_s"), 0),
                 r["cycles"],
                 r["errors"],
@@ -89,13 +89,89 @@ pub fn human(rec: &Value) -> String {
                 num(f(r, "p99_ms"), 1),
                 r["concurrency"],
                 num(f(r, "cpu_pct"), 0),
+                num(f(r, "clients_cpu_pct"), 0),
             );
         }
+        "proxy" => proxy_human(&mut s, t, r),
         other => {
             let _ = writeln!(s, "{other} [{t}]: {r}");
         }
     }
     s
+}
+
+/// The `proxy` scenario's block: connects, the fixed-rate phase, the max phase.
+fn proxy_human(s: &mut String, t: &str, r: &Value) {
+    let c = &r["connect"];
+    let _ = writeln!(
+        s,
+        "proxy [{t}]: {} connects/s through the connect proxy ({} connects, {} errors {}), connect p50 {} ms p99 {} ms, {} loops, cpu tether {} % backend {} % clients {} % machine {} %",
+        num(f(c, "connects_per_s"), 0),
+        c["connects"],
+        c["errors"],
+        c["error_kinds"],
+        num(f(c, "p50_ms"), 2),
+        num(f(c, "p99_ms"), 2),
+        c["loops"],
+        num(f(c, "cpu_pct"), 0),
+        num(f(c, "backend_cpu_pct"), 0),
+        num(f(c, "clients_cpu_pct"), 0),
+        num(f(c, "machine_cpu_pct"), 0),
+    );
+    let lat = |l: &Value| {
+        format!(
+            "{}/s p50 {} ms p99 {} ms p99.9 {} ms max {} ms, {} of {} ok, {} errors{}",
+            num(f(l, "per_s"), 0),
+            num(f(l, "p50_ms"), 3),
+            num(f(l, "p99_ms"), 3),
+            num(f(l, "p999_ms"), 3),
+            num(f(l, "max_ms"), 1),
+            l["ok"],
+            l["sent"],
+            l["errors"],
+            if l["errors"].as_u64().unwrap_or(0) > 0 {
+                format!(" {}", l["error_kinds"])
+            } else {
+                String::new()
+            },
+        )
+    };
+    let cpu = |c: &Value| {
+        format!(
+            "cpu tether {} % backend {} % bench {} % machine {} %",
+            num(f(c, "tether"), 0),
+            num(f(c, "backend"), 0),
+            num(f(c, "bench"), 0),
+            num(f(c, "machine"), 0),
+        )
+    };
+    let rpc = &r["rpc"];
+    let _ = writeln!(
+        s,
+        "  rpc at {}/s each over {} clients for {} s:\n    proxied {}\n    direct  {}\n    the proxy adds p50 {} ms, p99 {} ms ({}x, {}x); {}",
+        num(f(rpc, "rate"), 0),
+        rpc["clients"],
+        num(f(rpc, "duration_s"), 0),
+        lat(&rpc["proxied"]),
+        lat(&rpc["direct"]),
+        num(f(rpc, "added_p50_ms"), 3),
+        num(f(rpc, "added_p99_ms"), 3),
+        num(f(rpc, "ratio_p50"), 2),
+        num(f(rpc, "ratio_p99"), 2),
+        cpu(&rpc["cpu"]),
+    );
+    let m = &r["rpc_max"];
+    let _ = writeln!(
+        s,
+        "  rpc at most, {} clients x {} in flight, {} s each:\n    proxied {}; {}\n    direct  {}; {}",
+        m["clients"],
+        m["depth"],
+        num(f(m, "duration_s"), 0),
+        lat(&m["proxied"]),
+        cpu(&m["proxied_cpu"]),
+        lat(&m["direct"]),
+        cpu(&m["direct_cpu"]),
+    );
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -143,6 +219,11 @@ fn sustained(s: &Value, limit: f64) -> bool {
         && f(s, "publish_rate").is_some_and(|p| p >= 0.9 * rate)
 }
 
+/// A phase's CPU of every process on the machine but tether, the backend and the bench.
+fn others(cpu: &Value) -> Option<f64> {
+    Some(f(cpu, "machine")? - f(cpu, "tether")? - f(cpu, "backend")? - f(cpu, "bench")?)
+}
+
 const METRICS: &[Metric] = &[
     ("idle: RSS bytes/conn", "idle", |r| f(r, "bytes_per_conn")),
     ("idle: kernel TCP bytes/conn", "idle", |r| {
@@ -171,6 +252,82 @@ const METRICS: &[Metric] = &[
     }),
     ("churn: cycles/s", "churn", |r| f(r, "cycles_per_s")),
     ("churn: errors", "churn", |r| f(r, "errors")),
+    ("proxy: connects/s", "proxy", |r| {
+        f(&r["connect"], "connects_per_s")
+    }),
+    ("proxy: connect errors", "proxy", |r| {
+        f(&r["connect"], "errors")
+    }),
+    ("proxy: connect p99 ms", "proxy", |r| {
+        f(&r["connect"], "p99_ms")
+    }),
+    ("proxy: connects, tether CPU % of a core", "proxy", |r| {
+        f(&r["connect"], "cpu_pct")
+    }),
+    (
+        "proxy: connects, other processes' CPU % of a core",
+        "proxy",
+        |r| {
+            let c = &r["connect"];
+            Some(
+                f(c, "machine_cpu_pct")?
+                    - f(c, "cpu_pct")?
+                    - f(c, "backend_cpu_pct")?
+                    - f(c, "clients_cpu_pct")?,
+            )
+        },
+    ),
+    ("proxy rpc, fixed rate: rate/s", "proxy", |r| {
+        f(&r["rpc"], "rate")
+    }),
+    ("proxy rpc, fixed rate: proxied p50 ms", "proxy", |r| {
+        f(&r["rpc"]["proxied"], "p50_ms")
+    }),
+    ("proxy rpc, fixed rate: proxied p99 ms", "proxy", |r| {
+        f(&r["rpc"]["proxied"], "p99_ms")
+    }),
+    ("proxy rpc, fixed rate: direct p50 ms", "proxy", |r| {
+        f(&r["rpc"]["direct"], "p50_ms")
+    }),
+    ("proxy rpc, fixed rate: direct p99 ms", "proxy", |r| {
+        f(&r["rpc"]["direct"], "p99_ms")
+    }),
+    ("proxy rpc, fixed rate: added p50 ms", "proxy", |r| {
+        f(&r["rpc"], "added_p50_ms")
+    }),
+    ("proxy rpc, fixed rate: added p99 ms", "proxy", |r| {
+        f(&r["rpc"], "added_p99_ms")
+    }),
+    ("proxy rpc, fixed rate: errors", "proxy", |r| {
+        Some(f(&r["rpc"]["proxied"], "errors")? + f(&r["rpc"]["direct"], "errors")?)
+    }),
+    (
+        "proxy rpc, fixed rate: tether CPU % of a core",
+        "proxy",
+        |r| f(&r["rpc"]["cpu"], "tether"),
+    ),
+    (
+        "proxy rpc, fixed rate: other processes' CPU % of a core",
+        "proxy",
+        |r| others(&r["rpc"]["cpu"]),
+    ),
+    ("proxy rpc at most: proxied rpc/s", "proxy", |r| {
+        f(&r["rpc_max"]["proxied"], "per_s")
+    }),
+    ("proxy rpc at most: direct rpc/s", "proxy", |r| {
+        f(&r["rpc_max"]["direct"], "per_s")
+    }),
+    ("proxy rpc at most: errors", "proxy", |r| {
+        Some(f(&r["rpc_max"]["proxied"], "errors")? + f(&r["rpc_max"]["direct"], "errors")?)
+    }),
+    ("proxy rpc at most: tether CPU % of a core", "proxy", |r| {
+        f(&r["rpc_max"]["proxied_cpu"], "tether")
+    }),
+    (
+        "proxy rpc at most: other processes' CPU % of a core",
+        "proxy",
+        |r| others(&r["rpc_max"]["proxied_cpu"]),
+    ),
 ];
 
 /// A markdown table of medians per target over all records (each record one run).
@@ -199,7 +356,8 @@ pub fn table(records: &[Value]) -> String {
             *runs.entry((t, sc)).or_default() += 1;
         }
     }
-    for (title, scenario, read) in METRICS {
+    // Only the rows of scenarios that have records.
+    for (title, scenario, read) in METRICS.iter().filter(|m| runs.keys().any(|k| k.1 == m.1)) {
         let _ = write!(s, "| {title} |");
         for t in &targets {
             let vals: Vec<f64> = records
@@ -290,5 +448,64 @@ mod tests {
             .unwrap();
         assert_eq!(churn, "| churn: cycles/s | - | 7000 |");
         assert!(human(&recs[0]).contains("1200 bytes/conn"));
+        assert!(!t.contains("fanout") && !t.contains("proxy"), "{t}");
+    }
+
+    #[test]
+    fn proxy_records_read_into_rows_and_text() {
+        let lat = |p50: f64, p99: f64, per_s: f64| {
+            json!({"sent": 10, "ok": 10, "errors": 0, "error_kinds": [], "per_s": per_s,
+                   "p50_ms": p50, "p99_ms": p99, "p999_ms": p99, "max_ms": p99})
+        };
+        let cpu = json!({"tether": 40.0, "backend": 20.0, "bench": 30.0, "machine": 150.0});
+        let rec = record(
+            "tether",
+            "proxy",
+            &json!({
+                "connect": {"loops": 200, "connects": 60000, "errors": 0, "error_kinds": [],
+                            "elapsed_s": 10.0, "connects_per_s": 6000.0, "p50_ms": 30.0,
+                            "p99_ms": 60.0, "cpu_pct": 100.0, "backend_cpu_pct": 50.0,
+                            "clients_cpu_pct": 40.0, "machine_cpu_pct": 200.0},
+                "rpc_clients": 100,
+                "rpc": {"rate": 1000.0, "duration_s": 20.0, "clients": 100,
+                        "proxied": lat(0.3, 0.9, 1000.0), "direct": lat(0.1, 0.4, 1000.0),
+                        "added_p50_ms": 0.2, "added_p99_ms": 0.5, "ratio_p50": 3.0,
+                        "ratio_p99": 2.25, "cpu": cpu},
+                "rpc_max": {"clients": 100, "depth": 4, "duration_s": 10.0,
+                            "proxied": lat(5.0, 9.0, 20000.0), "proxied_cpu": cpu,
+                            "direct": lat(2.0, 4.0, 40000.0), "direct_cpu": cpu},
+            }),
+        );
+        let t = table(std::slice::from_ref(&rec));
+        let row = |name: &str| {
+            t.lines()
+                .find(|l| l.starts_with(&format!("| {name} |")))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(row("proxy: connects/s"), "| proxy: connects/s | 6000 |");
+        assert_eq!(
+            row("proxy rpc, fixed rate: added p99 ms"),
+            "| proxy rpc, fixed rate: added p99 ms | 0.50 |"
+        );
+        assert_eq!(
+            row("proxy rpc at most: direct rpc/s"),
+            "| proxy rpc at most: direct rpc/s | 40000 |"
+        );
+        assert_eq!(
+            row("proxy: connects, other processes' CPU % of a core"),
+            "| proxy: connects, other processes' CPU % of a core | 10.00 |"
+        );
+        assert_eq!(
+            row("proxy rpc, fixed rate: other processes' CPU % of a core"),
+            "| proxy rpc, fixed rate: other processes' CPU % of a core | 60.00 |"
+        );
+        assert!(!t.contains("idle"), "{t}");
+        let h = human(&rec);
+        assert!(h.contains("6000 connects/s"), "{h}");
+        assert!(
+            h.contains("the proxy adds p50 0.200 ms, p99 0.500 ms"),
+            "{h}"
+        );
     }
 }

@@ -61,6 +61,8 @@ impl Default for Creds {
 pub struct Events {
     /// The subscription is confirmed.
     pub subscribed: bool,
+    /// tether: the connect command was answered without an error.
+    pub connected: bool,
     /// The server refused something (text of the first error).
     pub error: Option<String>,
     /// Application-level pings answered.
@@ -191,6 +193,8 @@ impl Target {
                             set_error(ev, line);
                         } else if line.starts_with(b"{\"id\":2,\"subscribe\"") {
                             ev.subscribed = true;
+                        } else if line.starts_with(b"{\"id\":1,\"connect\"") {
+                            ev.connected = true;
                         }
                     }
                 }
@@ -276,7 +280,7 @@ mod tests {
         let mut replies = Vec::new();
         let msg = b"{\"id\":1,\"connect\":{\"client\":\"x\"}}\n{\"id\":2,\"subscribe\":{}}\n{}";
         Target::Tether.on_message(msg, "c", &mut ev, &mut replies);
-        assert!(ev.subscribed);
+        assert!(ev.subscribed && ev.connected);
         assert_eq!((ev.pings, replies), (1, vec!["{}".to_owned()]));
         let mut ev = Events::default();
         Target::Tether.on_message(

@@ -26,6 +26,9 @@ use crate::ws::{self, Opcode, Upgrade};
 /// Size of the per-thread read buffer.
 const SCRATCH: usize = 64 * 1024;
 
+/// The token-less connect command of `Spec::proxy_connect`.
+pub const PROXY_CONNECT: &str = "{\"id\":1,\"connect\":{}}";
+
 /// How long one connect + subscribe may take before it counts as failed.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -53,6 +56,10 @@ pub struct Spec {
     pub connect_concurrency: usize,
     /// Churn mode: run cycles for this many milliseconds instead of holding connections.
     pub churn_ms: Option<u64>,
+    /// tether only: connect without a token (decided by the server's connect proxy) and
+    /// stop at the connect reply, without subscribing.
+    #[serde(default)]
+    pub proxy_connect: bool,
 }
 
 /// A worker's report.
@@ -80,6 +87,9 @@ pub struct Report {
     pub hist: Vec<(u64, u64)>,
     /// Milliseconds the worker spent (churn mode).
     pub elapsed_ms: u64,
+    /// The worker's own CPU time in clock ticks, user + system (churn mode; 0 if unknown).
+    #[serde(default)]
+    pub cpu_ticks: u64,
 }
 
 struct Stats {
@@ -256,6 +266,7 @@ async fn churn(spec: &Spec, duration: Duration) -> anyhow::Result<()> {
     }
     let mut report = stats.borrow().snapshot();
     report.elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    report.cpu_ticks = crate::procfs::cpu_ticks(std::process::id()).unwrap_or(0);
     emit(&report);
     Ok(())
 }
@@ -344,7 +355,7 @@ async fn open(spec: &Spec, i: u64) -> Result<Conn, String> {
         spec.channel.clone()
     };
     let token = match spec.target {
-        Target::Tether => token(&spec.creds.token_secret, i)?,
+        Target::Tether if !spec.proxy_connect => token(&spec.creds.token_secret, i)?,
         _ => String::new(),
     };
     let ip = spec.src_ips[usize::try_from(i).unwrap_or(0) % spec.src_ips.len().max(1)];
@@ -398,7 +409,12 @@ async fn open(spec: &Spec, i: u64) -> Result<Conn, String> {
         carry: Vec::new(),
         seen: Seen::default(),
     };
-    if let Some(text) = spec.target.open_message(&conn.channel, &token) {
+    let open_message = if spec.proxy_connect {
+        Some(PROXY_CONNECT.to_owned())
+    } else {
+        spec.target.open_message(&conn.channel, &token)
+    };
+    if let Some(text) = open_message {
         let mut out = Vec::new();
         text_frame(&mut out, &text);
         conn.stream
@@ -418,7 +434,7 @@ async fn open(spec: &Spec, i: u64) -> Result<Conn, String> {
         if let Some(e) = step.ev.error {
             return Err(format!("refused: {e}"));
         }
-        if step.ev.subscribed {
+        if step.ev.subscribed || (spec.proxy_connect && step.ev.connected) {
             return Ok(conn);
         }
         if step.closed {
@@ -506,6 +522,7 @@ impl Conn {
         let mut ev = Events::default();
         target.on_message(msg, &self.channel, &mut ev, replies);
         step.ev.subscribed |= ev.subscribed;
+        step.ev.connected |= ev.connected;
         step.ev.pings += ev.pings;
         if step.ev.error.is_none() {
             step.ev.error = ev.error;
