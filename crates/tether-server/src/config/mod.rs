@@ -666,18 +666,7 @@ impl Config {
     }
 
     fn validate_channel_proxies(&self) -> Result<(), ConfigError> {
-        let namespaces = std::iter::once((
-            "channel.without_namespace".to_owned(),
-            &self.channel.without_namespace,
-        ))
-        .chain(
-            self.channel
-                .namespaces
-                .iter()
-                .enumerate()
-                .map(|(index, ns)| (format!("channel.namespaces[{index}]"), &ns.options)),
-        );
-        for (key, options) in namespaces {
+        for (key, options) in self.channel.all_namespace_options() {
             if options.subscribe_stream_proxy_enabled
                 && (options.subscribe_proxy_enabled
                     || options.publish_proxy_enabled
@@ -1335,6 +1324,23 @@ impl Default for HttpServerConfig {
             // Real upgrade requests carry 10–20 headers.
             max_request_headers: 64,
         }
+    }
+}
+
+impl ChannelConfig {
+    /// The options of the namespace-less channels and of every namespace, each with its
+    /// config key (`channel.without_namespace`, `channel.namespaces[<index>]`).
+    pub fn all_namespace_options(&self) -> impl Iterator<Item = (String, &NamespaceOptions)> {
+        std::iter::once((
+            "channel.without_namespace".to_owned(),
+            &self.without_namespace,
+        ))
+        .chain(
+            self.namespaces
+                .iter()
+                .enumerate()
+                .map(|(index, ns)| (format!("channel.namespaces[{index}]"), &ns.options)),
+        )
     }
 }
 

@@ -166,6 +166,24 @@ impl GrpcClient {
         headers: HeaderMap,
         timeout: Duration,
     ) -> Result<Answer<R>, GrpcError> {
+        let (mut grpc, mut call) = self.prepare(request.to_proto(binary), headers).await?;
+        call.set_timeout(timeout);
+        let codec = tonic_prost::ProstCodec::<Q::Proto, R::Response>::default();
+        let path = hyper::http::uri::PathAndQuery::from_static(Q::METHOD);
+        let response = grpc
+            .unary(call, path, codec)
+            .await
+            .map_err(GrpcError::Status)?;
+        R::from_response(response.into_inner()).map_err(GrpcError::Answer)
+    }
+
+    /// A client on the proxy's channel, ready for a call, and the call carrying `message`
+    /// with `headers` and the credentials as its metadata.
+    async fn prepare<M>(
+        &self,
+        message: M,
+        headers: HeaderMap,
+    ) -> Result<(tonic::client::Grpc<Channel>, tonic::Request<M>), GrpcError> {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
         if self.compression {
             grpc = grpc
@@ -175,19 +193,12 @@ impl GrpcClient {
         grpc.ready()
             .await
             .map_err(|error| GrpcError::Status(tonic::Status::unavailable(error.to_string())))?;
-        let mut call = tonic::Request::new(request.to_proto(binary));
+        let mut call = tonic::Request::new(message);
         *call.metadata_mut() = MetadataMap::from_headers(headers);
         if let Some((key, value)) = &self.credentials {
             call.metadata_mut().insert(key.clone(), value.clone());
         }
-        call.set_timeout(timeout);
-        let codec = tonic_prost::ProstCodec::<Q::Proto, R::Response>::default();
-        let path = hyper::http::uri::PathAndQuery::from_static(Q::METHOD);
-        let response = grpc
-            .unary(call, path, codec)
-            .await
-            .map_err(GrpcError::Status)?;
-        R::from_response(response.into_inner()).map_err(GrpcError::Answer)
+        Ok((grpc, call))
     }
 
     /// Opens a subscription stream (`SubscribeUnidirectional`) and reads its first message,
@@ -200,20 +211,7 @@ impl GrpcClient {
         binary: bool,
         headers: HeaderMap,
     ) -> Result<(Answer<SubscribeResult>, GrpcStream), GrpcError> {
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        if self.compression {
-            grpc = grpc
-                .send_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Gzip);
-        }
-        grpc.ready()
-            .await
-            .map_err(|error| GrpcError::Status(tonic::Status::unavailable(error.to_string())))?;
-        let mut call = tonic::Request::new(request.to_proto(binary));
-        *call.metadata_mut() = MetadataMap::from_headers(headers);
-        if let Some((key, value)) = &self.credentials {
-            call.metadata_mut().insert(key.clone(), value.clone());
-        }
+        let (mut grpc, call) = self.prepare(request.to_proto(binary), headers).await?;
         let codec = tonic_prost::ProstCodec::<
             proto::SubscribeRequest,
             proto::StreamSubscribeResponse,

@@ -444,15 +444,7 @@ impl Proxy {
                     client.call::<Q, R>(request, self.binary, headers, self.timeout),
                 )
                 .await;
-                match sent {
-                    Err(_) => Err(Failure::Timeout),
-                    Ok(Err(GrpcError::Status(status)))
-                        if status.code() == tonic::Code::DeadlineExceeded =>
-                    {
-                        Err(Failure::Timeout)
-                    }
-                    Ok(result) => result.map_err(Failure::Grpc),
-                }
+                grpc_outcome(sent)
             }
         };
         self.record(admit, answer.as_ref().is_err_and(Failure::is_backend_fault));
@@ -534,15 +526,7 @@ impl Proxy {
         )
         .await;
         drop(permit);
-        let opened = match opened {
-            Err(_) => Err(Failure::Timeout),
-            Ok(Err(GrpcError::Status(status)))
-                if status.code() == tonic::Code::DeadlineExceeded =>
-            {
-                Err(Failure::Timeout)
-            }
-            Ok(result) => result.map_err(Failure::Grpc),
-        };
+        let opened = grpc_outcome(opened);
         self.record(admit, opened.as_ref().is_err_and(Failure::is_backend_fault));
         let (mut answer, stream) = opened?;
         if let Answer::Error(error) = &mut answer {
@@ -620,18 +604,7 @@ impl Proxies {
     pub(crate) fn new(config: &Config, metrics: &Arc<Metrics>) -> Result<Self, ProxyBuildError> {
         // A namespace whose subscriptions would be bidirectional streams must not fall back
         // to plain subscriptions that nobody approved.
-        let streams = std::iter::once((
-            "channel.without_namespace".to_owned(),
-            &config.channel.without_namespace,
-        ))
-        .chain(
-            config
-                .channel
-                .namespaces
-                .iter()
-                .map(|ns| (format!("channel.namespaces[{:?}]", ns.name), &ns.options)),
-        );
-        for (key, options) in streams {
+        for (key, options) in config.channel.all_namespace_options() {
             if options.subscribe_stream_proxy_enabled
                 && options.subscribe_stream_proxy_bidirectional
             {
@@ -771,6 +744,20 @@ impl Clients {
         let client = http::client(http::Tls::On(Box::new(config), tls::server_name(tls)?));
         self.tls.push((tls.clone(), client.clone()));
         Ok(client)
+    }
+}
+
+/// A gRPC call bounded by the proxy's timeout, as a failure kind: the bound, or the
+/// backend's `DEADLINE_EXCEEDED`, is a timeout; any other status a failed call.
+fn grpc_outcome<T>(
+    bounded: Result<Result<T, GrpcError>, tokio::time::error::Elapsed>,
+) -> Result<T, Failure> {
+    match bounded {
+        Err(_) => Err(Failure::Timeout),
+        Ok(Err(GrpcError::Status(status))) if status.code() == tonic::Code::DeadlineExceeded => {
+            Err(Failure::Timeout)
+        }
+        Ok(result) => result.map_err(Failure::Grpc),
     }
 }
 
