@@ -142,10 +142,15 @@ export function sleep(ms) {
 }
 
 /** Calls the server HTTP API method `method` with `body`; returns the parsed JSON reply. */
-export async function api(method, body) {
-  const res = await fetch(`${API_URL}/${method}`, {
+export function api(method, body) {
+  return callApi(API_URL, API_KEY, method, body);
+}
+
+/** Calls `method` of the server HTTP API at `apiUrl` with `apiKey`; returns its `result`. */
+export async function callApi(apiUrl, apiKey, method, body) {
+  const res = await fetch(`${apiUrl}/${method}`, {
     method: 'POST',
-    headers: { 'Content-Type': 'application/json', 'X-API-Key': API_KEY },
+    headers: { 'Content-Type': 'application/json', 'X-API-Key': apiKey },
     body: JSON.stringify(body),
     signal: AbortSignal.timeout(WAIT_MS),
   });

@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
-import { signJwt, WAIT_MS } from '../helpers.mjs';
+import { callApi, signJwt, WAIT_MS } from '../helpers.mjs';
 
 export { CODECS, nextEvent, record, sleep, uid, waitUntil, WAIT_MS } from '../helpers.mjs';
 
@@ -84,17 +84,8 @@ export function stored() {
 }
 
 /** Calls tether's server HTTP API (used only to look at history). */
-export async function api(method, body) {
-  const res = await fetch(`${API_URL}/${method}`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json', 'X-API-Key': API_KEY },
-    body: JSON.stringify(body),
-    signal: AbortSignal.timeout(WAIT_MS),
-  });
-  if (res.status !== 200) throw new Error(`API ${method}: HTTP ${res.status}`);
-  const reply = await res.json();
-  if (reply.error) throw new Error(`API ${method}: error ${reply.error.code} ${reply.error.message}`);
-  return reply.result ?? {};
+export function api(method, body) {
+  return callApi(API_URL, API_KEY, method, body);
 }
 
 /**
