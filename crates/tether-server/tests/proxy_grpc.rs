@@ -13,8 +13,8 @@ use support::grpc::{GrpcAnswer, GrpcBackend, GrpcSeen};
 use support::proxyproto as pp;
 use support::tls::TestCa;
 use support::{
-    Client, Config, EnabledProxy, Namespace, NamespaceOptions, ProxyConfig, TestServer,
-    TlsClientConfig, config, start, start_error,
+    Client, Config, EnabledProxy, Gateway as _, Namespace, NamespaceOptions, ProxyConfig,
+    TestServer, TlsClientConfig, config, start, start_error,
 };
 use tonic::{Code, Status};
 
@@ -511,13 +511,18 @@ async fn bad_grpc_options_stop_the_start_with_the_key_at_fault() {
 
 // === subscription streams (compat-proxy §6.6) ===
 
-/// A live-score backend: `SubscribeUnidirectional` opens `live:*` streams, refuses
-/// `live:closed` (103, said to be temporary), and fails `live:down` with a status.
+/// A live-score backend: `SubscribeUnidirectional` and `SubscribeBidirectional` open
+/// `live:*` streams, refuse `live:closed` (103, said to be temporary), and fail `live:down`
+/// with a status.
 fn scores(seen: &GrpcSeen) -> GrpcAnswer {
-    if seen.method != "SubscribeUnidirectional" {
-        return GrpcAnswer::Status(Status::unimplemented(seen.method.clone()));
-    }
-    let request: pp::SubscribeRequest = seen.decode();
+    let request: pp::SubscribeRequest = match seen.method.as_str() {
+        "SubscribeUnidirectional" => seen.decode(),
+        "SubscribeBidirectional" => seen
+            .decode::<pp::StreamSubscribeRequest>()
+            .subscribe_request
+            .unwrap_or_default(),
+        _ => return GrpcAnswer::Status(Status::unimplemented(seen.method.clone())),
+    };
     let response = match request.channel.as_str() {
         "live:down" => return GrpcAnswer::Status(Status::unavailable("down")),
         "live:closed" => pp::SubscribeResponse {
@@ -543,14 +548,16 @@ fn scores(seen: &GrpcSeen) -> GrpcAnswer {
     })
 }
 
-/// The `live` namespace, fed by subscription streams from `endpoint`.
-fn stream_config(endpoint: &str) -> Config {
+/// The `live` namespace, fed by subscription streams from `endpoint`, `bidirectional` or
+/// not.
+fn stream_config(endpoint: &str, bidirectional: bool) -> Config {
     let mut cfg = config();
     cfg.channel.proxy.subscribe_stream = proxy(endpoint.to_owned());
     cfg.channel.namespaces.push(Namespace {
         name: "live".to_owned(),
         options: NamespaceOptions {
             subscribe_stream_proxy_enabled: true,
+            subscribe_stream_proxy_bidirectional: bidirectional,
             history_size: 10,
             history_ttl: Duration::from_secs(60),
             force_recovery: true,
@@ -573,7 +580,7 @@ fn stream_publication(value: &Value) -> pp::StreamSubscribeResponse {
 #[tokio::test]
 async fn a_subscription_stream_decides_the_subscribe_and_feeds_only_its_subscriber() {
     let backend = GrpcBackend::start(scores).await;
-    let server = start(stream_config(&backend.endpoint())).await;
+    let server = start(stream_config(&backend.endpoint(), false)).await;
     let mut ann = Client::connect(&server, "ann").await;
     let result = ann
         .subscribe(json!({"channel": "live:final", "data": {"team": "red"}}))
@@ -701,7 +708,7 @@ async fn a_subscription_stream_whose_first_message_is_late_is_the_temporary_erro
     let backend =
         GrpcBackend::start(|seen| GrpcAnswer::Slow(Duration::from_secs(3), Box::new(scores(seen))))
             .await;
-    let mut cfg = stream_config(&backend.endpoint());
+    let mut cfg = stream_config(&backend.endpoint(), false);
     cfg.channel.proxy.subscribe_stream.timeout = Duration::from_millis(300);
     let server = start(cfg).await;
     let mut client = Client::connect(&server, "cid").await;
@@ -727,20 +734,141 @@ async fn server_metrics(server: &TestServer) -> String {
 }
 
 #[tokio::test]
-async fn a_bidirectional_subscribe_stream_namespace_is_refused_at_start() {
-    let mut cfg = config();
-    cfg.channel.proxy.subscribe_stream = proxy("grpc://127.0.0.1:1".to_owned());
-    cfg.channel.namespaces.push(Namespace {
-        name: "live".to_owned(),
-        options: NamespaceOptions {
-            subscribe_stream_proxy_enabled: true,
-            subscribe_stream_proxy_bidirectional: true,
-            ..NamespaceOptions::default()
-        },
-    });
-    let error = start_error(cfg).await;
-    assert!(
-        error.contains("subscribe_stream_proxy_bidirectional") && error.contains("not built"),
-        "{error}"
+async fn a_bidirectional_stream_takes_the_subscribers_publications_to_the_backend() {
+    let backend = GrpcBackend::start(scores).await;
+    let server = start(stream_config(&backend.endpoint(), true)).await;
+    let mut ann = Client::connect(&server, "ann").await;
+    let result = ann
+        .subscribe(json!({"channel": "live:room", "data": {"team": "red"}}))
+        .await;
+    assert_eq!(result["data"], json!({"kickoff": "20:00"}), "{result}");
+    assert!(backend.seen("SubscribeUnidirectional").is_empty());
+    let seen = backend.seen("SubscribeBidirectional");
+    assert_eq!(seen.len(), 1);
+    let first: pp::StreamSubscribeRequest = seen[0].decode();
+    assert!(first.publication.is_none(), "{first:?}");
+    let request = first
+        .subscribe_request
+        .expect("the first message carries the subscribe request");
+    assert_eq!(
+        (request.user.as_str(), request.channel.as_str()),
+        ("ann", "live:room")
     );
+    assert_eq!(json_of(&request.data), json!({"team": "red"}));
+    let mut ann_stream = backend.next_stream().await;
+    let mut bob = Client::connect(&server, "bob").await;
+    bob.subscribe(json!({"channel": "live:room"})).await;
+    let mut bob_stream = backend.next_stream().await;
+
+    // Ann's publications go into her stream, in order, each answered with an empty
+    // result; nothing is broadcast (Bob, in the same channel, gets none of them).
+    for n in 1..=3 {
+        let reply = ann
+            .call(json!({"publish": {"channel": "live:room", "data": {"says": n}}}))
+            .await;
+        assert_eq!(reply["publish"], json!({}), "{reply}");
+    }
+    for n in 1..=3 {
+        let message: pp::StreamSubscribeRequest = ann_stream
+            .received(Duration::from_secs(5))
+            .await
+            .expect("a publication on the stream");
+        assert!(message.subscribe_request.is_none(), "{message:?}");
+        let publication = message.publication.expect("a publication");
+        assert_eq!(json_of(&publication.data), json!({"says": n}));
+    }
+    assert!(
+        bob.next_within(Duration::from_millis(300)).await.is_none(),
+        "a publication into a stream was broadcast"
+    );
+    // The backend's publications still flow the other way.
+    assert!(ann_stream.send(&stream_publication(&json!({"echo": 1}))));
+    let push = ann.wait_for(|m| m.get("push").is_some()).await;
+    assert_eq!(push["push"]["pub"]["data"], json!({"echo": 1}), "{push}");
+
+    // A client without a stream in the channel cannot publish into it.
+    let mut cid = Client::connect(&server, "cid").await;
+    let reply = cid
+        .call(json!({"publish": {"channel": "live:room", "data": {"says": 0}}}))
+        .await;
+    assert_eq!(reply["error"]["code"], 108, "{reply}");
+
+    // Bob unsubscribes: the backend sees his side of the stream end.
+    let reply = bob
+        .call(json!({"unsubscribe": {"channel": "live:room"}}))
+        .await;
+    assert!(reply.get("unsubscribe").is_some(), "{reply}");
+    assert!(
+        bob_stream
+            .received::<pp::StreamSubscribeRequest>(Duration::from_secs(5))
+            .await
+            .is_none(),
+        "the stream outlived the subscription"
+    );
+    // The backend ends Ann's stream: unsubscribed (2000), and publishing is then 108.
+    ann_stream.end();
+    let push = ann.wait_for(|m| m.get("push").is_some()).await;
+    assert_eq!(push["push"]["unsubscribe"]["code"], 2000, "{push}");
+    let reply = ann
+        .call(json!({"publish": {"channel": "live:room", "data": {"says": 4}}}))
+        .await;
+    assert_eq!(reply["error"]["code"], 108, "{reply}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_protobuf_client_gets_binary_stream_publications_and_publishes_into_its_stream() {
+    use tether_client::{Client as SdkClient, ClientConfig, SubscriptionConfig, SubscriptionEvent};
+
+    let backend = GrpcBackend::start(scores).await;
+    let server = start(stream_config(&backend.endpoint(), true)).await;
+    let sdk_config = ClientConfig {
+        token: Some(support::user_token("pb")),
+        ..ClientConfig::default()
+    };
+    let (sdk, _events) = SdkClient::new(&server.ws_url(), sdk_config).expect("sdk client");
+    let (sub, mut sub_events) = sdk
+        .new_subscription("live:bytes", SubscriptionConfig::default())
+        .expect("subscription");
+    sub.subscribe();
+    sdk.connect();
+    async fn next_event(events: &mut tether_client::SubscriptionEvents) -> SubscriptionEvent {
+        tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("an event in time")
+            .expect("the subscription's events go on")
+    }
+    while !matches!(
+        next_event(&mut sub_events).await,
+        SubscriptionEvent::Subscribed { .. }
+    ) {}
+    let mut stream = backend.next_stream().await;
+    // Bytes no JSON client could be sent reach the Protobuf client as they are.
+    let binary = Bytes::from_static(&[0, 0x9f, 0xff, b'{']);
+    assert!(stream.send(&pp::StreamSubscribeResponse {
+        subscribe_response: None,
+        publication: Some(pp::Publication {
+            data: binary.clone(),
+            tags: Default::default(),
+        }),
+    }));
+    let publication = loop {
+        if let SubscriptionEvent::Publication(p) = next_event(&mut sub_events).await {
+            break p;
+        }
+    };
+    assert_eq!(publication.data, binary);
+    assert_eq!(publication.offset, 0, "no offset on a stream's publication");
+    // And its own binary publication reaches the backend on the stream, byte for byte.
+    let sent = Bytes::from_static(&[0xff, 1, 2, 0]);
+    sub.publish(sent.clone())
+        .await
+        .expect("published into the stream");
+    let message: pp::StreamSubscribeRequest = stream
+        .received(Duration::from_secs(5))
+        .await
+        .expect("a publication on the stream");
+    assert_eq!(message.publication.expect("a publication").data, sent);
+    sdk.disconnect();
+    server.stop().await;
 }

@@ -1,6 +1,7 @@
 //! The gRPC side of the proxy: one unary call of Centrifugo's `CentrifugoProxy` service per
-//! event, with the messages of [`super::proto`]; and the server-streaming call of a
-//! subscription stream (`SubscribeUnidirectional`).
+//! event, with the messages of [`super::proto`]; and the streaming calls of a subscription
+//! stream (`SubscribeUnidirectional`, or `SubscribeBidirectional`, which also carries the
+//! client's publications to the backend).
 //!
 //! As in Centrifugo (`internal/proxy/grpc.go`): each proxy has its own HTTP/2 connection to
 //! its endpoint (`grpc://host:port`, or a bare `host:port`), dialled lazily so a backend that
@@ -201,28 +202,59 @@ impl GrpcClient {
         Ok((grpc, call))
     }
 
-    /// Opens a subscription stream (`SubscribeUnidirectional`) and reads its first message,
-    /// which must carry the subscribe response: its answer, and the stream of the later
-    /// messages. No `grpc-timeout` is sent (the stream lives as long as the subscription);
-    /// the caller bounds the wait for the first message.
+    /// Opens a subscription stream and reads its first message, which must carry the
+    /// subscribe response: its answer, the stream of the later messages and, for a
+    /// `bidirectional` stream, the sender of the messages that follow the subscribe request.
+    /// No `grpc-timeout` is sent (the stream lives as long as the subscription); the caller
+    /// bounds the wait for the first message.
     pub(crate) async fn subscribe_stream(
         &self,
         request: &SubscribeRequest,
         binary: bool,
         headers: HeaderMap,
-    ) -> Result<(Answer<SubscribeResult>, GrpcStream), GrpcError> {
-        let (mut grpc, call) = self.prepare(request.to_proto(binary), headers).await?;
-        let codec = tonic_prost::ProstCodec::<
-            proto::SubscribeRequest,
-            proto::StreamSubscribeResponse,
-        >::default();
-        let path =
-            hyper::http::uri::PathAndQuery::from_static(proto::method::SUBSCRIBE_UNIDIRECTIONAL);
-        let mut stream = grpc
-            .server_streaming(call, path, codec)
-            .await
-            .map_err(GrpcError::Status)?
-            .into_inner();
+        bidirectional: bool,
+    ) -> Result<(Answer<SubscribeResult>, GrpcStream, Option<StreamSender>), GrpcError> {
+        let request = request.to_proto(binary);
+        let (mut stream, sender) = if bidirectional {
+            let (tx, rx) = tokio::sync::mpsc::channel(STREAM_SEND_QUEUE);
+            let first = proto::StreamSubscribeRequest {
+                subscribe_request: Some(request),
+                publication: None,
+            };
+            let rest = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|message| (message, rx))
+            });
+            let outbound =
+                futures_util::StreamExt::chain(futures_util::stream::iter([first]), rest);
+            let (mut grpc, call) = self.prepare(outbound, headers).await?;
+            let codec = tonic_prost::ProstCodec::<
+                proto::StreamSubscribeRequest,
+                proto::StreamSubscribeResponse,
+            >::default();
+            let path =
+                hyper::http::uri::PathAndQuery::from_static(proto::method::SUBSCRIBE_BIDIRECTIONAL);
+            let stream = grpc
+                .streaming(call, path, codec)
+                .await
+                .map_err(GrpcError::Status)?
+                .into_inner();
+            (stream, Some(tx))
+        } else {
+            let (mut grpc, call) = self.prepare(request, headers).await?;
+            let codec = tonic_prost::ProstCodec::<
+                proto::SubscribeRequest,
+                proto::StreamSubscribeResponse,
+            >::default();
+            let path = hyper::http::uri::PathAndQuery::from_static(
+                proto::method::SUBSCRIBE_UNIDIRECTIONAL,
+            );
+            let stream = grpc
+                .server_streaming(call, path, codec)
+                .await
+                .map_err(GrpcError::Status)?
+                .into_inner();
+            (stream, None)
+        };
         let first = stream
             .message()
             .await
@@ -230,9 +262,16 @@ impl GrpcClient {
             .and_then(|message| message.subscribe_response)
             .ok_or(GrpcError::NoSubscribeResponse)?;
         let answer = SubscribeResult::from_response(first).map_err(GrpcError::Answer)?;
-        Ok((answer, stream))
+        Ok((answer, stream, sender))
     }
 }
+
+/// Messages a bidirectional stream may hold unsent: a client publishing faster than the
+/// backend reads waits for room (bounded by the proxy's timeout).
+const STREAM_SEND_QUEUE: usize = 16;
+
+/// The sending half of a bidirectional subscription stream, after its first message.
+pub(crate) type StreamSender = tokio::sync::mpsc::Sender<proto::StreamSubscribeRequest>;
 
 /// The messages of a subscription stream after its first.
 pub(crate) type GrpcStream = tonic::codec::Streaming<proto::StreamSubscribeResponse>;

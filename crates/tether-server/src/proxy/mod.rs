@@ -7,7 +7,8 @@
 //! sends the event, waits for the backend's [`Answer`] at most `timeout`, and the session
 //! applies it. A subscribe in a subscription stream namespace opens a gRPC stream instead
 //! ([`Proxy::subscribe_stream`]): the answer comes first, the subscriber's publications
-//! after it. The proxy knows nothing of sessions: it imports only the config and the
+//! after it; a bidirectional stream also takes the subscriber's own publications to the
+//! backend ([`StreamPublisher`]). The proxy knows nothing of sessions: it imports only the config and the
 //! metrics.
 //!
 //! Every proxy protects its backend and the node: at most [`MAX_IN_FLIGHT`] calls are out at
@@ -43,6 +44,7 @@ use tracing::{debug, warn};
 use self::breaker::{Admit, Breaker, Transition};
 use self::grpc::{
     GrpcBuildError, GrpcClient, GrpcError, GrpcRequest, GrpcResult, GrpcStream, GrpcTls,
+    StreamSender,
 };
 use self::http::{HttpClient, HttpError};
 pub(crate) use self::protocol::{
@@ -101,7 +103,48 @@ impl Failure {
 
 /// The publications of an open subscription stream, after its first message.
 #[derive(Debug)]
-pub(crate) struct SubscribeStream(GrpcStream);
+pub(crate) struct SubscribeStream {
+    messages: GrpcStream,
+    publisher: Option<StreamPublisher>,
+}
+
+/// The client's way into a bidirectional subscription stream: each of its publications in
+/// the channel goes to the backend as a `StreamSubscribeRequest{publication}`.
+#[derive(Clone, Debug)]
+pub(crate) struct StreamPublisher {
+    tx: StreamSender,
+    /// Longest wait for room when the backend reads slower than the client publishes.
+    timeout: Duration,
+}
+
+/// Why a publication did not go into a bidirectional stream.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StreamPublishError {
+    /// The stream is gone (the backend ended it, or it failed).
+    #[error("the subscription stream is closed")]
+    Closed,
+    /// The backend read nothing for the proxy's timeout while the stream's queue was full.
+    #[error("the subscription stream took nothing for the proxy's timeout")]
+    Timeout,
+}
+
+impl StreamPublisher {
+    /// Sends `data` to the backend as a publication on the stream.
+    pub(crate) async fn publish(&self, data: bytes::Bytes) -> Result<(), StreamPublishError> {
+        let message = proto::StreamSubscribeRequest {
+            subscribe_request: None,
+            publication: Some(proto::Publication {
+                data,
+                tags: HashMap::new(),
+            }),
+        };
+        match tokio::time::timeout(self.timeout, self.tx.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StreamPublishError::Closed),
+            Err(_) => Err(StreamPublishError::Timeout),
+        }
+    }
+}
 
 /// What a subscription stream says next.
 #[derive(Debug, PartialEq)]
@@ -121,11 +164,16 @@ pub(crate) enum StreamItem {
 }
 
 impl SubscribeStream {
+    /// The sender of the client's publications, for a bidirectional stream (once).
+    pub(crate) fn take_publisher(&mut self) -> Option<StreamPublisher> {
+        self.publisher.take()
+    }
+
     /// The next publication, or how the stream ended. Messages without a publication are
     /// skipped.
     pub(crate) async fn next(&mut self) -> StreamItem {
         loop {
-            match self.0.message().await {
+            match self.messages.message().await {
                 Ok(Some(message)) => {
                     if let Some(publication) = message.publication {
                         return StreamItem::Publication {
@@ -238,14 +286,6 @@ pub enum ProxyBuildError {
         name: String,
         /// What is wrong, and with which key.
         reason: String,
-    },
-    /// A namespace asks for something tether does not do yet.
-    #[error("{key}: {reason}")]
-    Unsupported {
-        /// The key asking for it.
-        key: String,
-        /// What is missing.
-        reason: &'static str,
     },
     /// A static header is not a valid HTTP header.
     #[error("proxy {name}: http.static_headers: {header:?} is not a valid header")]
@@ -480,8 +520,8 @@ impl Proxy {
         }
     }
 
-    /// Opens a subscription stream (compat-proxy §6.6, unidirectional): the backend's
-    /// answer to the subscribe, from the stream's first message within the proxy's
+    /// Opens a subscription stream (compat-proxy §6.6), `bidirectional` or not: the
+    /// backend's answer to the subscribe, from the stream's first message within the proxy's
     /// `timeout`, and the stream of the publications that follow. Opening counts as one
     /// call (event `subscribe_stream`) against the in-flight bound, the breaker and the
     /// metrics; the stream then lives on without either. An `error` answer is never
@@ -490,10 +530,11 @@ impl Proxy {
         &self,
         request: &SubscribeRequest,
         forward: Option<&Forward>,
+        bidirectional: bool,
     ) -> Result<(Answer<SubscribeResult>, SubscribeStream), Failure> {
         const EVENT: &str = "subscribe_stream";
         let started = Instant::now();
-        let result = self.open_stream(request, forward).await;
+        let result = self.open_stream(request, forward, bidirectional).await;
         let outcome = match &result {
             Ok((Answer::Result(_), _)) => "ok",
             Ok(_) => "refused",
@@ -511,6 +552,7 @@ impl Proxy {
         &self,
         request: &SubscribeRequest,
         forward: Option<&Forward>,
+        bidirectional: bool,
     ) -> Result<(Answer<SubscribeResult>, SubscribeStream), Failure> {
         let Transport::Grpc(client) = &self.transport else {
             // The config allows only gRPC endpoints for subscription streams.
@@ -522,17 +564,27 @@ impl Proxy {
         let headers = self.headers(client.static_metadata(), forward);
         let opened = tokio::time::timeout(
             self.timeout,
-            client.subscribe_stream(request, self.binary, headers),
+            client.subscribe_stream(request, self.binary, headers, bidirectional),
         )
         .await;
         drop(permit);
         let opened = grpc_outcome(opened);
         self.record(admit, opened.as_ref().is_err_and(Failure::is_backend_fault));
-        let (mut answer, stream) = opened?;
+        let (mut answer, messages, tx) = opened?;
         if let Answer::Error(error) = &mut answer {
             error.temporary = false;
         }
-        Ok((answer, SubscribeStream(stream)))
+        let publisher = tx.map(|tx| StreamPublisher {
+            tx,
+            timeout: self.timeout,
+        });
+        Ok((
+            answer,
+            SubscribeStream {
+                messages,
+                publisher,
+            },
+        ))
     }
 
     /// The answer `http.status_to_code_transforms` makes of an HTTP status, if any.
@@ -602,19 +654,6 @@ pub(crate) struct Proxies {
 impl Proxies {
     /// The proxies `config` uses.
     pub(crate) fn new(config: &Config, metrics: &Arc<Metrics>) -> Result<Self, ProxyBuildError> {
-        // A namespace whose subscriptions would be bidirectional streams must not fall back
-        // to plain subscriptions that nobody approved.
-        for (key, options) in config.channel.all_namespace_options() {
-            if options.subscribe_stream_proxy_enabled
-                && options.subscribe_stream_proxy_bidirectional
-            {
-                return Err(ProxyBuildError::Unsupported {
-                    key: format!("{key}.subscribe_stream_proxy_bidirectional"),
-                    reason: "bidirectional subscription streams are not built yet \
-                             (unidirectional ones are)",
-                });
-            }
-        }
         let mut clients = Clients::default();
         let mut build = |name: &str, proxy: &ProxyConfig| {
             Proxy::new(name, proxy, &mut clients, metrics.clone()).map(Arc::new)
@@ -781,3 +820,28 @@ fn keep<'a>(
 /// Calls out to one proxy at once, at most; more are refused (the protocol's temporary
 /// error) rather than queued.
 pub(crate) const MAX_IN_FLIGHT: usize = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stream_publisher_waits_for_room_at_most_its_timeout_and_knows_a_closed_stream() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let publisher = StreamPublisher {
+            tx,
+            timeout: Duration::from_millis(50),
+        };
+        publisher.publish("1".into()).await.expect("room for one");
+        let started = Instant::now();
+        let full = publisher.publish("2".into()).await;
+        assert!(matches!(full, Err(StreamPublishError::Timeout)), "{full:?}");
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        let first = rx.recv().await.expect("the first publication");
+        assert_eq!(first.publication.expect("a publication").data, "1");
+        assert!(first.subscribe_request.is_none());
+        drop(rx);
+        let closed = publisher.publish("3".into()).await;
+        assert!(matches!(closed, Err(StreamPublishError::Closed)), "{closed:?}");
+    }
+}

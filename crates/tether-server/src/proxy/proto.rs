@@ -36,6 +36,10 @@ pub mod method {
     /// `SubscribeUnidirectional(SubscribeRequest) returns (stream StreamSubscribeResponse)`.
     pub const SUBSCRIBE_UNIDIRECTIONAL: &str =
         "/centrifugal.centrifugo.proxy.CentrifugoProxy/SubscribeUnidirectional";
+    /// `SubscribeBidirectional(stream StreamSubscribeRequest) returns (stream
+    /// StreamSubscribeResponse)`.
+    pub const SUBSCRIBE_BIDIRECTIONAL: &str =
+        "/centrifugal.centrifugo.proxy.CentrifugoProxy/SubscribeBidirectional";
 }
 
 /// An error for the client.
@@ -268,6 +272,16 @@ pub struct Publication {
 pub struct StreamSubscribeResponse {
     #[prost(message, optional, tag = "1")]
     pub subscribe_response: Option<SubscribeResponse>,
+    #[prost(message, optional, tag = "2")]
+    pub publication: Option<Publication>,
+}
+
+/// A message of a bidirectional subscription stream to the backend: the first carries
+/// `subscribe_request`, the later ones a client's `publication`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StreamSubscribeRequest {
+    #[prost(message, optional, tag = "1")]
+    pub subscribe_request: Option<SubscribeRequest>,
     #[prost(message, optional, tag = "2")]
     pub publication: Option<Publication>,
 }

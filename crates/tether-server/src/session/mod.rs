@@ -713,13 +713,18 @@ impl Session {
         if req.data.is_empty() {
             return Err(DisconnectCode::BAD_REQUEST.into());
         }
+        // Into this client's bidirectional subscription stream, which the backend opened
+        // for it: the backend decides what becomes of it.
+        if let Some(reply) = self.publish_into_stream(&req.channel, &req.data).await {
+            return Ok(reply);
+        }
         let access = match self.access(node, &req.channel)? {
             Ok(access) => access,
             Err(error) => return Ok(error_reply(error)),
         };
         if access.options.subscribe_stream_proxy_enabled {
-            // Publications in a stream namespace come from the backend's streams only
-            // (bidirectional streams, which take client publications, are not built).
+            // Otherwise publications in a stream namespace come from the backend's streams
+            // only.
             return Ok(error_reply(ClientError::NOT_AVAILABLE));
         }
         let chan_info = self

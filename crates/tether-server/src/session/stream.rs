@@ -1,7 +1,10 @@
-//! Subscription streams from the backend (compat-proxy §6.6, unidirectional): a subscribe in
-//! a namespace with `subscribe_stream_proxy_enabled` opens a gRPC stream whose first message
-//! decides the subscription, as the subscribe proxy's answer would; every later publication
-//! on it goes to this one subscriber, with no offset (no history, no recovery).
+//! Subscription streams from the backend (compat-proxy §6.6): a subscribe in a namespace with
+//! `subscribe_stream_proxy_enabled` opens a gRPC stream whose first message decides the
+//! subscription, as the subscribe proxy's answer would; every later publication on it goes
+//! to this one subscriber, with no offset (no history, no recovery). With
+//! `subscribe_stream_proxy_bidirectional` the stream also carries the subscriber's own
+//! publications in the channel to the backend ([`Session::publish_into_stream`]), and the
+//! client gets an empty publish result; nothing is broadcast.
 //!
 //! A task per subscription reads the stream and queues the publications on the connection.
 //! When the stream ends it tells the session through the connection's control messages
@@ -12,6 +15,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tether_proto::codes::ClientError;
 use tether_proto::{Reply, SubscribeRequest};
 use tokio::task::AbortHandle;
@@ -23,18 +27,23 @@ use crate::config::ProxyEvent;
 use crate::hub::{Control, Subscriber};
 use crate::node::Node;
 use crate::proxy::{
-    Answer, StreamItem, SubscribeRequest as ProxySubscribeRequest, SubscribeResult, SubscribeStream,
+    Answer, StreamItem, StreamPublisher, SubscribeRequest as ProxySubscribeRequest,
+    SubscribeResult, SubscribeStream,
 };
 use crate::wire::{Disconnect, encode_frame};
 
 /// The task reading one subscription's stream; aborted (and the stream so cancelled) when
-/// the subscription's state is dropped.
+/// the subscription's state is dropped. A bidirectional stream's sending half is kept
+/// beside it.
 #[derive(Debug)]
-pub(super) struct StreamTask(AbortHandle);
+pub(super) struct StreamTask {
+    task: AbortHandle,
+    publisher: Option<StreamPublisher>,
+}
 
 impl Drop for StreamTask {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
@@ -63,7 +72,11 @@ impl Session {
             meta: self.meta_for(proxy),
             data: req.data.clone(),
         };
-        let reply = match proxy.subscribe_stream(&request, self.forward()).await {
+        let bidirectional = ns.subscribe_stream_proxy_bidirectional;
+        let reply = match proxy
+            .subscribe_stream(&request, self.forward(), bidirectional)
+            .await
+        {
             Ok((Answer::Result(result), stream)) => {
                 return Ok(Ok((result.unwrap_or_default(), stream)));
             }
@@ -76,6 +89,7 @@ impl Session {
 
     /// Starts the task that feeds `sub` (live, its subscribe reply queued) from `stream`.
     pub(super) fn feed_from_stream(&mut self, sub: &Arc<Subscriber>, mut stream: SubscribeStream) {
+        let publisher = stream.take_publisher();
         let conn = self.conn.clone();
         let channel = sub.channel().clone();
         let weak = Arc::downgrade(sub);
@@ -123,10 +137,31 @@ impl Session {
             }
         });
         if let Some(state) = self.subs.get_mut(sub.channel()) {
-            state.stream = Some(StreamTask(task.abort_handle()));
+            state.stream = Some(StreamTask {
+                task: task.abort_handle(),
+                publisher,
+            });
         } else {
             task.abort();
         }
+    }
+
+    /// A client publication in a stream namespace: into this client's bidirectional stream
+    /// of `channel`, if it has one (`None` otherwise). The backend gets it on the stream and
+    /// the client an empty result; a stream that is gone or takes nothing for the proxy's
+    /// timeout answers the protocol's internal error.
+    pub(super) async fn publish_into_stream(&self, channel: &str, data: &Bytes) -> Option<Reply> {
+        let publisher = self.subs.get(channel)?.stream.as_ref()?.publisher.clone()?;
+        Some(match publisher.publish(data.clone()).await {
+            Ok(()) => Reply {
+                publish: Some(tether_proto::PublishResult::default()),
+                ..Default::default()
+            },
+            Err(error) => {
+                debug!(channel, %error, "publication into a subscription stream failed");
+                error_reply(ClientError::INTERNAL)
+            }
+        })
     }
 
     /// The stream feeding a subscription ended: the subscription ends with it, unless it

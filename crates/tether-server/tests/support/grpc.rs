@@ -3,9 +3,12 @@
 //! metadata and the request's bytes, decoded by the test with `tether_server::proxyproto`).
 //!
 //! Messages pass through as bytes (a codec that neither encodes nor decodes), so one handler
-//! serves every method. `SubscribeUnidirectional` is served as a server stream: the
-//! handler's answer is its first message (or its status), and the test drives the rest
-//! through the stream's [`BackendStream`] ([`GrpcBackend::next_stream`]).
+//! serves every method. `SubscribeUnidirectional` is served as a server stream and
+//! `SubscribeBidirectional` as a stream both ways (the handler sees its first message, the
+//! `StreamSubscribeRequest` carrying the subscribe request): the handler's answer is the first
+//! message back (or its status), and the test drives the rest, and reads what the client
+//! sends after its first message, through the stream's [`BackendStream`]
+//! ([`GrpcBackend::next_stream`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,8 +21,8 @@ use prost::Message;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{BoxFuture, Context, Poll, Service, http};
 use tonic::metadata::MetadataMap;
-use tonic::server::{NamedService, ServerStreamingService, UnaryService};
-use tonic::{Request, Response, Status};
+use tonic::server::{NamedService, ServerStreamingService, StreamingService, UnaryService};
+use tonic::{Request, Response, Status, Streaming};
 
 /// One call the backend received.
 #[derive(Clone, Debug)]
@@ -64,12 +67,27 @@ struct State {
     streams: Arc<Mutex<Vec<BackendStream>>>,
 }
 
-/// The backend's end of one open `SubscribeUnidirectional` stream, after its first message.
+/// The backend's end of one open subscription stream, after its first message.
 pub(crate) struct BackendStream {
     tx: tokio::sync::mpsc::UnboundedSender<Result<Bytes, Status>>,
+    /// What the client sends after its first message (bidirectional streams only).
+    inbound: Option<Streaming<Bytes>>,
 }
 
 impl BackendStream {
+    /// The next message the client sent on a bidirectional stream, waiting up to `within`:
+    /// `None` when the client ended its side (or the stream failed); panics on a
+    /// unidirectional stream or when nothing came in time.
+    pub(crate) async fn received<M: Message + Default>(&mut self, within: Duration) -> Option<M> {
+        let inbound = self.inbound.as_mut().expect("a bidirectional stream");
+        let next = tokio::time::timeout(within, inbound.message())
+            .await
+            .expect("the client sent nothing on the stream in time");
+        next.ok()
+            .flatten()
+            .map(|bytes| M::decode(bytes).expect("a message of the stream's type"))
+    }
+
     /// Sends `message`; false once the stream is gone.
     pub(crate) fn send(&self, message: &impl Message) -> bool {
         self.tx.send(Ok(message.encode_to_vec().into())).is_ok()
@@ -168,7 +186,7 @@ impl GrpcBackend {
             .collect()
     }
 
-    /// The next `SubscribeUnidirectional` stream opened (oldest first), waiting up to 5 s.
+    /// The next subscription stream opened (oldest first), waiting up to 5 s.
     pub(crate) async fn next_stream(&self) -> BackendStream {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
@@ -296,8 +314,10 @@ impl Service<http::Request<tonic::body::Body>> for ProxyService {
             let mut grpc = tonic::server::Grpc::new(PassThrough)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip);
-            if call.method == "SubscribeUnidirectional" {
-                return Ok(grpc.server_streaming(call, request).await);
+            match call.method.as_str() {
+                "SubscribeUnidirectional" => return Ok(grpc.server_streaming(call, request).await),
+                "SubscribeBidirectional" => return Ok(grpc.streaming(call, request).await),
+                _ => {}
             }
             Ok(grpc.unary(call, request).await)
         })
@@ -345,32 +365,64 @@ impl Method {
     }
 }
 
+impl Method {
+    /// The first message back on a subscription stream (`answer`, after its delays), and the
+    /// stream's [`BackendStream`] left for the test; `inbound` is the client's side of a
+    /// bidirectional stream.
+    async fn open_stream(
+        mut answer: GrpcAnswer,
+        streams: Arc<Mutex<Vec<BackendStream>>>,
+        inbound: Option<Streaming<Bytes>>,
+    ) -> Result<Response<tonic::codegen::BoxStream<Bytes>>, Status> {
+        loop {
+            match answer {
+                GrpcAnswer::Message(first) => {
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    streams.lock().push(BackendStream { tx, inbound });
+                    let rest = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+                    let stream =
+                        tokio_stream::StreamExt::chain(tokio_stream::once(Ok(first)), rest);
+                    return Ok(Response::new(Box::pin(stream)));
+                }
+                GrpcAnswer::Status(status) => return Err(status),
+                GrpcAnswer::Slow(delay, then) => {
+                    tokio::time::sleep(delay).await;
+                    answer = *then;
+                }
+            }
+        }
+    }
+}
+
 impl ServerStreamingService<Bytes> for Method {
     type Response = Bytes;
     type ResponseStream = tonic::codegen::BoxStream<Bytes>;
     type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let mut answer = self.answer(request);
-        let streams = self.state.streams.clone();
+        let answer = self.answer(request);
+        Box::pin(Self::open_stream(answer, self.state.streams.clone(), None))
+    }
+}
+
+impl StreamingService<Bytes> for Method {
+    type Response = Bytes;
+    type ResponseStream = tonic::codegen::BoxStream<Bytes>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<Bytes>>) -> Self::Future {
+        let (metadata, extensions, mut inbound) = request.into_parts();
+        let method = Self {
+            state: self.state.clone(),
+            method: self.method.clone(),
+        };
         Box::pin(async move {
-            loop {
-                match answer {
-                    GrpcAnswer::Message(first) => {
-                        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                        streams.lock().push(BackendStream { tx });
-                        let rest = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
-                        let stream =
-                            tokio_stream::StreamExt::chain(tokio_stream::once(Ok(first)), rest);
-                        return Ok(Response::new(Box::pin(stream) as Self::ResponseStream));
-                    }
-                    GrpcAnswer::Status(status) => return Err(status),
-                    GrpcAnswer::Slow(delay, then) => {
-                        tokio::time::sleep(delay).await;
-                        answer = *then;
-                    }
-                }
-            }
+            let first = inbound
+                .message()
+                .await?
+                .ok_or_else(|| Status::invalid_argument("no first message"))?;
+            let answer = method.answer(Request::from_parts(metadata, extensions, first));
+            Self::open_stream(answer, method.state.streams.clone(), Some(inbound)).await
         })
     }
 }
