@@ -449,7 +449,9 @@ impl JsonRequest for SubRefreshRequest {
 
 // === results ===
 
-/// A raw `bytes` field and its base64 twin, as a result carries them.
+/// A raw `bytes` field and its base64 twin, as a result carries them. The base64 one wins
+/// unless `raw_first` (a publish result's `data`), where it is not even read when the raw
+/// one is there, as in Centrifugo.
 fn bytes_of(
     raw: Option<Box<RawValue>>,
     b64: &str,
@@ -459,14 +461,13 @@ fn bytes_of(
     let raw = raw
         .filter(|value| value.get() != "null")
         .map(|value| Bytes::from(String::from(Box::<str>::from(value))));
-    let b64 = if b64.is_empty() {
-        None
-    } else {
-        Some(Bytes::from(
-            BASE64.decode(b64).map_err(|_| WireError::Base64(field))?,
-        ))
-    };
-    Ok(if raw_first { raw.or(b64) } else { b64.or(raw) })
+    if (raw_first && raw.is_some()) || b64.is_empty() {
+        return Ok(raw);
+    }
+    BASE64
+        .decode(b64)
+        .map(|decoded| Some(Bytes::from(decoded)))
+        .map_err(|_| WireError::Base64(field))
 }
 
 /// A `BoolValue` wrapper.
@@ -810,6 +811,12 @@ mod tests {
             panic!("a result");
         };
         assert_eq!(result.data.as_deref(), Some(&br#"{"x":1}"#[..]));
+        // With raw data there, the base64 twin is not read at all.
+        let bad_b64 = br#"{"result":{"data":{"text":"raw"},"b64data":"***"}}"#;
+        let Answer::Result(Some(result)) = decode_answer::<PublishResult>(bad_b64).unwrap() else {
+            panic!("a result");
+        };
+        assert_eq!(result.data.as_deref(), Some(&br#"{"text":"raw"}"#[..]));
     }
 
     #[test]
