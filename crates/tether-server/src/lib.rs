@@ -36,6 +36,8 @@
 //!   Redis engine, and the NATS broker (fan-out between nodes without history).
 //! - [`config`]: the typed configuration (file + `TETHER_*` environment), validated before
 //!   any port is bound; [`auth`]: JWT verification, owning its config types.
+//! - `breaker`: the circuit breaker (time in, decisions out) that the proxy and the Redis
+//!   engine each keep per remote endpoint. A leaf.
 //! - `metrics`, [`delta`] (fossil delta), `small` (exact growth of small vectors): leaves.
 //!
 //! The public surface is what the `tether` binary, the fuzz targets, the benches and the
@@ -43,6 +45,7 @@
 
 mod api;
 pub mod auth;
+mod breaker;
 pub mod broker;
 mod cluster;
 pub mod config;

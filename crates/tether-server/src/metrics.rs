@@ -239,6 +239,46 @@ impl Metrics {
             .set(if open { 1.0 } else { 0.0 });
     }
 
+    /// Sets one Redis shard's health figures (read from the engine at each scrape):
+    /// `breaker` is 0 closed, 1 open, 2 half-open (absent without a breaker); the counters are
+    /// totals since start; `pubsub_silent_s` is the time since its Pub/Sub connection last
+    /// proved alive.
+    pub(crate) fn redis_shard(&self, shard: usize, health: RedisShardFigures) {
+        let shard = shard.to_string();
+        let labels = [("shard", shard.as_str())];
+        if let Some(state) = health.breaker {
+            self.recorder
+                .register_gauge(&owned_key("tether_redis_breaker_state", &labels), &META)
+                .set(f64::from(state));
+        }
+        self.recorder
+            .register_gauge(
+                &owned_key("tether_redis_commands_in_flight", &labels),
+                &META,
+            )
+            .set(f64::from(health.in_flight));
+        self.recorder
+            .register_counter(
+                &owned_key("tether_redis_breaker_rejected_total", &labels),
+                &META,
+            )
+            .absolute(health.rejected);
+        self.recorder
+            .register_counter(
+                &owned_key("tether_redis_breaker_opened_total", &labels),
+                &META,
+            )
+            .absolute(health.opened);
+        if let Some(silent) = health.pubsub_silent_s {
+            self.recorder
+                .register_gauge(
+                    &owned_key("tether_redis_pubsub_seconds_since_alive", &labels),
+                    &META,
+                )
+                .set(silent);
+        }
+    }
+
     /// The Prometheus text exposition, with process figures read now.
     pub(crate) fn render(&self) -> String {
         if let Some(rss) = read_rss_bytes() {
@@ -254,6 +294,21 @@ impl Metrics {
     pub(crate) fn upkeep(&self) {
         self.handle.run_upkeep();
     }
+}
+
+/// One Redis shard's health figures, for [`Metrics::redis_shard`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RedisShardFigures {
+    /// Breaker state: 0 closed, 1 open, 2 half-open; `None` without a breaker.
+    pub breaker: Option<u8>,
+    /// Commands in flight through the breaker.
+    pub in_flight: u32,
+    /// Commands the open breaker refused.
+    pub rejected: u64,
+    /// Times the breaker opened.
+    pub opened: u64,
+    /// Seconds since the Pub/Sub connection last proved alive.
+    pub pubsub_silent_s: Option<f64>,
 }
 
 impl Default for Metrics {

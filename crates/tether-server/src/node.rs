@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::TokenVerifier;
+use crate::breaker;
 use crate::broker::nats::NatsStartError;
 use crate::broker::redis::RedisStartError;
 use crate::broker::{
@@ -258,6 +259,17 @@ async fn build_engine(
             presence_ttl: redis.presence_ttl,
             presence_update_interval: config.client.presence_update_interval,
             fanout,
+            breaker: redis.circuit_breaker.enabled.then(|| {
+                let breaker = &redis.circuit_breaker;
+                breaker::Settings {
+                    window: breaker.window,
+                    min_calls: 10,
+                    failure_ratio: breaker.failure_ratio,
+                    consecutive_failures: breaker.consecutive_failures,
+                    stall: (!breaker.stall_timeout.is_zero()).then_some(breaker.stall_timeout),
+                    open_for: breaker.open_for,
+                }
+            }),
         }
     };
     if !config.broker.enabled {

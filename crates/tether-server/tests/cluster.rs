@@ -261,6 +261,22 @@ async fn a_redis_outage_fails_publishes_keeps_clients_and_delivery_resumes() {
     }
     assert!(errors > 3);
     assert_eq!(b.ready().await, Some(503), "/ready reflects the engine");
+    // The publishing node's breaker opened and failed later publishes at once.
+    let metrics = support::http::request(a.addr, "GET", "/metrics", "", "")
+        .await
+        .expect("metrics");
+    let figure = |name: &str| -> f64 {
+        let line = format!("{name}{{shard=\"0\"}} ");
+        metrics
+            .body()
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{}", metrics.body()))
+    };
+    assert!(figure("tether_redis_breaker_opened_total") >= 1.0);
+    assert!(figure("tether_redis_breaker_rejected_total") >= 1.0);
+    assert!(figure("tether_redis_pubsub_seconds_since_alive") >= 0.0);
     proxy.restore();
 
     // The client stayed connected; after the Pub/Sub reconnect its positioned subscription

@@ -35,7 +35,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "api",
         &[
-            "node", "cluster", "hub", "wire", "broker", "auth", "config", "metrics",
+            "node", "cluster", "hub", "wire", "broker", "auth", "config", "metrics", "breaker",
         ],
     ),
     (
@@ -54,19 +54,20 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "node",
         &[
-            "proxy", "cluster", "hub", "wire", "broker", "auth", "config", "metrics",
+            "proxy", "cluster", "hub", "wire", "broker", "auth", "config", "metrics", "breaker",
         ],
     ),
-    ("proxy", &["config", "metrics"]),
+    ("proxy", &["config", "metrics", "breaker"]),
     ("cluster", &["hub", "wire", "broker"]),
     ("hub", &["wire", "broker", "metrics", "delta", "small"]),
     ("wire", &["broker"]),
-    ("broker", &[]),
+    ("broker", &["breaker"]),
     ("config", &["auth"]),
     ("auth", &[]),
     ("metrics", &[]),
     ("delta", &[]),
     ("small", &[]),
+    ("breaker", &[]),
 ];
 
 /// One import that breaks the table.

@@ -21,7 +21,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::value::RawValue;
 
+use crate::breaker::State as BreakerState;
 use crate::config::ApiErrorMode;
+use crate::metrics::RedisShardFigures;
 use crate::node::Node;
 
 /// An API error: a code of §4.1 and its message.
@@ -96,6 +98,22 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
 
 /// Prometheus text exposition of the node's metrics.
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    for health in node.engine.redis_health() {
+        node.metrics.redis_shard(
+            health.shard,
+            RedisShardFigures {
+                breaker: health.breaker.map(|state| match state {
+                    BreakerState::Closed => 0,
+                    BreakerState::Open => 1,
+                    BreakerState::HalfOpen => 2,
+                }),
+                in_flight: health.commands_in_flight,
+                rejected: health.rejected,
+                opened: health.opened,
+                pubsub_silent_s: health.pubsub_silent_for.map(|d| d.as_secs_f64()),
+            },
+        );
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

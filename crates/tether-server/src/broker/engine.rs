@@ -23,7 +23,7 @@ use bytes::Bytes;
 
 use super::{
     BrokerError, ClientInfo, HistoryPage, HistoryQuery, MemoryBroker, NatsBroker, PresenceStats,
-    Publication, PublishOptions, Published, RedisEngine,
+    Publication, PublishOptions, Published, RedisEngine, ShardHealth,
 };
 
 /// The configured engine. Clone = handle clone.
@@ -292,6 +292,18 @@ impl Engine {
                         PresenceStore::Redis(r) => r.is_ready(),
                     }
             }
+        }
+    }
+
+    /// The health of each Redis shard the engine uses (none for the memory engine).
+    pub(crate) fn redis_health(&self) -> Vec<ShardHealth> {
+        match self {
+            Self::Redis(r)
+            | Self::Nats {
+                presence: PresenceStore::Redis(r),
+                ..
+            } => r.health(),
+            Self::Memory(_) | Self::Nats { .. } => Vec::new(),
         }
     }
 

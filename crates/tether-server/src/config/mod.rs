@@ -114,6 +114,48 @@ pub struct RedisEngineConfig {
     /// `client.presence_update_interval`.
     #[serde(with = "humantime_serde")]
     pub presence_ttl: Duration,
+    /// The circuit breaker of each shard's commands (tether's own keys).
+    pub circuit_breaker: RedisBreakerConfig,
+}
+
+/// The circuit breaker of each Redis shard's commands (`engine.redis.circuit_breaker.*`):
+/// while a shard is down or frozen, commands fail at once with the temporary error instead of
+/// each waiting its deadline. Live fan-out (Pub/Sub) never goes through it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisBreakerConfig {
+    /// On by default; off, every command waits its full deadline while Redis is away.
+    pub enabled: bool,
+    /// Commands waiting this long with no command answered meanwhile open it: a frozen Redis
+    /// is noticed long before the first command's deadline. `0s` turns this rule off.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    /// Failed commands in a row that open it (0: this rule off).
+    pub consecutive_failures: u32,
+    /// Share of failed commands in `window` (at least 10 of them) that opens it.
+    pub failure_ratio: f64,
+    /// The window `failure_ratio` counts over.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How long it stays open before one command probes the shard again.
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+}
+
+impl Default for RedisBreakerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            // Redis answers in well under a millisecond on a healthy network; a tenth of a
+            // second of silence with commands waiting is a stall, and at 100 commands/s it
+            // lets about 10 pile up.
+            stall_timeout: Duration::from_millis(100),
+            consecutive_failures: 3,
+            failure_ratio: 0.5,
+            window: Duration::from_secs(10),
+            open_for: Duration::from_secs(1),
+        }
+    }
 }
 
 // === impl RedisEngineConfig ===
@@ -1022,6 +1064,23 @@ impl Config {
                     "must be greater than client.presence_update_interval",
                 ));
             }
+            let breaker = &redis.circuit_breaker;
+            if breaker.enabled {
+                if !(breaker.failure_ratio > 0.0 && breaker.failure_ratio <= 1.0) {
+                    return Err(invalid(
+                        "engine.redis.circuit_breaker.failure_ratio",
+                        "must be greater than 0 and at most 1",
+                    ));
+                }
+                for (key, value) in [("window", breaker.window), ("open_for", breaker.open_for)] {
+                    if value.is_zero() {
+                        return Err(invalid(
+                            format!("engine.redis.circuit_breaker.{key}"),
+                            "must be greater than 0",
+                        ));
+                    }
+                }
+            }
         }
         if redis.prefix.is_empty() || redis.prefix.contains(['{', '}']) {
             return Err(invalid(
@@ -1379,6 +1438,7 @@ impl Default for RedisEngineConfig {
             io_timeout: Duration::from_secs(1),
             // Centrifugo's default, two refreshes at the default 27 s update interval.
             presence_ttl: Duration::from_secs(60),
+            circuit_breaker: RedisBreakerConfig::default(),
         }
     }
 }

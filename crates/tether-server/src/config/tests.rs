@@ -660,6 +660,40 @@ fn engine_section_from_env_and_file() {
 }
 
 #[test]
+fn the_redis_circuit_breaker_is_on_by_default_and_its_keys_are_checked() {
+    let config = Config::load(None, &env(&[("TETHER_ENGINE_TYPE", "redis")])).expect("valid");
+    let breaker = &config.engine.redis.circuit_breaker;
+    assert!(breaker.enabled);
+    assert_eq!(breaker.stall_timeout, Duration::from_millis(100));
+    let config = Config::load(
+        None,
+        &env(&[
+            ("TETHER_ENGINE_TYPE", "redis"),
+            ("TETHER_ENGINE_REDIS_CIRCUIT_BREAKER_ENABLED", "false"),
+            ("TETHER_ENGINE_REDIS_CIRCUIT_BREAKER_STALL_TIMEOUT", "250ms"),
+        ]),
+    )
+    .expect("valid");
+    let breaker = &config.engine.redis.circuit_breaker;
+    assert!(!breaker.enabled);
+    assert_eq!(breaker.stall_timeout, Duration::from_millis(250));
+    let error = Config::load(
+        None,
+        &env(&[
+            ("TETHER_ENGINE_TYPE", "redis"),
+            ("TETHER_ENGINE_REDIS_CIRCUIT_BREAKER_FAILURE_RATIO", "1.5"),
+        ]),
+    )
+    .expect_err("a ratio above 1");
+    assert!(
+        error
+            .to_string()
+            .contains("engine.redis.circuit_breaker.failure_ratio"),
+        "{error}"
+    );
+}
+
+#[test]
 fn redis_cluster_address_is_exclusive_with_address() {
     // Neither set: the local default.
     let config = Config::load(None, &env(&[("TETHER_ENGINE_TYPE", "redis")])).expect("valid");

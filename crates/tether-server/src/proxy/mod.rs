@@ -19,12 +19,10 @@
 //!
 //! - [`protocol`]: the requests and results, and their JSON form;
 //! - [`proto`]: the same as gRPC messages (Centrifugo's `proxyproto`, public);
-//! - [`breaker`]: the circuit breaker, time in and decisions out;
 //! - `http`: the pooled HTTP clients;
 //! - `grpc`: one HTTP/2 channel per gRPC proxy, and the messages' conversions;
 //! - `tls`: client TLS (`http.tls`, `grpc.tls`) with rustls.
 
-mod breaker;
 mod grpc;
 mod http;
 pub mod proto;
@@ -39,9 +37,8 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use self::breaker::{Admit, Breaker, Transition};
 use self::grpc::{
     GrpcBuildError, GrpcClient, GrpcError, GrpcRequest, GrpcResult, GrpcStream, GrpcTls,
     StreamSender,
@@ -54,6 +51,7 @@ pub(crate) use self::protocol::{
 };
 use self::protocol::{JsonRequest, JsonResult, ProxyDisconnect, ProxyError, decode_answer};
 use self::tls::{SystemRoots, TlsError};
+use crate::breaker::{self, Breaker, Outcome, Ticket, Transition};
 use crate::config::{Config, ProxyConfig, ProxyEvent, StatusToCodeTransform, TlsClientConfig};
 use crate::metrics::Metrics;
 
@@ -95,9 +93,14 @@ impl Failure {
         }
     }
 
-    /// Whether it says the backend is unwell (and so counts against the breaker).
-    fn is_backend_fault(&self) -> bool {
-        !matches!(self, Self::Unavailable(_) | Self::Request(_))
+    /// What it tells the breaker: whether it says the backend is unwell (`None` when the
+    /// call never reached the backend, or failed on tether's side).
+    fn outcome(&self) -> Option<Outcome> {
+        match self {
+            Self::Unavailable(_) | Self::Request(_) => None,
+            Self::Timeout => Some(Outcome::Timeout),
+            _ => Some(Outcome::Failure),
+        }
     }
 }
 
@@ -458,7 +461,7 @@ impl Proxy {
             Transport::Http { .. } => request.to_json(self.binary).map_err(Failure::Request)?,
             Transport::Grpc(_) => Vec::new(),
         };
-        let (_permit, admit) = self.admit()?;
+        let (_permit, ticket) = self.admit()?;
         let answer = match &self.transport {
             Transport::Http {
                 endpoint,
@@ -487,33 +490,39 @@ impl Proxy {
                 grpc_outcome(sent)
             }
         };
-        self.record(admit, answer.as_ref().is_err_and(Failure::is_backend_fault));
+        self.record(ticket, answer.as_ref().err());
         answer
     }
 
     /// A permit for one call, if [`MAX_IN_FLIGHT`] are not out and the breaker lets it
-    /// through.
-    fn admit(&self) -> Result<(tokio::sync::SemaphorePermit<'_>, Admit), Failure> {
+    /// through, and the breaker's ticket for it.
+    fn admit(&self) -> Result<(tokio::sync::SemaphorePermit<'_>, Ticket<'_>), Failure> {
         let Ok(permit) = self.in_flight.try_acquire() else {
             return Err(Failure::Unavailable("too many calls in flight"));
         };
-        let admit = self.breaker.lock().admit(Instant::now());
-        if admit == Admit::Refuse {
-            return Err(Failure::Unavailable("circuit breaker open"));
-        }
-        Ok((permit, admit))
+        let (ticket, transition) = breaker::call(&self.breaker, Instant::now());
+        self.report(transition);
+        let ticket = ticket.ok_or(Failure::Unavailable("circuit breaker open"))?;
+        Ok((permit, ticket))
     }
 
     /// Tells the breaker how an admitted call went.
-    fn record(&self, admit: Admit, failed: bool) {
-        let transition = self.breaker.lock().record(admit, failed, Instant::now());
+    fn record(&self, ticket: Ticket<'_>, failure: Option<&Failure>) {
+        let outcome = failure
+            .and_then(Failure::outcome)
+            .unwrap_or(Outcome::Success);
+        self.report(ticket.finish(outcome, Instant::now()));
+    }
+
+    /// Logs and counts a change of the breaker's state.
+    fn report(&self, transition: Option<Transition>) {
         match transition {
             Some(Transition::Opened) => {
                 warn!(proxy = %self.name, endpoint = %self.transport.endpoint(), "proxy circuit breaker opened: calls fail at once until a probe succeeds");
                 self.metrics.proxy_breaker(&self.name, true);
             }
             Some(Transition::Closed) => {
-                warn!(proxy = %self.name, endpoint = %self.transport.endpoint(), "proxy circuit breaker closed: the backend answers again");
+                info!(proxy = %self.name, endpoint = %self.transport.endpoint(), "proxy circuit breaker closed: the backend answers again");
                 self.metrics.proxy_breaker(&self.name, false);
             }
             None => {}
@@ -560,7 +569,7 @@ impl Proxy {
                 "subscription streams need a gRPC proxy",
             ));
         };
-        let (permit, admit) = self.admit()?;
+        let (permit, ticket) = self.admit()?;
         let headers = self.headers(client.static_metadata(), forward);
         let opened = tokio::time::timeout(
             self.timeout,
@@ -569,7 +578,7 @@ impl Proxy {
         .await;
         drop(permit);
         let opened = grpc_outcome(opened);
-        self.record(admit, opened.as_ref().is_err_and(Failure::is_backend_fault));
+        self.record(ticket, opened.as_ref().err());
         let (mut answer, messages, tx) = opened?;
         if let Answer::Error(error) = &mut answer {
             error.temporary = false;
@@ -842,6 +851,9 @@ mod tests {
         assert!(first.subscribe_request.is_none());
         drop(rx);
         let closed = publisher.publish("3".into()).await;
-        assert!(matches!(closed, Err(StreamPublishError::Closed)), "{closed:?}");
+        assert!(
+            matches!(closed, Err(StreamPublishError::Closed)),
+            "{closed:?}"
+        );
     }
 }

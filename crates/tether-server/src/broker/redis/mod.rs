@@ -59,7 +59,7 @@ mod sharded;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -70,7 +70,7 @@ use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::{ProtocolVersion, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use self::connection::Commands;
 use self::keys::{Keys, Layout};
@@ -78,6 +78,7 @@ use super::{
     BrokerError, BrokerEvents, ClientInfo, ControlReceiver, HistoryPage, HistoryQuery,
     PresenceStats, Publication, PublishOptions, Published, StreamPosition,
 };
+use crate::breaker::{self, Breaker, Outcome, Transition};
 
 /// How to reach Redis and name keys. Built by the server from `engine.redis.*`.
 #[derive(Clone, Debug)]
@@ -99,6 +100,9 @@ pub(crate) struct RedisOptions {
     /// broker (NATS) carries fan-out and control and Redis keeps only presence: then no
     /// Pub/Sub connection is opened and nothing arrives on the [`ControlReceiver`].
     pub fanout: bool,
+    /// The circuit breaker of each shard's commands (`None`: none, every command waits its
+    /// deadline).
+    pub breaker: Option<breaker::Settings>,
 }
 
 /// Where the engine's Redis is.
@@ -148,6 +152,45 @@ struct Shard {
     pubsub_up: Arc<AtomicBool>,
     /// The last command on the command connection succeeded.
     command_up: AtomicBool,
+    /// The circuit breaker of the command connection (`None`: off).
+    breaker: Option<Mutex<Breaker>>,
+    /// Commands its open breaker refused.
+    rejected: AtomicU64,
+    /// Times its breaker opened.
+    opened: AtomicU64,
+    /// Unix milliseconds at which the Pub/Sub connection last proved alive: subscribed, a
+    /// message received, a probe answered (0: never).
+    pubsub_alive: Arc<AtomicU64>,
+}
+
+impl Shard {
+    fn new(
+        conn: Commands,
+        pubsub: mpsc::UnboundedSender<pubsub::Command>,
+        pubsub_up: Arc<AtomicBool>,
+        pubsub_alive: Arc<AtomicU64>,
+        options: &RedisOptions,
+    ) -> Self {
+        Self {
+            conn,
+            pubsub,
+            pubsub_up,
+            command_up: AtomicBool::new(true),
+            breaker: options
+                .breaker
+                .map(|settings| Mutex::new(Breaker::new(settings, tokio::time::Instant::now()))),
+            rejected: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+            pubsub_alive,
+        }
+    }
+
+    /// The breaker lets commands through (or there is none).
+    fn breaker_closed(&self) -> bool {
+        self.breaker.as_ref().is_none_or(|breaker| {
+            breaker.lock().state(tokio::time::Instant::now()) == breaker::State::Closed
+        })
+    }
 }
 
 /// A channel with local subscribers.
@@ -167,6 +210,24 @@ struct ChannelState {
     /// read starts a new epoch. A client's claim to have seen an offset above the top proves
     /// nothing, and rotates nothing: any client could wipe a channel's history with one.
     high: Option<StreamPosition>,
+}
+
+/// One shard's health, as the metrics show it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ShardHealth {
+    /// The shard's index (0 for a Redis Cluster).
+    pub shard: usize,
+    /// Its breaker's state (`None`: no breaker).
+    pub breaker: Option<breaker::State>,
+    /// Commands its breaker let through that have not ended.
+    pub commands_in_flight: u32,
+    /// Commands its open breaker refused, since start.
+    pub rejected: u64,
+    /// Times its breaker opened, since start.
+    pub opened: u64,
+    /// Time since its Pub/Sub connection last proved alive (a message, a probe answered, a
+    /// subscription); `None` before it ever did, or without Pub/Sub.
+    pub pubsub_silent_for: Option<Duration>,
 }
 
 /// Why the engine could not start.
@@ -236,6 +297,7 @@ impl RedisEngine {
                     client,
                     commands,
                     up,
+                    alive,
                 } => {
                     let task = pubsub::Task {
                         engine: engine.downgrade(),
@@ -243,6 +305,7 @@ impl RedisEngine {
                         client,
                         commands,
                         up,
+                        alive,
                         control: (shard == 0).then(|| control_tx.clone()),
                         stop: stop.clone(),
                     };
@@ -253,6 +316,7 @@ impl RedisEngine {
                     pushes,
                     commands,
                     up,
+                    alive,
                 } => {
                     let task = sharded::Task {
                         engine: engine.downgrade(),
@@ -260,6 +324,7 @@ impl RedisEngine {
                         pushes,
                         commands,
                         up,
+                        alive,
                         control: control_tx.clone(),
                         stop: stop.clone(),
                     };
@@ -267,7 +332,8 @@ impl RedisEngine {
                 }
             }
         }
-        tokio::spawn(presence_refresher(engine.downgrade(), stop));
+        tokio::spawn(presence_refresher(engine.downgrade(), stop.clone()));
+        tokio::spawn(health_prober(engine.downgrade(), stop));
         Ok((engine, control_rx))
     }
 
@@ -510,13 +576,42 @@ impl RedisEngine {
         .await
     }
 
-    /// Every shard answers commands and has its Pub/Sub connection up (when it runs one).
+    /// Every shard answers commands, its breaker is closed, and its Pub/Sub connection is up
+    /// with every local channel subscribed (when it runs one).
     pub(crate) fn is_ready(&self) -> bool {
         let fanout = self.shared.options.fanout;
         self.shared.shards.iter().all(|shard| {
             (!fanout || shard.pubsub_up.load(Ordering::Relaxed))
                 && shard.command_up.load(Ordering::Relaxed)
+                && shard.breaker_closed()
         })
+    }
+
+    /// Each shard's health, for the metrics.
+    pub(crate) fn health(&self) -> Vec<ShardHealth> {
+        let now_ms = unix_ms();
+        let fanout = self.shared.options.fanout;
+        self.shared
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(index, shard)| {
+                let (breaker, in_flight) = shard.breaker.as_ref().map_or((None, 0), |b| {
+                    let b = b.lock();
+                    (Some(b.state(tokio::time::Instant::now())), b.in_flight())
+                });
+                let alive = shard.pubsub_alive.load(Ordering::Relaxed);
+                ShardHealth {
+                    shard: index,
+                    breaker,
+                    commands_in_flight: in_flight,
+                    rejected: shard.rejected.load(Ordering::Relaxed),
+                    opened: shard.opened.load(Ordering::Relaxed),
+                    pubsub_silent_for: (fanout && alive > 0)
+                        .then(|| Duration::from_millis(now_ms.saturating_sub(alive))),
+                }
+            })
+            .collect()
     }
 
     // === internals ===
@@ -577,35 +672,84 @@ impl RedisEngine {
             .await
     }
 
-    /// Runs one command under the command deadline, keeping the shard's health flag.
+    /// Runs one command under the command deadline and the shard's circuit breaker, keeping
+    /// the shard's health flag. An open breaker fails the command at once.
     async fn run<T>(
         &self,
         shard: usize,
         command: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, BrokerError> {
-        let up = &self.shared.shards[shard].command_up;
-        match tokio::time::timeout(self.command_deadline(), command).await {
+        let state = &self.shared.shards[shard];
+        let ticket = match &state.breaker {
+            None => None,
+            Some(breaker) => {
+                let (ticket, transition) = breaker::call(breaker, tokio::time::Instant::now());
+                self.report(shard, transition);
+                let Some(ticket) = ticket else {
+                    state.rejected.fetch_add(1, Ordering::Relaxed);
+                    return Err(BrokerError::Unavailable(
+                        "redis circuit breaker open".to_owned(),
+                    ));
+                };
+                Some(ticket)
+            }
+        };
+        let up = &state.command_up;
+        let (result, outcome) = match tokio::time::timeout(self.command_deadline(), command).await {
             Ok(Ok(value)) => {
                 up.store(true, Ordering::Relaxed);
-                Ok(value)
+                (Ok(value), Outcome::Success)
             }
             Ok(Err(error)) => {
-                if error.is_io_error()
+                // An error reply is Redis answering; a broken or refused connection is not.
+                let down = error.is_io_error()
                     || error.is_connection_dropped()
                     || error.is_connection_refusal()
-                    || error.is_timeout()
-                {
+                    || error.is_timeout();
+                if down {
                     up.store(false, Ordering::Relaxed);
                 }
                 debug!(%error, "redis command failed");
-                Err(BrokerError::Unavailable(error.to_string()))
+                let outcome = match (down, error.is_timeout()) {
+                    (_, true) => Outcome::Timeout,
+                    (true, false) => Outcome::Failure,
+                    (false, false) => Outcome::Success,
+                };
+                (Err(BrokerError::Unavailable(error.to_string())), outcome)
             }
             Err(_) => {
                 up.store(false, Ordering::Relaxed);
-                Err(BrokerError::Unavailable(
-                    "redis command timed out".to_owned(),
-                ))
+                (
+                    Err(BrokerError::Unavailable(
+                        "redis command timed out".to_owned(),
+                    )),
+                    Outcome::Timeout,
+                )
             }
+        };
+        if let Some(ticket) = ticket {
+            let transition = ticket.finish(outcome, tokio::time::Instant::now());
+            self.report(shard, transition);
+        }
+        result
+    }
+
+    /// Logs and counts a change of a shard's breaker.
+    fn report(&self, shard: usize, transition: Option<Transition>) {
+        match transition {
+            Some(Transition::Opened) => {
+                self.shared.shards[shard]
+                    .opened
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    shard,
+                    "redis circuit breaker opened: commands fail at once until a probe succeeds"
+                );
+            }
+            Some(Transition::Closed) => {
+                info!(shard, "redis circuit breaker closed: redis answers again");
+            }
+            None => {}
         }
     }
 
@@ -768,12 +912,14 @@ enum PubSubStarter {
         client: redis::Client,
         commands: mpsc::UnboundedReceiver<pubsub::Command>,
         up: Arc<AtomicBool>,
+        alive: Arc<AtomicU64>,
     },
     Cluster {
         conn: redis::cluster_async::ClusterConnection,
         pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
         commands: mpsc::UnboundedReceiver<pubsub::Command>,
         up: Arc<AtomicBool>,
+        alive: Arc<AtomicU64>,
     },
 }
 
@@ -801,17 +947,20 @@ fn standalone_shards(
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(bad)?;
         let (tx, commands) = mpsc::unbounded_channel();
         let up = Arc::new(AtomicBool::new(false));
-        shards.push(Shard {
-            conn: Commands::Standalone(conn),
-            pubsub: tx,
-            pubsub_up: up.clone(),
-            command_up: AtomicBool::new(true),
-        });
+        let alive = Arc::new(AtomicU64::new(0));
+        shards.push(Shard::new(
+            Commands::Standalone(conn),
+            tx,
+            up.clone(),
+            alive.clone(),
+            options,
+        ));
         starters.push(PubSubStarter::Standalone {
             shard,
             client,
             commands,
             up,
+            alive,
         });
     }
     Ok((shards, starters))
@@ -859,20 +1008,54 @@ fn cluster_shard(
         .get_pending_async_connection_with_config(config);
     let (tx, commands) = mpsc::unbounded_channel();
     let up = Arc::new(AtomicBool::new(false));
-    let shard = Shard {
-        conn: Commands::Cluster(conn),
-        pubsub: tx,
-        pubsub_up: up.clone(),
-        command_up: AtomicBool::new(true),
-    };
+    let alive = Arc::new(AtomicU64::new(0));
+    let shard = Shard::new(
+        Commands::Cluster(conn),
+        tx,
+        up.clone(),
+        alive.clone(),
+        options,
+    );
     let starter = PubSubStarter::Cluster {
         conn: pubsub,
         pushes,
         commands,
         up,
+        alive,
     };
     Ok((shard, starter))
 }
+
+/// Every [`HEALTH_PROBE_INTERVAL`], PINGs each shard that is not known to be healthy (its
+/// last command failed, or its breaker is not closed): without traffic, that PING is the
+/// half-open breaker's probe, so readiness comes back within about a second of Redis.
+async fn health_prober(engine: WeakEngine, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(HEALTH_PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        for (index, shard) in engine.shared.shards.iter().enumerate() {
+            if shard.command_up.load(Ordering::Relaxed) && shard.breaker_closed() {
+                continue;
+            }
+            let mut conn = shard.conn.clone();
+            let _ = engine
+                .run(index, async move {
+                    redis::cmd("PING").query_async::<()>(&mut conn).await
+                })
+                .await;
+        }
+    }
+}
+
+/// How often a shard that is not known to be healthy is probed.
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Re-adds this node's presence entries every update interval, and probes each shard so
 /// readiness recovers without traffic.
@@ -976,6 +1159,13 @@ fn as_string(value: &Value) -> Option<String> {
 }
 
 /// Whole seconds, rounded up so a sub-second TTL does not become "no expiry".
+/// Unix time in milliseconds.
+pub(super) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }

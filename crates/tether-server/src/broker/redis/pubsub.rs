@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -46,6 +46,8 @@ pub(super) struct Task {
     pub(super) commands: mpsc::UnboundedReceiver<Command>,
     /// Set while connected with every local channel subscribed.
     pub(super) up: Arc<AtomicBool>,
+    /// Unix milliseconds at which the connection last proved alive.
+    pub(super) alive: Arc<AtomicU64>,
     /// Shard 0 also listens on the control channel and forwards its payloads here.
     pub(super) control: Option<mpsc::UnboundedSender<Bytes>>,
     pub(super) stop: CancellationToken,
@@ -146,6 +148,7 @@ impl Task {
             }
         }
         self.up.store(true, Ordering::Relaxed);
+        self.alive.store(super::unix_ms(), Ordering::Relaxed);
         engine.lost_continuity(&channels);
         Some(Connected {
             sink,
@@ -174,6 +177,7 @@ impl Task {
                 message = stream.next() => {
                     let Some(message) = message else { return End::Lost };
                     let Some(engine) = self.engine.upgrade() else { return End::Stopped };
+                    self.alive.store(super::unix_ms(), Ordering::Relaxed);
                     let name = message.get_channel_name();
                     if let Some(channel) = engine.channel_of(name) {
                         engine.on_channel_message(channel, message.get_payload_bytes());
@@ -261,6 +265,7 @@ impl Task {
                     if !alive {
                         return End::Lost;
                     }
+                    self.alive.store(super::unix_ms(), Ordering::Relaxed);
                 }
             }
         }

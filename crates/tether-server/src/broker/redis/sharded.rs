@@ -39,7 +39,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -66,6 +66,8 @@ pub(super) struct Task {
     pub(super) commands: mpsc::UnboundedReceiver<Command>,
     /// Set while every local channel and the control channel are subscribed.
     pub(super) up: Arc<AtomicBool>,
+    /// Unix milliseconds at which the connection last proved alive.
+    pub(super) alive: Arc<AtomicU64>,
     /// Receives the control channel's payloads.
     pub(super) control: mpsc::UnboundedSender<Bytes>,
     pub(super) stop: CancellationToken,
@@ -128,6 +130,7 @@ impl Task {
                 ) else {
                     return false;
                 };
+                self.alive.store(super::unix_ms(), Ordering::Relaxed);
                 if let Some(channel) = engine.channel_of(name) {
                     engine.on_channel_message(channel, payload);
                 } else if name == engine.control_channel() {
@@ -292,6 +295,7 @@ impl Task {
             subs.all_stale = false;
             subs.stale.clear();
             self.up.store(true, Ordering::Relaxed);
+            self.alive.store(super::unix_ms(), Ordering::Relaxed);
         } else {
             for channel in &channels {
                 subs.stale.remove(channel);
@@ -317,7 +321,10 @@ impl Task {
         )
         .await
         {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => {
+                self.alive.store(super::unix_ms(), Ordering::Relaxed);
+                Ok(())
+            }
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err("ping timed out".to_owned()),
         }

@@ -46,6 +46,7 @@ fn start(prefix: &str) -> (RedisEngine, Arc<Recorder>) {
         presence_ttl: Duration::from_secs(60),
         presence_update_interval: Duration::from_secs(27),
         fanout: true,
+        breaker: None,
     };
     let (engine, _control) = RedisEngine::start(options, recorder.clone()).expect("start");
     (engine, recorder)
@@ -400,6 +401,7 @@ async fn unreachable_redis_fails_publish_instead_of_faking_success() {
         presence_ttl: Duration::from_secs(60),
         presence_update_interval: Duration::from_secs(27),
         fanout: true,
+        breaker: None,
     };
     let (engine, _control) = RedisEngine::start(options, recorder).expect("start");
     assert!(matches!(
@@ -408,6 +410,156 @@ async fn unreachable_redis_fails_publish_instead_of_faking_success() {
     ));
     assert!(engine.subscribe("ch").await.is_err());
     assert!(!engine.is_ready());
+}
+
+/// A Redis server of the test's own on a free loopback port (it is frozen and thawed);
+/// killed when dropped.
+struct OwnRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        Self { child, port }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn engine_on(redis: &OwnRedis, breaker: Option<breaker::Settings>) -> RedisEngine {
+    let options = RedisOptions {
+        deployment: RedisDeployment::Shards(vec![format!("redis://127.0.0.1:{}", redis.port)]),
+        prefix: "tether-test-freeze".to_owned(),
+        connect_timeout: Duration::from_millis(300),
+        io_timeout: Duration::from_millis(300),
+        presence_ttl: Duration::from_secs(60),
+        presence_update_interval: Duration::from_secs(27),
+        fanout: true,
+        breaker,
+    };
+    RedisEngine::start(options, Arc::new(Recorder::default()))
+        .expect("start")
+        .0
+}
+
+/// Publishes every 10 ms for `span` on `engine` (100/s): how long each call took, and
+/// whether it succeeded.
+async fn publish_for(engine: &RedisEngine, span: Duration) -> Vec<(Duration, bool)> {
+    let mut calls = tokio::task::JoinSet::new();
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < span {
+        let engine = engine.clone();
+        calls.spawn(async move {
+            let t = tokio::time::Instant::now();
+            let ok = engine
+                .publish("ch", publication("x"), &history())
+                .await
+                .is_ok();
+            (t.elapsed(), ok)
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    calls.join_all().await
+}
+
+#[tokio::test]
+async fn a_frozen_redis_opens_the_breaker_so_commands_fail_at_once_until_it_answers() {
+    let redis = OwnRedis::start();
+    let settings = breaker::Settings {
+        stall: Some(Duration::from_millis(100)),
+        consecutive_failures: 3,
+        open_for: Duration::from_millis(300),
+        ..breaker::Settings::default()
+    };
+    let engine = engine_on(&redis, Some(settings));
+    let off = engine_on(&redis, None);
+    // A command's own wait on a frozen Redis: the response timeout (io_timeout).
+    let wait = Duration::from_millis(300);
+    let mut up = false;
+    for _ in 0..100 {
+        if engine
+            .publish("ch", publication("a"), &history())
+            .await
+            .is_ok()
+            && off
+                .publish("ch", publication("a"), &history())
+                .await
+                .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the test's redis-server never answered");
+
+    redis.signal("-STOP");
+    let (with_breaker, without) = tokio::join!(
+        publish_for(&engine, Duration::from_millis(600)),
+        publish_for(&off, Duration::from_millis(600)),
+    );
+    // Without a breaker every call waits.
+    assert!(without.iter().all(|(took, ok)| !ok && *took >= wait));
+    // With it, the calls made before the stall was noticed wait; every later one is refused
+    // without waiting: most of them, at 100 calls/s for 600 ms.
+    assert!(with_breaker.iter().all(|(_, ok)| !ok));
+    let waited = with_breaker
+        .iter()
+        .filter(|(took, _)| *took >= wait)
+        .count();
+    let refused = with_breaker.len() - waited;
+    assert!(
+        waited < 20 && refused > waited,
+        "waited {waited}, refused {refused} of {}",
+        with_breaker.len()
+    );
+    let health = &engine.health()[0];
+    // Opened by the stall, and again after each failed half-open probe.
+    assert!(health.opened >= 1, "{health:?}");
+    assert!(health.rejected > 0, "{health:?}");
+    assert!(!engine.is_ready());
+    assert!(off.health()[0].breaker.is_none());
+
+    // Thawed, the prober's PING closes it within about a second, without traffic.
+    redis.signal("-CONT");
+    let mut ready = false;
+    for _ in 0..60 {
+        if engine.is_ready() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "{:?}", engine.health());
+    assert_eq!(engine.health()[0].breaker, Some(breaker::State::Closed));
+    engine
+        .publish("ch", publication("b"), &history())
+        .await
+        .expect("publish after the thaw");
 }
 
 #[test]
@@ -489,6 +641,7 @@ mod cluster {
             presence_ttl: Duration::from_secs(60),
             presence_update_interval: Duration::from_secs(27),
             fanout: true,
+            breaker: None,
         };
         let (engine, control) = RedisEngine::start(options, recorder.clone()).expect("start");
         (engine, recorder, control)
