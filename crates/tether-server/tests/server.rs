@@ -374,6 +374,75 @@ async fn answered_pings_keep_the_connection() {
 }
 
 #[tokio::test]
+async fn pongs_or_an_empty_frame_before_connect_close_with_3501_at_once() {
+    let mut cfg = config();
+    cfg.client.stale_close_delay = Duration::from_secs(30);
+    let server = start(cfg).await;
+    // One pong, pongs batched in one frame, an empty frame.
+    for message in ["{}", "{}\n{}\n{}", ""] {
+        let mut client = Client::open(&server).await;
+        client.send_raw(message).await;
+        let frame = client
+            .closed(Duration::from_secs(5))
+            .await
+            .expect("closed long before the 30 s stale delay");
+        assert_eq!(u16::from(frame.code), 3501);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_binary_frame_on_a_json_connection_is_read_as_json_as_centrifugo_does() {
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = start(config()).await;
+    let mut client = Client::open(&server).await;
+    let connect = format!(
+        r#"{{"id":1,"connect":{{"token":"{}"}}}}"#,
+        user_token("bin")
+    );
+    client.send_message(Message::Binary(connect.into())).await;
+    let reply = client.next().await;
+    assert_eq!(
+        reply["connect"]["client"].as_str().map(str::len),
+        Some(36),
+        "{reply}"
+    );
+    client
+        .send_message(Message::Binary(b"\xff\x00".to_vec().into()))
+        .await;
+    let frame = client
+        .closed(Duration::from_secs(3))
+        .await
+        .expect("close frame");
+    assert_eq!(u16::from(frame.code), 3501, "not JSON: a bad command");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_in_too_many_fragments_closes_with_1008() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let server = start(config()).await;
+    let (mut client, _) = Client::connected(&server, "frag").await;
+    let mut first = Frame::message(b"{".to_vec(), OpCode::Data(Data::Text), false);
+    first.header_mut().is_final = false;
+    client.send_message(Message::Frame(first)).await;
+    for _ in 0..2000 {
+        let empty = Frame::message(Vec::new(), OpCode::Data(Data::Continue), false);
+        client.send_message(Message::Frame(empty)).await;
+    }
+    let frame = client
+        .closed(Duration::from_secs(5))
+        .await
+        .expect("close frame");
+    assert_eq!(u16::from(frame.code), 1008);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn no_connect_closes_with_3502() {
     let mut cfg = config();
     cfg.client.stale_close_delay = Duration::from_secs(1);

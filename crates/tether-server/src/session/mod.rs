@@ -171,6 +171,11 @@ impl Session {
     /// Handles one command.
     pub(crate) async fn handle_command(&mut self, node: &Node, cmd: Command, now: Now) -> Outcome {
         if is_pong(&cmd) {
+            // No ping goes out before the connect reply: a pong before it answers nothing
+            // (and a stream of them would only keep a stale connection busy until 3502).
+            if !self.is_connected() {
+                return Err(DisconnectCode::BAD_REQUEST.into());
+            }
             self.on_pong();
             return Ok(());
         }

@@ -352,6 +352,10 @@ impl Driver {
     /// that is exactly one pong, or a TCP buffer of nothing but pongs. Anything else is left
     /// for the session, in order.
     fn take_pongs(&mut self, events: &mut Vec<WsEvent>) {
+        if !self.session.is_connected() {
+            // The session refuses a pong before the connect reply.
+            return;
+        }
         let pong: &[u8] = match self.session.conn().encoding {
             tether_proto::Encoding::Json => b"{}",
             tether_proto::Encoding::Protobuf => &[0],
@@ -431,6 +435,12 @@ impl Driver {
     async fn on_event(&mut self, event: WsEvent) -> Result<(), End> {
         match event {
             WsEvent::Message { payload, .. } => {
+                // As Centrifugo, the frame's type is not checked: a binary frame on a JSON
+                // connection is read as JSON (the reference reads `_, data, err :=
+                // conn.ReadMessage()`). An empty frame carries no command at all: 3501.
+                if payload.is_empty() {
+                    return Err(End::Disconnect(DisconnectCode::BAD_REQUEST.into()));
+                }
                 // One command decoded at a time: the commands before a malformed one are
                 // handled (as the reference server does) before 3501, and a frame of pongs
                 // never inflates into a vector of decoded commands.

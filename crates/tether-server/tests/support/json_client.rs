@@ -96,6 +96,11 @@ impl JsonClient {
             .expect("ws send");
     }
 
+    /// Sends `message` as it is (any frame type, a raw frame included).
+    pub(crate) async fn send_message(&mut self, message: Message) {
+        self.ws.send(message).await.expect("ws send");
+    }
+
     /// Sends one command (an id is added) and waits for its reply.
     pub(crate) async fn call(&mut self, mut command: Value) -> Value {
         self.next_id += 1;

@@ -54,6 +54,23 @@ impl Default for WsLimits {
 /// Default for [`WsLimits::max_message_size`]: 64 KiB, as Centrifugo.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 65536;
 
+/// The smallest fragment a client is expected to cut a message into, for
+/// [`WsLimits::max_fragments`].
+const MIN_FRAGMENT: usize = 64;
+
+impl WsLimits {
+    /// Most frames one data message may arrive in: as many as a message of the largest size
+    /// cut into 64-byte fragments (1,024 at the default 64 KiB), and never fewer than that.
+    /// Without a bound, a client could keep one message open forever with empty
+    /// continuation frames, each costing the server a header's work and no progress.
+    #[must_use]
+    pub fn max_fragments(&self) -> u32 {
+        let by_size = self.max_message_size / MIN_FRAGMENT;
+        let floor = DEFAULT_MAX_MESSAGE_SIZE / MIN_FRAGMENT;
+        u32::try_from(by_size.max(floor)).unwrap_or(u32::MAX)
+    }
+}
+
 /// A WebSocket frame opcode (RFC 6455 §5.2). Reserved opcodes are rejected, not represented.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Opcode {
@@ -135,6 +152,12 @@ pub enum WsError {
     /// A close reason was not valid UTF-8.
     #[error("close reason is not valid utf-8")]
     InvalidCloseReason,
+    /// A data message arrived in more frames than [`WsLimits::max_fragments`].
+    #[error("message in more than {limit} fragments")]
+    TooManyFragments {
+        /// The limit in force.
+        limit: u32,
+    },
     /// The assembled message would exceed [`WsLimits::max_message_size`].
     #[error("message of at least {size} bytes exceeds the limit of {limit}")]
     MessageTooBig {
@@ -165,6 +188,8 @@ pub struct WsReader {
     header: [u8; MAX_HEADER_LEN],
     /// Valid bytes in `header`.
     header_len: u8,
+    /// Frames of the data message in progress so far.
+    fragments: u32,
     /// The kind of the data message in `message`, `None` when no message is in progress.
     message_kind: Option<MessageKind>,
     /// Length of the trailing incomplete UTF-8 sequence of a text `message` (0..=3): every
@@ -375,6 +400,15 @@ impl WsReader {
             if size > limit as u64 {
                 return Err(WsError::MessageTooBig { size, limit });
             }
+            self.fragments = if opcode == Opcode::Continuation {
+                self.fragments.saturating_add(1)
+            } else {
+                1
+            };
+            let limit = limits.max_fragments();
+            if self.fragments > limit {
+                return Err(WsError::TooManyFragments { limit });
+            }
             match opcode {
                 Opcode::Text => self.message_kind = Some(MessageKind::Text),
                 Opcode::Binary => self.message_kind = Some(MessageKind::Binary),
@@ -482,12 +516,14 @@ impl Opcode {
 
 impl WsError {
     /// The close code to send when failing the connection for this error: 1002 for protocol
-    /// errors, 1007 for invalid UTF-8, 1009 for a message over the limit.
+    /// errors, 1007 for invalid UTF-8, 1008 for a message in too many fragments, 1009 for a
+    /// message over the size limit.
     #[must_use]
     pub fn close_code(&self) -> u16 {
         match self {
             Self::InvalidUtf8 | Self::InvalidCloseReason => CLOSE_INVALID_PAYLOAD,
             Self::MessageTooBig { .. } => CLOSE_MESSAGE_TOO_BIG,
+            Self::TooManyFragments { .. } => CLOSE_POLICY_VIOLATION,
             Self::UnmaskedFrame
             | Self::ReservedBits
             | Self::ReservedOpcode(_)
@@ -624,6 +660,8 @@ pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
 /// Close code for a message too big to process.
 pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
+/// Close code: the endpoint received a message that violates its policy.
+pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
 /// Close code for a normal closure.
 pub const CLOSE_NORMAL: u16 = 1000;
 

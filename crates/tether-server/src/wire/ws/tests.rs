@@ -546,3 +546,36 @@ proptest! {
         prop_assert_eq!(events, vec![WsEvent::Message { binary: true, payload: Bytes::from(payload) }]);
     }
 }
+
+#[test]
+fn a_message_in_more_fragments_than_the_limit_fails_with_1008() {
+    let limits = WsLimits::default();
+    let cap = limits.max_fragments();
+    assert_eq!(cap, 1024, "64 KiB in 64-byte fragments");
+    assert_eq!(
+        WsLimits {
+            max_message_size: 16 << 20
+        }
+        .max_fragments(),
+        (16 << 20) / 64
+    );
+    // Exactly the limit, empty fragments included: one message.
+    let mut ok = frame(false, Opcode::Text, b"a");
+    for _ in 1..cap - 1 {
+        ok.extend(frame(false, Opcode::Continuation, b""));
+    }
+    ok.extend(frame(true, Opcode::Continuation, b"z"));
+    assert_eq!(decode_chunks([&ok[..]], &limits), Ok(vec![text("az")]));
+    // One more: the connection fails, long before the stream ends.
+    let mut flood = frame(false, Opcode::Binary, b"");
+    for _ in 0..100_000 {
+        flood.extend(frame(false, Opcode::Continuation, b""));
+    }
+    let error = decode_chunks([&flood[..]], &limits).expect_err("too many fragments");
+    assert_eq!(error, WsError::TooManyFragments { limit: cap });
+    assert_eq!(error.close_code(), 1008);
+    // The count starts again with each message.
+    let mut two = ok.clone();
+    two.extend(ok);
+    assert_eq!(decode_chunks([&two[..]], &limits).map(|e| e.len()), Ok(2));
+}
