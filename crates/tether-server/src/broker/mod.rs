@@ -30,7 +30,7 @@ pub(crate) mod redis;
 mod wire;
 
 pub(crate) use self::nats::{NatsBroker, NatsOptions};
-pub(crate) use self::redis::{RedisDeployment, RedisEngine, RedisOptions};
+pub(crate) use self::redis::{RedisDeployment, RedisEngine, RedisOptions, SentinelOptions};
 pub(crate) use engine::{Engine, PresenceStore};
 pub(crate) use memory::MemoryBroker;
 
