@@ -842,6 +842,9 @@ mod tests {
         assert!(first.subscribe_request.is_none());
         drop(rx);
         let closed = publisher.publish("3".into()).await;
-        assert!(matches!(closed, Err(StreamPublishError::Closed)), "{closed:?}");
+        assert!(
+            matches!(closed, Err(StreamPublishError::Closed)),
+            "{closed:?}"
+        );
     }
 }
