@@ -20,7 +20,7 @@ use crate::broker::nats::NatsStartError;
 use crate::broker::redis::RedisStartError;
 use crate::broker::{
     BrokerError, ControlReceiver, Engine, MemoryBroker, NatsBroker, NatsOptions, PresenceStore,
-    RedisDeployment, RedisEngine, RedisOptions,
+    RedisDeployment, RedisEngine, RedisOptions, SentinelOptions,
 };
 use crate::cluster::{Cluster, NodeInfo};
 use crate::config::{Config, EngineKind};
@@ -246,7 +246,18 @@ async fn build_engine(
 ) -> Result<(Engine, Option<ControlReceiver>), StartError> {
     let redis_options = |fanout| {
         let redis = &config.engine.redis;
-        let deployment = if redis.cluster_address.is_empty() {
+        let deployment = if !redis.sentinel_address.is_empty() {
+            RedisDeployment::Sentinel(SentinelOptions {
+                addresses: redis.sentinel_address.clone(),
+                master_name: redis.sentinel_master_name.clone(),
+                sentinel_user: redis.sentinel_user.clone(),
+                sentinel_password: redis.sentinel_password.clone(),
+                sentinel_client_name: redis.sentinel_client_name.clone(),
+                user: redis.user.clone(),
+                password: redis.password.clone(),
+                db: redis.db,
+            })
+        } else if redis.cluster_address.is_empty() {
             RedisDeployment::Shards(redis.standalone_addresses())
         } else {
             RedisDeployment::Cluster(redis.cluster_address.clone())

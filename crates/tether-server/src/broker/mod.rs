@@ -30,7 +30,9 @@ pub(crate) mod redis;
 mod wire;
 
 pub(crate) use self::nats::{NatsBroker, NatsOptions};
-pub(crate) use self::redis::{RedisDeployment, RedisEngine, RedisOptions, ShardHealth};
+pub(crate) use self::redis::{
+    RedisDeployment, RedisEngine, RedisOptions, SentinelOptions, ShardHealth,
+};
 pub(crate) use engine::{Engine, PresenceStore};
 pub(crate) use memory::MemoryBroker;
 

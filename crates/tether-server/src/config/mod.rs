@@ -88,7 +88,7 @@ pub enum EngineKind {
 }
 
 /// The Redis engine (`engine.redis.*`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RedisEngineConfig {
     /// Standalone Redis: `redis://host:port[/db]`, one or a list; channels are sharded over a
@@ -102,6 +102,31 @@ pub struct RedisEngineConfig {
     /// is sharded (`SPUBLISH`/`SSUBSCRIBE`).
     #[serde(deserialize_with = "one_or_many")]
     pub cluster_address: Vec<String>,
+    /// Redis Sentinel: sentinels as `host:port`, one or a list. The master monitored as
+    /// `sentinel_master_name` is discovered through them and followed across failovers;
+    /// excludes `address` and `cluster_address`.
+    #[serde(deserialize_with = "one_or_many")]
+    pub sentinel_address: Vec<String>,
+    /// The name the sentinels monitor the master under (required with `sentinel_address`).
+    pub sentinel_master_name: String,
+    /// ACL user on the sentinels.
+    pub sentinel_user: String,
+    /// Password of the sentinels. A secret: kept out of `Debug` output.
+    pub sentinel_password: String,
+    /// Connection name (`CLIENT SETNAME`) on the sentinels.
+    pub sentinel_client_name: String,
+    /// TLS to the sentinels (Centrifugo's TLS object). tether's Redis client has no TLS, so
+    /// `enabled` is refused at start.
+    pub sentinel_tls: TlsClientConfig,
+    /// ACL user on the master found through the sentinels (with `address`, the URL carries
+    /// it).
+    pub user: String,
+    /// Password of the master found through the sentinels (with `address`, the URL carries
+    /// it). A secret: kept out of `Debug` output.
+    pub password: String,
+    /// Database number on the master found through the sentinels (with `address`, the URL
+    /// carries it).
+    pub db: i64,
     /// Prefix of every key and Pub/Sub channel, so deployments can share a Redis.
     pub prefix: String,
     /// Limit on establishing a connection.
@@ -159,6 +184,28 @@ impl Default for RedisBreakerConfig {
 }
 
 // === impl RedisEngineConfig ===
+
+impl fmt::Debug for RedisEngineConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisEngineConfig")
+            .field("address", &self.address)
+            .field("cluster_address", &self.cluster_address)
+            .field("sentinel_address", &self.sentinel_address)
+            .field("sentinel_master_name", &self.sentinel_master_name)
+            .field("sentinel_user", &self.sentinel_user)
+            .field("sentinel_password", &redacted(&self.sentinel_password))
+            .field("sentinel_client_name", &self.sentinel_client_name)
+            .field("sentinel_tls", &self.sentinel_tls)
+            .field("user", &self.user)
+            .field("password", &redacted(&self.password))
+            .field("db", &self.db)
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("io_timeout", &self.io_timeout)
+            .field("presence_ttl", &self.presence_ttl)
+            .finish()
+    }
+}
 
 impl RedisEngineConfig {
     /// The standalone shards: `address`, or a local Redis when it is empty.
@@ -1047,6 +1094,7 @@ impl Config {
                      engine.redis.cluster_address (Redis Cluster), not both",
                 ));
             }
+            self.validate_sentinel()?;
             for (key, addresses) in [
                 ("engine.redis.address", &redis.address),
                 ("engine.redis.cluster_address", &redis.cluster_address),
@@ -1095,6 +1143,55 @@ impl Config {
             ));
         }
         self.validate_broker()
+    }
+
+    fn validate_sentinel(&self) -> Result<(), ConfigError> {
+        let redis = &self.engine.redis;
+        if redis.sentinel_address.is_empty() {
+            if !redis.sentinel_master_name.is_empty() {
+                return Err(invalid(
+                    "engine.redis.sentinel_master_name",
+                    "needs engine.redis.sentinel_address",
+                ));
+            }
+            if !redis.user.is_empty() || !redis.password.is_empty() || redis.db != 0 {
+                return Err(invalid(
+                    "engine.redis.password",
+                    "user, password and db apply to the master found through \
+                     engine.redis.sentinel_address; a redis:// URL carries its own",
+                ));
+            }
+            return Ok(());
+        }
+        if !redis.address.is_empty() || !redis.cluster_address.is_empty() {
+            return Err(invalid(
+                "engine.redis.sentinel_address",
+                "set one of engine.redis.address, engine.redis.cluster_address and \
+                 engine.redis.sentinel_address",
+            ));
+        }
+        if let Some(bad) = redis.sentinel_address.iter().find(|a| !is_host_port(a)) {
+            return Err(invalid(
+                "engine.redis.sentinel_address",
+                format!("{bad:?} must be host:port"),
+            ));
+        }
+        if redis.sentinel_master_name.is_empty() {
+            return Err(invalid(
+                "engine.redis.sentinel_master_name",
+                "required with engine.redis.sentinel_address",
+            ));
+        }
+        if redis.sentinel_tls.enabled {
+            return Err(invalid(
+                "engine.redis.sentinel_tls",
+                "TLS to Redis is not supported: tether's Redis client is built without it",
+            ));
+        }
+        if redis.db < 0 {
+            return Err(invalid("engine.redis.db", "must not be negative"));
+        }
+        Ok(())
     }
 
     fn validate_broker(&self) -> Result<(), ConfigError> {
@@ -1430,6 +1527,15 @@ impl Default for RedisEngineConfig {
             // a cluster is configured instead.
             address: Vec::new(),
             cluster_address: Vec::new(),
+            sentinel_address: Vec::new(),
+            sentinel_master_name: String::new(),
+            sentinel_user: String::new(),
+            sentinel_password: String::new(),
+            sentinel_client_name: String::new(),
+            sentinel_tls: TlsClientConfig::default(),
+            user: String::new(),
+            password: String::new(),
+            db: 0,
             prefix: "tether".to_owned(),
             // Connecting to a reachable Redis takes milliseconds; a second means it is not.
             connect_timeout: Duration::from_secs(1),
@@ -1694,6 +1800,20 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<
         OneOrMany::One(one) => one.split(',').map(|s| s.trim().to_owned()).collect(),
         OneOrMany::Many(many) => many,
     })
+}
+
+/// `host:port` (`[v6]:port` for an IPv6 literal), as a sentinel's address is written.
+fn is_host_port(address: &str) -> bool {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    !host.is_empty()
+        && !host.contains(['/', '@', ' '])
+        && port.parse::<u16>().is_ok_and(|port| port != 0)
 }
 
 /// True when `address` only accepts connections from this machine.

@@ -759,6 +759,100 @@ fn redis_cluster_address_is_exclusive_with_address() {
 }
 
 #[test]
+fn redis_sentinel_keys_load_validate_and_stay_secret() {
+    let sentinel = |extra: &[(&'static str, &'static str)]| {
+        let mut pairs = vec![
+            ("TETHER_ENGINE_TYPE", "redis"),
+            (
+                "TETHER_ENGINE_REDIS_SENTINEL_ADDRESS",
+                "10.0.0.1:26379,[::1]:26380",
+            ),
+            ("TETHER_ENGINE_REDIS_SENTINEL_MASTER_NAME", "mymaster"),
+        ];
+        pairs.extend_from_slice(extra);
+        Config::load(None, &env(&pairs))
+    };
+    let config = sentinel(&[
+        ("TETHER_ENGINE_REDIS_SENTINEL_PASSWORD", "sentinel-secret"),
+        ("TETHER_ENGINE_REDIS_SENTINEL_USER", "watcher"),
+        ("TETHER_ENGINE_REDIS_SENTINEL_CLIENT_NAME", "tether"),
+        ("TETHER_ENGINE_REDIS_PASSWORD", "master-secret"),
+        ("TETHER_ENGINE_REDIS_DB", "2"),
+    ])
+    .expect("valid");
+    let redis = &config.engine.redis;
+    assert_eq!(redis.sentinel_address, ["10.0.0.1:26379", "[::1]:26380"]);
+    assert_eq!(redis.sentinel_master_name, "mymaster");
+    assert_eq!(redis.sentinel_user, "watcher");
+    assert_eq!(redis.sentinel_client_name, "tether");
+    assert_eq!(redis.db, 2);
+    let shown = format!("{redis:?}");
+    assert!(
+        !shown.contains("sentinel-secret") && !shown.contains("master-secret"),
+        "{shown}"
+    );
+
+    let refused = |result: Result<Config, ConfigError>, key: &str| {
+        let error = result.expect_err("refused");
+        assert!(error.to_string().starts_with(key), "{error}");
+    };
+    // With another address key.
+    refused(
+        sentinel(&[("TETHER_ENGINE_REDIS_ADDRESS", "redis://127.0.0.1:6379")]),
+        "engine.redis.sentinel_address",
+    );
+    // No master name; a name without sentinels.
+    refused(
+        Config::load(
+            None,
+            &env(&[
+                ("TETHER_ENGINE_TYPE", "redis"),
+                ("TETHER_ENGINE_REDIS_SENTINEL_ADDRESS", "10.0.0.1:26379"),
+            ]),
+        ),
+        "engine.redis.sentinel_master_name",
+    );
+    refused(
+        Config::load(
+            None,
+            &env(&[
+                ("TETHER_ENGINE_TYPE", "redis"),
+                ("TETHER_ENGINE_REDIS_SENTINEL_MASTER_NAME", "mymaster"),
+            ]),
+        ),
+        "engine.redis.sentinel_master_name",
+    );
+    // Addresses are host:port, not URLs.
+    for bad in ["redis://10.0.0.1:26379", "10.0.0.1", "10.0.0.1:0", ":26379"] {
+        let pairs = [
+            ("TETHER_ENGINE_TYPE", "redis"),
+            ("TETHER_ENGINE_REDIS_SENTINEL_ADDRESS", bad),
+            ("TETHER_ENGINE_REDIS_SENTINEL_MASTER_NAME", "mymaster"),
+        ];
+        refused(
+            Config::load(None, &env(&pairs)),
+            "engine.redis.sentinel_address",
+        );
+    }
+    // TLS to the sentinels is not built in.
+    refused(
+        sentinel(&[("TETHER_ENGINE_REDIS_SENTINEL_TLS_ENABLED", "true")]),
+        "engine.redis.sentinel_tls",
+    );
+    // The master's credentials belong to a redis:// URL without sentinels.
+    refused(
+        Config::load(
+            None,
+            &env(&[
+                ("TETHER_ENGINE_TYPE", "redis"),
+                ("TETHER_ENGINE_REDIS_PASSWORD", "secret"),
+            ]),
+        ),
+        "engine.redis.password",
+    );
+}
+
+#[test]
 fn token_leeway_and_jwks_endpoint_load_and_validate() {
     let path = file(
         "token-jwks",

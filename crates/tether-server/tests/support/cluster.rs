@@ -43,6 +43,59 @@ pub(crate) fn redis_cluster_seeds() -> Vec<String> {
         .clone()
 }
 
+/// A Redis Sentinel deployment of `scripts/redis-sentinel.sh` on its own ports (data nodes
+/// on `port` and `port + 1`, one sentinel on `port + 10`, master name `tether`): started (or
+/// found up) by [`RedisSentinel::start`], driven through the script.
+pub(crate) struct RedisSentinel {
+    pub(crate) port: u16,
+}
+
+impl RedisSentinel {
+    pub(crate) const MASTER_NAME: &str = "tether";
+
+    /// `scripts/redis-sentinel.sh start` on `port` (idempotent; waits until healthy).
+    pub(crate) fn start(port: u16) -> Self {
+        let sentinel = Self { port };
+        sentinel.script(&["start"]);
+        sentinel
+    }
+
+    /// Runs the script with these arguments; its stdout.
+    pub(crate) fn script(&self, args: &[&str]) -> String {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/redis-sentinel.sh"
+        );
+        let output = std::process::Command::new("bash")
+            .arg(script)
+            .args(args)
+            .env("TETHER_REDIS_SENTINEL_PORT", self.port.to_string())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run scripts/redis-sentinel.sh");
+        assert!(output.status.success(), "redis-sentinel.sh {args:?} failed");
+        String::from_utf8(output.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    }
+
+    /// The sentinel's `host:port`.
+    pub(crate) fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port + 10)
+    }
+
+    /// The current master's `redis://` URL, as the sentinel names it.
+    pub(crate) fn master_url(&self) -> String {
+        format!("redis://{}", self.script(&["master"]))
+    }
+
+    /// Deletes every key under `prefix` on the current master.
+    pub(crate) async fn delete_keys(&self, prefix: &str) {
+        delete_keys_at(&self.master_url(), prefix).await;
+    }
+}
+
 /// A unique prefix for one test's keys; [`delete_keys`] removes them.
 pub(crate) fn unique_prefix(name: &str) -> String {
     format!("tether-cluster-{name}-{}", uuid::Uuid::new_v4().simple())
@@ -94,7 +147,20 @@ impl Node {
         Self::start_on_redis(prefix, &json!({ "cluster_address": seeds })).await
     }
 
-    /// `target` is the `engine.redis` address key (`address` or `cluster_address`).
+    /// Like [`Node::start`], on the master of this Sentinel deployment.
+    pub(crate) async fn start_on_redis_sentinel(prefix: &str, sentinel: &RedisSentinel) -> Self {
+        Self::start_on_redis(
+            prefix,
+            &json!({
+                "sentinel_address": [sentinel.address()],
+                "sentinel_master_name": RedisSentinel::MASTER_NAME,
+            }),
+        )
+        .await
+    }
+
+    /// `target` is the `engine.redis` address key (`address`, `cluster_address`, or the
+    /// `sentinel_*` keys).
     async fn start_on_redis(prefix: &str, target: &Value) -> Self {
         let mut config = json!({
             "client": { "presence_update_interval": "1s" },

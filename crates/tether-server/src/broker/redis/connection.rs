@@ -5,11 +5,15 @@
 //! client library's [`ClusterConnection`]: it keeps a connection per master, routes each
 //! command to the owner of its first key's slot (so a Lua script runs where its keys live),
 //! follows `MOVED`/`ASK` redirections and refreshes the slot map when the topology changes.
-//! The engine sees one [`Commands`] either way, so its scripts and commands are written once.
+//! A sentinel-monitored master is reached through `sentinel::MasterCommands`, which follows
+//! the master across failovers. The engine sees one [`Commands`] either way, so its scripts
+//! and commands are written once.
 
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use super::sentinel::MasterCommands;
 
 /// A cheap-to-clone handle for running commands on one shard (or the whole cluster).
 #[derive(Clone)]
@@ -18,6 +22,8 @@ pub(super) enum Commands {
     Standalone(ConnectionManager),
     /// A Redis Cluster; commands are routed by the slot of their first key.
     Cluster(ClusterConnection),
+    /// The master of a Redis Sentinel deployment, wherever it is now.
+    Sentinel(MasterCommands),
 }
 
 impl redis::aio::ConnectionLike for Commands {
@@ -25,6 +31,7 @@ impl redis::aio::ConnectionLike for Commands {
         match self {
             Self::Standalone(conn) => conn.req_packed_command(cmd),
             Self::Cluster(conn) => conn.req_packed_command(cmd),
+            Self::Sentinel(conn) => conn.req_packed_command(cmd),
         }
     }
 
@@ -37,6 +44,7 @@ impl redis::aio::ConnectionLike for Commands {
         match self {
             Self::Standalone(conn) => conn.req_packed_commands(pipeline, offset, count),
             Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -44,6 +52,7 @@ impl redis::aio::ConnectionLike for Commands {
         match self {
             Self::Standalone(conn) => conn.get_db(),
             Self::Cluster(conn) => conn.get_db(),
+            Self::Sentinel(conn) => conn.get_db(),
         }
     }
 }

@@ -1,10 +1,10 @@
 //! The Redis engine: fan-out between nodes over Redis Pub/Sub, history in Redis Streams,
 //! presence in Redis with a TTL, and a control channel for cluster-wide operations.
 //!
-//! Two deployments: standalone Redis (one instance, or several shards), or a Redis Cluster
-//! (Redis >= 7, sharded Pub/Sub). Both run the same scripts and commands through
-//! `connection::Commands`; only the Pub/Sub side differs (`pubsub` per standalone shard,
-//! `sharded` for the cluster).
+//! Three deployments: standalone Redis (one instance, or several shards), a Redis Cluster
+//! (Redis >= 7, sharded Pub/Sub), or a master behind Redis Sentinel. All run the same scripts
+//! and commands through `connection::Commands`; only the Pub/Sub side differs (`pubsub` per
+//! standalone shard and behind Sentinel, `sharded` for the cluster).
 //!
 //! # Keys
 //!
@@ -38,6 +38,17 @@
 //! control channel is a sharded channel in the fixed slot of its name; see `sharded` for why,
 //! and for how resubscription after a reconnect or a slot move is detected.
 //!
+//! # Redis Sentinel
+//!
+//! With `sentinel_address`, the master the sentinels name is the engine's one shard (standalone
+//! layout): `sentinel` finds it, runs commands there, watches for failovers, and the Pub/Sub
+//! task of `pubsub` resubscribes on the new master when it moves. Because replication is
+//! asynchronous, every failover may have lost acknowledged writes: the scripts tag each
+//! channel's meta with the master's replication id and start a new epoch when it changed (see
+//! `scripts`), so nobody recovers across a failover. The per-channel `high` mark below is not
+//! enough there: it only covers channels this node delivered, and is lost when the node
+//! restarts.
+//!
 //! # Positions and faults
 //!
 //! A publish is one Lua script: assign the offset, append, trim, set TTLs, `PUBLISH` the
@@ -54,7 +65,10 @@ mod connection;
 mod keys;
 mod pubsub;
 mod scripts;
+mod sentinel;
 mod sharded;
+
+pub(crate) use self::sentinel::SentinelOptions;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -113,6 +127,8 @@ pub(crate) enum RedisDeployment {
     Shards(Vec<String>),
     /// A Redis Cluster (Redis >= 7): seed node URLs; the rest of the topology is discovered.
     Cluster(Vec<String>),
+    /// One master monitored by Redis Sentinel, followed across failovers (see `sentinel`).
+    Sentinel(SentinelOptions),
 }
 
 /// The Redis engine. Clone = handle clone.
@@ -127,6 +143,9 @@ struct Shared {
     keys: Keys,
     /// `publish`, or `spublish` on a Redis Cluster (sharded Pub/Sub).
     publish_command: &'static str,
+    /// Tag streams with the master's replication id and start a new epoch when it changed
+    /// (behind Redis Sentinel: every failover may have lost acknowledged writes).
+    generations: bool,
     shards: Vec<Shard>,
     events: Arc<dyn BrokerEvents>,
     /// Channels with local subscribers: reference counts and the last position seen.
@@ -265,6 +284,10 @@ impl RedisEngine {
                 let (shard, starter) = cluster_shard(seeds, &options)?;
                 (Layout::Cluster, vec![shard], vec![starter])
             }
+            RedisDeployment::Sentinel(sentinel) => {
+                let (shard, starter) = sentinel::shard(sentinel, &options, &stop)?;
+                (Layout::Standalone, vec![shard], vec![starter])
+            }
         };
         let shared = Arc::new(Shared {
             keys: Keys::new(&options.prefix, layout),
@@ -272,6 +295,7 @@ impl RedisEngine {
                 Layout::Standalone => "publish",
                 Layout::Cluster => "spublish",
             },
+            generations: matches!(options.deployment, RedisDeployment::Sentinel(_)),
             shards,
             events,
             channels: Mutex::new(HashMap::new()),
@@ -367,7 +391,8 @@ impl RedisEngine {
                 IDEMPOTENCY_TTL.as_secs()
             })
             .arg(if publication.delta { "1" } else { "0" })
-            .arg(self.shared.publish_command);
+            .arg(self.shared.publish_command)
+            .arg(if self.shared.generations { "1" } else { "0" });
         let mut conn = self.shared.shards[shard].conn.clone();
         let value = self
             .run(shard, invocation.invoke_async::<Value>(&mut conn))
@@ -410,7 +435,8 @@ impl RedisEngine {
             .arg(since.offset)
             .arg(if query.since.is_some() { "1" } else { "0" })
             .arg(proof.offset)
-            .arg(proof.epoch.as_str());
+            .arg(proof.epoch.as_str())
+            .arg(if self.shared.generations { "1" } else { "0" });
         let mut conn = self.shared.shards[shard].conn.clone();
         let value = self
             .run(shard, invocation.invoke_async::<Value>(&mut conn))
@@ -909,7 +935,7 @@ impl WeakEngine {
 enum PubSubStarter {
     Standalone {
         shard: usize,
-        client: redis::Client,
+        client: pubsub::Source,
         commands: mpsc::UnboundedReceiver<pubsub::Command>,
         up: Arc<AtomicBool>,
         alive: Arc<AtomicU64>,
@@ -957,7 +983,7 @@ fn standalone_shards(
         ));
         starters.push(PubSubStarter::Standalone {
             shard,
-            client,
+            client: pubsub::Source::Fixed(client),
             commands,
             up,
             alive,

@@ -8,6 +8,11 @@
 //! them (their positioned subscribers must recover). While it is down, subscribe requests
 //! fail at once instead of waiting: the client gets an error and retries.
 //!
+//! Behind Redis Sentinel the task asks the sentinels for the master on every connect, and a
+//! session also ends when the sentinels name another master (see `sentinel`): it resubscribes
+//! there at once, even while backing off, rather than keep a live connection to a demoted
+//! master.
+//!
 //! Ends when the engine is dropped or its stop token is cancelled.
 
 use std::collections::HashSet;
@@ -19,11 +24,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use rand::Rng;
 use redis::aio::{PubSubSink, PubSubStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::WeakEngine;
+use super::sentinel::{Address, Master};
 use crate::broker::BrokerError;
 
 /// A request from the engine.
@@ -38,11 +44,19 @@ pub(super) enum Command {
     Unsubscribe { channel: String },
 }
 
+/// Where the task connects.
+pub(super) enum Source {
+    /// One standalone Redis.
+    Fixed(redis::Client),
+    /// Whichever server the sentinels name as the master.
+    Sentinel(Arc<Master>),
+}
+
 /// The task of one shard.
 pub(super) struct Task {
     pub(super) engine: WeakEngine,
     pub(super) shard: usize,
-    pub(super) client: redis::Client,
+    pub(super) client: Source,
     pub(super) commands: mpsc::UnboundedReceiver<Command>,
     /// Set while connected with every local channel subscribed.
     pub(super) up: Arc<AtomicBool>,
@@ -59,6 +73,8 @@ struct Connected {
     stream: PubSubStream,
     /// Channels (tether names) subscribed on this connection.
     subscribed: HashSet<String>,
+    /// The master this connection is on, behind Redis Sentinel.
+    master: Option<Address>,
 }
 
 /// Why a connected session of the task ended.
@@ -70,6 +86,10 @@ enum End {
 impl Task {
     pub(super) async fn run(mut self) {
         let mut failures: u32 = 0;
+        let mut moved = match &self.client {
+            Source::Fixed(_) => None,
+            Source::Sentinel(master) => Some(master.moved()),
+        };
         loop {
             match self.connect().await {
                 Some(connected) => {
@@ -77,7 +97,7 @@ impl Task {
                         info!(shard = self.shard, "redis pub/sub reconnected");
                     }
                     failures = 0;
-                    match self.serve(connected).await {
+                    match self.serve(connected, moved.as_mut()).await {
                         End::Stopped => return,
                         End::Lost => {
                             warn!(shard = self.shard, "redis pub/sub connection lost");
@@ -105,6 +125,8 @@ impl Task {
                 tokio::select! {
                     () = self.stop.cancelled() => return,
                     () = &mut sleep => break,
+                    // The sentinels name a new master: try it now.
+                    () = changed(moved.as_mut()) => break,
                     command = self.commands.recv() => match command {
                         None => return,
                         Some(command) => refuse(command),
@@ -118,7 +140,26 @@ impl Task {
     async fn connect(&mut self) -> Option<Connected> {
         let engine = self.engine.upgrade()?;
         let timeout = engine.shared.options.connect_timeout + engine.shared.options.io_timeout;
-        let pubsub = match tokio::time::timeout(timeout, self.client.get_async_pubsub()).await {
+        let (client, master) = match &self.client {
+            Source::Fixed(client) => (client.clone(), None),
+            Source::Sentinel(master) => {
+                match tokio::time::timeout(timeout, master.resolve_client()).await {
+                    Ok(Ok((client, address))) => (client, Some(address)),
+                    Ok(Err(error)) => {
+                        debug!(shard = self.shard, %error, "redis sentinel: no master");
+                        return None;
+                    }
+                    Err(_) => {
+                        debug!(
+                            shard = self.shard,
+                            "redis sentinel: master lookup timed out"
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        let pubsub = match tokio::time::timeout(timeout, client.get_async_pubsub()).await {
             Ok(Ok(pubsub)) => pubsub,
             Ok(Err(error)) => {
                 debug!(shard = self.shard, %error, "redis pub/sub connect failed");
@@ -154,15 +195,21 @@ impl Task {
             sink,
             stream,
             subscribed: channels.into_iter().collect(),
+            master,
         })
     }
 
     /// Runs one connected session until the connection fails or the engine stops.
-    async fn serve(&mut self, connected: Connected) -> End {
+    async fn serve(
+        &mut self,
+        connected: Connected,
+        mut moved: Option<&mut watch::Receiver<Option<Address>>>,
+    ) -> End {
         let Connected {
             mut sink,
             mut stream,
             mut subscribed,
+            master,
         } = connected;
         let Some(engine) = self.engine.upgrade() else {
             return End::Stopped;
@@ -174,6 +221,13 @@ impl Task {
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return End::Stopped,
+                () = changed(moved.as_deref_mut()) => {
+                    let now = moved.as_deref_mut().and_then(|m| m.borrow_and_update().clone());
+                    if now.is_some() && now != master {
+                        info!(shard = self.shard, "redis sentinel: the master moved, resubscribing");
+                        return End::Lost;
+                    }
+                }
                 message = stream.next() => {
                     let Some(message) = message else { return End::Lost };
                     let Some(engine) = self.engine.upgrade() else { return End::Stopped };
@@ -270,6 +324,17 @@ impl Task {
             }
         }
     }
+}
+
+/// Resolves when the watched value changes; never without a watch (or once its sender is
+/// gone).
+async fn changed(moved: Option<&mut watch::Receiver<Option<Address>>>) {
+    if let Some(moved) = moved
+        && moved.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 fn refuse(command: Command) {
