@@ -13,11 +13,14 @@
 //! - [`proxy`]: the `proxy` scenario (issue 17): connects through tether's connect proxy and
 //!   rpc through its rpc proxy, against the same [`backend`] called directly, in one run.
 //! - [`backend`]: the trivial HTTP backend the `proxy` scenario runs tether against.
+//! - [`engine_fault`]: publishes through tethers' APIs while their Redis is frozen (issue
+//!   18: the engine circuit breaker against none, in one run).
 //! - [`report`]: `--json` records of many runs into a side-by-side table of medians.
 //! - [`floor`]: a write-only fan-out server, the yardstick for what this machine allows.
 
 pub mod backend;
 pub mod coord;
+pub mod engine_fault;
 pub mod floor;
 pub mod procfs;
 pub mod proxy;

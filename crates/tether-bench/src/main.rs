@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand};
 use tether_bench::coord::{self, Common, FanoutParams};
 use tether_bench::proxy::ProxyParams;
 use tether_bench::target::{Creds, Target};
-use tether_bench::{backend, proxy, report, worker};
+use tether_bench::engine_fault::EngineFaultParams;
+use tether_bench::{backend, engine_fault, proxy, report, worker};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -107,6 +108,42 @@ enum Command {
         /// Writing threads, each with its share of the subscribers.
         #[arg(long, default_value_t = 2)]
         lanes: usize,
+    },
+    /// Publishes through the server API of one or more tethers at a fixed rate while their
+    /// Redis is frozen (SIGSTOP) for a while: latency, errors and calls in flight of each,
+    /// in the same run.
+    EngineFault {
+        /// A tether, as LABEL=ADDR of its HTTP API; repeat to compare side by side.
+        #[arg(long = "api", required = true, value_parser = label_addr)]
+        apis: Vec<(String, SocketAddr)>,
+        /// The server API key.
+        #[arg(long, default_value = "bench-api-key")]
+        api_key: String,
+        /// Publishes per second to each tether.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// How long to publish.
+        #[arg(long, default_value = "12s", value_parser = humantime_duration)]
+        duration: Duration,
+        /// The Redis process to freeze.
+        #[arg(long)]
+        freeze_pid: u32,
+        /// When to freeze it, from the first publish.
+        #[arg(long, default_value = "3s", value_parser = humantime_duration)]
+        freeze_at: Duration,
+        /// How long it stays frozen.
+        #[arg(long, default_value = "5s", value_parser = humantime_duration)]
+        freeze_for: Duration,
+        /// Calls sent this long after the freeze began are reported apart (a breaker has
+        /// opened by then).
+        #[arg(long, default_value = "200ms", value_parser = humantime_duration)]
+        settle: Duration,
+        /// The channel to publish into.
+        #[arg(long, default_value = "bench-freeze")]
+        channel: String,
+        /// One JSON record on stdout instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Side-by-side table of medians from `--json` output files (one record per line).
     Table {
@@ -216,6 +253,17 @@ impl ProxyArgs {
             depth: self.depth,
         })
     }
+}
+
+/// `LABEL=ADDR`.
+fn label_addr(s: &str) -> Result<(String, SocketAddr), String> {
+    let (label, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected LABEL=ADDR"))?;
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("{addr:?}: not an address: {e}"))?;
+    Ok((label.to_owned(), addr))
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -353,6 +401,38 @@ fn scenario(command: Command) -> anyhow::Result<()> {
                 let r = local.run_until(proxy::run(&common.common(), &p)).await?;
                 common.print("proxy", &r);
             }
+            Command::EngineFault {
+                apis,
+                api_key,
+                rate,
+                duration,
+                freeze_pid,
+                freeze_at,
+                freeze_for,
+                settle,
+                channel,
+                json,
+            } => {
+                let p = EngineFaultParams {
+                    targets: apis,
+                    api_key,
+                    rate,
+                    duration,
+                    freeze_pid,
+                    freeze_at,
+                    freeze_for,
+                    settle,
+                    channel,
+                };
+                let local = tokio::task::LocalSet::new();
+                let r = local.run_until(engine_fault::run(&p)).await?;
+                let rec = report::record("tether", "engine-fault", &r);
+                if json {
+                    println!("{rec}");
+                } else {
+                    println!("{}", serde_json::to_string_pretty(&rec)?);
+                }
+            }
             Command::Table { .. }
             | Command::Worker { .. }
             | Command::Floor { .. }
@@ -372,5 +452,15 @@ mod tests {
         assert_eq!(humantime_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(humantime_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(humantime_duration("x").is_err());
+    }
+
+    #[test]
+    fn labelled_addresses_parse() {
+        assert_eq!(
+            label_addr("on=127.0.0.1:8000"),
+            Ok(("on".to_owned(), "127.0.0.1:8000".parse().unwrap()))
+        );
+        assert!(label_addr("127.0.0.1:8000").is_err());
+        assert!(label_addr("on=here").is_err());
     }
 }
