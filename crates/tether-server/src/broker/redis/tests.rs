@@ -331,6 +331,61 @@ async fn subscribed_channels_receive_positions_and_gaps_are_reported() {
 }
 
 #[tokio::test]
+async fn an_open_breaker_fails_commands_but_not_live_fan_out() {
+    let prefix = unique_prefix("breaker-fanout");
+    let (with_breaker, events) = {
+        let recorder = Arc::new(Recorder::default());
+        let options = RedisOptions {
+            deployment: RedisDeployment::Shards(vec![address()]),
+            prefix: prefix.clone(),
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(1),
+            presence_ttl: Duration::from_secs(60),
+            presence_update_interval: Duration::from_secs(27),
+            fanout: true,
+            breaker: Some(breaker::Settings {
+                consecutive_failures: 3,
+                open_for: Duration::from_secs(60),
+                ..breaker::Settings::default()
+            }),
+        };
+        let (engine, _control) = RedisEngine::start(options, recorder.clone()).expect("start");
+        (engine, recorder)
+    };
+    let (other, _) = start(&prefix);
+    eventually(|| with_breaker.is_ready() && other.is_ready()).await;
+    with_breaker.subscribe("ch").await.expect("subscribe");
+    // Three failed commands in a row open the breaker (as a dying Redis would).
+    let shard = &with_breaker.shared.shards[0];
+    for _ in 0..3 {
+        let (ticket, _) = breaker::call(
+            shard.breaker.as_ref().expect("a breaker"),
+            tokio::time::Instant::now(),
+        );
+        let transition = ticket
+            .expect("closed")
+            .finish(Outcome::Failure, tokio::time::Instant::now());
+        with_breaker.report(0, transition);
+    }
+    assert!(!with_breaker.is_ready(), "an open breaker is not ready");
+    let refused = with_breaker
+        .publish("ch", publication("x"), &history())
+        .await;
+    assert!(
+        matches!(&refused, Err(BrokerError::Unavailable(m)) if m.contains("breaker")),
+        "{refused:?}"
+    );
+    // Another node's publication still reaches this node's subscribers over Pub/Sub.
+    other
+        .publish("ch", publication("a"), &history())
+        .await
+        .expect("publish from the other node");
+    eventually(|| events.publications.lock().len() == 1).await;
+    assert_eq!(with_breaker.health()[0].opened, 1);
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
 async fn a_subscribed_connection_survives_its_liveness_probe() {
     // Regression: the probe read PING's reply as a string, which a subscribed connection
     // does not send, so every probe dropped the connection and reported lost continuity.
