@@ -38,6 +38,7 @@ pub struct Common {
 }
 
 /// A running worker process.
+#[derive(Debug)]
 struct Worker {
     child: Child,
     stdin: ChildStdin,
@@ -334,35 +335,65 @@ pub struct FanoutParams {
     pub stop_on_fail: bool,
 }
 
-/// N subscribers on one channel; publications at each rate; latency, loss, throughput.
-pub async fn fanout(c: &Common, p: &FanoutParams) -> anyhow::Result<FanoutResult> {
-    let channel = "fanout";
-    let mut workers = spawn_holders(c, p.n, channel, false).await?;
-    let ready = collect(&mut workers, None).await?;
-    let subscribed = sum(&ready, |r| r.ok);
-    let publisher = Publisher {
-        target: c.target,
-        api: c.api,
-        creds: c.creds.clone(),
-        channel: channel.to_owned(),
-        size: p.size,
-    };
-    let mut steps = Vec::new();
-    let mut best = None;
-    for (k, &rate) in p.rates.iter().enumerate() {
-        let base = (k as u64 + 1) * 1_000_000_000;
+/// Subscribers of one channel held by worker processes, measured while publications go to
+/// the channel: the `fanout` scenario's steps, and the `proxy-fault` scenario's
+/// publications while other clients call a failing backend.
+#[derive(Debug)]
+pub struct Subscribers {
+    workers: Vec<Worker>,
+    /// Subscribed when they were spawned.
+    pub subscribed: u64,
+    /// Failed to connect or subscribe.
+    pub failed: u64,
+    /// First failure reasons.
+    pub errors: Vec<String>,
+    /// Steps measured so far: each step's sequence numbers start at a fresh base.
+    steps: u64,
+}
+
+impl Subscribers {
+    /// `n` token-connected subscribers of `channel`, waiting until each connected and
+    /// subscribed or failed.
+    pub async fn spawn(c: &Common, n: u64, channel: &str) -> anyhow::Result<Self> {
+        let mut workers = spawn_holders(c, n, channel, false).await?;
+        let ready = collect(&mut workers, None).await?;
+        Ok(Self {
+            workers,
+            subscribed: sum(&ready, |r| r.ok),
+            failed: sum(&ready, |r| r.failed),
+            errors: errors(&ready),
+            steps: 0,
+        })
+    }
+
+    /// Publishes through `publisher` at `rate` for `duration` over `conns` connections and
+    /// measures delivery; the step is sustained when p99 <= `max_p99_ms` with nothing lost.
+    /// CPU is tether's (`pid`).
+    pub async fn step(
+        &mut self,
+        publisher: &Publisher,
+        rate: f64,
+        duration: Duration,
+        conns: usize,
+        max_p99_ms: f64,
+        pid: Option<u32>,
+    ) -> anyhow::Result<FanoutStep> {
+        self.steps += 1;
+        let base = self.steps * 1_000_000_000;
+        let subscribed = self.subscribed;
+        let workers = &mut self.workers;
         let closed_before = sum(
-            &collect(&mut workers, Some(&format!("reset {base}"))).await?,
+            &collect(workers, Some(&format!("reset {base}"))).await?,
             |r| r.closed,
         );
-        let ticks0 = cpu(c.pid);
-        let pubs = publisher.run(rate, p.duration, base, p.publishers).await;
+        let ticks0 = cpu(pid);
+        let pubs = publisher.run(rate, duration, base, conns).await;
         // Drain: until everything arrived, or no progress for 2 s, or 15 s in all.
         let drain_start = Instant::now();
         let mut last = 0;
         let mut last_progress = Instant::now();
         let reports = loop {
-            let r = collect(&mut workers, Some("stats")).await?;
+            let r = collect(workers, Some("stats")).await?;
             let live = subscribed - (sum(&r, |r| r.closed) - closed_before).min(subscribed);
             let got = sum(&r, |r| r.received);
             if got >= pubs.published * live
@@ -377,7 +408,7 @@ pub async fn fanout(c: &Common, p: &FanoutParams) -> anyhow::Result<FanoutResult
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let ticks1 = cpu(c.pid);
+        let ticks1 = cpu(pid);
         let cpu_s = drain_start.elapsed().as_secs_f64() + pubs.elapsed_s;
         let live = subscribed - (sum(&reports, |r| r.closed) - closed_before).min(subscribed);
         let expected = pubs.published * live;
@@ -395,9 +426,9 @@ pub async fn fanout(c: &Common, p: &FanoutParams) -> anyhow::Result<FanoutResult
             && received > 0
             && pubs.not_sent == 0
             && publish_rate >= 0.9 * rate
-            && p99_ms <= p.max_p99_ms;
+            && p99_ms <= max_p99_ms;
         let hz = procfs::clock_ticks_per_sec() as f64;
-        steps.push(FanoutStep {
+        Ok(FanoutStep {
             rate,
             published: pubs.published,
             publish_failed: pubs.failed,
@@ -420,21 +451,56 @@ pub async fn fanout(c: &Common, p: &FanoutParams) -> anyhow::Result<FanoutResult
                 .zip(ticks1)
                 .map(|(a, b)| (b - a) as f64 / hz / cpu_s * 100.0),
             ok,
-        });
+        })
+    }
+
+    /// Tells the workers to quit (they close their connections and exit).
+    pub async fn quit(mut self) {
+        for w in &mut self.workers {
+            let _ = w.send("quit").await;
+        }
+    }
+}
+
+/// N subscribers on one channel; publications at each rate; latency, loss, throughput.
+pub async fn fanout(c: &Common, p: &FanoutParams) -> anyhow::Result<FanoutResult> {
+    let channel = "fanout";
+    let mut subs = Subscribers::spawn(c, p.n, channel).await?;
+    let publisher = Publisher {
+        target: c.target,
+        api: c.api,
+        creds: c.creds.clone(),
+        channel: channel.to_owned(),
+        size: p.size,
+    };
+    let mut steps = Vec::new();
+    let mut best = None;
+    for &rate in &p.rates {
+        let step = subs
+            .step(
+                &publisher,
+                rate,
+                p.duration,
+                p.publishers,
+                p.max_p99_ms,
+                c.pid,
+            )
+            .await?;
+        let ok = step.ok;
+        steps.push(step);
         if ok {
             best = Some(steps.len() - 1);
         } else if p.stop_on_fail {
             break;
         }
     }
-    for w in &mut workers {
-        let _ = w.send("quit").await;
-    }
+    let (subscribed, failed, errors) = (subs.subscribed, subs.failed, subs.errors.clone());
+    subs.quit().await;
     Ok(FanoutResult {
         n: p.n,
         subscribed,
-        failed: sum(&ready, |r| r.failed),
-        errors: errors(&ready),
+        failed,
+        errors,
         size: p.size,
         max_p99_ms: p.max_p99_ms,
         steps,

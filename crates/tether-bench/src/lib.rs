@@ -11,8 +11,12 @@
 //!   [`worker`] processes ([`ws`] frames, [`target`] per-server protocols, [`publish`] the
 //!   publishers, [`procfs`] RSS and CPU).
 //! - [`proxy`]: the `proxy` scenario (issue 17): connects through tether's connect proxy and
-//!   rpc through its rpc proxy, against the same [`backend`] called directly, in one run.
-//! - [`backend`]: the trivial HTTP backend the `proxy` scenario runs tether against.
+//!   rpc through its rpc proxy (HTTP or gRPC), against the same [`backend`] called directly,
+//!   in one run.
+//! - [`fault`]: the `proxy-fault` scenario: publications to other clients and rpc answers
+//!   while the rpc proxy's backend is slow, down, failing or flapping.
+//! - [`backend`]: the trivial HTTP and gRPC backend the proxy scenarios run tether against,
+//!   healthy or at fault.
 //! - [`engine_fault`]: publishes through tethers' APIs while their Redis is frozen (issue
 //!   18: the engine circuit breaker against none, in one run).
 //! - [`report`]: `--json` records of many runs into a side-by-side table of medians.
@@ -21,6 +25,7 @@
 pub mod backend;
 pub mod coord;
 pub mod engine_fault;
+pub mod fault;
 pub mod floor;
 pub mod procfs;
 pub mod proxy;

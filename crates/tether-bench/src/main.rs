@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use tether_bench::backend::{BackendConfig, Fault};
 use tether_bench::coord::{self, Common, FanoutParams};
 use tether_bench::engine_fault::EngineFaultParams;
-use tether_bench::proxy::ProxyParams;
+use tether_bench::fault::FaultParams;
+use tether_bench::proxy::{DirectTo, ProxyParams};
 use tether_bench::target::{Creds, Target};
 use tether_bench::{backend, engine_fault, proxy, report, worker};
 
@@ -89,15 +91,36 @@ enum Command {
         #[command(flatten)]
         proxy: ProxyArgs,
     },
-    /// Serve the `proxy` scenario's trivial backend: `POST /connect` answers a user,
-    /// `POST /rpc` echoes the request's `data`.
+    /// tether's rpc proxy at fault (run it against `tether-bench backend --fault ...`, or no
+    /// backend): S token-connected subscribers' publication latency and loss while K other
+    /// clients send rpc through the rpc proxy at a fixed rate, and what those calls get.
+    ProxyFault {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        fault: FaultArgs,
+    },
+    /// Serve the proxy scenarios' trivial backend: `POST /connect` answers a user,
+    /// `POST /rpc` echoes the request's `data`; over gRPC too with `--grpc-listen`.
     Backend {
-        /// Address to listen on.
+        /// Address to listen on (HTTP).
         #[arg(long, default_value = "127.0.0.1:18200")]
         listen: SocketAddr,
+        /// Address for the gRPC listener (`CentrifugoProxy` Connect and RPC); none without.
+        #[arg(long)]
+        grpc_listen: Option<SocketAddr>,
         /// Runtime threads (1: one current-thread runtime).
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// How rpc calls are answered (connects are always answered).
+        #[arg(long, value_enum, default_value = "healthy")]
+        fault: FaultKind,
+        /// With `--fault slow`: how long each rpc answer waits.
+        #[arg(long, default_value = "2s", value_parser = humantime_duration)]
+        slow_delay: Duration,
+        /// With `--fault flap`: how long each healthy and each failing period lasts.
+        #[arg(long, default_value = "1s", value_parser = humantime_duration)]
+        flap_period: Duration,
     },
     /// Serve as the fan-out floor: the `ws` baseline's protocol on a server that only writes
     /// (one `send` per subscriber per publication), to run as `--target floor`.
@@ -194,11 +217,50 @@ struct CommonArgs {
     json: bool,
 }
 
+/// How the backend answers rpc calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum FaultKind {
+    /// At once.
+    Healthy,
+    /// After `--slow-delay`.
+    Slow,
+    /// HTTP 500 / gRPC INTERNAL.
+    Error,
+    /// Healthy and failing by turns, `--flap-period` each.
+    Flap,
+}
+
+impl FaultKind {
+    fn fault(self, slow_delay: Duration, flap_period: Duration) -> Fault {
+        match self {
+            Self::Healthy => Fault::Healthy,
+            Self::Slow => Fault::Slow(slow_delay),
+            Self::Error => Fault::Error,
+            Self::Flap => Fault::Flap(flap_period),
+        }
+    }
+}
+
+/// The protocol of the direct calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DirectKind {
+    /// `POST /rpc` to `--backend`.
+    Http,
+    /// `CentrifugoProxy/RPC` to `--backend-grpc`.
+    Grpc,
+}
+
 #[derive(Debug, clap::Args)]
 struct ProxyArgs {
-    /// The backend's address (as in tether's proxy endpoints), for the direct calls.
+    /// The backend's HTTP address (as in tether's proxy endpoints), for direct HTTP calls.
     #[arg(long, default_value = "127.0.0.1:18200")]
     backend: SocketAddr,
+    /// The backend's gRPC address, for direct gRPC calls.
+    #[arg(long)]
+    backend_grpc: Option<SocketAddr>,
+    /// How the direct calls are made: as tether's proxies in the run call the backend.
+    #[arg(long, value_enum, default_value = "http")]
+    direct: DirectKind,
     /// The backend's process id, for its CPU from /proc.
     #[arg(long)]
     backend_pid: Option<u32>,
@@ -239,8 +301,13 @@ impl ProxyArgs {
         if self.clients == 0 || self.depth == 0 || self.connect_loops == 0 {
             anyhow::bail!("--clients, --depth and --connect-loops must be at least 1");
         }
+        let direct = match (self.direct, self.backend_grpc) {
+            (DirectKind::Http, _) => DirectTo::Http(self.backend),
+            (DirectKind::Grpc, Some(addr)) => DirectTo::Grpc(addr),
+            (DirectKind::Grpc, None) => anyhow::bail!("--direct grpc needs --backend-grpc"),
+        };
         Ok(ProxyParams {
-            backend: self.backend,
+            direct,
             backend_pid: self.backend_pid,
             connect_loops: self.connect_loops,
             connect_workers: self.connect_workers,
@@ -251,6 +318,62 @@ impl ProxyArgs {
             size: self.size,
             max_duration: self.max_duration,
             depth: self.depth,
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct FaultArgs {
+    /// The backend's state, as set up for the run (`healthy`, `slow`, `down`, ...): only
+    /// recorded.
+    #[arg(long)]
+    mode: String,
+    /// The backend's process id, for its CPU from /proc.
+    #[arg(long)]
+    backend_pid: Option<u32>,
+    /// Subscribers of the channel (token-connected).
+    #[arg(long, default_value_t = 1_000)]
+    subscribers: u64,
+    /// Publications per second through the API.
+    #[arg(long, default_value_t = 50.0)]
+    pub_rate: f64,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 2)]
+    publishers: usize,
+    /// Publication and rpc data size in bytes.
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// rpc clients (token-connected).
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// rpc calls per second over all clients.
+    #[arg(long, default_value_t = 500.0)]
+    rpc_rate: f64,
+    /// How long publications and rpc calls go on, e.g. `15s`.
+    #[arg(long, default_value = "15s", value_parser = humantime_duration)]
+    duration: Duration,
+}
+
+impl FaultArgs {
+    fn params(&self) -> anyhow::Result<FaultParams> {
+        for (name, rate) in [("--pub-rate", self.pub_rate), ("--rpc-rate", self.rpc_rate)] {
+            if !(rate.is_finite() && rate > 0.0) {
+                anyhow::bail!("{name} must be a positive number");
+            }
+        }
+        if self.subscribers == 0 || self.clients == 0 || self.publishers == 0 {
+            anyhow::bail!("--subscribers, --clients and --publishers must be at least 1");
+        }
+        Ok(FaultParams {
+            mode: self.mode.clone(),
+            backend_pid: self.backend_pid,
+            subscribers: self.subscribers,
+            pub_rate: self.pub_rate,
+            publishers: self.publishers,
+            size: self.size,
+            clients: self.clients,
+            rpc_rate: self.rpc_rate,
+            duration: self.duration,
         })
     }
 }
@@ -314,7 +437,19 @@ fn main() -> ExitCode {
             .and_then(worker::run),
         Command::Table { files } => table(&files),
         Command::Floor { listen, lanes } => floor(listen, lanes),
-        Command::Backend { listen, threads } => backend::serve(listen, threads),
+        Command::Backend {
+            listen,
+            grpc_listen,
+            threads,
+            fault,
+            slow_delay,
+            flap_period,
+        } => backend::serve(&BackendConfig {
+            listen,
+            grpc_listen,
+            threads,
+            fault: fault.fault(slow_delay, flap_period),
+        }),
         command => scenario(command),
     };
     match result {
@@ -433,6 +568,18 @@ fn scenario(command: Command) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string_pretty(&rec)?);
                 }
             }
+            Command::ProxyFault { common, fault } => {
+                if common.target != Target::Tether {
+                    anyhow::bail!("the proxy-fault scenario is for --target tether only");
+                }
+                let p = fault.params()?;
+                // The rpc clients are local tasks (one thread, shared tallies).
+                let local = tokio::task::LocalSet::new();
+                let r = local
+                    .run_until(tether_bench::fault::run(&common.common(), &p))
+                    .await?;
+                common.print("proxy-fault", &r);
+            }
             Command::Table { .. }
             | Command::Worker { .. }
             | Command::Floor { .. }
@@ -445,6 +592,36 @@ fn scenario(command: Command) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fault_kinds_carry_their_durations() {
+        let (slow, flap) = (Duration::from_secs(2), Duration::from_millis(500));
+        assert_eq!(FaultKind::Healthy.fault(slow, flap), Fault::Healthy);
+        assert_eq!(FaultKind::Slow.fault(slow, flap), Fault::Slow(slow));
+        assert_eq!(FaultKind::Error.fault(slow, flap), Fault::Error);
+        assert_eq!(FaultKind::Flap.fault(slow, flap), Fault::Flap(flap));
+    }
+
+    #[test]
+    fn direct_grpc_needs_the_backend_grpc_address() {
+        let cli = |args: &[&str]| {
+            let mut all = vec!["tether-bench", "proxy"];
+            all.extend_from_slice(args);
+            match Cli::try_parse_from(all).unwrap().command {
+                Command::Proxy { proxy, .. } => proxy.params().map(|p| p.direct),
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(
+            cli(&["--backend", "127.0.0.1:1"]).unwrap(),
+            DirectTo::Http("127.0.0.1:1".parse().unwrap())
+        );
+        assert_eq!(
+            cli(&["--direct", "grpc", "--backend-grpc", "127.0.0.1:2"]).unwrap(),
+            DirectTo::Grpc("127.0.0.1:2".parse().unwrap())
+        );
+        assert!(cli(&["--direct", "grpc"]).is_err());
+    }
 
     #[test]
     fn durations_parse() {

@@ -1,13 +1,17 @@
-//! The `proxy` scenario: tether's HTTP backend proxy against a trivial backend
-//! ([`crate::backend`]), and the same backend called directly, in the same run.
+//! The `proxy` scenario: tether's HTTP or gRPC backend proxy against a trivial backend
+//! ([`crate::backend`]), and the same backend called directly (over HTTP or gRPC, as
+//! tether's proxy calls it), in the same run. Its rpc clients and pacing also serve the
+//! `proxy-fault` scenario ([`crate::fault`]).
 //!
 //! 1. **connects/s**: concurrent loops of token-less connect (upgrade, `{"id":1,"connect":{}}`,
 //!    wait for the reply, close) over worker processes, each connect decided by tether's
 //!    connect proxy; connects/s, errors, connect time p50/p99.
 //! 2. **rpc at a fixed rate**: K clients connected (through the connect proxy) send `rpc`
-//!    calls at R per second in all, and the bench POSTs the same rpc request body straight to
-//!    the backend at R per second from a pooled keep-alive client (hyper's, as tether's
-//!    proxy uses), interleaved: a pacing thread alternates the two every `1 / 2R` s. Latency
+//!    calls at R per second in all, and the bench makes the same call straight to the backend
+//!    at R per second, interleaved: a pacing thread alternates the two every `1 / 2R` s. Over
+//!    HTTP the direct call POSTs the body tether's proxy sends from a pooled keep-alive
+//!    client (hyper's, as tether's proxy uses); over gRPC it is the `RPC` call with the
+//!    message tether sends, on one lazily dialled HTTP/2 channel (tonic's, as tether's). Latency
 //!    is send -> reply for both; the difference is what the proxy adds.
 //! 3. **rpc max**: the K clients with `depth` calls each in flight, as fast as tether
 //!    answers, for a bounded time; then the direct calls alike, for the backend's own rate.
@@ -15,7 +19,7 @@
 //! Every loop is bounded in time and count; addresses are loopback only.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -28,6 +32,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
+use tether_server::proxyproto;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -45,14 +50,17 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const WARMUP_CALLS: u64 = 1_000;
 /// Most calls of each kind one fixed-rate phase may pace.
 const MAX_PACED_CALLS: u64 = 10_000_000;
+/// The timeout of a direct gRPC call, sent as `grpc-timeout` as tether sends its proxy
+/// timeout (the bench script's `1s`).
+const GRPC_TIMEOUT: Duration = Duration::from_secs(1);
 /// The rpc method the clients call.
 const METHOD: &str = "echo";
 
 /// What the scenario is asked to do.
 #[derive(Clone, Debug)]
 pub struct ProxyParams {
-    /// The backend's address (for the direct calls).
-    pub backend: SocketAddr,
+    /// How and where the direct calls reach the backend.
+    pub direct: DirectTo,
     /// The backend's process id, for its CPU from /proc.
     pub backend_pid: Option<u32>,
     /// Connect loops (over all workers).
@@ -73,6 +81,15 @@ pub struct ProxyParams {
     pub max_duration: Duration,
     /// Calls in flight per client (and per direct caller ÷ clients) in the max phase.
     pub depth: usize,
+}
+
+/// Where the direct calls go, over which protocol (the one tether's proxies use in the run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectTo {
+    /// `POST /rpc` on the backend's HTTP listener.
+    Http(SocketAddr),
+    /// `CentrifugoProxy/RPC` on the backend's gRPC listener.
+    Grpc(SocketAddr),
 }
 
 /// The connect loops' result.
@@ -126,6 +143,18 @@ pub struct Latency {
     pub p999_ms: f64,
     /// Largest, ms.
     pub max_ms: f64,
+    /// Error replies by code (tether's `{"error":{"code":N}}`), when there were any.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_codes: BTreeMap<String, u64>,
+    /// Send -> error reply p50, ms, when there were error replies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_p50_ms: Option<f64>,
+    /// Send -> error reply p99, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_p99_ms: Option<f64>,
+    /// Largest send -> error reply, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_max_ms: Option<f64>,
 }
 
 /// CPU of the processes involved during a phase, % of one core each.
@@ -189,6 +218,8 @@ pub struct MaxStep {
 /// Result of the `proxy` scenario.
 #[derive(Debug, Serialize)]
 pub struct ProxyResult {
+    /// The protocol of the direct calls (`http` or `grpc`), the proxies' in the run.
+    pub direct: &'static str,
     /// Connects through the connect proxy.
     pub connect: ConnectStep,
     /// rpc calls opened for the rpc phases (connected through the connect proxy).
@@ -200,8 +231,13 @@ pub struct ProxyResult {
 }
 
 /// Answers of one kind of call in one phase.
-struct Tally {
+#[derive(Debug)]
+pub(crate) struct Tally {
     hist: Histogram<u64>,
+    /// Latency of the error replies.
+    error_hist: Histogram<u64>,
+    /// Error replies by code.
+    codes: BTreeMap<String, u64>,
     sent: u64,
     ok: u64,
     errors: u64,
@@ -213,9 +249,9 @@ struct Tally {
 impl Tally {
     fn new() -> Self {
         Self {
-            // 1 µs .. 1 h, 3 significant digits; valid bounds by construction.
-            hist: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!())),
+            hist: histogram(),
+            error_hist: histogram(),
+            codes: BTreeMap::new(),
             sent: 0,
             ok: 0,
             errors: 0,
@@ -232,10 +268,16 @@ impl Tally {
 
     fn ok(&mut self, t0: Instant) {
         let now = Instant::now();
-        let us = u64::try_from(now.saturating_duration_since(t0).as_micros()).unwrap_or(u64::MAX);
-        let _ = self.hist.record(us.max(1));
+        let _ = self.hist.record(micros_since(t0, now));
         self.ok += 1;
         self.last = Some(now);
+    }
+
+    /// An error reply with `code` to the call sent at `t0`.
+    fn error_reply(&mut self, t0: Instant, code: u32) {
+        let _ = self.error_hist.record(micros_since(t0, Instant::now()));
+        *self.codes.entry(code.to_string()).or_default() += 1;
+        self.fail(format!("error {code}"));
     }
 
     fn fail(&mut self, why: String) {
@@ -249,7 +291,7 @@ impl Tally {
         self.ok + self.errors
     }
 
-    fn latency(&self) -> Latency {
+    pub(crate) fn latency(&self) -> Latency {
         let ms = |us: u64| us as f64 / 1000.0;
         let span = self
             .first
@@ -276,13 +318,34 @@ impl Tally {
             p99_ms: ms(self.hist.value_at_quantile(0.99)),
             p999_ms: ms(self.hist.value_at_quantile(0.999)),
             max_ms: ms(self.hist.max()),
+            error_codes: self.codes.clone(),
+            error_p50_ms: (!self.error_hist.is_empty())
+                .then(|| ms(self.error_hist.value_at_quantile(0.5))),
+            error_p99_ms: (!self.error_hist.is_empty())
+                .then(|| ms(self.error_hist.value_at_quantile(0.99))),
+            error_max_ms: (!self.error_hist.is_empty()).then(|| ms(self.error_hist.max())),
         }
     }
 }
 
-type Shared = Rc<RefCell<Tally>>;
+/// 1 µs .. 1 h, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    // Valid bounds by construction.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
 
-fn reset(t: &Shared) {
+/// Microseconds from `t0` to `now`, at least 1 (a histogram's least value).
+fn micros_since(t0: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(t0).as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// A tally shared by the calls of one kind.
+pub(crate) type Shared = Rc<RefCell<Tally>>;
+
+pub(crate) fn reset(t: &Shared) {
     *t.borrow_mut() = Tally::new();
 }
 
@@ -325,13 +388,28 @@ pub fn backend_rpc_body(data: &str) -> String {
     )
 }
 
+/// The message tether's gRPC rpc proxy sends the backend for that command (what the direct
+/// gRPC calls send): as [`backend_rpc_body`], `data` as raw JSON bytes.
+pub fn backend_rpc_message(data: &str) -> proxyproto::RpcRequest {
+    proxyproto::RpcRequest {
+        client: "00000000-0000-4000-8000-000000000000".to_owned(),
+        transport: "websocket".to_owned(),
+        protocol: "json".to_owned(),
+        encoding: "json".to_owned(),
+        user: "1".to_owned(),
+        method: METHOD.to_owned(),
+        data: Bytes::copy_from_slice(data.as_bytes()),
+        ..Default::default()
+    }
+}
+
 /// What one line of a tether message is, for an rpc client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {
     /// The server's ping (`{}`): answer `{}`.
     Ping,
-    /// The reply to command `id`: a result (true) or an error (false).
-    Reply(u32, bool),
+    /// The reply to command `id`: a result, or an error with its code.
+    Reply(u32, Result<(), u32>),
     /// Anything else (a push).
     Other,
 }
@@ -352,8 +430,18 @@ pub fn read_line(line: &[u8]) -> Line {
         return Line::Other;
     };
     let after = &rest[digits..];
-    let ok = !after.starts_with(b",\"error\"");
-    Line::Reply(id, ok)
+    match after.strip_prefix(b",\"error\":{\"code\":") {
+        None if after.starts_with(b",\"error\"") => Line::Reply(id, Err(0)),
+        None => Line::Reply(id, Ok(())),
+        Some(code) => {
+            let digits = code.iter().take_while(|b| b.is_ascii_digit()).count();
+            let code = std::str::from_utf8(&code[..digits])
+                .ok()
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(0);
+            Line::Reply(id, Err(code))
+        }
+    }
 }
 
 /// What a client is asked to do.
@@ -379,9 +467,14 @@ fn text_frame(out: &mut Vec<u8>, text: &str) {
     ws::encode_frame(out, Opcode::Text, text.as_bytes(), key);
 }
 
-/// Connects, upgrades and connects without a token; returns the stream and the bytes read
-/// past the connect reply's message.
-async fn open(addr: SocketAddr, i: u64) -> Result<(TcpStream, Vec<u8>), String> {
+/// Connects, upgrades and sends `connect` (a connect command with id 1: without a token for
+/// the connect proxy, or with one); returns the stream and the bytes read past the connect
+/// reply's message.
+pub(crate) async fn open(
+    addr: SocketAddr,
+    i: u64,
+    connect: &str,
+) -> Result<(TcpStream, Vec<u8>), String> {
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -412,7 +505,7 @@ async fn open(addr: SocketAddr, i: u64) -> Result<(TcpStream, Vec<u8>), String> 
         }
     };
     let mut out = Vec::new();
-    text_frame(&mut out, PROXY_CONNECT);
+    text_frame(&mut out, connect);
     stream
         .write_all(&out)
         .await
@@ -428,8 +521,8 @@ async fn open(addr: SocketAddr, i: u64) -> Result<(TcpStream, Vec<u8>), String> 
             }
             for line in frame.payload.split(|&b| b == b'\n') {
                 match read_line(line) {
-                    Line::Reply(1, true) => return Ok((stream, rest[at..].to_vec())),
-                    Line::Reply(1, false) => {
+                    Line::Reply(1, Ok(())) => return Ok((stream, rest[at..].to_vec())),
+                    Line::Reply(1, Err(_)) => {
                         let text = String::from_utf8_lossy(&line[..line.len().min(200)]);
                         return Err(format!("connect refused: {text}"));
                     }
@@ -512,18 +605,15 @@ async fn run_client(
                             for line in frame.payload.split(|&b| b == b'\n') {
                                 match read_line(line) {
                                     Line::Ping => text_frame(&mut out, "{}"),
-                                    Line::Reply(id, ok) => {
+                                    Line::Reply(id, answer) => {
                                         let Some(t0) = pending.remove(&id) else {
                                             continue;
                                         };
-                                        if ok {
-                                            tally.borrow_mut().ok(t0);
-                                        } else {
-                                            let text = String::from_utf8_lossy(
-                                                &line[..line.len().min(120)],
-                                            )
-                                            .into_owned();
-                                            tally.borrow_mut().fail(text);
+                                        match answer {
+                                            Ok(()) => tally.borrow_mut().ok(t0),
+                                            Err(code) => {
+                                                tally.borrow_mut().error_reply(t0, code);
+                                            }
                                         }
                                         if until.is_some_and(|u| Instant::now() < u) {
                                             send(
@@ -579,47 +669,111 @@ fn http_client() -> HttpClient {
         .build(connector)
 }
 
-/// One direct call to the backend's `/rpc`, due at `t0`.
-async fn direct_call(client: &HttpClient, uri: &hyper::Uri, body: &Bytes, t0: Instant, t: &Shared) {
-    t.borrow_mut().sent(t0);
+/// The direct caller: the same rpc call tether's proxy makes, made by the bench.
+#[derive(Clone, Debug)]
+enum Direct {
+    /// `POST uri` with `body` (the JSON tether's HTTP proxy sends).
+    Http {
+        client: HttpClient,
+        uri: hyper::Uri,
+        body: Bytes,
+    },
+    /// `CentrifugoProxy/RPC` with `request` on `channel` (one HTTP/2 connection, as tether's
+    /// gRPC proxy has).
+    Grpc {
+        channel: tonic::transport::Channel,
+        request: proxyproto::RpcRequest,
+    },
+}
+
+impl Direct {
+    fn new(to: DirectTo, data: &str) -> anyhow::Result<Self> {
+        Ok(match to {
+            DirectTo::Http(addr) => Self::Http {
+                client: http_client(),
+                uri: format!("http://{addr}/rpc").parse()?,
+                body: Bytes::from(backend_rpc_body(data)),
+            },
+            DirectTo::Grpc(addr) => Self::Grpc {
+                channel: tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                    .tcp_nodelay(true)
+                    .connect_lazy(),
+                request: backend_rpc_message(data),
+            },
+        })
+    }
+
+    /// One call, due at `t0`, recorded in `t`.
+    async fn call(&self, t0: Instant, t: &Shared) {
+        t.borrow_mut().sent(t0);
+        let answer = async {
+            match self {
+                Self::Http { client, uri, body } => http_call(client, uri, body).await,
+                Self::Grpc { channel, request } => grpc_call(channel, request).await,
+            }
+        };
+        match tokio::time::timeout(DRAIN_TIMEOUT, answer).await {
+            Ok(Ok(())) => t.borrow_mut().ok(t0),
+            Ok(Err(e)) => t.borrow_mut().fail(e),
+            Err(_) => t.borrow_mut().fail("timed out".to_owned()),
+        }
+    }
+}
+
+/// One `POST` of `body` to the backend's `/rpc`; Ok when it answers with a result.
+async fn http_call(client: &HttpClient, uri: &hyper::Uri, body: &Bytes) -> Result<(), String> {
     let request = hyper::Request::post(uri.clone())
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-        .body(Full::new(body.clone()));
-    let request = match request {
-        Ok(r) => r,
-        Err(e) => return t.borrow_mut().fail(format!("request: {e}")),
-    };
-    let answer = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(|e| format!("http: {e}"))?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        if status != 200 || !body.starts_with(b"{\"result\"") {
-            return Err(format!("status {status}"));
-        }
-        Ok(())
-    };
-    match tokio::time::timeout(DRAIN_TIMEOUT, answer).await {
-        Ok(Ok(())) => t.borrow_mut().ok(t0),
-        Ok(Err(e)) => t.borrow_mut().fail(e),
-        Err(_) => t.borrow_mut().fail("timed out".to_owned()),
+        .body(Full::new(body.clone()))
+        .map_err(|e| format!("request: {e}"))?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| format!("http: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    if status != 200 || !body.starts_with(b"{\"result\"") {
+        return Err(format!("status {status}"));
     }
+    Ok(())
+}
+
+/// One `RPC` call with `request`, as tether's gRPC proxy makes it (readiness first, then the
+/// call with its timeout as `grpc-timeout`); Ok when it answers with a result.
+async fn grpc_call(
+    channel: &tonic::transport::Channel,
+    request: &proxyproto::RpcRequest,
+) -> Result<(), String> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.map_err(|e| format!("grpc: {e}"))?;
+    let mut call = tonic::Request::new(request.clone());
+    call.set_timeout(GRPC_TIMEOUT);
+    let codec =
+        tonic_prost::ProstCodec::<proxyproto::RpcRequest, proxyproto::RpcResponse>::default();
+    let path = hyper::http::uri::PathAndQuery::from_static(proxyproto::method::RPC);
+    let response = grpc
+        .unary(call, path, codec)
+        .await
+        .map_err(|status| format!("status {}", status.code()))?
+        .into_inner();
+    if response.result.is_none() {
+        return Err("no result".to_owned());
+    }
+    Ok(())
 }
 
 /// CPU ticks of tether, the backend and this process, and the machine's idle ticks and
 /// cores.
 #[derive(Clone, Copy)]
-struct Ticks([Option<u64>; 3], Option<(u64, u32)>, Instant);
+pub(crate) struct Ticks([Option<u64>; 3], Option<(u64, u32)>, Instant);
 
 impl Ticks {
-    fn now(tether: Option<u32>, backend: Option<u32>) -> Self {
+    pub(crate) fn now(tether: Option<u32>, backend: Option<u32>) -> Self {
         let read = |pid: Option<u32>| pid.and_then(|p| procfs::cpu_ticks(p).ok());
         Self(
             [read(tether), read(backend), read(Some(std::process::id()))],
@@ -628,7 +782,7 @@ impl Ticks {
         )
     }
 
-    fn since(self, before: Self) -> Cpu {
+    pub(crate) fn since(self, before: Self) -> Cpu {
         let hz = procfs::clock_ticks_per_sec() as f64;
         let secs = self.2.saturating_duration_since(before.2).as_secs_f64();
         let pct = |i: usize| {
@@ -648,17 +802,68 @@ impl Ticks {
     }
 }
 
+/// Which calls a pacing thread hands out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Paced {
+    /// Calls through tether and direct calls, alternating, at the rate each.
+    Interleaved,
+    /// Calls through tether only, at the rate.
+    ProxiedOnly,
+}
+
 /// Everything the rpc phases share.
-struct Rig {
+pub(crate) struct Rig {
     clients: Vec<RpcClient>,
-    proxied: Shared,
-    direct: Shared,
-    http: HttpClient,
-    uri: hyper::Uri,
-    body: Bytes,
+    /// The calls through tether.
+    pub(crate) proxied: Shared,
+    /// The direct calls.
+    pub(crate) direct: Shared,
+    /// How direct calls are made; none in a run without them.
+    caller: Option<Direct>,
 }
 
 impl Rig {
+    /// `n` rpc clients connected to tether at `addr`, each with `connect` (see [`open`]),
+    /// calling with `data`; direct calls go to `direct`, if any.
+    pub(crate) async fn connect(
+        addr: SocketAddr,
+        n: usize,
+        connect: impl Fn(u64) -> String,
+        data: &str,
+        direct: Option<DirectTo>,
+    ) -> anyhow::Result<Self> {
+        let data_rc: Rc<str> = Rc::from(data);
+        let proxied: Shared = Rc::new(RefCell::new(Tally::new()));
+        let mut clients = Vec::new();
+        for i in 0..n.max(1) {
+            let i = i as u64;
+            let (stream, rest) = tokio::time::timeout(OPEN_TIMEOUT, open(addr, i, &connect(i)))
+                .await
+                .map_err(|_| anyhow::anyhow!("rpc client {i}: connect timed out"))?
+                .map_err(|e| anyhow::anyhow!("rpc client {i}: {e}"))?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let task = tokio::task::spawn_local(run_client(
+                stream,
+                rest,
+                rx,
+                proxied.clone(),
+                data_rc.clone(),
+            ));
+            clients.push(RpcClient { tx, task });
+        }
+        Ok(Self {
+            clients,
+            proxied,
+            direct: Rc::new(RefCell::new(Tally::new())),
+            caller: direct.map(|to| Direct::new(to, data)).transpose()?,
+        })
+    }
+
+    /// rpc clients.
+    pub(crate) fn len(&self) -> usize {
+        self.clients.len()
+    }
+
     /// Waits until every call sent got its answer, at most [`DRAIN_TIMEOUT`].
     async fn drain(&self) {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -674,15 +879,21 @@ impl Rig {
         }
     }
 
-    /// `n` calls of each kind at `rate` each, alternating, paced by a thread of its own
-    /// (tokio's timer has millisecond steps; at 1,000/s each, calls are 0.5 ms apart).
-    async fn paced(&self, rate: f64, n: u64) -> anyhow::Result<()> {
+    /// `n` calls of each kind `which` names at `rate` each, paced by a thread of its own
+    /// (tokio's timer has millisecond steps; at 1,000/s each, calls are 0.5 ms apart); then
+    /// waits for the answers still out, at most [`DRAIN_TIMEOUT`].
+    pub(crate) async fn paced(&self, rate: f64, n: u64, which: Paced) -> anyhow::Result<()> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant)>();
         let n = n.min(MAX_PACED_CALLS);
+        let (total, step_rate) = match which {
+            Paced::Interleaved => (2 * n, rate),
+            // Every call proxied, one every 1 / rate s.
+            Paced::ProxiedOnly => (n, rate / 2.0),
+        };
         let pacer = std::thread::spawn(move || {
             let start = Instant::now();
-            for k in 0..2 * n {
-                let at = start + due(k, rate);
+            for k in 0..total {
+                let at = start + due(k, step_rate);
                 let now = Instant::now();
                 if at > now {
                     std::thread::sleep(at - now);
@@ -694,23 +905,20 @@ impl Rig {
         });
         let k_clients = self.clients.len().max(1) as u64;
         while let Some((k, t0)) = rx.recv().await {
-            if k % 2 == 0 {
-                let Ok(i) = usize::try_from((k / 2) % k_clients) else {
+            let (proxied, j) = match which {
+                Paced::Interleaved => (k % 2 == 0, k / 2),
+                Paced::ProxiedOnly => (true, k),
+            };
+            if proxied {
+                let Ok(i) = usize::try_from(j % k_clients) else {
                     continue;
                 };
                 if let Some(c) = self.clients.get(i) {
                     let _ = c.tx.send(Cmd::Call(t0));
                 }
-            } else {
-                let (http, uri, body, t) = (
-                    self.http.clone(),
-                    self.uri.clone(),
-                    self.body.clone(),
-                    self.direct.clone(),
-                );
-                tokio::task::spawn_local(async move {
-                    direct_call(&http, &uri, &body, t0, &t).await;
-                });
+            } else if let Some(caller) = self.caller.clone() {
+                let t = self.direct.clone();
+                tokio::task::spawn_local(async move { caller.call(t0, &t).await });
             }
         }
         pacer
@@ -732,23 +940,29 @@ impl Rig {
 
     /// `callers` loops of direct calls, one in flight each, for `d`.
     async fn max_direct(&self, callers: usize, d: Duration) {
+        let Some(caller) = &self.caller else {
+            return;
+        };
         let until = Instant::now() + d;
         let mut loops = Vec::new();
         for _ in 0..callers.max(1) {
-            let (http, uri, body, t) = (
-                self.http.clone(),
-                self.uri.clone(),
-                self.body.clone(),
-                self.direct.clone(),
-            );
+            let (caller, t) = (caller.clone(), self.direct.clone());
             loops.push(tokio::task::spawn_local(async move {
                 while Instant::now() < until {
-                    direct_call(&http, &uri, &body, Instant::now(), &t).await;
+                    caller.call(Instant::now(), &t).await;
                 }
             }));
         }
         for l in loops {
             let _ = l.await;
+        }
+    }
+
+    /// Ends the clients' tasks (their connections close).
+    pub(crate) fn close(self) {
+        for client in self.clients {
+            drop(client.tx);
+            client.task.abort();
         }
     }
 }
@@ -787,38 +1001,26 @@ pub async fn run(c: &Common, p: &ProxyParams) -> anyhow::Result<ProxyResult> {
         .addrs
         .first()
         .ok_or_else(|| anyhow::anyhow!("no tether address"))?;
-    let data: Rc<str> = Rc::from(rpc_data(p.size));
-    let proxied: Shared = Rc::new(RefCell::new(Tally::new()));
-    let mut clients = Vec::new();
-    for i in 0..p.clients.max(1) {
-        let (stream, rest) = tokio::time::timeout(OPEN_TIMEOUT, open(addr, i as u64))
-            .await
-            .map_err(|_| anyhow::anyhow!("rpc client {i}: connect timed out"))?
-            .map_err(|e| anyhow::anyhow!("rpc client {i}: {e}"))?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task =
-            tokio::task::spawn_local(run_client(stream, rest, rx, proxied.clone(), data.clone()));
-        clients.push(RpcClient { tx, task });
-    }
-    let rig = Rig {
-        clients,
-        proxied,
-        direct: Rc::new(RefCell::new(Tally::new())),
-        http: http_client(),
-        uri: format!("http://{}/rpc", p.backend).parse()?,
-        body: Bytes::from(backend_rpc_body(&data)),
-    };
+    let data = rpc_data(p.size);
+    let rig = Rig::connect(
+        addr,
+        p.clients,
+        |_| PROXY_CONNECT.to_owned(),
+        &data,
+        Some(p.direct),
+    )
+    .await?;
 
     // Warm-up (not recorded): tether's and the bench's pools of backend connections fill.
     let warm = (p.rate as u64).clamp(1, WARMUP_CALLS);
-    rig.paced(p.rate, warm).await?;
+    rig.paced(p.rate, warm, Paced::Interleaved).await?;
     reset(&rig.proxied);
     reset(&rig.direct);
 
     // 3. Fixed rate, interleaved.
     let n = (p.rate * p.duration.as_secs_f64()).round() as u64;
     let before = Ticks::now(c.pid, p.backend_pid);
-    rig.paced(p.rate, n).await?;
+    rig.paced(p.rate, n, Paced::Interleaved).await?;
     let cpu = Ticks::now(c.pid, p.backend_pid).since(before);
     let (prox, direct) = (
         rig.proxied.borrow().latency(),
@@ -828,7 +1030,7 @@ pub async fn run(c: &Common, p: &ProxyParams) -> anyhow::Result<ProxyResult> {
     let rpc = RateStep {
         rate: p.rate,
         duration_s: p.duration.as_secs_f64(),
-        clients: rig.clients.len(),
+        clients: rig.len(),
         proxied: prox,
         direct,
         added_p50_ms,
@@ -847,11 +1049,11 @@ pub async fn run(c: &Common, p: &ProxyParams) -> anyhow::Result<ProxyResult> {
     let proxied_cpu = Ticks::now(c.pid, p.backend_pid).since(before);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = Ticks::now(c.pid, p.backend_pid);
-    rig.max_direct(rig.clients.len() * p.depth.max(1), p.max_duration)
+    rig.max_direct(rig.len() * p.depth.max(1), p.max_duration)
         .await;
     let direct_cpu = Ticks::now(c.pid, p.backend_pid).since(before);
     let rpc_max = MaxStep {
-        clients: rig.clients.len(),
+        clients: rig.len(),
         depth: p.depth,
         duration_s: p.max_duration.as_secs_f64(),
         proxied: rig.proxied.borrow().latency(),
@@ -859,12 +1061,13 @@ pub async fn run(c: &Common, p: &ProxyParams) -> anyhow::Result<ProxyResult> {
         direct: rig.direct.borrow().latency(),
         direct_cpu,
     };
-    let rpc_clients = rig.clients.len();
-    for client in rig.clients {
-        drop(client.tx);
-        client.task.abort();
-    }
+    let rpc_clients = rig.len();
+    rig.close();
     Ok(ProxyResult {
+        direct: match p.direct {
+            DirectTo::Http(_) => "http",
+            DirectTo::Grpc(_) => "grpc",
+        },
         connect,
         rpc_clients,
         rpc,
@@ -881,12 +1084,17 @@ mod tests {
         assert_eq!(read_line(b"{}"), Line::Ping);
         assert_eq!(
             read_line(br#"{"id":42,"rpc":{"data":{"p":"x"}}}"#),
-            Line::Reply(42, true)
+            Line::Reply(42, Ok(()))
         );
-        assert_eq!(read_line(br#"{"id":7,"rpc":{}}"#), Line::Reply(7, true));
+        assert_eq!(read_line(br#"{"id":7,"rpc":{}}"#), Line::Reply(7, Ok(())));
         assert_eq!(
             read_line(br#"{"id":3,"error":{"code":100,"message":"internal server error"}}"#),
-            Line::Reply(3, false)
+            Line::Reply(3, Err(100))
+        );
+        assert_eq!(
+            read_line(br#"{"id":4,"error":{"message":"x","code":2}}"#),
+            Line::Reply(4, Err(0)),
+            "a code not first is not read: 0"
         );
         assert_eq!(read_line(br#"{"push":{"channel":"c"}}"#), Line::Other);
         assert_eq!(read_line(br#"{"id":x}"#), Line::Other);
@@ -910,6 +1118,23 @@ mod tests {
         let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
         assert_eq!(answer["result"]["data"], v);
         assert_eq!(rpc_data(0), r#"{"p":""}"#);
+        // The gRPC message carries the same fields, `data` as the JSON's bytes.
+        let message = backend_rpc_message(&data);
+        assert_eq!(message.data, data.as_bytes());
+        assert_eq!(
+            (message.client.as_str(), message.user.as_str()),
+            (
+                body["client"].as_str().unwrap(),
+                body["user"].as_str().unwrap()
+            )
+        );
+        assert_eq!(message.method, METHOD);
+        assert_eq!(
+            (message.transport.as_str(), message.encoding.as_str()),
+            ("websocket", "json")
+        );
+        let answer = crate::backend::grpc_rpc_answer(message);
+        assert_eq!(answer.result.unwrap().data, data.as_bytes());
     }
 
     #[test]
@@ -947,5 +1172,26 @@ mod tests {
             l.error_kinds,
             vec!["no".to_owned(), "1 unanswered".to_owned()]
         );
+        assert!(l.error_codes.is_empty() && l.error_p99_ms.is_none());
+    }
+
+    #[test]
+    fn a_tally_counts_error_replies_by_code_with_their_latency() {
+        let mut t = Tally::new();
+        let t0 = Instant::now();
+        for code in [100, 100, 108] {
+            t.sent(t0);
+            t.error_reply(t0, code);
+        }
+        t.sent(t0);
+        t.ok(t0);
+        let l = t.latency();
+        assert_eq!((l.sent, l.ok, l.errors), (4, 1, 3));
+        assert_eq!(
+            l.error_codes,
+            BTreeMap::from([("100".to_owned(), 2), ("108".to_owned(), 1)])
+        );
+        assert!(l.error_p50_ms.is_some() && l.error_max_ms.is_some());
+        assert_eq!(l.error_kinds, vec!["error 100", "error 108"]);
     }
 }

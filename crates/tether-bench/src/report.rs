@@ -93,6 +93,7 @@ pub fn human(rec: &Value) -> String {
             );
         }
         "proxy" => proxy_human(&mut s, t, r),
+        "proxy-fault" => fault_human(&mut s, t, r),
         other => {
             let _ = writeln!(s, "{other} [{t}]: {r}");
         }
@@ -105,7 +106,8 @@ fn proxy_human(s: &mut String, t: &str, r: &Value) {
     let c = &r["connect"];
     let _ = writeln!(
         s,
-        "proxy [{t}]: {} connects/s through the connect proxy ({} connects, {} errors {}), connect p50 {} ms p99 {} ms, {} loops, cpu tether {} % backend {} % clients {} % machine {} %",
+        "proxy [{t}] over {}: {} connects/s through the connect proxy ({} connects, {} errors {}), connect p50 {} ms p99 {} ms, {} loops, cpu tether {} % backend {} % clients {} % machine {} %",
+        r["direct"].as_str().unwrap_or("http"),
         num(f(c, "connects_per_s"), 0),
         c["connects"],
         c["errors"],
@@ -172,6 +174,58 @@ fn proxy_human(s: &mut String, t: &str, r: &Value) {
         lat(&m["direct"]),
         cpu(&m["direct_cpu"]),
     );
+}
+
+/// The `proxy-fault` scenario's block: the publications, then the rpc calls.
+fn fault_human(s: &mut String, t: &str, r: &Value) {
+    let p = &r["publications"];
+    let rpc = &r["rpc"];
+    let cpu = &r["cpu"];
+    let _ = writeln!(
+        s,
+        "proxy-fault [{t}] backend {}: {} subscribers ({} failed)\n  publications {}/s (got {}/s): p50 {} ms p99 {} ms max {} ms, lost {} dup {}\n  rpc at {}/s over {} clients: {} sent, {} ok (p50 {} ms p99 {} ms), error replies {} (p50 {} ms p99 {} ms max {} ms), {} failed without a reply {}\n  cpu tether {} % backend {} % bench {} % machine {} %",
+        r["mode"].as_str().unwrap_or("?"),
+        r["subscribed"],
+        r["subscribe_failed"],
+        num(f(p, "rate"), 0),
+        num(f(p, "publish_rate"), 1),
+        num(f(p, "p50_ms"), 2),
+        num(f(p, "p99_ms"), 2),
+        num(f(p, "max_ms"), 1),
+        p["lost"],
+        p["duplicates"],
+        num(f(r, "rpc_rate"), 0),
+        r["rpc_clients"],
+        rpc["sent"],
+        rpc["ok"],
+        num(f(rpc, "p50_ms"), 2),
+        num(f(rpc, "p99_ms"), 2),
+        rpc.get("error_codes").unwrap_or(&Value::Null),
+        num(f(rpc, "error_p50_ms"), 2),
+        num(f(rpc, "error_p99_ms"), 2),
+        num(f(rpc, "error_max_ms"), 1),
+        num(unreplied(rpc), 0),
+        rpc["error_kinds"],
+        num(f(cpu, "tether"), 0),
+        num(f(cpu, "backend"), 0),
+        num(f(cpu, "bench"), 0),
+        num(f(cpu, "machine"), 0),
+    );
+}
+
+/// Calls of a [`crate::proxy::Latency`] that failed without an error reply: never answered,
+/// or their connection closed.
+fn unreplied(l: &Value) -> Option<f64> {
+    let replies: f64 = l["error_codes"]
+        .as_object()
+        .map_or(0.0, |codes| codes.values().filter_map(Value::as_f64).sum());
+    Some(f(l, "errors")? - replies)
+}
+
+/// Error replies with `code` among a [`crate::proxy::Latency`]'s.
+fn replies_with(l: &Value, code: &str) -> Option<f64> {
+    f(l, "errors")?;
+    Some(l["error_codes"][code].as_f64().unwrap_or(0.0))
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -328,6 +382,54 @@ const METRICS: &[Metric] = &[
         "proxy",
         |r| others(&r["rpc_max"]["proxied_cpu"]),
     ),
+    ("fault: publications p50 ms", "proxy-fault", |r| {
+        f(&r["publications"], "p50_ms")
+    }),
+    ("fault: publications p99 ms", "proxy-fault", |r| {
+        f(&r["publications"], "p99_ms")
+    }),
+    ("fault: publications max ms", "proxy-fault", |r| {
+        f(&r["publications"], "max_ms")
+    }),
+    ("fault: publications lost+dup", "proxy-fault", |r| {
+        Some(f(&r["publications"], "lost")? + f(&r["publications"], "duplicates")?)
+    }),
+    ("fault: publications made, /s", "proxy-fault", |r| {
+        f(&r["publications"], "publish_rate")
+    }),
+    ("fault: rpc sent", "proxy-fault", |r| f(&r["rpc"], "sent")),
+    ("fault: rpc results", "proxy-fault", |r| f(&r["rpc"], "ok")),
+    ("fault: rpc result p99 ms", "proxy-fault", |r| {
+        f(&r["rpc"], "p99_ms").filter(|_| f(&r["rpc"], "ok").is_some_and(|ok| ok > 0.0))
+    }),
+    ("fault: rpc error replies, code 100", "proxy-fault", |r| {
+        replies_with(&r["rpc"], "100")
+    }),
+    (
+        "fault: rpc error replies, other codes",
+        "proxy-fault",
+        |r| Some(f(&r["rpc"], "errors")? - unreplied(&r["rpc"])? - replies_with(&r["rpc"], "100")?),
+    ),
+    ("fault: rpc error reply p50 ms", "proxy-fault", |r| {
+        f(&r["rpc"], "error_p50_ms")
+    }),
+    ("fault: rpc error reply p99 ms", "proxy-fault", |r| {
+        f(&r["rpc"], "error_p99_ms")
+    }),
+    ("fault: rpc error reply max ms", "proxy-fault", |r| {
+        f(&r["rpc"], "error_max_ms")
+    }),
+    ("fault: rpc without a reply", "proxy-fault", |r| {
+        unreplied(&r["rpc"])
+    }),
+    ("fault: tether CPU % of a core", "proxy-fault", |r| {
+        f(&r["cpu"], "tether")
+    }),
+    (
+        "fault: machine CPU % of a core (of 200)",
+        "proxy-fault",
+        |r| f(&r["cpu"], "machine"),
+    ),
 ];
 
 /// A markdown table of medians per target over all records (each record one run).
@@ -413,6 +515,44 @@ mod tests {
         assert!(best_step(&lossy).is_none());
         let slow = json!({"max_p99_ms": 1000.0, "steps": [step(10.0, 10.0, 1500.0, 0)]});
         assert!(best_step(&slow).is_none());
+    }
+
+    #[test]
+    fn fault_rows_split_error_replies_from_calls_without_one() {
+        let rec = |mode: &str, errors: u64, codes: Value| {
+            json!({"target": mode, "scenario": "proxy-fault", "result": {
+                "publications": {"p50_ms": 1.0, "p99_ms": 2.0, "max_ms": 3.0, "lost": 0,
+                                 "duplicates": 0, "publish_rate": 50.0},
+                "rpc": {"sent": 10, "ok": 10 - errors, "errors": errors, "p99_ms": 0.5,
+                        "error_codes": codes, "error_p99_ms": 1.5},
+                "cpu": {"tether": 10.0, "machine": 50.0}}})
+        };
+        let t = table(&[
+            rec("healthy", 0, json!({})),
+            rec("down", 7, json!({"100": 5, "108": 1})),
+        ]);
+        let row = |name: &str| {
+            t.lines()
+                .find(|l| l.starts_with(&format!("| fault: {name} |")))
+                .unwrap_or_else(|| panic!("{name}: {t}"))
+                .to_owned()
+        };
+        assert_eq!(
+            row("rpc error replies, code 100"),
+            "| fault: rpc error replies, code 100 | 0 | 5 |"
+        );
+        assert_eq!(
+            row("rpc error replies, other codes"),
+            "| fault: rpc error replies, other codes | 0 | 1 |"
+        );
+        assert_eq!(
+            row("rpc without a reply"),
+            "| fault: rpc without a reply | 0 | 1 |"
+        );
+        assert_eq!(
+            row("publications p99 ms"),
+            "| fault: publications p99 ms | 2.00 | 2.00 |"
+        );
     }
 
     #[test]

@@ -327,7 +327,8 @@ struct Step {
     closed: bool,
 }
 
-fn token(secret: &str, user: u64) -> Result<String, String> {
+/// An HS256 connection token for tether with user `u<user>`.
+pub fn token(secret: &str, user: u64) -> Result<String, String> {
     #[derive(Serialize)]
     struct Claims {
         sub: String,
