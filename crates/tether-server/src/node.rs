@@ -20,10 +20,10 @@ use crate::broker::nats::NatsStartError;
 use crate::broker::redis::RedisStartError;
 use crate::broker::{
     BrokerError, ControlReceiver, Engine, MemoryBroker, NatsBroker, NatsOptions, PresenceStore,
-    RedisDeployment, RedisEngine, RedisOptions, SentinelOptions,
+    RedisDeployment, RedisEngine, RedisOptions, RedisTls, SentinelOptions,
 };
 use crate::cluster::{Cluster, NodeInfo};
-use crate::config::{Config, EngineKind};
+use crate::config::{Config, EngineKind, TlsClientConfig};
 use crate::hub::{Hub, HubEvents, SweepSettings};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxies, ProxyBuildError};
@@ -237,6 +237,27 @@ impl Node {
     }
 }
 
+/// TLS to Redis from Centrifugo's TLS object at `key`: `None` unless `enabled`.
+fn redis_tls(tls: &TlsClientConfig, key: &'static str) -> Result<Option<RedisTls>, StartError> {
+    if !tls.enabled {
+        return Ok(None);
+    }
+    let bad = |message: String| RedisStartError::Tls { key, message };
+    let identity = match (
+        tls.cert_pem_bytes().map_err(|e| bad(e.to_string()))?,
+        tls.key_pem_bytes().map_err(|e| bad(e.to_string()))?,
+    ) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err(bad("cert_pem and key_pem must be set together".to_owned()).into()),
+    };
+    Ok(Some(RedisTls {
+        root_ca: tls.server_ca_pem_bytes().map_err(|e| bad(e.to_string()))?,
+        identity,
+        insecure: tls.insecure_skip_verify,
+    }))
+}
+
 /// The configured engine and its control channel (`None` for a single node). With the NATS
 /// broker, NATS carries fan-out and control and the engine keeps only presence.
 async fn build_engine(
@@ -244,8 +265,10 @@ async fn build_engine(
     node_id: &str,
     events: Arc<HubEvents>,
 ) -> Result<(Engine, Option<ControlReceiver>), StartError> {
+    let redis = &config.engine.redis;
+    let tls = redis_tls(&redis.tls, "engine.redis.tls")?;
+    let sentinel_tls = redis_tls(&redis.sentinel_tls, "engine.redis.sentinel_tls")?;
     let redis_options = |fanout| {
-        let redis = &config.engine.redis;
         let deployment = if !redis.sentinel_address.is_empty() {
             RedisDeployment::Sentinel(SentinelOptions {
                 addresses: redis.sentinel_address.clone(),
@@ -256,6 +279,7 @@ async fn build_engine(
                 user: redis.user.clone(),
                 password: redis.password.clone(),
                 db: redis.db,
+                sentinel_tls: sentinel_tls.clone(),
             })
         } else if redis.cluster_address.is_empty() {
             RedisDeployment::Shards(redis.standalone_addresses())
@@ -281,6 +305,7 @@ async fn build_engine(
                     open_for: breaker.open_for,
                 }
             }),
+            tls: tls.clone(),
         }
     };
     if !config.broker.enabled {

@@ -31,7 +31,7 @@ mod wire;
 
 pub(crate) use self::nats::{NatsBroker, NatsOptions};
 pub(crate) use self::redis::{
-    RedisDeployment, RedisEngine, RedisOptions, SentinelOptions, ShardHealth,
+    RedisDeployment, RedisEngine, RedisOptions, RedisTls, SentinelOptions, ShardHealth,
 };
 pub(crate) use engine::{Engine, PresenceStore};
 pub(crate) use memory::MemoryBroker;

@@ -25,7 +25,7 @@ pub use crate::auth::TokenConfig;
 use crate::auth::redacted;
 pub use load::{EnvSource, ProcessEnv};
 pub use proxy::{
-    ChannelProxyConfig, ClientProxyConfig, DEFAULT_PROXY_NAME, EnabledProxy, NamedProxy,
+    ChannelProxyConfig, ClientProxyConfig, DEFAULT_PROXY_NAME, EnabledProxy, NamedProxy, PemError,
     ProxyConfig, ProxyDisconnectConfig, ProxyErrorConfig, ProxyEvent, ProxyGrpcConfig,
     ProxyHttpConfig, RpcConfig, RpcNamespace, RpcNamespaceOptions, RpcPingConfig,
     StatusToCodeTransform, TlsClientConfig,
@@ -115,9 +115,12 @@ pub struct RedisEngineConfig {
     pub sentinel_password: String,
     /// Connection name (`CLIENT SETNAME`) on the sentinels.
     pub sentinel_client_name: String,
-    /// TLS to the sentinels (Centrifugo's TLS object). tether's Redis client has no TLS, so
-    /// `enabled` is refused at start.
+    /// TLS to the sentinels (Centrifugo's TLS object).
     pub sentinel_tls: TlsClientConfig,
+    /// TLS to the Redis servers: the `address` shards, the `cluster_address` nodes, or the
+    /// master found through the sentinels (Centrifugo's TLS object; a `rediss://` address
+    /// uses TLS with the system's roots even without it).
+    pub tls: TlsClientConfig,
     /// ACL user on the master found through the sentinels (with `address`, the URL carries
     /// it).
     pub user: String,
@@ -196,6 +199,7 @@ impl fmt::Debug for RedisEngineConfig {
             .field("sentinel_password", &redacted(&self.sentinel_password))
             .field("sentinel_client_name", &self.sentinel_client_name)
             .field("sentinel_tls", &self.sentinel_tls)
+            .field("tls", &self.tls)
             .field("user", &self.user)
             .field("password", &redacted(&self.password))
             .field("db", &self.db)
@@ -203,6 +207,7 @@ impl fmt::Debug for RedisEngineConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("io_timeout", &self.io_timeout)
             .field("presence_ttl", &self.presence_ttl)
+            .field("circuit_breaker", &self.circuit_breaker)
             .finish()
     }
 }
@@ -1182,11 +1187,16 @@ impl Config {
                 "required with engine.redis.sentinel_address",
             ));
         }
-        if redis.sentinel_tls.enabled {
-            return Err(invalid(
-                "engine.redis.sentinel_tls",
-                "TLS to Redis is not supported: tether's Redis client is built without it",
-            ));
+        for (key, tls) in [
+            ("engine.redis.tls", &redis.tls),
+            ("engine.redis.sentinel_tls", &redis.sentinel_tls),
+        ] {
+            if tls.enabled && !tls.server_name.is_empty() {
+                return Err(invalid(
+                    format!("{key}.server_name"),
+                    "not supported for Redis: the certificate must name the host of the address",
+                ));
+            }
         }
         if redis.db < 0 {
             return Err(invalid("engine.redis.db", "must not be negative"));
@@ -1533,6 +1543,7 @@ impl Default for RedisEngineConfig {
             sentinel_password: String::new(),
             sentinel_client_name: String::new(),
             sentinel_tls: TlsClientConfig::default(),
+            tls: TlsClientConfig::default(),
             user: String::new(),
             password: String::new(),
             db: 0,

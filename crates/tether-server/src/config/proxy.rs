@@ -380,6 +380,72 @@ impl fmt::Debug for ProxyGrpcConfig {
 
 // The private key stays out of logs (a path to it is not secret, but it cannot be told apart
 // from inline PEM without parsing, so it is hidden too).
+/// A `*_pem` value of a TLS object that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: not PEM, not base64 PEM, and not a readable file: {reason}")]
+pub struct PemError {
+    /// The key holding the value (`server_ca_pem`, `cert_pem`, `key_pem`).
+    pub key: &'static str,
+    /// Why the file could not be read.
+    pub reason: String,
+}
+
+impl TlsClientConfig {
+    /// The root CA's PEM bytes (`server_ca_pem_file`, else `server_ca_pem`), if set.
+    pub fn server_ca_pem_bytes(&self) -> Result<Option<Vec<u8>>, PemError> {
+        pem_value(
+            &self.server_ca_pem_file,
+            &self.server_ca_pem,
+            "server_ca_pem",
+        )
+    }
+
+    /// The client certificate's PEM bytes (`cert_pem_file`, else `cert_pem`), if set.
+    pub fn cert_pem_bytes(&self) -> Result<Option<Vec<u8>>, PemError> {
+        pem_value(&self.cert_pem_file, &self.cert_pem, "cert_pem")
+    }
+
+    /// The client key's PEM bytes (`key_pem_file`, else `key_pem`), if set.
+    pub fn key_pem_bytes(&self) -> Result<Option<Vec<u8>>, PemError> {
+        pem_value(&self.key_pem_file, &self.key_pem, "key_pem")
+    }
+}
+
+/// The PEM bytes of a key: the v5 `*_file` path when set, else the v6 value (PEM, base64 PEM
+/// or a path, in that order); `None` when both are empty.
+fn pem_value(file: &str, value: &str, key: &'static str) -> Result<Option<Vec<u8>>, PemError> {
+    use base64::Engine as _;
+
+    let read = |path: &str| {
+        std::fs::read(path).map_err(|error| PemError {
+            key,
+            reason: error.to_string(),
+        })
+    };
+    if !file.is_empty() {
+        return read(file).map(Some);
+    }
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if looks_like_pem(value.as_bytes()) {
+        return Ok(Some(value.as_bytes().to_vec()));
+    }
+    if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(value.trim())
+        && looks_like_pem(&decoded)
+    {
+        return Ok(Some(decoded));
+    }
+    read(value).map(Some)
+}
+
+fn looks_like_pem(bytes: &[u8]) -> bool {
+    const PEM_BEGIN: &[u8] = b"-----BEGIN";
+    bytes
+        .windows(PEM_BEGIN.len())
+        .any(|window| window == PEM_BEGIN)
+}
+
 impl fmt::Debug for TlsClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsClientConfig")

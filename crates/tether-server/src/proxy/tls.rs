@@ -11,8 +11,6 @@
 
 use std::sync::Arc;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject as _;
@@ -20,7 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tracing::warn;
 
-use crate::config::TlsClientConfig;
+use crate::config::{PemError, TlsClientConfig};
 
 /// Why a TLS object cannot be turned into a client configuration.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +32,9 @@ pub(crate) enum TlsError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A `*_pem` value that cannot be read at all.
+    #[error(transparent)]
+    Read(#[from] PemError),
     /// A client certificate without its key, or a key without its certificate.
     #[error("cert_pem and key_pem must be set together")]
     HalfIdentity,
@@ -91,7 +92,7 @@ pub(crate) fn client_config(
                 provider.signature_verification_algorithms,
             )))
     } else {
-        let server_ca = pem_value(&tls.server_ca_pem_file, &tls.server_ca_pem, "server_ca_pem")?;
+        let server_ca = tls.server_ca_pem_bytes()?;
         let roots = match server_ca {
             Some(pem) => {
                 let mut roots = RootCertStore::empty();
@@ -104,8 +105,8 @@ pub(crate) fn client_config(
         };
         builder.with_root_certificates(roots)
     };
-    let cert = pem_value(&tls.cert_pem_file, &tls.cert_pem, "cert_pem")?;
-    let key = pem_value(&tls.key_pem_file, &tls.key_pem, "key_pem")?;
+    let cert = tls.cert_pem_bytes()?;
+    let key = tls.key_pem_bytes()?;
     let config = match (cert, key) {
         (Some(cert), Some(key)) => {
             let chain = certificates(&cert, "cert_pem")?;
@@ -129,38 +130,6 @@ pub(crate) fn server_name(tls: &TlsClientConfig) -> Result<Option<ServerName<'st
     ServerName::try_from(tls.server_name.clone())
         .map(Some)
         .map_err(|_| TlsError::ServerName(tls.server_name.clone()))
-}
-
-/// The PEM bytes of a key: the v5 `*_file` path when set, else the v6 value (PEM, base64 PEM
-/// or a path, in that order); `None` when both are empty.
-fn pem_value(file: &str, value: &str, key: &'static str) -> Result<Option<Vec<u8>>, TlsError> {
-    let read = |path: &str| {
-        std::fs::read(path).map_err(|error| TlsError::Pem {
-            key,
-            reason: format!("not PEM, not base64 PEM, and not a readable file: {error}"),
-        })
-    };
-    if !file.is_empty() {
-        return read(file).map(Some);
-    }
-    if value.is_empty() {
-        return Ok(None);
-    }
-    if looks_like_pem(value.as_bytes()) {
-        return Ok(Some(value.as_bytes().to_vec()));
-    }
-    if let Ok(decoded) = BASE64.decode(value.trim())
-        && looks_like_pem(&decoded)
-    {
-        return Ok(Some(decoded));
-    }
-    read(value).map(Some)
-}
-
-fn looks_like_pem(bytes: &[u8]) -> bool {
-    bytes
-        .windows(PEM_BEGIN.len())
-        .any(|window| window == PEM_BEGIN)
 }
 
 /// Every certificate in a PEM value; at least one.
@@ -219,6 +188,3 @@ impl ServerCertVerifier for SkipVerify {
         self.0.supported_schemes()
     }
 }
-
-/// What every PEM section starts with.
-const PEM_BEGIN: &[u8] = b"-----BEGIN";

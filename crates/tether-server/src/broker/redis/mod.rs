@@ -67,6 +67,7 @@ mod pubsub;
 mod scripts;
 mod sentinel;
 mod sharded;
+mod tls;
 
 pub(crate) use self::sentinel::SentinelOptions;
 
@@ -88,6 +89,7 @@ use tracing::{debug, info, warn};
 
 use self::connection::Commands;
 use self::keys::{Keys, Layout};
+pub(crate) use self::tls::RedisTls;
 use super::{
     BrokerError, BrokerEvents, ClientInfo, ControlReceiver, HistoryPage, HistoryQuery,
     PresenceStats, Publication, PublishOptions, Published, StreamPosition,
@@ -117,10 +119,16 @@ pub(crate) struct RedisOptions {
     /// The circuit breaker of each shard's commands (`None`: none, every command waits its
     /// deadline).
     pub breaker: Option<breaker::Settings>,
+    /// TLS to the Redis servers (`None`: plaintext, unless an address says `rediss://`).
+    pub tls: Option<RedisTls>,
 }
 
 /// Where the engine's Redis is.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per engine, made once at start"
+)]
 pub(crate) enum RedisDeployment {
     /// Standalone instances, one `redis://host:port[/db]` URL per shard; channels are spread
     /// over them by a consistent hash of their name.
@@ -261,6 +269,15 @@ pub enum RedisStartError {
         /// The address.
         address: String,
         /// The client library's message.
+        message: String,
+    },
+    /// A TLS object cannot be used (a PEM value that does not read, a key without its
+    /// certificate).
+    #[error("{key}: {message}")]
+    Tls {
+        /// The TLS object's key (`engine.redis.tls`, `engine.redis.sentinel_tls`).
+        key: &'static str,
+        /// What is wrong.
         message: String,
     },
 }
@@ -964,7 +981,11 @@ fn standalone_shards(
             address: address.clone(),
             message: e.to_string(),
         };
-        let client = redis::Client::open(address.as_str()).map_err(bad)?;
+        let client = match &options.tls {
+            Some(tls) => tls.client_for_url(address),
+            None => redis::Client::open(address.as_str()),
+        }
+        .map_err(bad)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.io_timeout))
@@ -983,7 +1004,7 @@ fn standalone_shards(
         ));
         starters.push(PubSubStarter::Standalone {
             shard,
-            client: pubsub::Source::Fixed(client),
+            client: pubsub::Source::Fixed(Box::new(client)),
             commands,
             up,
             alive,
@@ -1006,10 +1027,20 @@ fn cluster_shard(
         message: e.to_string(),
     };
     let builder = || {
-        ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+        let builder = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
             .connection_timeout(options.connect_timeout)
             .response_timeout(options.io_timeout)
-            .retries(CLUSTER_RETRIES)
+            .retries(CLUSTER_RETRIES);
+        match &options.tls {
+            Some(tls) => builder
+                .tls(if tls.insecure {
+                    redis::TlsMode::Insecure
+                } else {
+                    redis::TlsMode::Secure
+                })
+                .certs(tls.certificates()),
+            None => builder,
+        }
     };
     // The client library checks URLs lazily; a bad one is reported here, by itself.
     for seed in seeds {

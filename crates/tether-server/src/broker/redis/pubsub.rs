@@ -47,7 +47,7 @@ pub(super) enum Command {
 /// Where the task connects.
 pub(super) enum Source {
     /// One standalone Redis.
-    Fixed(redis::Client),
+    Fixed(Box<redis::Client>),
     /// Whichever server the sentinels name as the master.
     Sentinel(Arc<Master>),
 }
@@ -141,7 +141,7 @@ impl Task {
         let engine = self.engine.upgrade()?;
         let timeout = engine.shared.options.connect_timeout + engine.shared.options.io_timeout;
         let (client, master) = match &self.client {
-            Source::Fixed(client) => (client.clone(), None),
+            Source::Fixed(client) => (client.as_ref().clone(), None),
             Source::Sentinel(master) => {
                 match tokio::time::timeout(timeout, master.resolve_client()).await {
                     Ok(Ok((client, address))) => (client, Some(address)),

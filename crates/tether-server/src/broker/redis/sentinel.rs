@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 
 use super::connection::Commands;
 use super::pubsub::Source;
-use super::{PubSubStarter, RedisOptions, RedisStartError, Shard};
+use super::{PubSubStarter, RedisOptions, RedisStartError, RedisTls, Shard};
 
 /// A sentinel-monitored master, as the server configures it (`engine.redis.sentinel_*`).
 #[derive(Clone, PartialEq, Eq)]
@@ -61,6 +61,8 @@ pub(crate) struct SentinelOptions {
     pub password: String,
     /// Database number on the master.
     pub db: i64,
+    /// TLS to the sentinels (`None`: plaintext).
+    pub sentinel_tls: Option<RedisTls>,
 }
 
 impl std::fmt::Debug for SentinelOptions {
@@ -98,6 +100,8 @@ pub(super) struct Master {
     options: SentinelOptions,
     connect_timeout: Duration,
     io_timeout: Duration,
+    /// TLS to the master (`engine.redis.tls`).
+    tls: Option<RedisTls>,
     /// The command connection to the current master, if one is open.
     current: tokio::sync::Mutex<Option<Current>>,
     /// When the last resolution failed (fail fast for a moment after it).
@@ -121,6 +125,7 @@ impl Master {
         options: SentinelOptions,
         connect_timeout: Duration,
         io_timeout: Duration,
+        tls: Option<RedisTls>,
     ) -> Result<Self, String> {
         if options.addresses.is_empty() {
             return Err("no sentinel address".to_owned());
@@ -138,6 +143,7 @@ impl Master {
             options,
             connect_timeout,
             io_timeout,
+            tls,
             current: tokio::sync::Mutex::new(None),
             failed_at: parking_lot::Mutex::new(None),
             seen: watch::channel(None).0,
@@ -293,8 +299,11 @@ impl Master {
         if !self.options.sentinel_password.is_empty() {
             redis = redis.set_password(&self.options.sentinel_password);
         }
-        let info = tcp(sentinel)?.set_redis_settings(redis);
-        let mut conn = Client::open(info)?
+        let client = match &self.options.sentinel_tls {
+            Some(tls) => tls.client(&sentinel.0, sentinel.1, redis)?,
+            None => Client::open(tcp(sentinel)?.set_redis_settings(redis))?,
+        };
+        let mut conn = client
             .get_multiplexed_async_connection_with_config(&self.connection_config())
             .await?;
         if !self.options.sentinel_client_name.is_empty() {
@@ -315,7 +324,10 @@ impl Master {
         if !self.options.password.is_empty() {
             redis = redis.set_password(&self.options.password);
         }
-        Client::open(tcp(address)?.set_redis_settings(redis))
+        match &self.tls {
+            Some(tls) => tls.client(&address.0, address.1, redis),
+            None => Client::open(tcp(address)?.set_redis_settings(redis)),
+        }
     }
 
     fn connection_config(&self) -> AsyncConnectionConfig {
@@ -353,6 +365,7 @@ pub(super) fn shard(
         sentinel.clone(),
         options.connect_timeout,
         options.io_timeout,
+        options.tls.clone(),
     )
     .map_err(|message| RedisStartError::Address {
         address: sentinel.addresses.join(","),
@@ -621,9 +634,10 @@ mod tests {
             user: String::new(),
             password: "hidden".to_owned(),
             db: 0,
+            sentinel_tls: None,
         };
         let second = Duration::from_secs(1);
-        assert!(Master::new(options.clone(), second, second).is_ok());
+        assert!(Master::new(options.clone(), second, second, None).is_ok());
         let debug = format!("{options:?}");
         assert!(
             !debug.contains("secret") && !debug.contains("hidden"),
@@ -631,9 +645,9 @@ mod tests {
         );
         let mut no_name = options.clone();
         no_name.master_name.clear();
-        assert!(Master::new(no_name, second, second).is_err());
+        assert!(Master::new(no_name, second, second, None).is_err());
         let mut bad = options;
         bad.addresses.push("nope".to_owned());
-        assert!(Master::new(bad, second, second).is_err());
+        assert!(Master::new(bad, second, second, None).is_err());
     }
 }

@@ -47,6 +47,7 @@ fn start(prefix: &str) -> (RedisEngine, Arc<Recorder>) {
         presence_update_interval: Duration::from_secs(27),
         fanout: true,
         breaker: None,
+        tls: None,
     };
     let (engine, _control) = RedisEngine::start(options, recorder.clone()).expect("start");
     (engine, recorder)
@@ -348,6 +349,7 @@ async fn an_open_breaker_fails_commands_but_not_live_fan_out() {
                 open_for: Duration::from_secs(60),
                 ..breaker::Settings::default()
             }),
+            tls: None,
         };
         let (engine, _control) = RedisEngine::start(options, recorder.clone()).expect("start");
         (engine, recorder)
@@ -457,6 +459,7 @@ async fn unreachable_redis_fails_publish_instead_of_faking_success() {
         presence_update_interval: Duration::from_secs(27),
         fanout: true,
         breaker: None,
+        tls: None,
     };
     let (engine, _control) = RedisEngine::start(options, recorder).expect("start");
     assert!(matches!(
@@ -515,6 +518,7 @@ fn engine_on(redis: &OwnRedis, breaker: Option<breaker::Settings>) -> RedisEngin
         presence_update_interval: Duration::from_secs(27),
         fanout: true,
         breaker,
+        tls: None,
     };
     RedisEngine::start(options, Arc::new(Recorder::default()))
         .expect("start")
@@ -697,6 +701,7 @@ mod cluster {
             presence_update_interval: Duration::from_secs(27),
             fanout: true,
             breaker: None,
+            tls: None,
         };
         let (engine, control) = RedisEngine::start(options, recorder.clone()).expect("start");
         (engine, recorder, control)
