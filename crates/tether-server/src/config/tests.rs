@@ -834,10 +834,13 @@ fn redis_sentinel_keys_load_validate_and_stay_secret() {
             "engine.redis.sentinel_address",
         );
     }
-    // TLS to the sentinels is not built in.
+    // TLS to the sentinels, but not with a server name other than the address's host.
     refused(
-        sentinel(&[("TETHER_ENGINE_REDIS_SENTINEL_TLS_ENABLED", "true")]),
-        "engine.redis.sentinel_tls",
+        sentinel(&[
+            ("TETHER_ENGINE_REDIS_SENTINEL_TLS_ENABLED", "true"),
+            ("TETHER_ENGINE_REDIS_SENTINEL_TLS_SERVER_NAME", "redis.internal"),
+        ]),
+        "engine.redis.sentinel_tls.server_name",
     );
     // The master's credentials belong to a redis:// URL without sentinels.
     refused(
