@@ -276,13 +276,35 @@ fn drain_schedule(
         .collect()
 }
 
+/// The accept queue asked for; the kernel caps it at `net.core.somaxconn` (4096 on current
+/// Linux). Tokio's default, 1024, overflows when thousands of clients reconnect at once
+/// after a restart: each dropped SYN costs its client a 1 s retransmission.
+const LISTEN_BACKLOG: u32 = 65_535;
+
 async fn bind_listener(addr: String) -> Result<(TcpListener, SocketAddr), StartError> {
-    let listener = TcpListener::bind(&addr)
+    let bind_error = |source| StartError::Bind {
+        addr: addr.clone(),
+        source,
+    };
+    let resolved = tokio::net::lookup_host(&addr)
         .await
-        .map_err(|source| StartError::Bind {
-            addr: addr.clone(),
-            source,
+        .map_err(bind_error)?
+        .next()
+        .ok_or_else(|| {
+            bind_error(std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                "the address resolves to nothing",
+            ))
         })?;
+    let socket = if resolved.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(bind_error)?;
+    socket.set_reuseaddr(true).map_err(bind_error)?;
+    socket.bind(resolved).map_err(bind_error)?;
+    let listener = socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
     let local_addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;

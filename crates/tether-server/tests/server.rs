@@ -443,6 +443,29 @@ async fn a_message_in_too_many_fragments_closes_with_1008() {
 }
 
 #[tokio::test]
+async fn the_listener_queues_as_many_connects_as_the_kernel_allows() {
+    let server = start(config()).await;
+    let somaxconn: u64 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("somaxconn")
+        .trim()
+        .parse()
+        .expect("a number");
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{}", server.addr.port())])
+        .output()
+        .expect("ss runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // State, Recv-Q, Send-Q (the backlog of a listening socket), local, peer.
+    let backlog: u64 = text
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no listener in {text:?}"));
+    assert_eq!(backlog, somaxconn.min(65_535), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn no_connect_closes_with_3502() {
     let mut cfg = config();
     cfg.client.stale_close_delay = Duration::from_secs(1);

@@ -838,7 +838,10 @@ fn redis_sentinel_keys_load_validate_and_stay_secret() {
     refused(
         sentinel(&[
             ("TETHER_ENGINE_REDIS_SENTINEL_TLS_ENABLED", "true"),
-            ("TETHER_ENGINE_REDIS_SENTINEL_TLS_SERVER_NAME", "redis.internal"),
+            (
+                "TETHER_ENGINE_REDIS_SENTINEL_TLS_SERVER_NAME",
+                "redis.internal",
+            ),
         ]),
         "engine.redis.sentinel_tls.server_name",
     );
