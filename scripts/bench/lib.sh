@@ -23,3 +23,21 @@ free_port() {
   echo "no free port in $1..$(($1 + 99))" >&2
   return 1
 }
+
+# stop_pids PID...: asks each process to stop (SIGCONT first, in case it was frozen, then
+# SIGTERM), waits up to 10 s for each (tether drains its connections, bounded by
+# shutdown.timeout), then kills what is left and reaps it. Empty arguments are skipped.
+stop_pids() {
+  local p
+  for p in "$@"; do
+    [[ -n "$p" ]] || continue
+    kill -CONT "$p" 2>/dev/null || true
+    kill "$p" 2>/dev/null || true
+  done
+  for p in "$@"; do
+    [[ -n "$p" ]] || continue
+    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+}

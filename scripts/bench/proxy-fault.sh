@@ -58,15 +58,7 @@ tmp="$(mktemp -d "${TMPDIR:-/tmp}/tether-proxy-fault.XXXXXX")"
 tether_pid=""
 backend_pid=""
 stop() {
-  for p in "$tether_pid" "$backend_pid"; do
-    if [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; then
-      kill "$p" 2>/dev/null || true
-      # tether drains its connections (at most shutdown.timeout); do not wait forever.
-      for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$p" 2>/dev/null || true
-      wait "$p" 2>/dev/null || true
-    fi
-  done
+  stop_pids "$tether_pid" "$backend_pid"
   tether_pid=""
   backend_pid=""
 }

@@ -39,15 +39,7 @@ fi
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/tether-redis-freeze.XXXXXX")"
 pids=()
 stop() {
-  for p in "${pids[@]}"; do
-    kill -CONT "$p" 2>/dev/null || true
-    kill "$p" 2>/dev/null || true
-  done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
+  stop_pids "${pids[@]}"
   pids=()
 }
 cleanup() {
