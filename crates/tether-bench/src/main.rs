@@ -10,9 +10,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use tether_bench::coord::{self, Common, FanoutParams};
+use tether_bench::engine_fault::EngineFaultParams;
 use tether_bench::proxy::ProxyParams;
 use tether_bench::target::{Creds, Target};
-use tether_bench::engine_fault::EngineFaultParams;
 use tether_bench::{backend, engine_fault, proxy, report, worker};
 
 #[derive(Debug, Parser)]

@@ -244,7 +244,13 @@ mod tests {
     }
 
     fn publication(offset: u64) -> (u64, Event) {
-        (offset * 10, Event::Publication { offset, seq: offset })
+        (
+            offset * 10,
+            Event::Publication {
+                offset,
+                seq: offset,
+            },
+        )
     }
 
     #[test]
@@ -319,7 +325,10 @@ mod tests {
             publication(6),
         ];
         let audit = audit_client(0, &events, &acks, None);
-        assert_eq!((audit.lost, audit.notices, audit.false_recovered), (0, 1, 0));
+        assert_eq!(
+            (audit.lost, audit.notices, audit.false_recovered),
+            (0, 1, 0)
+        );
     }
 
     #[test]
@@ -351,7 +360,13 @@ mod tests {
             sub(false, false, "a", 0),
             publication(1),
             sub(true, false, "b", 0),
-            (1000, Event::Publication { offset: 1, seq: 100 }),
+            (
+                1000,
+                Event::Publication {
+                    offset: 1,
+                    seq: 100,
+                },
+            ),
         ];
         let audit = audit_client(0, &events, &acks, None);
         // 2 and 3 of epoch a are excused by the move to b.
@@ -376,7 +391,13 @@ mod tests {
             publication(1),
             publication(2),
             sub(true, true, "b", 1),
-            (1000, Event::Publication { offset: 2, seq: 102 }),
+            (
+                1000,
+                Event::Publication {
+                    offset: 2,
+                    seq: 102,
+                },
+            ),
         ];
         let audit = audit_client(0, &events, &acks, None);
         assert_eq!(audit.false_recovered, 1);
@@ -396,7 +417,10 @@ mod tests {
             publication(5),
         ];
         let audit = audit_client(0, &events, &acks, None);
-        assert_eq!((audit.false_recovered, audit.lost, audit.recoveries), (1, 1, 1));
+        assert_eq!(
+            (audit.false_recovered, audit.lost, audit.recoveries),
+            (1, 1, 1)
+        );
     }
 
     #[test]
@@ -412,7 +436,10 @@ mod tests {
             publication(5),
         ];
         let audit = audit_client(0, &events, &acks, None);
-        assert_eq!((audit.false_recovered, audit.lost, audit.recoveries), (0, 0, 1));
+        assert_eq!(
+            (audit.false_recovered, audit.lost, audit.recoveries),
+            (0, 0, 1)
+        );
     }
 
     #[test]
@@ -429,7 +456,13 @@ mod tests {
         let events = vec![
             sub(false, false, "a", 0),
             publication(1),
-            (1000, Event::Publication { offset: 1, seq: 100 }),
+            (
+                1000,
+                Event::Publication {
+                    offset: 1,
+                    seq: 100,
+                },
+            ),
         ];
         assert_eq!(audit_client(0, &events, &acks, None).lost, 2);
     }

@@ -82,7 +82,10 @@ mod tests {
             event: Event::Publication { offset: 3, seq: 9 },
         };
         let text = serde_json::to_string(&line).expect("serialize");
-        assert_eq!(text, r#"{"c":7,"t":42,"e":"publication","offset":3,"seq":9}"#);
+        assert_eq!(
+            text,
+            r#"{"c":7,"t":42,"e":"publication","offset":3,"seq":9}"#
+        );
         assert_eq!(serde_json::from_str::<Line>(&text).expect("parse"), line);
     }
 }

@@ -68,7 +68,7 @@ impl Proc {
         name: &str,
         program: &Path,
         args: &[String],
-        options: Spawn<'_>,
+        options: &Spawn<'_>,
     ) -> anyhow::Result<Self> {
         let mut command = match options.netns {
             Some(ns) => {
@@ -141,7 +141,12 @@ impl Proc {
             .arg(self.pid.to_string())
             .status()
             .context("run kill")?;
-        anyhow::ensure!(status.success(), "kill -{signal} {} ({})", self.pid, self.name);
+        anyhow::ensure!(
+            status.success(),
+            "kill -{signal} {} ({})",
+            self.pid,
+            self.name
+        );
         Ok(())
     }
 

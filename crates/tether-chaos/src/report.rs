@@ -63,7 +63,8 @@ pub(crate) struct RunResult {
     pub(crate) recovery_median_ms: u64,
     /// Slowest client's fault end → first delivery (ms).
     pub(crate) recovery_max_ms: u64,
-    /// Clients with no delivery after the fault ended.
+    /// Clients with no delivery after the fault ended although their channel had an
+    /// acknowledged publication sent after it.
     pub(crate) unrecovered: u64,
     /// Fault length as injected (ms).
     pub(crate) fault_ms: u64,
@@ -79,9 +80,10 @@ pub(crate) struct RunResult {
 impl RunResult {
     /// Sets `passed` from the figures.
     pub(crate) fn judge(&mut self) {
-        let storm_ok = self.storm.as_ref().is_none_or(|s| {
-            s.back == s.clients && s.all_back_ms <= 10_000 && s.refused_other == 0
-        });
+        let storm_ok = self
+            .storm
+            .as_ref()
+            .is_none_or(|s| s.back == s.clients && s.all_back_ms <= 10_000 && s.refused_other == 0);
         self.passed = self.clients > 0
             && self.acked > 0
             && self.lost == 0
@@ -148,7 +150,11 @@ pub(crate) fn table(results: &[RunResult]) -> String {
             sum(|r| r.notices),
             median_of_max,
             worst,
-            if storm.is_empty() { "–".to_owned() } else { storm },
+            if storm.is_empty() {
+                "–".to_owned()
+            } else {
+                storm
+            },
         ));
     }
     out

@@ -60,7 +60,10 @@ pub(crate) struct WorkerArgs {
 
 /// Runs the clients until stdin closes (or `max_lifetime` passes), then exits.
 pub(crate) async fn run(args: WorkerArgs, max_lifetime: Duration) -> anyhow::Result<()> {
-    anyhow::ensure!(!args.urls.is_empty() && args.channels > 0, "urls and channels");
+    anyhow::ensure!(
+        !args.urls.is_empty() && args.channels > 0,
+        "urls and channels"
+    );
     let (lines, mut rx) = mpsc::unbounded_channel::<Line>();
     let writer = tokio::spawn(async move {
         let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
@@ -95,7 +98,13 @@ pub(crate) async fn run(args: WorkerArgs, max_lifetime: Duration) -> anyhow::Res
         } else {
             Duration::from_secs_f64(i as f64 / args.ramp_per_sec as f64)
         };
-        tasks.spawn(client(args.clone(), index, delay, lines.clone(), stop.clone()));
+        tasks.spawn(client(
+            args.clone(),
+            index,
+            delay,
+            lines.clone(),
+            stop.clone(),
+        ));
     }
     drop(lines);
     while let Some(result) = tasks.join_next().await {
