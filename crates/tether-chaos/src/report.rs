@@ -107,9 +107,14 @@ pub(crate) fn median(values: &mut [u64]) -> u64 {
 
 /// The markdown table: one row per scenario over its runs.
 pub(crate) fn table(results: &[RunResult]) -> String {
-    let mut by: BTreeMap<&str, Vec<&RunResult>> = BTreeMap::new();
+    // Storms with different connection-rate limits are different rows.
+    let mut by: BTreeMap<String, Vec<&RunResult>> = BTreeMap::new();
     for result in results {
-        by.entry(result.scenario.as_str()).or_default().push(result);
+        let key = match &result.storm {
+            Some(storm) => format!("{} (limit {}/s)", result.scenario, storm.rate_limit),
+            None => result.scenario.clone(),
+        };
+        by.entry(key).or_default().push(result);
     }
     let mut out = String::from(
         "| scenario | runs (passed) | clients | acked | lost without notice | duplicated | reordered | false `recovered: true` | `recovered: false` notices | recovery median / max (ms) | storm: back within / rate / refused (limit, other) |\n\

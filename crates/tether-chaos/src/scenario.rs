@@ -627,7 +627,14 @@ async fn exercise(kind: Kind, env: &mut Env, s: &Settings, run: u32) -> anyhow::
             return Err(error.context("inject the fault"));
         }
     };
-    tokio::time::sleep(s.settle).await;
+    // A storm under a tight connection-rate limit takes longer than the settle time to come
+    // back; the audit must not end while clients are still on their way.
+    let settle = if storm {
+        s.settle + Duration::from_secs(12)
+    } else {
+        s.settle
+    };
+    tokio::time::sleep(settle).await;
     let _ = stop_tx.send(true);
     let attempts = publisher.await.context("publisher")?;
     // Let the last publications reach every client.
