@@ -671,6 +671,20 @@ async fn exercise(kind: Kind, env: &mut Env, s: &Settings, run: u32) -> anyhow::
             .or_default()
             .push((line.t, line.event));
     }
+    let mut fault = fault;
+    if storm {
+        // The node is up when it accepts the first client: its `/ready` may answer seconds
+        // later under the storm, which would flatter the time back.
+        let first_connect = histories
+            .values()
+            .flat_map(|events| events.iter())
+            .filter(|(t, e)| *t > fault.start && matches!(e, Event::Connected))
+            .map(|(t, _)| *t)
+            .min();
+        if let Some(first) = first_connect {
+            fault.end = fault.end.min(first);
+        }
+    }
     let mut result = RunResult {
         scenario: kind.name().to_owned(),
         run,
