@@ -8,7 +8,8 @@
 #
 # Env: CHAOS_RUNS, CHAOS_SCENARIOS (comma-separated names), CHAOS_OUT (JSON lines appended,
 # default docs/results-chaos.jsonl for the full run, none for the quick one), CHAOS_PROFILE
-# (release | debug; debug for the quick form), CHAOS_ARGS (more tether-chaos flags).
+# (release | debug; debug for the quick form), CHAOS_ARGS (more tether-chaos flags),
+# CHAOS_KEEP=1 (keep the run directory with configs and logs).
 # Needs root (network namespaces), iproute2 and redis-server; without them the quick form
 # skips with exit 0, the full run fails. Exit 1 when a run found loss, duplicates,
 # reordering or a false `recovered: true`.
@@ -51,19 +52,31 @@ cargo build "${flags[@]}" -p tether-server -p tether-chaos --bin tether --bin te
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
 
 # An interrupted run leaves its processes and namespaces: kill those it recorded, by pid,
-# and delete its namespaces (named after its pid).
+# and delete its namespaces (named after its pid). The run directory (configs and logs,
+# kept by tether-chaos when a run failed) goes too, unless CHAOS_KEEP=1.
 CHAOS_PID=""
+RUN_PID=""
 cleanup() {
-    [[ -n "$CHAOS_PID" ]] || return 0
-    kill "$CHAOS_PID" 2>/dev/null || true
-    wait "$CHAOS_PID" 2>/dev/null || true
-    local dir="${TMPDIR:-/tmp}/tether-chaos-$CHAOS_PID"
-    if [[ -f "$dir/pids" ]]; then
-        while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done <"$dir/pids"
+    local dir
+    [[ -n "$RUN_PID" ]] || return 0
+    dir="${TMPDIR:-/tmp}/tether-chaos-$RUN_PID"
+    if [[ -n "$CHAOS_PID" ]]; then
+        kill "$CHAOS_PID" 2>/dev/null || true
+        wait "$CHAOS_PID" 2>/dev/null || true
+        if [[ -f "$dir/pids" ]]; then
+            while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done <"$dir/pids"
+        fi
+        for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^tchaos-$RUN_PID-" || true); do
+            ip netns del "$ns" 2>/dev/null || true
+        done
     fi
-    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^tchaos-$CHAOS_PID-" || true); do
-        ip netns del "$ns" 2>/dev/null || true
-    done
+    if [[ -d "$dir" ]]; then
+        if [[ "${CHAOS_KEEP:-0}" == 1 ]]; then
+            echo "chaos: run directory kept: $dir"
+        else
+            rm -rf "$dir"
+        fi
+    fi
 }
 trap cleanup EXIT INT TERM
 
@@ -77,6 +90,7 @@ args=(run --tether "$BIN/tether" --scripts "$ROOT/scripts" --runs "$RUNS"
 
 "$BIN/tether-chaos" "${args[@]}" &
 CHAOS_PID=$!
+RUN_PID=$CHAOS_PID
 status=0
 wait "$CHAOS_PID" || status=$?
 CHAOS_PID=""
