@@ -109,6 +109,10 @@ struct RunArgs {
     /// Keep the run directory (configs, logs) even when every run passed.
     #[arg(long)]
     keep: bool,
+    /// Self-check of the suite: every client hides every n-th publication it gets from the
+    /// auditor, so every run must fail with losses (and results are marked as such).
+    #[arg(long, default_value_t = 0)]
+    self_check_drop: u64,
 }
 
 const QUICK: [Kind; 4] = [
@@ -194,6 +198,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         storm_rate_limit: args.storm_rate_limit,
         sentinel_port: args.sentinel_port,
         commit: args.commit.clone(),
+        drop_every: args.self_check_drop,
     };
     let mut results = Vec::new();
     let mut all_passed = true;

@@ -112,6 +112,8 @@ pub(crate) struct Settings {
     pub(crate) sentinel_port: u16,
     /// Commit recorded in the results.
     pub(crate) commit: String,
+    /// Self-check: clients hide every n-th publication from the auditor (0: off).
+    pub(crate) drop_every: u64,
 }
 
 const NODE_PORT: u16 = 8000;
@@ -532,6 +534,9 @@ async fn exercise(kind: Kind, env: &mut Env, s: &Settings, run: u32) -> anyhow::
             "--count".into(),
             count.to_string(),
         ];
+        if s.drop_every > 0 {
+            args.extend(["--drop-every".to_owned(), s.drop_every.to_string()]);
+        }
         if storm {
             let ramp = (2000 / processes).max(1);
             args.extend(
@@ -685,8 +690,13 @@ async fn exercise(kind: Kind, env: &mut Env, s: &Settings, run: u32) -> anyhow::
             fault.end = fault.end.min(first);
         }
     }
+    let scenario = if s.drop_every > 0 {
+        format!("{} (self-check: 1 in {} hidden)", kind.name(), s.drop_every)
+    } else {
+        kind.name().to_owned()
+    };
     let mut result = RunResult {
-        scenario: kind.name().to_owned(),
+        scenario,
         run,
         commit: s.commit.clone(),
         clients: clients as u64,

@@ -56,6 +56,10 @@ pub(crate) struct WorkerArgs {
     /// First connects per second of this process (0: all at once).
     #[arg(long, default_value_t = 0)]
     pub(crate) ramp_per_sec: u64,
+    /// Self-check of the suite: do not report every n-th publication a client gets (a
+    /// loss the auditor must flag). 0: report all.
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub(crate) drop_every: u64,
 }
 
 /// Runs the clients until stdin closes (or `max_lifetime` passes), then exits.
@@ -136,6 +140,7 @@ async fn client(
     let channel = format!("{}{}", args.channel_prefix, index % args.channels);
     let mut node = index % args.urls.len();
     let mut since: Option<StreamPosition> = None;
+    let mut received: u64 = 0;
     loop {
         let config = ClientConfig {
             name: "tether-chaos".to_owned(),
@@ -197,6 +202,10 @@ async fn client(
                     Some(SubscriptionEvent::Publication(publication)) => {
                         if let Some(position) = since.as_mut() {
                             position.offset = position.offset.max(publication.offset);
+                        }
+                        received += 1;
+                        if args.drop_every > 0 && received.is_multiple_of(args.drop_every) {
+                            continue;
                         }
                         emit(Event::Publication {
                             offset: publication.offset,
