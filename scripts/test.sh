@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's single test command: formatting, lints, unit/integration tests, doc
-# tests, then the interop acceptance tests with the real SDKs (scripts/interop.sh), then a
-# bounded fuzz smoke run (scripts/fuzz-smoke.sh; skipped without a nightly toolchain).
+# tests, then the interop acceptance tests with the real SDKs (scripts/interop.sh), the chaos
+# suite's reduced form (scripts/chaos.sh), then a bounded fuzz smoke run
+# (scripts/fuzz-smoke.sh; skipped without a nightly toolchain).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,6 +46,11 @@ section "interop on the Redis engine (INTEROP_ENGINE=redis scripts/interop.sh)"
 # The proxy's transport does not depend on the engine: the HTTP half of the proxy phase shows
 # the proxy on Redis, the gRPC half runs once, on the memory engine above.
 INTEROP_ENGINE=redis INTEROP_SKIP_GRPC_PROXY=1 bash "$ROOT/scripts/interop.sh"
+
+section "chaos, reduced form (CHAOS_QUICK=1 scripts/chaos.sh)"
+# Four scenarios once each with few clients and short faults (docs/reliability.md); skips
+# with a message where network namespaces or redis-server are unavailable.
+CHAOS_QUICK=1 bash "$ROOT/scripts/chaos.sh"
 
 section "fuzz smoke (scripts/fuzz-smoke.sh)"; bash "$ROOT/scripts/fuzz-smoke.sh"
 
