@@ -182,50 +182,39 @@ impl Breaker {
         if admit == Admit::Refuse {
             return None;
         }
-        self.in_flight = self.in_flight.saturating_sub(1);
-        if self.in_flight == 0 {
-            self.waiting_since = None;
-        } else if outcome != Outcome::Timeout {
-            // An answer: whatever still waits, waits from now.
-            self.waiting_since = Some(now);
-        }
+        // An answer (anything but a timeout): whatever still waits, waits from now.
+        self.leave((outcome != Outcome::Timeout).then_some(now));
         let failed = outcome != Outcome::Success;
-        match admit {
-            Admit::Refuse => None,
-            Admit::Probe => {
-                self.probing = false;
-                if failed {
-                    self.open(now);
-                    Some(Transition::Opened)
-                } else {
-                    self.close(now);
-                    Some(Transition::Closed)
-                }
-            }
-            Admit::Call => {
-                if self.state != State::Closed {
-                    // A call admitted before the breaker opened: the probe decides now.
-                    return None;
-                }
-                if now.saturating_duration_since(self.since) >= self.settings.window {
-                    self.since = now;
-                    self.calls = 0;
-                    self.failures = 0;
-                }
-                self.calls += 1;
-                self.failures += u32::from(failed);
-                self.consecutive = if failed { self.consecutive + 1 } else { 0 };
-                let by_ratio = self.calls >= self.settings.min_calls
-                    && f64::from(self.failures)
-                        >= self.settings.failure_ratio * f64::from(self.calls);
-                let in_a_row = self.settings.consecutive_failures > 0
-                    && self.consecutive >= self.settings.consecutive_failures;
-                (by_ratio || in_a_row).then(|| {
-                    self.open(now);
-                    Transition::Opened
-                })
-            }
+        if admit == Admit::Probe {
+            self.probing = false;
+            return Some(if failed {
+                self.open(now);
+                Transition::Opened
+            } else {
+                self.close(now);
+                Transition::Closed
+            });
         }
+        if self.state != State::Closed {
+            // A call admitted before the breaker opened: the probe decides now.
+            return None;
+        }
+        if now.saturating_duration_since(self.since) >= self.settings.window {
+            self.since = now;
+            self.calls = 0;
+            self.failures = 0;
+        }
+        self.calls += 1;
+        self.failures += u32::from(failed);
+        self.consecutive = if failed { self.consecutive + 1 } else { 0 };
+        let by_ratio = self.calls >= self.settings.min_calls
+            && f64::from(self.failures) >= self.settings.failure_ratio * f64::from(self.calls);
+        let in_a_row = self.settings.consecutive_failures > 0
+            && self.consecutive >= self.settings.consecutive_failures;
+        (by_ratio || in_a_row).then(|| {
+            self.open(now);
+            Transition::Opened
+        })
     }
 
     /// Forgets a call admitted as `admit` whose caller went away before it ended: it says
@@ -234,12 +223,20 @@ impl Breaker {
         if admit == Admit::Refuse {
             return;
         }
+        self.leave(None);
+        if admit == Admit::Probe {
+            self.probing = false;
+        }
+    }
+
+    /// One admitted call no longer waits; `answered_at` is when the remote side answered it
+    /// (`None`: it did not), from which the calls still waiting wait.
+    fn leave(&mut self, answered_at: Option<Instant>) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if self.in_flight == 0 {
             self.waiting_since = None;
-        }
-        if admit == Admit::Probe {
-            self.probing = false;
+        } else if answered_at.is_some() {
+            self.waiting_since = answered_at;
         }
     }
 
