@@ -19,6 +19,9 @@
 //!   healthy or at fault.
 //! - [`engine_fault`]: publishes through tethers' APIs while their Redis is frozen (issue
 //!   18: the engine circuit breaker against none, in one run).
+//! - [`history`]: publications into channels with history and what a node serves of them
+//!   after a restart or a crash (issue 19: the disk engine's throughput, restart time and
+//!   durability).
 //! - [`report`]: `--json` records of many runs into a side-by-side table of medians.
 //! - [`floor`]: a write-only fan-out server, the yardstick for what this machine allows.
 
@@ -27,6 +30,7 @@ pub mod coord;
 pub mod engine_fault;
 pub mod fault;
 pub mod floor;
+pub mod history;
 pub mod procfs;
 pub mod proxy;
 pub mod publish;

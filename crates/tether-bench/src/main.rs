@@ -13,9 +13,10 @@ use tether_bench::backend::{BackendConfig, Fault};
 use tether_bench::coord::{self, Common, FanoutParams};
 use tether_bench::engine_fault::EngineFaultParams;
 use tether_bench::fault::FaultParams;
+use tether_bench::history::{ChannelOrder, PublishParams, ReadyParams, VerifyParams};
 use tether_bench::proxy::{DirectTo, ProxyParams};
 use tether_bench::target::{Creds, Target};
-use tether_bench::{backend, engine_fault, proxy, report, worker};
+use tether_bench::{backend, engine_fault, history, proxy, report, worker};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -168,6 +169,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Channels with history through tether's server API (issue 19, the disk engine):
+    /// publications/s, a fill, durability checks and restart time.
+    History {
+        #[command(subcommand)]
+        command: HistoryCommand,
+    },
     /// Side-by-side table of medians from `--json` output files (one record per line).
     Table {
         /// Files with `--json` records.
@@ -180,6 +187,163 @@ enum Command {
         #[arg(long)]
         spec: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum HistoryCommand {
+    /// N publishers, each awaiting its ack before the next, into random channels
+    /// `<namespace>:<i>` with incompressible data: acknowledged publications/s, ack latency.
+    Publish {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Concurrent publishers.
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// Stop after this many seconds...
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// ...or this many publications, whichever comes first.
+        #[arg(long, default_value_t = u64::MAX)]
+        max_count: u64,
+        /// How each publication's channel is picked.
+        #[arg(long, value_enum, default_value = "random")]
+        order: OrderArg,
+    },
+    /// Exactly COUNT publications round-robin over the channels (COUNT / channels in each)
+    /// from 64 publishers, as fast as the node acknowledges; fails unless all were acked.
+    Fill {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Publications.
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
+        /// Concurrent publishers.
+        #[arg(long, default_value_t = 64)]
+        publishers: usize,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 900.0)]
+        secs: f64,
+    },
+    /// Reads the history of every channel of a `--record` file and checks that each
+    /// acknowledged publication is served, or that its channel's epoch changed; exits
+    /// non-zero if any was LOST.
+    Verify {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The record written by `publish --record` or `fill --record`.
+        #[arg(long)]
+        record: PathBuf,
+        /// The namespace's history_size: only a channel's newest this many must be kept.
+        #[arg(long, default_value_t = 100)]
+        history_size: u64,
+        /// History calls in flight.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// Waits for a (re)starting node: the time from --since-unix-ns to /ready answering 200
+    /// and to a history call on --channel returning at least --min publications.
+    Ready {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The channel whose history must be served.
+        #[arg(long, default_value = "hist:0")]
+        channel: String,
+        /// Publications its history must return.
+        #[arg(long, default_value_t = 1)]
+        min: usize,
+        /// Measure from this instant (ns since the Unix epoch, `date +%s%N` before spawning
+        /// the node); from now without it.
+        #[arg(long)]
+        since_unix_ns: Option<u128>,
+        /// Give up after this long.
+        #[arg(long, default_value = "60s", value_parser = humantime_duration)]
+        timeout: Duration,
+        /// Wait between attempts.
+        #[arg(long, default_value = "2ms", value_parser = humantime_duration)]
+        poll: Duration,
+    },
+}
+
+/// The node every history command talks to.
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// Address of the node's HTTP API.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    api: SocketAddr,
+    /// The server API key.
+    #[arg(long, visible_alias = "api-key", default_value = "bench-api-key")]
+    key: String,
+    /// One JSON record on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What the history publishers send.
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// Channels `<namespace>:0` .. `<namespace>:<channels - 1>`.
+    #[arg(long, default_value_t = 10_000)]
+    channels: u32,
+    /// The namespace (it must have history).
+    #[arg(long, default_value = "hist")]
+    namespace: String,
+    /// Bytes of each publication's data as stored (JSON, at least 8).
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Write every acknowledged `channel offset epoch` to this file, one per line.
+    #[arg(long)]
+    record: Option<PathBuf>,
+}
+
+/// How each publication's channel is picked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OrderArg {
+    /// At random.
+    Random,
+    /// Publication n into channel n mod channels.
+    RoundRobin,
+}
+
+impl LoadArgs {
+    fn params(
+        &self,
+        node: &NodeArgs,
+        publishers: usize,
+        secs: f64,
+        max_count: u64,
+        order: ChannelOrder,
+    ) -> anyhow::Result<PublishParams> {
+        if !(secs.is_finite() && secs > 0.0) {
+            anyhow::bail!("--secs must be a positive number");
+        }
+        Ok(PublishParams {
+            api: node.api,
+            api_key: node.key.clone(),
+            publishers,
+            channels: self.channels,
+            namespace: self.namespace.clone(),
+            size: self.size,
+            duration: Duration::from_secs_f64(secs),
+            max_count,
+            order,
+            record: self.record.clone(),
+        })
+    }
+}
+
+impl NodeArgs {
+    fn print(&self, scenario: &str, result: &impl serde::Serialize) {
+        let rec = report::record("tether", scenario, result);
+        if self.json {
+            println!("{rec}");
+        } else {
+            print!("{}", report::human(&rec));
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -580,6 +744,7 @@ fn scenario(command: Command) -> anyhow::Result<()> {
                     .await?;
                 common.print("proxy-fault", &r);
             }
+            Command::History { command } => history_command(command).await?,
             Command::Table { .. }
             | Command::Worker { .. }
             | Command::Floor { .. }
@@ -587,6 +752,88 @@ fn scenario(command: Command) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+async fn history_command(command: HistoryCommand) -> anyhow::Result<()> {
+    match command {
+        HistoryCommand::Publish {
+            node,
+            load,
+            publishers,
+            secs,
+            max_count,
+            order,
+        } => {
+            let order = match order {
+                OrderArg::Random => ChannelOrder::Random,
+                OrderArg::RoundRobin => ChannelOrder::RoundRobin,
+            };
+            let p = load.params(&node, publishers, secs, max_count, order)?;
+            let r = history::publish(&p).await?;
+            node.print("history-publish", &r);
+        }
+        HistoryCommand::Fill {
+            node,
+            load,
+            count,
+            publishers,
+            secs,
+        } => {
+            let p = load.params(&node, publishers, secs, count, ChannelOrder::RoundRobin)?;
+            let r = history::publish(&p).await?;
+            node.print("history-fill", &r);
+            anyhow::ensure!(
+                r.acked == count && r.acked_without_position == 0,
+                "fill incomplete: {} of {count} acknowledged ({} without a position), {} failed",
+                r.acked,
+                r.acked_without_position,
+                r.failed
+            );
+        }
+        HistoryCommand::Verify {
+            node,
+            record,
+            history_size,
+            concurrency,
+        } => {
+            let p = VerifyParams {
+                api: node.api,
+                api_key: node.key.clone(),
+                record,
+                history_size,
+                concurrency,
+            };
+            let r = history::verify(&p).await?;
+            node.print("history-verify", &r);
+            anyhow::ensure!(r.lost == 0, "{} acknowledged publications LOST", r.lost);
+            anyhow::ensure!(
+                r.failed_channels == 0,
+                "{} channels could not be read",
+                r.failed_channels
+            );
+        }
+        HistoryCommand::Ready {
+            node,
+            channel,
+            min,
+            since_unix_ns,
+            timeout,
+            poll,
+        } => {
+            let p = ReadyParams {
+                api: node.api,
+                api_key: node.key.clone(),
+                channel,
+                min_publications: min,
+                since_unix_ns,
+                timeout,
+                poll,
+            };
+            let r = history::ready(&p).await?;
+            node.print("history-ready", &r);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

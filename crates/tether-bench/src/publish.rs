@@ -253,8 +253,23 @@ async fn http_post(
     headers: &str,
     body: &str,
 ) -> Result<(u16, Vec<u8>, bool), PublishError> {
+    http_call(s, buf, host, "POST", path, headers, body).await
+}
+
+/// One HTTP/1.1 request (`method` with a JSON `body`, empty for a GET) on a keep-alive
+/// connection; returns the status, the body, and whether the server closes the connection
+/// after it (`connection: close`).
+pub(crate) async fn http_call(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> Result<(u16, Vec<u8>, bool), PublishError> {
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{headers}\
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{headers}\
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     );

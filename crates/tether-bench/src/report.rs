@@ -94,6 +94,54 @@ pub fn human(rec: &Value) -> String {
         }
         "proxy" => proxy_human(&mut s, t, r),
         "proxy-fault" => fault_human(&mut s, t, r),
+        "history-publish" | "history-fill" => {
+            let _ = writeln!(
+                s,
+                "{} [{t}]: {} publishers, {} acked/s ({} acked in {} s, {} without a position), ack p50 {} us p99 {} us max {} us; {} failed {}; client cpu {} %{}",
+                rec["scenario"].as_str().unwrap_or("?"),
+                r["publishers"],
+                num(f(r, "acked_per_s"), 0),
+                r["acked"],
+                num(f(r, "elapsed_s"), 2),
+                r["acked_without_position"],
+                r["p50_us"],
+                r["p99_us"],
+                r["max_us"],
+                r["failed"],
+                r["errors"],
+                num(f(r, "client_cpu_pct"), 0),
+                r["record"]
+                    .as_str()
+                    .map(|p| format!("; record {p}"))
+                    .unwrap_or_default(),
+            );
+        }
+        "history-verify" => {
+            let _ = writeln!(
+                s,
+                "history-verify [{t}]: {} recorded in {} channels: {} kept, {} trimmed, {} epoch-changed, {} LOST {}; {} channels failed {}; {} s",
+                r["recorded"],
+                r["channels"],
+                r["kept"],
+                r["trimmed"],
+                r["epoch_changed"],
+                r["lost"],
+                r["lost_examples"],
+                r["failed_channels"],
+                r["errors"],
+                num(f(r, "elapsed_s"), 2),
+            );
+        }
+        "history-ready" => {
+            let _ = writeln!(
+                s,
+                "history-ready [{t}]: ready after {} ms, serving history ({} publications) after {} ms, {} attempts",
+                num(f(r, "ready_ms"), 1),
+                r["publications"],
+                num(f(r, "serving_ms"), 1),
+                r["attempts"],
+            );
+        }
         other => {
             let _ = writeln!(s, "{other} [{t}]: {r}");
         }
