@@ -31,7 +31,7 @@ mod record;
 mod recover;
 mod writer;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -108,8 +108,9 @@ struct Shared {
     wake: Condvar,
     /// Id of the next stream incarnation.
     next_stream: AtomicU64,
-    /// End of the last committed batch: where a checkpoint's replay starts.
-    committed: Mutex<(u32, u32)>,
+    /// End of the last committed batch (where a checkpoint's replay starts) and the streams
+    /// armed there, updated together by the writer.
+    committed: Mutex<Committed>,
     /// Streams stored, as of the last sweep.
     streams: AtomicU64,
     write_errors: AtomicU64,
@@ -122,6 +123,15 @@ struct Shared {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Holds the store's `flock` until the engine closes.
     lock: File,
+}
+
+/// What a checkpoint needs from the writer, as of one moment.
+#[derive(Default)]
+struct Committed {
+    /// (segment, position) after the last committed batch.
+    at: (u32, u32),
+    /// Streams that may have acknowledged records not yet on disk (`interval` mode).
+    armed: HashSet<u64>,
 }
 
 #[derive(Default)]
@@ -225,7 +235,7 @@ impl DiskBroker {
             queue: Mutex::default(),
             wake: Condvar::new(),
             next_stream: AtomicU64::new(opened.stored.next_stream.max(1)),
-            committed: Mutex::new((0, 0)),
+            committed: Mutex::default(),
             streams: AtomicU64::new(opened.stored.channels.len() as u64),
             write_errors: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -574,8 +584,17 @@ impl Shared {
     /// any more.
     fn checkpoint(&self) -> io::Result<()> {
         let _one_at_a_time = self.checkpointing.lock();
-        let at = *self.committed.lock();
+        let (at, armed) = {
+            let committed = self.committed.lock();
+            (committed.at, committed.armed.clone())
+        };
+        // Everything before `at` must be on disk before a checkpoint says so (`interval`
+        // mode may not have synced it yet; earlier segments were synced when finished).
+        if let Some(file) = self.segments.file(at.0) {
+            file.sync_data()?;
+        }
         let mut stored = Stored::default();
+        stored.armed = armed;
         let mut oldest = at.0;
         self.channels.for_each(|channel, state| {
             let Some(stream) = state.stream.as_ref().filter(|stream| stream.persisted) else {

@@ -63,24 +63,21 @@ pub(super) struct Opened {
 pub(super) fn open(dir: &Path, now_ms: u64, boot_id: &str) -> io::Result<Opened> {
     let (mut stored, start) = read_checkpoint(dir)?.unwrap_or_default();
     let ids = log::list(dir)?;
-    let mut clean = true;
+    // Clean unless streams were armed at the checkpoint (their unsynced records after it
+    // may be gone) or records follow it; a `Close` as the last record is clean again.
+    let mut clean = stored.armed.is_empty();
     let mut last_boot = None;
     let mut lost_everywhere = false;
     let mut last_end = u64::MAX;
     let segments: Vec<u32> = ids.iter().copied().filter(|id| *id >= start.0).collect();
     // Each segment's first record says where the previous one's valid data ends.
-    let mut data: Vec<Vec<u8>> = Vec::with_capacity(segments.len());
-    for id in &segments {
-        data.push(fs::read(log::path(dir, *id))?);
-    }
-    let prev_ends: Vec<Option<u64>> = data
+    let prev_ends: Vec<Option<u64>> = segments
         .iter()
-        .map(|bytes| match Record::decode(bytes) {
-            Ok((Record::SegmentStart { prev_end, .. }, _)) => Some(prev_end),
-            _ => None,
-        })
-        .collect();
-    for (index, (id, bytes)) in segments.iter().zip(&data).enumerate() {
+        .map(|id| read_header(dir, *id))
+        .collect::<io::Result<_>>()?;
+    for (index, id) in segments.iter().enumerate() {
+        // One segment in memory at a time.
+        let bytes = fs::read(log::path(dir, *id))?;
         let from = if *id == start.0 { start.1 as usize } else { 0 };
         let is_last = index + 1 == segments.len();
         let bound = match prev_ends.get(index + 1).copied().flatten() {
@@ -97,6 +94,7 @@ pub(super) fn open(dir: &Path, now_ms: u64, boot_id: &str) -> io::Result<Opened>
             }
         };
         let limit = bound.map_or(bytes.len(), |end| (end as usize).min(bytes.len()));
+        let bytes = &bytes[..];
         let mut at = from;
         let mut stop = None;
         while at < limit {
@@ -181,6 +179,17 @@ pub(super) fn open(dir: &Path, now_ms: u64, boot_id: &str) -> io::Result<Opened>
             stream.id = id;
             stream.epoch = new_epoch(Some(&old));
             stream.lost = false;
+            // Its newest records may be gone (a crash may take unsynced bytes that a
+            // checkpoint already pointed at): keep the readable prefix, which stays
+            // contiguous, and let the new epoch start from its end.
+            let readable = stream
+                .entries
+                .iter()
+                .position(|at| !readable(dir, *at))
+                .unwrap_or(stream.entries.len());
+            let lost = (stream.entries.len() - readable) as u64;
+            stream.entries.truncate(readable);
+            stream.top -= lost;
             stored.by_id.insert(id, channel.clone());
             reepoched.push((channel, old));
         }
@@ -193,6 +202,31 @@ pub(super) fn open(dir: &Path, now_ms: u64, boot_id: &str) -> io::Result<Opened>
         last_end,
         clean,
     })
+}
+
+/// `prev_end` of a segment's header; `None` when the header is unreadable.
+fn read_header(dir: &Path, id: u32) -> io::Result<Option<u64>> {
+    use std::io::Read as _;
+    let mut head = Vec::with_capacity(HEADER_READ);
+    fs::File::open(log::path(dir, id))?
+        .take(HEADER_READ as u64)
+        .read_to_end(&mut head)?;
+    Ok(match Record::decode(&head) {
+        Ok((Record::SegmentStart { prev_end, .. }, _)) => Some(prev_end),
+        _ => None,
+    })
+}
+
+/// The record at `at` is intact.
+fn readable(dir: &Path, at: Location) -> bool {
+    use std::os::unix::fs::FileExt as _;
+    let Ok(file) = fs::File::open(log::path(dir, at.segment)) else {
+        return false;
+    };
+    let mut bytes = vec![0; at.len as usize];
+    file.read_exact_at(&mut bytes, u64::from(at.pos)).is_ok()
+        && super::record::frame(&bytes)
+            .is_ok_and(|body| body.len() + super::record::HEADER == bytes.len())
 }
 
 impl Stored {
@@ -369,7 +403,7 @@ pub(super) fn write_checkpoint(dir: &Path, at: (u32, u32), stored: &Stored) -> i
 
 /// The checkpoint and its log position; `None` without one. A damaged checkpoint is
 /// ignored (with a warning): the log is then replayed from its start.
-fn read_checkpoint(dir: &Path) -> io::Result<Option<(Stored, (u32, u32))>> {
+pub(super) fn read_checkpoint(dir: &Path) -> io::Result<Option<(Stored, (u32, u32))>> {
     let bytes = match fs::read(dir.join(CHECKPOINT)) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -466,6 +500,9 @@ fn string(buf: &mut &[u8]) -> Option<String> {
     buf.advance(len);
     Some(s)
 }
+
+/// Enough bytes for any segment header (a boot id and a varint).
+const HEADER_READ: usize = 512;
 
 const MAGIC: &[u8] = b"tether-disk-checkpoint-1\n";
 const CHECKPOINT: &str = "checkpoint";

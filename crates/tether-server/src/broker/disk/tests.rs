@@ -248,6 +248,39 @@ async fn interval_mode_reepochs_only_armed_streams_after_a_machine_crash() {
 }
 
 #[tokio::test]
+async fn interval_mode_a_tail_lost_after_the_checkpoint_changes_the_epoch() {
+    let dir = Dir::new();
+    let (broker, _) = open(&dir.0, Fsync::Interval(Duration::from_secs(3600)));
+    for i in 1..=3 {
+        publish(&broker, "busy", &format!("{i}"), 10).await;
+    }
+    // A checkpoint (it syncs first) records the armed stream and a position.
+    broker.shared.checkpoint().unwrap();
+    for i in 4..=5 {
+        publish(&broker, "busy", &format!("{i}"), 10).await;
+    }
+    let crashed = dir.crash_copy();
+    broker.close().await;
+    let (_, at) = recover::read_checkpoint(&crashed.0).unwrap().unwrap();
+    // A machine crash took the unsynced bytes after the checkpoint.
+    let path = log::path(&crashed.0, at.0);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let len = file.metadata().unwrap().len();
+    std::os::unix::fs::FileExt::write_all_at(
+        &file,
+        &vec![0; (len - u64::from(at.1)) as usize],
+        u64::from(at.1),
+    )
+    .unwrap();
+
+    let opened = recover::open(&crashed.0, unix_ms(), "another-boot").unwrap();
+    let changed: Vec<&str> = opened.reepoched.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(changed, ["busy"]);
+    let busy = &opened.stored.channels["busy"];
+    assert_eq!((busy.top, busy.entries.len()), (3, 3));
+}
+
+#[tokio::test]
 async fn removal_and_idempotency_survive_a_restart() {
     let dir = Dir::new();
     let (broker, _) = open(&dir.0, Fsync::Always);

@@ -99,7 +99,7 @@ impl Writer {
         self.append()?;
         self.sync()?;
         let current = self.current.as_ref().expect("rotate opened a segment");
-        *shared.committed.lock() = (current.id, current.pos as u32);
+        shared.committed.lock().at = (current.id, current.pos as u32);
         Ok(())
     }
 
@@ -257,7 +257,11 @@ impl Writer {
                 let current = self.current.as_ref().expect("appended to a segment");
                 let base = current.pos - self.buf.len() as u64;
                 let segment = current.id;
-                *shared.committed.lock() = (segment, current.pos as u32);
+                {
+                    let mut committed = shared.committed.lock();
+                    committed.at = (segment, current.pos as u32);
+                    committed.armed.extend(arming.iter().copied());
+                }
                 self.armed.extend(arming);
                 for item in planned {
                     self.touched.insert(item.pending.stream);
@@ -382,8 +386,10 @@ impl Writer {
         }
         match self.append() {
             Ok(()) => {
+                let mut committed = shared.committed.lock();
                 for stream in idle {
                     self.armed.remove(&stream);
+                    committed.armed.remove(&stream);
                 }
             }
             Err(error) => {
@@ -401,7 +407,7 @@ impl Writer {
                 self.rotate(shared)?;
             }
             let current = self.current.as_ref().expect("a segment is open");
-            *shared.committed.lock() = (current.id, current.pos as u32);
+            shared.committed.lock().at = (current.id, current.pos as u32);
             self.buf.clear();
             Record::Close.encode(&mut self.buf);
             self.append()?;
