@@ -262,16 +262,19 @@ async fn interval_mode_a_tail_lost_after_the_checkpoint_changes_the_epoch() {
     let crashed = dir.crash_copy();
     broker.close().await;
     let (_, at) = recover::read_checkpoint(&crashed.0).unwrap().unwrap();
-    // A machine crash took the unsynced bytes after the checkpoint.
-    let path = log::path(&crashed.0, at.0);
-    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    let len = file.metadata().unwrap().len();
-    std::os::unix::fs::FileExt::write_all_at(
-        &file,
-        &vec![0; (len - u64::from(at.1)) as usize],
-        u64::from(at.1),
-    )
-    .unwrap();
+    // A machine crash took the unsynced bytes after the checkpoint (the writer may have
+    // moved to a later segment meanwhile).
+    for segment in log::list(&crashed.0).unwrap() {
+        if segment < at.0 {
+            continue;
+        }
+        let from = if segment == at.0 { u64::from(at.1) } else { 0 };
+        let path = log::path(&crashed.0, segment);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let len = file.metadata().unwrap().len();
+        std::os::unix::fs::FileExt::write_all_at(&file, &vec![0; (len - from) as usize], from)
+            .unwrap();
+    }
 
     let opened = recover::open(&crashed.0, unix_ms(), "another-boot").unwrap();
     let changed: Vec<&str> = opened.reepoched.iter().map(|(c, _)| c.as_str()).collect();
