@@ -279,6 +279,23 @@ impl Metrics {
         }
     }
 
+    /// Sets the disk engine's figures (read from the engine at each scrape): bytes its
+    /// segments take on disk, streams stored, failed writes and group commits since start.
+    pub(crate) fn disk(&self, bytes: u64, streams: u64, write_errors: u64, batches: u64) {
+        self.recorder
+            .register_gauge(&owned_key("tether_disk_bytes", &[]), &META)
+            .set(bytes as f64);
+        self.recorder
+            .register_gauge(&owned_key("tether_disk_streams", &[]), &META)
+            .set(streams as f64);
+        self.recorder
+            .register_counter(&owned_key("tether_disk_write_errors_total", &[]), &META)
+            .absolute(write_errors);
+        self.recorder
+            .register_counter(&owned_key("tether_disk_batches_total", &[]), &META)
+            .absolute(batches);
+    }
+
     /// The Prometheus text exposition, with process figures read now.
     pub(crate) fn render(&self) -> String {
         if let Some(rss) = read_rss_bytes() {

@@ -19,11 +19,12 @@ use crate::breaker;
 use crate::broker::nats::NatsStartError;
 use crate::broker::redis::RedisStartError;
 use crate::broker::{
-    BrokerError, ControlReceiver, Engine, MemoryBroker, NatsBroker, NatsOptions, PresenceStore,
-    RedisDeployment, RedisEngine, RedisOptions, RedisTls, SentinelOptions,
+    BrokerError, ControlReceiver, DiskBroker, DiskOpenError, DiskOptions, Engine, Fsync,
+    MemoryBroker, NatsBroker, NatsOptions, PresenceStore, RedisDeployment, RedisEngine,
+    RedisOptions, RedisTls, SentinelOptions,
 };
 use crate::cluster::{Cluster, NodeInfo};
-use crate::config::{Config, EngineKind, TlsClientConfig};
+use crate::config::{Config, DiskFsync, EngineKind, TlsClientConfig};
 use crate::hub::{Hub, HubEvents, SweepSettings};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxies, ProxyBuildError};
@@ -80,6 +81,9 @@ pub enum StartError {
     /// The configured engine could not be built.
     #[error("cannot start the engine")]
     Engine(#[from] RedisStartError),
+    /// The disk engine's store could not be opened (`engine.disk.path`).
+    #[error("cannot open the disk engine's store")]
+    Disk(#[from] DiskOpenError),
     /// A backend proxy could not be built from its config.
     #[error("invalid proxy configuration")]
     Proxy(#[from] ProxyBuildError),
@@ -258,6 +262,23 @@ fn redis_tls(tls: &TlsClientConfig, key: &'static str) -> Result<Option<RedisTls
     }))
 }
 
+/// Opens the disk engine's store (a replay: blocking work, off the runtime's threads).
+async fn open_disk(config: &Config, events: Arc<HubEvents>) -> Result<DiskBroker, StartError> {
+    let disk = &config.engine.disk;
+    let options = DiskOptions {
+        path: disk.path.clone().into(),
+        fsync: match disk.fsync {
+            DiskFsync::Always => Fsync::Always,
+            DiskFsync::Interval => Fsync::Interval(disk.fsync_interval),
+        },
+        segment_size: disk.segment_size,
+        checkpoint_interval: disk.checkpoint_interval,
+    };
+    let opened = tokio::task::spawn_blocking(move || DiskBroker::open(options, events)).await;
+    let opened = opened.unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()));
+    Ok(opened?)
+}
+
 /// The configured engine and its control channel (`None` for a single node). With the NATS
 /// broker, NATS carries fan-out and control and the engine keeps only presence.
 async fn build_engine(
@@ -311,6 +332,7 @@ async fn build_engine(
     if !config.broker.enabled {
         return Ok(match config.engine.kind {
             EngineKind::Memory => (Engine::Memory(MemoryBroker::new(events)), None),
+            EngineKind::Disk => (Engine::Disk(open_disk(config, events).await?), None),
             EngineKind::Redis => {
                 let (engine, control) = RedisEngine::start(redis_options(true), events)?;
                 (Engine::Redis(engine), Some(control))
@@ -327,7 +349,8 @@ async fn build_engine(
     };
     let (broker, control) = NatsBroker::start(options, events.clone()).await?;
     let presence = match config.engine.kind {
-        EngineKind::Memory => PresenceStore::Memory(MemoryBroker::new(events)),
+        // The config refuses the disk engine with a broker.
+        EngineKind::Memory | EngineKind::Disk => PresenceStore::Memory(MemoryBroker::new(events)),
         EngineKind::Redis => {
             // Its control receiver stays silent (no Pub/Sub side): NATS carries control.
             let (engine, _control) = RedisEngine::start(redis_options(false), events)?;

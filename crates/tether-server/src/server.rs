@@ -151,6 +151,10 @@ impl Server {
             }
             info!("shutdown complete");
         }
+        // The disk engine's clean close (queue written, synced, checkpointed) keeps every
+        // epoch across the restart, so it is not cut short by the deadline; publishes still
+        // in flight fail with the temporary error.
+        node.engine.close().await;
     }
 }
 

@@ -114,6 +114,10 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             },
         );
     }
+    if let Some(disk) = node.engine.disk_stats() {
+        node.metrics
+            .disk(disk.bytes, disk.streams, disk.write_errors, disk.batches);
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

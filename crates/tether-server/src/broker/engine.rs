@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use bytes::Bytes;
 
 use super::{
-    BrokerError, ClientInfo, HistoryPage, HistoryQuery, MemoryBroker, NatsBroker, PresenceStats,
-    Publication, PublishOptions, Published, RedisEngine, ShardHealth,
+    BrokerError, ClientInfo, DiskBroker, DiskStats, HistoryPage, HistoryQuery, MemoryBroker,
+    NatsBroker, PresenceStats, Publication, PublishOptions, Published, RedisEngine, ShardHealth,
 };
 
 /// The configured engine. Clone = handle clone.
@@ -31,6 +31,8 @@ use super::{
 pub(crate) enum Engine {
     /// The embedded single-node engine.
     Memory(MemoryBroker),
+    /// The embedded single-node engine with history and positions on local disk.
+    Disk(DiskBroker),
     /// Several nodes sharing Redis: Pub/Sub fan-out, Streams history, presence with TTL.
     Redis(RedisEngine),
     /// Several nodes sharing NATS: fan-out and control through NATS, no history.
@@ -40,6 +42,12 @@ pub(crate) enum Engine {
         /// Where presence lives: the configured engine.
         presence: PresenceStore,
     },
+}
+
+/// A borrowed presence store.
+enum PresenceRef<'a> {
+    Local(&'a MemoryBroker),
+    Redis(&'a RedisEngine),
 }
 
 /// Where presence lives when the NATS broker carries fan-out: the configured `engine.type`.
@@ -61,6 +69,7 @@ impl Engine {
     ) -> Result<Published, BrokerError> {
         match self {
             Self::Memory(m) => m.publish(channel, publication, opts, Instant::now()),
+            Self::Disk(d) => d.publish(channel, publication, opts).await,
             Self::Redis(r) => r.publish(channel, publication, opts).await,
             Self::Nats { broker, .. } => {
                 if opts
@@ -83,6 +92,7 @@ impl Engine {
     ) -> Result<HistoryPage, BrokerError> {
         match self {
             Self::Memory(m) => m.history(channel, query, Instant::now()),
+            Self::Disk(d) => d.history(channel, query),
             Self::Redis(r) => r.history(channel, query).await,
             Self::Nats { .. } => {
                 let _ = (channel, query);
@@ -98,6 +108,7 @@ impl Engine {
                 m.remove_history(channel);
                 Ok(())
             }
+            Self::Disk(d) => d.remove_history(channel).await,
             Self::Redis(r) => r.remove_history(channel).await,
             Self::Nats { .. } => {
                 let _ = channel;
@@ -110,7 +121,7 @@ impl Engine {
     /// subscription).
     pub(crate) async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
         match self {
-            Self::Memory(_) => {
+            Self::Memory(_) | Self::Disk(_) => {
                 let _ = channel;
                 Ok(())
             }
@@ -122,7 +133,7 @@ impl Engine {
     /// Ends one local subscription's interest in a channel.
     pub(crate) async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
         match self {
-            Self::Memory(_) => {
+            Self::Memory(_) | Self::Disk(_) => {
                 let _ = channel;
                 Ok(())
             }
@@ -142,6 +153,10 @@ impl Engine {
                 m.publish_join(channel, info);
                 Ok(())
             }
+            Self::Disk(d) => {
+                d.presence().publish_join(channel, info);
+                Ok(())
+            }
             Self::Redis(r) => r.publish_join(channel, info).await,
             Self::Nats { broker, .. } => broker.publish_join(channel, info).await,
         }
@@ -158,8 +173,29 @@ impl Engine {
                 m.publish_leave(channel, info);
                 Ok(())
             }
+            Self::Disk(d) => {
+                d.presence().publish_leave(channel, info);
+                Ok(())
+            }
             Self::Redis(r) => r.publish_leave(channel, info).await,
             Self::Nats { broker, .. } => broker.publish_leave(channel, info).await,
+        }
+    }
+
+    /// Where this engine keeps presence.
+    fn presence_ref(&self) -> PresenceRef<'_> {
+        match self {
+            Self::Memory(m)
+            | Self::Nats {
+                presence: PresenceStore::Memory(m),
+                ..
+            } => PresenceRef::Local(m),
+            Self::Disk(d) => PresenceRef::Local(d.presence()),
+            Self::Redis(r)
+            | Self::Nats {
+                presence: PresenceStore::Redis(r),
+                ..
+            } => PresenceRef::Redis(r),
         }
     }
 
@@ -170,20 +206,12 @@ impl Engine {
         client_id: &str,
         info: ClientInfo,
     ) -> Result<(), BrokerError> {
-        match self {
-            Self::Memory(m)
-            | Self::Nats {
-                presence: PresenceStore::Memory(m),
-                ..
-            } => {
+        match self.presence_ref() {
+            PresenceRef::Local(m) => {
                 m.add_presence(channel, client_id, info);
                 Ok(())
             }
-            Self::Redis(r)
-            | Self::Nats {
-                presence: PresenceStore::Redis(r),
-                ..
-            } => r.add_presence(channel, client_id, info).await,
+            PresenceRef::Redis(r) => r.add_presence(channel, client_id, info).await,
         }
     }
 
@@ -193,20 +221,12 @@ impl Engine {
         channel: &str,
         client_id: &str,
     ) -> Result<(), BrokerError> {
-        match self {
-            Self::Memory(m)
-            | Self::Nats {
-                presence: PresenceStore::Memory(m),
-                ..
-            } => {
+        match self.presence_ref() {
+            PresenceRef::Local(m) => {
                 m.remove_presence(channel, client_id);
                 Ok(())
             }
-            Self::Redis(r)
-            | Self::Nats {
-                presence: PresenceStore::Redis(r),
-                ..
-            } => r.remove_presence(channel, client_id).await,
+            PresenceRef::Redis(r) => r.remove_presence(channel, client_id).await,
         }
     }
 
@@ -215,49 +235,36 @@ impl Engine {
         &self,
         channel: &str,
     ) -> Result<HashMap<String, ClientInfo>, BrokerError> {
-        match self {
-            Self::Memory(m)
-            | Self::Nats {
-                presence: PresenceStore::Memory(m),
-                ..
-            } => Ok(m.presence(channel)),
-            Self::Redis(r)
-            | Self::Nats {
-                presence: PresenceStore::Redis(r),
-                ..
-            } => r.presence(channel).await,
+        match self.presence_ref() {
+            PresenceRef::Local(m) => Ok(m.presence(channel)),
+            PresenceRef::Redis(r) => r.presence(channel).await,
         }
     }
 
     /// Presence counters of a channel.
     pub(crate) async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
-        match self {
-            Self::Memory(m)
-            | Self::Nats {
-                presence: PresenceStore::Memory(m),
-                ..
-            } => Ok(m.presence_stats(channel)),
-            Self::Redis(r)
-            | Self::Nats {
-                presence: PresenceStore::Redis(r),
-                ..
-            } => r.presence_stats(channel).await,
+        match self.presence_ref() {
+            PresenceRef::Local(m) => Ok(m.presence_stats(channel)),
+            PresenceRef::Redis(r) => r.presence_stats(channel).await,
         }
     }
 
     /// Periodic housekeeping (expired streams, idempotency keys).
     pub(crate) fn sweep(&self, now: Instant) {
         match self {
-            Self::Memory(m)
-            | Self::Nats {
-                presence: PresenceStore::Memory(m),
-                ..
-            } => m.sweep(now),
-            Self::Redis(_)
-            | Self::Nats {
-                presence: PresenceStore::Redis(_),
-                ..
-            } => {}
+            Self::Disk(d) => d.sweep(now),
+            _ => match self.presence_ref() {
+                PresenceRef::Local(m) => m.sweep(now),
+                PresenceRef::Redis(_) => {}
+            },
+        }
+    }
+
+    /// Writes what the engine holds in memory for a clean restart (the disk engine: its
+    /// queue, a sync, and a checkpoint); the others keep nothing to write.
+    pub(crate) async fn close(&self) {
+        if let Self::Disk(d) = self {
+            d.close().await;
         }
     }
 
@@ -271,7 +278,7 @@ impl Engine {
         node: Option<&str>,
     ) -> Result<(), BrokerError> {
         match self {
-            Self::Memory(_) => {
+            Self::Memory(_) | Self::Disk(_) => {
                 let _ = (payload, node);
                 Ok(())
             }
@@ -283,7 +290,7 @@ impl Engine {
     /// The engine can serve: reachable, and its fan-out connections are up.
     pub(crate) fn is_ready(&self) -> bool {
         match self {
-            Self::Memory(_) => true,
+            Self::Memory(_) | Self::Disk(_) => true,
             Self::Redis(r) => r.is_ready(),
             Self::Nats { broker, presence } => {
                 broker.is_ready()
@@ -303,7 +310,15 @@ impl Engine {
                 presence: PresenceStore::Redis(r),
                 ..
             } => r.health(),
-            Self::Memory(_) | Self::Nats { .. } => Vec::new(),
+            Self::Memory(_) | Self::Disk(_) | Self::Nats { .. } => Vec::new(),
+        }
+    }
+
+    /// The disk engine's figures (none for the other engines).
+    pub(crate) fn disk_stats(&self) -> Option<DiskStats> {
+        match self {
+            Self::Disk(d) => Some(d.stats()),
+            _ => None,
         }
     }
 

@@ -13,14 +13,12 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
-use rand::Rng;
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use super::channels::{ChannelMap, IDEMPOTENCY_TTL, IdempotencyCache, SHARDS, deadline, new_epoch};
 use super::{
     BrokerError, BrokerEvents, ClientInfo, HistoryOptions, HistoryPage, HistoryQuery,
     PresenceStats, Publication, PublicationEvent, PublishOptions, Published, StreamPosition,
@@ -35,17 +33,12 @@ pub(crate) struct MemoryBroker {
 struct Shared {
     /// Where publications, joins and leaves go; called under the channel lock for streams.
     events: Arc<dyn BrokerEvents>,
-    /// Picks a shard for a channel name; randomly keyed so names cannot be chosen to collide.
-    hasher: RandomState,
     /// Channels that hold a stream or idempotency records. A channel that only ever received
     /// publications without history and without idempotency keys has no entry.
-    channels: Box<[ChannelShard]>,
+    channels: ChannelMap<Channel>,
     /// Presence per channel: client id -> info. A channel's map is dropped with its last entry.
     presence: Box<[PresenceShard]>,
 }
-
-/// One shard of the channel map: name -> channel state.
-type ChannelShard = RwLock<HashMap<String, Arc<Mutex<Channel>>>>;
 
 /// One shard of the presence map: channel -> client id -> info.
 type PresenceShard = Mutex<HashMap<String, HashMap<String, ClientInfo>>>;
@@ -60,10 +53,6 @@ struct Channel {
     retired_epoch: Option<String>,
     /// Results of recent publishes that carried an idempotency key.
     idempotency: IdempotencyCache,
-    /// Set by the sweeper when it unlinks this channel from its shard. Whoever still holds the
-    /// `Arc` must look the channel up again instead of writing into an orphan, which would
-    /// otherwise live on beside a new stream with another epoch.
-    removed: bool,
 }
 
 /// One incarnation of a channel's stream.
@@ -81,27 +70,16 @@ struct Stream {
     meta_expire_at: Option<Instant>,
 }
 
-/// Idempotent publish results of one channel, kept for [`IDEMPOTENCY_TTL`].
-#[derive(Default)]
-struct IdempotencyCache {
-    /// Key -> (first result's position, when the record expires).
-    results: HashMap<String, (Option<StreamPosition>, Instant)>,
-    /// Keys in insertion order with their expiry, so pruning pops from the front.
-    order: VecDeque<(String, Instant)>,
-}
-
 // === impl MemoryBroker ===
 
 impl MemoryBroker {
     /// Creates an empty broker that reports deliveries to `events`.
     pub(crate) fn new(events: Arc<dyn BrokerEvents>) -> Self {
-        let channels = (0..SHARDS).map(|_| RwLock::default()).collect();
         let presence = (0..SHARDS).map(|_| Mutex::default()).collect();
         Self {
             shared: Arc::new(Shared {
                 events,
-                hasher: RandomState::new(),
-                channels,
+                channels: ChannelMap::new(),
                 presence,
             }),
         }
@@ -137,7 +115,7 @@ impl MemoryBroker {
             };
             // A channel with state is delivered under its lock, to keep order with the
             // stream's publications; a channel without state needs none and stores none.
-            let delivered = self.with_existing_channel(channel, |_| {
+            let delivered = self.shared.channels.with_existing(channel, |_| {
                 events.on_publication(channel, &event);
             });
             if delivered.is_none() {
@@ -146,7 +124,7 @@ impl MemoryBroker {
             return Ok(Published::default());
         }
 
-        Ok(self.with_channel(channel, |state| {
+        Ok(self.shared.channels.with(channel, |state| {
             if state.expire(now) {
                 events.on_insufficient_state(channel);
             }
@@ -209,7 +187,7 @@ impl MemoryBroker {
         query: &HistoryQuery,
         now: Instant,
     ) -> Result<HistoryPage, BrokerError> {
-        self.with_channel(channel, |state| {
+        self.shared.channels.with(channel, |state| {
             if state.expire(now) {
                 self.shared.events.on_insufficient_state(channel);
             }
@@ -242,7 +220,7 @@ impl MemoryBroker {
     /// Drops the channel's retained publications but keeps its epoch and top offset, so
     /// positions stay valid and later offsets continue from the same top.
     pub(crate) fn remove_history(&self, channel: &str) {
-        self.with_existing_channel(channel, |state| {
+        self.shared.channels.with_existing(channel, |state| {
             if let Some(stream) = &mut state.stream {
                 stream.publications = VecDeque::new();
             }
@@ -301,77 +279,22 @@ impl MemoryBroker {
     /// Call every few seconds; channels that are locked at that moment are skipped (they are
     /// in use) and looked at on the next sweep.
     pub(crate) fn sweep(&self, now: Instant) {
-        for shard in &self.shared.channels {
-            shard.write().retain(|name, channel| {
-                let Some(mut state) = channel.try_lock() else {
-                    return true;
-                };
-                if state.expire(now) {
-                    self.shared.events.on_insufficient_state(name);
-                }
-                if state.is_empty() {
-                    state.removed = true;
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-    }
-
-    /// Runs `f` under the lock of `channel`, creating the channel if needed. Never holds the
-    /// shard lock while `f` runs.
-    fn with_channel<R>(&self, channel: &str, f: impl FnOnce(&mut Channel) -> R) -> R {
-        let shard = self.channel_shard(channel);
-        loop {
-            let found = shard.read().get(channel).cloned();
-            let entry = found.unwrap_or_else(|| {
-                Arc::clone(shard.write().entry(channel.to_owned()).or_default())
-            });
-            let mut state = entry.lock();
-            if !state.removed {
-                return f(&mut state);
+        self.shared.channels.retain(|name, state| {
+            if state.expire(now) {
+                self.shared.events.on_insufficient_state(name);
             }
-        }
-    }
-
-    /// Runs `f` under the lock of `channel` if the channel has state; `None` otherwise.
-    fn with_existing_channel<R>(
-        &self,
-        channel: &str,
-        f: impl FnOnce(&mut Channel) -> R,
-    ) -> Option<R> {
-        let shard = self.channel_shard(channel);
-        loop {
-            let entry = shard.read().get(channel).cloned()?;
-            let mut state = entry.lock();
-            if !state.removed {
-                return Some(f(&mut state));
-            }
-        }
-    }
-
-    fn channel_shard(&self, channel: &str) -> &ChannelShard {
-        &self.shared.channels[self.shard_index(channel)]
+            !state.is_empty()
+        });
     }
 
     fn presence_shard(&self, channel: &str) -> &PresenceShard {
-        &self.shared.presence[self.shard_index(channel)]
-    }
-
-    fn shard_index(&self, channel: &str) -> usize {
-        // Truncating the hash is fine: only its low bits pick the shard.
-        (self.shared.hasher.hash_one(channel) as usize) & (SHARDS - 1)
+        &self.shared.presence[self.shared.channels.shard_index(channel)]
     }
 
     /// Number of channels holding stream or idempotency state.
     #[cfg(test)]
     pub(super) fn stored_channels(&self) -> usize {
-        self.shared
-            .channels
-            .iter()
-            .map(|shard| shard.read().len())
-            .sum()
+        self.shared.channels.len()
     }
 
     /// Number of channels holding presence.
@@ -463,7 +386,7 @@ impl Channel {
 
     /// Nothing left worth keeping: the sweeper may free this channel.
     fn is_empty(&self) -> bool {
-        self.stream.is_none() && self.idempotency.results.is_empty()
+        self.stream.is_none() && self.idempotency.is_empty()
     }
 }
 
@@ -478,72 +401,6 @@ impl Stream {
     }
 }
 
-// === impl IdempotencyCache ===
-
-impl IdempotencyCache {
-    /// The first result for `key`, if it has not expired.
-    fn lookup(&self, key: &str, now: Instant) -> Option<Option<StreamPosition>> {
-        self.results
-            .get(key)
-            .filter(|(_, expires_at)| now < *expires_at)
-            .map(|(position, _)| position.clone())
-    }
-
-    fn insert(&mut self, key: String, position: Option<StreamPosition>, expires_at: Instant) {
-        self.order.push_back((key.clone(), expires_at));
-        self.results.insert(key, (position, expires_at));
-    }
-
-    /// Drops expired records. Records expire in insertion order (fixed TTL), so this stops at
-    /// the first live one.
-    fn prune(&mut self, now: Instant) {
-        while let Some((key, expires_at)) = self.order.front() {
-            if now < *expires_at {
-                break;
-            }
-            // A key re-inserted after expiring has a later record of its own; keep that one.
-            if self
-                .results
-                .get(key)
-                .is_some_and(|(_, at)| at == expires_at)
-            {
-                self.results.remove(key);
-            }
-            self.order.pop_front();
-        }
-    }
-}
-
-/// A fresh epoch: [`EPOCH_LEN`] random ASCII letters, never equal to `retired`.
-fn new_epoch(retired: Option<&str>) -> String {
-    let mut rng = rand::rng();
-    loop {
-        let epoch: String = (0..EPOCH_LEN)
-            .map(|_| char::from(EPOCH_ALPHABET[rng.random_range(0..EPOCH_ALPHABET.len())]))
-            .collect();
-        if retired != Some(epoch.as_str()) {
-            return epoch;
-        }
-    }
-}
-
-/// `now + ttl`, or `None` (never) for a zero TTL.
-fn deadline(now: Instant, ttl: Duration) -> Option<Instant> {
-    (!ttl.is_zero()).then(|| now + ttl)
-}
-
 fn saturating_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
-
-/// Shards of the channel and presence maps. A power of two; enough that a shard lookup on a
-/// 2–8 core machine rarely meets another, small enough that a sweep visits them cheaply.
-const SHARDS: usize = 64;
-const _: () = assert!(SHARDS.is_power_of_two());
-
-/// How long an idempotent publish result is remembered (Centrifugo: 5 minutes).
-const IDEMPOTENCY_TTL: Duration = Duration::from_secs(5 * 60);
-
-/// Epoch length and alphabet, as Centrifugo generates them (`internal/epoch`).
-const EPOCH_LEN: usize = 8;
-const EPOCH_ALPHABET: &[u8; 52] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";

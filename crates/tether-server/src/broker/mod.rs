@@ -11,7 +11,8 @@
 //! each publication while still holding that channel's lock, so subscribers see publications in
 //! offset order.
 //!
-//! Engines: [`memory::MemoryBroker`] (embedded, single node), [`redis::RedisEngine`] (several
+//! Engines: [`memory::MemoryBroker`] (embedded, single node), [`disk::DiskBroker`] (the same
+//! with history and positions on local disk), [`redis::RedisEngine`] (several
 //! nodes sharing Redis), and [`nats::NatsBroker`], fan-out without history between nodes that
 //! share NATS, combined with the memory or Redis engine for presence. [`Engine`] is the one facade
 //! the node uses.
@@ -23,6 +24,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+mod channels;
+pub(crate) mod disk;
 mod engine;
 pub(crate) mod memory;
 pub(crate) mod nats;
@@ -33,6 +36,7 @@ pub(crate) use self::nats::{NatsBroker, NatsOptions};
 pub(crate) use self::redis::{
     RedisDeployment, RedisEngine, RedisOptions, RedisTls, SentinelOptions, ShardHealth,
 };
+pub(crate) use disk::{DiskBroker, DiskOpenError, DiskOptions, DiskStats, Fsync};
 pub(crate) use engine::{Engine, PresenceStore};
 pub(crate) use memory::MemoryBroker;
 

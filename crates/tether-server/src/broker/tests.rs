@@ -12,7 +12,7 @@ use super::*;
 
 /// Records everything the broker emits, in emission order.
 #[derive(Default)]
-struct Recorder {
+pub(super) struct Recorder {
     publications: Mutex<Vec<(String, PublicationEvent)>>,
     joins: Mutex<Vec<(String, ClientInfo)>>,
     leaves: Mutex<Vec<(String, ClientInfo)>>,
@@ -33,7 +33,7 @@ impl BrokerEvents for Recorder {
 }
 
 impl Recorder {
-    fn offsets(&self, channel: &str) -> Vec<u64> {
+    pub(super) fn offsets(&self, channel: &str) -> Vec<u64> {
         self.publications
             .lock()
             .iter()
@@ -48,17 +48,17 @@ fn broker() -> (MemoryBroker, Arc<Recorder>) {
     (MemoryBroker::new(recorder.clone()), recorder)
 }
 
-fn publication(data: &str) -> Publication {
+pub(super) fn publication(data: &str) -> Publication {
     Publication {
         data: Bytes::copy_from_slice(data.as_bytes()),
         ..Publication::default()
     }
 }
 
-const TTL: Duration = Duration::from_secs(60);
-const META_TTL: Duration = Duration::from_secs(3600);
+pub(super) const TTL: Duration = Duration::from_secs(60);
+pub(super) const META_TTL: Duration = Duration::from_secs(3600);
 
-fn with_history(size: usize) -> PublishOptions {
+pub(super) fn with_history(size: usize) -> PublishOptions {
     PublishOptions {
         history: Some(HistoryOptions {
             size,
@@ -83,7 +83,11 @@ fn publish(
         .unwrap()
 }
 
-fn query(since: Option<StreamPosition>, limit: Option<usize>, reverse: bool) -> HistoryQuery {
+pub(super) fn query(
+    since: Option<StreamPosition>,
+    limit: Option<usize>,
+    reverse: bool,
+) -> HistoryQuery {
     HistoryQuery {
         since,
         limit,
@@ -92,7 +96,7 @@ fn query(since: Option<StreamPosition>, limit: Option<usize>, reverse: bool) -> 
     }
 }
 
-fn offsets(page: &HistoryPage) -> Vec<u64> {
+pub(super) fn offsets(page: &HistoryPage) -> Vec<u64> {
     page.publications.iter().map(|p| p.offset).collect()
 }
 

@@ -69,11 +69,58 @@ pub struct Config {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EngineConfig {
-    /// `memory` or `redis`.
+    /// `memory`, `disk` or `redis`.
     #[serde(rename = "type")]
     pub kind: EngineKind,
     /// Options of the Redis engine.
     pub redis: RedisEngineConfig,
+    /// Options of the disk engine.
+    pub disk: DiskEngineConfig,
+}
+
+/// The disk engine (`engine.disk.*`, tether's own: Centrifugo has no such engine).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DiskEngineConfig {
+    /// The store's directory; created if missing, locked while a node uses it.
+    pub path: String,
+    /// `always`: a publish is acknowledged once its record is on disk (concurrent publishes
+    /// share a sync). `interval`: once written to the OS, synced every `fsync_interval`; a
+    /// machine crash may lose the last interval's publications, and then every stream that
+    /// may have lost one gets a new epoch.
+    pub fsync: DiskFsync,
+    /// How often the log is synced in `interval` mode.
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
+    /// Size of one segment file of the log, in bytes.
+    pub segment_size: u64,
+    /// How often the index is checkpointed (bounding the log replayed on start) and segments
+    /// nothing refers to any more are deleted.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+/// When the disk engine acknowledges a publish.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFsync {
+    /// After the record is on disk.
+    #[default]
+    Always,
+    /// After the record is written to the OS; synced every `fsync_interval`.
+    Interval,
+}
+
+impl Default for DiskEngineConfig {
+    fn default() -> Self {
+        Self {
+            path: "./tether-data".to_owned(),
+            fsync: DiskFsync::Always,
+            fsync_interval: Duration::from_millis(100),
+            segment_size: 16 << 20,
+            checkpoint_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Which engine a node runs.
@@ -83,6 +130,8 @@ pub enum EngineKind {
     /// Embedded, single node.
     #[default]
     Memory,
+    /// Embedded, single node, history and positions kept on local disk.
+    Disk,
     /// Redis shared by every node.
     Redis,
 }
@@ -1090,6 +1139,36 @@ impl Config {
     }
 
     fn validate_engine(&self) -> Result<(), ConfigError> {
+        let disk = &self.engine.disk;
+        if self.engine.kind == EngineKind::Disk {
+            if disk.path.trim().is_empty() {
+                return Err(invalid("engine.disk.path", "must not be empty"));
+            }
+            if !(MIN_SEGMENT..=MAX_SEGMENT).contains(&disk.segment_size) {
+                return Err(invalid(
+                    "engine.disk.segment_size",
+                    "must be between 64 KiB and 1 GiB",
+                ));
+            }
+            if disk.fsync == DiskFsync::Interval && disk.fsync_interval.is_zero() {
+                return Err(invalid(
+                    "engine.disk.fsync_interval",
+                    "must be positive with fsync = \"interval\"",
+                ));
+            }
+            if disk.checkpoint_interval.is_zero() {
+                return Err(invalid(
+                    "engine.disk.checkpoint_interval",
+                    "must be positive",
+                ));
+            }
+            if self.broker.enabled {
+                return Err(invalid(
+                    "engine.type",
+                    "the disk engine is for a single node; it does not combine with broker.enabled",
+                ));
+            }
+        }
         let redis = &self.engine.redis;
         if self.engine.kind == EngineKind::Redis {
             if !redis.cluster_address.is_empty() && !redis.address.is_empty() {
@@ -1649,6 +1728,11 @@ pub const MIN_REQUEST_HEAD_SIZE: usize = 256;
 /// Largest `client.token.leeway`: more clock skew than this hides real clock problems and
 /// stretches every token's life.
 pub const MAX_TOKEN_LEEWAY: Duration = Duration::from_secs(30);
+
+/// Bounds of `engine.disk.segment_size`: a segment must hold the largest publication, and
+/// offsets within one are 32-bit.
+const MIN_SEGMENT: u64 = 64 << 10;
+const MAX_SEGMENT: u64 = 1 << 30;
 
 /// The standalone Redis used when neither `engine.redis.address` nor
 /// `engine.redis.cluster_address` is set (Centrifugo's default).
