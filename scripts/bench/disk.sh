@@ -258,6 +258,7 @@ restart() {
       if [[ "$how" == clean ]]; then stop_node TERM; else stop_node KILL; fi
       evict "$dir"
       local bytes blocks
+      ls -ls "$dir" >"$OUT/store-$how-$rep.txt"
       bytes="$(du -sb "$dir" | cut -f1)"
       blocks="$(du -sB1 "$dir" | cut -f1)"
       start "$RESTART_CASE" "$dir" "tether-restart.log"
