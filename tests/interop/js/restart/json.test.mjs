@@ -1,5 +1,5 @@
-// centrifuge-js, JSON build, across tether restarts (disk engine; the memory-engine negative
-// control runs here only).
+// centrifuge-js, JSON build, across tether restarts (disk engine; the interval-mode case
+// and the memory-engine negative control run here only).
 import { CODECS } from './helpers.mjs';
 import { defineRestartSuite } from './suite.mjs';
 

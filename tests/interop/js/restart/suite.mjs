@@ -33,7 +33,7 @@ const RECONNECT_MS = 8000;
 
 /**
  * Registers the suite for one codec; `extras` adds the tests that need one codec only (the
- * engine's, not the SDK's, behaviour): the memory-engine control.
+ * engine's, not the SDK's, behaviour): the interval-mode case and the memory-engine control.
  */
 export function defineRestartSuite(codec, { extras = false } = {}) {
   const { dec } = codec;
@@ -51,9 +51,10 @@ export function defineRestartSuite(codec, { extras = false } = {}) {
      * Everything up to the stop: two subscribers, 3 live publications, `offline` away, 5
      * more publications (offsets 4..8), then the server is stopped with `signal`.
      */
-    async function runUntilStopped(env, signal, label) {
+    async function runUntilStopped(env, signal, label, { settleMs = 0, pauseMs = 0 } = {}) {
       server = new TetherServer(freshDataDir(`${codec.name}-${label}`), env);
       await server.start();
+      await sleep(settleMs);
       const channel = `chat:restart-${uid()}`;
       const offline = await clients.connected(`off-${uid()}`);
       const online = await clients.connected(`on-${uid()}`);
@@ -76,6 +77,7 @@ export function defineRestartSuite(codec, { extras = false } = {}) {
         assert.equal(res.epoch, epoch);
       }
       await waitUntil(() => aPubs.length === 3 && bPubs.length === 3, { what: '3 live publications' });
+      await sleep(pauseMs);
 
       offline.disconnect();
       assert.equal(a.sub.state, 'subscribing', 'the subscription waits for the next connect');
@@ -166,6 +168,25 @@ export function defineRestartSuite(codec, { extras = false } = {}) {
       const run = await runUntilStopped({}, 'SIGTERM', 'sigterm');
       await restartAndRecover(run);
     });
+
+    if (extras) {
+      // KNOWN ENGINE BUG, kept as a `todo` test (reported, does not fail the run) until the
+      // engine is fixed; then drop `todo`. In `interval` mode a kill -9 under the same boot
+      // must change nothing (broker/disk/writer.rs), but when a checkpoint lies in the
+      // current segment after its header, the replay never sees that segment's boot id and
+      // treats the crash as a new boot: every armed stream gets a new epoch. The settle
+      // (the spare segment is ready, so the first publish moves to it) and the pause (periodic
+      // checkpoints, every 200 ms here, land in that segment) make it happen every run;
+      // without them it happens only when the spare is not ready in time.
+      test('disk engine, kill -9 (fsync interval, after a checkpoint): missed publications recovered on the same epoch', {
+        timeout: TEST_TIMEOUT_MS,
+        todo: 'disk engine: interval mode re-epochs armed streams after a same-boot kill -9 once a checkpoint is in the current segment',
+      }, async () => {
+        const env = { TETHER_ENGINE_DISK_FSYNC: 'interval', TETHER_ENGINE_DISK_CHECKPOINT_INTERVAL: '200ms' };
+        const run = await runUntilStopped(env, 'SIGKILL', 'kill9-interval', { settleMs: 1000, pauseMs: 700 });
+        await restartAndRecover(run);
+      });
+    }
 
     if (extras) {
       test('negative control, memory engine, kill -9: recovered false, new epoch, nothing delivered', { timeout: TEST_TIMEOUT_MS }, async () => {
