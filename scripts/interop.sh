@@ -216,7 +216,7 @@ restart_note="run"
 if [[ -n "${INTEROP_SKIP_RESTART:-}" ]]; then
     restart_note="skipped"
 elif [[ "$ENGINE" == "redis" ]]; then
-    restart_note="skipped (engine redis)"
+    restart_note="skipped: engine redis"
 else
     section "restart phase (scripts/interop-restart.sh)"
     TETHER_BIN="$BIN" bash "$ROOT/scripts/interop-restart.sh" || restart_rc=$?
