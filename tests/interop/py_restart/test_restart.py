@@ -81,8 +81,9 @@ async def test_kill_9_disk_engine_recovers_missed_publications(servers, clients,
     assert a_ctx.was_recovering is True
     assert a_ctx.recovered is True, "offline subscriber recovered"
     assert a_ctx.stream_position.epoch == epoch, "same epoch after the restart"
-    # (Its stream_position.offset is the position it recovered from, 3, as on the memory
-    # engine; the recovered publications carry the rest.)
+    # A successful recovery answers with the offset the client recovered from (Centrifugo:
+    # `res.Offset = req.Offset`); the recovered publications carry it to 8.
+    assert a_ctx.stream_position.offset == 3
     await a_rec.wait("publication", count=8)
     await asyncio.sleep(0.3)  # a duplicate would arrive now
     pubs = [c.pub for c in a_rec.of("publication")]

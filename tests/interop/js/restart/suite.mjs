@@ -138,8 +138,9 @@ export function defineRestartSuite(codec, { extras = false } = {}) {
       assert.equal(actx.recovered, true, 'offline subscriber recovered');
       assert.equal(actx.hasRecoveredPublications, true);
       assert.equal(actx.streamPosition.epoch, epoch, 'same epoch after the restart');
-      // (Its `streamPosition.offset` is the position it recovered from, 3, as on the memory
-      // engine; the recovered publications carry the rest.)
+      // A successful recovery answers with the offset the client recovered from (Centrifugo:
+      // `res.Offset = req.Offset`); the recovered publications carry it to 8.
+      assert.equal(num(actx.streamPosition.offset), 3);
       await waitUntil(() => aPubs.length >= 8, { what: 'the 5 missed publications' });
       await sleep(300); // a duplicate would arrive now
       assert.deepEqual(aPubs.map((p) => dec(p.data).n), [1, 2, 3, 4, 5, 6, 7, 8], 'missed ones once, in order');
