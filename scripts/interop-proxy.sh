@@ -8,7 +8,7 @@
 #         service centrifugal.centrifugo.proxy.CentrifugoProxy; stubs generated here from
 #         backend/proxy.proto into the gitignored backend/_gen).
 # The same suites run in both halves (they read the mode from the config's endpoints).
-# scripts/interop.sh runs this as its last phase (skip with INTEROP_SKIP_PROXY=1); it also
+# scripts/interop.sh runs this as a phase (skip with INTEROP_SKIP_PROXY=1); it also
 # runs on its own.
 #
 # Usage: scripts/interop-proxy.sh      (from anywhere; CARGO_TARGET_DIR is honoured)
