@@ -171,17 +171,13 @@ export function defineRestartSuite(codec, { extras = false } = {}) {
     });
 
     if (extras) {
-      // KNOWN ENGINE BUG, kept as a `todo` test (reported, does not fail the run) until the
-      // engine is fixed; then drop `todo`. In `interval` mode a kill -9 under the same boot
-      // must change nothing (broker/disk/writer.rs), but when a checkpoint lies in the
-      // current segment after its header, the replay never sees that segment's boot id and
-      // treats the crash as a new boot: every armed stream gets a new epoch. The settle
-      // (the spare segment is ready, so the first publish moves to it) and the pause (periodic
-      // checkpoints, every 200 ms here, land in that segment) make it happen every run;
-      // without them it happens only when the spare is not ready in time.
+      // In `interval` mode a kill -9 under the same boot changes no epoch, also when a
+      // checkpoint lies in the current segment after its header (the settle lets the first
+      // publish move to the zero-filled spare segment, the pause lets periodic checkpoints,
+      // every 200 ms here, land in it). This failed before the engine read the last run's
+      // boot id from the newest segment's header rather than from the replayed records.
       test('disk engine, kill -9 (fsync interval, after a checkpoint): missed publications recovered on the same epoch', {
         timeout: TEST_TIMEOUT_MS,
-        todo: 'disk engine: interval mode re-epochs armed streams after a same-boot kill -9 once a checkpoint is in the current segment',
       }, async () => {
         const env = { TETHER_ENGINE_DISK_FSYNC: 'interval', TETHER_ENGINE_DISK_CHECKPOINT_INTERVAL: '200ms' };
         const run = await runUntilStopped(env, 'SIGKILL', 'kill9-interval', { settleMs: 1000, pauseMs: 700 });
