@@ -317,6 +317,14 @@ impl Stored {
                     }
                 }
             }
+            Record::Moved(moved) => {
+                if let Some(stream) = self.stream_mut(moved.stream) {
+                    let first = stream.top + 1 - stream.entries.len() as u64;
+                    if (first..=stream.top).contains(&moved.offset) {
+                        stream.entries[(moved.offset - first) as usize] = location;
+                    }
+                }
+            }
             Record::RemoveHistory { stream, up_to } => {
                 if let Some(stream) = self.stream_mut(stream) {
                     let first = stream.top + 1 - stream.entries.len() as u64;

@@ -359,6 +359,64 @@ async fn expired_history_frees_its_segments() {
     broker.close().await;
 }
 
+#[tokio::test]
+async fn a_long_lived_stream_does_not_pin_old_segments() {
+    let dir = Dir::new();
+    let mut options = options(&dir.0, Fsync::Always);
+    options.segment_size = 64 << 10;
+    options.checkpoint_interval = Duration::from_millis(50);
+    let broker = DiskBroker::open(options, Arc::new(Recorder::default())).unwrap();
+    for i in 1..=3 {
+        publish(&broker, "keep", &format!("keep{i}"), 10).await;
+    }
+    let short = PublishOptions {
+        history: Some(HistoryOptions {
+            size: 1000,
+            ttl: Duration::from_millis(300),
+            meta_ttl: META_TTL,
+        }),
+        idempotency_key: None,
+    };
+    let payload = "x".repeat(1000);
+    for _ in 0..400 {
+        broker
+            .publish("churn", publication(&payload), &short)
+            .await
+            .unwrap();
+    }
+    let full = log::list(&dir.0).unwrap().len();
+    assert!(full >= 6, "{full} segments");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    broker.sweep(tokio::time::Instant::now());
+    // Checkpoints move "keep" forward, then delete what nothing refers to.
+    let mut left = full;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        left = log::list(&dir.0).unwrap().len();
+        if left <= 3 {
+            break;
+        }
+    }
+    assert!(
+        left <= 3,
+        "{left} of {full} segments left: {:?}, keep at {:?}",
+        log::list(&dir.0).unwrap(),
+        broker.shared.channels.with("keep", |state| state
+            .stream
+            .as_ref()
+            .map(|s| s.entries.clone()))
+    );
+    assert_eq!(data(&all(&broker, "keep")), ["keep1", "keep2", "keep3"]);
+    let crashed = dir.crash_copy();
+    broker.close().await;
+    drop(broker);
+    for store in [&dir, &crashed] {
+        let (reopened, _) = open(&store.0, Fsync::Always);
+        assert_eq!(data(&all(&reopened, "keep")), ["keep1", "keep2", "keep3"]);
+        reopened.close().await;
+    }
+}
+
 #[test]
 fn a_second_node_cannot_open_the_same_store() {
     let runtime = tokio::runtime::Builder::new_current_thread()
