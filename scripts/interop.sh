@@ -31,43 +31,12 @@ export no_proxy="$NO_PROXY"
 section() { printf '\n==== interop: %s ====\n' "$*"; }
 
 # ---------------------------------------------------------------- setup (idempotent)
-section "setup: python venv + requirements"
-VENV="$IT/.venv"
-if [[ ! -x "$VENV/bin/python" ]]; then
-    python3 -m venv "$VENV"
-fi
-REQ_STAMP="$VENV/.requirements.sha256"
-REQ_SUM="$(sha256sum "$IT/requirements.txt" | cut -d' ' -f1)"
-if [[ "$(cat "$REQ_STAMP" 2>/dev/null || true)" != "$REQ_SUM" ]]; then
-    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$IT/requirements.txt"
-    echo "$REQ_SUM" >"$REQ_STAMP"
-else
-    echo "requirements up to date"
-fi
-
-section "setup: npm ci"
-NPM_STAMP="$IT/node_modules/.package-lock.sha256"
-LOCK_SUM="$(sha256sum "$IT/package-lock.json" | cut -d' ' -f1)"
-if [[ "$(cat "$NPM_STAMP" 2>/dev/null || true)" != "$LOCK_SUM" ]]; then
-    (cd "$IT" && npm ci --no-audit --no-fund --loglevel=error)
-    echo "$LOCK_SUM" >"$NPM_STAMP"
-else
-    echo "node_modules up to date"
-fi
+# shellcheck source=scripts/interop-lib.sh
+source "$ROOT/scripts/interop-lib.sh"
+interop_setup
 
 # ---------------------------------------------------------------- build
-if [[ -n "${TETHER_BIN:-}" ]]; then
-    BIN="$TETHER_BIN"
-    section "using prebuilt tether: $BIN"
-else
-    section "build: cargo build -p tether-server"
-    (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build -p tether-server --bin tether)
-    BIN="$TARGET_DIR/debug/tether"
-fi
-if [[ ! -x "$BIN" ]]; then
-    echo "interop: tether binary not found at $BIN" >&2
-    exit 1
-fi
+interop_binary interop
 
 # ---------------------------------------------------------------- start tether
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tether-interop.XXXXXX")"

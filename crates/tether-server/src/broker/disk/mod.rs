@@ -406,7 +406,7 @@ impl DiskBroker {
             }
             let limit = query.limit.unwrap_or(usize::MAX);
             let len = stream.entries.len() as u64;
-            let first = stream.top + 1 - len;
+            let first = stream.first();
             // Index in `entries` of the first offset after (forward) or before (reverse)
             // `since`.
             let index = |offset: u64| offset.saturating_sub(first).min(len) as usize;
@@ -672,7 +672,7 @@ impl Shared {
         }
         let mut moved = 0;
         for (channel, stream) in &stored.channels {
-            let first = stream.top + 1 - stream.entries.len() as u64;
+            let first = stream.first();
             for (i, at) in stream.entries.iter().enumerate() {
                 if at.segment != segment {
                     continue;
@@ -777,9 +777,19 @@ impl Channel {
     fn is_empty(&self) -> bool {
         self.stream.is_none() && self.idempotency.is_empty()
     }
+
+    /// The stream, if it is still the incarnation `id`.
+    fn stream_if(&mut self, id: u64) -> Option<&mut Stream> {
+        self.stream.as_mut().filter(|stream| stream.id == id)
+    }
 }
 
 impl Stream {
+    /// Offset of the oldest retained publication (`top + 1` when none is retained).
+    fn first(&self) -> u64 {
+        self.top + 1 - self.entries.len() as u64
+    }
+
     fn position(&self) -> StreamPosition {
         StreamPosition {
             offset: self.top,

@@ -34,6 +34,13 @@ pub(super) struct StoredStream {
     pub(super) lost: bool,
 }
 
+impl StoredStream {
+    /// Offset of the oldest retained publication (`top + 1` when none is retained).
+    pub(super) fn first(&self) -> u64 {
+        self.top + 1 - self.entries.len() as u64
+    }
+}
+
 /// Everything a store holds, by channel.
 #[derive(Debug, Default)]
 pub(super) struct Stored {
@@ -319,7 +326,7 @@ impl Stored {
             }
             Record::Moved(moved) => {
                 if let Some(stream) = self.stream_mut(moved.stream) {
-                    let first = stream.top + 1 - stream.entries.len() as u64;
+                    let first = stream.first();
                     if (first..=stream.top).contains(&moved.offset) {
                         stream.entries[(moved.offset - first) as usize] = location;
                     }
@@ -327,7 +334,7 @@ impl Stored {
             }
             Record::RemoveHistory { stream, up_to } => {
                 if let Some(stream) = self.stream_mut(stream) {
-                    let first = stream.top + 1 - stream.entries.len() as u64;
+                    let first = stream.first();
                     let drop = up_to.saturating_add(1).saturating_sub(first);
                     let drop = (drop as usize).min(stream.entries.len());
                     stream.entries.drain(..drop);

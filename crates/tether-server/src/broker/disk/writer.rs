@@ -439,10 +439,7 @@ fn plan(
     out: &mut Vec<u8>,
 ) -> Option<(bool, u64, usize)> {
     shared.channels.with(&pending.channel, |state| {
-        let stream = state
-            .stream
-            .as_mut()
-            .filter(|stream| stream.id == pending.stream)?;
+        let stream = state.stream_if(pending.stream)?;
         if let Op::Move {
             offset,
             from,
@@ -450,7 +447,7 @@ fn plan(
         } = &pending.op
         {
             // Only while the stream still retains that publication where compaction found it.
-            let first = stream.top + 1 - stream.entries.len() as u64;
+            let first = stream.first();
             let index = offset.checked_sub(first)?;
             if stream.entries.get(index as usize) != Some(from) {
                 return None;
@@ -510,7 +507,7 @@ fn plan(
 /// Takes back the offset [`plan`] just assigned (the item is not written).
 fn unplan(shared: &Shared, pending: &Pending, started: bool, offset: u64) {
     shared.channels.with(&pending.channel, |state| {
-        if let Some(stream) = state.stream.as_mut().filter(|s| s.id == pending.stream) {
+        if let Some(stream) = state.stream_if(pending.stream) {
             if matches!(pending.op, Op::Publish { .. }) && stream.written == offset {
                 stream.written -= 1;
             }
@@ -527,7 +524,7 @@ fn rollback(shared: &Shared, pending: &Pending, started: bool) {
         return;
     }
     shared.channels.with(&pending.channel, |state| {
-        if let Some(stream) = state.stream.as_mut().filter(|s| s.id == pending.stream) {
+        if let Some(stream) = state.stream_if(pending.stream) {
             stream.written = stream.top;
             if started {
                 stream.persisted = false;
@@ -566,11 +563,7 @@ fn commit(shared: &Shared, item: Planned, at: Location) {
             let mut publication = *publication;
             publication.offset = offset;
             let result = shared.channels.with(&channel, |state| {
-                let Some(stream) = state
-                    .stream
-                    .as_mut()
-                    .filter(|stream| stream.id == pending.stream)
-                else {
+                let Some(stream) = state.stream_if(pending.stream) else {
                     return Err(BrokerError::Unavailable(
                         "disk engine: stream expired while written".into(),
                     ));
@@ -620,12 +613,8 @@ fn commit(shared: &Shared, item: Planned, at: Location) {
         }
         Op::Move { from, .. } => {
             shared.channels.with(&channel, |state| {
-                if let Some(stream) = state
-                    .stream
-                    .as_mut()
-                    .filter(|stream| stream.id == pending.stream)
-                {
-                    let first = stream.top + 1 - stream.entries.len() as u64;
+                if let Some(stream) = state.stream_if(pending.stream) {
+                    let first = stream.first();
                     if let Some(entry) = offset
                         .checked_sub(first)
                         .and_then(|index| stream.entries.get_mut(index as usize))
@@ -638,12 +627,8 @@ fn commit(shared: &Shared, item: Planned, at: Location) {
         }
         Op::RemoveHistory { done } => {
             shared.channels.with(&channel, |state| {
-                if let Some(stream) = state
-                    .stream
-                    .as_mut()
-                    .filter(|stream| stream.id == pending.stream)
-                {
-                    let first = stream.top + 1 - stream.entries.len() as u64;
+                if let Some(stream) = state.stream_if(pending.stream) {
+                    let first = stream.first();
                     let drop = (offset + 1).saturating_sub(first) as usize;
                     stream.entries.drain(..drop.min(stream.entries.len()));
                     if stream
