@@ -8,7 +8,7 @@
 #         service centrifugal.centrifugo.proxy.CentrifugoProxy; stubs generated here from
 #         backend/proxy.proto into the gitignored backend/_gen).
 # The same suites run in both halves (they read the mode from the config's endpoints).
-# scripts/interop.sh runs this as its last phase (skip with INTEROP_SKIP_PROXY=1); it also
+# scripts/interop.sh runs this as a phase (skip with INTEROP_SKIP_PROXY=1); it also
 # runs on its own.
 #
 # Usage: scripts/interop-proxy.sh      (from anywhere; CARGO_TARGET_DIR is honoured)
@@ -38,41 +38,16 @@ section() { printf '\n==== interop proxy: %s ====\n' "$*"; }
 
 # ---------------------------------------------------------------- setup (idempotent)
 # The same stamps as scripts/interop.sh: instant when that script has just run.
-section "setup: python venv + requirements, npm ci"
-VENV="$IT/.venv"
-if [[ ! -x "$VENV/bin/python" ]]; then
-    python3 -m venv "$VENV"
-fi
-REQ_STAMP="$VENV/.requirements.sha256"
-REQ_SUM="$(sha256sum "$IT/requirements.txt" | cut -d' ' -f1)"
-if [[ "$(cat "$REQ_STAMP" 2>/dev/null || true)" != "$REQ_SUM" ]]; then
-    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$IT/requirements.txt"
-    echo "$REQ_SUM" >"$REQ_STAMP"
-fi
-NPM_STAMP="$IT/node_modules/.package-lock.sha256"
-LOCK_SUM="$(sha256sum "$IT/package-lock.json" | cut -d' ' -f1)"
-if [[ "$(cat "$NPM_STAMP" 2>/dev/null || true)" != "$LOCK_SUM" ]]; then
-    (cd "$IT" && npm ci --no-audit --no-fund --loglevel=error)
-    echo "$LOCK_SUM" >"$NPM_STAMP"
-fi
+# shellcheck source=scripts/interop-lib.sh
+source "$ROOT/scripts/interop-lib.sh"
+interop_setup
 if [[ -z "$SKIP_GRPC" ]]; then
     section "setup: gRPC stubs of backend/proxy.proto (python -m grpc_tools.protoc)"
     "$VENV/bin/python" "$IT/backend/gen_stubs.py"
 fi
 
 # ---------------------------------------------------------------- build
-if [[ -n "${TETHER_BIN:-}" ]]; then
-    BIN="$TETHER_BIN"
-    section "using prebuilt tether: $BIN"
-else
-    section "build: cargo build -p tether-server"
-    (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build -p tether-server --bin tether)
-    BIN="$TARGET_DIR/debug/tether"
-fi
-if [[ ! -x "$BIN" ]]; then
-    echo "interop proxy: tether binary not found at $BIN" >&2
-    exit 1
-fi
+interop_binary "interop proxy"
 
 # ---------------------------------------------------------------- processes + cleanup
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tether-interop-proxy.XXXXXX")"

@@ -8,11 +8,14 @@
 #        TETHER_BIN=/path/to/tether to test a prebuilt binary instead of building one;
 #        INTEROP_ENGINE=redis to run tether on the Redis engine (INTEROP_REDIS_URL, default
 #        redis://127.0.0.1:6379, under a unique key prefix deleted at the end);
-#        INTEROP_SKIP_PROXY=1 to skip the last phase, the backend proxy suites
+#        INTEROP_SKIP_PROXY=1 to skip the proxy phase, the backend proxy suites
 #        (scripts/interop-proxy.sh: a second tether with tests/interop/tether-proxy.json and
 #        the backend tests/interop/backend/app.py, then a third with
 #        tests/interop/tether-proxy-grpc.json and the gRPC backend backend/grpc_app.py; that
 #        script also runs on its own); INTEROP_SKIP_GRPC_PROXY=1 skips only the gRPC half.
+#        INTEROP_SKIP_RESTART=1 to skip the restart phase after it (scripts/interop-restart.sh:
+#        the SDKs recover across kill -9 / SIGTERM of a tether on the disk engine; not run
+#        under INTEROP_ENGINE=redis).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,43 +31,12 @@ export no_proxy="$NO_PROXY"
 section() { printf '\n==== interop: %s ====\n' "$*"; }
 
 # ---------------------------------------------------------------- setup (idempotent)
-section "setup: python venv + requirements"
-VENV="$IT/.venv"
-if [[ ! -x "$VENV/bin/python" ]]; then
-    python3 -m venv "$VENV"
-fi
-REQ_STAMP="$VENV/.requirements.sha256"
-REQ_SUM="$(sha256sum "$IT/requirements.txt" | cut -d' ' -f1)"
-if [[ "$(cat "$REQ_STAMP" 2>/dev/null || true)" != "$REQ_SUM" ]]; then
-    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$IT/requirements.txt"
-    echo "$REQ_SUM" >"$REQ_STAMP"
-else
-    echo "requirements up to date"
-fi
-
-section "setup: npm ci"
-NPM_STAMP="$IT/node_modules/.package-lock.sha256"
-LOCK_SUM="$(sha256sum "$IT/package-lock.json" | cut -d' ' -f1)"
-if [[ "$(cat "$NPM_STAMP" 2>/dev/null || true)" != "$LOCK_SUM" ]]; then
-    (cd "$IT" && npm ci --no-audit --no-fund --loglevel=error)
-    echo "$LOCK_SUM" >"$NPM_STAMP"
-else
-    echo "node_modules up to date"
-fi
+# shellcheck source=scripts/interop-lib.sh
+source "$ROOT/scripts/interop-lib.sh"
+interop_setup
 
 # ---------------------------------------------------------------- build
-if [[ -n "${TETHER_BIN:-}" ]]; then
-    BIN="$TETHER_BIN"
-    section "using prebuilt tether: $BIN"
-else
-    section "build: cargo build -p tether-server"
-    (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build -p tether-server --bin tether)
-    BIN="$TARGET_DIR/debug/tether"
-fi
-if [[ ! -x "$BIN" ]]; then
-    echo "interop: tether binary not found at $BIN" >&2
-    exit 1
-fi
+interop_binary interop
 
 # ---------------------------------------------------------------- start tether
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tether-interop.XXXXXX")"
@@ -204,8 +176,23 @@ if [[ -z "${INTEROP_SKIP_PROXY:-}" ]]; then
         bash "$ROOT/scripts/interop-proxy.sh" || proxy_rc=$?
 fi
 
-section "summary: node exit $js_rc, pytest exit $py_rc, metrics check $metrics_rc, proxy phase $proxy_rc, tether alive: $alive"
-if [[ "$js_rc" -ne 0 || "$py_rc" -ne 0 || "$metrics_rc" -ne 0 || "$proxy_rc" -ne 0 || "$alive" -ne 1 ]]; then
+# ---------------------------------------------------------------- restart phase
+# The SDKs across a restart of tether on the disk engine (scripts/interop-restart.sh: the
+# tests start, kill and restart their own tether). It always runs the disk engine, so only
+# the memory-engine run includes it.
+restart_rc=0
+restart_note="run"
+if [[ -n "${INTEROP_SKIP_RESTART:-}" ]]; then
+    restart_note="skipped"
+elif [[ "$ENGINE" == "redis" ]]; then
+    restart_note="skipped: engine redis"
+else
+    section "restart phase (scripts/interop-restart.sh)"
+    TETHER_BIN="$BIN" bash "$ROOT/scripts/interop-restart.sh" || restart_rc=$?
+fi
+
+section "summary: node exit $js_rc, pytest exit $py_rc, metrics check $metrics_rc, proxy phase $proxy_rc, restart phase $restart_rc ($restart_note), tether alive: $alive"
+if [[ "$js_rc" -ne 0 || "$py_rc" -ne 0 || "$metrics_rc" -ne 0 || "$proxy_rc" -ne 0 || "$restart_rc" -ne 0 || "$alive" -ne 1 ]]; then
     exit 1
 fi
 STATUS=0

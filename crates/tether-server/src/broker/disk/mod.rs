@@ -9,7 +9,8 @@
 //! - `recover`: opening a store (checkpoint + replay, torn-tail cut, the epoch rule) and
 //!   writing checkpoints.
 //! - `writer`: the one writer thread (group commit, `always` / `interval` durability).
-//! - this file: [`DiskBroker`], the per-channel state in memory and the housekeeping thread.
+//! - this file: [`DiskBroker`], the per-channel state in memory and the housekeeping thread
+//!   (checkpoints, deletion of unreferenced segments, compaction of the oldest one).
 //!
 //! # How a publish travels
 //!
@@ -157,6 +158,13 @@ enum Op {
     },
     RemoveHistory {
         done: oneshot::Sender<Result<(), BrokerError>>,
+    },
+    /// Compaction: copy the publication at `offset`, now at `from`, to the head of the log
+    /// (`bytes`: its `Moved` frame), if the stream still retains it there.
+    Move {
+        offset: u64,
+        from: Location,
+        bytes: Vec<u8>,
     },
 }
 
@@ -398,7 +406,7 @@ impl DiskBroker {
             }
             let limit = query.limit.unwrap_or(usize::MAX);
             let len = stream.entries.len() as u64;
-            let first = stream.top + 1 - len;
+            let first = stream.first();
             // Index in `entries` of the first offset after (forward) or before (reverse)
             // `since`.
             let index = |offset: u64| offset.saturating_sub(first).min(len) as usize;
@@ -540,7 +548,9 @@ impl Shared {
             BrokerError::Unavailable(format!("disk engine: read failed: {error}"))
         })?;
         match Record::decode(&bytes) {
-            Ok((Record::Publish(publish), _)) if publish.offset == offset => {
+            Ok((Record::Publish(publish) | Record::Moved(publish), _))
+                if publish.offset == offset =>
+            {
                 Ok(publish.publication)
             }
             Ok(_) => Err(BrokerError::Unavailable(format!(
@@ -600,8 +610,10 @@ impl Shared {
             let Some(stream) = state.stream.as_ref().filter(|stream| stream.persisted) else {
                 return;
             };
-            if let Some(first) = stream.entries.front() {
-                oldest = oldest.min(first.segment);
+            // Not just the first entry: compaction moves a stream's oldest entries to the
+            // head of the log, after its newer ones.
+            for entry in &stream.entries {
+                oldest = oldest.min(entry.segment);
             }
             let idempotency = state
                 .idempotency
@@ -638,7 +650,50 @@ impl Shared {
         if deleted > 0 {
             tracing::debug!(deleted, "disk engine: deleted segments nothing refers to");
         }
+        if oldest + COMPACT_DISTANCE <= at.0 {
+            self.compact(&stored, oldest);
+        }
         Ok(())
+    }
+
+    /// Compaction of the oldest segment still referred to, when little of it is live (a few
+    /// long-lived publications would otherwise keep every segment after it): its retained
+    /// publications are copied to the head of the log, so the next checkpoint can delete it.
+    fn compact(&self, stored: &Stored, segment: u32) {
+        let live: u64 = stored
+            .channels
+            .values()
+            .flat_map(|stream| stream.entries.iter())
+            .filter(|at| at.segment == segment)
+            .map(|at| u64::from(at.len))
+            .sum();
+        if live * 2 > self.options.segment_size {
+            return;
+        }
+        let mut moved = 0;
+        for (channel, stream) in &stored.channels {
+            let first = stream.first();
+            for (i, at) in stream.entries.iter().enumerate() {
+                if at.segment != segment {
+                    continue;
+                }
+                let Some(bytes) = self.segments.read(*at).ok().and_then(|b| record::moved(&b))
+                else {
+                    continue;
+                };
+                moved += 1;
+                self.enqueue(Pending {
+                    channel: channel.clone(),
+                    stream: stream.id,
+                    op: Op::Move {
+                        offset: first + i as u64,
+                        from: *at,
+                        bytes,
+                    },
+                });
+            }
+        }
+        tracing::debug!(segment, moved, live, "disk engine: compacting a segment");
     }
 
     /// Checkpoints every `checkpoint_interval` until the engine closes.
@@ -722,9 +777,19 @@ impl Channel {
     fn is_empty(&self) -> bool {
         self.stream.is_none() && self.idempotency.is_empty()
     }
+
+    /// The stream, if it is still the incarnation `id`.
+    fn stream_if(&mut self, id: u64) -> Option<&mut Stream> {
+        self.stream.as_mut().filter(|stream| stream.id == id)
+    }
 }
 
 impl Stream {
+    /// Offset of the oldest retained publication (`top + 1` when none is retained).
+    fn first(&self) -> u64 {
+        self.top + 1 - self.entries.len() as u64
+    }
+
     fn position(&self) -> StreamPosition {
         StreamPosition {
             offset: self.top,
@@ -778,6 +843,10 @@ fn boot_id() -> String {
         .map(|id| id.trim().to_owned())
         .unwrap_or_default()
 }
+
+/// Compaction looks at the oldest segment only when at least this many newer ones exist (a
+/// young store's oldest segment expires on its own soon).
+const COMPACT_DISTANCE: u32 = 2;
 
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 

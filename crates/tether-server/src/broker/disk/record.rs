@@ -42,6 +42,9 @@ pub(super) enum Record {
     },
     /// A publication appended to a stream.
     Publish(Box<Publish>),
+    /// A retained publication copied forward out of an old segment (compaction): if the
+    /// stream still retains that offset, this is where it now is.
+    Moved(Box<Publish>),
     /// History of a stream removed up to and including `up_to`; the position is kept.
     RemoveHistory { stream: u64, up_to: u64 },
     /// In `interval` mode: these streams may from now on have acknowledged records that are
@@ -96,6 +99,7 @@ const KIND_REMOVE_HISTORY: u8 = 4;
 const KIND_ARM: u8 = 5;
 const KIND_DISARM: u8 = 6;
 const KIND_CLOSE: u8 = 7;
+const KIND_MOVED: u8 = 8;
 
 const FLAG_DELTA: u8 = 1;
 const FLAG_INFO: u8 = 2;
@@ -128,6 +132,10 @@ impl Record {
             }
             Self::Publish(publish) => {
                 out.push(KIND_PUBLISH);
+                publish.encode(out);
+            }
+            Self::Moved(publish) => {
+                out.push(KIND_MOVED);
                 publish.encode(out);
             }
             Self::RemoveHistory { stream, up_to } => {
@@ -174,6 +182,7 @@ impl Record {
                 top: get_varint(&mut buf)?,
             },
             KIND_PUBLISH => Self::Publish(Box::new(Publish::decode(&mut buf)?)),
+            KIND_MOVED => Self::Moved(Box::new(Publish::decode(&mut buf)?)),
             KIND_REMOVE_HISTORY => Self::RemoveHistory {
                 stream: get_varint(&mut buf)?,
                 up_to: get_varint(&mut buf)?,
@@ -200,6 +209,20 @@ impl Record {
         }
         Ok((record, total))
     }
+}
+
+/// The framed `Publish` (or already `Moved`) record `bytes` as a `Moved` one (same fields,
+/// new kind and checksum); `None` if `bytes` is not an intact frame of either.
+pub(super) fn moved(bytes: &[u8]) -> Option<Vec<u8>> {
+    let body = frame(bytes).ok()?;
+    if body.len() + HEADER != bytes.len() || !matches!(body[0], KIND_PUBLISH | KIND_MOVED) {
+        return None;
+    }
+    let mut out = bytes.to_vec();
+    out[HEADER] = KIND_MOVED;
+    let crc = crc32fast::hash(&out[HEADER..]);
+    out[4..HEADER].copy_from_slice(&crc.to_le_bytes());
+    Some(out)
 }
 
 /// The checked body (kind + fields) of the frame at the start of `bytes`.
@@ -436,6 +459,19 @@ mod tests {
             },
             Record::Disarm { streams: vec![] },
             Record::Close,
+            Record::Moved(Box::new(Publish {
+                stream: 2,
+                offset: 1,
+                written_ms: 0,
+                size: 1,
+                ttl_ms: 1,
+                meta_ttl_ms: 0,
+                idempotency_key: None,
+                publication: Publication {
+                    offset: 1,
+                    ..Publication::default()
+                },
+            })),
         ];
         let mut out = Vec::new();
         let lens: Vec<usize> = records.iter().map(|r| r.encode(&mut out)).collect();
@@ -472,6 +508,28 @@ mod tests {
     }
 
     #[test]
+    fn a_moved_copy_is_the_same_publication_under_another_kind() {
+        let mut out = Vec::new();
+        publish().encode(&mut out);
+        let copy = moved(&out).unwrap();
+        let Ok((Record::Moved(moved), len)) = Record::decode(&copy) else {
+            panic!("not a moved record");
+        };
+        let Record::Publish(original) = publish() else {
+            unreachable!()
+        };
+        assert_eq!((moved, len), (original, out.len()));
+        assert_eq!(super::moved(&copy), Some(copy.clone()), "moved again");
+        let mut close = Vec::new();
+        Record::Close.encode(&mut close);
+        assert_eq!(
+            super::moved(&close),
+            None,
+            "only a publication can be moved"
+        );
+    }
+
+    #[test]
     fn damage_is_an_error_never_a_panic() {
         let mut out = Vec::new();
         let len = publish().encode(&mut out);
@@ -484,7 +542,7 @@ mod tests {
             assert!(Record::decode(&damaged).is_err(), "flip at {at}");
         }
         // A valid CRC over garbage must not panic either.
-        for kind in 0..=8u8 {
+        for kind in 0..=9u8 {
             let body = [
                 kind, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1,
             ];

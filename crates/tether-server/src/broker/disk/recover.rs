@@ -34,6 +34,13 @@ pub(super) struct StoredStream {
     pub(super) lost: bool,
 }
 
+impl StoredStream {
+    /// Offset of the oldest retained publication (`top + 1` when none is retained).
+    pub(super) fn first(&self) -> u64 {
+        self.top + 1 - self.entries.len() as u64
+    }
+}
+
 /// Everything a store holds, by channel.
 #[derive(Debug, Default)]
 pub(super) struct Stored {
@@ -66,15 +73,24 @@ pub(super) fn open(dir: &Path, now_ms: u64, boot_id: &str) -> io::Result<Opened>
     // Clean unless streams were armed at the checkpoint (their unsynced records after it
     // may be gone) or records follow it; a `Close` as the last record is clean again.
     let mut clean = stored.armed.is_empty();
-    let mut last_boot = None;
     let mut lost_everywhere = false;
     let mut last_end = u64::MAX;
     let segments: Vec<u32> = ids.iter().copied().filter(|id| *id >= start.0).collect();
     // Each segment's first record says where the previous one's valid data ends.
-    let prev_ends: Vec<Option<u64>> = segments
+    let headers: Vec<Option<(String, u64)>> = segments
         .iter()
         .map(|id| read_header(dir, *id))
         .collect::<io::Result<_>>()?;
+    let prev_ends: Vec<Option<u64>> = headers
+        .iter()
+        .map(|header| header.as_ref().map(|(_, prev_end)| *prev_end))
+        .collect();
+    // The last run wrote the newest segment (every run starts one), whatever the checkpoint
+    // covers; a segment without a readable header leaves the boot unknown.
+    let last_boot = match ids.last() {
+        Some(last) => read_header(dir, *last)?.map(|(boot_id, _)| boot_id),
+        None => None,
+    };
     for (index, id) in segments.iter().enumerate() {
         // One segment in memory at a time.
         let bytes = fs::read(log::path(dir, *id))?;
@@ -106,9 +122,7 @@ pub(super) fn open(dir: &Path, now_ms: u64, boot_id: &str) -> io::Result<Opened>
                         len: len as u32,
                     };
                     match &record {
-                        Record::SegmentStart { boot_id, .. } => {
-                            last_boot = Some(boot_id.clone());
-                        }
+                        Record::SegmentStart { .. } => {}
                         Record::Close => clean = true,
                         _ => clean = false,
                     }
@@ -204,15 +218,15 @@ pub(super) fn open(dir: &Path, now_ms: u64, boot_id: &str) -> io::Result<Opened>
     })
 }
 
-/// `prev_end` of a segment's header; `None` when the header is unreadable.
-fn read_header(dir: &Path, id: u32) -> io::Result<Option<u64>> {
+/// Boot id and `prev_end` of a segment's header; `None` when the header is unreadable.
+fn read_header(dir: &Path, id: u32) -> io::Result<Option<(String, u64)>> {
     use std::io::Read as _;
     let mut head = Vec::with_capacity(HEADER_READ);
     fs::File::open(log::path(dir, id))?
         .take(HEADER_READ as u64)
         .read_to_end(&mut head)?;
     Ok(match Record::decode(&head) {
-        Ok((Record::SegmentStart { prev_end, .. }, _)) => Some(prev_end),
+        Ok((Record::SegmentStart { boot_id, prev_end }, _)) => Some((boot_id, prev_end)),
         _ => None,
     })
 }
@@ -310,9 +324,17 @@ impl Stored {
                     }
                 }
             }
+            Record::Moved(moved) => {
+                if let Some(stream) = self.stream_mut(moved.stream) {
+                    let first = stream.first();
+                    if (first..=stream.top).contains(&moved.offset) {
+                        stream.entries[(moved.offset - first) as usize] = location;
+                    }
+                }
+            }
             Record::RemoveHistory { stream, up_to } => {
                 if let Some(stream) = self.stream_mut(stream) {
-                    let first = stream.top + 1 - stream.entries.len() as u64;
+                    let first = stream.first();
                     let drop = up_to.saturating_add(1).saturating_sub(first);
                     let drop = (drop as usize).min(stream.entries.len());
                     stream.entries.drain(..drop);

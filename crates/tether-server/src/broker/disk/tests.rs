@@ -232,6 +232,9 @@ async fn interval_mode_reepochs_only_armed_streams_after_a_machine_crash() {
     // Two whole intervals without a record: "idle" is disarmed.
     tokio::time::sleep(every * 6).await;
     let busy = publish(&broker, "busy", "y", 10).await;
+    // A checkpoint inside the newest segment: the boot id is still found (its header is
+    // before the checkpoint's position).
+    broker.shared.checkpoint().unwrap();
     let crashed = dir.crash_copy();
     broker.close().await;
 
@@ -315,14 +318,8 @@ async fn removal_and_idempotency_survive_a_restart() {
     broker.close().await;
 }
 
-#[tokio::test]
-async fn expired_history_frees_its_segments() {
-    let dir = Dir::new();
-    let mut options = options(&dir.0, Fsync::Always);
-    options.segment_size = 64 << 10;
-    options.checkpoint_interval = Duration::from_millis(50);
-    let recorder = Arc::new(Recorder::default());
-    let broker = DiskBroker::open(options, recorder).unwrap();
+/// `count` publications of 1,000 bytes into `channel`, with a 300 ms history TTL.
+async fn fill_short_lived(broker: &DiskBroker, channel: &str, count: usize) {
     let short = PublishOptions {
         history: Some(HistoryOptions {
             size: 1000,
@@ -332,28 +329,83 @@ async fn expired_history_frees_its_segments() {
         idempotency_key: None,
     };
     let payload = "x".repeat(1000);
-    for _ in 0..300 {
+    for _ in 0..count {
         broker
-            .publish("a", publication(&payload), &short)
+            .publish(channel, publication(&payload), &short)
             .await
             .unwrap();
     }
+}
+
+/// Waits (at most 4 s) for the store to hold at most `most` segments; returns how many it
+/// holds.
+async fn segments_down_to(dir: &Path, most: usize) -> usize {
+    let mut left = usize::MAX;
+    for _ in 0..200 {
+        left = log::list(dir).unwrap().len();
+        if left <= most {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    left
+}
+
+#[tokio::test]
+async fn expired_history_frees_its_segments() {
+    let dir = Dir::new();
+    let mut options = options(&dir.0, Fsync::Always);
+    options.segment_size = 64 << 10;
+    options.checkpoint_interval = Duration::from_millis(50);
+    let recorder = Arc::new(Recorder::default());
+    let broker = DiskBroker::open(options, recorder).unwrap();
+    fill_short_lived(&broker, "a", 300).await;
     let full = log::list(&dir.0).unwrap().len();
     assert!(full >= 4, "{full} segments");
     tokio::time::sleep(Duration::from_millis(400)).await;
     broker.sweep(tokio::time::Instant::now());
     // The checkpoint after the sweep deletes what nothing refers to.
-    let mut left = full;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        left = log::list(&dir.0).unwrap().len();
-        if left <= 2 {
-            break;
-        }
-    }
+    let left = segments_down_to(&dir.0, 2).await;
     assert!(left <= 2, "{left} of {full} segments left");
     assert_eq!(all(&broker, "a").top.offset, 300);
     broker.close().await;
+}
+
+#[tokio::test]
+async fn a_long_lived_stream_does_not_pin_old_segments() {
+    let dir = Dir::new();
+    let mut options = options(&dir.0, Fsync::Always);
+    options.segment_size = 64 << 10;
+    options.checkpoint_interval = Duration::from_millis(50);
+    let broker = DiskBroker::open(options, Arc::new(Recorder::default())).unwrap();
+    for i in 1..=3 {
+        publish(&broker, "keep", &format!("keep{i}"), 10).await;
+    }
+    fill_short_lived(&broker, "churn", 400).await;
+    let full = log::list(&dir.0).unwrap().len();
+    assert!(full >= 6, "{full} segments");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    broker.sweep(tokio::time::Instant::now());
+    // Checkpoints move "keep" forward, then delete what nothing refers to.
+    let left = segments_down_to(&dir.0, 3).await;
+    assert!(
+        left <= 3,
+        "{left} of {full} segments left: {:?}, keep at {:?}",
+        log::list(&dir.0).unwrap(),
+        broker.shared.channels.with("keep", |state| state
+            .stream
+            .as_ref()
+            .map(|s| s.entries.clone()))
+    );
+    assert_eq!(data(&all(&broker, "keep")), ["keep1", "keep2", "keep3"]);
+    let crashed = dir.crash_copy();
+    broker.close().await;
+    drop(broker);
+    for store in [&dir, &crashed] {
+        let (reopened, _) = open(&store.0, Fsync::Always);
+        assert_eq!(data(&all(&reopened, "keep")), ["keep1", "keep2", "keep3"]);
+        reopened.close().await;
+    }
 }
 
 #[test]

@@ -45,6 +45,8 @@ pub(super) struct Writer {
     interval: Option<Duration>,
     /// Something written since the last sync.
     unsynced: bool,
+    /// The batch being written must be synced (it moves publications).
+    must_sync: bool,
     next_tick: std::time::Instant,
     armed: HashSet<u64>,
     /// Streams written since the last interval tick.
@@ -83,6 +85,7 @@ impl Writer {
                 Fsync::Interval(every) => Some(every),
             },
             unsynced: false,
+            must_sync: false,
             next_tick: std::time::Instant::now(),
             armed: HashSet::new(),
             touched: HashSet::new(),
@@ -197,7 +200,11 @@ impl Writer {
                     continue;
                 }
             }
-            if self.interval.is_some()
+            if matches!(pending.op, Op::Move { .. }) {
+                // The segment it leaves is deleted after the next checkpoint: the copy must
+                // be on disk by then.
+                self.must_sync = true;
+            } else if self.interval.is_some()
                 && !self.armed.contains(&pending.stream)
                 && !arming.contains(&pending.stream)
             {
@@ -243,12 +250,13 @@ impl Writer {
         // A sync makes every acknowledgement in it safe; `interval` mode needs one only to
         // arm streams.
         let result = result.and_then(|()| {
-            if self.interval.is_none() || !arming.is_empty() {
+            if self.interval.is_none() || !arming.is_empty() || self.must_sync {
                 self.sync()
             } else {
                 Ok(())
             }
         });
+        self.must_sync = false;
         let planned = std::mem::take(planned);
         let arming = std::mem::take(arming);
         match result {
@@ -431,10 +439,22 @@ fn plan(
     out: &mut Vec<u8>,
 ) -> Option<(bool, u64, usize)> {
     shared.channels.with(&pending.channel, |state| {
-        let stream = state
-            .stream
-            .as_mut()
-            .filter(|stream| stream.id == pending.stream)?;
+        let stream = state.stream_if(pending.stream)?;
+        if let Op::Move {
+            offset,
+            from,
+            bytes,
+        } = &pending.op
+        {
+            // Only while the stream still retains that publication where compaction found it.
+            let first = stream.first();
+            let index = offset.checked_sub(first)?;
+            if stream.entries.get(index as usize) != Some(from) {
+                return None;
+            }
+            out.extend_from_slice(bytes);
+            return Some((false, *offset, 0));
+        }
         let started = !stream.persisted;
         if started {
             Record::StreamStart {
@@ -470,6 +490,7 @@ fn plan(
                 .encode(out);
                 stream.written
             }
+            Op::Move { .. } => unreachable!("handled above"),
             Op::RemoveHistory { .. } => {
                 Record::RemoveHistory {
                     stream: stream.id,
@@ -486,7 +507,7 @@ fn plan(
 /// Takes back the offset [`plan`] just assigned (the item is not written).
 fn unplan(shared: &Shared, pending: &Pending, started: bool, offset: u64) {
     shared.channels.with(&pending.channel, |state| {
-        if let Some(stream) = state.stream.as_mut().filter(|s| s.id == pending.stream) {
+        if let Some(stream) = state.stream_if(pending.stream) {
             if matches!(pending.op, Op::Publish { .. }) && stream.written == offset {
                 stream.written -= 1;
             }
@@ -499,8 +520,11 @@ fn unplan(shared: &Shared, pending: &Pending, started: bool, offset: u64) {
 
 /// After a failed write: the stream continues from its committed top.
 fn rollback(shared: &Shared, pending: &Pending, started: bool) {
+    if matches!(pending.op, Op::Move { .. }) {
+        return;
+    }
     shared.channels.with(&pending.channel, |state| {
-        if let Some(stream) = state.stream.as_mut().filter(|s| s.id == pending.stream) {
+        if let Some(stream) = state.stream_if(pending.stream) {
             stream.written = stream.top;
             if started {
                 stream.persisted = false;
@@ -517,6 +541,8 @@ fn fail(pending: Pending, error: BrokerError) {
         Op::RemoveHistory { done } => {
             let _ = done.send(Err(error));
         }
+        // Compaction tries again at a later checkpoint.
+        Op::Move { .. } => {}
     }
 }
 
@@ -537,11 +563,7 @@ fn commit(shared: &Shared, item: Planned, at: Location) {
             let mut publication = *publication;
             publication.offset = offset;
             let result = shared.channels.with(&channel, |state| {
-                let Some(stream) = state
-                    .stream
-                    .as_mut()
-                    .filter(|stream| stream.id == pending.stream)
-                else {
+                let Some(stream) = state.stream_if(pending.stream) else {
                     return Err(BrokerError::Unavailable(
                         "disk engine: stream expired while written".into(),
                     ));
@@ -589,14 +611,24 @@ fn commit(shared: &Shared, item: Planned, at: Location) {
             });
             let _ = done.send(result);
         }
+        Op::Move { from, .. } => {
+            shared.channels.with(&channel, |state| {
+                if let Some(stream) = state.stream_if(pending.stream) {
+                    let first = stream.first();
+                    if let Some(entry) = offset
+                        .checked_sub(first)
+                        .and_then(|index| stream.entries.get_mut(index as usize))
+                        .filter(|entry| **entry == from)
+                    {
+                        *entry = at;
+                    }
+                }
+            });
+        }
         Op::RemoveHistory { done } => {
             shared.channels.with(&channel, |state| {
-                if let Some(stream) = state
-                    .stream
-                    .as_mut()
-                    .filter(|stream| stream.id == pending.stream)
-                {
-                    let first = stream.top + 1 - stream.entries.len() as u64;
+                if let Some(stream) = state.stream_if(pending.stream) {
+                    let first = stream.first();
                     let drop = (offset + 1).saturating_sub(first) as usize;
                     stream.entries.drain(..drop.min(stream.entries.len()));
                     if stream
