@@ -89,11 +89,11 @@ fi
 if [[ -s "$OUT/crash.jsonl" ]]; then
   echo "### kill -9 under load (64 publishers), then every acknowledged publication checked"
   echo
-  echo "| engine | acked | kept | trimmed | epoch changed | LOST | verify passed |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: | --- |"
+  echo "| engine | rep | checkpoint_interval | acked | kept | trimmed | epoch changed | LOST | verify passed |"
+  echo "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"
   jq -s -r "$JQ_LIB"'
-    sort_by(.case | case_rank) | .[] |
-    "| \(.case) | \(.publish.acked) | \(.verify.kept) | \(.verify.trimmed) | \(.verify.epoch_changed) | \(.verify.lost) | \(.verified) |"
+    sort_by([(.case | case_rank), .rep]) | .[] |
+    "| \(.case) | \(.rep // 1) | \(.checkpoint_interval // "default") | \(.publish.acked) | \(.verify.kept) | \(.verify.trimmed) | \(.verify.epoch_changed) | \(.verify.lost) | \(.verified) |"
   ' "$OUT/crash.jsonl"
   echo
 fi

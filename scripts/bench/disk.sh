@@ -28,6 +28,8 @@
 #  - crash: for case in CASES: 64 publishers with `--record` for CRASH_SECS, the node killed
 #    (kill -9) CRASH_AT seconds in, restarted on the same store, every acknowledged
 #    publication checked: kept, or its channel's epoch changed (memory: all of them), or LOST.
+#    CRASH_REPS times (1 by default); CHECKPOINT_INTERVAL=20ms takes checkpoints among the
+#    writes.
 #
 # Records go to $OUT/*.jsonl; with jq, tables are printed and written to $OUT/disk-table.md.
 # Load average is sampled before and after each part into $OUT/load.txt. Loopback only;
@@ -58,8 +60,12 @@ SIZE="${SIZE:-100}"
 HISTORY_SIZE=100
 FILL_COUNT="${FILL_COUNT:-1000000}"
 FSYNC_INTERVAL="${FSYNC_INTERVAL:-100ms}"
+# engine.disk.checkpoint_interval (the engine's default, 1m, when empty); a short one makes
+# checkpoints fall among the writes of the crash part.
+CHECKPOINT_INTERVAL="${CHECKPOINT_INTERVAL:-}"
 CRASH_SECS="${CRASH_SECS:-4}"
 CRASH_AT="${CRASH_AT:-2}"
+CRASH_REPS="${CRASH_REPS:-1}"
 EVICT="${EVICT:-1}"
 # The engine of the restart part (memory: a control, to try the harness without the disk engine).
 RESTART_CASE="${RESTART_CASE:-disk-always}"
@@ -90,11 +96,13 @@ load() { echo "$(date -u +%H:%M:%S) $1: $(cut -d' ' -f1-3 /proc/loadavg)" | tee 
 
 # engine_json CASE DIR: the `engine` section of a case.
 engine_json() {
+  local extra=""
+  [[ -n "$CHECKPOINT_INTERVAL" ]] && extra=", \"checkpoint_interval\": \"$CHECKPOINT_INTERVAL\""
   case "$1" in
     memory) echo '{ "type": "memory" }' ;;
-    disk-always) echo "{ \"type\": \"disk\", \"disk\": { \"path\": \"$2\", \"fsync\": \"always\" } }" ;;
+    disk-always) echo "{ \"type\": \"disk\", \"disk\": { \"path\": \"$2\", \"fsync\": \"always\"$extra } }" ;;
     disk-interval)
-      echo "{ \"type\": \"disk\", \"disk\": { \"path\": \"$2\", \"fsync\": \"interval\", \"fsync_interval\": \"$FSYNC_INTERVAL\" } }"
+      echo "{ \"type\": \"disk\", \"disk\": { \"path\": \"$2\", \"fsync\": \"interval\", \"fsync_interval\": \"$FSYNC_INTERVAL\"$extra } }"
       ;;
     *) echo "unknown case $1" >&2; return 2 ;;
   esac
@@ -295,8 +303,9 @@ restart() {
 
 crash() {
   load "crash start"
+  for rep in $(seq 1 "$CRASH_REPS"); do
   for case in $CASES; do
-    echo "== kill -9 under load: $case" >&2
+    echo "== kill -9 under load, rep $rep of $CRASH_REPS: $case" >&2
     dir="$tmp/crash-$case"
     rm -rf "$dir" && mkdir -p "$dir"
     start "$case" "$dir" "tether-crash-$case.log"
@@ -321,11 +330,13 @@ crash() {
     bench history verify --api "127.0.0.1:$port" --record "$tmp/crash.rec" \
       --history-size "$HISTORY_SIZE" --json >"$tmp/crash-verify.json" || verify_ok=false
     jq -c --arg case "$case" --argjson verified "$verify_ok" --slurpfile pub "$tmp/crash-pub.json" \
-      '{case: $case, verified: $verified, publish: $pub[0].result, verify: .result}' \
+      --argjson rep "$rep" --arg checkpoint "${CHECKPOINT_INTERVAL:-default}" \
+      '{case: $case, rep: $rep, checkpoint_interval: $checkpoint, verified: $verified, publish: $pub[0].result, verify: .result}' \
       "$tmp/crash-verify.json" | tee -a "$OUT/crash.jsonl" |
       jq -r '"crash \(.case): \(.publish.acked) acked before and around the kill; \(.verify.kept) kept, \(.verify.trimmed) trimmed, \(.verify.epoch_changed) epoch-changed, \(.verify.lost) LOST \(.verify.lost_examples)"' >&2
     stop
     rm -rf "$dir" "$tmp/crash.rec"
+  done
   done
   load "crash end"
 }
