@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::broker::tests::{META_TTL, Recorder, TTL, offsets, publication, query, with_history};
-use crate::broker::{HistoryQuery, PublishOptions};
+use crate::broker::PublishOptions;
+use crate::broker::tests::{META_TTL, Recorder, offsets, publication, query, with_history};
 
 /// A fresh directory under the system's temporary one, removed when dropped.
 struct Dir(PathBuf);
@@ -423,5 +423,4 @@ fn a_second_node_cannot_open_the_same_store() {
     .unwrap_err();
     assert!(error.to_string().contains("another node"), "{error}");
     runtime.block_on(broker.close());
-    let _ = (TTL, HistoryQuery::default());
 }
