@@ -51,6 +51,23 @@ pub(crate) fn complete_config(config: &mut Value, port: u16) {
     config["http_api"] = json!({ "key": API_KEY });
 }
 
+/// Runs `tether serve` with `config` (completed as [`complete_config`] does, on a free port)
+/// until it exits, which it must by itself within 10 s: its exit code and stderr.
+pub(crate) async fn serve_until_exit(mut config: Value) -> (Option<i32>, String) {
+    complete_config(&mut config, free_port());
+    let dir = TempDir::new();
+    let path = dir.write_config(&config);
+    let output = serve_command(&path).stderr(Stdio::piped()).output();
+    let output = tokio::time::timeout(Duration::from_secs(10), output)
+        .await
+        .expect("tether exits by itself")
+        .expect("run tether");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// A fresh directory under the system's temporary one, removed when dropped.
 pub(crate) struct TempDir(PathBuf);
 
