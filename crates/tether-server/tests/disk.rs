@@ -1,0 +1,640 @@
+//! The disk engine (issue 19) end to end: the `tether` binary on `engine.type = "disk"`,
+//! killed with SIGKILL or stopped with SIGTERM and started again on the same store. What a
+//! publisher was acknowledged survives a restart with its epoch, offset and data (or its
+//! stream gets a new epoch); a torn tail is cut; a full disk fails publishes but not the
+//! node; two nodes cannot share a store.
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::cluster::{collect, recovered_publications};
+use support::process::serve_until_exit;
+use support::{API_KEY, Client, Node, TempDir, http};
+use tokio::time::Instant;
+
+/// History kept by the `log:` namespace: more than any test publishes into one channel, so
+/// every history read returns the whole stream.
+const HISTORY_SIZE: usize = 10_000;
+/// The smallest `engine.disk.segment_size`: tests that want many segments use it.
+const MIN_SEGMENT: u64 = 64 << 10;
+
+/// A node config on the disk engine with its store in `store`: channels in `log:` keep
+/// history and force recovery, channels without a namespace keep nothing.
+fn disk_config(store: &Path, fsync: &str) -> Value {
+    json!({
+        // Tests stop nodes with clients still connected: drain them quickly.
+        "shutdown": { "drain_window": "100ms" },
+        "engine": {
+            "type": "disk",
+            "disk": { "path": store, "fsync": fsync, "fsync_interval": "50ms" },
+        },
+        "channel": {
+            "without_namespace": { "allow_subscribe_for_client": true },
+            "namespaces": [{
+                "name": "log",
+                "history_size": HISTORY_SIZE,
+                "history_ttl": "300s",
+                "force_recovery": true,
+                "allow_subscribe_for_client": true,
+                "allow_history_for_client": true,
+            }],
+        },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_recovers_exactly_what_it_missed_across_a_kill_9() {
+    const CHANNEL: &str = "log:recover";
+    let store = TempDir::new();
+    let config = disk_config(store.path(), "always");
+    let node = Node::start_with(config.clone()).await;
+    for n in 1..=3 {
+        published(&node, CHANNEL, n).await;
+    }
+    let (mut client, _) = Client::connected(&node, "u1").await;
+    let sub = client.subscribe(json!({ "channel": CHANNEL })).await;
+    assert_eq!(sub["recoverable"], json!(true), "{sub}");
+    assert_eq!(sub["offset"], json!(3), "{sub}");
+    let epoch = sub["epoch"].as_str().expect("an epoch").to_owned();
+    for n in 4..=5 {
+        published(&node, CHANNEL, n).await;
+    }
+    assert_eq!(collect(&mut client, CHANNEL, 2).await, [(4, 4), (5, 5)]);
+    // The client leaves at (5, epoch); five more are published while it is away.
+    drop(client);
+    for n in 6..=10 {
+        assert_eq!(published(&node, CHANNEL, n).await, (n, epoch.clone()));
+    }
+    node.kill().await;
+
+    let node = Node::start_with(config).await;
+    let (mut client, _) = Client::connected(&node, "u1").await;
+    let sub = client
+        .subscribe(json!({ "channel": CHANNEL, "recover": true, "offset": 5, "epoch": epoch }))
+        .await;
+    assert_eq!(sub["recovered"], json!(true), "{sub}");
+    assert_eq!(sub["epoch"], json!(epoch), "{sub}");
+    assert_eq!(
+        recovered_publications(&sub),
+        [(6, 6), (7, 7), (8, 8), (9, 9), (10, 10)]
+    );
+    let stream = history(&node, CHANNEL).await;
+    assert_eq!((stream.offset, stream.epoch.as_str()), (10, epoch.as_str()));
+    assert_eq!(stream.numbers(), numbered(1..=10));
+    // The stream goes on where it was, live too.
+    assert_eq!(published(&node, CHANNEL, 11).await, (11, epoch));
+    assert_eq!(collect(&mut client, CHANNEL, 1).await, [(11, 11)]);
+    assert!(node.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_restart_keeps_epochs_and_offsets_with_fsync_always() {
+    clean_restart_keeps_streams("always").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_restart_keeps_epochs_and_offsets_with_fsync_interval() {
+    clean_restart_keeps_streams("interval").await;
+}
+
+/// Publishes into two channels, stops the node with SIGTERM, starts it again: both streams
+/// are where they were, and the next publish continues them.
+async fn clean_restart_keeps_streams(fsync: &str) {
+    let store = TempDir::new();
+    let config = disk_config(store.path(), fsync);
+    let node = Node::start_with(config.clone()).await;
+    for n in 1..=20 {
+        published(&node, "log:a", n).await;
+    }
+    published(&node, "log:b", 1).await;
+    let a = history(&node, "log:a").await;
+    let b = history(&node, "log:b").await;
+    assert_eq!(a.offset, 20);
+    let status = node.terminate().await;
+    assert!(status.success(), "exit after SIGTERM: {status}");
+
+    let node = Node::start_with(config).await;
+    let a_after = history(&node, "log:a").await;
+    assert_eq!(
+        (a_after.offset, &a_after.epoch),
+        (a.offset, &a.epoch),
+        "{fsync}"
+    );
+    assert_eq!(a_after.publications, a.publications, "{fsync}");
+    let b_after = history(&node, "log:b").await;
+    assert_eq!((b_after.offset, &b_after.epoch), (1, &b.epoch), "{fsync}");
+    assert_eq!(published(&node, "log:a", 21).await, (21, a.epoch));
+    assert_eq!(published(&node, "log:b", 2).await, (2, b.epoch));
+    assert!(node.terminate().await.success());
+}
+
+/// How many tasks publish at once in the load test, into how many channels, for how long at
+/// most (the node is killed well before).
+const PUBLISHERS: usize = 8;
+const LOAD_CHANNELS: usize = 50;
+const LOAD_FOR: Duration = Duration::from_secs(4);
+const KILL_AFTER: Duration = Duration::from_millis(1500);
+
+/// One acknowledged publish of the load test.
+struct Ack {
+    channel: String,
+    offset: u64,
+    epoch: String,
+    data: Value,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_under_load_with_fsync_interval_keeps_every_acknowledged_publication_or_changes_the_epoch()
+ {
+    let store = TempDir::new();
+    let mut config = disk_config(store.path(), "interval");
+    // Small segments and frequent checkpoints: the kill lands among rotations and
+    // checkpoints taken while publications are in flight.
+    config["engine"]["disk"]["segment_size"] = json!(MIN_SEGMENT);
+    config["engine"]["disk"]["checkpoint_interval"] = json!("200ms");
+    let node = Node::start_with(config.clone()).await;
+    let addr = node.addr;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let until = Instant::now() + LOAD_FOR;
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|task| {
+            let acked = Arc::clone(&acked);
+            tokio::spawn(async move {
+                let mut acks = Vec::new();
+                let mut refused = 0;
+                for i in 0usize.. {
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    let channel = format!("log:load-{}", (task * 7 + i) % LOAD_CHANNELS);
+                    let data = json!({ "task": task, "i": i });
+                    let body = json!({ "channel": channel, "data": data });
+                    // The node is gone (killed) once a request fails.
+                    let Ok((200, reply)) = http::api(addr, "publish", &body, Some(API_KEY)).await
+                    else {
+                        break;
+                    };
+                    let Some((offset, epoch)) = position(&reply["result"]) else {
+                        refused += 1;
+                        continue;
+                    };
+                    acks.push(Ack {
+                        channel,
+                        offset,
+                        epoch,
+                        data,
+                    });
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                (acks, refused)
+            })
+        })
+        .collect();
+    tokio::time::sleep(KILL_AFTER).await;
+    let acked_at_kill = acked.load(Ordering::Relaxed);
+    node.kill().await;
+    let mut acks = Vec::new();
+    let mut refused = 0;
+    for publisher in publishers {
+        let (mut some, not) = publisher.await.unwrap();
+        acks.append(&mut some);
+        refused += not;
+    }
+    assert_eq!(refused, 0, "publishes refused before the kill");
+    assert!(
+        acked_at_kill > 0,
+        "nothing was acknowledged before the kill"
+    );
+    let mut by_channel: BTreeMap<String, Vec<Ack>> = BTreeMap::new();
+    for ack in acks {
+        by_channel.entry(ack.channel.clone()).or_default().push(ack);
+    }
+
+    let node = Node::start_with(config).await;
+    let (mut kept, mut reepoched, mut served, mut unacknowledged) = (0, 0, 0, 0);
+    for (channel, acks) in &by_channel {
+        let epoch = &acks[0].epoch;
+        assert!(
+            acks.iter().all(|ack| ack.epoch == *epoch),
+            "{channel}: one stream per channel in one run"
+        );
+        let stream = history(&node, channel).await;
+        if stream.epoch != *epoch {
+            reepoched += 1;
+            continue;
+        }
+        let by_offset: HashMap<u64, &Value> = stream
+            .publications
+            .iter()
+            .map(|p| (p["offset"].as_u64().unwrap(), &p["data"]))
+            .collect();
+        for ack in acks {
+            assert_eq!(
+                by_offset.get(&ack.offset),
+                Some(&&ack.data),
+                "{channel}: offset {} was acknowledged in epoch {epoch}, which the restarted node \
+                 still serves",
+                ack.offset
+            );
+        }
+        let highest = acks.iter().map(|ack| ack.offset).max().unwrap();
+        assert!(stream.offset >= highest, "{channel}: top {}", stream.offset);
+        kept += 1;
+        served += stream.publications.len();
+        unacknowledged += stream.publications.len() - acks.len();
+    }
+    eprintln!(
+        "load: {} publications acknowledged into {} channels ({acked_at_kill} when the kill \
+         was sent); after the restart {kept} channels kept every acknowledged one in their \
+         epoch, {reepoched} got a new epoch; {served} served, {unacknowledged} of them written \
+         but never acknowledged",
+        by_channel.values().map(Vec::len).sum::<usize>(),
+        by_channel.len(),
+    );
+    assert!(node.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_is_cut_and_every_publication_before_it_kept() {
+    const CHANNEL: &str = "log:torn";
+    let store = TempDir::new();
+    let config = disk_config(store.path(), "always");
+    let node = Node::start_with(config.clone()).await;
+    let mut epoch = String::new();
+    for n in 1..=10 {
+        epoch = published(&node, CHANNEL, n).await.1;
+    }
+    node.kill().await;
+
+    // What a write the crash cut short leaves: the first half of the last record, again,
+    // right after it.
+    let segment = newest_segment(store.path());
+    let bytes = std::fs::read(&segment).unwrap();
+    let frames = frames(&bytes);
+    let last = frames
+        .last()
+        .expect("records in the newest segment")
+        .clone();
+    let torn = &bytes[last.start..last.start + last.len() / 2];
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.write_all_at(torn, last.end as u64).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+
+    let node = Node::start_logged(config.clone()).await;
+    assert!(
+        logged_within(&node, "torn tail", Duration::from_secs(5)).await,
+        "no word of the cut: {}",
+        node.log()
+    );
+    let stream = history(&node, CHANNEL).await;
+    assert_eq!((stream.offset, stream.epoch.as_str()), (10, epoch.as_str()));
+    assert_eq!(stream.numbers(), numbered(1..=10));
+    assert_eq!(published(&node, CHANNEL, 11).await, (11, epoch.clone()));
+
+    // The cut stays cut through the next crash.
+    node.kill().await;
+    let node = Node::start_with(config).await;
+    let stream = history(&node, CHANNEL).await;
+    assert_eq!((stream.offset, stream.epoch.as_str()), (11, epoch.as_str()));
+    assert_eq!(stream.numbers(), numbered(1..=11));
+    assert!(node.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_publishes_but_not_the_node_and_publishing_resumes_without_a_gap() {
+    let Some(full) = FullDisk::reach().await else {
+        return;
+    };
+    let (node, last, epoch) = (&full.node, full.last, &full.epoch);
+    assert!(full.failure["error"].is_object(), "{}", full.failure);
+    assert!(full.failure.get("result").is_none(), "{}", full.failure);
+    assert!(metric(node, "tether_disk_write_errors_total").await >= 1.0);
+
+    // The node serves on: history reads, and fan-out of a channel without history.
+    let stream = history(node, FullDisk::CHANNEL).await;
+    assert_eq!((stream.offset, &stream.epoch), (last, epoch));
+    assert_eq!(stream.numbers(), numbered(1..=last));
+    let (mut listener, _) = Client::connected(node, "u1").await;
+    listener.subscribe(json!({ "channel": "live" })).await;
+    let reply = node.publish("live", json!({ "n": 1 })).await;
+    assert!(reply["result"].is_object(), "{reply}");
+    assert_eq!(collect(&mut listener, "live", 1).await, [(0, 1)]);
+    let reply = publish_padded(node, FullDisk::CHANNEL, last + 1).await;
+    assert!(reply["error"].is_object(), "still full: {reply}");
+
+    // Room again: the stream continues right after the last acknowledged offset.
+    full.free();
+    assert_eq!(
+        published(node, FullDisk::CHANNEL, last + 1).await,
+        (last + 1, epoch.clone())
+    );
+    assert_eq!(
+        published(node, FullDisk::CHANNEL, last + 2).await,
+        (last + 2, epoch.clone())
+    );
+    let stream = history(node, FullDisk::CHANNEL).await;
+    assert_eq!(stream.numbers(), numbered(1..=last + 2));
+    let FullDisk { node, tmpfs, .. } = full;
+    assert!(node.terminate().await.success());
+    drop(tmpfs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_on_the_same_store_is_refused_naming_the_lock() {
+    const CHANNEL: &str = "log:lock";
+    let store = TempDir::new();
+    let config = disk_config(store.path(), "always");
+    let node = Node::start_with(config.clone()).await;
+    let (_, epoch) = published(&node, CHANNEL, 1).await;
+
+    let (code, stderr) = serve_until_exit(config.clone()).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("lock") && stderr.contains(store.path().to_str().unwrap()),
+        "{stderr}"
+    );
+    // The first node did not notice.
+    assert_eq!(published(&node, CHANNEL, 2).await, (2, epoch.clone()));
+    assert!(node.terminate().await.success());
+
+    // The lock leaves with its node.
+    let node = Node::start_with(config).await;
+    let stream = history(&node, CHANNEL).await;
+    assert_eq!((stream.offset, stream.epoch), (2, epoch));
+    assert!(node.terminate().await.success());
+}
+
+// === helpers ===
+
+/// A channel's stream as `/api/history` serves it.
+struct History {
+    epoch: String,
+    offset: u64,
+    publications: Vec<Value>,
+}
+
+impl History {
+    /// `(offset, data["n"])` of each publication.
+    fn numbers(&self) -> Vec<(u64, i64)> {
+        recovered_publications(&json!({ "publications": self.publications }))
+    }
+}
+
+/// The whole history of `channel`, which must be served.
+async fn history(node: &Node, channel: &str) -> History {
+    let reply = node
+        .api("history", json!({ "channel": channel, "limit": -1 }))
+        .await;
+    let result = &reply["result"];
+    let (offset, epoch) = position(result).unwrap_or_else(|| panic!("{channel}: {reply}"));
+    History {
+        epoch,
+        offset,
+        publications: result["publications"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    }
+}
+
+/// Publishes `{"n": n}`, which must succeed; returns its (offset, epoch).
+async fn published(node: &Node, channel: &str, n: u64) -> (u64, String) {
+    let reply = node.publish(channel, json!({ "n": n })).await;
+    position(&reply["result"]).unwrap_or_else(|| panic!("publish {n} into {channel}: {reply}"))
+}
+
+/// Publishes `{"n": n}` with a kilobyte of padding; returns the reply.
+async fn publish_padded(node: &Node, channel: &str, n: u64) -> Value {
+    node.publish(channel, json!({ "n": n, "pad": "x".repeat(1024) }))
+        .await
+}
+
+/// The (offset, epoch) of a publish or history result; `None` when it is not one.
+fn position(result: &Value) -> Option<(u64, String)> {
+    let epoch = result["epoch"].as_str()?.to_owned();
+    Some((result["offset"].as_u64().unwrap_or(0), epoch))
+}
+
+/// A figure of the node's `/metrics`.
+async fn metric(node: &Node, name: &str) -> f64 {
+    let response = http::request(node.addr, "GET", "/metrics", "", "")
+        .await
+        .expect("metrics");
+    let prefix = format!("{name} ");
+    response
+        .body()
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in\n{}", response.body()))
+}
+
+/// Whether the node's log has `text` in it `within` (its stderr is read as it comes).
+async fn logged_within(node: &Node, text: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while !node.log().contains(text) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// The segment files of a store (`NNNNNNNNNN.log`), oldest first.
+fn segments(store: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(store)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// `(offset, n)` pairs where `n` is the offset, as the tests publish them.
+fn numbered(offsets: std::ops::RangeInclusive<u64>) -> Vec<(u64, i64)> {
+    offsets.map(|n| (n, n as i64)).collect()
+}
+
+/// The segment file with the highest id in a store.
+fn newest_segment(store: &Path) -> PathBuf {
+    segments(store).pop().expect("a segment file")
+}
+
+/// Where each record of a segment file is, from its start to the first zero length: the
+/// engine's framing, `[len u32 LE][crc32 u32 LE][len bytes]`.
+fn frames(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+    const HEADER: usize = 8;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(len) = bytes.get(at..at + 4) {
+        let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
+        if len == 0 || at + HEADER + len > bytes.len() {
+            break;
+        }
+        out.push(at..at + HEADER + len);
+        at += HEADER + len;
+    }
+    out
+}
+
+/// Waits (up to 5 s) until the engine has its next segment zero-filled in advance, so a test
+/// that fills the disk knows how much the node still has.
+async fn wait_for_spare(store: &Path) {
+    let spare = store.join("next.spare");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::metadata(&spare).map_or(true, |meta| meta.len() < MIN_SEGMENT) {
+        assert!(Instant::now() < deadline, "no spare segment was prepared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes `path` until the file system is full; returns how many bytes it took.
+fn fill(path: &Path) -> u64 {
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = [0xa5_u8; 4096];
+    let mut taken = 0;
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => taken += n as u64,
+            Err(error) if error.kind() == std::io::ErrorKind::StorageFull => break,
+            Err(error) => panic!("fill {}: {error}", path.display()),
+        }
+    }
+    taken
+}
+
+/// A node whose store is on a 2 MB tmpfs that a filler file has made full, after publishes
+/// into [`FullDisk::CHANNEL`] ran until one failed.
+struct FullDisk {
+    // Dropped in this order: the node before its file system.
+    node: Node,
+    filler: PathBuf,
+    /// The last acknowledged offset, and the stream's epoch.
+    last: u64,
+    epoch: String,
+    /// The reply to the publish that failed.
+    failure: Value,
+    tmpfs: Tmpfs,
+}
+
+impl FullDisk {
+    const CHANNEL: &str = "log:full";
+
+    /// `None` (the test is skipped, the reason printed) where a tmpfs cannot be mounted.
+    async fn reach() -> Option<Self> {
+        let tmpfs = Tmpfs::mount("2m")?;
+        let store = tmpfs.path().join("store");
+        let mut config = disk_config(&store, "always");
+        config["engine"]["disk"]["segment_size"] = json!(MIN_SEGMENT);
+        let node = Node::start_logged(config.clone()).await;
+        let (first, epoch) = published(&node, Self::CHANNEL, 1).await;
+        assert_eq!(first, 1);
+        assert_eq!(metric(&node, "tether_disk_write_errors_total").await, 0.0);
+        wait_for_spare(&store).await;
+
+        // Take every free byte; the node still has what it allocated ahead (the current
+        // segment and the spare), then publishes fail.
+        let filler = tmpfs.path().join("filler");
+        let taken = fill(&filler);
+        let mut last = 1;
+        let failure = loop {
+            assert!(last < 2_000, "publishes never failed on a full disk");
+            let reply = publish_padded(&node, Self::CHANNEL, last + 1).await;
+            match position(&reply["result"]) {
+                Some((offset, got)) => {
+                    assert_eq!((offset, &got), (last + 1, &epoch));
+                    last = offset;
+                }
+                None => break reply,
+            }
+        };
+        eprintln!(
+            "disk full: the filler took {taken} bytes; {last} publications acknowledged, then: \
+             {failure}"
+        );
+        Some(Self {
+            node,
+            filler,
+            last,
+            epoch,
+            failure,
+            tmpfs,
+        })
+    }
+
+    /// Deletes the filler: room for about 2 MB again.
+    fn free(&self) {
+        std::fs::remove_file(&self.filler).unwrap();
+    }
+}
+
+/// A tmpfs of its own, mounted on a fresh directory; unmounted when dropped.
+struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`); `None`, with the reason printed, where
+    /// this process may not mount.
+    fn mount(size: &str) -> Option<Self> {
+        let dir = TempDir::new();
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match output {
+            Ok(output) if output.status.success() => Some(Self { dir }),
+            Ok(output) => {
+                eprintln!(
+                    "skipped: cannot mount a tmpfs ({}): {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+                None
+            }
+            Err(error) => {
+                eprintln!("skipped: cannot run mount: {error}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !unmounted {
+            // A node killed on the way out (a failed test) may still hold it: detach it now,
+            // the kernel frees it when the last user is gone.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
