@@ -353,6 +353,69 @@ async fn a_full_disk_fails_publishes_but_not_the_node_and_publishing_resumes_wit
     drop(tmpfs);
 }
 
+/// Engine bug (fails on 55ba1fc and as of 69ea5a0): while the disk is full every failed
+/// publish opens another segment file, whose header could not be written, and keeps it open.
+/// A full disk that lasts, with publishers retrying, piles up files and file descriptors
+/// without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_does_not_pile_up_a_segment_file_per_failed_publish() {
+    const FAILED: u64 = 20;
+    let Some(full) = FullDisk::reach().await else {
+        return;
+    };
+    let before = segment_files(&full.store);
+    for _ in 0..FAILED {
+        let reply = publish_padded(&full.node, FullDisk::CHANNEL, full.last + 1).await;
+        assert!(reply["error"].is_object(), "still full: {reply}");
+    }
+    let after = segment_files(&full.store);
+    assert!(
+        after <= before + 1,
+        "{FAILED} failed publishes on a full disk took the store from {before} to {after} \
+         segment files"
+    );
+    let FullDisk { node, tmpfs, .. } = full;
+    assert!(node.terminate().await.success());
+    drop(tmpfs);
+}
+
+/// Engine bug (fails on 55ba1fc and as of 69ea5a0): after a full disk (space freed,
+/// publishing resumed), a kill -9 before the next checkpoint gives every stream a new epoch
+/// although nothing acknowledged was lost: the replay pairs each segment with the header of
+/// the next file, and the files a failed rotation left behind have none ("a segment's header
+/// is damaged").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_after_a_full_disk_keeps_every_epoch() {
+    let Some(full) = FullDisk::reach().await else {
+        return;
+    };
+    let (last, epoch) = (full.last, full.epoch.clone());
+    full.free();
+    assert_eq!(
+        published(&full.node, FullDisk::CHANNEL, last + 1).await,
+        (last + 1, epoch.clone())
+    );
+    let FullDisk {
+        node,
+        config,
+        tmpfs,
+        ..
+    } = full;
+    node.kill().await;
+
+    let node = Node::start_logged(config).await;
+    let stream = history(&node, FullDisk::CHANNEL).await;
+    assert_eq!(
+        (stream.offset, &stream.epoch),
+        (last + 1, &epoch),
+        "nothing acknowledged was lost, yet the stream got a new epoch; the node said:\n{}",
+        node.log()
+    );
+    assert_eq!(stream.numbers(), numbered(1..=last + 1));
+    assert!(node.terminate().await.success());
+    drop(tmpfs);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_node_on_the_same_store_is_refused_naming_the_lock() {
     const CHANNEL: &str = "log:lock";
@@ -455,6 +518,11 @@ async fn logged_within(node: &Node, text: &str, within: Duration) -> bool {
     true
 }
 
+/// How many segment files a store has.
+fn segment_files(store: &Path) -> usize {
+    segments(store).len()
+}
+
 /// The segment files of a store (`NNNNNNNNNN.log`), oldest first.
 fn segments(store: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(store)
@@ -525,6 +593,8 @@ fn fill(path: &Path) -> u64 {
 struct FullDisk {
     // Dropped in this order: the node before its file system.
     node: Node,
+    config: Value,
+    store: PathBuf,
     filler: PathBuf,
     /// The last acknowledged offset, and the stream's epoch.
     last: u64,
@@ -571,6 +641,8 @@ impl FullDisk {
         );
         Some(Self {
             node,
+            config,
+            store,
             filler,
             last,
             epoch,
