@@ -107,8 +107,8 @@ async fn a_clean_restart_keeps_epochs_and_offsets_with_fsync_interval() {
     clean_restart_keeps_streams("interval").await;
 }
 
-/// Publishes into two channels, stops the node with SIGTERM, starts it again: both streams
-/// are where they were, and the next publish continues them.
+/// Publishes into two channels, stops the node with SIGTERM, starts it again (as if after a
+/// reboot): both streams are where they were, and the next publish continues them.
 async fn clean_restart_keeps_streams(fsync: &str) {
     let store = TempDir::new();
     let config = disk_config(store.path(), fsync);
@@ -122,6 +122,9 @@ async fn clean_restart_keeps_streams(fsync: &str) {
     assert_eq!(a.offset, 20);
     let status = node.terminate().await;
     assert!(status.success(), "exit after SIGTERM: {status}");
+    // A clean close keeps every epoch even when the machine rebooted meanwhile (the
+    // streams written just now are still armed in `interval` mode).
+    as_if_from_another_boot(store.path());
 
     let node = Node::start_with(config).await;
     let a_after = history(&node, "log:a").await;
@@ -261,6 +264,34 @@ async fn a_kill_9_under_load_with_fsync_interval_keeps_every_acknowledged_public
         by_channel.values().map(Vec::len).sum::<usize>(),
         by_channel.len(),
     );
+    assert!(node.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_crash_with_fsync_interval_gives_a_new_epoch_to_the_armed_streams_only() {
+    let store = TempDir::new();
+    let mut config = disk_config(store.path(), "interval");
+    // A stream stays armed for at least an interval after its last record: long enough for
+    // the kill below to come first.
+    config["engine"]["disk"]["fsync_interval"] = json!("1s");
+    let node = Node::start_with(config.clone()).await;
+    let (_, idle_epoch) = published(&node, "log:idle", 1).await;
+    // More than an interval without a record: synced and disarmed.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, busy_epoch) = published(&node, "log:busy", 1).await;
+    // Killed within the interval, and the machine "reboots": busy's acknowledged record may
+    // be lost.
+    node.kill().await;
+    as_if_from_another_boot(store.path());
+
+    let node = Node::start_logged(config).await;
+    let idle = history(&node, "log:idle").await;
+    assert_eq!((idle.offset, &idle.epoch), (1, &idle_epoch), "synced, kept");
+    let busy = history(&node, "log:busy").await;
+    assert_ne!(busy.epoch, busy_epoch, "armed at the crash: a new epoch");
+    assert!(logged_within(&node, "new epoch", Duration::from_secs(5)).await);
+    let (_, next_epoch) = published(&node, "log:busy", 2).await;
+    assert_eq!(next_epoch, busy.epoch);
     assert!(node.terminate().await.success());
 }
 
@@ -654,6 +685,36 @@ impl FullDisk {
     /// Deletes the filler: room for about 2 MB again.
     fn free(&self) {
         std::fs::remove_file(&self.filler).unwrap();
+    }
+}
+
+/// Makes a store look written under another boot of the machine (a crash and a reboot, but
+/// with every written byte kept): the boot id in the header record of each segment,
+/// `[len][crc][kind 1][boot id: varint length, bytes][prev_end varint]`, is replaced by
+/// another of the same length and the record's CRC fixed.
+fn as_if_from_another_boot(store: &Path) {
+    const HEADER: usize = 8;
+    const KIND_SEGMENT_START: u8 = 1;
+    for path in segments(store) {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut record = [0u8; 128];
+        file.read_exact_at(&mut record, 0).unwrap();
+        let len = u32::from_le_bytes(record[..4].try_into().unwrap()) as usize;
+        assert_eq!(record[HEADER], KIND_SEGMENT_START, "{}", path.display());
+        // A one-byte varint: boot ids are 36 characters.
+        let id_len = usize::from(record[HEADER + 1]);
+        assert!((1..0x80).contains(&id_len), "{}", path.display());
+        for byte in &mut record[HEADER + 2..HEADER + 2 + id_len] {
+            *byte = if *byte == b'0' { b'1' } else { b'0' };
+        }
+        let crc = crc32fast::hash(&record[HEADER..HEADER + len]);
+        record[4..HEADER].copy_from_slice(&crc.to_le_bytes());
+        file.write_all_at(&record[..HEADER + len], 0).unwrap();
+        file.sync_all().unwrap();
     }
 }
 
