@@ -156,6 +156,11 @@ struct Ack {
     data: Value,
 }
 
+/// Fails now and then on 55ba1fc and as of 69ea5a0 (seen about once in a hundred runs with
+/// three running at once): a checkpoint taken while the writer commits a batch records the
+/// log position after the batch but copies a channel before the batch's publication reached
+/// it, so the replay never sees that publication; when it was the channel's last, it is gone
+/// in the same epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_9_under_load_with_fsync_interval_keeps_every_acknowledged_publication_or_changes_the_epoch()
  {
@@ -241,16 +246,18 @@ async fn a_kill_9_under_load_with_fsync_interval_keeps_every_acknowledged_public
             .iter()
             .map(|p| (p["offset"].as_u64().unwrap(), &p["data"]))
             .collect();
+        let highest = acks.iter().map(|ack| ack.offset).max().unwrap();
         for ack in acks {
             assert_eq!(
                 by_offset.get(&ack.offset),
                 Some(&&ack.data),
                 "{channel}: offset {} was acknowledged in epoch {epoch}, which the restarted node \
-                 still serves",
-                ack.offset
+                 still serves with top {} ({} acknowledged, the highest {highest})",
+                ack.offset,
+                stream.offset,
+                acks.len(),
             );
         }
-        let highest = acks.iter().map(|ack| ack.offset).max().unwrap();
         assert!(stream.offset >= highest, "{channel}: top {}", stream.offset);
         kept += 1;
         served += stream.publications.len();
