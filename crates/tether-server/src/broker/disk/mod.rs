@@ -522,7 +522,7 @@ impl fmt::Debug for DiskBroker {
 
 /// The store could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("disk engine: cannot {what} {}: {source}", path.display())]
+#[error("disk engine: cannot {what} {}", path.display())]
 pub struct DiskOpenError {
     what: &'static str,
     path: PathBuf,

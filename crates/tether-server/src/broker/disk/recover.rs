@@ -176,6 +176,13 @@ pub(super) fn open(dir: &Path, now_ms: u64, boot_id: &str) -> io::Result<Opened>
     if segments.is_empty() {
         clean = true;
     }
+    if !clean {
+        // What the crashed run wrote but never synced is in the page cache at best: make it
+        // durable now, before streams that relied on it lose their armed state below.
+        for id in &segments {
+            fs::File::open(log::path(dir, *id))?.sync_all()?;
+        }
+    }
     let same_boot = last_boot
         .as_deref()
         .is_some_and(|b| !b.is_empty() && b == boot_id);
