@@ -6,15 +6,14 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use prost::Message as _;
 use serde_json::{Value, json};
 use support::cluster::{FaultProxy, delete_keys, publication, redis_url, unique_prefix};
-use support::process::{complete_config, serve_command};
-use support::{Client, Node, TempDir, free_port};
+use support::process::serve_until_exit;
+use support::{Client, Node, free_port};
 
 fn nats_url() -> String {
     std::env::var("TETHER_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
@@ -372,23 +371,6 @@ async fn with_the_redis_engine_presence_is_shared_and_publications_go_through_na
     .await;
     assert_eq!(bob.close_code(Duration::from_secs(5)).await, Some(4001));
     delete_keys(&prefix).await;
-}
-
-/// Runs `tether serve` with `config` until it exits (it must, by itself): exit code and
-/// stderr.
-async fn serve_until_exit(mut config: Value) -> (Option<i32>, String) {
-    complete_config(&mut config, free_port());
-    let dir = TempDir::new();
-    let path = dir.write_config(&config);
-    let output = serve_command(&path).stderr(Stdio::piped()).output();
-    let output = tokio::time::timeout(Duration::from_secs(10), output)
-        .await
-        .expect("tether exits by itself")
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

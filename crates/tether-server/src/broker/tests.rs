@@ -55,7 +55,7 @@ pub(super) fn publication(data: &str) -> Publication {
     }
 }
 
-pub(super) const TTL: Duration = Duration::from_secs(60);
+const TTL: Duration = Duration::from_secs(60);
 pub(super) const META_TTL: Duration = Duration::from_secs(3600);
 
 pub(super) fn with_history(size: usize) -> PublishOptions {

@@ -4,10 +4,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Child;
 
 use super::{API_KEY, Gateway, SECRET, free_port, http};
@@ -51,6 +54,23 @@ pub(crate) fn complete_config(config: &mut Value, port: u16) {
     config["http_api"] = json!({ "key": API_KEY });
 }
 
+/// Runs `tether serve` with `config` (completed as [`complete_config`] does, on a free port)
+/// until it exits, which it must by itself within 10 s: its exit code and stderr.
+pub(crate) async fn serve_until_exit(mut config: Value) -> (Option<i32>, String) {
+    complete_config(&mut config, free_port());
+    let dir = TempDir::new();
+    let path = dir.write_config(&config);
+    let output = serve_command(&path).stderr(Stdio::piped()).output();
+    let output = tokio::time::timeout(Duration::from_secs(10), output)
+        .await
+        .expect("tether exits by itself")
+        .expect("run tether");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// A fresh directory under the system's temporary one, removed when dropped.
 pub(crate) struct TempDir(PathBuf);
 
@@ -88,35 +108,79 @@ impl Drop for TempDir {
 pub(crate) struct Node {
     pub(crate) addr: SocketAddr,
     child: Child,
+    /// Its stderr so far, when started by [`Node::spawn_logged`] (else it is inherited).
+    log: Option<Arc<Mutex<String>>>,
     _dir: TempDir,
 }
 
 impl Node {
     /// Starts a node on a free port with `config` (its `http_server`, `client.token`,
     /// `http_api` and `log` are set here), stderr inherited; does not wait for it.
-    pub(crate) fn spawn(mut config: Value) -> Self {
+    pub(crate) fn spawn(config: Value) -> Self {
+        Self::launch(config, Stdio::inherit())
+    }
+
+    /// [`Node::spawn`], but its stderr is kept for [`Node::log`] (and still copied to the
+    /// test's stderr, line by line).
+    pub(crate) fn spawn_logged(config: Value) -> Self {
+        let mut node = Self::launch(config, Stdio::piped());
+        let stderr = node.child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        node.log = Some(Arc::clone(&log));
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("{line}");
+                let mut log = log.lock();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        node
+    }
+
+    /// [`Node::spawn`], then waits until `/ready` answers 200.
+    pub(crate) async fn start_with(config: Value) -> Self {
+        Self::spawn(config).ready_within_10s().await
+    }
+
+    /// [`Node::spawn_logged`], then waits until `/ready` answers 200.
+    pub(crate) async fn start_logged(config: Value) -> Self {
+        Self::spawn_logged(config).ready_within_10s().await
+    }
+
+    /// What the node wrote to stderr so far; only for a node started by
+    /// [`Node::spawn_logged`].
+    pub(crate) fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .expect("a node started with spawn_logged")
+            .lock()
+            .clone()
+    }
+
+    fn launch(mut config: Value, stderr: Stdio) -> Self {
         let port = free_port();
         complete_config(&mut config, port);
         config["log"] = json!({ "level": "warn" });
         let dir = TempDir::new();
         let path = dir.write_config(&config);
         let child = serve_command(&path)
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start tether");
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             child,
+            log: None,
             _dir: dir,
         }
     }
 
-    /// [`Node::spawn`], then waits until `/ready` answers 200.
-    pub(crate) async fn start_with(config: Value) -> Self {
-        let node = Self::spawn(config);
-        let ready = http::wait_for_status(node.addr, "/ready", 200, Duration::from_secs(10)).await;
-        assert!(ready, "node on {} never became ready", node.addr);
-        node
+    async fn ready_within_10s(self) -> Self {
+        let ready = http::wait_for_status(self.addr, "/ready", 200, Duration::from_secs(10)).await;
+        assert!(ready, "node on {} never became ready", self.addr);
+        self
     }
 
     /// HTTP status of `/ready`, `None` when the node does not answer.
@@ -148,13 +212,13 @@ impl Node {
         assert!(sent.success());
     }
 
-    /// SIGTERM, then waits for the exit (within 10 s).
-    pub(crate) async fn terminate(mut self) {
+    /// SIGTERM, then waits for the exit (within 10 s); returns its status.
+    pub(crate) async fn terminate(mut self) -> ExitStatus {
         self.sigterm();
         tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
             .expect("node exits after SIGTERM")
-            .expect("wait for the node");
+            .expect("wait for the node")
     }
 
     /// SIGKILL: the node gets no chance to say goodbye.

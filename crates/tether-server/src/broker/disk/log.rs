@@ -108,17 +108,36 @@ impl Segments {
             self.spare.wake.notify_all();
             ready && fs::rename(self.dir.join(SPARE), &target).is_ok()
         };
-        if !took_spare {
-            let file = File::create(&target)?;
-            // Sparse: the spare thread could not keep up (or failed); appends then grow
-            // allocated blocks as they go.
-            file.set_len(self.size)?;
-            file.sync_all()?;
+        let created = (|| {
+            if !took_spare {
+                let file = File::create(&target)?;
+                // Sparse: the spare thread could not keep up (or failed); appends then grow
+                // allocated blocks as they go.
+                file.set_len(self.size)?;
+                file.sync_all()?;
+            }
+            sync_dir(&self.dir)?;
+            OpenOptions::new().read(true).write(true).open(&target)
+        })();
+        match created {
+            Ok(file) => {
+                let file = Arc::new(file);
+                self.files.write().insert(id, Arc::clone(&file));
+                Ok((file, took_spare))
+            }
+            Err(error) => {
+                self.discard(id);
+                Err(error)
+            }
         }
-        sync_dir(&self.dir)?;
-        let file = Arc::new(OpenOptions::new().read(true).write(true).open(&target)?);
-        self.files.write().insert(id, Arc::clone(&file));
-        Ok((file, took_spare))
+    }
+
+    /// Forgets and deletes segment `id`, created but unusable (a failed creation or header
+    /// write), so a disk that stays full does not collect empty segments and open files.
+    pub(super) fn discard(&self, id: u32) {
+        self.files.write().remove(&id);
+        let _ = fs::remove_file(path(&self.dir, id));
+        let _ = sync_dir(&self.dir);
     }
 
     /// Deletes the segments older than `id`; returns how many.

@@ -244,7 +244,7 @@ impl DiskBroker {
             wake: Condvar::new(),
             next_stream: AtomicU64::new(opened.stored.next_stream.max(1)),
             committed: Mutex::default(),
-            streams: AtomicU64::new(opened.stored.channels.len() as u64),
+            streams: AtomicU64::new(opened.stored.len() as u64),
             write_errors: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             checkpointing: Mutex::new(()),
@@ -261,24 +261,30 @@ impl DiskBroker {
                 "disk engine: stream may have lost acknowledged publications in a crash; new epoch"
             );
         }
-        let restored = opened.stored.channels.len();
+        let restored = opened.stored.len();
         let reepoched = opened.reepoched.len();
         let clean = opened.clean;
         let mut writer = writer::Writer::new(&shared, opened.next_segment, opened.last_end);
         let mut starts = Vec::new();
-        for (channel, stored) in opened.stored.channels {
-            if opened.reepoched.iter().any(|(c, _)| *c == channel) {
+        let reepoched_channels: HashSet<&str> = opened
+            .reepoched
+            .iter()
+            .map(|(channel, _)| channel.as_str())
+            .collect();
+        for stored in opened.stored.streams.into_values() {
+            if reepoched_channels.contains(stored.channel.as_str()) {
                 starts.push(Record::StreamStart {
                     stream: stored.id,
-                    channel: channel.clone(),
+                    channel: stored.channel.clone(),
                     epoch: stored.epoch.clone(),
                     top: stored.top,
                 });
             }
-            shared.restore(&channel, stored);
+            shared.restore(stored);
         }
+        // The first checkpoint (bounding the next replay) is the housekeeping thread's first
+        // act, off the start's path.
         writer.start(&shared, &starts).map_err(error("write to"))?;
-        shared.checkpoint().map_err(error("checkpoint"))?;
         tracing::info!(
             path = %shared.options.path.display(),
             streams = restored,
@@ -516,7 +522,7 @@ impl fmt::Debug for DiskBroker {
 
 /// The store could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("disk engine: cannot {what} {}: {source}", path.display())]
+#[error("disk engine: cannot {what} {}", path.display())]
 pub struct DiskOpenError {
     what: &'static str,
     path: PathBuf,
@@ -563,7 +569,7 @@ impl Shared {
     }
 
     /// Puts a stream loaded from the store into memory.
-    fn restore(&self, channel: &str, stored: StoredStream) {
+    fn restore(&self, stored: StoredStream) {
         let stream = Stream {
             id: stored.id,
             epoch: stored.epoch.clone(),
@@ -576,7 +582,7 @@ impl Shared {
             meta_expire_at: (stored.meta_expire_ms != 0)
                 .then(|| self.clock.instant_of(stored.meta_expire_ms)),
         };
-        self.channels.with(channel, |state| {
+        self.channels.with(&stored.channel, |state| {
             for (key, offset, expires_ms) in stored.idempotency {
                 let position = StreamPosition {
                     offset,
@@ -627,22 +633,20 @@ impl Shared {
                     ))
                 })
                 .collect();
-            stored.insert(
-                channel.to_owned(),
-                StoredStream {
-                    id: stream.id,
-                    epoch: stream.epoch.clone(),
-                    // Committed state only: what is being written now is after `at`.
-                    top: stream.top,
-                    entries: stream.entries.clone(),
-                    publications_expire_ms: self.clock.unix_ms_of(stream.publications_expire_at),
-                    meta_expire_ms: stream
-                        .meta_expire_at
-                        .map_or(0, |at| self.clock.unix_ms_of(at).max(1)),
-                    idempotency,
-                    lost: false,
-                },
-            );
+            stored.insert(StoredStream {
+                channel: channel.to_owned(),
+                id: stream.id,
+                epoch: stream.epoch.clone(),
+                // Committed state only: what is being written now is after `at`.
+                top: stream.top,
+                entries: stream.entries.clone(),
+                publications_expire_ms: self.clock.unix_ms_of(stream.publications_expire_at),
+                meta_expire_ms: stream
+                    .meta_expire_at
+                    .map_or(0, |at| self.clock.unix_ms_of(at).max(1)),
+                idempotency,
+                lost: false,
+            });
         });
         stored.next_stream = self.next_stream.load(Ordering::Relaxed);
         recover::write_checkpoint(&self.options.path, at, &stored)?;
@@ -661,7 +665,7 @@ impl Shared {
     /// publications are copied to the head of the log, so the next checkpoint can delete it.
     fn compact(&self, stored: &Stored, segment: u32) {
         let live: u64 = stored
-            .channels
+            .streams
             .values()
             .flat_map(|stream| stream.entries.iter())
             .filter(|at| at.segment == segment)
@@ -671,7 +675,7 @@ impl Shared {
             return;
         }
         let mut moved = 0;
-        for (channel, stream) in &stored.channels {
+        for stream in stored.streams.values() {
             let first = stream.first();
             for (i, at) in stream.entries.iter().enumerate() {
                 if at.segment != segment {
@@ -683,7 +687,7 @@ impl Shared {
                 };
                 moved += 1;
                 self.enqueue(Pending {
-                    channel: channel.clone(),
+                    channel: stream.channel.clone(),
                     stream: stream.id,
                     op: Op::Move {
                         offset: first + i as u64,
@@ -696,8 +700,11 @@ impl Shared {
         tracing::debug!(segment, moved, live, "disk engine: compacting a segment");
     }
 
-    /// Checkpoints every `checkpoint_interval` until the engine closes.
+    /// Checkpoints at once, then every `checkpoint_interval` until the engine closes.
     fn run_housekeeping(&self) {
+        if let Err(error) = self.checkpoint() {
+            tracing::warn!(%error, "disk engine: checkpoint failed");
+        }
         let mut stopping = self.stopping.lock();
         loop {
             let deadline = std::time::Instant::now() + self.options.checkpoint_interval;

@@ -21,6 +21,7 @@ use crate::broker::channels::{IDEMPOTENCY_TTL, new_epoch};
 /// A stream as the store knows it, with wall-clock deadlines (Unix ms; 0 = none).
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct StoredStream {
+    pub(super) channel: String,
     pub(super) id: u64,
     pub(super) epoch: String,
     pub(super) top: u64,
@@ -44,8 +45,10 @@ impl StoredStream {
 /// Everything a store holds, by channel.
 #[derive(Debug, Default)]
 pub(super) struct Stored {
-    pub(super) channels: HashMap<String, StoredStream>,
-    by_id: HashMap<u64, String>,
+    /// Streams by id: the current incarnation of each channel only.
+    pub(super) streams: HashMap<u64, StoredStream>,
+    /// Channel -> its current stream's id.
+    current: HashMap<String, u64>,
     /// Streams that may have acknowledged records not yet on disk (`interval` mode).
     pub(super) armed: HashSet<u64>,
     pub(super) next_stream: u64,
@@ -173,24 +176,28 @@ pub(super) fn open(dir: &Path, now_ms: u64, boot_id: &str) -> io::Result<Opened>
     if segments.is_empty() {
         clean = true;
     }
+    if !clean {
+        // What the crashed run wrote but never synced is in the page cache at best: make it
+        // durable now, before streams that relied on it lose their armed state below.
+        for id in &segments {
+            fs::File::open(log::path(dir, *id))?.sync_all()?;
+        }
+    }
     let same_boot = last_boot
         .as_deref()
         .is_some_and(|b| !b.is_empty() && b == boot_id);
     let mut reepoched = Vec::new();
     stored.expire(now_ms);
-    let streams: Vec<String> = stored.channels.keys().cloned().collect();
-    for channel in streams {
-        let stream = &stored.channels[&channel];
+    let stream_ids: Vec<u64> = stored.streams.keys().copied().collect();
+    for id in stream_ids {
+        let stream = &stored.streams[&id];
         let may_have_lost = lost_everywhere
             || stream.lost
             || (!clean && !same_boot && stored.armed.contains(&stream.id));
         if may_have_lost {
-            let old = stream.epoch.clone();
-            let id = stored.next_stream;
-            stored.next_stream += 1;
-            let stream = stored.channels.get_mut(&channel).expect("listed above");
-            stored.by_id.remove(&stream.id);
-            stream.id = id;
+            let mut stream = stored.streams.remove(&id).expect("listed above");
+            let old = std::mem::take(&mut stream.epoch);
+            stream.id = stored.next_stream;
             stream.epoch = new_epoch(Some(&old));
             stream.lost = false;
             // Its newest records may be gone (a crash may take unsynced bytes that a
@@ -204,8 +211,8 @@ pub(super) fn open(dir: &Path, now_ms: u64, boot_id: &str) -> io::Result<Opened>
             let lost = (stream.entries.len() - readable) as u64;
             stream.entries.truncate(readable);
             stream.top -= lost;
-            stored.by_id.insert(id, channel.clone());
-            reepoched.push((channel, old));
+            reepoched.push((stream.channel.clone(), old));
+            stored.insert(stream);
         }
     }
     stored.armed.clear();
@@ -255,30 +262,20 @@ impl Stored {
                 top,
             } => {
                 self.next_stream = self.next_stream.max(stream + 1);
-                if self
-                    .channels
-                    .get(&channel)
-                    .is_some_and(|current| current.id >= stream)
-                {
+                if self.current.get(&channel).is_some_and(|id| *id >= stream) {
                     return;
                 }
-                if let Some(old) = self.channels.get(&channel) {
-                    self.by_id.remove(&old.id);
-                }
-                self.by_id.insert(stream, channel.clone());
-                self.channels.insert(
+                self.insert(StoredStream {
                     channel,
-                    StoredStream {
-                        id: stream,
-                        epoch,
-                        top,
-                        entries: VecDeque::new(),
-                        publications_expire_ms: 0,
-                        meta_expire_ms: 0,
-                        idempotency: Vec::new(),
-                        lost: false,
-                    },
-                );
+                    id: stream,
+                    epoch,
+                    top,
+                    entries: VecDeque::new(),
+                    publications_expire_ms: 0,
+                    meta_expire_ms: 0,
+                    idempotency: Vec::new(),
+                    lost: false,
+                });
             }
             Record::Publish(publish) => {
                 let Publish {
@@ -350,18 +347,28 @@ impl Stored {
     }
 
     fn stream_mut(&mut self, id: u64) -> Option<&mut StoredStream> {
-        let channel = self.by_id.get(&id)?;
-        self.channels
-            .get_mut(channel)
-            .filter(|stream| stream.id == id)
+        self.streams.get_mut(&id)
+    }
+
+    /// The current stream of `channel`.
+    #[cfg(test)]
+    pub(super) fn channel(&self, channel: &str) -> Option<&StoredStream> {
+        self.current
+            .get(channel)
+            .and_then(|id| self.streams.get(id))
+    }
+
+    /// Number of streams.
+    pub(super) fn len(&self) -> usize {
+        self.streams.len()
     }
 
     /// Applies the deadlines due at `now_ms`.
     fn expire(&mut self, now_ms: u64) {
-        let by_id = &mut self.by_id;
-        self.channels.retain(|_, stream| {
+        let current = &mut self.current;
+        self.streams.retain(|_, stream| {
             if stream.meta_expire_ms != 0 && stream.meta_expire_ms <= now_ms {
-                by_id.remove(&stream.id);
+                current.remove(&stream.channel);
                 return false;
             }
             if stream.publications_expire_ms <= now_ms {
@@ -372,25 +379,29 @@ impl Stored {
         });
     }
 
-    /// Adds a stream (for building a checkpoint).
-    pub(super) fn insert(&mut self, channel: String, stream: StoredStream) {
+    /// Adds a stream as its channel's current one (dropping the one it replaces).
+    pub(super) fn insert(&mut self, stream: StoredStream) {
         self.next_stream = self.next_stream.max(stream.id + 1);
-        self.by_id.insert(stream.id, channel.clone());
-        self.channels.insert(channel, stream);
+        if let Some(old) = self.current.insert(stream.channel.clone(), stream.id)
+            && old != stream.id
+        {
+            self.streams.remove(&old);
+        }
+        self.streams.insert(stream.id, stream);
     }
 }
 
 /// Writes a checkpoint of `stored` taken at log position `at` (segment, pos): to a
 /// temporary file, synced, renamed over the previous one, directory synced.
 pub(super) fn write_checkpoint(dir: &Path, at: (u32, u32), stored: &Stored) -> io::Result<()> {
-    let mut out = Vec::with_capacity(64 + stored.channels.len() * 64);
+    let mut out = Vec::with_capacity(64 + stored.streams.len() * 64);
     out.extend_from_slice(MAGIC);
     encode_varint(u64::from(at.0), &mut out);
     encode_varint(u64::from(at.1), &mut out);
     encode_varint(stored.next_stream, &mut out);
-    encode_varint(stored.channels.len() as u64, &mut out);
-    for (channel, stream) in &stored.channels {
-        put_str(&mut out, channel);
+    encode_varint(stored.streams.len() as u64, &mut out);
+    for stream in stored.streams.values() {
+        put_str(&mut out, &stream.channel);
         encode_varint(stream.id, &mut out);
         put_str(&mut out, &stream.epoch);
         encode_varint(stream.top, &mut out);
@@ -483,19 +494,17 @@ fn parse_checkpoint(bytes: &[u8]) -> Option<(Stored, (u32, u32))> {
         for _ in 0..count {
             idempotency.push((string(buf)?, varint(buf)?, varint(buf)?));
         }
-        stored.insert(
+        stored.insert(StoredStream {
             channel,
-            StoredStream {
-                id,
-                epoch,
-                top,
-                entries,
-                publications_expire_ms,
-                meta_expire_ms,
-                idempotency,
-                lost: false,
-            },
-        );
+            id,
+            epoch,
+            top,
+            entries,
+            publications_expire_ms,
+            meta_expire_ms,
+            idempotency,
+            lost: false,
+        });
     }
     let armed = varint(buf)?;
     for _ in 0..armed {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::broker::tests::{META_TTL, Recorder, TTL, offsets, publication, query, with_history};
-use crate::broker::{HistoryQuery, PublishOptions};
+use crate::broker::PublishOptions;
+use crate::broker::tests::{META_TTL, Recorder, offsets, publication, query, with_history};
 
 /// A fresh directory under the system's temporary one, removed when dropped.
 struct Dir(PathBuf);
@@ -245,9 +245,9 @@ async fn interval_mode_reepochs_only_armed_streams_after_a_machine_crash() {
     let other = recover::open(&crashed.0, unix_ms(), "another-boot").unwrap();
     let changed: Vec<&str> = other.reepoched.iter().map(|(c, _)| c.as_str()).collect();
     assert_eq!(changed, ["busy"]);
-    assert_eq!(other.stored.channels["idle"].epoch, idle.epoch);
-    assert_ne!(other.stored.channels["busy"].epoch, busy.epoch);
-    assert_eq!(other.stored.channels["busy"].top, 1);
+    assert_eq!(other.stored.channel("idle").unwrap().epoch, idle.epoch);
+    assert_ne!(other.stored.channel("busy").unwrap().epoch, busy.epoch);
+    assert_eq!(other.stored.channel("busy").unwrap().top, 1);
 }
 
 #[tokio::test]
@@ -282,7 +282,7 @@ async fn interval_mode_a_tail_lost_after_the_checkpoint_changes_the_epoch() {
     let opened = recover::open(&crashed.0, unix_ms(), "another-boot").unwrap();
     let changed: Vec<&str> = opened.reepoched.iter().map(|(c, _)| c.as_str()).collect();
     assert_eq!(changed, ["busy"]);
-    let busy = &opened.stored.channels["busy"];
+    let busy = opened.stored.channel("busy").unwrap();
     assert_eq!((busy.top, busy.entries.len()), (3, 3));
 }
 
@@ -423,5 +423,4 @@ fn a_second_node_cannot_open_the_same_store() {
     .unwrap_err();
     assert!(error.to_string().contains("another node"), "{error}");
     runtime.block_on(broker.close());
-    let _ = (TTL, HistoryQuery::default());
 }

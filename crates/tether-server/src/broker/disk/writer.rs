@@ -265,11 +265,11 @@ impl Writer {
                 let current = self.current.as_ref().expect("appended to a segment");
                 let base = current.pos - self.buf.len() as u64;
                 let segment = current.id;
-                {
-                    let mut committed = shared.committed.lock();
-                    committed.at = (segment, current.pos as u32);
-                    committed.armed.extend(arming.iter().copied());
-                }
+                // Held until every item of the batch is in its channel: a checkpoint reads
+                // `at` only then, so what its replay skips is in what it copies.
+                let mut committed = shared.committed.lock();
+                committed.at = (segment, current.pos as u32);
+                committed.armed.extend(arming.iter().copied());
                 self.armed.extend(arming);
                 for item in planned {
                     self.touched.insert(item.pending.stream);
@@ -280,6 +280,7 @@ impl Writer {
                     };
                     commit(shared, item, at);
                 }
+                drop(committed);
                 self.buf.clear();
                 Ok(())
             }
@@ -337,15 +338,20 @@ impl Writer {
         self.current = None;
         let id = self.next_segment;
         let (file, preallocated) = shared.segments.create(id)?;
-        self.sparse = !preallocated;
-        self.next_segment += 1;
         let mut header = Vec::new();
         Record::SegmentStart {
             boot_id: self.boot_id.clone(),
             prev_end: self.prev_end,
         }
         .encode(&mut header);
-        file.write_all_at(&header, 0)?;
+        if let Err(error) = file.write_all_at(&header, 0) {
+            // A segment without its header would hide where the previous one ends (the
+            // next open would take that for damage): it goes, and the next try reuses its id.
+            shared.segments.discard(id);
+            return Err(error);
+        }
+        self.sparse = !preallocated;
+        self.next_segment += 1;
         self.current = Some(Current {
             id,
             file,
