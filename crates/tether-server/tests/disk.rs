@@ -309,13 +309,13 @@ async fn kill_9_under_load(fsync: &str, rule: AfterCrash) {
 async fn a_machine_crash_with_fsync_interval_gives_a_new_epoch_to_the_armed_streams_only() {
     let store = TempDir::new();
     let mut config = disk_config(store.path(), "interval");
-    // A stream stays armed for at least an interval after its last record: long enough for
-    // the kill below to come first.
-    config["engine"]["disk"]["fsync_interval"] = json!("1s");
+    // A stream stays armed for ten to twenty intervals after its last record (one to two
+    // seconds here): long enough for the kill below to come first.
+    config["engine"]["disk"]["fsync_interval"] = json!("100ms");
     let node = Node::start_with(config.clone()).await;
     let (_, idle_epoch) = published(&node, "log:idle", 1).await;
-    // More than an interval without a record: synced and disarmed.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // More than twenty intervals without a record: synced and disarmed.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     let (_, busy_epoch) = published(&node, "log:busy", 1).await;
     // Killed within the interval, and the machine "reboots": busy's acknowledged record may
     // be lost.

@@ -229,8 +229,8 @@ async fn interval_mode_reepochs_only_armed_streams_after_a_machine_crash() {
     let every = Duration::from_millis(20);
     let (broker, _) = open(&dir.0, Fsync::Interval(every));
     let idle = publish(&broker, "idle", "x", 10).await;
-    // Two whole intervals without a record: "idle" is disarmed.
-    tokio::time::sleep(every * 6).await;
+    // More than two disarm scans without a record: "idle" is disarmed.
+    tokio::time::sleep(every * (2 * writer::DISARM_EVERY as u32 + 5)).await;
     let busy = publish(&broker, "busy", "y", 10).await;
     // A checkpoint inside the newest segment: the boot id is still found (its header is
     // before the checkpoint's position).

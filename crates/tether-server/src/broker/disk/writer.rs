@@ -11,8 +11,8 @@
 //! `interval` mode acknowledges after the write and syncs every interval. A stream must be
 //! *armed* before it has acknowledged records that are not on disk: the batch that arms it
 //! carries an `Arm` record and is synced before its acknowledgements. A stream with no record
-//! in a whole interval is disarmed (a `Disarm` record after the sync that covered its last
-//! one). After a crash under a new boot (the unsynced tail may be gone), the armed streams,
+//! for [`DISARM_EVERY`] intervals is disarmed (a `Disarm` record after the syncs that covered
+//! its last one). After a crash under a new boot (the unsynced tail may be gone), the armed streams,
 //! and only they, get a new epoch; after a process crash under the same boot, the kernel
 //! still had every written byte and nothing changes.
 
@@ -49,8 +49,10 @@ pub(super) struct Writer {
     must_sync: bool,
     next_tick: std::time::Instant,
     armed: HashSet<u64>,
-    /// Streams written since the last interval tick.
+    /// Streams written since the last disarm scan.
     touched: HashSet<u64>,
+    /// Interval ticks so far (every [`DISARM_EVERY`]th one scans for idle streams).
+    ticks: u64,
 }
 
 struct Current {
@@ -89,6 +91,7 @@ impl Writer {
             next_tick: std::time::Instant::now(),
             armed: HashSet::new(),
             touched: HashSet::new(),
+            ticks: 0,
         }
     }
 
@@ -361,8 +364,9 @@ impl Writer {
         Ok(())
     }
 
-    /// `interval` mode: syncs what was written since the last tick and disarms the streams
-    /// that wrote nothing in a whole interval.
+    /// `interval` mode: syncs what was written since the last tick, and every
+    /// [`DISARM_EVERY`] ticks disarms the streams that wrote nothing since the previous scan
+    /// (their records were all covered by the syncs in between).
     fn tick(&mut self, shared: &Shared) {
         let Some(every) = self.interval else { return };
         let now = std::time::Instant::now();
@@ -375,6 +379,10 @@ impl Writer {
             // under a new boot changes their epochs.
             let error = io_error(&error);
             self.failed(shared, &error);
+            return;
+        }
+        self.ticks += 1;
+        if !self.ticks.is_multiple_of(DISARM_EVERY) {
             return;
         }
         let idle: Vec<u64> = self
@@ -654,6 +662,12 @@ fn commit(shared: &Shared, item: Planned, at: Location) {
 fn io_error(error: &io::Error) -> BrokerError {
     BrokerError::Unavailable(format!("disk engine: write failed: {error}"))
 }
+
+/// Interval ticks between two scans for idle armed streams. A stream stays armed while it
+/// writes at least once per this many intervals (one second at the default 100 ms), so a
+/// channel publishing more often than that never waits for a sync; after a machine crash,
+/// the channels written within the last one to two such periods get new epochs.
+pub(super) const DISARM_EVERY: u64 = 10;
 
 /// Room kept in every segment for its header.
 const HEADER_ROOM: u64 = 256;
