@@ -58,13 +58,23 @@ impl Segments {
                 .open(path(dir, id))?;
             files.insert(id, Arc::new(file));
         }
-        let _ = fs::remove_file(dir.join(SPARE));
+        // A spare left by the previous run is complete (it is renamed into place only once
+        // written and synced) and still unwritten (taking it renames it away): this run's
+        // first segment can be it, if the size still fits.
+        let _ = fs::remove_file(dir.join(SPARE_TMP));
+        let ready = fs::metadata(dir.join(SPARE)).is_ok_and(|meta| meta.len() == size);
+        if !ready {
+            let _ = fs::remove_file(dir.join(SPARE));
+        }
         Ok(Self {
             dir: dir.to_owned(),
             size,
             files: RwLock::new(files),
             spare: Spare {
-                state: Mutex::default(),
+                state: Mutex::new(SpareState {
+                    ready,
+                    ..SpareState::default()
+                }),
                 wake: Condvar::new(),
             },
         })
@@ -178,13 +188,14 @@ impl Segments {
                 }
                 state.wanted = false;
             }
-            let result = zero_filled(&self.dir.join(SPARE), self.size);
+            let result = zero_filled(&self.dir.join(SPARE_TMP), self.size)
+                .and_then(|()| fs::rename(self.dir.join(SPARE_TMP), self.dir.join(SPARE)));
             let mut state = self.spare.state.lock();
             match result {
                 Ok(()) => state.ready = true,
                 Err(error) => {
                     tracing::warn!(%error, "disk engine: could not prepare the next segment");
-                    let _ = fs::remove_file(self.dir.join(SPARE));
+                    let _ = fs::remove_file(self.dir.join(SPARE_TMP));
                 }
             }
         }
@@ -236,3 +247,4 @@ fn zero_filled(path: &Path, size: u64) -> io::Result<()> {
 }
 
 const SPARE: &str = "next.spare";
+const SPARE_TMP: &str = "next.spare.tmp";
