@@ -76,10 +76,14 @@ DATA_ROOT="${DATA_ROOT:-$CARGO_TARGET_DIR/disk-bench-data}"
 mkdir -p "$OUT" "$DATA_ROOT"
 
 if [[ "$SKIP_BUILD" != 1 ]]; then
-  cargo build --release -p tether-server --bin tether -p tether-bench
+  # Two commands: `--bin tether` would apply to tether-bench's package too and skip its binary.
+  cargo build --release -p tether-server --bin tether
+  cargo build --release -p tether-bench --bin tether-bench
 fi
 
 tmp="$(mktemp -d "$DATA_ROOT/run.XXXXXX")"
+# Cases whose node did not start; any makes the run fail at the end.
+failures=0
 pids=()
 stop() {
   stop_pids "${pids[@]}"
@@ -184,6 +188,7 @@ throughput() {
       start "$case" "$dir" "tether-$case.log"
       if ! ready_json 0 >/dev/null; then
         echo "$case did not start (see $OUT/tether-$case.log)" >&2
+        failures=$((failures + 1))
         stop
         continue
       fi
@@ -213,6 +218,7 @@ idle_rss() {
   start "$1" "$dir" "tether-idle-$1.log"
   if ! ready_json 0 >/dev/null; then
     echo "$1 did not start (see $OUT/tether-idle-$1.log)" >&2
+    failures=$((failures + 1))
     stop
     return 0
   fi
@@ -250,6 +256,7 @@ restart() {
       start "$RESTART_CASE" "$dir" "tether-restart.log"
       if ! ready_json 0 >/dev/null; then
         echo "$RESTART_CASE did not start (see $OUT/tether-restart.log)" >&2
+        failures=$((failures + 1))
         stop
         continue
       fi
@@ -311,6 +318,7 @@ crash() {
     start "$case" "$dir" "tether-crash-$case.log"
     if ! ready_json 0 >/dev/null; then
       echo "$case did not start (see $OUT/tether-crash-$case.log)" >&2
+      failures=$((failures + 1))
       stop
       continue
     fi
@@ -352,3 +360,7 @@ done
 
 scripts/bench/disk-table.sh "$OUT" | tee "$OUT/disk-table.md"
 echo "results: $OUT" >&2
+if ((failures > 0)); then
+  echo "disk bench: $failures case(s) did not start" >&2
+  exit 1
+fi
