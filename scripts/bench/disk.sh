@@ -140,6 +140,19 @@ start() {
   pids+=("$node")
 }
 
+# start_fresh CASE DIR LOG: a node of CASE on an emptied store DIR, waited for until it serves;
+# when it does not start, says so, counts the failure, stops it and returns 1.
+start_fresh() {
+  rm -rf "$2" && mkdir -p "$2"
+  start "$1" "$2" "$3"
+  if ! ready_json 0 >/dev/null; then
+    echo "$1 did not start (see $OUT/$3)" >&2
+    failures=$((failures + 1))
+    stop
+    return 1
+  fi
+}
+
 # bench ARGS...: tether-bench bounded by TIMEOUT.
 bench() { timeout --kill-after=10 "$TIMEOUT" "$BENCH" "$@"; }
 
@@ -184,14 +197,7 @@ throughput() {
     for case in $CASES; do
       echo "== throughput rep $rep of $REPS: $case" >&2
       dir="$tmp/tp-$case"
-      rm -rf "$dir" && mkdir -p "$dir"
-      start "$case" "$dir" "tether-$case.log"
-      if ! ready_json 0 >/dev/null; then
-        echo "$case did not start (see $OUT/tether-$case.log)" >&2
-        failures=$((failures + 1))
-        stop
-        continue
-      fi
+      start_fresh "$case" "$dir" "tether-$case.log" || continue
       for n in $PUBLISHERS; do
         if bench history publish --api "127.0.0.1:$port" --publishers "$n" \
           --channels "$CHANNELS" --size "$SIZE" --secs "$SECS" --json >"$tmp/one.json"; then
@@ -214,14 +220,7 @@ throughput() {
 # idle_rss CASE: RSS of a node that has started and served one (empty) history call.
 idle_rss() {
   local dir="$tmp/idle-$1"
-  rm -rf "$dir" && mkdir -p "$dir"
-  start "$1" "$dir" "tether-idle-$1.log"
-  if ! ready_json 0 >/dev/null; then
-    echo "$1 did not start (see $OUT/tether-idle-$1.log)" >&2
-    failures=$((failures + 1))
-    stop
-    return 0
-  fi
+  start_fresh "$1" "$dir" "tether-idle-$1.log" || return 0
   sleep 1
   echo "{\"kind\":\"idle\",\"case\":\"$1\",\"rep\":$rep,\"rss_kib\":$(rss_kib "$node")}" >>"$OUT/rss.jsonl"
   stop
@@ -252,14 +251,7 @@ restart() {
     for how in clean crash; do
       echo "== restart rep $rep of $RESTART_REPS: $how" >&2
       dir="$tmp/store"
-      rm -rf "$dir" && mkdir -p "$dir"
-      start "$RESTART_CASE" "$dir" "tether-restart.log"
-      if ! ready_json 0 >/dev/null; then
-        echo "$RESTART_CASE did not start (see $OUT/tether-restart.log)" >&2
-        failures=$((failures + 1))
-        stop
-        continue
-      fi
+      start_fresh "$RESTART_CASE" "$dir" "tether-restart.log" || continue
       if ! bench history fill --api "127.0.0.1:$port" --count "$FILL_COUNT" --channels "$CHANNELS" \
         --size "$SIZE" --record "$tmp/fill.rec" --json >"$tmp/fill.json"; then
         echo "fill failed: $(cat "$tmp/fill.json")" >&2
@@ -314,14 +306,7 @@ crash() {
   for case in $CASES; do
     echo "== kill -9 under load, rep $rep of $CRASH_REPS: $case" >&2
     dir="$tmp/crash-$case"
-    rm -rf "$dir" && mkdir -p "$dir"
-    start "$case" "$dir" "tether-crash-$case.log"
-    if ! ready_json 0 >/dev/null; then
-      echo "$case did not start (see $OUT/tether-crash-$case.log)" >&2
-      failures=$((failures + 1))
-      stop
-      continue
-    fi
+    start_fresh "$case" "$dir" "tether-crash-$case.log" || continue
     bench history publish --api "127.0.0.1:$port" --publishers 64 --channels "$CHANNELS" \
       --size "$SIZE" --secs "$CRASH_SECS" --record "$tmp/crash.rec" --json >"$tmp/crash-pub.json" &
     local pub=$!

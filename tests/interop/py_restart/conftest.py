@@ -1,23 +1,9 @@
 """Fixtures for the centrifuge-python restart suite (helpers live in restart_helpers.py)."""
 
-import pytest
 import pytest_asyncio
 
-from restart_helpers import Clients, Codec, TetherServer
-
-
-@pytest.fixture(params=[False, True], ids=["json", "protobuf"])
-def codec(request) -> Codec:
-    return Codec(use_protobuf=request.param)
-
-
-@pytest_asyncio.fixture
-async def clients(codec: Codec):
-    factory = Clients(codec)
-    try:
-        yield factory
-    finally:
-        await factory.close_all()
+# The SDK suite's own `codec` (JSON and Protobuf) and `clients` fixtures, not copies of them.
+from restart_helpers import TetherServer, clients, codec  # noqa: F401
 
 
 @pytest_asyncio.fixture

@@ -39,6 +39,9 @@ API_URL = _sdk.API_URL
 CONFIG = _sdk.CONFIG
 Clients = _sdk.Clients
 Codec = _sdk.Codec
+# Fixtures, re-exported by py_restart/conftest.py.
+clients = _sdk.clients
+codec = _sdk.codec
 WAIT = _sdk.WAIT
 subscribe = _sdk.subscribe
 uid = _sdk.uid
