@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 mod channels;
 pub(crate) mod disk;
 mod engine;
+pub(crate) mod lifecycle;
 pub(crate) mod memory;
 pub(crate) mod nats;
 pub(crate) mod redis;

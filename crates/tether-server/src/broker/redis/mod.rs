@@ -63,6 +63,7 @@
 mod codec;
 mod connection;
 mod keys;
+mod lifecycle;
 mod pubsub;
 mod scripts;
 mod sentinel;
