@@ -23,6 +23,10 @@
 //!   server, and writes replies only to its connection's handle, never to a socket.
 //! - `node`: [`server::Node`], the context every layer below the server shares (config, hub,
 //!   engine, token verifiers, metrics, cluster control, clock).
+//! - `events`: lifecycle events (online/offline, connect/disconnect, occupied/vacated,
+//!   subscribe/unsubscribe) decided with the engine's lifecycle store and POSTed to the
+//!   backend's webhook; the user status API's store. The hub reports into it through the
+//!   `Occupancy` sink it installs.
 //! - `proxy`: the backend proxy (client events handed to the application over HTTP(S) or
 //!   gRPC), its circuit breakers and in-flight bounds; its gRPC messages are public as
 //!   [`proxyproto`].
@@ -50,6 +54,7 @@ pub mod broker;
 mod cluster;
 pub mod config;
 pub mod delta;
+mod events;
 pub mod hub;
 mod metrics;
 mod node;

@@ -66,6 +66,14 @@ pub(crate) struct Metrics {
     proxy_latency: Mutex<HashMap<(String, &'static str), Histogram>>,
     rss_bytes: Gauge,
     open_files: Gauge,
+    /// Lifecycle events the webhook acknowledged.
+    pub webhook_delivered: Counter,
+    /// Lifecycle events dropped because the buffer was full.
+    pub webhook_dropped: Counter,
+    /// Webhook POSTs that failed (and were retried).
+    pub webhook_failures: Counter,
+    /// Lifecycle events waiting for delivery.
+    pub webhook_buffer: Gauge,
 }
 
 impl Metrics {
@@ -104,6 +112,10 @@ impl Metrics {
             ],
             rss_bytes: gauge("tether_process_resident_memory_bytes", &[]),
             open_files: gauge("tether_process_open_fds", &[]),
+            webhook_delivered: counter("tether_webhook_delivered_total", &[]),
+            webhook_dropped: counter("tether_webhook_dropped_total", &[]),
+            webhook_failures: counter("tether_webhook_failures_total", &[]),
+            webhook_buffer: gauge("tether_webhook_buffer_events", &[]),
             connections,
             disconnects: Mutex::default(),
             commands: Mutex::default(),

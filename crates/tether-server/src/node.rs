@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::TokenVerifier;
 use crate::breaker;
+use crate::broker::lifecycle::Lifecycle;
 use crate::broker::nats::NatsStartError;
 use crate::broker::redis::RedisStartError;
 use crate::broker::{
@@ -25,6 +26,7 @@ use crate::broker::{
 };
 use crate::cluster::{Cluster, NodeInfo};
 use crate::config::{Config, DiskFsync, EngineKind, TlsClientConfig};
+use crate::events::{Events, WebhookError};
 use crate::hub::{Hub, HubEvents, SweepSettings};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxies, ProxyBuildError};
@@ -67,6 +69,8 @@ pub struct Node {
     pub(crate) cluster: Arc<Cluster>,
     /// The backend proxies the config enables.
     pub(crate) proxies: Proxies,
+    /// Lifecycle events for the backend's webhook, and the user status store.
+    pub(crate) events: Events,
     /// The engine's control channel, taken by the control loop when the server runs.
     control: parking_lot::Mutex<Option<ControlReceiver>>,
     started: Instant,
@@ -87,6 +91,9 @@ pub enum StartError {
     /// A backend proxy could not be built from its config.
     #[error("invalid proxy configuration")]
     Proxy(#[from] ProxyBuildError),
+    /// The webhook could not be set up (`webhook.endpoint`, `webhook.tls`).
+    #[error("invalid webhook configuration: {0}")]
+    Webhook(String),
     /// The NATS broker could not connect (`broker.nats.url` unreachable within
     /// `broker.nats.dial_timeout`).
     #[error("cannot start the nats broker")]
@@ -128,6 +135,21 @@ impl Node {
         let events = Arc::new(HubEvents(hub.clone()));
         let id = uuid::Uuid::new_v4().to_string();
         let (engine, control) = build_engine(&config, &id, events).await?;
+        let lifecycle = match &engine {
+            Engine::Redis(redis)
+            | Engine::Nats {
+                presence: PresenceStore::Redis(redis),
+                ..
+            } => Lifecycle::Redis(redis.clone()),
+            Engine::Memory(_)
+            | Engine::Disk(_)
+            | Engine::Nats {
+                presence: PresenceStore::Memory(_),
+                ..
+            } => Lifecycle::Local(Arc::default()),
+        };
+        let events = Events::new(&config, &id, lifecycle, &hub, &metrics)
+            .map_err(|error: WebhookError| StartError::Webhook(error.to_string()))?;
         let name = if config.node.name.is_empty() {
             "tether".to_owned()
         } else {
@@ -157,6 +179,7 @@ impl Node {
             channel_regexes,
             cluster,
             proxies,
+            events,
             control: parking_lot::Mutex::new(control),
             started: Instant::now(),
         }))

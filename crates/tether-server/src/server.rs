@@ -100,6 +100,7 @@ impl Server {
             listener
         });
         let tracker = TaskTracker::new();
+        node.events.start();
         tracker.spawn(sweeper(node.clone()));
         if let Some(control) = node.take_control() {
             tracker.spawn(node.cluster.clone().run(control, node.shutdown.clone()));
@@ -141,7 +142,11 @@ impl Server {
             .is_err()
         {
             warn!("tasks still running at the shutdown deadline; exiting anyway");
-        } else {
+        }
+        // The sessions' disconnects (and, on one node, the offlines still in their grace)
+        // go to the backend before the process ends.
+        node.events.close(deadline).await;
+        if Instant::now() < deadline {
             // What the sessions announced on their way out (leaves) reaches the other nodes.
             if tokio::time::timeout_at(deadline, node.engine.flush())
                 .await

@@ -20,6 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "transport",
             "session",
             "node",
+            "events",
             "proxy",
             "cluster",
             "hub",
@@ -35,7 +36,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "api",
         &[
-            "node", "cluster", "hub", "wire", "broker", "auth", "config", "metrics", "breaker",
+            "node", "events", "cluster", "hub", "wire", "broker", "auth", "config", "metrics",
+            "breaker",
         ],
     ),
     (
@@ -47,15 +49,20 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "session",
         &[
-            "node", "proxy", "cluster", "hub", "wire", "broker", "auth", "config", "metrics",
-            "delta", "small",
+            "node", "events", "proxy", "cluster", "hub", "wire", "broker", "auth", "config",
+            "metrics", "delta", "small",
         ],
     ),
     (
         "node",
         &[
-            "proxy", "cluster", "hub", "wire", "broker", "auth", "config", "metrics", "breaker",
+            "events", "proxy", "cluster", "hub", "wire", "broker", "auth", "config", "metrics",
+            "breaker",
         ],
+    ),
+    (
+        "events",
+        &["proxy", "hub", "wire", "broker", "config", "metrics"],
     ),
     ("proxy", &["config", "metrics", "breaker"]),
     ("cluster", &["hub", "wire", "broker"]),

@@ -13,6 +13,7 @@ use crate::broker::{
     BrokerError, ClientInfo, HistoryQuery, Publication, PublishOptions, StreamPosition,
 };
 use crate::cluster::{self, ControlCommand, SubscribeSpec};
+use crate::events::StatusError;
 use crate::hub::{ServerSubscribe, SubscribeOverrides};
 use crate::node::Node;
 use crate::wire::{CloseCode, Disconnect};
@@ -47,6 +48,9 @@ pub(super) async fn dispatch(node: &Node, method: &str, params: &RawValue) -> Ca
         "history_remove" => history_remove(node, &decode(params)?).await,
         "channels" => channels(node, &decode(params)?).await,
         "info" => Ok(info(node)),
+        "update_user_status" => update_user_status(node, &decode(params)?).await,
+        "get_user_status" => get_user_status(node, &decode(params)?).await,
+        "delete_user_status" => delete_user_status(node, &decode(params)?).await,
         "rpc" => Err(ApiError::NOT_AVAILABLE.into()),
         _ => Err(ApiError::METHOD_NOT_FOUND.into()),
     }
@@ -606,6 +610,68 @@ async fn channels(node: &Node, req: &ChannelsRequest) -> CallResult {
         .map(|(name, n)| (name, json!({ "num_clients": n })))
         .collect();
     Ok(json!({ "channels": channels }))
+}
+
+/// The users of a user status call.
+#[derive(Deserialize)]
+struct UsersRequest {
+    #[serde(default)]
+    users: Vec<String>,
+}
+
+fn status_error(error: &StatusError) -> ApiError {
+    match error {
+        StatusError::Disabled => ApiError::NOT_AVAILABLE,
+        StatusError::Store(error) => engine_error(error),
+    }
+}
+
+/// The users to ask about: at least one, none empty.
+fn status_users(req: &UsersRequest) -> Result<&[String], CallError> {
+    if req.users.is_empty() || req.users.iter().any(String::is_empty) {
+        return Err(ApiError::BAD_REQUEST.into());
+    }
+    Ok(&req.users)
+}
+
+async fn update_user_status(node: &Node, req: &UsersRequest) -> CallResult {
+    let users = status_users(req)?;
+    node.events
+        .update_status(users)
+        .await
+        .map_err(|e| status_error(&e))?;
+    Ok(json!({}))
+}
+
+async fn get_user_status(node: &Node, req: &UsersRequest) -> CallResult {
+    let users = status_users(req)?;
+    let statuses: Vec<Value> = node
+        .events
+        .get_status(users)
+        .await
+        .map_err(|e| status_error(&e))?
+        .into_iter()
+        .map(|status| {
+            let mut v = json!({ "user": status.user });
+            if let Some(at) = status.active {
+                v["active"] = json!(at);
+            }
+            if let Some(at) = status.online {
+                v["online"] = json!(at);
+            }
+            v
+        })
+        .collect();
+    Ok(json!({ "statuses": statuses }))
+}
+
+async fn delete_user_status(node: &Node, req: &UsersRequest) -> CallResult {
+    let users = status_users(req)?;
+    node.events
+        .delete_status(users)
+        .await
+        .map_err(|e| status_error(&e))?;
+    Ok(json!({}))
 }
 
 /// This node and every other node heard from recently (announcements over the control

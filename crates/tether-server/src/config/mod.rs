@@ -63,6 +63,106 @@ pub struct Config {
     pub rpc: RpcConfig,
     /// Named backend proxies that namespaces and RPC namespaces refer to by name.
     pub proxies: Vec<NamedProxy>,
+    /// Lifecycle events (online/offline, connect/disconnect, occupied/vacated,
+    /// subscribe/unsubscribe) POSTed to the backend (tether's own; Centrifugo has none).
+    pub webhook: WebhookConfig,
+    /// The user status API (Centrifugo PRO's `update_user_status`, `get_user_status`,
+    /// `delete_user_status`).
+    pub user_status: UserStatusConfig,
+}
+
+/// Lifecycle events delivered to the backend (`webhook.*`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebhookConfig {
+    /// Where events are POSTed (`http://` or `https://`); empty: no events.
+    pub endpoint: String,
+    /// Key of the `X-Tether-Signature: sha256=<hex>` HMAC-SHA256 of each body; empty: the
+    /// header is not sent.
+    pub secret: String,
+    /// Event types to deliver; empty: all of them.
+    pub events: Vec<String>,
+    /// Deadline of one POST; a request over it is retried.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Most events in one POST.
+    pub batch_max_size: usize,
+    /// How long a batch that is not full waits for more events.
+    #[serde(with = "humantime_serde")]
+    pub batch_max_delay: Duration,
+    /// A user (or channel) left by its last connection (or subscriber) goes offline (is
+    /// vacated) only when nobody came back within this time.
+    #[serde(with = "humantime_serde")]
+    pub offline_grace: Duration,
+    /// Most events waiting for delivery on this node; more are dropped, counted in
+    /// `tether_webhook_dropped_total` and logged.
+    pub buffer_size: usize,
+    /// TLS of an `https://` endpoint (as a proxy's `http.tls`: own CA, client certificate).
+    pub tls: TlsClientConfig,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("endpoint", &self.endpoint)
+            .field("secret", &redacted(&self.secret))
+            .field("events", &self.events)
+            .field("timeout", &self.timeout)
+            .field("batch_max_size", &self.batch_max_size)
+            .field("batch_max_delay", &self.batch_max_delay)
+            .field("offline_grace", &self.offline_grace)
+            .field("buffer_size", &self.buffer_size)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            secret: String::new(),
+            events: Vec::new(),
+            timeout: Duration::from_secs(5),
+            batch_max_size: 100,
+            batch_max_delay: Duration::from_millis(50),
+            offline_grace: Duration::from_secs(5),
+            buffer_size: 100_000,
+            tls: TlsClientConfig::default(),
+        }
+    }
+}
+
+/// Every lifecycle event type, as `webhook.events` names them.
+pub const EVENT_TYPES: [&str; 8] = [
+    "user_online",
+    "user_offline",
+    "connect",
+    "disconnect",
+    "channel_occupied",
+    "channel_vacated",
+    "subscribe",
+    "unsubscribe",
+];
+
+/// The user status API (`user_status.*`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UserStatusConfig {
+    /// Keep user statuses: the client RPC `update_user_status` and the server API methods.
+    pub enabled: bool,
+    /// How long a status is kept after its last update.
+    #[serde(with = "humantime_serde")]
+    pub expire_interval: Duration,
+}
+
+impl Default for UserStatusConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            expire_interval: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 /// The engine (Centrifugo v6 `engine.*`).
@@ -763,6 +863,53 @@ impl Config {
         self.validate_tcp()?;
         self.validate_limits()?;
         self.validate_proxies()?;
+        self.validate_webhook()?;
+        Ok(())
+    }
+
+    fn validate_webhook(&self) -> Result<(), ConfigError> {
+        if self.user_status.enabled && self.user_status.expire_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "user_status.expire_interval",
+                "must be at least 1s",
+            ));
+        }
+        let webhook = &self.webhook;
+        if let Some(unknown) = webhook
+            .events
+            .iter()
+            .find(|kind| !EVENT_TYPES.contains(&kind.as_str()))
+        {
+            return Err(invalid(
+                "webhook.events",
+                format!(
+                    "unknown event type {unknown:?}; known: {}",
+                    EVENT_TYPES.join(", ")
+                ),
+            ));
+        }
+        if webhook.endpoint.is_empty() {
+            return Ok(());
+        }
+        match webhook.endpoint.parse::<hyper::Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
+            _ => {
+                return Err(invalid(
+                    "webhook.endpoint",
+                    format!("{:?} is not an http:// or https:// URL", webhook.endpoint),
+                ));
+            }
+        }
+        if webhook.batch_max_size == 0 {
+            return Err(invalid("webhook.batch_max_size", "must be greater than 0"));
+        }
+        if webhook.buffer_size == 0 {
+            return Err(invalid("webhook.buffer_size", "must be greater than 0"));
+        }
+        if webhook.timeout.is_zero() {
+            return Err(invalid("webhook.timeout", "must be positive"));
+        }
         Ok(())
     }
 

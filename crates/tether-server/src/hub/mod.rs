@@ -12,6 +12,10 @@
 //!   broker's event sink;
 //! - [`park`]: publications held while a subscription is being set up;
 //! - [`sweep`]: the heartbeat sweep (pings, pong and connect deadlines, expiries).
+//!
+//! What the registries see come and go (a user's first and last connection here, a
+//! channel's first and last subscriber here) is reported to the [`Occupancy`] sink the node
+//! installs, if any.
 
 pub(crate) mod conn;
 mod fanout;
@@ -54,6 +58,19 @@ struct Shared {
     pings: Pings,
     /// Counts deliveries when the node has metrics.
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Told about first and last local connections of users and subscribers of channels.
+    occupancy: std::sync::OnceLock<Arc<dyn Occupancy>>,
+}
+
+/// Receives what the registries see come and go on this node, while the registry's lock
+/// is held (so the reports of one user or channel arrive in the order they happened): an
+/// implementation must only record them and return.
+pub trait Occupancy: Send + Sync + std::fmt::Debug {
+    /// A user's first connection on this node (`held`), or its last one left. Anonymous
+    /// connections (an empty user) are not reported.
+    fn user(&self, user: &str, held: bool);
+    /// A channel's first subscriber on this node (`held`), or its last one left.
+    fn channel(&self, channel: &str, held: bool);
 }
 
 /// One shard of the user index: user -> that user's connections on this node.
@@ -216,8 +233,19 @@ impl Hub {
                 next_seq: AtomicU64::new(1),
                 hasher: std::collections::hash_map::RandomState::new(),
                 pings: Pings::new(),
+                occupancy: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Installs the sink told about first and last local connections and subscribers
+    /// (once; a second call is ignored). Without one nothing is reported.
+    pub(crate) fn set_occupancy(&self, sink: Arc<dyn Occupancy>) {
+        let _ = self.shared.occupancy.set(sink);
+    }
+
+    fn occupancy(&self) -> Option<&Arc<dyn Occupancy>> {
+        self.shared.occupancy.get()
     }
 
     /// A new connection handle, registered (so the sweeper watches it from the start). It
@@ -248,6 +276,11 @@ impl Hub {
             && conns.remove(conn.seq)
         {
             users.remove(&user);
+            if let Some(sink) = self.occupancy()
+                && !user.is_empty()
+            {
+                sink.user(&user, false);
+            }
         }
     }
 
@@ -262,6 +295,11 @@ impl Hub {
                 entry.get().as_slice().len()
             }
             std::collections::hash_map::Entry::Vacant(entry) => {
+                if let Some(sink) = self.occupancy()
+                    && !entry.key().is_empty()
+                {
+                    sink.user(entry.key(), true);
+                }
                 entry.insert(UserConns::One(conn.clone()));
                 1
             }
@@ -302,6 +340,9 @@ impl Hub {
                     subscribers: RwLock::default(),
                 });
                 channels.insert(ChannelEntry(entry.clone()));
+                if let Some(sink) = self.occupancy() {
+                    sink.channel(channel, true);
+                }
                 entry
             }
         };
@@ -340,11 +381,23 @@ impl Hub {
         if subs.is_empty() {
             drop(subs);
             channels.remove(&*channel.name);
+            if let Some(sink) = self.occupancy() {
+                sink.channel(&channel.name, false);
+            }
         } else if subs.capacity() > crate::small::EXACT_UP_TO && subs.len() * 4 <= subs.capacity() {
             // A channel that emptied out gives its memory back as it goes.
             let keep = subs.len() * 2;
             subs.shrink_to(keep);
         }
+    }
+
+    /// Users with a connection on this node.
+    pub(crate) fn users(&self) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
+        for shard in self.shared.users.iter() {
+            out.extend(shard.lock().keys().filter(|user| !user.is_empty()).cloned());
+        }
+        out
     }
 
     /// Channels with local subscribers and their subscriber counts.

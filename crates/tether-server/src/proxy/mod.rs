@@ -24,10 +24,10 @@
 //! - `tls`: client TLS (`http.tls`, `grpc.tls`) with rustls.
 
 mod grpc;
-mod http;
+pub(crate) mod http;
 pub mod proto;
 pub(crate) mod protocol;
-mod tls;
+pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;

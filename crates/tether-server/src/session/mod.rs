@@ -33,6 +33,7 @@ use self::subscribe::leave_engine;
 use crate::auth::TokenError;
 use crate::broker::{HistoryQuery, PublishOptions, StreamPosition};
 use crate::config::ProxyEvent;
+use crate::events::Ended;
 use crate::hub::{ConnHandle, Control, SubscribeOverrides, Subscriber};
 use crate::node::{Node, Now};
 use crate::wire::{Disconnect, encode_frame, to_proto_info, to_proto_publication};
@@ -46,6 +47,9 @@ enum State {
     Connected,
     /// A connect failed with an error reply; every further command closes the connection.
     Failed,
+    /// The connection ended and its disconnect was reported ([`Session::ended`]); the
+    /// cleanup is still to come.
+    Ended,
     /// Cleaned up ([`Session::close`] or [`Session::close_abandoned`]); nothing is left to undo.
     Closed,
 }
@@ -211,7 +215,7 @@ impl Session {
             return self.connect(node, id, &req, now).await;
         }
         match self.state {
-            State::Connecting | State::Failed | State::Closed => {
+            State::Connecting | State::Failed | State::Ended | State::Closed => {
                 return Err(DisconnectCode::BAD_REQUEST.into());
             }
             State::Connected => {}
@@ -328,6 +332,25 @@ impl Session {
         }
     }
 
+    /// The connection is over (`code` and `reason` as the client was told, or as the peer
+    /// closed): reports the disconnect of an authenticated connection. The cleanup follows
+    /// with [`Session::close`].
+    pub(crate) fn ended(&mut self, node: &Node, code: u16, reason: &str, reconnect: bool) {
+        if self.state == State::Connected {
+            node.events.disconnected(
+                &self.conn,
+                &Ended {
+                    code,
+                    reason: reason.to_owned(),
+                    reconnect,
+                },
+            );
+        }
+        if self.state != State::Closed {
+            self.state = State::Ended;
+        }
+    }
+
     /// Cleans up after the connection ended: subscriptions, presence, leave events and the
     /// registries.
     pub(crate) async fn close(&mut self, node: &Node) {
@@ -347,6 +370,9 @@ impl Session {
         if self.state == State::Closed {
             return;
         }
+        // Its task ended without the close sequence: a server error as the client sees it.
+        let internal = DisconnectCode::INTERNAL;
+        self.ended(node, internal.code, internal.reason, true);
         self.state = State::Closed;
         let mut subs = std::mem::take(&mut self.subs);
         for state in subs.values_mut() {
@@ -545,6 +571,7 @@ impl Session {
         self.conn.set_identity(self.user.clone(), info);
         node.hub.add_user_conn(&self.conn);
         self.state = State::Connected;
+        node.events.connected(&self.conn);
         node.metrics.connected();
         tracing::Span::current().record("user", &*user);
         if node.proxies.refresh().is_some() {

@@ -137,6 +137,12 @@ impl Session {
     pub(super) async fn rpc(&mut self, node: &Node, req: ClientRpc) -> Result<Reply, Disconnect> {
         let config = &node.config;
         let ping = &config.rpc.ping;
+        if req.method == USER_STATUS_METHOD
+            && node.events.status_enabled()
+            && !rpc_proxy_claims(node, &req.method)
+        {
+            return self.update_own_status(node).await;
+        }
         if !node.proxies.has_rpc() && !ping.enabled {
             return Ok(error_reply(ClientError::NOT_AVAILABLE));
         }
@@ -165,6 +171,17 @@ impl Session {
                 Verdict::Reply(reply) => *reply,
             },
         )
+    }
+
+    /// The built-in `update_user_status` RPC: marks the caller active.
+    async fn update_own_status(&self, node: &Node) -> Result<Reply, Disconnect> {
+        if self.user.is_empty() {
+            return Ok(error_reply(ClientError::PERMISSION_DENIED));
+        }
+        match node.events.update_status(&[self.user.to_string()]).await {
+            Ok(()) => Ok(rpc_reply(Bytes::new())),
+            Err(_) => Ok(error_reply(ClientError::INTERNAL)),
+        }
     }
 
     /// A client subscribe decided by the subscribe proxy.
@@ -302,4 +319,18 @@ pub(super) fn proxy_disconnect(disconnect: ProxyDisconnect) -> Disconnect {
         },
         Err(_) => DisconnectCode::INTERNAL.into(),
     }
+}
+
+/// The client RPC method tether answers itself when the user status API is enabled (as
+/// Centrifugo PRO does), unless an RPC proxy is configured for it.
+const USER_STATUS_METHOD: &str = "update_user_status";
+
+/// Whether an RPC proxy takes `method`.
+fn rpc_proxy_claims(node: &Node, method: &str) -> bool {
+    node.config
+        .rpc_namespace_for(method)
+        .ok()
+        .filter(|ns| ns.proxy_enabled)
+        .and_then(|ns| node.proxies.get(ProxyEvent::Rpc, &ns.proxy_name))
+        .is_some()
 }

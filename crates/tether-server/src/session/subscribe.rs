@@ -600,6 +600,7 @@ impl Session {
                 .await;
         }
         if state.join_leave {
+            node.events.subscribed(&self.conn, state.channel());
             let _ = node.engine.publish_join(channel, &info).await;
         }
     }
@@ -758,6 +759,7 @@ pub(super) async fn leave_engine(node: &Node, conn: &Conn, state: SubState) {
             .await;
     }
     if state.join_leave {
+        node.events.unsubscribed(conn, channel);
         let _ = node
             .engine
             .publish_leave(channel, &conn.client_info(state.chan_info.clone()))

@@ -475,13 +475,25 @@ impl Driver {
         // before the goodbye is written, which may wait for a full socket, so a client told
         // to reconnect is not refused with 3504 meanwhile. (Unregistering again at the end
         // of the session's cleanup is a no-op.)
-        self.node.hub.unregister(self.session.conn());
-        let metrics = &self.node.metrics;
-        metrics.disconnected(match &end {
+        let code = match &end {
             End::Disconnect(disconnect) => disconnect.code.get(),
             End::PeerClose(code) => code.unwrap_or(NO_STATUS_RECEIVED),
             End::PeerGone | End::Io(_) => ABNORMAL_CLOSURE,
-        });
+        };
+        // Reported before the hub lets the user go, so the backend hears the disconnect
+        // before the user's offline.
+        let (reason, reconnect) = match &end {
+            End::Disconnect(disconnect) => (disconnect.reason.as_str(), reconnects(code)),
+            // The client chose to close.
+            End::PeerClose(_) => ("connection closed", false),
+            // Lost: the client's SDK reconnects.
+            End::PeerGone => ("connection lost", true),
+            End::Io(_) => ("connection failed", true),
+        };
+        self.session.ended(&self.node, code, reason, reconnect);
+        self.node.hub.unregister(self.session.conn());
+        let metrics = &self.node.metrics;
+        metrics.disconnected(code);
         if let End::Disconnect(disconnect) = &end {
             if disconnect.is(DisconnectCode::SLOW) {
                 metrics.slow_consumers.increment(1);
@@ -657,6 +669,12 @@ const MAX_READS_PER_WAKE: usize = 4;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Close code counted when the peer's close frame had no code (RFC 6455 1005).
 const NO_STATUS_RECEIVED: u16 = 1005;
+
+/// Whether a client told `code` reconnects, as the protocol's ranges say: 3000-3499 and
+/// 4000-4499 reconnect, 3500-3999 and 4500-4999 do not; other (WebSocket) codes do.
+fn reconnects(code: u16) -> bool {
+    !matches!(code, 3500..=3999 | 4500..=4999)
+}
 /// Close code counted when the connection dropped without a close (RFC 6455 1006).
 const ABNORMAL_CLOSURE: u16 = 1006;
 /// WebSocket close code 1000.

@@ -53,7 +53,10 @@ impl RedisEngine {
     }
 
     /// See [`crate::broker::lifecycle::Lifecycle::get_status`].
-    pub(crate) async fn status_get(&self, users: &[String]) -> Result<Vec<UserStatus>, BrokerError> {
+    pub(crate) async fn status_get(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<UserStatus>, BrokerError> {
         let _ = users;
         Err(BrokerError::NotAvailable)
     }
