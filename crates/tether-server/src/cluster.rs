@@ -48,8 +48,8 @@ pub(crate) struct Cluster {
     started: Instant,
     /// Other nodes by uid, with when they were last heard from.
     nodes: Mutex<HashMap<String, (NodeInfo, Instant)>>,
-    /// Open `channels` surveys: id -> where the replies go.
-    surveys: Mutex<HashMap<u64, mpsc::UnboundedSender<HashMap<String, u32>>>>,
+    /// Open surveys (`channels`, `connections`): id -> where the replies go.
+    surveys: Mutex<HashMap<u64, mpsc::UnboundedSender<SurveyReply>>>,
     next_survey: AtomicU64,
 }
 
@@ -133,10 +133,15 @@ pub(crate) enum ControlCommand {
         /// New connection info, base64.
         info: Option<String>,
     },
-    /// Asks every node for its channels; answered with [`ControlCommand::Channels`].
+    /// Asks every node for its channels, answered with [`ControlCommand::Channels`]; or,
+    /// with `user`, for that user's connections, answered with
+    /// [`ControlCommand::Connections`].
     Survey {
         /// Survey id, unique per asking node.
         id: u64,
+        /// Whose connections (absent: the channels are asked for).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
     },
     /// A node's channels (name -> local subscriber count) for the asker's survey.
     Channels {
@@ -147,6 +152,38 @@ pub(crate) enum ControlCommand {
         /// The channels.
         channels: HashMap<String, u32>,
     },
+    /// A node's connections of a user (client id -> description) for the asker's survey.
+    Connections {
+        /// The survey id.
+        id: u64,
+        /// The asking node.
+        to: String,
+        /// The connections.
+        connections: HashMap<String, ConnectionDesc>,
+    },
+}
+
+/// One connection as the `connections` API reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ConnectionDesc {
+    /// Its user.
+    pub user: String,
+    /// `websocket` or `tcp`.
+    pub transport: String,
+    /// `json` or `protobuf`.
+    pub protocol: String,
+    /// When it connected, Unix seconds.
+    pub connected_at: i64,
+    /// The connection info (from the token or the connect proxy), base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<String>,
+}
+
+/// What a survey brings back from one node.
+#[derive(Debug)]
+enum SurveyReply {
+    Channels(HashMap<String, u32>),
+    Connections(HashMap<String, ConnectionDesc>),
 }
 
 /// A server-side subscription as it travels between nodes.
@@ -223,11 +260,15 @@ impl Cluster {
                 None
             }
             ControlCommand::Channels { id, to, channels } => {
-                if *to == self.me.uid
-                    && let Some(tx) = self.surveys.lock().get(id)
-                {
-                    let _ = tx.send(channels.clone());
-                }
+                self.reply(*id, to, SurveyReply::Channels(channels.clone()));
+                None
+            }
+            ControlCommand::Connections {
+                id,
+                to,
+                connections,
+            } => {
+                self.reply(*id, to, SurveyReply::Connections(connections.clone()));
                 None
             }
             ControlCommand::Survey { .. } => Some(message),
@@ -329,7 +370,8 @@ impl Cluster {
             }
             ControlCommand::Node(_)
             | ControlCommand::Survey { .. }
-            | ControlCommand::Channels { .. } => {}
+            | ControlCommand::Channels { .. }
+            | ControlCommand::Connections { .. } => {}
         }
     }
 
@@ -389,32 +431,92 @@ impl Cluster {
     /// Channels of every live node, added up (this node's included).
     pub(crate) async fn channels(&self) -> HashMap<String, u32> {
         let mut total: HashMap<String, u32> = self.hub.channels().into_iter().collect();
+        for reply in self.survey(None).await {
+            if let SurveyReply::Channels(channels) = reply {
+                for (name, n) in channels {
+                    *total.entry(name).or_default() += n;
+                }
+            }
+        }
+        total
+    }
+
+    /// A user's connections on every live node (this node's included): client id ->
+    /// description.
+    pub(crate) async fn connections(&self, user: &str) -> HashMap<String, ConnectionDesc> {
+        let mut all = self.local_connections(user);
+        for reply in self.survey(Some(user)).await {
+            if let SurveyReply::Connections(connections) = reply {
+                all.extend(connections);
+            }
+        }
+        all
+    }
+
+    /// A user's connections on this node.
+    fn local_connections(&self, user: &str) -> HashMap<String, ConnectionDesc> {
+        self.hub
+            .user_conns(user)
+            .into_iter()
+            .map(|conn| {
+                let (user, info, connected_at) = conn.identity();
+                let desc = ConnectionDesc {
+                    user: user.to_string(),
+                    transport: match conn.framing {
+                        crate::wire::Framing::WebSocket => "websocket",
+                        crate::wire::Framing::Tcp => "tcp",
+                    }
+                    .to_owned(),
+                    protocol: match conn.encoding {
+                        tether_proto::Encoding::Json => "json",
+                        tether_proto::Encoding::Protobuf => "protobuf",
+                    }
+                    .to_owned(),
+                    connected_at,
+                    info: info.as_ref().map(b64),
+                };
+                (conn.client.to_string(), desc)
+            })
+            .collect()
+    }
+
+    /// Asks every other live node and collects the replies that arrive within
+    /// [`SURVEY_TIMEOUT`].
+    async fn survey(&self, user: Option<&str>) -> Vec<SurveyReply> {
         let expected = self.live_nodes().len();
         if !self.engine.is_clustered() || expected == 0 {
-            return total;
+            return Vec::new();
         }
         let (id, mut replies) = self.open_survey();
-        if self.broadcast(ControlCommand::Survey { id }).await.is_ok() {
+        let mut out = Vec::new();
+        let asked = ControlCommand::Survey {
+            id,
+            user: user.map(str::to_owned),
+        };
+        if self.broadcast(asked).await.is_ok() {
             let deadline = Instant::now() + SURVEY_TIMEOUT;
-            let mut received = 0;
-            while received < expected {
+            while out.len() < expected {
                 match tokio::time::timeout_at(deadline, replies.recv()).await {
-                    Ok(Some(channels)) => {
-                        received += 1;
-                        for (name, n) in channels {
-                            *total.entry(name).or_default() += n;
-                        }
-                    }
+                    Ok(Some(reply)) => out.push(reply),
                     _ => break,
                 }
             }
         }
         self.close_survey(id);
-        total
+        out
+    }
+
+    /// Hands a reply to this node's open survey `id`, when it is addressed here.
+    fn reply(&self, id: u64, to: &str, reply: SurveyReply) {
+        if to == self.me.uid
+            && let Some(tx) = self.surveys.lock().get(&id)
+        {
+            let _ = tx.send(reply);
+        }
     }
 
     /// Starts a survey: its id and where replies arrive.
-    fn open_survey(&self) -> (u64, mpsc::UnboundedReceiver<HashMap<String, u32>>) {
+    fn open_survey(&self) -> (u64, mpsc::UnboundedReceiver<SurveyReply>) {
         let id = self.next_survey.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         self.surveys.lock().insert(id, tx);
@@ -450,11 +552,21 @@ impl Cluster {
                         debug!("engine stopped: control loop ends");
                         return;
                     };
-                    if let Some(ControlMessage { uid, command: ControlCommand::Survey { id } }) =
+                    if let Some(ControlMessage { uid, command: ControlCommand::Survey { id, user } }) =
                         self.handle(&payload)
                     {
-                        let channels = self.hub.channels().into_iter().collect();
-                        let reply = ControlCommand::Channels { id, to: uid.clone(), channels };
+                        let reply = match user {
+                            None => ControlCommand::Channels {
+                                id,
+                                to: uid.clone(),
+                                channels: self.hub.channels().into_iter().collect(),
+                            },
+                            Some(user) => ControlCommand::Connections {
+                                id,
+                                to: uid.clone(),
+                                connections: self.local_connections(&user),
+                            },
+                        };
                         if let Err(error) = self.send_to(&uid, reply).await {
                             debug!(%error, "survey reply failed");
                         }
@@ -505,6 +617,49 @@ mod tests {
         assert!(json.contains("\"disconnect\""), "{json}");
         let back: ControlMessage = serde_json::from_str(&json).expect("decode");
         assert_eq!(back, message);
+    }
+
+    #[test]
+    fn a_channels_survey_reads_the_same_as_before_connections_surveys_existed() {
+        // A node of the previous version sends and expects exactly this.
+        let old = r#"{"uid":"n1","command":{"survey":{"id":7}}}"#;
+        let message: ControlMessage = serde_json::from_str(old).expect("decode");
+        assert_eq!(message.command, ControlCommand::Survey { id: 7, user: None });
+        assert_eq!(serde_json::to_string(&message).expect("encode"), old);
+        let asked = ControlCommand::Survey {
+            id: 8,
+            user: Some("42".into()),
+        };
+        let json = serde_json::to_string(&asked).expect("encode");
+        assert_eq!(json, r#"{"survey":{"id":8,"user":"42"}}"#);
+    }
+
+    #[test]
+    fn a_users_connections_are_described_by_this_node() {
+        let hub = Hub::new();
+        let cluster = Cluster::new(
+            NodeInfo::default(),
+            hub.clone(),
+            Engine::Memory(crate::broker::MemoryBroker::new(Arc::new(
+                crate::hub::HubEvents(hub.clone()),
+            ))),
+        );
+        let conn = hub.register(
+            tether_proto::Encoding::Protobuf,
+            crate::wire::Framing::Tcp,
+            1 << 20,
+            None,
+        );
+        conn.set_identity(Arc::from("42"), Some(Bytes::from_static(b"{\"a\":1}")));
+        conn.set_connected_at(1_700_000_000);
+        hub.add_user_conn(&conn);
+        let found = cluster.local_connections("42");
+        let desc = &found[conn.client.as_str()];
+        assert_eq!(desc.user, "42");
+        assert_eq!((desc.transport.as_str(), desc.protocol.as_str()), ("tcp", "protobuf"));
+        assert_eq!(desc.connected_at, 1_700_000_000);
+        assert_eq!(desc.info.as_deref().and_then(unb64).as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert!(cluster.local_connections("43").is_empty());
     }
 
     #[test]

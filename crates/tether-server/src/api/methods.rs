@@ -51,6 +51,7 @@ pub(super) async fn dispatch(node: &Node, method: &str, params: &RawValue) -> Ca
         "update_user_status" => update_user_status(node, &decode(params)?).await,
         "get_user_status" => get_user_status(node, &decode(params)?).await,
         "delete_user_status" => delete_user_status(node, &decode(params)?).await,
+        "connections" => connections(node, &decode(params)?).await,
         "rpc" => Err(ApiError::NOT_AVAILABLE.into()),
         _ => Err(ApiError::METHOD_NOT_FOUND.into()),
     }
@@ -672,6 +673,44 @@ async fn delete_user_status(node: &Node, req: &UsersRequest) -> CallResult {
         .await
         .map_err(|e| status_error(&e))?;
     Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+struct ConnectionsRequest {
+    #[serde(default)]
+    user: String,
+    /// Centrifugo PRO's CEL filter: not supported.
+    #[serde(default)]
+    expression: String,
+}
+
+/// A user's live connections on every node (Centrifugo PRO's `connections`, by user).
+async fn connections(node: &Node, req: &ConnectionsRequest) -> CallResult {
+    if !req.expression.is_empty() {
+        return Err(ApiError::NOT_AVAILABLE.into());
+    }
+    if req.user.is_empty() {
+        return Err(ApiError::BAD_REQUEST.into());
+    }
+    let connections: serde_json::Map<String, Value> = node
+        .cluster
+        .connections(&req.user)
+        .await
+        .into_iter()
+        .map(|(client, desc)| {
+            let mut v = json!({
+                "user": desc.user,
+                "transport": desc.transport,
+                "protocol": desc.protocol,
+                "connected_at": desc.connected_at,
+            });
+            if let Some(info) = desc.info.as_deref().and_then(cluster::unb64) {
+                v["info"] = raw_json(&info);
+            }
+            (client, v)
+        })
+        .collect();
+    Ok(json!({ "connections": connections }))
 }
 
 /// This node and every other node heard from recently (announcements over the control

@@ -198,6 +198,8 @@ struct Inner {
     /// Set at connect; the empty string for anonymous users.
     user: Arc<str>,
     info: Option<Bytes>,
+    /// When the connect succeeded, Unix seconds (0 before).
+    connected_at: u32,
     /// Frames not yet written, oldest first. The head may be the unwritten rest of a frame
     /// (`head_partial`); everything else is whole.
     queue: VecDeque<Bytes>,
@@ -367,6 +369,22 @@ impl Conn {
         let mut inner = self.inner.lock();
         inner.user = user;
         inner.info = info;
+    }
+
+    /// Records when the connect succeeded (Unix seconds).
+    pub(crate) fn set_connected_at(&self, unix: i64) {
+        self.inner.lock().connected_at = u32::try_from(unix).unwrap_or(0);
+    }
+
+    /// The user, the connection info and when it connected (Unix seconds, 0 before), as
+    /// the `connections` API reports them.
+    pub(crate) fn identity(&self) -> (Arc<str>, Option<Bytes>, i64) {
+        let inner = self.inner.lock();
+        (
+            inner.user.clone(),
+            inner.info.clone(),
+            i64::from(inner.connected_at),
+        )
     }
 
     /// Replaces the connection info (API refresh).

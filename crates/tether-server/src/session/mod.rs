@@ -569,6 +569,7 @@ impl Session {
         }
         self.user = Arc::from(user.as_str());
         self.conn.set_identity(self.user.clone(), info);
+        self.conn.set_connected_at(now.unix);
         node.hub.add_user_conn(&self.conn);
         self.state = State::Connected;
         node.events.connected(&self.conn);
