@@ -260,7 +260,11 @@ impl LocalLifecycle {
     fn tick(&self, now_ms: i64) -> Decisions {
         let mut out = Decisions::default();
         let mut occupancy = self.occupancy.lock();
-        while occupancy.pending.front().is_some_and(|(due, _)| *due <= now_ms) {
+        while occupancy
+            .pending
+            .front()
+            .is_some_and(|(due, _)| *due <= now_ms)
+        {
             let Some((_, key)) = occupancy.pending.pop_front() else {
                 break;
             };
@@ -272,7 +276,9 @@ impl LocalLifecycle {
         }
         drop(occupancy);
         let now_s = now_ms / 1000;
-        self.status.lock().retain(|_, status| status.expires > now_s);
+        self.status
+            .lock()
+            .retain(|_, status| status.expires > now_s);
         out
     }
 
@@ -352,8 +358,14 @@ mod tests {
         let up = store.apply(&[change("a", true)], 0, 5_000);
         assert_eq!(up.up, [user("a")]);
         // Released and held again within the grace: nothing either way.
-        assert_eq!(store.apply(&[change("a", false)], 1_000, 5_000), Decisions::default());
-        assert_eq!(store.apply(&[change("a", true)], 2_000, 5_000), Decisions::default());
+        assert_eq!(
+            store.apply(&[change("a", false)], 1_000, 5_000),
+            Decisions::default()
+        );
+        assert_eq!(
+            store.apply(&[change("a", true)], 2_000, 5_000),
+            Decisions::default()
+        );
         assert_eq!(store.tick(6_000), Decisions::default(), "held again");
         // Released for good: down at the end of the grace, not before, and once.
         store.apply(&[change("a", false)], 7_000, 5_000);
@@ -361,7 +373,10 @@ mod tests {
         assert_eq!(store.tick(12_000).down, [user("a")]);
         assert!(store.tick(20_000).down.is_empty());
         // And up again on the next hold.
-        assert_eq!(store.apply(&[change("a", true)], 21_000, 5_000).up, [user("a")]);
+        assert_eq!(
+            store.apply(&[change("a", true)], 21_000, 5_000).up,
+            [user("a")]
+        );
     }
 
     #[test]
