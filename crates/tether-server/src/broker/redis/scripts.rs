@@ -270,7 +270,8 @@ return {rejoin, raised}
 /// reaped set (merged into it if a previous reaping is not finished), listed in the reaping
 /// set. Releasing then pops at most ARGV 7 keys from reaped sets: the node leaves each key's
 /// holders unless it holds the key again (it came back and reported it), and a key held by
-/// nobody that is up is due now. A due key goes down when nobody holds it and it is still up:
+/// nobody that is up is due now (unless already pending: the node came back and released it
+/// itself, and its grace stands). A due key goes down when nobody holds it and it is still up:
 /// removing it from the up set is the decision, so exactly one tick (of any node) takes it.
 pub(super) const LIFECYCLE_TICK: &str = r#"
 local nodes, up, pending, reaping = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -305,7 +306,7 @@ for _, gone in ipairs(redis.call('smembers', reaping)) do
       local holders = base .. '.k.' .. key
       redis.call('srem', holders, gone)
       if redis.call('scard', holders) == 0 and redis.call('sismember', up, key) == 1 then
-        redis.call('zadd', pending, now, key)
+        redis.call('zadd', pending, 'NX', now, key)
       end
     end
   end

@@ -986,6 +986,35 @@ async fn a_big_reaped_node_is_released_over_several_ticks_and_keeps_what_it_hold
 }
 
 #[tokio::test]
+async fn a_key_a_rejoined_node_releases_keeps_its_grace_while_its_old_keys_are_released() {
+    let prefix = unique_prefix("lc-rejoin-release");
+    let (a, _) = start(&prefix);
+    let (b, _) = start(&prefix);
+    let names: Vec<String> = (0..1500).map(|i| format!("user-{i}")).collect();
+    let holds: Vec<Change> = names.iter().map(|n| hold(n)).collect();
+    apply(&a, "node-a", &holds, T0).await;
+    let first = tick_reaping(&b, "node-b", T0 + 60_000, T0 + 1).await;
+    let gone: std::collections::HashSet<String> = first.down.into_iter().map(|k| k.name).collect();
+    // A key the first tick did not release yet: A, back, lets go of it itself.
+    let kept = names.iter().find(|n| !gone.contains(*n)).expect("one left");
+    let back = apply(&a, "node-a", &[release(kept)], T0 + 60_001).await;
+    assert!(back.rejoin);
+    // The rest of A's old keys go down now; the one A released waits for its grace.
+    let rest = tick(&b, "node-b", T0 + 60_002).await.down;
+    assert_eq!(rest.len(), names.len() - gone.len() - 1);
+    assert!(!rest.contains(&user_key(kept)));
+    assert_eq!(
+        tick(&b, "node-b", T0 + 60_001 + GRACE - 1).await,
+        Decisions::default()
+    );
+    assert_eq!(
+        tick(&b, "node-b", T0 + 60_001 + GRACE).await,
+        downs(&[kept])
+    );
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
 async fn a_node_that_leaves_hands_its_keys_to_the_next_tick() {
     let prefix = unique_prefix("lc-leave");
     let (a, _) = start(&prefix);
