@@ -624,7 +624,10 @@ mod tests {
         // A node of the previous version sends and expects exactly this.
         let old = r#"{"uid":"n1","command":{"survey":{"id":7}}}"#;
         let message: ControlMessage = serde_json::from_str(old).expect("decode");
-        assert_eq!(message.command, ControlCommand::Survey { id: 7, user: None });
+        assert_eq!(
+            message.command,
+            ControlCommand::Survey { id: 7, user: None }
+        );
         assert_eq!(serde_json::to_string(&message).expect("encode"), old);
         let asked = ControlCommand::Survey {
             id: 8,
@@ -656,9 +659,15 @@ mod tests {
         let found = cluster.local_connections("42");
         let desc = &found[conn.client.as_str()];
         assert_eq!(desc.user, "42");
-        assert_eq!((desc.transport.as_str(), desc.protocol.as_str()), ("tcp", "protobuf"));
+        assert_eq!(
+            (desc.transport.as_str(), desc.protocol.as_str()),
+            ("tcp", "protobuf")
+        );
         assert_eq!(desc.connected_at, 1_700_000_000);
-        assert_eq!(desc.info.as_deref().and_then(unb64).as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(
+            desc.info.as_deref().and_then(unb64).as_deref(),
+            Some(&b"{\"a\":1}"[..])
+        );
         assert!(cluster.local_connections("43").is_empty());
     }
 

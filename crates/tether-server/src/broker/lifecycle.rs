@@ -31,8 +31,6 @@ pub(crate) enum Scope {
     Channel,
 }
 
-// The stored forms are the Redis store's; the local store keeps keys as they are.
-#[allow(dead_code)]
 impl Scope {
     /// The one-letter tag a key is stored under.
     pub(crate) fn tag(self) -> char {
@@ -61,7 +59,6 @@ pub(crate) struct Key {
     pub name: String,
 }
 
-#[allow(dead_code)]
 impl Key {
     /// The stored form: the scope's tag, `:`, the name.
     pub(crate) fn encode(&self) -> String {

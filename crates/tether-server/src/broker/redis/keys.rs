@@ -10,6 +10,10 @@
 //! only for a channel that starts with `}`. In the cluster layout such a channel (and, to keep
 //! names distinct, one starting with `~`) is written with a leading `~` inside the tag; the
 //! standalone layout keeps the plain form, which existing deployments already have in Redis.
+//!
+//! A user's status key is tagged by the user the same way. The lifecycle keys (occupancy and
+//! node liveness, changed together by one script) all carry one tag of their own,
+//! `{<prefix>.lifecycle}`, never empty since the prefix is not.
 
 /// How channel names are written into keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +73,66 @@ impl Keys {
     /// The cluster control channel (in a Redis Cluster: the slot of this whole name).
     pub(super) fn control(&self) -> String {
         format!("{}.control", self.prefix)
+    }
+
+    /// A user's status hash (`a` last active, `o` last online, Unix seconds). Tagged by the
+    /// user like a channel's keys, so users spread over a Redis Cluster's slots.
+    pub(super) fn status(&self, user: &str) -> String {
+        self.tagged("status", user)
+    }
+
+    /// The layout these names are written for.
+    pub(super) fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The start of every lifecycle key: `<prefix>.lifecycle.{<prefix>.lifecycle}`. Its hash
+    /// tag is the same for all of them (never empty: the prefix is not), so the lifecycle
+    /// scripts may touch any of them on a Redis Cluster; the scripts build the per-node and
+    /// per-key names from it exactly as `lifecycle_node`, `lifecycle_reaped` and
+    /// `lifecycle_holders` (test helpers) spell them.
+    pub(super) fn lifecycle(&self) -> String {
+        format!("{0}.lifecycle.{{{0}.lifecycle}}", self.prefix)
+    }
+
+    /// ZSET: live node id -> Unix ms of its last refresh.
+    pub(super) fn lifecycle_nodes(&self) -> String {
+        format!("{}.nodes", self.lifecycle())
+    }
+
+    /// SET: the encoded keys that are up.
+    pub(super) fn lifecycle_up(&self) -> String {
+        format!("{}.up", self.lifecycle())
+    }
+
+    /// ZSET: encoded key held by nobody -> Unix ms at which it goes down.
+    pub(super) fn lifecycle_pending(&self) -> String {
+        format!("{}.pending", self.lifecycle())
+    }
+
+    /// SET: ids of the nodes reaped (or gone) whose keys are still being released.
+    pub(super) fn lifecycle_reaping(&self) -> String {
+        format!("{}.reaping", self.lifecycle())
+    }
+
+    // The per-node and per-key names are built by the scripts; these spell them for the tests.
+
+    /// SET: the encoded keys a live node holds.
+    #[cfg(test)]
+    pub(super) fn lifecycle_node(&self, node: &str) -> String {
+        format!("{}.n.{node}", self.lifecycle())
+    }
+
+    /// SET: the encoded keys a reaped (or gone) node held that are not released yet.
+    #[cfg(test)]
+    pub(super) fn lifecycle_reaped(&self, node: &str) -> String {
+        format!("{}.r.{node}", self.lifecycle())
+    }
+
+    /// SET: the ids of the nodes that hold an encoded key.
+    #[cfg(test)]
+    pub(super) fn lifecycle_holders(&self, key: &str) -> String {
+        format!("{}.k.{key}", self.lifecycle())
     }
 
     /// The channel named by a Pub/Sub channel of this prefix and layout, if it is one.
@@ -192,6 +256,55 @@ mod tests {
     }
 
     #[test]
+    fn every_lifecycle_name_shares_one_slot_whatever_the_key_or_node() {
+        for layout in [Layout::Standalone, Layout::Cluster] {
+            let keys = Keys::new("tether", layout);
+            let slot = Slot::for_key(keys.lifecycle_nodes());
+            let mut names = vec![
+                keys.lifecycle_up(),
+                keys.lifecycle_pending(),
+                keys.lifecycle_reaping(),
+            ];
+            for name in CHANNELS {
+                names.push(keys.lifecycle_node(name));
+                names.push(keys.lifecycle_reaped(name));
+                names.push(keys.lifecycle_holders(&format!("u:{name}")));
+                names.push(keys.lifecycle_holders(&format!("c:{name}")));
+            }
+            for name in &names {
+                assert_eq!(Slot::for_key(name), slot, "{layout:?}: {name}");
+                assert!(
+                    name.starts_with("tether.lifecycle.{tether.lifecycle}."),
+                    "{name}"
+                );
+            }
+        }
+        // Another prefix, another slot (deployments sharing a cluster do not share one).
+        let other = Keys::new("other", Layout::Cluster);
+        assert_ne!(
+            Slot::for_key(other.lifecycle_nodes()),
+            Slot::for_key(Keys::new("tether", Layout::Cluster).lifecycle_nodes())
+        );
+    }
+
+    #[test]
+    fn user_statuses_spread_and_are_distinct() {
+        let keys = Keys::new("tether", Layout::Cluster);
+        let slots: std::collections::HashSet<Slot> = (0..100)
+            .map(|i| Slot::for_key(keys.status(&format!("user-{i}"))))
+            .collect();
+        assert!(slots.len() > 90, "{}", slots.len());
+        let mut seen = std::collections::HashSet::new();
+        for user in CHANNELS.iter().chain(&["~", "~~", "~}", "}~"]) {
+            assert!(seen.insert(keys.status(user)), "{user:?}");
+            assert!(
+                !keys.status(user).contains("{}"),
+                "{user:?}: empty hash tag"
+            );
+        }
+    }
+
+    #[test]
     fn the_standalone_layout_is_the_documented_one() {
         let keys = Keys::new("tether", Layout::Standalone);
         assert_eq!(keys.stream("chat:room"), "tether.stream.{chat:room}");
@@ -199,6 +312,15 @@ mod tests {
         assert_eq!(keys.result("c", "k"), "tether.result.{c}.k");
         assert_eq!(keys.pubsub("c"), "tether.client.{c}");
         assert_eq!(keys.control(), "tether.control");
+        assert_eq!(keys.status("alice"), "tether.status.{alice}");
+        assert_eq!(
+            keys.lifecycle_holders("u:alice"),
+            "tether.lifecycle.{tether.lifecycle}.k.u:alice"
+        );
+        assert_eq!(
+            keys.lifecycle_nodes(),
+            "tether.lifecycle.{tether.lifecycle}.nodes"
+        );
         let cluster = Keys::new("tether", Layout::Cluster);
         assert_eq!(cluster.stream("chat:room"), "tether.stream.{chat:room}");
         assert_eq!(cluster.meta("}x"), "tether.meta.{~}x}");

@@ -21,6 +21,10 @@
 //! | presence data (client id -> ClientInfo) | `{prefix}.presence.data.{<channel>}` |
 //! | presence expiry (client id scored by expire-at) | `{prefix}.presence.expire.{<channel>}` |
 //! | cluster control (shard 0) | `{prefix}.control` |
+//! | user status (`a` active, `o` online) | `{prefix}.status.{<user>}` |
+//! | occupancy and node liveness (shard 0) | `{prefix}.lifecycle.{{prefix}.lifecycle}.*` |
+//!
+//! The lifecycle keys (see `lifecycle`) share one hash tag of their own.
 //!
 //! # Shards
 //!
@@ -169,6 +173,12 @@ struct Shared {
     presence_add_script: Script,
     presence_remove_script: Script,
     presence_get_script: Script,
+    lifecycle_apply_script: Script,
+    lifecycle_tick_script: Script,
+    lifecycle_leave_script: Script,
+    /// Node ids this engine has called the lifecycle store for: such a node missing from
+    /// the live nodes was reaped (see `lifecycle`), a node's first call is no rejoin.
+    lifecycle_known: Mutex<std::collections::HashSet<String>>,
 }
 
 /// One standalone Redis instance, or the whole Redis Cluster.
@@ -324,6 +334,10 @@ impl RedisEngine {
             presence_add_script: Script::new(scripts::PRESENCE_ADD),
             presence_remove_script: Script::new(scripts::PRESENCE_REMOVE),
             presence_get_script: Script::new(scripts::PRESENCE_GET),
+            lifecycle_apply_script: Script::new(scripts::LIFECYCLE_APPLY),
+            lifecycle_tick_script: Script::new(scripts::LIFECYCLE_TICK),
+            lifecycle_leave_script: Script::new(scripts::LIFECYCLE_LEAVE),
+            lifecycle_known: Mutex::default(),
             options,
         });
         let engine = Self { shared };

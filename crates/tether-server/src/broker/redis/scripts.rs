@@ -201,3 +201,148 @@ if #expired > 0 then
 end
 return redis.call('hgetall', KEYS[1])
 "#;
+
+// # Lifecycle (see `lifecycle`)
+//
+// The lifecycle scripts share their first lines: KEYS 1 live nodes (ZSET node -> last
+// refresh, Unix ms), 2 up keys (SET), 3 pending keys (ZSET key -> due, Unix ms), 4 reaping
+// nodes (SET); ARGV 1 the base name every lifecycle key starts with (`keys::lifecycle`: the
+// per-node and per-key sets are built from it, and share the declared keys' hash tag), 2 the
+// calling node, 3 now (Unix ms). Keys are stored encoded (`u:alice`, `c:room`).
+
+/// Applies one node's changes, in order, and refreshes its liveness.
+///
+/// KEYS and ARGV 1-3: see above. ARGV: 4 the due time of a release (now + grace, Unix ms),
+/// 5 "1" when this node called the store
+/// before (so that its absence from the live nodes means it was reaped), then one pair per
+/// change: "1" held / "0" released, the encoded key.
+///
+/// Returns `{rejoin, up}`: rejoin 1 when the node had been reaped, up the keys that went up,
+/// in the order of the changes.
+///
+/// A held key leaves the pending set (its down is cancelled) and goes up unless it was up. A
+/// released key that nobody holds any more, and that is up, is due to go down at now + grace
+/// (a later release pushes the due time back; the keys of one grace stay in order). Times stay
+/// strings in the scripts: a Lua number prints with 14 significant digits only.
+pub(super) const LIFECYCLE_APPLY: &str = r#"
+local nodes, up, pending = KEYS[1], KEYS[2], KEYS[3]
+local base, node, now = ARGV[1], ARGV[2], ARGV[3]
+local due, known = ARGV[4], ARGV[5]
+local rejoin = 0
+if redis.call('zadd', nodes, now, node) == 1 and known == '1' then
+  rejoin = 1
+end
+local held_by_node = base .. '.n.' .. node
+local raised = {}
+for i = 6, #ARGV, 2 do
+  local key = ARGV[i + 1]
+  local holders = base .. '.k.' .. key
+  if ARGV[i] == '1' then
+    redis.call('sadd', holders, node)
+    redis.call('sadd', held_by_node, key)
+    redis.call('zrem', pending, key)
+    if redis.call('sadd', up, key) == 1 then
+      raised[#raised + 1] = key
+    end
+  else
+    redis.call('srem', holders, node)
+    redis.call('srem', held_by_node, key)
+    if redis.call('scard', holders) == 0 and redis.call('sismember', up, key) == 1 then
+      redis.call('zadd', pending, due, key)
+    end
+  end
+end
+return {rejoin, raised}
+"#;
+
+/// Refreshes a node's liveness, reaps silent nodes, releases what reaped nodes held, and
+/// takes the keys whose grace is over.
+///
+/// KEYS and ARGV 1-3: see above. ARGV: 4 dead before (Unix ms: a node whose last refresh is
+/// older is reaped), 5 "1" when this node called the store before, 6 at most that many nodes
+/// reaped, 7 at most that many keys of reaped nodes released, 8 at most that many due keys
+/// taken (the rest wait for the next tick).
+///
+/// Returns `{rejoin, down}`: rejoin 1 when this node had been reaped, down the keys that went
+/// down (due first).
+///
+/// Reaping is O(1) per node: the node leaves the live set and its held set is renamed to its
+/// reaped set (merged into it if a previous reaping is not finished), listed in the reaping
+/// set. Releasing then pops at most ARGV 7 keys from reaped sets: the node leaves each key's
+/// holders unless it holds the key again (it came back and reported it), and a key held by
+/// nobody that is up is due now (unless already pending: the node came back and released it
+/// itself, and its grace stands). A due key goes down when nobody holds it and it is still up:
+/// removing it from the up set is the decision, so exactly one tick (of any node) takes it.
+pub(super) const LIFECYCLE_TICK: &str = r#"
+local nodes, up, pending, reaping = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local base, node, now = ARGV[1], ARGV[2], ARGV[3]
+local dead_before, known = ARGV[4], ARGV[5]
+local max_nodes, max_released, max_due = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local rejoin = 0
+if redis.call('zadd', nodes, now, node) == 1 and known == '1' then
+  rejoin = 1
+end
+local dead = redis.call('zrangebyscore', nodes, '-inf', '(' .. dead_before, 'LIMIT', 0, max_nodes)
+for _, gone in ipairs(dead) do
+  redis.call('zrem', nodes, gone)
+  local held, reaped = base .. '.n.' .. gone, base .. '.r.' .. gone
+  if redis.call('exists', held) == 1 then
+    if redis.call('exists', reaped) == 1 then
+      redis.call('sunionstore', reaped, reaped, held)
+      redis.call('del', held)
+    else
+      redis.call('rename', held, reaped)
+    end
+  end
+  redis.call('sadd', reaping, gone)
+end
+local budget = max_released
+for _, gone in ipairs(redis.call('smembers', reaping)) do
+  if budget <= 0 then break end
+  local reaped, held = base .. '.r.' .. gone, base .. '.n.' .. gone
+  local keys = redis.call('spop', reaped, budget)
+  for _, key in ipairs(keys) do
+    if redis.call('sismember', held, key) == 0 then
+      local holders = base .. '.k.' .. key
+      redis.call('srem', holders, gone)
+      if redis.call('scard', holders) == 0 and redis.call('sismember', up, key) == 1 then
+        redis.call('zadd', pending, 'NX', now, key)
+      end
+    end
+  end
+  budget = budget - #keys
+  if redis.call('exists', reaped) == 0 then
+    redis.call('srem', reaping, gone)
+  end
+end
+local down = {}
+for _, key in ipairs(redis.call('zrangebyscore', pending, '-inf', now, 'LIMIT', 0, max_due)) do
+  redis.call('zrem', pending, key)
+  if redis.call('scard', base .. '.k.' .. key) == 0 and redis.call('srem', up, key) == 1 then
+    down[#down + 1] = key
+  end
+end
+return {rejoin, down}
+"#;
+
+/// A node stops: it leaves the live set and everything it holds is handed to the reaping
+/// set, exactly as if it had been reaped (see [`LIFECYCLE_TICK`]); the next tick of any node
+/// (or of the next to start) releases its keys, due at once. O(1), whatever the node held.
+///
+/// KEYS and ARGV 1-3: see above (now is unused). Returns 1.
+pub(super) const LIFECYCLE_LEAVE: &str = r#"
+local nodes, reaping = KEYS[1], KEYS[4]
+local base, node = ARGV[1], ARGV[2]
+redis.call('zrem', nodes, node)
+local held, reaped = base .. '.n.' .. node, base .. '.r.' .. node
+if redis.call('exists', held) == 1 then
+  if redis.call('exists', reaped) == 1 then
+    redis.call('sunionstore', reaped, reaped, held)
+    redis.call('del', held)
+  else
+    redis.call('rename', held, reaped)
+  end
+  redis.call('sadd', reaping, node)
+end
+return 1
+"#;

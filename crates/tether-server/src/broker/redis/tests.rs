@@ -6,6 +6,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::*;
+use crate::broker::lifecycle::{Change, Decisions, Key, Scope, StatusField, UserStatus};
 use crate::broker::{HistoryOptions, PublicationEvent};
 
 #[derive(Default)]
@@ -637,6 +638,573 @@ fn jump_hash_is_stable_and_spreads() {
     }
 }
 
+// === lifecycle: occupancy decided per cluster, user status ===
+
+const GRACE: i64 = 5_000;
+const T0: i64 = 1_000_000;
+
+fn user_key(name: &str) -> Key {
+    Key {
+        scope: Scope::User,
+        name: name.to_owned(),
+    }
+}
+
+fn hold(name: &str) -> Change {
+    Change {
+        key: user_key(name),
+        held: true,
+    }
+}
+
+fn release(name: &str) -> Change {
+    Change {
+        key: user_key(name),
+        held: false,
+    }
+}
+
+async fn apply(engine: &RedisEngine, node: &str, changes: &[Change], now: i64) -> Decisions {
+    engine
+        .lifecycle_apply(node, changes, now, GRACE)
+        .await
+        .expect("apply")
+}
+
+/// A tick that reaps nobody (every test time is above 0).
+async fn tick(engine: &RedisEngine, node: &str, now: i64) -> Decisions {
+    tick_reaping(engine, node, now, 0).await
+}
+
+async fn tick_reaping(engine: &RedisEngine, node: &str, now: i64, dead_before: i64) -> Decisions {
+    engine
+        .lifecycle_tick(node, now, dead_before)
+        .await
+        .expect("tick")
+}
+
+fn downs(keys: &[&str]) -> Decisions {
+    Decisions {
+        down: keys.iter().map(|k| user_key(k)).collect(),
+        ..Decisions::default()
+    }
+}
+
+/// The lifecycle keys of the prefix left in Redis, sorted (standalone, db of `address()`).
+async fn lifecycle_keys(prefix: &str) -> Vec<String> {
+    let client = redis::Client::open(address()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}.lifecycle.*"))
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    keys.sort();
+    keys
+}
+
+/// Two nodes hold one key: it goes up once, and down once, after both released it and the
+/// grace passed, whichever node ticks. Shared with the cluster test.
+async fn one_key_two_nodes(a: &RedisEngine, b: &RedisEngine) {
+    let up = apply(a, "node-a", &[hold("x")], T0).await;
+    assert_eq!(
+        up,
+        Decisions {
+            up: vec![user_key("x")],
+            ..Decisions::default()
+        }
+    );
+    assert_eq!(
+        apply(b, "node-b", &[hold("x")], T0 + 10).await,
+        Decisions::default()
+    );
+    // A lets go, B still holds it: nothing pending, even long after the grace.
+    assert_eq!(
+        apply(a, "node-a", &[release("x")], T0 + 20).await,
+        Decisions::default()
+    );
+    assert_eq!(
+        tick(a, "node-a", T0 + 20 + GRACE + 1).await,
+        Decisions::default()
+    );
+    assert_eq!(
+        tick(b, "node-b", T0 + 20 + GRACE + 1).await,
+        Decisions::default()
+    );
+    // B lets go: down at the end of the grace, not before, once.
+    let released = T0 + 10_000;
+    assert_eq!(
+        apply(b, "node-b", &[release("x")], released).await,
+        Decisions::default()
+    );
+    assert_eq!(
+        tick(a, "node-a", released + GRACE - 1).await,
+        Decisions::default()
+    );
+    assert_eq!(
+        tick(b, "node-b", released + GRACE - 1).await,
+        Decisions::default()
+    );
+    assert_eq!(tick(a, "node-a", released + GRACE).await, downs(&["x"]));
+    assert_eq!(
+        tick(a, "node-a", released + GRACE + 1).await,
+        Decisions::default()
+    );
+    assert_eq!(
+        tick(b, "node-b", released + GRACE + 1).await,
+        Decisions::default()
+    );
+    // And up again on the next hold.
+    let up = apply(b, "node-b", &[hold("x")], released + GRACE + 2).await;
+    assert_eq!(up.up, [user_key("x")]);
+}
+
+#[tokio::test]
+async fn a_key_held_by_two_nodes_goes_down_once_after_both_released_it_and_the_grace() {
+    let prefix = unique_prefix("lc-two");
+    let (a, _) = start(&prefix);
+    let (b, _) = start(&prefix);
+    one_key_two_nodes(&a, &b).await;
+    apply(&b, "node-b", &[release("x")], T0 + 20_000).await;
+    assert_eq!(tick(&a, "node-a", T0 + 30_000).await, downs(&["x"]));
+    // Nothing is left behind but the live nodes.
+    assert_eq!(
+        lifecycle_keys(&prefix).await,
+        [format!("{prefix}.lifecycle.{{{prefix}.lifecycle}}.nodes")]
+    );
+    cleanup(&prefix).await;
+    assert!(lifecycle_keys(&prefix).await.is_empty(), "cleanup");
+}
+
+#[tokio::test]
+async fn a_key_held_again_within_the_grace_neither_goes_down_nor_up_again() {
+    let prefix = unique_prefix("lc-grace");
+    let (a, _) = start(&prefix);
+    assert_eq!(
+        apply(&a, "node-a", &[hold("y")], T0).await.up,
+        [user_key("y")]
+    );
+    assert_eq!(
+        apply(&a, "node-a", &[release("y")], T0 + 10).await,
+        Decisions::default()
+    );
+    assert_eq!(
+        apply(&a, "node-a", &[hold("y")], T0 + 20).await,
+        Decisions::default()
+    );
+    assert_eq!(
+        tick(&a, "node-a", T0 + 10 + GRACE).await,
+        Decisions::default()
+    );
+    assert_eq!(
+        tick(&a, "node-a", T0 + 100_000).await,
+        Decisions::default(),
+        "held"
+    );
+    // In one batch, in order: up once each, in the order of the changes.
+    let batch = apply(
+        &a,
+        "node-a",
+        &[hold("q"), hold("p"), hold("q"), release("p"), hold("p")],
+        T0 + 100_001,
+    )
+    .await;
+    assert_eq!(batch.up, [user_key("q"), user_key("p")]);
+    // Released twice, held in between: one down, after the grace of the last release.
+    let at = T0 + 200_000;
+    apply(&a, "node-a", &[release("q"), hold("q")], at).await;
+    apply(&a, "node-a", &[release("q")], at + 1_000).await;
+    assert_eq!(tick(&a, "node-a", at + GRACE).await, Decisions::default());
+    assert_eq!(tick(&a, "node-a", at + 1_000 + GRACE).await, downs(&["q"]));
+    // A release of a key that is not up decides nothing.
+    assert_eq!(
+        apply(&a, "node-a", &[release("never")], at + 2_000).await,
+        Decisions::default()
+    );
+    assert_eq!(tick(&a, "node-a", at + 100_000).await, Decisions::default());
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_silent_node_is_reaped_and_its_keys_go_down_once() {
+    let prefix = unique_prefix("lc-reap");
+    let (a, _) = start(&prefix);
+    let (b, _) = start(&prefix);
+    let (c, _) = start(&prefix);
+    apply(&a, "node-a", &[hold("y"), hold("shared")], T0).await;
+    apply(&b, "node-b", &[hold("shared")], T0).await;
+    apply(&c, "node-c", &[], T0).await;
+    // A's last refresh is not older than the limit: not reaped.
+    assert_eq!(
+        tick_reaping(&b, "node-b", T0 + 1_000, T0).await,
+        Decisions::default()
+    );
+    assert_eq!(
+        tick_reaping(&c, "node-c", T0 + 1_000, T0).await,
+        Decisions::default()
+    );
+    // Now it is; B and C tick at once: exactly one of them takes y down, and only y
+    // (B still holds the other key).
+    let (from_b, from_c) = tokio::join!(
+        tick_reaping(&b, "node-b", T0 + 2_000, T0 + 1),
+        tick_reaping(&c, "node-c", T0 + 2_000, T0 + 1),
+    );
+    let mut all = from_b.down.clone();
+    all.extend(from_c.down.clone());
+    assert_eq!(all, [user_key("y")], "{from_b:?} {from_c:?}");
+    assert!(!from_b.rejoin && !from_c.rejoin);
+    assert_eq!(tick(&b, "node-b", T0 + 3_000).await, Decisions::default());
+    assert_eq!(tick(&c, "node-c", T0 + 3_000).await, Decisions::default());
+    // Nothing of A is left.
+    let keys = lifecycle_keys(&prefix).await;
+    assert!(!keys.iter().any(|k| k.contains("node-a")), "{keys:?}");
+    assert!(!keys.iter().any(|k| k.ends_with(".reaping")), "{keys:?}");
+    let nodes: Vec<String> = {
+        let client = redis::Client::open(address()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        redis::cmd("ZRANGE")
+            .arg(a.shared.keys.lifecycle_nodes())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .expect("zrange")
+    };
+    assert_eq!(nodes, ["node-b", "node-c"]);
+    // The key B still holds goes down after B lets go and the grace passes.
+    apply(&b, "node-b", &[release("shared")], T0 + 4_000).await;
+    assert_eq!(
+        tick(&c, "node-c", T0 + 4_000 + GRACE).await,
+        downs(&["shared"])
+    );
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_reaped_node_is_told_to_rejoin_once() {
+    let prefix = unique_prefix("lc-rejoin");
+    let (a, _) = start(&prefix);
+    let (b, _) = start(&prefix);
+    // A first call is not a rejoin, nor is a call of a live node.
+    assert!(!apply(&a, "node-a", &[hold("r")], T0).await.rejoin);
+    assert!(!tick(&a, "node-a", T0 + 1).await.rejoin);
+    assert!(!tick(&b, "node-b", T0 + 1).await.rejoin);
+    // B reaps A, which held r.
+    assert_eq!(
+        tick_reaping(&b, "node-b", T0 + 60_000, T0 + 30_000).await,
+        downs(&["r"])
+    );
+    // A comes back: told once to report what it holds; reporting it brings r up again.
+    let back = tick(&a, "node-a", T0 + 60_001).await;
+    assert_eq!(
+        back,
+        Decisions {
+            rejoin: true,
+            ..Decisions::default()
+        }
+    );
+    assert!(!tick(&a, "node-a", T0 + 60_002).await.rejoin);
+    assert_eq!(
+        apply(&a, "node-a", &[hold("r")], T0 + 60_003).await.up,
+        [user_key("r")]
+    );
+    // Reaped again, an apply is what finds out.
+    assert_eq!(
+        tick_reaping(&b, "node-b", T0 + 120_000, T0 + 90_000).await,
+        downs(&["r"])
+    );
+    let back = apply(&a, "node-a", &[hold("s")], T0 + 120_001).await;
+    assert!(back.rejoin);
+    assert_eq!(back.up, [user_key("s")]);
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_big_reaped_node_is_released_over_several_ticks_and_keeps_what_it_holds_again() {
+    let prefix = unique_prefix("lc-big");
+    let (a, _) = start(&prefix);
+    let (b, _) = start(&prefix);
+    let names: Vec<String> = (0..1500).map(|i| format!("user-{i}")).collect();
+    let holds: Vec<Change> = names.iter().map(|n| hold(n)).collect();
+    assert_eq!(apply(&a, "node-a", &holds, T0).await.up.len(), 1500);
+    // Reaped: one tick releases (and takes down) at most its budget.
+    let first = tick_reaping(&b, "node-b", T0 + 60_000, T0 + 1).await;
+    assert_eq!(
+        first.down.len(),
+        lifecycle::RELEASE_KEYS.min(lifecycle::DUE_KEYS)
+    );
+    // A comes back before the rest is released and reports everything: what went down goes
+    // up again, the rest was never down; the rest of the release skips what A holds again.
+    // (Its own apply finds out it was reaped, before any tick of its own released the rest.)
+    let again = apply(&a, "node-a", &holds, T0 + 60_002).await;
+    assert!(again.rejoin);
+    let mut went_up = again.up.clone();
+    went_up.sort_by(|x, y| x.name.cmp(&y.name));
+    let mut went_down = first.down.clone();
+    went_down.sort_by(|x, y| x.name.cmp(&y.name));
+    assert!(
+        went_up == went_down,
+        "up again {} != down {}",
+        went_up.len(),
+        went_down.len()
+    );
+    for i in 0..3 {
+        assert_eq!(
+            tick(&b, "node-b", T0 + 60_010 + i).await,
+            Decisions::default(),
+            "tick {i}"
+        );
+    }
+    assert!(
+        !lifecycle_keys(&prefix)
+            .await
+            .iter()
+            .any(|k| k.contains(".r.node-a")),
+        "the reaped set is drained"
+    );
+    // A leaves: its keys go down over the next ticks of B, each once.
+    assert_eq!(
+        a.lifecycle_leave("node-a", T0 + 70_000)
+            .await
+            .expect("leave"),
+        Decisions::default()
+    );
+    let mut down = std::collections::HashSet::new();
+    for i in 0..4 {
+        for key in tick(&b, "node-b", T0 + 70_001 + i).await.down {
+            assert!(down.insert(key.name), "down twice");
+        }
+    }
+    assert_eq!(down, names.iter().cloned().collect());
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_key_a_rejoined_node_releases_keeps_its_grace_while_its_old_keys_are_released() {
+    let prefix = unique_prefix("lc-rejoin-release");
+    let (a, _) = start(&prefix);
+    let (b, _) = start(&prefix);
+    let names: Vec<String> = (0..1500).map(|i| format!("user-{i}")).collect();
+    let holds: Vec<Change> = names.iter().map(|n| hold(n)).collect();
+    apply(&a, "node-a", &holds, T0).await;
+    let first = tick_reaping(&b, "node-b", T0 + 60_000, T0 + 1).await;
+    let gone: std::collections::HashSet<String> = first.down.into_iter().map(|k| k.name).collect();
+    // A key the first tick did not release yet: A, back, lets go of it itself.
+    let kept = names.iter().find(|n| !gone.contains(*n)).expect("one left");
+    let back = apply(&a, "node-a", &[release(kept)], T0 + 60_001).await;
+    assert!(back.rejoin);
+    // The rest of A's old keys go down now; the one A released waits for its grace.
+    let rest = tick(&b, "node-b", T0 + 60_002).await.down;
+    assert_eq!(rest.len(), names.len() - gone.len() - 1);
+    assert!(!rest.contains(&user_key(kept)));
+    assert_eq!(
+        tick(&b, "node-b", T0 + 60_001 + GRACE - 1).await,
+        Decisions::default()
+    );
+    assert_eq!(
+        tick(&b, "node-b", T0 + 60_001 + GRACE).await,
+        downs(&[kept])
+    );
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_node_that_leaves_hands_its_keys_to_the_next_tick() {
+    let prefix = unique_prefix("lc-leave");
+    let (a, _) = start(&prefix);
+    let (b, _) = start(&prefix);
+    let room = Key {
+        scope: Scope::Channel,
+        name: "room:1".to_owned(),
+    };
+    let lobby = Key {
+        scope: Scope::Channel,
+        name: "lobby".to_owned(),
+    };
+    let up = apply(
+        &a,
+        "node-a",
+        &[
+            hold("z"),
+            Change {
+                key: room.clone(),
+                held: true,
+            },
+            Change {
+                key: lobby.clone(),
+                held: true,
+            },
+        ],
+        T0,
+    )
+    .await;
+    assert_eq!(up.up, [user_key("z"), room.clone(), lobby.clone()]);
+    apply(
+        &b,
+        "node-b",
+        &[Change {
+            key: lobby.clone(),
+            held: true,
+        }],
+        T0,
+    )
+    .await;
+    assert_eq!(
+        a.lifecycle_leave("node-a", T0 + 1).await.expect("leave"),
+        Decisions::default()
+    );
+    let mut down = tick(&b, "node-b", T0 + 2).await.down;
+    down.sort_by_key(Key::encode);
+    assert_eq!(down, [room, user_key("z")]);
+    assert_eq!(tick(&b, "node-b", T0 + 3).await, Decisions::default());
+    // A left the live nodes: the next start of that id is no rejoin to anyone.
+    let keys = lifecycle_keys(&prefix).await;
+    assert!(!keys.iter().any(|k| k.contains("node-a")), "{keys:?}");
+    cleanup(&prefix).await;
+}
+
+/// Sets, reads, deletes; shared with the cluster test.
+async fn statuses(engine: &RedisEngine, users: &[String]) {
+    let (first, rest) = users.split_first().expect("users");
+    engine
+        .status_set(std::slice::from_ref(first), StatusField::Active, 100, 60)
+        .await
+        .expect("set");
+    engine
+        .status_set(users, StatusField::Online, 110, 60)
+        .await
+        .expect("set");
+    let got = engine.status_get(users).await.expect("get");
+    assert_eq!(got.len(), users.len());
+    assert_eq!(
+        got[0],
+        UserStatus {
+            user: first.clone(),
+            active: Some(100),
+            online: Some(110)
+        }
+    );
+    for (status, user) in got[1..].iter().zip(rest) {
+        assert_eq!(
+            *status,
+            UserStatus {
+                user: user.clone(),
+                active: None,
+                online: Some(110)
+            }
+        );
+    }
+    engine.status_delete(rest).await.expect("delete");
+    let got = engine.status_get(users).await.expect("get");
+    assert_eq!(got[0].online, Some(110));
+    for (status, user) in got[1..].iter().zip(rest) {
+        assert_eq!(
+            *status,
+            UserStatus {
+                user: user.clone(),
+                active: None,
+                online: None
+            }
+        );
+    }
+    // Expiry: one second.
+    engine
+        .status_set(std::slice::from_ref(first), StatusField::Online, 120, 1)
+        .await
+        .expect("set");
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let got = engine
+        .status_get(std::slice::from_ref(first))
+        .await
+        .expect("get");
+    assert_eq!(
+        got[0],
+        UserStatus {
+            user: first.clone(),
+            active: None,
+            online: None
+        }
+    );
+    assert!(
+        engine
+            .status_get(&[])
+            .await
+            .expect("get nothing")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn user_statuses_are_set_read_deleted_and_expire() {
+    let prefix = unique_prefix("lc-status");
+    let (engine, _) = start(&prefix);
+    let users: Vec<String> = ["alice", "bob", "}odd", "carol"]
+        .map(str::to_owned)
+        .to_vec();
+    statuses(&engine, &users).await;
+    // The TTL is the one set last.
+    engine
+        .status_set(&users[..1], StatusField::Active, 1, 60)
+        .await
+        .expect("set");
+    let client = redis::Client::open(address()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(engine.shared.keys.status("alice"))
+        .query_async(&mut conn)
+        .await
+        .expect("ttl");
+    assert!((55..=60).contains(&ttl), "{ttl}");
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn user_statuses_spread_over_shards_come_back_in_order() {
+    let prefix = unique_prefix("lc-status-shards");
+    let recorder = Arc::new(Recorder::default());
+    let options = RedisOptions {
+        // Two shards on one Redis: the users' keys are distinct, the batches are per shard.
+        deployment: RedisDeployment::Shards(vec![address(), address()]),
+        prefix: prefix.clone(),
+        connect_timeout: Duration::from_secs(1),
+        io_timeout: Duration::from_secs(1),
+        presence_ttl: Duration::from_secs(60),
+        presence_update_interval: Duration::from_secs(27),
+        fanout: false,
+        breaker: None,
+        tls: None,
+    };
+    let (engine, _control) = RedisEngine::start(options, recorder).expect("start");
+    let users: Vec<String> = (0..20).map(|i| format!("user-{i}")).collect();
+    let shards: std::collections::HashSet<usize> =
+        users.iter().map(|u| engine.shard_for(u)).collect();
+    assert_eq!(shards.len(), 2, "the users span both shards");
+    for (i, user) in users.iter().enumerate() {
+        let at = i64::try_from(i).expect("small");
+        engine
+            .status_set(std::slice::from_ref(user), StatusField::Active, at, 60)
+            .await
+            .expect("set");
+    }
+    let got = engine.status_get(&users).await.expect("get");
+    let active: Vec<Option<i64>> = got.iter().map(|s| s.active).collect();
+    let expected: Vec<Option<i64>> = (0..20).map(Some).collect();
+    assert_eq!(active, expected);
+    assert!(got.iter().zip(&users).all(|(s, u)| s.user == *u));
+    engine.status_delete(&users).await.expect("delete");
+    statuses(&engine, &users).await;
+    cleanup(&prefix).await;
+}
+
 /// The same engine on a Redis Cluster: the 3-master cluster of `scripts/redis-cluster.sh`
 /// (started on first use), or the seeds in `TETHER_TEST_REDIS_CLUSTER` (comma-separated;
 /// every seed a master, as the keys are cleaned up on each).
@@ -820,6 +1388,29 @@ mod cluster {
             .expect("publish");
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(events.publications.lock().len(), 5 * channels.len());
+        cleanup_cluster(&prefix).await;
+    }
+
+    /// The lifecycle scripts touch keys they build themselves: the cluster accepts them
+    /// because they share the declared keys' slot. Statuses span slots, one per user.
+    #[tokio::test]
+    async fn lifecycle_and_user_statuses_work_on_the_cluster() {
+        let prefix = unique_prefix("cluster-lifecycle");
+        let (a, _, _) = start_on_cluster(&prefix);
+        let (b, _, _) = start_on_cluster(&prefix);
+        one_key_two_nodes(&a, &b).await;
+        // Reaping and a rejoin, on the cluster too.
+        apply(&a, "node-a", &[hold("z")], T0 + 50_000).await;
+        assert_eq!(
+            tick_reaping(&b, "node-b", T0 + 90_000, T0 + 60_000).await,
+            downs(&["z"])
+        );
+        assert!(tick(&a, "node-a", T0 + 90_001).await.rejoin);
+        a.lifecycle_leave("node-a", T0 + 90_002)
+            .await
+            .expect("leave");
+        let users: Vec<String> = (0..12).map(|i| format!("user-{i}")).collect();
+        statuses(&a, &users).await;
         cleanup_cluster(&prefix).await;
     }
 
