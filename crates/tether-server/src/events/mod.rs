@@ -166,6 +166,8 @@ struct Inner {
     status_ttl_s: Option<i64>,
     hub: Hub,
     seq: AtomicU64,
+    /// The last call to the store failed (logged once until it answers again).
+    failing: std::sync::atomic::AtomicBool,
 }
 
 /// One queued report.
@@ -224,6 +226,7 @@ impl Events {
             webhook,
             status_ttl_s: status.as_ref().map(|s| s.ttl_s),
             hub: hub.clone(),
+            failing: std::sync::atomic::AtomicBool::new(false),
             seq: AtomicU64::new(0),
         });
         let wants = |kinds: [Kind; 2]| kinds.iter().any(|kind| enabled & kind.bit() != 0);
@@ -433,7 +436,10 @@ impl Inner {
 
     fn report(&self, report: Report) {
         let mut queue = self.queue.lock();
-        if queue.len() >= self.queue_limit {
+        // Over the bound an event is dropped (counted), a transition never: losing one would
+        // leave its user online, or its channel occupied, for good. Transitions are bounded
+        // by the connections that make them.
+        if queue.len() >= self.queue_limit && matches!(report, Report::Event(_)) {
             drop(queue);
             self.dropped(1);
             return;
@@ -468,8 +474,8 @@ impl Inner {
     }
 
     /// Handles what is queued, in order: events pass through, transitions go to the store
-    /// in one call per run of them. A store failure keeps the rest queued for the next
-    /// round (after a pause), so nothing is lost or reordered.
+    /// in one call per round. A store failure puts the round back at the front of the
+    /// queue, to be tried again at the next tick, so nothing is lost or reordered.
     async fn round(&self) {
         loop {
             let batch: Vec<Report> = {
@@ -497,13 +503,17 @@ impl Inner {
                 {
                     Ok(decisions) => decisions,
                     Err(error) => {
-                        warn!(%error, "lifecycle store failed; retrying");
+                        if !self.failing.swap(true, Ordering::Relaxed) {
+                            warn!(%error, "lifecycle store failed; events wait and are retried");
+                        }
                         self.requeue(batch);
-                        tokio::time::sleep(TICK).await;
-                        continue;
+                        return;
                     }
                 }
             };
+            if self.failing.swap(false, Ordering::Relaxed) {
+                tracing::info!("lifecycle store answers again");
+            }
             self.status_online(&changes).await;
             let mut up = decisions.up.into_iter().peekable();
             let mut out = Vec::with_capacity(batch.len());
