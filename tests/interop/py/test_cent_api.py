@@ -2,14 +2,19 @@
 effect on tether, mostly seen through a connected centrifuge-python client (JSON and
 Protobuf via the `codec` parametrization)."""
 
+import asyncio
+
 import pytest
 from cent import (
     BatchRequest,
     BroadcastRequest,
     ChannelsRequest,
     CentApiResponseError,
+    ConnectionsRequest,
+    DeleteUserStatusRequest,
     Disconnect,
     DisconnectRequest,
+    GetUserStatusRequest,
     HistoryRemoveRequest,
     HistoryRequest,
     InfoRequest,
@@ -20,10 +25,11 @@ from cent import (
     StreamPosition,
     SubscribeRequest,
     UnsubscribeRequest,
+    UpdateUserStatusRequest,
 )
 from centrifuge import ClientState, SubscriptionState
 
-from conftest import subscribe, uid
+from conftest import now, subscribe, uid
 
 
 async def test_publish_with_idempotency_key(clients, codec, cent):
@@ -198,3 +204,44 @@ async def test_unknown_namespace_is_error_102(cent):
     with pytest.raises(CentApiResponseError) as err:
         await cent.publish(PublishRequest(channel="nope:x", data={}))
     assert err.value.code == 102
+
+
+async def test_user_status_through_the_client_rpc_and_cent(clients, codec, cent):
+    """Centrifugo PRO's user status API: the client RPC marks the caller active, `cent` reads,
+    sets and deletes statuses; a connected user's `online` is written by the server."""
+    user, stranger = f"u-{uid()}", f"u-{uid()}"
+    client, _ = await clients.connected(user)
+    started = now()
+    await client.rpc("update_user_status", codec.enc({}))
+    # `online` is written off the hot path, right after the connection arrived.
+    for _ in range(50):
+        result = await cent.get_user_status(GetUserStatusRequest(users=[user, stranger]))
+        if result.statuses[0].online:
+            break
+        await asyncio.sleep(0.1)
+    mine, theirs = result.statuses
+    assert mine.user == user and theirs.user == stranger
+    assert started - 1 <= mine.active <= now() + 1
+    assert started - 1 <= mine.online <= now() + 1
+    assert (theirs.active, theirs.online) == (0, 0), "unknown: left out"
+    await cent.update_user_status(UpdateUserStatusRequest(users=[stranger]))
+    result = await cent.get_user_status(GetUserStatusRequest(users=[stranger]))
+    assert result.statuses[0].active >= started - 1
+    await cent.delete_user_status(DeleteUserStatusRequest(users=[user, stranger]))
+    result = await cent.get_user_status(GetUserStatusRequest(users=[user, stranger]))
+    assert [(s.active, s.online) for s in result.statuses] == [(0, 0), (0, 0)]
+
+
+async def test_connections_of_a_user(clients, codec, cent):
+    """Centrifugo PRO's `connections`: a user's live connections, by client id."""
+    user = f"u-{uid()}"
+    ids = []
+    for _ in range(2):
+        _, rec = await clients.connected(user)
+        ids.append(rec.of("connected")[0].client)
+    await clients.connected(f"u-{uid()}")
+    result = await cent.connections(ConnectionsRequest(user=user, expression=""))
+    assert sorted(result.connections) == sorted(ids)
+    protocol = "protobuf" if codec.use_protobuf else "json"
+    for info in result.connections.values():
+        assert (info.user, info.transport, info.protocol) == (user, "websocket", protocol)
