@@ -388,13 +388,7 @@ impl Occupancy for Sink {
         if self.0.enabled & kinds == 0 && self.0.status_ttl_s.is_none() {
             return;
         }
-        self.0.report(Report::Change(Change {
-            key: Key {
-                scope: Scope::User,
-                name: user.to_owned(),
-            },
-            held,
-        }));
+        self.0.change(Scope::User, user.to_owned(), held);
     }
 
     fn channel(&self, channel: &str, held: bool) {
@@ -402,13 +396,7 @@ impl Occupancy for Sink {
         if self.0.enabled & kinds == 0 {
             return;
         }
-        self.0.report(Report::Change(Change {
-            key: Key {
-                scope: Scope::Channel,
-                name: channel.to_owned(),
-            },
-            held,
-        }));
+        self.0.change(Scope::Channel, channel.to_owned(), held);
     }
 }
 
@@ -432,6 +420,14 @@ impl Inner {
             reconnect: None,
             node: self.node.clone(),
         }
+    }
+
+    /// Queues a transition of this node.
+    fn change(&self, scope: Scope, name: String, held: bool) {
+        self.report(Report::Change(Change {
+            key: Key { scope, name },
+            held,
+        }));
     }
 
     fn report(&self, report: Report) {
@@ -570,22 +566,10 @@ impl Inner {
                         "the cluster had given this node up; reporting its users and channels again"
                     );
                     for user in self.hub.users() {
-                        self.report(Report::Change(Change {
-                            key: Key {
-                                scope: Scope::User,
-                                name: user.to_string(),
-                            },
-                            held: true,
-                        }));
+                        self.change(Scope::User, user.to_string(), true);
                     }
                     for (channel, _) in self.hub.channels() {
-                        self.report(Report::Change(Change {
-                            key: Key {
-                                scope: Scope::Channel,
-                                name: channel,
-                            },
-                            held: true,
-                        }));
+                        self.change(Scope::Channel, channel, true);
                     }
                 }
             }
