@@ -223,11 +223,14 @@ pub(crate) struct LocalLifecycle {
 
 #[derive(Debug, Default)]
 struct Occupancy {
-    /// Keys that are up, and whether this node holds them now.
-    up: HashMap<Key, bool>,
-    /// Released keys with the time their grace ends, in that order (the grace is the same
-    /// for every key, so appending keeps the queue sorted).
-    pending: VecDeque<(i64, Key)>,
+    /// Released keys in their grace, with the time it ends. A key that is up and held is
+    /// not stored at all: the hub reports each key's first hold and last release, in turn,
+    /// so a hold of a key not in its grace is a key going up. Only keys in their grace cost
+    /// memory, not every user online.
+    pending: HashMap<Key, i64>,
+    /// The same, in the order their graces end (the grace is the same for every key, so
+    /// appending keeps it sorted); an entry whose time no longer matches `pending` is stale.
+    queue: VecDeque<(i64, Key)>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -244,14 +247,13 @@ impl LocalLifecycle {
         let mut occupancy = self.occupancy.lock();
         for change in changes {
             if change.held {
-                if occupancy.up.insert(change.key.clone(), true).is_none() {
+                if occupancy.pending.remove(&change.key).is_none() {
                     out.up.push(change.key.clone());
                 }
-            } else if let Some(held) = occupancy.up.get_mut(&change.key) {
-                *held = false;
-                occupancy
-                    .pending
-                    .push_back((now_ms + grace_ms, change.key.clone()));
+            } else {
+                let due = now_ms + grace_ms;
+                occupancy.pending.insert(change.key.clone(), due);
+                occupancy.queue.push_back((due, change.key.clone()));
             }
         }
         out
@@ -261,18 +263,22 @@ impl LocalLifecycle {
         let mut out = Decisions::default();
         let mut occupancy = self.occupancy.lock();
         while occupancy
-            .pending
+            .queue
             .front()
             .is_some_and(|(due, _)| *due <= now_ms)
         {
-            let Some((_, key)) = occupancy.pending.pop_front() else {
+            let Some((due, key)) = occupancy.queue.pop_front() else {
                 break;
             };
-            // Held again meanwhile (or already down through an earlier release): nothing.
-            if occupancy.up.get(&key) == Some(&false) {
-                occupancy.up.remove(&key);
+            // Held again meanwhile, or released again later: this entry is stale.
+            if occupancy.pending.get(&key) == Some(&due) {
+                occupancy.pending.remove(&key);
                 out.down.push(key);
             }
+        }
+        if occupancy.queue.is_empty() {
+            occupancy.queue.shrink_to_fit();
+            occupancy.pending.shrink_to_fit();
         }
         drop(occupancy);
         let now_s = now_ms / 1000;
@@ -284,11 +290,11 @@ impl LocalLifecycle {
 
     fn close(&self) -> Decisions {
         let mut occupancy = self.occupancy.lock();
-        let pending = std::mem::take(&mut occupancy.pending);
+        let queue = std::mem::take(&mut occupancy.queue);
         let mut out = Decisions::default();
-        for (_, key) in pending {
-            if occupancy.up.get(&key) == Some(&false) {
-                occupancy.up.remove(&key);
+        for (due, key) in queue {
+            if occupancy.pending.get(&key) == Some(&due) {
+                occupancy.pending.remove(&key);
                 out.down.push(key);
             }
         }
