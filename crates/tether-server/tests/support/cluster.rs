@@ -142,6 +142,15 @@ impl Node {
         Self::start_on_redis(prefix, &json!({ "address": redis })).await
     }
 
+    /// Like [`Node::start`], with top-level config sections added (`{"webhook": {...}}`).
+    pub(crate) async fn start_with_sections(prefix: &str, redis: &str, sections: &Value) -> Self {
+        let mut config = Self::redis_config(prefix, &json!({ "address": redis }));
+        for (key, value) in sections.as_object().expect("an object") {
+            config[key] = value.clone();
+        }
+        Self::start_with(config).await
+    }
+
     /// Like [`Node::start`], on the Redis Cluster with these seeds.
     pub(crate) async fn start_on_redis_cluster(prefix: &str, seeds: &[String]) -> Self {
         Self::start_on_redis(prefix, &json!({ "cluster_address": seeds })).await
@@ -162,6 +171,11 @@ impl Node {
     /// `target` is the `engine.redis` address key (`address`, `cluster_address`, or the
     /// `sentinel_*` keys).
     async fn start_on_redis(prefix: &str, target: &Value) -> Self {
+        Self::start_with(Self::redis_config(prefix, target)).await
+    }
+
+    /// The config of a cluster node (see [`Node::start_on_redis`]).
+    fn redis_config(prefix: &str, target: &Value) -> Value {
         let mut config = json!({
             "client": { "presence_update_interval": "1s" },
             "engine": {
@@ -195,7 +209,7 @@ impl Node {
         for (key, value) in target.as_object().expect("an object") {
             config["engine"]["redis"][key] = value.clone();
         }
-        Self::start_with(config).await
+        config
     }
 }
 
