@@ -959,3 +959,66 @@ async fn a_batch_answered_503_is_sent_again_whole_until_it_is_taken() {
     drop(client);
     server.stop().await;
 }
+
+/// A full buffer loses events, but never the transitions behind them: a burst of 100 users
+/// leaving at once overflows the worker's queue (only user_online/offline are delivered, so
+/// the queue holds transitions alone), and afterwards every user coming back is online
+/// again. (This found a bug: the queue dropped the transitions themselves, the store then
+/// believed users connected for good — no offline, and no online when they came back.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_overflow_loses_events_but_not_the_users_state() {
+    let receiver = Receiver::start().await;
+    let mut cfg = events_config(&receiver);
+    cfg.webhook.buffer_size = 5;
+    cfg.webhook.events = vec!["user_online".to_owned(), "user_offline".to_owned()];
+    let server = start(cfg).await;
+    let users: Vec<String> = (0..100).map(|i| format!("t6-burst-{i}")).collect();
+    // All connect, then all leave, at once.
+    let url = server.ws_url();
+    let connects = users.iter().map(|user| {
+        let (url, token) = (url.clone(), user_token(user));
+        tokio::spawn(async move {
+            let mut client = Client::open_url(&url).await;
+            client.connect_with(&token).await;
+            client
+        })
+    });
+    let mut clients = Vec::new();
+    for task in connects.collect::<Vec<_>>() {
+        clients.push(task.await.unwrap());
+    }
+    let leaves: Vec<_> = clients
+        .into_iter()
+        .map(|client| tokio::spawn(client.close_normally()))
+        .collect();
+    for task in leaves {
+        task.await.unwrap();
+    }
+    tokio::time::sleep(PAST_GRACE).await;
+    let dropped = http::metric(server.addr, "tether_webhook_dropped_total").await;
+    assert!(dropped > 0.0, "the burst did not overflow the buffer");
+
+    // Every user is gone. Each comes back alone (and stays): each is online again (within 1 s, when the buffer is empty).
+    let mut clients = Vec::new();
+    let mut not_online = Vec::new();
+    for user in &users {
+        let before = kinds_of_user(&receiver.events(), user).len();
+        clients.push(Client::connect(&server, user).await);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while kinds_of_user(&receiver.events(), user).len() == before {
+            if Instant::now() >= deadline {
+                not_online.push(user.clone());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert!(
+        not_online.is_empty(),
+        "{} of {} users got no user_online when they came back ({dropped} dropped): {not_online:?}",
+        not_online.len(),
+        users.len()
+    );
+    drop(clients);
+    server.stop().await;
+}

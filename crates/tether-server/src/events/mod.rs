@@ -21,7 +21,7 @@
 
 mod webhook;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -155,9 +155,9 @@ struct Inner {
     grace_ms: i64,
     store: Lifecycle,
     /// Reports not yet handled by the worker, in order.
-    queue: Mutex<VecDeque<Report>>,
-    /// Most reports queued; more are dropped and counted (the buffer's bound, as the
-    /// queue only feeds it).
+    queue: Mutex<Queue>,
+    /// Most reports queued; more events are dropped and counted (the buffer's bound, as
+    /// the queue only feeds it), more transitions kept per key ([`Queue::overflow`]).
     queue_limit: usize,
     wake: Notify,
     /// Where events go (`None`: no `webhook.endpoint`, only the user status is kept).
@@ -166,6 +166,19 @@ struct Inner {
     status_ttl_s: Option<i64>,
     hub: Hub,
     seq: AtomicU64,
+}
+
+/// The worker's queue.
+#[derive(Debug, Default)]
+struct Queue {
+    reports: VecDeque<Report>,
+    /// Transitions that came while `reports` was full: the last state of each key, handed
+    /// to the store once `reports` is empty. A transition is never dropped, as the store
+    /// would then believe a key held (or free) for good — a user never offline again, nor
+    /// online when it comes back; keeping only the last one per key bounds this by the
+    /// keys this node has, and loses only the events of the transitions in between. While
+    /// a key is here, its later transitions come here too, so they stay in order.
+    overflow: HashMap<Key, bool>,
 }
 
 /// One queued report.
@@ -433,13 +446,26 @@ impl Inner {
 
     fn report(&self, report: Report) {
         let mut queue = self.queue.lock();
-        if queue.len() >= self.queue_limit {
-            drop(queue);
-            self.dropped(1);
-            return;
+        let full = queue.reports.len() >= self.queue_limit;
+        match report {
+            Report::Change(change) if full || queue.overflow.contains_key(&change.key) => {
+                // The transition in between (if any) is lost with its event.
+                let replaced = queue.overflow.insert(change.key, change.held).is_some();
+                drop(queue);
+                if replaced {
+                    self.dropped(1);
+                }
+                self.wake.notify_one();
+                return;
+            }
+            Report::Event(_) if full => {
+                drop(queue);
+                self.dropped(1);
+                return;
+            }
+            report => queue.reports.push_back(report),
         }
-        queue.push_back(report);
-        if queue.len() == 1 {
+        if queue.reports.len() == 1 {
             drop(queue);
             self.wake.notify_one();
         }
@@ -474,8 +500,17 @@ impl Inner {
         loop {
             let batch: Vec<Report> = {
                 let mut queue = self.queue.lock();
-                let n = queue.len().min(ROUND);
-                queue.drain(..n).collect()
+                let n = queue.reports.len().min(ROUND);
+                if n > 0 {
+                    queue.reports.drain(..n).collect()
+                } else {
+                    // Everything queued before them is handled: the overflowed transitions.
+                    queue
+                        .overflow
+                        .drain()
+                        .map(|(key, held)| Report::Change(Change { key, held }))
+                        .collect()
+                }
             };
             if batch.is_empty() {
                 return;
@@ -528,7 +563,7 @@ impl Inner {
     fn requeue(&self, batch: Vec<Report>) {
         let mut queue = self.queue.lock();
         for report in batch.into_iter().rev() {
-            queue.push_front(report);
+            queue.reports.push_front(report);
         }
     }
 
@@ -680,4 +715,94 @@ fn unix_ms() -> i64 {
 
 fn unix_s() -> i64 {
     unix_ms() / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, held: bool) -> Report {
+        Report::Change(Change {
+            key: Key {
+                scope: Scope::User,
+                name: name.to_owned(),
+            },
+            held,
+        })
+    }
+
+    /// A queue of 2 whose worker is not running (the test runs its rounds), and a webhook
+    /// whose buffer (of 100) the test reads instead of sending it.
+    fn inner() -> Inner {
+        let mut config = Config::default();
+        config.webhook.endpoint = "http://127.0.0.1:9/".to_owned();
+        let metrics = Arc::new(Metrics::new());
+        let webhook = webhook::Webhook::new(&config.webhook, metrics).unwrap();
+        Inner {
+            node: Arc::from("n"),
+            enabled: Kind::ALL
+                .into_iter()
+                .fold(0, |bits, kind| bits | kind.bit()),
+            grace_ms: 0,
+            store: Lifecycle::Local(Arc::default()),
+            queue: Mutex::default(),
+            queue_limit: 2,
+            wake: Notify::new(),
+            webhook: Some(Arc::new(webhook)),
+            status_ttl_s: None,
+            hub: Hub::new(),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    fn delivered(inner: &Inner) -> Vec<(Kind, String)> {
+        let webhook = inner.webhook.as_ref().unwrap();
+        webhook
+            .drain_for_tests()
+            .into_iter()
+            .map(|bytes| {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                let kind = Kind::ALL
+                    .into_iter()
+                    .find(|k| v["type"] == k.name())
+                    .unwrap();
+                (kind, v["user"].as_str().unwrap_or_default().to_owned())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_keeps_the_last_transition_of_each_key() {
+        let inner = inner();
+        let online = |u: &str| (Kind::UserOnline, u.to_owned());
+        let offline = |u: &str| (Kind::UserOffline, u.to_owned());
+        // The queue (2) is full after two reports: the rest overflow. Of `c`, only its last
+        // transition (held) is kept; `a` left.
+        inner.report(user("a", true));
+        inner.report(user("b", true));
+        inner.report(user("c", true));
+        inner.report(user("a", false));
+        inner.report(user("c", false));
+        inner.report(user("c", true));
+        inner.round().await;
+        assert_eq!(delivered(&inner), [online("a"), online("b"), online("c")]);
+        // The grace is 0: `a` is down at the next tick, `b` and `c` are still up.
+        inner.tick().await;
+        assert_eq!(delivered(&inner), [offline("a")]);
+        // A key's transitions while it is in the overflow stay there, after it, in order.
+        for i in 0..2 {
+            inner.report(user(&format!("x{i}"), true));
+        }
+        inner.report(user("b", false));
+        inner.report(user("b", true));
+        inner.report(user("b", false));
+        inner.round().await;
+        inner.tick().await;
+        let got = delivered(&inner);
+        assert_eq!(got.last(), Some(&offline("b")), "{got:?}");
+        // Back: online again.
+        inner.report(user("b", true));
+        inner.round().await;
+        assert_eq!(delivered(&inner), [online("b")]);
+    }
 }
