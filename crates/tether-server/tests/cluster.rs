@@ -11,6 +11,7 @@ use serde_json::json;
 use support::cluster::{
     FaultProxy, collect, delete_keys, publication, recovered_publications, redis_url, unique_prefix,
 };
+use support::webhook::{self, Receiver, WEBHOOK_SECRET};
 use support::{API_KEY, Client, Node, http};
 
 const ROOM: &str = "chat:room";
@@ -300,5 +301,87 @@ async fn a_redis_outage_fails_publishes_keeps_clients_and_delivery_resumes() {
     assert_eq!(result["recovered"], json!(true), "{result}");
     a.publish(ROOM, json!({ "n": 2 })).await;
     assert_eq!(collect(&mut client, ROOM, 1).await, [(2, 2)]);
+    delete_keys(&prefix).await;
+}
+
+/// Issue 20's cluster case: a user connected to two nodes is online once; after a kill -9 of
+/// one node the user stays online (the other connection lives), a user only on the killed
+/// node goes offline once, and only after that node's connections expired with it; the
+/// first user goes offline once, after its last connection leaves and the grace passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_is_decided_once_for_the_cluster_even_when_a_node_is_killed() {
+    let prefix = unique_prefix("events");
+    let url = redis_url();
+    let receiver = Receiver::start().await;
+    let sections = json!({
+        "webhook": {
+            "endpoint": receiver.url(),
+            "secret": WEBHOOK_SECRET,
+            "offline_grace": "1s",
+            "batch_max_delay": "10ms",
+        }
+    });
+    let (a, b) = tokio::join!(
+        Node::start_with_sections(&prefix, &url, &sections),
+        Node::start_with_sections(&prefix, &url, &sections)
+    );
+    let _dana_on_a = Client::connect(&a, "dana").await;
+    let dana_on_b = Client::connect(&b, "dana").await;
+    let _erin_on_a = Client::connect(&a, "erin").await;
+    let online = |user: &'static str| {
+        move |events: &[serde_json::Value]| {
+            webhook::kinds_of_user(events, user).contains(&"user_online")
+        }
+    };
+    receiver
+        .wait_for(Duration::from_secs(10), online("dana"))
+        .await;
+    receiver
+        .wait_for(Duration::from_secs(10), online("erin"))
+        .await;
+
+    let killed = tokio::time::Instant::now();
+    a.kill().await;
+    let events = receiver
+        .wait_for(Duration::from_secs(30), |events| {
+            webhook::kinds_of_user(events, "erin").contains(&"user_offline")
+        })
+        .await;
+    let waited = killed.elapsed();
+    // A's connections expire with A: no sooner than the node timeout (10 s) after its last
+    // liveness refresh (at most 0.5 s before the kill).
+    assert!(
+        waited >= Duration::from_secs(9),
+        "erin went offline {waited:?} after the kill, before A could be declared dead"
+    );
+    assert!(
+        !webhook::kinds_of_user(&events, "dana").contains(&"user_offline"),
+        "dana is still connected to B:\n{}",
+        webhook::lines(&events)
+    );
+
+    drop(dana_on_b);
+    let events = receiver
+        .wait_for(Duration::from_secs(15), |events| {
+            webhook::kinds_of_user(events, "dana").contains(&"user_offline")
+        })
+        .await;
+    // Give a duplicate the time to show up (a tick of every node, twice).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = receiver.events();
+    for user in ["dana", "erin"] {
+        let kinds = webhook::kinds_of_user(&events, user);
+        let count = |kind: &str| kinds.iter().filter(|k| **k == kind).count();
+        assert_eq!(
+            (count("user_online"), count("user_offline")),
+            (1, 1),
+            "{user}: {kinds:?}"
+        );
+    }
+    assert!(
+        receiver.recorded().iter().all(|r| r.valid),
+        "every body signed"
+    );
+    b.kill().await;
     delete_keys(&prefix).await;
 }

@@ -391,7 +391,7 @@ async fn a_full_disk_fails_publishes_but_not_the_node_and_publishing_resumes_wit
     let (node, last, epoch) = (&full.node, full.last, &full.epoch);
     assert!(full.failure["error"].is_object(), "{}", full.failure);
     assert!(full.failure.get("result").is_none(), "{}", full.failure);
-    assert!(metric(node, "tether_disk_write_errors_total").await >= 1.0);
+    assert!(http::metric(node.addr, "tether_disk_write_errors_total").await >= 1.0);
 
     // The node serves on: history reads, and fan-out of a channel without history.
     let stream = history(node, FullDisk::CHANNEL).await;
@@ -629,20 +629,6 @@ fn position(result: &Value) -> Option<(u64, String)> {
     Some((result["offset"].as_u64().unwrap_or(0), epoch))
 }
 
-/// A figure of the node's `/metrics`.
-async fn metric(node: &Node, name: &str) -> f64 {
-    let response = http::request(node.addr, "GET", "/metrics", "", "")
-        .await
-        .expect("metrics");
-    let prefix = format!("{name} ");
-    response
-        .body()
-        .lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} in\n{}", response.body()))
-}
-
 /// Whether the node's log has `text` in it `within` (its stderr is read as it comes).
 async fn logged_within(node: &Node, text: &str, within: Duration) -> bool {
     let deadline = Instant::now() + within;
@@ -753,7 +739,10 @@ impl FullDisk {
         let node = Node::start_logged(config.clone()).await;
         let (first, epoch) = published(&node, Self::CHANNEL, 1).await;
         assert_eq!(first, 1);
-        assert_eq!(metric(&node, "tether_disk_write_errors_total").await, 0.0);
+        assert_eq!(
+            http::metric(node.addr, "tether_disk_write_errors_total").await,
+            0.0
+        );
         wait_for_spare(&store).await;
 
         // Take every free byte; the node still has what it allocated ahead (the current

@@ -12,14 +12,11 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::token::sign;
 use support::ws::upgrade_status;
-use support::{
-    API_KEY, Client, ConnHandle, Gateway as _, SECRET, TestServer, config, http, start, token,
-    user_token, ws,
-};
+use support::{API_KEY, Client, SECRET, TestServer, config, http, start, token, user_token, ws};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -405,45 +402,6 @@ async fn channel_limit_is_error_106() {
     server.stop().await;
 }
 
-/// A client of `user` subscribed to `channel` over a socket with a small receive window (so
-/// the kernel buffers less for it), which reads nothing more: a stalled reader, or a dead
-/// network path. Returns it with its connection's handle on the server.
-async fn stalled_subscriber(
-    server: &TestServer,
-    user: &str,
-    channel: &str,
-) -> (tokio_tungstenite::WebSocketStream<TcpStream>, ConnHandle) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let (mut stalled, _) = tokio_tungstenite::client_async(server.ws_url(), stream)
-        .await
-        .unwrap();
-    let hello = [
-        json!({"id": 1, "connect": {"token": user_token(user)}}).to_string(),
-        json!({"id": 2, "subscribe": {"channel": channel}}).to_string(),
-    ]
-    .join("\n");
-    stalled.send(Message::Text(hello.into())).await.unwrap();
-    let mut subscribed = false;
-    while !subscribed {
-        let msg = tokio::time::timeout(Duration::from_secs(5), stalled.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        subscribed = msg.to_text().unwrap_or_default().contains(r#""id":2"#);
-    }
-    let conn = server
-        .node
-        .hub()
-        .all_conns()
-        .into_iter()
-        .find(|c| &*c.user() == user)
-        .expect("stalled connection registered");
-    (stalled, conn)
-}
-
 #[tokio::test]
 async fn stalled_reader_is_closed_with_3008_while_others_keep_up() {
     let mut cfg = config();
@@ -455,7 +413,7 @@ async fn stalled_reader_is_closed_with_3008_while_others_keep_up() {
         .await;
 
     // The stalled client: subscribed, then it stops reading.
-    let (mut stalled, stalled_conn) = stalled_subscriber(&server, "stalled", "flood").await;
+    let (mut stalled, stalled_conn) = server.stalled_subscriber("stalled", "flood").await;
 
     // Flood the channel until the stalled connection is cut off; the healthy subscriber
     // reads along (until the `done` marker) and times every publication.
@@ -630,7 +588,7 @@ async fn a_closed_connection_frees_its_users_slot_before_its_goodbye_is_written(
     let server = start(cfg).await;
 
     // The old connection: subscribed, then its reader stalls (a dead network path).
-    let (stalled, old) = stalled_subscriber(&server, "u", "feed").await;
+    let (stalled, old) = server.stalled_subscriber("u", "feed").await;
     // Publish until the socket takes no more and frames wait in the server's queue (well
     // under its bound, so this is not a slow-consumer close).
     let pad = "p".repeat(16 * 1024);

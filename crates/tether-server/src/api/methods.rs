@@ -98,8 +98,9 @@ pub(super) async fn batch(node: &Node, params: &RawValue) -> Result<Value, CallE
     Ok(json!({ "replies": replies }))
 }
 
-/// The request fields of a batch item, in the order Centrifugo's API `Command` declares them.
-const BATCH_METHODS: [&str; 13] = [
+/// The request fields of a batch item, in the order Centrifugo's API `Command` declares them
+/// (the last four are its PRO methods that tether has).
+const BATCH_METHODS: [&str; 17] = [
     "publish",
     "broadcast",
     "subscribe",
@@ -113,6 +114,10 @@ const BATCH_METHODS: [&str; 13] = [
     "rpc",
     "refresh",
     "channels",
+    "connections",
+    "update_user_status",
+    "get_user_status",
+    "delete_user_status",
 ];
 
 /// The method of a batch item: its first request field in [`BATCH_METHODS`] order that is

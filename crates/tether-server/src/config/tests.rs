@@ -1824,3 +1824,65 @@ fn rpc_ns(name: &str) -> RpcNamespace {
         options: RpcNamespaceOptions::default(),
     }
 }
+
+#[test]
+fn an_unknown_webhook_event_type_is_refused_with_the_known_ones() {
+    let mut c = Config::default();
+    c.webhook.endpoint = "http://127.0.0.1:9000/events".to_owned();
+    c.webhook.events = vec!["connect".to_owned(), "user_gone".to_owned()];
+    let err = c.validate().unwrap_err();
+    assert_eq!(key_of(&err), "webhook.events");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("webhook.events: unknown event type \"user_gone\"; known: user_online,"),
+        "{msg}"
+    );
+    for known in EVENT_TYPES {
+        assert!(msg.contains(known), "{msg}");
+    }
+    // Every known type is accepted.
+    c.webhook.events = EVENT_TYPES.iter().map(|t| (*t).to_owned()).collect();
+    c.validate().unwrap();
+    // From a file as well.
+    let path = file(
+        "webhook-unknown-event",
+        "json",
+        r#"{"webhook":{"endpoint":"http://127.0.0.1:9000/","events":["Connect"]}}"#,
+    );
+    let err = Config::load(Some(&path), &no_env()).unwrap_err();
+    assert_eq!(key_of(&err), "webhook.events", "{err}");
+}
+
+#[test]
+fn a_webhook_endpoint_that_is_not_http_is_refused() {
+    for endpoint in [
+        "ftp://127.0.0.1/events",
+        "ws://127.0.0.1:9000/events",
+        "127.0.0.1:9000/events",
+        "/events",
+        "http://",
+        "not a url",
+    ] {
+        let mut c = Config::default();
+        c.webhook.endpoint = endpoint.to_owned();
+        let err = c.validate().unwrap_err();
+        assert_eq!(key_of(&err), "webhook.endpoint", "{endpoint}: {err}");
+        let msg = err.to_string();
+        assert_eq!(
+            msg,
+            format!("webhook.endpoint: {endpoint:?} is not an http:// or https:// URL"),
+        );
+    }
+    for endpoint in [
+        "http://127.0.0.1:9000/events",
+        "https://backend.example/hook",
+        "",
+    ] {
+        let mut c = Config::default();
+        c.webhook.endpoint = endpoint.to_owned();
+        c.validate().unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+    }
+    let e = env(&[("TETHER_WEBHOOK_ENDPOINT", "file:///tmp/events")]);
+    let err = Config::load(None, &e).unwrap_err();
+    assert_eq!(key_of(&err), "webhook.endpoint", "{err}");
+}

@@ -175,8 +175,8 @@ struct Inner {
 enum Report {
     /// An event that needs no decision.
     Event(Event),
-    /// A local transition the store decides on.
-    Change(Change),
+    /// A local transition the store decides on, and when it happened (Unix ms).
+    Change(Change, i64),
 }
 
 impl Events {
@@ -403,11 +403,8 @@ impl Occupancy for Sink {
 impl Inner {
     fn event(&self, kind: Kind) -> Event {
         Event {
-            id: format!(
-                "{}-{}",
-                self.node,
-                self.seq.fetch_add(1, Ordering::Relaxed) + 1
-            ),
+            // Numbered when handed to the webhook, so ids follow the delivery order.
+            id: String::new(),
             kind,
             time: unix_ms(),
             user: None,
@@ -424,10 +421,13 @@ impl Inner {
 
     /// Queues a transition of this node.
     fn change(&self, scope: Scope, name: String, held: bool) {
-        self.report(Report::Change(Change {
-            key: Key { scope, name },
-            held,
-        }));
+        self.report(Report::Change(
+            Change {
+                key: Key { scope, name },
+                held,
+            },
+            unix_ms(),
+        ));
     }
 
     fn report(&self, report: Report) {
@@ -485,7 +485,7 @@ impl Inner {
             let changes: Vec<Change> = batch
                 .iter()
                 .filter_map(|report| match report {
-                    Report::Change(change) => Some(change.clone()),
+                    Report::Change(change, _) => Some(change.clone()),
                     Report::Event(_) => None,
                 })
                 .collect();
@@ -516,17 +516,20 @@ impl Inner {
             for report in batch {
                 match report {
                     Report::Event(event) => out.push(event),
-                    Report::Change(change) => {
+                    Report::Change(change, at) => {
                         if change.held && up.peek() == Some(&change.key) {
                             let key = up.next().unwrap_or(change.key);
-                            if let Some(event) = self.transition(key, true) {
+                            if let Some(mut event) = self.transition(key, true) {
+                                // When the connection (or subscriber) came, so it sorts
+                                // before the `connect` it caused.
+                                event.time = at;
                                 out.push(event);
                             }
                         }
                     }
                 }
             }
-            self.deliver(&out);
+            self.deliver(&mut out);
         }
     }
 
@@ -539,10 +542,14 @@ impl Inner {
     }
 
     /// Hands events to the webhook's buffer.
-    fn deliver(&self, events: &[Event]) {
+    fn deliver(&self, events: &mut [Event]) {
         if let Some(webhook) = &self.webhook
             && !events.is_empty()
         {
+            for event in events.iter_mut() {
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+                event.id = format!("{}-{seq}", self.node);
+            }
             webhook.push(events);
         }
     }
@@ -674,4 +681,125 @@ fn unix_ms() -> i64 {
 
 fn unix_s() -> i64 {
     unix_ms() / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, held: bool) -> Report {
+        Report::Change(
+            Change {
+                key: Key {
+                    scope: Scope::User,
+                    name: name.to_owned(),
+                },
+                held,
+            },
+            unix_ms(),
+        )
+    }
+
+    /// A queue of 2 whose worker is not running (the test runs its rounds), and a webhook
+    /// whose buffer the test reads instead of sending it.
+    fn inner() -> Inner {
+        let mut config = Config::default();
+        config.webhook.endpoint = "http://127.0.0.1:9/".to_owned();
+        let metrics = Arc::new(Metrics::new());
+        let webhook = webhook::Webhook::new(&config.webhook, metrics).expect("webhook");
+        Inner {
+            node: Arc::from("n"),
+            enabled: Kind::ALL
+                .into_iter()
+                .fold(0, |bits, kind| bits | kind.bit()),
+            grace_ms: 0,
+            store: Lifecycle::Local(Arc::default()),
+            queue: Mutex::default(),
+            queue_limit: 2,
+            wake: Notify::new(),
+            webhook: Some(Arc::new(webhook)),
+            status_ttl_s: None,
+            hub: Hub::new(),
+            seq: AtomicU64::new(0),
+            failing: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// What was handed to the webhook since the last call: (type, user, id).
+    fn delivered(inner: &Inner) -> Vec<(Kind, String, String)> {
+        let webhook = inner.webhook.as_ref().expect("a webhook");
+        webhook
+            .drain_for_tests()
+            .into_iter()
+            .map(|bytes| {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+                let kind = Kind::ALL
+                    .into_iter()
+                    .find(|k| v["type"] == k.name())
+                    .expect("a known type");
+                let user = v["user"].as_str().unwrap_or_default().to_owned();
+                (kind, user, v["id"].as_str().unwrap_or_default().to_owned())
+            })
+            .collect()
+    }
+
+    fn kinds(delivered: &[(Kind, String, String)]) -> Vec<(Kind, &str)> {
+        delivered.iter().map(|(k, u, _)| (*k, u.as_str())).collect()
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_events_but_never_a_transition() {
+        let inner = inner();
+        // Past the bound (2) transitions are still queued: losing one would leave a user
+        // online (or offline) for good.
+        for report in [
+            user("a", true),
+            user("b", true),
+            user("c", true),
+            user("a", false),
+            user("c", false),
+            user("c", true),
+        ] {
+            inner.report(report);
+        }
+        // An event past the bound is dropped.
+        inner.report(Report::Event(inner.event(Kind::Connect)));
+        inner.round().await;
+        let got = delivered(&inner);
+        use Kind::{UserOffline, UserOnline};
+        assert_eq!(
+            kinds(&got),
+            [(UserOnline, "a"), (UserOnline, "b"), (UserOnline, "c")],
+            "c's release and hold within the grace cancel out; the connect was dropped"
+        );
+        let ids: Vec<&str> = got.iter().map(|(_, _, id)| id.as_str()).collect();
+        assert_eq!(ids, ["n-1", "n-2", "n-3"], "numbered in delivery order");
+        // The grace is 0: `a` is down at the next tick; `b` and `c` are still held.
+        inner.tick().await;
+        assert_eq!(kinds(&delivered(&inner)), [(UserOffline, "a")]);
+        inner.tick().await;
+        assert!(delivered(&inner).is_empty());
+    }
+
+    #[tokio::test]
+    async fn online_comes_before_the_connect_it_caused_and_offline_after_the_disconnect() {
+        let inner = inner();
+        let mut connect = inner.event(Kind::Connect);
+        connect.user = Some(Arc::from("a"));
+        inner.report(user("a", true));
+        inner.report(Report::Event(connect));
+        inner.round().await;
+        let got = delivered(&inner);
+        assert_eq!(kinds(&got), [(Kind::UserOnline, "a"), (Kind::Connect, "a")]);
+        let mut disconnect = inner.event(Kind::Disconnect);
+        disconnect.user = Some(Arc::from("a"));
+        inner.report(Report::Event(disconnect));
+        inner.report(user("a", false));
+        inner.round().await;
+        inner.tick().await;
+        assert_eq!(
+            kinds(&delivered(&inner)),
+            [(Kind::Disconnect, "a"), (Kind::UserOffline, "a")]
+        );
+    }
 }

@@ -242,6 +242,12 @@ impl Webhook {
         true
     }
 
+    /// Takes what is buffered (the tests look at the events instead of sending them).
+    #[cfg(test)]
+    pub(super) fn drain_for_tests(&self) -> Vec<Bytes> {
+        self.buffer.lock().drain(..).collect()
+    }
+
     fn headers(&self, body: &[u8]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         if let Some(secret) = &self.secret

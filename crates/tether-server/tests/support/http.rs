@@ -100,6 +100,21 @@ pub(crate) async fn api(
     Ok((response.status, body))
 }
 
+/// A figure of the `/metrics` of the server on `addr` (a metric without labels); fails
+/// the test when it is not there.
+pub(crate) async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let response = request(addr, "GET", "/metrics", "", "")
+        .await
+        .expect("metrics");
+    let prefix = format!("{name} ");
+    response
+        .body()
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in\n{}", response.body()))
+}
+
 /// A JWKS endpoint that answers nothing until `release` is sent, then an empty key set to
 /// every request. Returns its URL and the sender that releases it.
 pub(crate) async fn stalled_jwks() -> (String, tokio::sync::watch::Sender<bool>) {

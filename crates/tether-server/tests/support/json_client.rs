@@ -201,6 +201,21 @@ impl JsonClient {
         }
     }
 
+    /// Closes the connection from this side with code 1000 and waits (up to 5 s) for the
+    /// server to end it.
+    pub(crate) async fn close_normally(mut self) {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = self.ws.send(Message::Close(Some(frame))).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+
     /// The code of the server's close frame, as [`JsonClient::closed`].
     pub(crate) async fn close_code(&mut self, within: Duration) -> Option<u16> {
         self.closed(within).await.map(|frame| u16::from(frame.code))

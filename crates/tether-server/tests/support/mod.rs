@@ -13,6 +13,7 @@ pub(crate) mod process;
 pub(crate) mod server;
 pub(crate) mod tls;
 pub(crate) mod token;
+pub(crate) mod webhook;
 pub(crate) mod ws;
 
 use std::net::SocketAddr;

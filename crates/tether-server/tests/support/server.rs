@@ -4,12 +4,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{SinkExt as _, StreamExt as _};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    API_KEY, Config, Gateway, Namespace, NamespaceOptions, SECRET, Server, ServerNode, http,
+    API_KEY, Config, ConnHandle, Gateway, Namespace, NamespaceOptions, SECRET, Server, ServerNode,
+    http, user_token,
 };
 
 pub(crate) struct TestServer {
@@ -42,6 +47,48 @@ impl TestServer {
         http::api(self.addr, method, body, key)
             .await
             .expect("api reachable")
+    }
+
+    /// A client of `user` subscribed to `channel` over a socket with a small receive window
+    /// (so the kernel buffers less for it), which reads nothing more: a stalled reader, or a
+    /// dead network path. Returns it with its connection's handle on the server.
+    pub(crate) async fn stalled_subscriber(
+        &self,
+        user: &str,
+        channel: &str,
+    ) -> (WebSocketStream<TcpStream>, ConnHandle) {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = socket.connect(self.addr).await.expect("connect");
+        let (mut stalled, _) = tokio_tungstenite::client_async(self.ws_url(), stream)
+            .await
+            .expect("ws upgrade");
+        let hello = [
+            json!({"id": 1, "connect": {"token": user_token(user)}}).to_string(),
+            json!({"id": 2, "subscribe": {"channel": channel}}).to_string(),
+        ]
+        .join("\n");
+        stalled
+            .send(Message::Text(hello.into()))
+            .await
+            .expect("ws send");
+        let mut subscribed = false;
+        while !subscribed {
+            let msg = tokio::time::timeout(Duration::from_secs(5), stalled.next())
+                .await
+                .expect("a reply in time")
+                .expect("the connection open")
+                .expect("a frame");
+            subscribed = msg.to_text().unwrap_or_default().contains(r#""id":2"#);
+        }
+        let conn = self
+            .node
+            .hub()
+            .all_conns()
+            .into_iter()
+            .find(|c| &*c.user() == user)
+            .expect("stalled connection registered");
+        (stalled, conn)
     }
 
     /// Waits until GET /ready answers 200 (the Redis engine's Pub/Sub is up).
