@@ -361,7 +361,7 @@ async fn offline_is_decided_once_for_the_cluster_even_when_a_node_is_killed() {
     );
 
     drop(dana_on_b);
-    let events = receiver
+    receiver
         .wait_for(Duration::from_secs(15), |events| {
             webhook::kinds_of_user(events, "dana").contains(&"user_offline")
         })
