@@ -24,6 +24,8 @@
 //!   durability).
 //! - [`report`]: `--json` records of many runs into a side-by-side table of medians.
 //! - [`floor`]: a write-only fan-out server, the yardstick for what this machine allows.
+//! - [`receiver`]: the backend end of tether's lifecycle-event webhook (issue 20): checks
+//!   signatures, counts events, reports events/s.
 
 pub mod backend;
 pub mod coord;
@@ -34,6 +36,7 @@ pub mod history;
 pub mod procfs;
 pub mod proxy;
 pub mod publish;
+pub mod receiver;
 pub mod report;
 pub mod target;
 pub mod worker;

@@ -15,8 +15,9 @@ use tether_bench::engine_fault::EngineFaultParams;
 use tether_bench::fault::FaultParams;
 use tether_bench::history::{ChannelOrder, PublishParams, ReadyParams, VerifyParams};
 use tether_bench::proxy::{DirectTo, ProxyParams};
+use tether_bench::receiver::ReceiverConfig;
 use tether_bench::target::{Creds, Target};
-use tether_bench::{backend, engine_fault, history, proxy, report, worker};
+use tether_bench::{backend, engine_fault, history, proxy, receiver, report, worker};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -132,6 +133,24 @@ enum Command {
         /// Writing threads, each with its share of the subscribers.
         #[arg(long, default_value_t = 2)]
         lanes: usize,
+    },
+    /// Serve as tether's lifecycle-event webhook (issue 20): answers 200 to signed batches
+    /// `{"events":[...]}`, counts their events by type, reports events/s on stderr every
+    /// `--every` and `GET /stats` as JSON; prints the totals as JSON on SIGINT / SIGTERM.
+    Receiver {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:18090")]
+        listen: SocketAddr,
+        /// `webhook.secret`: POSTs without a matching `X-Tether-Signature` are refused
+        /// (401) and not counted; without it signatures are not checked.
+        #[arg(long)]
+        secret: Option<String>,
+        /// How often a line with the events of the period goes to stderr (`0s`: never).
+        #[arg(long, default_value = "1s", value_parser = humantime_duration)]
+        every: Duration,
+        /// Runtime threads (1: one current-thread runtime).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Publishes through the server API of one or more tethers at a fixed rate while their
     /// Redis is frozen (SIGSTOP) for a while: latency, errors and calls in flight of each,
@@ -601,6 +620,17 @@ fn main() -> ExitCode {
             .and_then(worker::run),
         Command::Table { files } => table(&files),
         Command::Floor { listen, lanes } => floor(listen, lanes),
+        Command::Receiver {
+            listen,
+            secret,
+            every,
+            threads,
+        } => receiver::serve(&ReceiverConfig {
+            listen,
+            secret,
+            every,
+            threads,
+        }),
         Command::Backend {
             listen,
             grpc_listen,
@@ -748,6 +778,7 @@ fn scenario(command: Command) -> anyhow::Result<()> {
             Command::Table { .. }
             | Command::Worker { .. }
             | Command::Floor { .. }
+            | Command::Receiver { .. }
             | Command::Backend { .. } => {}
         }
         Ok(())
