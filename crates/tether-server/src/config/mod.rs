@@ -124,7 +124,7 @@ impl Default for WebhookConfig {
             secret: String::new(),
             events: Vec::new(),
             timeout: Duration::from_secs(5),
-            batch_max_size: 100,
+            batch_max_size: 1000,
             batch_max_delay: Duration::from_millis(50),
             offline_grace: Duration::from_secs(5),
             buffer_size: 100_000,

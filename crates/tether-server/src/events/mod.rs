@@ -35,7 +35,7 @@ use tracing::{debug, warn};
 use crate::broker::BrokerError;
 use crate::broker::lifecycle::{Change, Decisions, Key, Lifecycle, Scope, StatusField, UserStatus};
 use crate::config::{Config, EVENT_TYPES};
-use crate::hub::{Conn, Hub, Occupancy};
+use crate::hub::{ClientId, Conn, Hub, Occupancy};
 use crate::metrics::Metrics;
 
 pub(crate) use self::webhook::WebhookError;
@@ -54,8 +54,8 @@ const ROUND: usize = 4096;
 /// One lifecycle event as the backend receives it.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Event {
-    /// Unique per event.
-    pub id: String,
+    /// Unique per event: the node's id and a sequence number, `<node>-<n>`.
+    pub id: EventId,
     /// One of [`EVENT_TYPES`].
     #[serde(rename = "type")]
     pub kind: Kind,
@@ -63,8 +63,8 @@ pub(crate) struct Event {
     pub time: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<Arc<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "client_id")]
+    pub client: Option<ClientId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub channel: Option<Arc<str>>,
     /// The connection's transport (`websocket`, `tcp`) and encoding (`json`, `protobuf`).
@@ -81,6 +81,30 @@ pub(crate) struct Event {
     pub reconnect: Option<bool>,
     /// The node that emitted it (its unique id).
     pub node: Arc<str>,
+}
+
+/// An event's id, written as `<node>-<n>` without building the string first.
+#[derive(Clone, Debug)]
+pub(crate) struct EventId {
+    node: Arc<str>,
+    /// 0 until the event is handed to the webhook, which numbers events in its order.
+    seq: u64,
+}
+
+impl Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{}-{}", self.node, self.seq))
+    }
+}
+
+fn client_id<S: serde::Serializer>(
+    client: &Option<ClientId>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match client {
+        Some(client) => serializer.serialize_str(client.as_str()),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// The event types.
@@ -322,7 +346,7 @@ impl Events {
         if let Some(inner) = self.wants(kind) {
             let mut event = inner.event(kind);
             event.user = non_empty(conn.user());
-            event.client = Some(conn.client.to_string());
+            event.client = Some(conn.client);
             event.channel = Some(channel.clone());
             inner.report(Report::Event(event));
         }
@@ -404,7 +428,10 @@ impl Inner {
     fn event(&self, kind: Kind) -> Event {
         Event {
             // Numbered when handed to the webhook, so ids follow the delivery order.
-            id: String::new(),
+            id: EventId {
+                node: self.node.clone(),
+                seq: 0,
+            },
             kind,
             time: unix_ms(),
             user: None,
@@ -477,7 +504,12 @@ impl Inner {
             let batch: Vec<Report> = {
                 let mut queue = self.queue.lock();
                 let n = queue.len().min(ROUND);
-                queue.drain(..n).collect()
+                let batch = queue.drain(..n).collect();
+                if queue.is_empty() && queue.capacity() > ROUND {
+                    // A burst (a reconnect storm) leaves no standing memory behind.
+                    queue.shrink_to_fit();
+                }
+                batch
             };
             if batch.is_empty() {
                 return;
@@ -547,8 +579,7 @@ impl Inner {
             && !events.is_empty()
         {
             for event in events.iter_mut() {
-                let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-                event.id = format!("{}-{seq}", self.node);
+                event.id.seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
             }
             webhook.push(events);
         }
@@ -658,7 +689,7 @@ impl Inner {
 /// Fills a connection's fields into an event.
 fn describe(event: &mut Event, conn: &Conn) {
     event.user = non_empty(conn.user());
-    event.client = Some(conn.client.to_string());
+    event.client = Some(conn.client);
     event.transport = Some(match conn.framing {
         crate::wire::Framing::WebSocket => "websocket",
         crate::wire::Framing::Tcp => "tcp",

@@ -120,17 +120,19 @@ impl Webhook {
 
     /// Appends events (serialized) in order; those past the bound are dropped and counted.
     pub(super) fn push(&self, events: &[Event]) {
-        let mut encoded = Vec::with_capacity(events.len());
-        for event in events {
+        // Only what fits is serialized: an overflowing buffer costs no encoding.
+        let room = self.limit.saturating_sub(self.buffer.lock().len());
+        let over = events.len().saturating_sub(room);
+        let mut encoded = Vec::with_capacity(events.len() - over);
+        for event in &events[..events.len() - over] {
             match serde_json::to_vec(event) {
                 Ok(bytes) => encoded.push(Bytes::from(bytes)),
                 Err(error) => warn!(%error, "an event could not be serialized"),
             }
         }
+        // Only the worker pushes, so the room it saw is still there.
         let mut buffer = self.buffer.lock();
-        let room = self.limit.saturating_sub(buffer.len());
-        let over = encoded.len().saturating_sub(room);
-        buffer.extend(encoded.into_iter().take(room));
+        buffer.extend(encoded);
         let queued = buffer.len();
         drop(buffer);
         self.metrics.webhook_buffer.set(queued as f64);
@@ -210,7 +212,7 @@ impl Webhook {
         let headers = self.headers(&body);
         let mut backoff = BACKOFF_MIN;
         loop {
-            let call = http::post(&self.client, &self.uri, headers.clone(), body.to_vec());
+            let call = http::post(&self.client, &self.uri, headers.clone(), body.clone());
             let failure = match tokio::time::timeout(self.timeout, call).await {
                 Ok(Ok((status, _))) if (200..300).contains(&status) => None,
                 Ok(Ok((status, _))) => Some(format!("status {status}")),
@@ -235,6 +237,10 @@ impl Webhook {
         let mut buffer = self.buffer.lock();
         let n = batch.len().min(buffer.len());
         buffer.drain(..n);
+        if buffer.is_empty() && buffer.capacity() > self.batch_max_size {
+            // An outage or a burst leaves no standing memory behind.
+            buffer.shrink_to_fit();
+        }
         let queued = buffer.len();
         drop(buffer);
         self.metrics.webhook_buffer.set(queued as f64);

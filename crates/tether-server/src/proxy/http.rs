@@ -90,9 +90,9 @@ pub(crate) async fn post(
     client: &HttpClient,
     uri: &hyper::Uri,
     headers: HeaderMap,
-    body: Vec<u8>,
+    body: impl Into<Bytes>,
 ) -> Result<(u16, Bytes), HttpError> {
-    let mut request = Request::post(uri.clone()).body(Full::new(Bytes::from(body)))?;
+    let mut request = Request::post(uri.clone()).body(Full::new(body.into()))?;
     *request.headers_mut() = headers;
     request
         .headers_mut()
