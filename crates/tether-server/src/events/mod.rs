@@ -48,6 +48,9 @@ const TICK: Duration = Duration::from_millis(500);
 pub(crate) const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often `online` is rewritten for the users connected to this node.
 pub(crate) const ONLINE_REFRESH: Duration = Duration::from_secs(30);
+/// How long the worker lets reports gather after the first one woke it (far below
+/// `webhook.batch_max_delay`, so invisible in delivery).
+const GATHER: Duration = Duration::from_millis(5);
 /// Most queued reports handled in one round of the worker.
 const ROUND: usize = 4096;
 
@@ -483,7 +486,11 @@ impl Inner {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = self.wake.notified() => {}
+                () = self.wake.notified() => {
+                    // Let reports gather: under churn one round then carries many (one store
+                    // call, one hand-over), not one wake-up per connection.
+                    tokio::time::sleep(GATHER).await;
+                }
                 _ = tick.tick() => {
                     self.tick().await;
                     if self.status_ttl_s.is_some() && tokio::time::Instant::now() >= next_refresh {
