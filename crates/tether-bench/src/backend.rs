@@ -282,16 +282,7 @@ async fn serve_grpc(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> a
 
 /// Serves the backend as `config` says until the process is stopped.
 pub fn serve(config: &BackendConfig) -> anyhow::Result<()> {
-    let rt = if config.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.threads)
-            .enable_all()
-            .build()?
-    };
+    let rt = crate::runtime(config.threads)?;
     let shared = Shared::new(config.fault);
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;

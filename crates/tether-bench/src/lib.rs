@@ -41,3 +41,17 @@ pub mod report;
 pub mod target;
 pub mod worker;
 pub mod ws;
+
+/// A Tokio runtime with `threads` workers; one (or zero) means a current-thread runtime.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}

@@ -301,16 +301,7 @@ pub struct ReceiverConfig {
 
 /// Serves until SIGINT or SIGTERM, then prints the [`Stats`] as one JSON line on stdout.
 pub fn serve(config: &ReceiverConfig) -> anyhow::Result<()> {
-    let rt = if config.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.threads)
-            .enable_all()
-            .build()?
-    };
+    let rt = crate::runtime(config.threads)?;
     let counters = Counters::new(config.secret.clone().map(String::into_bytes));
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
