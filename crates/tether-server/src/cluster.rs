@@ -462,16 +462,8 @@ impl Cluster {
                 let (user, info, connected_at) = conn.identity();
                 let desc = ConnectionDesc {
                     user: user.to_string(),
-                    transport: match conn.framing {
-                        crate::wire::Framing::WebSocket => "websocket",
-                        crate::wire::Framing::Tcp => "tcp",
-                    }
-                    .to_owned(),
-                    protocol: match conn.encoding {
-                        tether_proto::Encoding::Json => "json",
-                        tether_proto::Encoding::Protobuf => "protobuf",
-                    }
-                    .to_owned(),
+                    transport: conn.transport_name().to_owned(),
+                    protocol: conn.protocol_name().to_owned(),
                     connected_at,
                     info: info.as_ref().map(b64),
                 };

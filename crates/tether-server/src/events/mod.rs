@@ -697,14 +697,8 @@ impl Inner {
 fn describe(event: &mut Event, conn: &Conn) {
     event.user = non_empty(conn.user());
     event.client = Some(conn.client);
-    event.transport = Some(match conn.framing {
-        crate::wire::Framing::WebSocket => "websocket",
-        crate::wire::Framing::Tcp => "tcp",
-    });
-    event.protocol = Some(match conn.encoding {
-        tether_proto::Encoding::Json => "json",
-        tether_proto::Encoding::Protobuf => "protobuf",
-    });
+    event.transport = Some(conn.transport_name());
+    event.protocol = Some(conn.protocol_name());
 }
 
 fn non_empty(user: Arc<str>) -> Option<Arc<str>> {

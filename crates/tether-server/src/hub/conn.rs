@@ -371,6 +371,23 @@ impl Conn {
         inner.info = info;
     }
 
+    /// The transport as the protocol's proxy requests, events and `connections` name it:
+    /// `websocket` or `tcp`.
+    pub(crate) fn transport_name(&self) -> &'static str {
+        match self.framing {
+            Framing::WebSocket => "websocket",
+            Framing::Tcp => "tcp",
+        }
+    }
+
+    /// The encoding as they name it: `json` or `protobuf`.
+    pub(crate) fn protocol_name(&self) -> &'static str {
+        match self.encoding {
+            Encoding::Json => "json",
+            Encoding::Protobuf => "protobuf",
+        }
+    }
+
     /// Records when the connect succeeded (Unix seconds).
     pub(crate) fn set_connected_at(&self, unix: i64) {
         self.inner.lock().connected_at = u32::try_from(unix).unwrap_or(0);

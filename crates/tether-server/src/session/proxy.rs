@@ -21,7 +21,7 @@ use crate::proxy::{
     RefreshRequest, RefreshResult, RpcRequest, RpcResult, SubRefreshRequest, SubRefreshResult,
     SubscribeRequest, SubscribeResult,
 };
-use crate::wire::{CloseCode, Disconnect, Framing};
+use crate::wire::{CloseCode, Disconnect};
 
 /// What a session keeps for the backend proxy; only connections that use it pay for it.
 #[derive(Debug, Default)]
@@ -54,14 +54,8 @@ impl Session {
     pub(super) fn common(&self) -> Common {
         Common {
             client: self.conn.client.to_string(),
-            transport: match self.conn.framing {
-                Framing::WebSocket => "websocket",
-                Framing::Tcp => "tcp",
-            },
-            protocol: match self.conn.encoding {
-                tether_proto::Encoding::Json => "json",
-                tether_proto::Encoding::Protobuf => "protobuf",
-            },
+            transport: self.conn.transport_name(),
+            protocol: self.conn.protocol_name(),
         }
     }
 
