@@ -291,6 +291,34 @@ impl Metrics {
         }
     }
 
+    /// The handles of one async consumer, registered under its name.
+    pub(crate) fn consumer(&self, name: &str) -> ConsumerMetrics {
+        let labels = [("consumer", name)];
+        let errors = |kind: &'static str| {
+            self.recorder.register_counter(
+                &owned_key(
+                    "tether_consumer_errors_total",
+                    &[("consumer", name), ("kind", kind)],
+                ),
+                &META,
+            )
+        };
+        ConsumerMetrics {
+            messages: self
+                .recorder
+                .register_counter(&owned_key("tether_consumer_messages_total", &labels), &META),
+            skipped: errors("skipped"),
+            retried: errors("retried"),
+            lag: self
+                .recorder
+                .register_gauge(&owned_key("tether_consumer_lag", &labels), &META),
+            last_success: self.recorder.register_gauge(
+                &owned_key("tether_consumer_last_success_timestamp_seconds", &labels),
+                &META,
+            ),
+        }
+    }
+
     /// Sets the disk engine's figures (read from the engine at each scrape): bytes its
     /// segments take on disk, streams stored, failed writes and group commits since start.
     pub(crate) fn disk(&self, bytes: u64, streams: u64, write_errors: u64, batches: u64) {
@@ -322,6 +350,28 @@ impl Metrics {
     /// Periodic housekeeping of histogram windows.
     pub(crate) fn upkeep(&self) {
         self.handle.run_upkeep();
+    }
+}
+
+/// One async consumer's metrics (`consumer` label).
+#[derive(Clone)]
+pub(crate) struct ConsumerMetrics {
+    /// Messages done with: their command ran, or they were skipped.
+    pub messages: Counter,
+    /// Messages skipped because they can never succeed (bad payload, unknown method, a
+    /// non-internal API error).
+    pub skipped: Counter,
+    /// Attempts that failed with an internal error and will be retried.
+    pub retried: Counter,
+    /// Messages waiting: outbox rows, stream entries pending or not yet read, queue depth.
+    pub lag: Gauge,
+    /// Unix time of the last message whose command ran.
+    pub last_success: Gauge,
+}
+
+impl fmt::Debug for ConsumerMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConsumerMetrics")
     }
 }
 

@@ -94,6 +94,9 @@ pub enum StartError {
     /// The webhook could not be set up (`webhook.endpoint`, `webhook.tls`).
     #[error("invalid webhook configuration: {0}")]
     Webhook(String),
+    /// An async consumer could not connect (`consumers[]`).
+    #[error("{0}")]
+    Consumer(String),
     /// The NATS broker could not connect (`broker.nats.url` unreachable within
     /// `broker.nats.dial_timeout`).
     #[error("cannot start the nats broker")]

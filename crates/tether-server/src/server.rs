@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, debug, debug_span, field, info, warn};
 
 use crate::config::Config;
+use crate::consumers::Consumers;
 pub use crate::node::{Node, StartError};
 pub use crate::proxy::ProxyBuildError;
 use crate::transport::Entry;
@@ -43,6 +44,8 @@ pub struct Server {
     local_addr: SocketAddr,
     /// The raw TCP listener and its address; `None` when `tcp.enabled` is off.
     tcp: Option<(TcpListener, SocketAddr)>,
+    /// The async consumers, connected; they start consuming when the server runs.
+    consumers: Consumers,
 }
 
 impl Server {
@@ -56,6 +59,9 @@ impl Server {
             .then(|| format!("{}:{}", config.tcp.address, config.tcp.port));
         let admission = Admission::new(&config.client);
         let node = Node::new(config).await?;
+        let consumers = Consumers::connect(&node)
+            .await
+            .map_err(|e| StartError::Consumer(e.to_string()))?;
         let (listener, local_addr) = bind_listener(addr).await?;
         let tcp = match tcp_addr {
             Some(addr) => Some(bind_listener(addr).await?),
@@ -67,6 +73,7 @@ impl Server {
             listener,
             local_addr,
             tcp,
+            consumers,
         })
     }
 
@@ -93,6 +100,7 @@ impl Server {
             listener,
             local_addr,
             tcp,
+            consumers,
         } = self;
         info!(%local_addr, "tether listening");
         let tcp = tcp.map(|(listener, tcp_addr)| {
@@ -101,6 +109,7 @@ impl Server {
         });
         let tracker = TaskTracker::new();
         node.events.start();
+        consumers.spawn(&tracker);
         tracker.spawn(sweeper(node.clone()));
         if let Some(control) = node.take_control() {
             tracker.spawn(node.cluster.clone().run(control, node.shutdown.clone()));

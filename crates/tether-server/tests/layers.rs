@@ -17,6 +17,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "server",
         &[
             "api",
+            "consumers",
             "transport",
             "session",
             "node",
@@ -36,9 +37,17 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "api",
         &[
-            "node", "events", "cluster", "hub", "wire", "broker", "auth", "config", "metrics",
-            "breaker",
+            "command", "node", "events", "cluster", "hub", "wire", "broker", "auth", "config",
+            "metrics", "breaker",
         ],
+    ),
+    (
+        "consumers",
+        &["command", "node", "broker", "config", "metrics"],
+    ),
+    (
+        "command",
+        &["node", "events", "cluster", "hub", "wire", "broker", "config"],
     ),
     (
         "transport",

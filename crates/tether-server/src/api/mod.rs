@@ -6,7 +6,6 @@
 //! connections (subscribe, unsubscribe, disconnect, refresh) are posted to the connections'
 //! handles and applied by their drivers; the API never touches a socket.
 
-mod methods;
 #[cfg(feature = "profiling")]
 mod profile;
 
@@ -22,66 +21,10 @@ use axum::routing::{get, post};
 use serde_json::value::RawValue;
 
 use crate::breaker::State as BreakerState;
+use crate::command::{self, ApiError, CallError};
 use crate::config::ApiErrorMode;
 use crate::metrics::RedisShardFigures;
 use crate::node::Node;
-
-/// An API error: a code of §4.1 and its message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct ApiError {
-    /// Numeric code (100 internal, 102 unknown channel, 107 bad request, …).
-    pub code: u32,
-    /// Human-readable message.
-    pub message: &'static str,
-}
-
-impl ApiError {
-    /// 100: internal server error.
-    pub(crate) const INTERNAL: Self = Self {
-        code: 100,
-        message: "internal server error",
-    };
-    /// 102: unknown channel (namespace not configured).
-    pub(crate) const UNKNOWN_CHANNEL: Self = Self {
-        code: 102,
-        message: "unknown channel",
-    };
-    /// 104: method not found.
-    pub(crate) const METHOD_NOT_FOUND: Self = Self {
-        code: 104,
-        message: "method not found",
-    };
-    /// 107: bad request.
-    pub(crate) const BAD_REQUEST: Self = Self {
-        code: 107,
-        message: "bad request",
-    };
-    /// 108: not available (feature off for the namespace).
-    pub(crate) const NOT_AVAILABLE: Self = Self {
-        code: 108,
-        message: "not available",
-    };
-    /// 112: unrecoverable position.
-    pub(crate) const UNRECOVERABLE_POSITION: Self = Self {
-        code: 112,
-        message: "unrecoverable position",
-    };
-
-    /// HTTP status in transport error mode.
-    fn status(&self) -> StatusCode {
-        match self.code {
-            102 | 104 => StatusCode::NOT_FOUND,
-            107 | 108 => StatusCode::BAD_REQUEST,
-            112 => StatusCode::RANGE_NOT_SATISFIABLE,
-            113 => StatusCode::CONFLICT,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({ "code": self.code, "message": self.message })
-    }
-}
 
 /// The router for the API and health endpoints.
 pub(crate) fn router(node: Arc<Node>) -> Router {
@@ -166,21 +109,21 @@ async fn call(
             Err(_) => return (StatusCode::BAD_REQUEST, "bad request").into_response(),
         };
     if method == "batch" {
-        return match methods::batch(&node, params).await {
+        return match command::batch(&node, params).await {
             Ok(replies) => json_response(StatusCode::OK, &replies),
-            Err(methods::CallError::Decode) => {
+            Err(CallError::Decode) => {
                 (StatusCode::BAD_REQUEST, "bad request").into_response()
             }
-            Err(methods::CallError::Api(error)) => error_response(&error, transport_mode),
+            Err(CallError::Api(error)) => error_response(&error, transport_mode),
         };
     }
-    match methods::dispatch(&node, &method, params).await {
+    match command::dispatch(&node, &method, params).await {
         Ok(result) => json_response(StatusCode::OK, &serde_json::json!({ "result": result })),
-        Err(methods::CallError::Decode) => (StatusCode::BAD_REQUEST, "bad request").into_response(),
-        Err(methods::CallError::Api(error)) if error == ApiError::METHOD_NOT_FOUND => {
+        Err(CallError::Decode) => (StatusCode::BAD_REQUEST, "bad request").into_response(),
+        Err(CallError::Api(error)) if error == ApiError::METHOD_NOT_FOUND => {
             (StatusCode::NOT_FOUND, "method not found").into_response()
         }
-        Err(methods::CallError::Api(error)) => error_response(&error, transport_mode),
+        Err(CallError::Api(error)) => error_response(&error, transport_mode),
     }
 }
 
@@ -280,9 +223,9 @@ async fn legacy(
         let result = match (method, command.params) {
             (None, _) => Err(ApiError::METHOD_NOT_FOUND),
             // As Centrifugo: `info` reads no params.
-            (Some("info"), _) => Ok(methods::info(&node)),
+            (Some("info"), _) => Ok(command::info(&node)),
             (Some(_), None) => Err(ApiError::BAD_REQUEST),
-            (Some(method), Some(params)) => methods::dispatch_item(&node, method, params).await,
+            (Some(method), Some(params)) => command::dispatch_item(&node, method, params).await,
         };
         let mut reply = match result {
             Ok(result) => serde_json::json!({ "result": result }),
@@ -301,9 +244,20 @@ async fn legacy(
         .into_response()
 }
 
+/// The HTTP status of an API error in transport error mode.
+fn status(error: &ApiError) -> StatusCode {
+    match error.code {
+        102 | 104 => StatusCode::NOT_FOUND,
+        107 | 108 => StatusCode::BAD_REQUEST,
+        112 => StatusCode::RANGE_NOT_SATISFIABLE,
+        113 => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 fn error_response(error: &ApiError, transport_mode: bool) -> Response {
     if transport_mode {
-        json_response(error.status(), &error.to_json())
+        json_response(status(error), &error.to_json())
     } else {
         json_response(
             StatusCode::OK,

@@ -11,7 +11,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::{
-    Config, ConfigError, NamedProxy, Namespace, NamespaceOptions, ProxyConfig, RpcNamespace,
+    Config, ConfigError, ConsumerConfig, NamedProxy, Namespace, NamespaceOptions, ProxyConfig, RpcNamespace,
     RpcNamespaceOptions, StatusToCodeTransform, TokenConfig,
 };
 
@@ -89,14 +89,30 @@ const PROXIES_PATH: &str = "proxies";
 /// The lists of named objects. Their elements are addressed by name in variable names
 /// (`TETHER_PROXIES_<NAME>_TIMEOUT`), and the list itself is set by one variable
 /// (`TETHER_PROXIES`) holding names or a JSON list of objects.
-const NAMED_LISTS: [&str; 3] = [NAMESPACES_PATH, RPC_NAMESPACES_PATH, PROXIES_PATH];
+const NAMED_LISTS: [&str; 4] = [
+    NAMESPACES_PATH,
+    RPC_NAMESPACES_PATH,
+    PROXIES_PATH,
+    CONSUMERS_PATH,
+];
+
+/// Async consumers: a list of named objects.
+const CONSUMERS_PATH: &str = "consumers";
 
 /// A list of objects inside every proxy object; not named, set as a whole (JSON).
 const TRANSFORMS_KEY: &str = "status_to_code_transforms";
 
 /// Maps whose keys are data (header and metadata names), not config keys: any key is
-/// accepted, and a variable sets the whole map as a JSON object.
-const FREE_FORM_MAPS: [&str; 2] = ["static_headers", "static_metadata"];
+/// accepted, and a variable sets the whole map as a JSON object. Also the options of
+/// Centrifugo's consumer types that tether does not run (accepted only while disabled).
+const FREE_FORM_MAPS: [&str; 6] = [
+    "static_headers",
+    "static_metadata",
+    "kafka",
+    "google_pub_sub",
+    "aws_sqs",
+    "azure_service_bus",
+];
 
 /// Default-filled trees of the objects that sit in lists, to check keys and resolve
 /// variables against.
@@ -104,6 +120,7 @@ struct Templates {
     namespace: Value,
     rpc_namespace: Value,
     proxy: Value,
+    consumer: Value,
     transform: Value,
 }
 
@@ -113,6 +130,7 @@ impl Templates {
             namespace: to_tree(&Namespace::default())?,
             rpc_namespace: to_tree(&RpcNamespace::default())?,
             proxy: to_tree(&NamedProxy::default())?,
+            consumer: to_tree(&ConsumerConfig::default())?,
             transform: to_tree(&StatusToCodeTransform::default())?,
         })
     }
@@ -124,6 +142,7 @@ impl Templates {
             NAMESPACES_PATH => Some((&self.namespace, "namespace options")),
             RPC_NAMESPACES_PATH => Some((&self.rpc_namespace, "rpc namespace options")),
             PROXIES_PATH => Some((&self.proxy, "proxy options")),
+            CONSUMERS_PATH => Some((&self.consumer, "consumer options")),
             _ if path.ends_with(TRANSFORMS_KEY) => Some((&self.transform, "transform options")),
             _ => None,
         }

@@ -11,6 +11,7 @@
 //! shape, the defaults with their reasons, validation and channel-to-namespace lookup.
 //! [`TokenConfig`] is owned by [`crate::auth`] and re-exported here; its validation stays here.
 
+mod consumers;
 mod load;
 mod proxy;
 
@@ -23,6 +24,11 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::auth::TokenConfig;
 use crate::auth::redacted;
+pub use consumers::{
+    AmqpConsumerConfig, CONSUMER_TYPES, ConsumerConfig, DataModeFields,
+    NatsJetStreamConsumerConfig, PostgresConsumerConfig, PublicationDataMode,
+    RedisStreamConsumerConfig, StreamPublicationDataMode,
+};
 pub use load::{EnvSource, ProcessEnv};
 pub use proxy::{
     ChannelProxyConfig, ClientProxyConfig, DEFAULT_PROXY_NAME, EnabledProxy, NamedProxy, PemError,
@@ -69,6 +75,9 @@ pub struct Config {
     /// The user status API (Centrifugo PRO's `update_user_status`, `get_user_status`,
     /// `delete_user_status`).
     pub user_status: UserStatusConfig,
+    /// Async consumers: an outbox table, streams and queues the node reads server API
+    /// commands from (Centrifugo's `consumers`, plus RabbitMQ).
+    pub consumers: Vec<ConsumerConfig>,
 }
 
 /// Lifecycle events delivered to the backend (`webhook.*`).
@@ -864,6 +873,7 @@ impl Config {
         self.validate_limits()?;
         self.validate_proxies()?;
         self.validate_webhook()?;
+        consumers::validate(&self.consumers)?;
         Ok(())
     }
 

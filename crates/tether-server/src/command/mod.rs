@@ -1,4 +1,7 @@
-//! The API methods of §4.2: request types and what each does.
+//! The server API's commands (§4.2 of the compatibility reference): request types, what
+//! each does, and their errors. The HTTP API (`api`) and the async consumers (`consumers`)
+//! both run commands through [`dispatch`], so a command behaves the same whichever way it
+//! arrives.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -8,7 +11,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::ApiError;
 use crate::broker::{
     BrokerError, ClientInfo, HistoryQuery, Publication, PublishOptions, StreamPosition,
 };
@@ -18,9 +20,56 @@ use crate::hub::{ServerSubscribe, SubscribeOverrides};
 use crate::node::Node;
 use crate::wire::{CloseCode, Disconnect};
 
+/// An API error: a code of §4.1 and its message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ApiError {
+    /// Numeric code (100 internal, 102 unknown channel, 107 bad request, …).
+    pub code: u32,
+    /// Human-readable message.
+    pub message: &'static str,
+}
+
+impl ApiError {
+    /// 100: internal server error.
+    pub(crate) const INTERNAL: Self = Self {
+        code: 100,
+        message: "internal server error",
+    };
+    /// 102: unknown channel (namespace not configured).
+    pub(crate) const UNKNOWN_CHANNEL: Self = Self {
+        code: 102,
+        message: "unknown channel",
+    };
+    /// 104: method not found.
+    pub(crate) const METHOD_NOT_FOUND: Self = Self {
+        code: 104,
+        message: "method not found",
+    };
+    /// 107: bad request.
+    pub(crate) const BAD_REQUEST: Self = Self {
+        code: 107,
+        message: "bad request",
+    };
+    /// 108: not available (feature off for the namespace).
+    pub(crate) const NOT_AVAILABLE: Self = Self {
+        code: 108,
+        message: "not available",
+    };
+    /// 112: unrecoverable position.
+    pub(crate) const UNRECOVERABLE_POSITION: Self = Self {
+        code: 112,
+        message: "unrecoverable position",
+    };
+
+    /// `{"code", "message"}`.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "code": self.code, "message": self.message })
+    }
+}
+
 /// Why a call failed: the body did not decode (HTTP 400), or an API error.
 #[derive(Debug)]
-pub(super) enum CallError {
+pub(crate) enum CallError {
     Decode,
     Api(ApiError),
 }
@@ -34,7 +83,7 @@ impl From<ApiError> for CallError {
 type CallResult = Result<Value, CallError>;
 
 /// Runs one method.
-pub(super) async fn dispatch(node: &Node, method: &str, params: &RawValue) -> CallResult {
+pub(crate) async fn dispatch(node: &Node, method: &str, params: &RawValue) -> CallResult {
     match method {
         "publish" => publish(node, decode(params)?).await,
         "broadcast" => broadcast(node, decode(params)?).await,
@@ -59,7 +108,7 @@ pub(super) async fn dispatch(node: &Node, method: &str, params: &RawValue) -> Ca
 
 /// Runs one method as an item of a batch or legacy request: params that do not decode are
 /// that item's 107, not a failure of the whole request.
-pub(super) async fn dispatch_item(
+pub(crate) async fn dispatch_item(
     node: &Node,
     method: &str,
     params: &RawValue,
@@ -72,7 +121,7 @@ pub(super) async fn dispatch_item(
 }
 
 /// `batch`: runs the commands in order and answers `{"replies": [...]}` at the top level.
-pub(super) async fn batch(node: &Node, params: &RawValue) -> Result<Value, CallError> {
+pub(crate) async fn batch(node: &Node, params: &RawValue) -> Result<Value, CallError> {
     #[derive(Deserialize)]
     struct Batch<'a> {
         #[serde(borrow, default)]
@@ -158,6 +207,80 @@ struct PublishRequest<'a> {
     delta: bool,
 }
 
+impl PublishRequest<'_> {
+    fn options(&self) -> PublishOptionsRequest<'_> {
+        PublishOptionsRequest {
+            skip_history: self.skip_history,
+            tags: &self.tags,
+            idempotency_key: &self.idempotency_key,
+            delta: self.delta,
+        }
+    }
+}
+
+/// What `publish` and `broadcast` apply to each channel besides the data.
+struct PublishOptionsRequest<'a> {
+    skip_history: bool,
+    tags: &'a BTreeMap<String, String>,
+    idempotency_key: &'a str,
+    delta: bool,
+}
+
+/// A publication whose data and options arrived apart from a JSON request (a consumer's
+/// publication data mode): one channel publishes, several broadcast.
+#[derive(Debug, Default)]
+pub(crate) struct PublishData {
+    /// Where to publish.
+    pub channels: Vec<String>,
+    /// The publication's data, as it arrived.
+    pub data: Bytes,
+    /// Publication tags.
+    pub tags: BTreeMap<String, String>,
+    /// Idempotency key; empty: none.
+    pub idempotency_key: String,
+    /// Publish as a delta.
+    pub delta: bool,
+}
+
+/// Runs a [`PublishData`]: `publish` for one channel (its result), `broadcast` for several
+/// (`{"responses": [...]}`). No channel is a bad request.
+pub(crate) async fn publish_data(node: &Node, publication: &PublishData) -> CallResult {
+    let options = PublishOptionsRequest {
+        skip_history: false,
+        tags: &publication.tags,
+        idempotency_key: &publication.idempotency_key,
+        delta: publication.delta,
+    };
+    match publication.channels.as_slice() {
+        [] => Err(ApiError::BAD_REQUEST.into()),
+        [channel] => Ok(publish_one(node, channel, &options, &publication.data).await?),
+        channels => Ok(broadcast_data(node, channels, &options, &publication.data).await),
+    }
+}
+
+/// Runs `method` as [`dispatch`] does, except that a `publish` or `broadcast` without its own
+/// `idempotency_key` takes `key` (a consumer's message id), so a message delivered twice
+/// publishes once within the engine's idempotency window.
+pub(crate) async fn dispatch_keyed(
+    node: &Node,
+    method: &str,
+    params: &RawValue,
+    key: &str,
+) -> CallResult {
+    if key.is_empty() || !matches!(method, "publish" | "broadcast") {
+        return dispatch(node, method, params).await;
+    }
+    let mut req: PublishRequest<'_> = decode(params)?;
+    if req.idempotency_key.is_empty() {
+        key.clone_into(&mut req.idempotency_key);
+    }
+    if method == "publish" {
+        publish(node, req).await
+    } else {
+        broadcast(node, req).await
+    }
+}
+
 /// The payload of a request: `b64data` when set (it wins over `data`, as in Centrifugo),
 /// else `data`.
 fn payload(data: Option<&RawValue>, b64data: &str) -> Result<Bytes, ApiError> {
@@ -185,13 +308,13 @@ fn engine_error(error: &BrokerError) -> ApiError {
 
 async fn publish(node: &Node, req: PublishRequest<'_>) -> CallResult {
     let data = payload(req.data, &req.b64data)?;
-    Ok(publish_one(node, &req.channel, &req, &data).await?)
+    Ok(publish_one(node, &req.channel, &req.options(), &data).await?)
 }
 
 async fn publish_one(
     node: &Node,
     channel: &str,
-    req: &PublishRequest<'_>,
+    req: &PublishOptionsRequest<'_>,
     data: &Bytes,
 ) -> Result<Value, ApiError> {
     if channel.is_empty() {
@@ -221,7 +344,7 @@ async fn publish_one(
     };
     let opts = PublishOptions {
         history,
-        idempotency_key: (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone()),
+        idempotency_key: (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.to_owned()),
     };
     let published = node
         .timed("publish", node.engine.publish(channel, publication, &opts))
@@ -241,14 +364,23 @@ async fn broadcast(node: &Node, req: PublishRequest<'_>) -> CallResult {
         return Err(ApiError::BAD_REQUEST.into());
     }
     let data = payload(req.data, &req.b64data)?;
-    let mut responses = Vec::with_capacity(req.channels.len());
-    for channel in &req.channels {
-        responses.push(match publish_one(node, channel, &req, &data).await {
+    Ok(broadcast_data(node, &req.channels, &req.options(), &data).await)
+}
+
+async fn broadcast_data(
+    node: &Node,
+    channels: &[String],
+    options: &PublishOptionsRequest<'_>,
+    data: &Bytes,
+) -> Value {
+    let mut responses = Vec::with_capacity(channels.len());
+    for channel in channels {
+        responses.push(match publish_one(node, channel, options, data).await {
             Ok(result) => json!({ "result": result }),
             Err(error) => json!({ "error": error.to_json() }),
         });
     }
-    Ok(json!({ "responses": responses }))
+    json!({ "responses": responses })
 }
 
 #[derive(Deserialize, Default)]
@@ -720,7 +852,7 @@ async fn connections(node: &Node, req: &ConnectionsRequest) -> CallResult {
 
 /// This node and every other node heard from recently (announcements over the control
 /// channel).
-pub(super) fn info(node: &Node) -> Value {
+pub(crate) fn info(node: &Node) -> Value {
     let mut nodes = vec![node.cluster.local_info()];
     nodes.extend(node.cluster.live_nodes());
     json!({ "nodes": nodes })
