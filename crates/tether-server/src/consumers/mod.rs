@@ -518,12 +518,12 @@ mod tests {
             fields: &headers,
             key: "stream:1-0",
         };
-        let publication = publication(&message, &names).expect("valid");
-        assert_eq!(publication.channels, ["a", "b"]);
-        assert!(publication.delta);
-        assert_eq!(publication.tags["kind"], "chat");
-        assert_eq!(publication.idempotency_key, "stream:1-0");
-        assert_eq!(&publication.data[..], b"{\"n\":1}");
+        let read = publication(&message, &names).expect("valid");
+        assert_eq!(read.channels, ["a", "b"]);
+        assert!(read.delta);
+        assert_eq!(read.tags["kind"], "chat");
+        assert_eq!(read.idempotency_key, "stream:1-0");
+        assert_eq!(&read.data[..], b"{\"n\":1}");
 
         let own_key = fields(&[
             ("centrifugo-channels", "a"),
