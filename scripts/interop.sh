@@ -16,6 +16,9 @@
 #        INTEROP_SKIP_RESTART=1 to skip the restart phase after it (scripts/interop-restart.sh:
 #        the SDKs recover across kill -9 / SIGTERM of a tether on the disk engine; not run
 #        under INTEROP_ENGINE=redis).
+#        INTEROP_SKIP_CONSUMERS=1 to skip the consumers phase (scripts/interop-consumers.sh:
+#        centrifuge-python fed through an outbox table, a Redis stream, JetStream and
+#        RabbitMQ; not run under INTEROP_ENGINE=redis).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -191,8 +194,23 @@ else
     TETHER_BIN="$BIN" bash "$ROOT/scripts/interop-restart.sh" || restart_rc=$?
 fi
 
-section "summary: node exit $js_rc, pytest exit $py_rc, metrics check $metrics_rc, proxy phase $proxy_rc, restart phase $restart_rc ($restart_note), tether alive: $alive"
-if [[ "$js_rc" -ne 0 || "$py_rc" -ne 0 || "$metrics_rc" -ne 0 || "$proxy_rc" -ne 0 || "$restart_rc" -ne 0 || "$alive" -ne 1 ]]; then
+# ---------------------------------------------------------------- consumers phase
+# The SDK fed by the async consumers (scripts/interop-consumers.sh: its own tether with a
+# consumer of each type, and its own table, streams and queue). The consumers run the same
+# command path on any engine, so only the memory-engine run includes it.
+consumers_rc=0
+consumers_note="run"
+if [[ -n "${INTEROP_SKIP_CONSUMERS:-}" ]]; then
+    consumers_note="skipped"
+elif [[ "$ENGINE" == "redis" ]]; then
+    consumers_note="skipped: engine redis"
+else
+    section "consumers phase (scripts/interop-consumers.sh)"
+    TETHER_BIN="$BIN" bash "$ROOT/scripts/interop-consumers.sh" || consumers_rc=$?
+fi
+
+section "summary: node exit $js_rc, pytest exit $py_rc, metrics check $metrics_rc, proxy phase $proxy_rc, restart phase $restart_rc ($restart_note), consumers phase $consumers_rc ($consumers_note), tether alive: $alive"
+if [[ "$js_rc" -ne 0 || "$py_rc" -ne 0 || "$metrics_rc" -ne 0 || "$proxy_rc" -ne 0 || "$restart_rc" -ne 0 || "$consumers_rc" -ne 0 || "$alive" -ne 1 ]]; then
     exit 1
 fi
 STATUS=0
