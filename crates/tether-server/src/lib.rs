@@ -17,6 +17,11 @@
 //!   loops, the sweeper and cluster control loop, drain, shutdown). Only `main.rs` uses it.
 //! - `api`: the server HTTP API (`POST /api/<method>`, legacy `POST /api`), health,
 //!   readiness and metrics endpoints.
+//! - `consumers`: async consumers — server API commands read from a PostgreSQL outbox
+//!   table, Redis Streams, NATS JetStream and RabbitMQ, run through `command` as the HTTP
+//!   API runs them.
+//! - `command`: the server API's commands (requests, what each does, errors), shared by
+//!   `api` and `consumers`.
 //! - [`transport`]: accept, HTTP upgrade ([`transport::handshake`]), raw TCP, and the
 //!   per-connection driver that owns the socket and runs the session.
 //! - `session`: one client's protocol state machine. Async: it awaits the engine and the key
