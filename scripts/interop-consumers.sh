@@ -37,15 +37,7 @@ STATUS=1
 
 cleanup() {
     local rc=$?
-    if [[ -n "$TETHER_PID" ]] && kill -0 "$TETHER_PID" 2>/dev/null; then
-        kill "$TETHER_PID" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$TETHER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$TETHER_PID" 2>/dev/null || true
-        wait "$TETHER_PID" 2>/dev/null || true
-    fi
+    stop_pid "$TETHER_PID"
     if [[ -f "$STATE" ]]; then
         (cd "$IT/py_consumers" && "$VENV/bin/python" resources.py teardown "$STATE") || true
     fi
@@ -69,24 +61,7 @@ section "sources: outbox table, redis stream, jetstream stream, rabbitmq queue"
 section "start: tether serve on 127.0.0.1:$PORT with four consumers"
 "$BIN" serve --config "$CONFIG" >"$LOG" 2>&1 </dev/null &
 TETHER_PID=$!
-healthy=""
-for _ in $(seq 1 150); do
-    if ! kill -0 "$TETHER_PID" 2>/dev/null; then
-        wait "$TETHER_PID" && rc=0 || rc=$?
-        echo "interop consumers: tether exited (status $rc) before becoming healthy" >&2
-        TETHER_PID=""
-        exit 1
-    fi
-    if curl -fsS --max-time 1 --noproxy '*' "http://127.0.0.1:$PORT/ready" >/dev/null 2>&1; then
-        healthy=1
-        break
-    fi
-    sleep 0.1
-done
-if [[ -z "$healthy" ]]; then
-    echo "interop consumers: tether did not answer GET /ready with 200 within 15 s" >&2
-    exit 1
-fi
+wait_http "http://127.0.0.1:$PORT/ready" "$TETHER_PID" "tether" 150
 
 section "pytest: centrifuge-python (JSON + Protobuf) fed by the consumers"
 export TETHER_CONFIG="$CONFIG"

@@ -46,3 +46,35 @@ interop_binary() {
         exit 1
     fi
 }
+
+# stop_pid PID: SIGTERM, up to 5 s to exit, then SIGKILL; nothing when PID is empty or gone.
+stop_pid() {
+    local pid="$1"
+    if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
+}
+
+# wait_http URL PID WHAT TENTHS: polls URL until it answers 2xx, for up to TENTHS/10 s; fails
+# (naming WHAT) when the process PID exits first or time runs out.
+wait_http() {
+    local url="$1" pid="$2" what="$3" tenths="$4"
+    for _ in $(seq 1 "$tenths"); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "interop: $what exited before answering $url" >&2
+            return 1
+        fi
+        if curl -fsS --max-time 1 --noproxy '*' "$url" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "interop: $what did not answer $url within $((tenths / 10)) s" >&2
+    return 1
+}

@@ -58,19 +58,6 @@ GRPC_TETHER_PID=""
 GRPC_BACKEND_PID=""
 STATUS=1
 
-stop_pid() {
-    local pid="$1"
-    if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
-}
-
 show_log() {
     local what="$1" file="$2" lines="$3"
     if [[ -e "$file" ]]; then
@@ -120,22 +107,6 @@ fi
 
 # wait_http URL PID WHAT TENTHS: polls URL until it answers 2xx; fails when PID exits first
 # or after TENTHS tenths of a second.
-wait_http() {
-    local url="$1" pid="$2" what="$3" tenths="$4"
-    for _ in $(seq 1 "$tenths"); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "interop proxy: $what exited before answering $url" >&2
-            return 1
-        fi
-        if curl -fsS --max-time 1 --noproxy '*' "$url" >/dev/null 2>&1; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "interop proxy: $what did not answer $url within $((tenths / 10)) s" >&2
-    return 1
-}
-
 # write_config SRC DST PORT OLD_BACKEND NEW_BACKEND: SRC with the backend endpoints
 # (OLD_BACKEND itself or under it) moved to NEW_BACKEND, tether on PORT, the engine chosen.
 write_config() {
