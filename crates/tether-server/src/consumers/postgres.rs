@@ -52,10 +52,11 @@ pub(super) async fn start(
         .await
         .map_err(|e| fail(format!("connect: {}", describe(&e))))?;
     let sql = Sql::new(&config.outbox_table_name);
-    client
+    let select = client
         .prepare(&sql.select)
         .await
         .map_err(|e| fail(format!("outbox table: {}", describe(&e))))?;
+    check_columns(&select).map_err(|e| fail(format!("outbox table: {e}")))?;
     let config = config.clone();
     Ok(async move {
         let wakers: Arc<[Notify]> = (0..config.num_partitions).map(|_| Notify::new()).collect();
@@ -76,6 +77,26 @@ pub(super) async fn start(
         tasks.spawn(count_lag(dispatcher, config, sql, client).in_current_span());
         while tasks.join_next().await.is_some() {}
     })
+}
+
+/// Refuses at start a table whose columns the workers could not read: each row would fail
+/// to decode and hold its partition forever.
+fn check_columns(select: &Statement) -> Result<(), String> {
+    let expect = |index: usize, accepts: fn(&Type) -> bool, expected: &str| {
+        let column = &select.columns()[index];
+        if accepts(column.type_()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "column {} has type {}; expected {expected}",
+                column.name(),
+                column.type_()
+            ))
+        }
+    };
+    expect(0, RowId::accepts, "bigint, integer or smallint")?;
+    expect(1, <String as FromSql>::accepts, "text or varchar")?;
+    expect(2, Payload::accepts, "jsonb, json, text, varchar or bytea")
 }
 
 /// The statements of one outbox table.
@@ -250,13 +271,16 @@ impl Worker {
         let mut processed: Vec<i64> = Vec::with_capacity(rows.len());
         let mut retry = false;
         for row in &rows {
-            let id: i64 = row.try_get(0)?;
+            let RowId(id) = row.try_get(0)?;
             let method: Option<String> = row.try_get(1)?;
-            let payload: Payload = row.try_get(2)?;
+            // A NULL payload is a message that does not parse (skipped), as in Centrifugo,
+            // not an error that would hold the partition.
+            let payload: Option<Payload> = row.try_get(2)?;
+            let payload = payload.map(|p| p.0).unwrap_or_default();
             let key = format!("outbox:{}:{id}", self.dispatcher.name());
             let outcome = self
                 .dispatcher
-                .command(method.as_deref().unwrap_or(""), &payload.0, &key)
+                .command(method.as_deref().unwrap_or(""), &payload, &key)
                 .await;
             if outcome == Outcome::Retry {
                 retry = true;
@@ -273,6 +297,27 @@ impl Worker {
             retry,
             locked_out: false,
         })
+    }
+}
+
+/// The `id` column, whatever its integer type (`bigserial`, or `serial` as many tables
+/// have; Centrifugo scans it into an int64).
+struct RowId(i64);
+
+impl<'a> FromSql<'a> for RowId {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Self(match *ty {
+            Type::INT2 => i16::from_sql(ty, raw)?.into(),
+            Type::INT4 => i32::from_sql(ty, raw)?.into(),
+            _ => i64::from_sql(ty, raw)?,
+        }))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        [Type::INT2, Type::INT4, Type::INT8].contains(ty)
     }
 }
 

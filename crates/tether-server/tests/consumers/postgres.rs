@@ -298,7 +298,10 @@ async fn text_bytea_and_json_payload_columns_work() {
     for column in ["TEXT", "BYTEA", "JSON"] {
         let outbox = Outbox::create(&format!("outbox_{}", column.to_lowercase()), column).await;
         let name = outbox.table.clone();
-        let server = support::start(server_config(vec![outbox.consumer(&name, 2)])).await;
+        // Schema-qualified, as a user may write it.
+        let mut consumer = outbox.consumer(&name, 2);
+        consumer.postgresql.outbox_table_name = format!("public.{name}");
+        let server = support::start(server_config(vec![consumer])).await;
         let channel = format!("{NS}:{name}");
         let mut client = subscriber(&server, &channel).await;
         for (n, partition) in [(1, 0), (2, 1), (3, 0)] {
@@ -339,6 +342,62 @@ async fn text_bytea_and_json_payload_columns_work() {
         server.stop().await;
         outbox.drop_table().await;
     }
+}
+
+#[tokio::test]
+async fn null_payloads_and_serial_ids_do_not_hold_a_partition() {
+    let outbox = Outbox::create("outbox_serial", "JSONB").await;
+    let name = outbox.table.clone();
+    // `id SERIAL` (an integer) and a nullable payload, as many hand-made tables have.
+    outbox
+        .db
+        .batch_execute(&format!(
+            "ALTER TABLE {name} ALTER COLUMN id TYPE INTEGER, \
+             ALTER COLUMN payload DROP NOT NULL"
+        ))
+        .await
+        .unwrap();
+    let server = support::start(server_config(vec![outbox.consumer(&name, 1)])).await;
+    let channel = format!("{NS}:{name}");
+    let mut client = subscriber(&server, &channel).await;
+    let payload = |n: i64| json!({ "channel": channel, "data": { "n": n } }).to_string();
+    outbox.insert("publish", &payload(1), 0).await;
+    outbox
+        .db
+        .execute(
+            &format!("INSERT INTO {name} (method, payload, partition) VALUES ('publish', NULL, 0)"),
+            &[],
+        )
+        .await
+        .unwrap();
+    outbox.insert("publish", &payload(2), 0).await;
+
+    let got = publications(&mut client, &channel, 2).await;
+    let ns: Vec<i64> = got.iter().map(|(_, d)| d["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, [1, 2]);
+    assert!(outbox.drained_within(WITHIN).await);
+    assert_eq!(metric(server.addr, &skipped_total(&name)).await, 1.0);
+
+    server.stop().await;
+    outbox.drop_table().await;
+}
+
+#[tokio::test]
+async fn a_table_the_consumer_cannot_read_stops_the_start() {
+    let outbox = Outbox::create("outbox_unreadable", "INTEGER").await;
+    let name = outbox.table.clone();
+    let error = support::start_error(server_config(vec![outbox.consumer(&name, 1)])).await;
+    assert!(
+        error.contains(&format!("error initializing postgresql consumer ({name})"))
+            && error.contains("payload"),
+        "{error}"
+    );
+
+    let mut consumer = outbox.consumer(&name, 1);
+    consumer.postgresql.outbox_table_name = format!("{name}_missing");
+    let error = support::start_error(server_config(vec![consumer])).await;
+    assert!(error.contains("does not exist"), "{error}");
+    outbox.drop_table().await;
 }
 
 /// Two nodes on the shared Redis with one consumer (`use_try_lock` as given) on one table:
@@ -438,16 +497,26 @@ struct Watched {
     connections: usize,
 }
 
+/// What the test sees of a [`watch_channel`] task while it runs.
+#[derive(Debug, Default)]
+struct WatcherState {
+    /// Subscribed right now.
+    live: AtomicBool,
+    /// Successful subscriptions so far.
+    subscriptions: AtomicUsize,
+}
+
 /// A subscriber of `channel` that lives through node kills and Redis restarts: it
 /// (re)connects to whatever node `node` names, subscribes with recovery from the last
 /// position it saw, and records every publication (live or recovered) until `stop` is set.
-/// `live` is true while it is subscribed.
+/// `state` tells whether it is subscribed now and how many subscriptions it made.
 async fn watch_channel(
     channel: String,
     mut node: watch::Receiver<Option<SocketAddr>>,
-    live: Arc<AtomicBool>,
+    state: Arc<WatcherState>,
     stop: Arc<AtomicBool>,
 ) -> Watched {
+    let live = &state.live;
     let mut watched = Watched::default();
     let mut position: Option<(String, u64)> = None;
     while !stop.load(Ordering::SeqCst) {
@@ -523,6 +592,7 @@ async fn watch_channel(
                         let seq = publication["data"]["seq"].as_i64().expect("a seq");
                         watched.seen.push((epoch.clone(), offset, seq));
                     }
+                    state.subscriptions.fetch_add(1, Ordering::SeqCst);
                     live.store(true, Ordering::SeqCst);
                     continue;
                 }
@@ -618,18 +688,18 @@ async fn ten_thousand_rows_exactly_once_in_order_through_kills_and_a_redis_resta
     let (node_tx, node_rx) = watch::channel(Some(node.addr));
     let stop = Arc::new(AtomicBool::new(false));
     let mut watchers = Vec::new();
-    let mut lives = Vec::new();
+    let mut states = Vec::new();
     for channel in &channels {
-        let live = Arc::new(AtomicBool::new(false));
-        lives.push(live.clone());
+        let state = Arc::new(WatcherState::default());
+        states.push(state.clone());
         watchers.push(tokio::spawn(watch_channel(
             channel.clone(),
             node_rx.clone(),
-            live,
+            state,
             stop.clone(),
         )));
     }
-    let all_live = || lives.iter().all(|l| l.load(Ordering::SeqCst));
+    let all_live = || states.iter().all(|s| s.live.load(Ordering::SeqCst));
     until("watchers subscribed", WITHIN, all_live).await;
 
     // The producer: 8 rows per transaction (2 per partition), paced so the faults below
@@ -687,10 +757,22 @@ async fn ten_thousand_rows_exactly_once_in_order_through_kills_and_a_redis_resta
         reached(5000),
     )
     .await;
+    let before: Vec<usize> = states
+        .iter()
+        .map(|s| s.subscriptions.load(Ordering::SeqCst))
+        .collect();
     redis.restart().await;
-    until("watchers back after the Redis restart", WITHIN, || {
-        lives.iter().all(|l| l.load(Ordering::SeqCst))
-    })
+    // The node tells its subscribers their stream lost continuity (insufficient state) and
+    // they subscribe again, into the new epoch.
+    until(
+        "watchers resubscribed after the Redis restart",
+        WITHIN,
+        || {
+            states.iter().zip(&before).all(|(s, before)| {
+                s.live.load(Ordering::SeqCst) && s.subscriptions.load(Ordering::SeqCst) > *before
+            })
+        },
+    )
     .await;
 
     // Fault 3: SIGKILL again, restart.
