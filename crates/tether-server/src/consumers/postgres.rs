@@ -12,10 +12,12 @@
 //! succeed is logged, counted and deleted. A short batch waits for the poll interval, or for a
 //! `NOTIFY` on `partition_notification_channel` naming the partition, whichever comes first.
 //!
-//! Each row runs with the idempotency key `outbox:<consumer>:<id>` unless its payload has its
-//! own: a crash between the publish and the commit re-runs the row, and the engine answers
-//! the second publish from its idempotency results (within its window, 5 minutes) instead of
-//! publishing twice.
+//! Each row runs with the idempotency key `outbox:<consumer>:<id>:<xmin>` unless its payload
+//! has its own: a crash between the publish and the commit re-runs the row, and the engine
+//! answers the second publish from its idempotency results (within its window, 5 minutes)
+//! instead of publishing twice. The row's `xmin` (the transaction that inserted it) is in the
+//! key because ids alone repeat: a table emptied with `RESTART IDENTITY`, recreated or
+//! restored hands out old ids again, and a new row must not be taken for a redelivery.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -111,7 +113,7 @@ impl Sql {
     fn new(table: &str) -> Self {
         Self {
             select: format!(
-                "SELECT id, method, payload, partition FROM {table} \
+                "SELECT id, method, payload, partition, xmin::text FROM {table} \
                  WHERE partition = $1 ORDER BY id ASC LIMIT $2"
             ),
             delete: format!("DELETE FROM {table} WHERE id = ANY($1)"),
@@ -277,7 +279,8 @@ impl Worker {
             // not an error that would hold the partition.
             let payload: Option<Payload> = row.try_get(2)?;
             let payload = payload.map(|p| p.0).unwrap_or_default();
-            let key = format!("outbox:{}:{id}", self.dispatcher.name());
+            let xmin: String = row.try_get(4)?;
+            let key = format!("outbox:{}:{id}:{xmin}", self.dispatcher.name());
             let outcome = self
                 .dispatcher
                 .command(method.as_deref().unwrap_or(""), &payload, &key)

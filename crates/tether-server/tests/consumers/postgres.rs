@@ -923,3 +923,31 @@ async fn ten_thousand_rows_exactly_once_in_order_through_kills_and_a_redis_resta
     outbox.drop_table().await;
     outbox_cleanup_function(&format!("{name}_notify")).await;
 }
+
+#[tokio::test]
+async fn a_reused_row_id_still_publishes() {
+    let outbox = Outbox::create("outbox_reused_id", "JSONB").await;
+    let name = outbox.table.clone();
+    let server = support::start(server_config(vec![outbox.consumer(&name, 1)])).await;
+    let channel = format!("{NS}:{name}");
+    let mut client = subscriber(&server, &channel).await;
+    let payload = |n: i64| json!({ "channel": channel, "data": { "n": n } }).to_string();
+
+    outbox.insert("publish", &payload(1), 0).await;
+    let got = publications(&mut client, &channel, 1).await;
+    assert_eq!(got[0].1["n"], json!(1));
+    assert!(outbox.drained_within(WITHIN).await);
+    // The ids start again at 1 (a table emptied with RESTART IDENTITY, recreated, or
+    // restored): a new row with an old id is a new message, not a redelivery.
+    outbox
+        .db
+        .batch_execute(&format!("TRUNCATE {name} RESTART IDENTITY"))
+        .await
+        .unwrap();
+    outbox.insert("publish", &payload(2), 0).await;
+    let got = publications(&mut client, &channel, 1).await;
+    assert_eq!(got[0].1["n"], json!(2));
+
+    server.stop().await;
+    outbox.drop_table().await;
+}
