@@ -400,6 +400,53 @@ async fn a_table_the_consumer_cannot_read_stops_the_start() {
     outbox.drop_table().await;
 }
 
+#[tokio::test]
+async fn rows_wait_in_the_outbox_while_the_engine_is_down_and_then_publish_in_order() {
+    let outbox = Outbox::create("outbox_engine_down", "JSONB").await;
+    let name = outbox.table.clone();
+    let proxy = support::cluster::FaultProxy::start(&support::cluster::redis_url()).await;
+    let prefix = support::cluster::unique_prefix("outbox-engine-down");
+    let mut config = server_config(vec![outbox.consumer(&name, 1)]);
+    config.engine.kind = EngineKind::Redis;
+    config.engine.redis.address = vec![proxy.url.clone()];
+    config.engine.redis.prefix = prefix.clone();
+    let server = support::start(config).await;
+    server.wait_ready().await;
+    let channel = format!("{NS}:{name}");
+
+    proxy.cut();
+    for n in 0..5 {
+        let payload = json!({ "channel": channel, "data": { "n": n } }).to_string();
+        outbox.insert("publish", &payload, 0).await;
+    }
+    // The publishes fail with an internal error: retried, and nothing is deleted meanwhile.
+    let retried = format!("tether_consumer_errors_total{{consumer=\"{name}\",kind=\"retried\"}}");
+    let deadline = Instant::now() + WITHIN;
+    while metric(server.addr, &retried).await < 2.0 {
+        assert!(Instant::now() < deadline, "no retries while Redis was cut");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        outbox.count().await,
+        5,
+        "rows deleted while their publish failed"
+    );
+    assert_eq!(metric(server.addr, &messages_total(&name)).await, 0.0);
+
+    proxy.restore();
+    assert!(outbox.drained_within(Duration::from_secs(20)).await);
+    let (_, kept) = history(server.addr, &channel).await;
+    let ns: Vec<Value> = kept.iter().map(|(_, d)| d["n"].clone()).collect();
+    assert_eq!(ns, [json!(0), json!(1), json!(2), json!(3), json!(4)]);
+    let offsets: Vec<u64> = kept.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, [1, 2, 3, 4, 5]);
+    assert_eq!(metric(server.addr, &skipped_total(&name)).await, 0.0);
+
+    server.stop().await;
+    support::cluster::delete_keys(&prefix).await;
+    outbox.drop_table().await;
+}
+
 /// Two nodes on the shared Redis with one consumer (`use_try_lock` as given) on one table:
 /// `rows` rows over 4 partitions, inserted in transactions of 20 after both run, each
 /// published once, in order per partition (one history per partition channel, so the order
