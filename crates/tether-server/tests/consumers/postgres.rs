@@ -1,10 +1,13 @@
 //! The PostgreSQL outbox consumer against the real PostgreSQL (and Redis): rows reach
-//! subscribers in order in every payload form and column type, bad rows are skipped, a
-//! rolled-back transaction publishes nothing, `NOTIFY` wakes a partition, several nodes
-//! (blocking or try-lock) consume each row once in order, and the `tether` binary publishes
-//! 10,000 rows exactly once, in order per partition, while it is killed twice and its Redis
-//! restarted once. Each test owns one table (`<test>_<suffix>`, also its consumer's name, so
-//! parallel tests never share a partition lock) and drops it at the end.
+//! subscribers in order in every payload form and column type (also `serial` ids, NULL
+//! payloads, a schema-qualified name), bad rows are skipped and counted, a rolled-back
+//! transaction publishes nothing, `NOTIFY` wakes a partition, rows wait in the table while the
+//! engine fails and then publish in order, a reused id still publishes, an unreadable table
+//! stops the start, several nodes (blocking or try-lock) consume each row once in order, and
+//! the `tether` binary publishes 10,000 rows exactly once, in order per partition, while it is
+//! killed twice and its Redis restarted once. Each test owns one table (`<test>_<suffix>`,
+//! also its consumer's name, so parallel tests never share a partition lock) and drops it at
+//! the end.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

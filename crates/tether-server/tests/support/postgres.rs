@@ -80,7 +80,8 @@ impl Outbox {
         }
     }
 
-    /// The same consumer as a `consumers` entry of a JSON config file.
+    /// A consumer like [`Outbox::consumer`] as a `consumers` entry of a JSON config file,
+    /// polling every 100 ms and woken by `NOTIFY`s on `notify`.
     pub(crate) fn consumer_json(&self, name: &str, partitions: u32, notify: &str) -> Value {
         json!({
             "name": name,
