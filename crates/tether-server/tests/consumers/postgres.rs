@@ -435,9 +435,21 @@ async fn rows_wait_in_the_outbox_while_the_engine_is_down_and_then_publish_in_or
         "rows deleted while their publish failed"
     );
     assert_eq!(metric(server.addr, &messages_total(&name)).await, 0.0);
+    // The rows waiting show as the consumer's lag (counted every 2 s).
+    let lag = format!("tether_consumer_lag{{consumer=\"{name}\"}}");
+    let deadline = Instant::now() + WITHIN;
+    while metric(server.addr, &lag).await != 5.0 {
+        assert!(Instant::now() < deadline, "the lag never showed the 5 rows");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     proxy.restore();
     assert!(outbox.drained_within(Duration::from_secs(20)).await);
+    let deadline = Instant::now() + WITHIN;
+    while metric(server.addr, &lag).await != 0.0 {
+        assert!(Instant::now() < deadline, "the lag stayed above 0");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (_, kept) = history(server.addr, &channel).await;
     let ns: Vec<Value> = kept.iter().map(|(_, d)| d["n"].clone()).collect();
     assert_eq!(ns, [json!(0), json!(1), json!(2), json!(3), json!(4)]);
