@@ -1886,3 +1886,163 @@ fn a_webhook_endpoint_that_is_not_http_is_refused() {
     let err = Config::load(None, &e).unwrap_err();
     assert_eq!(key_of(&err), "webhook.endpoint", "{err}");
 }
+
+/// A config file with `consumers` set to `consumers` (JSON).
+fn consumers_file(name: &str, consumers: &str) -> PathBuf {
+    file(name, "json", &format!(r#"{{"consumers": {consumers}}}"#))
+}
+
+const OUTBOX: &str = r#"{"name": "outbox", "enabled": true, "type": "postgresql",
+    "postgresql": {"dsn": "postgresql://postgres@127.0.0.1/test", "outbox_table_name": "app.outbox"}}"#;
+
+#[test]
+fn consumers_load_with_centrifugo_defaults() {
+    let c = Config::load(
+        Some(&consumers_file("consumers_ok", &format!("[{OUTBOX}]"))),
+        &no_env(),
+    )
+    .unwrap();
+    let pg = &c.consumers[0].postgresql;
+    assert_eq!(pg.outbox_table_name, "app.outbox");
+    assert_eq!(pg.num_partitions, 1);
+    assert_eq!(pg.partition_select_limit, 100);
+    assert_eq!(pg.partition_poll_interval, Duration::from_millis(300));
+    assert!(!pg.use_try_lock);
+}
+
+#[test]
+fn consumer_names_match_the_regex_and_are_unique() {
+    for (i, bad) in ["", "a", "bad-name", "with space", "dot.ted"]
+        .iter()
+        .enumerate()
+    {
+        let list = format!(r#"[{{"name": "{bad}", "type": "postgresql"}}]"#);
+        let err = Config::load(
+            Some(&consumers_file(&format!("consumers_name_{i}"), &list)),
+            &no_env(),
+        )
+        .unwrap_err();
+        assert_eq!(key_of(&err), "consumers[0].name", "{bad:?}: {err}");
+    }
+    let ok = r#"[{"name": "A_1", "type": "postgresql"}, {"name": "b2", "type": "amqp"}]"#;
+    Config::load(Some(&consumers_file("consumers_names_ok", ok)), &no_env()).unwrap();
+
+    let twice = r#"[{"name": "same", "type": "postgresql"}, {"name": "same", "type": "amqp"}]"#;
+    let err = Config::load(Some(&consumers_file("consumers_twice", twice)), &no_env()).unwrap_err();
+    assert_eq!(key_of(&err), "consumers[1].name", "{err}");
+    assert!(err.to_string().contains("unique"), "{err}");
+}
+
+#[test]
+fn consumer_types_unknown_refused_foreign_only_while_disabled() {
+    let unknown = r#"[{"name": "x1", "type": "kafkaa"}]"#;
+    let err = Config::load(
+        Some(&consumers_file("consumers_unknown", unknown)),
+        &no_env(),
+    )
+    .unwrap_err();
+    assert_eq!(key_of(&err), "consumers[0].type", "{err}");
+    assert!(err.to_string().contains("unknown consumer type"), "{err}");
+
+    // Centrifugo's Kafka consumer with its options loads while disabled ...
+    let kafka = r#"[{"name": "events", "type": "kafka", "enabled": false,
+        "kafka": {"brokers": ["kafka:9092"], "topics": ["rt"], "consumer_group": "c"}}]"#;
+    let c = Config::load(
+        Some(&consumers_file("consumers_kafka_off", kafka)),
+        &no_env(),
+    )
+    .unwrap();
+    assert_eq!(c.consumers[0].kafka["topics"][0], "rt");
+    // ... and is refused when enabled.
+    let enabled = kafka.replace(r#""enabled": false"#, r#""enabled": true"#);
+    let err = Config::load(
+        Some(&consumers_file("consumers_kafka_on", &enabled)),
+        &no_env(),
+    )
+    .unwrap_err();
+    assert_eq!(key_of(&err), "consumers[0].type", "{err}");
+    assert!(err.to_string().contains("not supported"), "{err}");
+}
+
+#[test]
+fn only_enabled_consumers_need_their_options() {
+    let off = r#"[{"name": "outbox", "type": "postgresql"}]"#;
+    Config::load(Some(&consumers_file("consumers_off", off)), &no_env()).unwrap();
+    let on = r#"[{"name": "outbox", "type": "postgresql", "enabled": true}]"#;
+    let err = Config::load(Some(&consumers_file("consumers_on", on)), &no_env()).unwrap_err();
+    assert_eq!(key_of(&err), "consumers[0].postgresql.dsn", "{err}");
+
+    for (i, (field, value)) in [
+        ("num_partitions", serde_json::json!(0)),
+        ("partition_select_limit", serde_json::json!(0)),
+        ("partition_poll_interval", serde_json::json!("0s")),
+        (
+            "outbox_table_name",
+            serde_json::json!("outbox; DROP TABLE x"),
+        ),
+        ("dsn", serde_json::json!("")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut consumer: serde_json::Value = serde_json::from_str(OUTBOX).unwrap();
+        consumer["postgresql"][field] = value;
+        let list = serde_json::json!([consumer]).to_string();
+        let err = Config::load(
+            Some(&consumers_file(&format!("consumers_pg_{i}"), &list)),
+            &no_env(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            key_of(&err),
+            format!("consumers[0].postgresql.{field}"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn env_overrides_reach_consumers_by_name() {
+    let path = consumers_file("consumers_env", &format!("[{OUTBOX}]"));
+    let e = env(&[
+        (
+            "TETHER_CONSUMERS_OUTBOX_POSTGRESQL_DSN",
+            "postgresql://other/db",
+        ),
+        ("TETHER_CONSUMERS_OUTBOX_POSTGRESQL_NUM_PARTITIONS", "8"),
+        ("TETHER_CONSUMERS_OUTBOX_POSTGRESQL_USE_TRY_LOCK", "true"),
+    ]);
+    let c = Config::load(Some(&path), &e).unwrap();
+    let pg = &c.consumers[0].postgresql;
+    assert_eq!(pg.dsn, "postgresql://other/db");
+    assert_eq!(pg.num_partitions, 8);
+    assert!(pg.use_try_lock);
+    assert_eq!(pg.outbox_table_name, "app.outbox");
+
+    // A consumer defined by the environment alone.
+    let e = env(&[
+        ("TETHER_CONSUMERS", "events"),
+        ("TETHER_CONSUMERS_EVENTS_TYPE", "postgresql"),
+        ("TETHER_CONSUMERS_EVENTS_ENABLED", "true"),
+        (
+            "TETHER_CONSUMERS_EVENTS_POSTGRESQL_DSN",
+            "postgresql://db/app",
+        ),
+        (
+            "TETHER_CONSUMERS_EVENTS_POSTGRESQL_OUTBOX_TABLE_NAME",
+            "outbox",
+        ),
+    ]);
+    let c = Config::load(None, &e).unwrap();
+    assert_eq!(c.consumers[0].name, "events");
+    assert!(c.consumers[0].enabled);
+    assert_eq!(c.consumers[0].postgresql.dsn, "postgresql://db/app");
+
+    let e = env(&[("TETHER_CONSUMERS_OUTBOX_POSTGRESQL_NUM_PARTITIONS", "many")]);
+    let err = Config::load(Some(&path), &e).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("TETHER_CONSUMERS_OUTBOX_POSTGRESQL_NUM_PARTITIONS"),
+        "{err}"
+    );
+}

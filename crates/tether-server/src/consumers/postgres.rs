@@ -12,10 +12,12 @@
 //! succeed is logged, counted and deleted. A short batch waits for the poll interval, or for a
 //! `NOTIFY` on `partition_notification_channel` naming the partition, whichever comes first.
 //!
-//! Each row runs with the idempotency key `outbox:<consumer>:<id>` unless its payload has its
-//! own: a crash between the publish and the commit re-runs the row, and the engine answers
-//! the second publish from its idempotency results (within its window, 5 minutes) instead of
-//! publishing twice.
+//! Each row runs with the idempotency key `outbox:<consumer>:<id>:<xmin>` unless its payload
+//! has its own: a crash between the publish and the commit re-runs the row, and the engine
+//! answers the second publish from its idempotency results (within its window, 5 minutes)
+//! instead of publishing twice. The row's `xmin` (the transaction that inserted it) is in the
+//! key because ids alone repeat: a table emptied with `RESTART IDENTITY`, recreated or
+//! restored hands out old ids again, and a new row must not be taken for a redelivery.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -52,10 +54,11 @@ pub(super) async fn start(
         .await
         .map_err(|e| fail(format!("connect: {}", describe(&e))))?;
     let sql = Sql::new(&config.outbox_table_name);
-    client
+    let select = client
         .prepare(&sql.select)
         .await
         .map_err(|e| fail(format!("outbox table: {}", describe(&e))))?;
+    check_columns(&select).map_err(|e| fail(format!("outbox table: {e}")))?;
     let config = config.clone();
     Ok(async move {
         let wakers: Arc<[Notify]> = (0..config.num_partitions).map(|_| Notify::new()).collect();
@@ -78,6 +81,26 @@ pub(super) async fn start(
     })
 }
 
+/// Refuses at start a table whose columns the workers could not read: each row would fail
+/// to decode and hold its partition forever.
+fn check_columns(select: &Statement) -> Result<(), String> {
+    let expect = |index: usize, accepts: fn(&Type) -> bool, expected: &str| {
+        let column = &select.columns()[index];
+        if accepts(column.type_()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "column {} has type {}; expected {expected}",
+                column.name(),
+                column.type_()
+            ))
+        }
+    };
+    expect(0, RowId::accepts, "bigint, integer or smallint")?;
+    expect(1, <String as FromSql>::accepts, "text or varchar")?;
+    expect(2, Payload::accepts, "jsonb, json, text, varchar or bytea")
+}
+
 /// The statements of one outbox table.
 #[derive(Clone, Debug)]
 struct Sql {
@@ -90,7 +113,7 @@ impl Sql {
     fn new(table: &str) -> Self {
         Self {
             select: format!(
-                "SELECT id, method, payload, partition FROM {table} \
+                "SELECT id, method, payload, partition, xmin::text FROM {table} \
                  WHERE partition = $1 ORDER BY id ASC LIMIT $2"
             ),
             delete: format!("DELETE FROM {table} WHERE id = ANY($1)"),
@@ -250,13 +273,17 @@ impl Worker {
         let mut processed: Vec<i64> = Vec::with_capacity(rows.len());
         let mut retry = false;
         for row in &rows {
-            let id: i64 = row.try_get(0)?;
+            let RowId(id) = row.try_get(0)?;
             let method: Option<String> = row.try_get(1)?;
-            let payload: Payload = row.try_get(2)?;
-            let key = format!("outbox:{}:{id}", self.dispatcher.name());
+            // A NULL payload is a message that does not parse (skipped), as in Centrifugo,
+            // not an error that would hold the partition.
+            let payload: Option<Payload> = row.try_get(2)?;
+            let payload = payload.map(|p| p.0).unwrap_or_default();
+            let xmin: String = row.try_get(4)?;
+            let key = format!("outbox:{}:{id}:{xmin}", self.dispatcher.name());
             let outcome = self
                 .dispatcher
-                .command(method.as_deref().unwrap_or(""), &payload.0, &key)
+                .command(method.as_deref().unwrap_or(""), &payload, &key)
                 .await;
             if outcome == Outcome::Retry {
                 retry = true;
@@ -273,6 +300,27 @@ impl Worker {
             retry,
             locked_out: false,
         })
+    }
+}
+
+/// The `id` column, whatever its integer type (`bigserial`, or `serial` as many tables
+/// have; Centrifugo scans it into an int64).
+struct RowId(i64);
+
+impl<'a> FromSql<'a> for RowId {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Self(match *ty {
+            Type::INT2 => i16::from_sql(ty, raw)?.into(),
+            Type::INT4 => i32::from_sql(ty, raw)?.into(),
+            _ => i64::from_sql(ty, raw)?,
+        }))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        [Type::INT2, Type::INT4, Type::INT8].contains(ty)
     }
 }
 

@@ -9,6 +9,7 @@ pub(crate) mod cluster;
 pub(crate) mod grpc;
 pub(crate) mod http;
 mod json_client;
+pub(crate) mod postgres;
 pub(crate) mod process;
 pub(crate) mod server;
 pub(crate) mod tls;
@@ -31,8 +32,9 @@ pub(crate) use {
 #[allow(unused_imports)]
 pub(crate) use tether_server::{
     config::{
-        Config, EnabledProxy, EngineKind, NamedProxy, Namespace, NamespaceOptions, ProxyConfig,
-        ProxyHttpConfig, RecoveryMode, RpcNamespace, RpcNamespaceOptions, TlsClientConfig,
+        Config, ConsumerConfig, EnabledProxy, EngineKind, NamedProxy, Namespace, NamespaceOptions,
+        PostgresConsumerConfig, ProxyConfig, ProxyHttpConfig, RecoveryMode, RpcNamespace,
+        RpcNamespaceOptions, TlsClientConfig,
     },
     delta::apply_fossil_delta,
     hub::ConnHandle,
