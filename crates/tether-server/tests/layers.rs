@@ -47,7 +47,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "command",
-        &["node", "events", "cluster", "hub", "wire", "broker", "config"],
+        &[
+            "node", "events", "cluster", "hub", "wire", "broker", "config",
+        ],
     ),
     (
         "transport",

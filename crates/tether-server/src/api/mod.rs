@@ -111,9 +111,7 @@ async fn call(
     if method == "batch" {
         return match command::batch(&node, params).await {
             Ok(replies) => json_response(StatusCode::OK, &replies),
-            Err(CallError::Decode) => {
-                (StatusCode::BAD_REQUEST, "bad request").into_response()
-            }
+            Err(CallError::Decode) => (StatusCode::BAD_REQUEST, "bad request").into_response(),
             Err(CallError::Api(error)) => error_response(&error, transport_mode),
         };
     }

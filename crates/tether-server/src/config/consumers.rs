@@ -372,10 +372,7 @@ pub(super) fn validate(consumers: &[ConsumerConfig]) -> Result<(), ConfigError> 
         if !name_ok {
             return Err(invalid(
                 format!("{key}.name"),
-                format!(
-                    "{:?} must match ^[a-zA-Z0-9_]{{2,}}$",
-                    consumer.name
-                ),
+                format!("{:?} must match ^[a-zA-Z0-9_]{{2,}}$", consumer.name),
             ));
         }
         if consumers[..index].iter().any(|c| c.name == consumer.name) {
@@ -438,7 +435,10 @@ fn validate_postgres(pg: &PostgresConsumerConfig, key: &str) -> Result<(), Confi
         ));
     }
     if pg.num_partitions == 0 {
-        return Err(invalid(format!("{key}.num_partitions"), "must be at least 1"));
+        return Err(invalid(
+            format!("{key}.num_partitions"),
+            "must be at least 1",
+        ));
     }
     if pg.partition_select_limit == 0 {
         return Err(invalid(

@@ -11,8 +11,8 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::{
-    Config, ConfigError, ConsumerConfig, NamedProxy, Namespace, NamespaceOptions, ProxyConfig, RpcNamespace,
-    RpcNamespaceOptions, StatusToCodeTransform, TokenConfig,
+    Config, ConfigError, ConsumerConfig, NamedProxy, Namespace, NamespaceOptions, ProxyConfig,
+    RpcNamespace, RpcNamespaceOptions, StatusToCodeTransform, TokenConfig,
 };
 
 /// Where `TETHER_*` overrides come from. Tests pass a map; the binary passes [`ProcessEnv`].

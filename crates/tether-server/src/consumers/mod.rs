@@ -534,7 +534,9 @@ mod tests {
             ..message
         };
         assert_eq!(
-            publication(&message, &names).expect("valid").idempotency_key,
+            publication(&message, &names)
+                .expect("valid")
+                .idempotency_key,
             "mine"
         );
 

@@ -117,9 +117,7 @@ impl Sql {
                  WHERE partition = $1 ORDER BY id ASC LIMIT $2"
             ),
             delete: format!("DELETE FROM {table} WHERE id = ANY($1)"),
-            count: format!(
-                "SELECT count(*) FROM {table} WHERE partition >= 0 AND partition < $1"
-            ),
+            count: format!("SELECT count(*) FROM {table} WHERE partition >= 0 AND partition < $1"),
         }
     }
 }
@@ -179,7 +177,11 @@ impl Worker {
                 None => match self.open().await {
                     Ok(opened) => session.insert(opened),
                     Err(error) => {
-                        warn!(partition = self.partition, "postgresql: {}", describe(&error));
+                        warn!(
+                            partition = self.partition,
+                            "postgresql: {}",
+                            describe(&error)
+                        );
                         if !backoff.wait(&shutdown).await {
                             return;
                         }
@@ -205,7 +207,11 @@ impl Worker {
                     }
                 }
                 Err(error) => {
-                    warn!(partition = self.partition, "postgresql: {}", describe(&error));
+                    warn!(
+                        partition = self.partition,
+                        "postgresql: {}",
+                        describe(&error)
+                    );
                     session = None;
                     if !backoff.wait(&shutdown).await {
                         return;
@@ -344,7 +350,14 @@ impl<'a> FromSql<'a> for Payload {
     }
 
     fn accepts(ty: &Type) -> bool {
-        [Type::JSONB, Type::JSON, Type::TEXT, Type::VARCHAR, Type::BYTEA].contains(ty)
+        [
+            Type::JSONB,
+            Type::JSON,
+            Type::TEXT,
+            Type::VARCHAR,
+            Type::BYTEA,
+        ]
+        .contains(ty)
     }
 }
 
@@ -466,7 +479,10 @@ mod tests {
     #[test]
     fn statements_name_the_table_as_configured() {
         let sql = Sql::new("app.outbox");
-        assert!(sql.select.contains("FROM app.outbox WHERE partition = $1 ORDER BY id ASC"));
+        assert!(
+            sql.select
+                .contains("FROM app.outbox WHERE partition = $1 ORDER BY id ASC")
+        );
         assert_eq!(sql.delete, "DELETE FROM app.outbox WHERE id = ANY($1)");
     }
 }
