@@ -586,3 +586,61 @@ fn validate_amqp(amqp: &AmqpConsumerConfig, key: &str) -> Result<(), ConfigError
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn amqp(amqp: AmqpConsumerConfig) -> Result<(), ConfigError> {
+        validate(&[ConsumerConfig {
+            name: "rabbit".into(),
+            enabled: true,
+            r#type: "amqp".into(),
+            amqp,
+            ..Default::default()
+        }])
+    }
+
+    #[test]
+    fn amqp_keys_are_checked() {
+        let valid = AmqpConsumerConfig {
+            queues: vec!["q".to_owned()],
+            ..Default::default()
+        };
+        assert!(valid.single_active_consumer && !valid.declare_queues);
+        assert!(amqp(valid.clone()).is_ok());
+        let quorum = AmqpConsumerConfig {
+            queue_type: "quorum".into(),
+            ..valid.clone()
+        };
+        assert!(amqp(quorum).is_ok());
+        for bad in [
+            AmqpConsumerConfig {
+                url: "amqps://rabbit:5671/%2f".into(),
+                ..valid.clone()
+            },
+            AmqpConsumerConfig {
+                url: "http://rabbit".into(),
+                ..valid.clone()
+            },
+            AmqpConsumerConfig {
+                queues: Vec::new(),
+                ..valid.clone()
+            },
+            AmqpConsumerConfig {
+                queues: vec!["q".repeat(256)],
+                ..valid.clone()
+            },
+            AmqpConsumerConfig {
+                queue_type: "stream".into(),
+                ..valid.clone()
+            },
+            AmqpConsumerConfig {
+                prefetch_count: 0,
+                ..valid
+            },
+        ] {
+            assert!(amqp(bad.clone()).is_err(), "{bad:?}");
+        }
+    }
+}
