@@ -385,11 +385,17 @@ async fn count_lag(
         if let Some(current) = &channel {
             let mut waiting = 0u64;
             for queue in &queues {
-                match declare(current, queue, &passive).await {
-                    Ok(ready) => waiting += u64::from(ready),
-                    Err(error) => {
+                let read = tokio::time::timeout(LAG_INTERVAL, declare(current, queue, &passive));
+                match read.await {
+                    Ok(Ok(ready)) => waiting += u64::from(ready),
+                    Ok(Err(error)) => {
                         // A missing queue closes the channel: a new one next time.
                         debug!(%queue, "amqp lag: {error}");
+                        channel = None;
+                        break;
+                    }
+                    Err(_) => {
+                        debug!(%queue, "amqp lag: no answer in {LAG_INTERVAL:?}");
                         channel = None;
                         break;
                     }
