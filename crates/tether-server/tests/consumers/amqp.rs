@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::amqp::{
-    AckHoldingProxy, Broker, Message, amqp_url, consumer, consumer_messages, consumers_json,
-    unique_queue,
+    AckHoldingProxy, Broker, Message, amqp_url, consumer, consumer_lag, consumer_messages,
+    consumers_json, unique_queue,
 };
 use crate::support::cluster::{collect, delete_keys, publication, recovered_publications};
 use crate::support::{self, Client, Node, TestServer};
@@ -257,6 +257,50 @@ async fn amqp_missing_queue_stops_the_node_from_starting() {
         error.contains("error initializing amqp consumer (amqp_missing)") && error.contains(&queue),
         "{error}"
     );
+}
+
+/// A queue whose single active consumer is someone else's: the node's consumer waits, its
+/// lag is the queue's depth; when that consumer goes away the node takes the queue, its
+/// unacknowledged message first.
+#[tokio::test]
+async fn amqp_waits_behind_another_active_consumer_and_reports_the_depth_as_lag() {
+    let queue = unique_queue("lag");
+    let broker = Broker::connect().await;
+    broker.declare(&queue, true).await;
+    let other = broker.take_one(&queue).await;
+    let mut config = support::config();
+    config
+        .consumers
+        .push(consumer("amqp_lag", &amqp_url(), &[&queue]));
+    let server = support::start(config).await;
+    let mut client = Client::connect(&server, "u1").await;
+    let channel = "chat:amqp-lag";
+    client.subscribe(json!({"channel": channel})).await;
+
+    for n in 1..=5 {
+        broker.publish_n(&queue, channel, n, true).await;
+    }
+    // One is with the other consumer, four wait.
+    eventually("a lag of 4", || async {
+        (consumer_lag(server.addr, "amqp_lag").await == 4.0).then_some(())
+    })
+    .await;
+    nothing_more(&mut client, channel, Duration::from_millis(300)).await;
+    assert_eq!(consumer_messages(server.addr, "amqp_lag").await, 0.0);
+
+    drop(other);
+    let received = collect(&mut client, channel, 5).await;
+    assert_eq!(
+        received.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    eventually("a lag of 0", || async {
+        (consumer_lag(server.addr, "amqp_lag").await == 0.0).then_some(())
+    })
+    .await;
+
+    server.stop().await;
+    broker.delete(&queue).await;
 }
 
 /// The node publishes the messages it was delivered, its acks never reach RabbitMQ, its

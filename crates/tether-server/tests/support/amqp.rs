@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -43,7 +44,7 @@ pub(crate) struct Message<'a> {
 /// The test's own connection to RabbitMQ, on a channel with publisher confirms (a publish
 /// returns once the broker has the message).
 pub(crate) struct Broker {
-    _connection: Connection,
+    connection: Connection,
     channel: Channel,
 }
 
@@ -58,7 +59,7 @@ impl Broker {
             .await
             .expect("confirm.select");
         Self {
-            _connection: connection,
+            connection,
             channel,
         }
     }
@@ -146,6 +147,26 @@ impl Broker {
             .expect("passive queue.declare")
     }
 
+    /// Consumes `queue` on a channel of its own, taking one message and never acknowledging
+    /// it; dropping the channel ends the consumer (and requeues the message).
+    pub(crate) async fn take_one(&self, queue: &str) -> (Channel, lapin::Consumer) {
+        let channel = self.connection.create_channel().await.expect("a channel");
+        channel
+            .basic_qos(1, BasicQosOptions::default())
+            .await
+            .expect("basic.qos");
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "test-holder".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("basic.consume");
+        (channel, consumer)
+    }
+
     /// Deletes `queue` (the end of every test).
     pub(crate) async fn delete(&self, queue: &str) {
         self.channel
@@ -190,10 +211,19 @@ pub(crate) fn consumers_json(name: &str, url: &str, queue: &str, prefetch: u16) 
 /// `tether_consumer_messages_total{consumer="<name>"}` of the node on `addr` (0 before its
 /// first message).
 pub(crate) async fn consumer_messages(addr: SocketAddr, name: &str) -> f64 {
+    consumer_figure(addr, "tether_consumer_messages_total", name).await
+}
+
+/// `tether_consumer_lag{consumer="<name>"}` of the node on `addr` (0 before it was set).
+pub(crate) async fn consumer_lag(addr: SocketAddr, name: &str) -> f64 {
+    consumer_figure(addr, "tether_consumer_lag", name).await
+}
+
+async fn consumer_figure(addr: SocketAddr, metric: &str, name: &str) -> f64 {
     let response = http::request(addr, "GET", "/metrics", "", "")
         .await
         .expect("metrics");
-    let prefix = format!("tether_consumer_messages_total{{consumer=\"{name}\"}} ");
+    let prefix = format!("{metric}{{consumer=\"{name}\"}} ");
     response
         .body()
         .lines()
