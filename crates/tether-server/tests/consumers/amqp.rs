@@ -84,9 +84,10 @@ async fn amqp_commands_in_both_forms_arrive_in_order_and_are_acked() {
     let queue = unique_queue("order");
     let broker = Broker::connect().await;
     let mut config = support::config();
-    config
-        .consumers
-        .push(consumer("amqp_order", &amqp_url(), &[&queue]));
+    // Declared by the consumer as a quorum queue (replicated, single active consumer).
+    let mut entry = consumer("amqp_order", &amqp_url(), &[&queue]);
+    entry.amqp.queue_type = "quorum".to_owned();
+    config.consumers.push(entry);
     let server = support::start(config).await;
     let mut client = Client::connect(&server, "u1").await;
     let channel = "chat:amqp-order";
@@ -407,6 +408,8 @@ async fn amqp_single_active_consumer_hands_over_when_the_node_dies() {
     let broker = Broker::connect().await;
     let consumers = json!({"consumers": consumers_json("amqp_failover", &amqp_url(), &queue, 100)});
     let a = Node::start_with_sections(&prefix, &redis, &consumers).await;
+    // a's consumer registers first: the active one.
+    broker.wait_for_consumer(&queue).await;
     let b = Node::start_with_sections(&prefix, &redis, &consumers).await;
     let channel = "chat:amqp-failover";
     let mut client = Client::connect(&b, "u1").await;
