@@ -9,9 +9,11 @@ use serde_json::{Value, json};
 
 use crate::support::amqp::{
     AckHoldingProxy, Broker, Message, amqp_url, consumer, consumer_lag, consumer_messages,
-    consumers_json, unique_queue,
+    consumer_retried, consumers_json, unique_queue,
 };
-use crate::support::cluster::{collect, delete_keys, publication, recovered_publications};
+use crate::support::cluster::{
+    FaultProxy, collect, delete_keys, publication, recovered_publications,
+};
 use crate::support::{self, Client, Node, TestServer};
 
 /// `(offset, n)` of the whole history of `channel`.
@@ -258,6 +260,50 @@ async fn amqp_missing_queue_stops_the_node_from_starting() {
         error.contains("error initializing amqp consumer (amqp_missing)") && error.contains(&queue),
         "{error}"
     );
+}
+
+/// A command that fails with an internal error (the engine's Redis unreachable) is retried
+/// in place: the messages behind it wait, and once Redis is back all are published once, in
+/// queue order.
+#[tokio::test]
+async fn amqp_internal_errors_are_retried_in_place_keeping_order() {
+    let queue = unique_queue("retry");
+    let prefix = crate::support::cluster::unique_prefix("amqp-retry");
+    let redis = FaultProxy::start(&crate::support::cluster::redis_url()).await;
+    let broker = Broker::connect().await;
+    let mut config = support::config();
+    config.engine.kind = support::EngineKind::Redis;
+    config.engine.redis.address = vec![redis.url.clone()];
+    config.engine.redis.prefix = prefix.clone();
+    config
+        .consumers
+        .push(consumer("amqp_retry", &amqp_url(), &[&queue]));
+    let server = support::start(config).await;
+    server.wait_ready().await;
+    let channel = "chat:amqp-retry";
+
+    broker.publish_n(&queue, channel, 1, true).await;
+    eventually("1 published", || async {
+        (history(&server, channel).await.len() == 1).then_some(())
+    })
+    .await;
+    redis.cut();
+    for n in 2..=4 {
+        broker.publish_n(&queue, channel, n, true).await;
+    }
+    eventually("2 retried", || async {
+        (consumer_retried(server.addr, "amqp_retry").await >= 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(consumer_messages(server.addr, "amqp_retry").await, 1.0);
+    redis.restore();
+    counted(server.addr, "amqp_retry", 4.0).await;
+    assert_eq!(history(&server, channel).await, once_in_order(4));
+
+    server.stop().await;
+    drained(&broker, &queue).await;
+    broker.delete(&queue).await;
+    delete_keys(&prefix).await;
 }
 
 /// A queue whose single active consumer is someone else's: the node's consumer waits, its

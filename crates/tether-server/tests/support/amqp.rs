@@ -219,6 +219,22 @@ pub(crate) async fn consumer_lag(addr: SocketAddr, name: &str) -> f64 {
     consumer_figure(addr, "tether_consumer_lag", name).await
 }
 
+/// `tether_consumer_errors_total{consumer="<name>",kind="retried"}` of the node on `addr`.
+pub(crate) async fn consumer_retried(addr: SocketAddr, name: &str) -> f64 {
+    let response = http::request(addr, "GET", "/metrics", "", "")
+        .await
+        .expect("metrics");
+    response
+        .body()
+        .lines()
+        .filter(|line| line.starts_with("tether_consumer_errors_total{"))
+        .filter(|line| line.contains(&format!("consumer=\"{name}\"")))
+        .filter(|line| line.contains("kind=\"retried\""))
+        .find_map(|line| line.rsplit_once(' '))
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 async fn consumer_figure(addr: SocketAddr, metric: &str, name: &str) -> f64 {
     let response = http::request(addr, "GET", "/metrics", "", "")
         .await
