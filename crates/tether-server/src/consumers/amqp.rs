@@ -17,7 +17,9 @@
 //! Several nodes: with `declare_queues` and `single_active_consumer` (the default) a queue is
 //! declared with `x-single-active-consumer: true`, so RabbitMQ gives it to one consumer at a
 //! time across every node, in order, and to the next one when that one's connection goes
-//! away; its unacknowledged deliveries go back to the head of the queue first. A queue
+//! away; the deliveries it had not acknowledged go back to their places in the queue and so
+//! come first (checked with classic queues on RabbitMQ 3.10; whether a quorum queue returns
+//! them in place depends on the RabbitMQ version, not checked here). A queue
 //! without that argument is shared round-robin between the nodes' consumers: every message
 //! still runs on one node (at least once), but order holds only within one node's share.
 //!
