@@ -333,12 +333,24 @@ impl Default for NatsJetStreamConsumerConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AmqpConsumerConfig {
-    /// `amqp://user:password@host:port/vhost` (`amqps://` for TLS).
+    /// `amqp://user:password@host:port/vhost` (the vhost URL-encoded: `%2f` is `/`). TLS
+    /// (`amqps://`) is not supported yet.
     pub url: String,
-    /// Queues to consume; each is read in order by one consumer on this node.
+    /// Queues to consume; on each node one consumer per queue, on its own channel, runs the
+    /// queue's messages one at a time in queue order.
     pub queues: Vec<String>,
-    /// Declare each queue (durable) when it does not exist.
+    /// Declare each queue (durable, with `single_active_consumer` and `queue_type`) when it
+    /// does not exist; off: the queues must exist, and the node does not start without them.
     pub declare_queues: bool,
+    /// With `declare_queues`: declare the queues with `x-single-active-consumer: true`, so
+    /// RabbitMQ delivers a queue to one consumer at a time across every node, in order, and
+    /// hands it to another node's consumer when that one goes away. Off (or a queue declared
+    /// elsewhere without it), the nodes' consumers share the queue's messages round-robin and
+    /// the queue's order holds only within one node's share.
+    pub single_active_consumer: bool,
+    /// With `declare_queues`: the queue's `x-queue-type`, `classic` or `quorum` (replicated);
+    /// empty: the server's default.
+    pub queue_type: String,
     /// Most deliveries unacknowledged per queue (AMQP `basic.qos` prefetch count).
     pub prefetch_count: u16,
     /// Header holding the method (command mode); absent: the body is an envelope.
@@ -353,6 +365,8 @@ impl Default for AmqpConsumerConfig {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             queues: Vec::new(),
             declare_queues: false,
+            single_active_consumer: true,
+            queue_type: String::new(),
             prefetch_count: 100,
             method_header: "centrifugo-method".into(),
             publication_data_mode: PublicationDataMode::default(),
@@ -531,10 +545,30 @@ fn validate_amqp(amqp: &AmqpConsumerConfig, key: &str) -> Result<(), ConfigError
             format!("{:?} is not an amqp:// or amqps:// URL", amqp.url),
         ));
     }
+    if amqp.url.starts_with("amqps://") {
+        return Err(invalid(
+            format!("{key}.url"),
+            "TLS to RabbitMQ (amqps://) is not supported yet; use amqp:// to a local broker or \
+             a TLS-terminating sidecar",
+        ));
+    }
     if amqp.queues.is_empty() || amqp.queues.iter().any(String::is_empty) {
         return Err(invalid(
             format!("{key}.queues"),
             "at least one queue is required",
+        ));
+    }
+    // AMQP names are short strings.
+    if let Some(long) = amqp.queues.iter().find(|q| q.len() > 255) {
+        return Err(invalid(
+            format!("{key}.queues"),
+            format!("{long:?} is longer than 255 bytes"),
+        ));
+    }
+    if !matches!(amqp.queue_type.as_str(), "" | "classic" | "quorum") {
+        return Err(invalid(
+            format!("{key}.queue_type"),
+            format!("{:?} must be \"classic\" or \"quorum\"", amqp.queue_type),
         ));
     }
     if amqp.prefetch_count == 0 {
@@ -551,4 +585,62 @@ fn validate_amqp(amqp: &AmqpConsumerConfig, key: &str) -> Result<(), ConfigError
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn amqp(amqp: AmqpConsumerConfig) -> Result<(), ConfigError> {
+        validate(&[ConsumerConfig {
+            name: "rabbit".into(),
+            enabled: true,
+            r#type: "amqp".into(),
+            amqp,
+            ..Default::default()
+        }])
+    }
+
+    #[test]
+    fn amqp_keys_are_checked() {
+        let valid = AmqpConsumerConfig {
+            queues: vec!["q".to_owned()],
+            ..Default::default()
+        };
+        assert!(valid.single_active_consumer && !valid.declare_queues);
+        assert!(amqp(valid.clone()).is_ok());
+        let quorum = AmqpConsumerConfig {
+            queue_type: "quorum".into(),
+            ..valid.clone()
+        };
+        assert!(amqp(quorum).is_ok());
+        for bad in [
+            AmqpConsumerConfig {
+                url: "amqps://rabbit:5671/%2f".into(),
+                ..valid.clone()
+            },
+            AmqpConsumerConfig {
+                url: "http://rabbit".into(),
+                ..valid.clone()
+            },
+            AmqpConsumerConfig {
+                queues: Vec::new(),
+                ..valid.clone()
+            },
+            AmqpConsumerConfig {
+                queues: vec!["q".repeat(256)],
+                ..valid.clone()
+            },
+            AmqpConsumerConfig {
+                queue_type: "stream".into(),
+                ..valid.clone()
+            },
+            AmqpConsumerConfig {
+                prefetch_count: 0,
+                ..valid
+            },
+        ] {
+            assert!(amqp(bad.clone()).is_err(), "{bad:?}");
+        }
+    }
 }

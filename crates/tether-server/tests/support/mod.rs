@@ -5,6 +5,7 @@
 // Every test binary includes the whole module and uses only part of it.
 #![allow(dead_code)]
 
+pub(crate) mod amqp;
 pub(crate) mod cluster;
 pub(crate) mod grpc;
 pub(crate) mod http;
