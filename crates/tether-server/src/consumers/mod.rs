@@ -59,9 +59,12 @@ pub(crate) struct ConsumerError {
     pub message: String,
 }
 
+/// One consumer's loop, as `start` returned it.
+type Loop = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// The consumers of one node, connected and ready to run.
 pub(crate) struct Consumers {
-    loops: Vec<(String, Pin<Box<dyn Future<Output = ()> + Send>>)>,
+    loops: Vec<(String, Loop)>,
 }
 
 impl std::fmt::Debug for Consumers {
@@ -79,7 +82,7 @@ impl Consumers {
         let mut loops = Vec::new();
         for config in node.config.consumers.iter().filter(|c| c.enabled) {
             let dispatcher = Dispatcher::new(node.clone(), config);
-            let run: Pin<Box<dyn Future<Output = ()> + Send>> = match config.r#type.as_str() {
+            let run: Loop = match config.r#type.as_str() {
                 "postgresql" => Box::pin(postgres::start(dispatcher, &config.postgresql).await?),
                 "redis_stream" => {
                     Box::pin(redis_stream::start(dispatcher, &config.redis_stream).await?)
