@@ -10,3 +10,6 @@ mod support;
 
 #[path = "consumers/postgres.rs"]
 mod postgres;
+
+#[path = "consumers/streams.rs"]
+mod streams;

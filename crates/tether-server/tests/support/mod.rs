@@ -11,6 +11,7 @@ pub(crate) mod http;
 mod json_client;
 pub(crate) mod process;
 pub(crate) mod server;
+pub(crate) mod streams;
 pub(crate) mod tls;
 pub(crate) mod token;
 pub(crate) mod webhook;
@@ -31,8 +32,9 @@ pub(crate) use {
 #[allow(unused_imports)]
 pub(crate) use tether_server::{
     config::{
-        Config, EnabledProxy, EngineKind, NamedProxy, Namespace, NamespaceOptions, ProxyConfig,
-        ProxyHttpConfig, RecoveryMode, RpcNamespace, RpcNamespaceOptions, TlsClientConfig,
+        Config, ConsumerConfig, EnabledProxy, EngineKind, NamedProxy, Namespace, NamespaceOptions,
+        NatsJetStreamConsumerConfig, ProxyConfig, ProxyHttpConfig, RecoveryMode,
+        RedisStreamConsumerConfig, RpcNamespace, RpcNamespaceOptions, TlsClientConfig,
     },
     delta::apply_fossil_delta,
     hub::ConnHandle,
