@@ -10,7 +10,8 @@
 //! headers); its data is the payload. Every node uses the same durable consumer, so each
 //! message goes to one node. A processed message (its command ran, or it can never succeed)
 //! is acknowledged with a double ack: the next message is run only once the server confirmed
-//! the ack (or the ack failed, and the message will come again).
+//! the ack; an ack that fails (the connection broke) is sent again with a backoff for up to
+//! the `AckWait`, after which the message comes again.
 //!
 //! **Difference from Centrifugo**: an internal error is retried in place with Centrifugo's
 //! backoff until the command succeeds, while the message's ack deadline is kept alive
@@ -288,11 +289,27 @@ impl Source {
             }
             return false;
         }
-        if let Err(error) = message.double_ack().await {
-            // The message comes again after AckWait; its publish is not repeated (the key).
-            warn!(key, "nats_jetstream: ack: {error}");
+        // An ack lost to a broken connection is sent again once the client reconnected, for
+        // up to the AckWait (after it the message comes again anyway; its publish is not
+        // repeated: the key).
+        let give_up = tokio::time::Instant::now() + ack_wait;
+        let mut backoff = Backoff::default();
+        loop {
+            let Err(error) = message.double_ack().await else {
+                return true;
+            };
+            if tokio::time::Instant::now() >= give_up {
+                warn!(
+                    key,
+                    "nats_jetstream: ack: {error}; the message will come again"
+                );
+                return true;
+            }
+            debug!(key, "nats_jetstream: ack: {error}; trying again");
+            if !backoff.wait(self.dispatcher.shutdown()).await {
+                return false;
+            }
         }
-        true
     }
 
     /// Sets `tether_consumer_lag` every [`LAG_INTERVAL`] to the consumer's messages not yet
