@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::support::cluster::FaultProxy;
 use crate::support::streams::{
     WAIT, consumer_info, create_stream, delete_stream, eventually, history, jetstream, js_publish,
     more_within, pending, received, redis, subscriber, xadd,
@@ -246,6 +247,77 @@ async fn redis_reclaimed_entry_publishes_once() {
     delete_stream(&mut conn, &stream).await;
 }
 
+/// Redis goes away (every connection reset, new ones refused) and comes back: the consumer
+/// reconnects and runs what was added meanwhile, in order.
+#[tokio::test]
+async fn redis_consumer_reconnects_after_an_outage() {
+    let stream = unique("rs_outage");
+    let group = unique("g");
+    let channel = format!("chat:{}", unique("c"));
+    let proxy = FaultProxy::start(&crate::support::cluster::redis_url()).await;
+    let mut consumer = redis_consumer(&stream, &group);
+    consumer.redis_stream.address = vec![proxy.url.clone()];
+    // An entry delivered on a connection the outage cut is reclaimed soon.
+    consumer.redis_stream.visibility_timeout = Duration::from_secs(2);
+    let server = start(with_consumer(consumer)).await;
+    let mut client = subscriber(&server, &[&channel]).await;
+    let mut conn = redis().await;
+
+    xadd(
+        &mut conn,
+        &stream,
+        &[("method", "publish"), ("payload", &publish(&channel, 1))],
+    )
+    .await;
+    assert_eq!(received(&mut client, &channel, 1).await, [(1, 1)]);
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in 2..=3 {
+        xadd(
+            &mut conn,
+            &stream,
+            &[("method", "publish"), ("payload", &publish(&channel, n))],
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.restore();
+    assert_eq!(
+        publications_within(&mut client, &channel, 2).await,
+        [(2, 2), (3, 3)]
+    );
+    eventually("every entry acknowledged", || {
+        let mut conn = conn.clone();
+        let (stream, group) = (stream.clone(), group.clone());
+        async move { pending(&mut conn, &stream, &group).await == 0 }
+    })
+    .await;
+
+    server.stop().await;
+    delete_stream(&mut conn, &stream).await;
+}
+
+/// `count` publications of `channel`, waiting up to [`WAIT`] in all.
+async fn publications_within(
+    client: &mut crate::support::Client,
+    channel: &str,
+    count: usize,
+) -> Vec<(u64, i64)> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut got = Vec::new();
+    while got.len() < count {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let message = client
+            .next_within(left)
+            .await
+            .unwrap_or_else(|| panic!("only {got:?} within {WAIT:?}"));
+        if let Some(publication) = crate::support::cluster::publication(&message, channel) {
+            got.push(publication);
+        }
+    }
+    got
+}
+
 /// Two nodes in one consumer group: every entry runs on one of them, once.
 #[tokio::test]
 async fn redis_two_nodes_share_the_group() {
@@ -348,7 +420,8 @@ impl Js {
     /// Waits until the durable consumer has nothing pending nor unacknowledged, having
     /// delivered at least `delivered` messages.
     async fn drained(&self, delivered: u64) {
-        eventually("every message delivered and acknowledged", || async {
+        let what = format!("every message delivered and acknowledged ({delivered})");
+        eventually(&what, || async {
             consumer_info(&self.context, &self.stream, &self.durable)
                 .await
                 .is_some_and(|info| {
@@ -463,6 +536,39 @@ async fn jetstream_redelivered_message_publishes_once() {
         "the new consumer delivered both messages"
     );
     assert_eq!(info.delivered.consumer_sequence, 2);
+
+    server.stop().await;
+    js.delete().await;
+}
+
+/// NATS goes away and comes back: the consumer reconnects and runs what was published
+/// meanwhile, in order.
+#[tokio::test]
+async fn jetstream_consumer_reconnects_after_an_outage() {
+    let js = Js::new("js_outage").await;
+    let channel = format!("chat:{}", unique("c"));
+    let proxy = FaultProxy::start(&crate::support::streams::nats_url()).await;
+    let mut consumer = js.consumer();
+    consumer.nats_jetstream.url = proxy.url.clone();
+    let server = start(with_consumer(consumer)).await;
+    let mut client = subscriber(&server, &[&channel]).await;
+
+    js.publish(&[("centrifugo-method", "publish")], &publish(&channel, 1))
+        .await;
+    assert_eq!(received(&mut client, &channel, 1).await, [(1, 1)]);
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in 2..=3 {
+        js.publish(&[("centrifugo-method", "publish")], &publish(&channel, n))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.restore();
+    assert_eq!(
+        publications_within(&mut client, &channel, 2).await,
+        [(2, 2), (3, 3)]
+    );
+    js.drained(3).await;
 
     server.stop().await;
     js.delete().await;
