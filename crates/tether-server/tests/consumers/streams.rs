@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::support::cluster::FaultProxy;
 use crate::support::streams::{
     WAIT, consumer_info, create_stream, delete_stream, eventually, history, jetstream, js_publish,
-    more_within, pending, received, redis, subscriber, xadd,
+    lag, more_within, pending, received, redis, subscriber, xadd,
 };
 use crate::support::{
     Config, ConsumerConfig, NatsJetStreamConsumerConfig, RedisStreamConsumerConfig, config, start,
@@ -242,6 +242,65 @@ async fn redis_reclaimed_entry_publishes_once() {
     .await;
     assert_eq!(received(&mut client, &channel, 1).await, [(2, 2)]);
     assert_eq!(history(&server, &channel).await, [(1, 1), (2, 2)]);
+
+    server.stop().await;
+    delete_stream(&mut conn, &stream).await;
+}
+
+/// The lag counts entries pending with any consumer of the group (here, two a made-up
+/// consumer holds) plus those not yet delivered.
+#[tokio::test]
+async fn redis_lag_counts_pending_entries() {
+    let stream = unique("rs_lag");
+    let group = unique("g");
+    let channel = format!("chat:{}", unique("c"));
+    let mut conn = redis().await;
+    let (): () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(&group)
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .expect("XGROUP CREATE");
+    for n in 1..=2 {
+        xadd(
+            &mut conn,
+            &stream,
+            &[("method", "publish"), ("payload", &publish(&channel, n))],
+        )
+        .await;
+    }
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(&group)
+        .arg("ghost")
+        .arg("COUNT")
+        .arg(2)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("XREADGROUP as ghost");
+    // The group exists: tether joins it (BUSYGROUP is fine).
+    let server = start(with_consumer(redis_consumer(&stream, &group))).await;
+    let mut client = subscriber(&server, &[&channel]).await;
+    xadd(
+        &mut conn,
+        &stream,
+        &[("method", "publish"), ("payload", &publish(&channel, 3))],
+    )
+    .await;
+    assert_eq!(received(&mut client, &channel, 1).await, [(1, 3)]);
+    eventually("lag 2", || async {
+        lag(&server, "redis_in").await == Some(2.0)
+    })
+    .await;
+    // After the next reading (every 2 s), still 2: what tether ran is not counted.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(lag(&server, "redis_in").await, Some(2.0));
 
     server.stop().await;
     delete_stream(&mut conn, &stream).await;
@@ -536,6 +595,58 @@ async fn jetstream_redelivered_message_publishes_once() {
         "the new consumer delivered both messages"
     );
     assert_eq!(info.delivered.consumer_sequence, 2);
+
+    server.stop().await;
+    js.delete().await;
+}
+
+/// The lag counts the durable consumer's messages delivered and not acknowledged (here, two
+/// a made-up client fetched) plus those not yet delivered.
+#[tokio::test]
+async fn jetstream_lag_counts_unacknowledged_messages() {
+    let js = Js::new("js_lag").await;
+    let channel = format!("chat:{}", unique("c"));
+    let stream = js.context.get_stream(&js.stream).await.expect("the stream");
+    let ghost: async_nats::jetstream::consumer::PullConsumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            name: Some(js.durable.clone()),
+            durable_name: Some(js.durable.clone()),
+            filter_subject: js.subject.clone(),
+            ack_wait: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .expect("create the durable consumer");
+    for n in 1..=2 {
+        js.publish(&[("centrifugo-method", "publish")], &publish(&channel, n))
+            .await;
+    }
+    let mut fetched = ghost
+        .fetch()
+        .max_messages(2)
+        .messages()
+        .await
+        .expect("fetch as ghost");
+    for _ in 0..2 {
+        futures_util::StreamExt::next(&mut fetched)
+            .await
+            .expect("a message")
+            .expect("fetched");
+    }
+    let mut consumer = js.consumer();
+    consumer.nats_jetstream.use_existing_consumer = true;
+    let server = start(with_consumer(consumer)).await;
+    let mut client = subscriber(&server, &[&channel]).await;
+    js.publish(&[("centrifugo-method", "publish")], &publish(&channel, 3))
+        .await;
+    assert_eq!(received(&mut client, &channel, 1).await, [(1, 3)]);
+    eventually("lag 2", || async {
+        lag(&server, "nats_in").await == Some(2.0)
+    })
+    .await;
+    // After the next reading (every 2 s), still 2: what tether ran is not counted.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(lag(&server, "nats_in").await, Some(2.0));
 
     server.stop().await;
     js.delete().await;

@@ -177,3 +177,16 @@ pub(crate) async fn more_within(client: &mut Client, within: Duration) -> Option
         }
     }
 }
+
+/// `tether_consumer_lag` of consumer `name` on `server`; `None` until it is exported.
+pub(crate) async fn lag(server: &TestServer, name: &str) -> Option<f64> {
+    let response = super::http::request(server.addr, "GET", "/metrics", "", "")
+        .await
+        .expect("metrics");
+    let prefix = format!("tether_consumer_lag{{consumer=\"{name}\"}} ");
+    response
+        .body()
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+}
