@@ -64,11 +64,13 @@ pub(super) async fn start(
         message,
     };
     let client = client(config).map_err(fail)?;
-    let me = format!(
-        "{}-{:08x}",
-        dispatcher.node_name(),
-        rand::rng().random::<u32>()
-    );
+    // `node.name` is the host name once the config is loaded; a config built in code may
+    // leave it empty.
+    let node = match dispatcher.node_name() {
+        "" => "tether",
+        name => name,
+    };
+    let me = format!("{node}-{:08x}", rand::rng().random::<u32>());
     let source = Arc::new(Source {
         client,
         config: config.clone(),
