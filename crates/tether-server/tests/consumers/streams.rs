@@ -10,11 +10,13 @@ use serde_json::json;
 
 use crate::support::cluster::FaultProxy;
 use crate::support::streams::{
-    WAIT, consumer_info, create_stream, delete_stream, eventually, history, jetstream, js_publish,
-    lag, more_within, pending, received, redis, subscriber, xadd,
+    WAIT, consumer_errors, consumer_info, create_stream, delete_stream, eventually, history,
+    jetstream, js_publish, lag, more_within, pending, pending_entries, received, redis, subscriber,
+    xadd,
 };
 use crate::support::{
-    Config, ConsumerConfig, NatsJetStreamConsumerConfig, RedisStreamConsumerConfig, config, start,
+    Config, ConsumerConfig, EngineKind, NatsJetStreamConsumerConfig, RedisStreamConsumerConfig,
+    config, start,
 };
 
 /// A name unique to this run of `test`.
@@ -301,6 +303,66 @@ async fn redis_lag_counts_pending_entries() {
     // After the next reading (every 2 s), still 2: what tether ran is not counted.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(lag(&server, "redis_in").await, Some(2.0));
+
+    server.stop().await;
+    delete_stream(&mut conn, &stream).await;
+}
+
+/// The engine unreachable: an entry fails with an internal error and is retried in place,
+/// its claim kept fresh (no `XAUTOCLAIM` takes it though it is retried for longer than the
+/// visibility timeout); once the engine is back it publishes once, and the next one after it.
+#[tokio::test]
+async fn redis_internal_error_is_retried_in_place() {
+    let stream = unique("rs_retry");
+    let group = unique("g");
+    let channel = format!("chat:{}", unique("c"));
+    let engine = FaultProxy::start(&crate::support::cluster::redis_url()).await;
+    let mut consumer = redis_consumer(&stream, &group);
+    consumer.redis_stream.visibility_timeout = Duration::from_secs(2);
+    let mut cfg = with_consumer(consumer);
+    cfg.engine.kind = EngineKind::Redis;
+    cfg.engine.redis.address = vec![engine.url.clone()];
+    cfg.engine.redis.prefix = unique("rs_retry_engine");
+    let server = start(cfg).await;
+    server.wait_ready().await;
+    let mut conn = redis().await;
+
+    engine.cut();
+    xadd(
+        &mut conn,
+        &stream,
+        &[("method", "publish"), ("payload", &publish(&channel, 1))],
+    )
+    .await;
+    eventually("the entry retried", || async {
+        consumer_errors(&server, "redis_in", "retried").await >= 1.0
+    })
+    .await;
+    // Past the visibility timeout and a reclaim round: still held by tether's reader,
+    // delivered once.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let held = pending_entries(&mut conn, &stream, &group).await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].1, 1, "the entry was claimed again: {held:?}");
+    xadd(
+        &mut conn,
+        &stream,
+        &[("method", "publish"), ("payload", &publish(&channel, 2))],
+    )
+    .await;
+    engine.restore();
+
+    eventually("both published", || async {
+        history(&server, &channel).await.len() == 2
+    })
+    .await;
+    assert_eq!(history(&server, &channel).await, [(1, 1), (2, 2)]);
+    eventually("every entry acknowledged", || {
+        let mut conn = conn.clone();
+        let (stream, group) = (stream.clone(), group.clone());
+        async move { pending(&mut conn, &stream, &group).await == 0 }
+    })
+    .await;
 
     server.stop().await;
     delete_stream(&mut conn, &stream).await;
@@ -647,6 +709,61 @@ async fn jetstream_lag_counts_unacknowledged_messages() {
     // After the next reading (every 2 s), still 2: what tether ran is not counted.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(lag(&server, "nats_in").await, Some(2.0));
+
+    server.stop().await;
+    js.delete().await;
+}
+
+/// The engine unreachable: a message fails with an internal error and is retried in place
+/// while its ack deadline is kept alive (the consumer's AckWait is 2 s; the message is not
+/// delivered again); once the engine is back it publishes once, and the next one after it.
+#[tokio::test]
+async fn jetstream_internal_error_is_retried_in_place() {
+    let js = Js::new("js_retry").await;
+    let channel = format!("chat:{}", unique("c"));
+    let stream = js.context.get_stream(&js.stream).await.expect("the stream");
+    let _: async_nats::jetstream::consumer::PullConsumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            name: Some(js.durable.clone()),
+            durable_name: Some(js.durable.clone()),
+            filter_subject: js.subject.clone(),
+            ack_wait: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .await
+        .expect("create the durable consumer");
+    let engine = FaultProxy::start(&crate::support::cluster::redis_url()).await;
+    let mut consumer = js.consumer();
+    consumer.nats_jetstream.use_existing_consumer = true;
+    let mut cfg = with_consumer(consumer);
+    cfg.engine.kind = EngineKind::Redis;
+    cfg.engine.redis.address = vec![engine.url.clone()];
+    cfg.engine.redis.prefix = unique("js_retry_engine");
+    let server = start(cfg).await;
+    server.wait_ready().await;
+
+    engine.cut();
+    js.publish(&[("centrifugo-method", "publish")], &publish(&channel, 1))
+        .await;
+    eventually("the message retried", || async {
+        consumer_errors(&server, "nats_in", "retried").await >= 1.0
+    })
+    .await;
+    // Three AckWaits.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    engine.restore();
+    js.drained(1).await;
+    js.publish(&[("centrifugo-method", "publish")], &publish(&channel, 2))
+        .await;
+    js.drained(2).await;
+    assert_eq!(history(&server, &channel).await, [(1, 1), (2, 2)]);
+    let info = consumer_info(&js.context, &js.stream, &js.durable)
+        .await
+        .expect("the consumer");
+    assert_eq!(
+        info.delivered.consumer_sequence, 2,
+        "each message delivered once"
+    );
 
     server.stop().await;
     js.delete().await;

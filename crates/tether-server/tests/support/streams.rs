@@ -190,3 +190,42 @@ pub(crate) async fn lag(server: &TestServer, name: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(prefix.as_str()))
         .and_then(|value| value.trim().parse().ok())
 }
+
+/// `tether_consumer_errors_total` of consumer `name` and `kind` (`retried`, `skipped`) on
+/// `server`; 0 until it is exported.
+pub(crate) async fn consumer_errors(server: &TestServer, name: &str, kind: &str) -> f64 {
+    let response = super::http::request(server.addr, "GET", "/metrics", "", "")
+        .await
+        .expect("metrics");
+    let consumer = format!("consumer=\"{name}\"");
+    let kind = format!("kind=\"{kind}\"");
+    response
+        .body()
+        .lines()
+        .filter(|line| line.starts_with("tether_consumer_errors_total{"))
+        .find(|line| line.contains(&consumer) && line.contains(&kind))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `XPENDING <stream> <group> - + 10`: each pending entry's consumer and delivery count.
+pub(crate) async fn pending_entries(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    group: &str,
+) -> Vec<(String, u64)> {
+    let reply: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(conn)
+        .await
+        .expect("XPENDING");
+    reply
+        .into_iter()
+        .map(|(_, consumer, _, deliveries)| (consumer, deliveries))
+        .collect()
+}
