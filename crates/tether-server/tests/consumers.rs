@@ -13,3 +13,6 @@ mod postgres;
 
 #[path = "consumers/amqp.rs"]
 mod amqp;
+
+#[path = "consumers/streams.rs"]
+mod streams;

@@ -13,6 +13,7 @@ mod json_client;
 pub(crate) mod postgres;
 pub(crate) mod process;
 pub(crate) mod server;
+pub(crate) mod streams;
 pub(crate) mod tls;
 pub(crate) mod token;
 pub(crate) mod webhook;
@@ -34,8 +35,9 @@ pub(crate) use {
 pub(crate) use tether_server::{
     config::{
         Config, ConsumerConfig, EnabledProxy, EngineKind, NamedProxy, Namespace, NamespaceOptions,
-        PostgresConsumerConfig, ProxyConfig, ProxyHttpConfig, RecoveryMode, RpcNamespace,
-        RpcNamespaceOptions, TlsClientConfig,
+        NatsJetStreamConsumerConfig, PostgresConsumerConfig, ProxyConfig, ProxyHttpConfig,
+        RecoveryMode, RedisStreamConsumerConfig, RpcNamespace, RpcNamespaceOptions,
+        TlsClientConfig,
     },
     delta::apply_fossil_delta,
     hub::ConnHandle,

@@ -38,7 +38,7 @@ impl fmt::Debug for RedisTls {
 
 impl RedisTls {
     /// A client for `host:port` over TLS, with `redis` settings (user, password, db).
-    pub(super) fn client(
+    pub(crate) fn client(
         &self,
         host: &str,
         port: u16,
