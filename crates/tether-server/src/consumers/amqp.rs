@@ -41,11 +41,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 use tracing::{Instrument, debug, info, warn};
 
-use super::{Backoff, ConsumerError, Dispatcher, Incoming};
+use super::{Backoff, ConsumerError, Dispatcher, Incoming, LAG_INTERVAL};
 use crate::config::AmqpConsumerConfig;
-
-/// How often the queues' depth is read for `tether_consumer_lag`.
-const LAG_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Deadline of connecting (TCP and the AMQP handshake): a broker that does not answer is
 /// retried rather than waited on for the system's TCP timeout.
@@ -57,11 +54,7 @@ pub(super) async fn start(
     dispatcher: Dispatcher,
     config: &AmqpConsumerConfig,
 ) -> Result<impl Future<Output = ()> + Send + 'static, ConsumerError> {
-    let fail = |message: String| ConsumerError {
-        kind: "amqp",
-        name: dispatcher.name().to_owned(),
-        message,
-    };
+    let fail = |message: String| dispatcher.start_error(message);
     let mut queues = Vec::with_capacity(config.queues.len());
     for queue in &config.queues {
         let name = ShortString::try_new(queue.as_str())

@@ -37,7 +37,7 @@ use async_nats::jetstream::{self, AckKind, Message};
 use futures_util::StreamExt;
 use tracing::{Instrument, debug, info, warn};
 
-use super::{Backoff, ConsumerError, Dispatcher, Incoming};
+use super::{Backoff, ConsumerError, Dispatcher, Incoming, LAG_INTERVAL};
 use crate::config::NatsJetStreamConsumerConfig;
 
 /// `AckWait` of the consumer created here (Centrifugo's).
@@ -49,9 +49,6 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Most messages pulled ahead of the one running.
 const MAX_BATCH: i64 = 100;
 
-/// How often the consumer's pending counts are read for `tether_consumer_lag`.
-const LAG_INTERVAL: Duration = Duration::from_secs(2);
-
 /// How long the initial connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -61,11 +58,7 @@ pub(super) async fn start(
     dispatcher: Dispatcher,
     config: &NatsJetStreamConsumerConfig,
 ) -> Result<impl Future<Output = ()> + Send + 'static, ConsumerError> {
-    let fail = |message: String| ConsumerError {
-        kind: "nats_jetstream",
-        name: dispatcher.name().to_owned(),
-        message,
-    };
+    let fail = |message: String| dispatcher.start_error(message);
     if config.tls.enabled {
         return Err(fail(
             "tls is not supported by this consumer yet; a tls:// URL connects over TLS with \

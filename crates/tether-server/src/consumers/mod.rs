@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
 use crate::command::{self, ApiError, CallError, PublishData};
-use crate::config::{ConsumerConfig, DataModeFields};
+use crate::config::{CONSUMER_TYPES, ConsumerConfig, DataModeFields};
 use crate::metrics::ConsumerMetrics;
 use crate::node::Node;
 
@@ -46,6 +46,10 @@ const METHODS: [&str; 7] = [
     "history_remove",
     "refresh",
 ];
+
+/// How often a consumer reads how many messages wait at its source, for
+/// `tether_consumer_lag`.
+const LAG_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A consumer that could not start (its server unreachable, its stream missing, ...).
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +165,8 @@ impl Incoming<'_> {
 pub(crate) struct Dispatcher {
     node: Arc<Node>,
     name: Arc<str>,
+    /// The consumer's type, as configured.
+    kind: &'static str,
     metrics: ConsumerMetrics,
     /// Where the method is in command mode: the header or field name (empty for the outbox,
     /// whose method is a column).
@@ -189,6 +195,10 @@ impl Dispatcher {
         Self {
             metrics: node.metrics.consumer(&config.name),
             name: config.name.as_str().into(),
+            kind: CONSUMER_TYPES
+                .into_iter()
+                .find(|&kind| kind == config.r#type)
+                .unwrap_or("unknown"),
             node,
             method_field,
             data_mode,
@@ -198,6 +208,15 @@ impl Dispatcher {
     /// The consumer's name.
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// This consumer could not start: `message` says why.
+    pub(crate) fn start_error(&self, message: String) -> ConsumerError {
+        ConsumerError {
+            kind: self.kind,
+            name: self.name.to_string(),
+            message,
+        }
     }
 
     /// The consumer's metrics (its loop sets the lag).

@@ -29,11 +29,8 @@ use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 use tracing::{Instrument, debug, info, warn};
 
-use super::{Backoff, ConsumerError, Dispatcher, Outcome};
+use super::{Backoff, ConsumerError, Dispatcher, LAG_INTERVAL, Outcome};
 use crate::config::PostgresConsumerConfig;
-
-/// How often the rows waiting in the outbox are counted for `tether_consumer_lag`.
-const LAG_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long the `LISTEN` connection waits before it reconnects after an error.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
@@ -45,11 +42,7 @@ pub(super) async fn start(
     dispatcher: Dispatcher,
     config: &PostgresConsumerConfig,
 ) -> Result<impl Future<Output = ()> + Send + 'static, ConsumerError> {
-    let fail = |message: String| ConsumerError {
-        kind: "postgresql",
-        name: dispatcher.name().to_owned(),
-        message,
-    };
+    let fail = |message: String| dispatcher.start_error(message);
     let client = connect(&config.dsn)
         .await
         .map_err(|e| fail(format!("connect: {}", describe(&e))))?;

@@ -36,7 +36,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, Stre
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisError, Value};
 use tracing::{Instrument, debug, info, warn};
 
-use super::{Backoff, ConsumerError, Dispatcher, Incoming, Outcome};
+use super::{Backoff, ConsumerError, Dispatcher, Incoming, LAG_INTERVAL, Outcome};
 use crate::broker::RedisTls;
 use crate::config::{RedisStreamConsumerConfig, TlsClientConfig};
 
@@ -49,20 +49,13 @@ const COUNT: usize = 16;
 /// How often pending entries of dead consumers are looked for.
 const CLAIM_INTERVAL: Duration = Duration::from_secs(5);
 
-/// How often the group's lag is read for `tether_consumer_lag`.
-const LAG_INTERVAL: Duration = Duration::from_secs(2);
-
 /// Connects and makes sure every stream has the group; the returned future runs the readers,
 /// the reclaimers and the lag counter until the node shuts down.
 pub(super) async fn start(
     dispatcher: Dispatcher,
     config: &RedisStreamConsumerConfig,
 ) -> Result<impl Future<Output = ()> + Send + 'static, ConsumerError> {
-    let fail = |message: String| ConsumerError {
-        kind: "redis_stream",
-        name: dispatcher.name().to_owned(),
-        message,
-    };
+    let fail = |message: String| dispatcher.start_error(message);
     let client = client(config).map_err(fail)?;
     // `node.name` is the host name once the config is loaded; a config built in code may
     // leave it empty.
