@@ -26,6 +26,9 @@
 //! - [`floor`]: a write-only fan-out server, the yardstick for what this machine allows.
 //! - [`receiver`]: the backend end of tether's lifecycle-event webhook (issue 20): checks
 //!   signatures, counts events, reports events/s.
+//! - [`outbox`]: tether's PostgreSQL outbox consumer (issue 21): rows/s from the table to
+//!   subscribers and commit-to-delivery latency, NOTIFY on or off, with exactly-once and
+//!   in-order checks.
 
 pub mod backend;
 pub mod coord;
@@ -33,6 +36,7 @@ pub mod engine_fault;
 pub mod fault;
 pub mod floor;
 pub mod history;
+pub mod outbox;
 pub mod procfs;
 pub mod proxy;
 pub mod publish;

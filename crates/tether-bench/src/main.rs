@@ -14,6 +14,7 @@ use tether_bench::coord::{self, Common, FanoutParams};
 use tether_bench::engine_fault::EngineFaultParams;
 use tether_bench::fault::FaultParams;
 use tether_bench::history::{ChannelOrder, PublishParams, ReadyParams, VerifyParams};
+use tether_bench::outbox::{self, OutboxParams};
 use tether_bench::proxy::{DirectTo, ProxyParams};
 use tether_bench::receiver::ReceiverConfig;
 use tether_bench::target::{Creds, Target};
@@ -193,6 +194,14 @@ enum Command {
     History {
         #[command(subcommand)]
         command: HistoryCommand,
+    },
+    /// tether's PostgreSQL outbox consumer (issue 21), against a running tether whose
+    /// `postgresql` consumer reads `--table`: rows/s from the outbox to subscribers, then
+    /// commit-to-delivery latency at a paced rate; fails unless every row was delivered once,
+    /// in order per partition, and the outbox is empty at the end.
+    Outbox {
+        #[command(flatten)]
+        outbox: OutboxArgs,
     },
     /// Side-by-side table of medians from `--json` output files (one record per line).
     Table {
@@ -396,6 +405,64 @@ struct CommonArgs {
     #[arg(long, default_value = "bench-api-key")]
     api_key: String,
     /// Print one JSON record per line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct OutboxArgs {
+    /// tether's WebSocket address.
+    #[arg(long, default_value = "127.0.0.1:18020")]
+    addr: SocketAddr,
+    /// HS256 secret for tether connection tokens.
+    #[arg(long, default_value = "bench-secret")]
+    token_secret: String,
+    /// PostgreSQL connection string (the database of tether's consumer).
+    #[arg(
+        long,
+        default_value = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+    )]
+    dsn: String,
+    /// The outbox table: tether's `outbox_table_name`.
+    #[arg(long, default_value = "bench_outbox")]
+    table: String,
+    /// Partitions: tether's `num_partitions` (one producer and one subscriber each).
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Channel of partition p: this prefix and p.
+    #[arg(long, default_value = "bench_outbox_p")]
+    channel_prefix: String,
+    /// Drop and create the table first (Centrifugo's schema), with the notification trigger
+    /// on this channel when --notify-channel is given.
+    #[arg(long)]
+    create: bool,
+    /// Only create the table (implies --create), then exit: before tether starts, whose
+    /// consumer checks the table.
+    #[arg(long)]
+    create_only: bool,
+    /// The notification channel tether LISTENs on (tether's
+    /// `partition_notification_channel`); none: NOTIFY off.
+    #[arg(long)]
+    notify_channel: Option<String>,
+    /// Throughput phase: rows in all.
+    #[arg(long, default_value_t = 100_000)]
+    rows: u64,
+    /// Throughput phase: rows per insert transaction.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Latency phase: single-row transactions per second over all partitions.
+    #[arg(long, default_value_t = 800.0)]
+    rate: f64,
+    /// Latency phase: rows in all.
+    #[arg(long, default_value_t = 8_000)]
+    latency_rows: u64,
+    /// Longest wait for a phase's rows after its last insert.
+    #[arg(long, default_value = "60s", value_parser = humantime_duration)]
+    timeout: Duration,
+    /// Name shown in the record.
+    #[arg(long, default_value = "tether")]
+    label: String,
+    /// One JSON record on stdout instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -775,6 +842,7 @@ fn scenario(command: Command) -> anyhow::Result<()> {
                 common.print("proxy-fault", &r);
             }
             Command::History { command } => history_command(command).await?,
+            Command::Outbox { outbox } => outbox_command(outbox).await?,
             Command::Table { .. }
             | Command::Worker { .. }
             | Command::Floor { .. }
@@ -783,6 +851,47 @@ fn scenario(command: Command) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+async fn outbox_command(a: OutboxArgs) -> anyhow::Result<()> {
+    if a.create || a.create_only {
+        outbox::create_table(&a.dsn, &a.table, a.notify_channel.as_deref()).await?;
+        if a.create_only {
+            return Ok(());
+        }
+    }
+    let p = OutboxParams {
+        addr: a.addr,
+        token_secret: a.token_secret,
+        dsn: a.dsn,
+        table: a.table,
+        partitions: a.partitions,
+        channel_prefix: a.channel_prefix,
+        notify: a.notify_channel.is_some(),
+        rows: a.rows,
+        batch: a.batch,
+        rate: a.rate,
+        latency_rows: a.latency_rows,
+        timeout: a.timeout,
+    };
+    let r = outbox::run(&p).await?;
+    let rec = report::record(&a.label, "outbox", &r);
+    if a.json {
+        println!("{rec}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&rec)?);
+    }
+    anyhow::ensure!(
+        r.checks.ok,
+        "checks failed: {} missing, {} duplicates, {} out of order, {} foreign, {} left in the outbox, errors {:?}",
+        r.checks.missing,
+        r.checks.duplicates,
+        r.checks.out_of_order,
+        r.checks.foreign,
+        r.checks.outbox_left,
+        r.checks.errors
+    );
+    Ok(())
 }
 
 async fn history_command(command: HistoryCommand) -> anyhow::Result<()> {
