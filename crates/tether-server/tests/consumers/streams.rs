@@ -534,6 +534,28 @@ impl Js {
         jetstream_consumer(&self.stream, &self.subject, &self.durable)
     }
 
+    /// Creates the durable consumer itself (as another service would), with `ack_wait`.
+    async fn create_durable(
+        &self,
+        ack_wait: Duration,
+    ) -> async_nats::jetstream::consumer::PullConsumer {
+        let stream = self
+            .context
+            .get_stream(&self.stream)
+            .await
+            .expect("the stream");
+        stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                name: Some(self.durable.clone()),
+                durable_name: Some(self.durable.clone()),
+                filter_subject: self.subject.clone(),
+                ack_wait,
+                ..Default::default()
+            })
+            .await
+            .expect("create the durable consumer")
+    }
+
     async fn publish(&self, headers: &[(&str, &str)], payload: &str) {
         js_publish(&self.context, &self.subject, headers, payload).await;
     }
@@ -668,17 +690,7 @@ async fn jetstream_redelivered_message_publishes_once() {
 async fn jetstream_lag_counts_unacknowledged_messages() {
     let js = Js::new("js_lag").await;
     let channel = format!("chat:{}", unique("c"));
-    let stream = js.context.get_stream(&js.stream).await.expect("the stream");
-    let ghost: async_nats::jetstream::consumer::PullConsumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::Config {
-            name: Some(js.durable.clone()),
-            durable_name: Some(js.durable.clone()),
-            filter_subject: js.subject.clone(),
-            ack_wait: Duration::from_secs(30),
-            ..Default::default()
-        })
-        .await
-        .expect("create the durable consumer");
+    let ghost = js.create_durable(Duration::from_secs(30)).await;
     for n in 1..=2 {
         js.publish(&[("centrifugo-method", "publish")], &publish(&channel, n))
             .await;
@@ -721,17 +733,7 @@ async fn jetstream_lag_counts_unacknowledged_messages() {
 async fn jetstream_internal_error_is_retried_in_place() {
     let js = Js::new("js_retry").await;
     let channel = format!("chat:{}", unique("c"));
-    let stream = js.context.get_stream(&js.stream).await.expect("the stream");
-    let _: async_nats::jetstream::consumer::PullConsumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::Config {
-            name: Some(js.durable.clone()),
-            durable_name: Some(js.durable.clone()),
-            filter_subject: js.subject.clone(),
-            ack_wait: Duration::from_secs(2),
-            ..Default::default()
-        })
-        .await
-        .expect("create the durable consumer");
+    js.create_durable(Duration::from_secs(2)).await;
     let engine = FaultProxy::start(&crate::support::cluster::redis_url()).await;
     let mut consumer = js.consumer();
     consumer.nats_jetstream.use_existing_consumer = true;
