@@ -43,7 +43,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "consumers",
-        &["command", "node", "broker", "config", "metrics"],
+        &["command", "node", "proxy", "broker", "config", "metrics"],
     ),
     (
         "command",

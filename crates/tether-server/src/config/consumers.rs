@@ -303,7 +303,8 @@ pub struct NatsJetStreamConsumerConfig {
     pub method_header: String,
     /// The data is the publication data; channels and options come from headers.
     pub publication_data_mode: PublicationDataMode,
-    /// TLS to the server.
+    /// TLS to the server (server CA or the system's roots, client certificate); with
+    /// `enabled`, the connection requires TLS.
     pub tls: TlsClientConfig,
 }
 

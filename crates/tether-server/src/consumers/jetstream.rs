@@ -39,6 +39,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::{Backoff, ConsumerError, Dispatcher, Incoming, LAG_INTERVAL};
 use crate::config::NatsJetStreamConsumerConfig;
+use crate::proxy::tls;
 
 /// `AckWait` of the consumer created here (Centrifugo's).
 const ACK_WAIT: Duration = Duration::from_secs(30);
@@ -59,13 +60,6 @@ pub(super) async fn start(
     config: &NatsJetStreamConsumerConfig,
 ) -> Result<impl Future<Output = ()> + Send + 'static, ConsumerError> {
     let fail = |message: String| dispatcher.start_error(message);
-    if config.tls.enabled {
-        return Err(fail(
-            "tls is not supported by this consumer yet; a tls:// URL connects over TLS with \
-             the system's roots"
-                .to_owned(),
-        ));
-    }
     let mut options = async_nats::ConnectOptions::new()
         .name(format!(
             "tether {} consumer {}",
@@ -74,6 +68,13 @@ pub(super) async fn start(
         ))
         .connection_timeout(CONNECT_TIMEOUT)
         .max_reconnects(None);
+    if config.tls.enabled {
+        // The proxy's TLS object handling: server CA (or the system's roots), client
+        // certificate, insecure_skip_verify.
+        let tls = tls::client_config(&config.tls, &mut tls::SystemRoots::default())
+            .map_err(|e| fail(format!("tls: {e}")))?;
+        options = options.require_tls(true).tls_client_config(tls);
+    }
     if !config.credentials_file.is_empty() {
         options = options
             .credentials_file(&config.credentials_file)

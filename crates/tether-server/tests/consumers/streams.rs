@@ -843,3 +843,81 @@ async fn jetstream_missing_stream_fails_start() {
         "{error}"
     );
 }
+
+/// A NATS server of the test's own that speaks only TLS, with a certificate from a CA made in
+/// the test: the consumer connects with `tls.enabled` and that CA as `server_ca_pem`, and its
+/// messages arrive; without the CA (the system's roots) the node does not start.
+#[tokio::test]
+async fn jetstream_over_tls_with_the_server_ca() {
+    let ca = crate::support::tls::TestCa::new();
+    let identity = ca.issue(&["127.0.0.1", "localhost"]);
+    let dir = crate::support::TempDir::new();
+    std::fs::write(dir.join("cert.pem"), &identity.cert_pem).expect("write cert");
+    std::fs::write(dir.join("key.pem"), &identity.key_pem).expect("write key");
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).expect("write ca");
+    let port = crate::support::free_port();
+    let conf = format!(
+        "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n\
+         tls {{ cert_file: {:?}, key_file: {:?} }}\n",
+        dir.join("js").display().to_string(),
+        dir.join("cert.pem").display().to_string(),
+        dir.join("key.pem").display().to_string(),
+    );
+    std::fs::write(dir.join("nats.conf"), conf).expect("write conf");
+    let server_bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nats-server");
+    let mut nats = tokio::process::Command::new(server_bin)
+        .arg("-c")
+        .arg(dir.join("nats.conf"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start nats-server");
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut client = None;
+    for _ in 0..100 {
+        if let Ok(connected) = async_nats::ConnectOptions::new()
+            .add_root_certificates(dir.join("ca.pem"))
+            .require_tls(true)
+            .connect(url.as_str())
+            .await
+        {
+            client = Some(connected);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let js = async_nats::jetstream::new(client.expect("the TLS nats-server answers"));
+    let stream = unique("js_tls");
+    let subject = format!("tether.test.{stream}");
+    create_stream(&js, &stream, &subject).await;
+
+    let mut consumer = jetstream_consumer(&stream, &subject, "tls_durable");
+    consumer.nats_jetstream.url = url.clone();
+    consumer.nats_jetstream.tls.enabled = true;
+    let error = crate::support::start_error(with_consumer(consumer.clone())).await;
+    assert!(error.contains("nats_jetstream"), "{error}");
+
+    consumer.nats_jetstream.tls.server_ca_pem = ca.cert_pem();
+    let server = start(with_consumer(consumer)).await;
+    let channel = format!("chat:{}", unique("c"));
+    let mut client = subscriber(&server, &[&channel]).await;
+    for n in 1..=3 {
+        js_publish(
+            &js,
+            &subject,
+            &[("centrifugo-method", "publish")],
+            &publish(&channel, n),
+        )
+        .await;
+    }
+    assert_eq!(
+        received(&mut client, &channel, 3).await,
+        [(1, 1), (2, 2), (3, 3)]
+    );
+    server.stop().await;
+    nats.kill().await.expect("stop nats-server");
+}
