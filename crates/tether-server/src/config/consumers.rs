@@ -68,7 +68,8 @@ pub struct PostgresConsumerConfig {
     pub partition_notification_channel: String,
     /// Separate connection string for the `LISTEN` connection (to bypass a pooler).
     pub partition_notification_dsn: String,
-    /// TLS to PostgreSQL: not supported yet; enabling it is a config error.
+    /// TLS to PostgreSQL (server CA or the system's roots, client certificate); with
+    /// `enabled`, a DSN without `sslmode` requires TLS.
     pub tls: TlsClientConfig,
     /// `pg_try_advisory_xact_lock` instead of waiting on `pg_advisory_xact_lock`.
     pub use_try_lock: bool,
@@ -465,13 +466,6 @@ fn validate_postgres(pg: &PostgresConsumerConfig, key: &str) -> Result<(), Confi
         return Err(invalid(
             format!("{key}.partition_poll_interval"),
             "must be positive",
-        ));
-    }
-    if pg.tls.enabled {
-        return Err(invalid(
-            format!("{key}.tls.enabled"),
-            "TLS to PostgreSQL is not supported yet; use a local connection or a TLS-terminating \
-             sidecar",
         ));
     }
     Ok(())

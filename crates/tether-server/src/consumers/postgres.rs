@@ -18,19 +18,27 @@
 //! instead of publishing twice. The row's `xmin` (the transaction that inserted it) is in the
 //! key because ids alone repeat: a table emptied with `RESTART IDENTITY`, recreated or
 //! restored hands out old ids again, and a new row must not be taken for a redelivery.
+//!
+//! With `tls.enabled` every connection (the workers', `LISTEN`'s, the lag counter's) is TLS
+//! (rustls, Centrifugo's TLS object: server CA or the system's roots, client certificate,
+//! `insecure_skip_verify`), and a DSN without `sslmode` requires it.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{FromSql, Type};
-use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{Instrument, debug, info, warn};
 
 use super::{Backoff, ConsumerError, Dispatcher, LAG_INTERVAL, Outcome};
-use crate::config::PostgresConsumerConfig;
+use crate::config::{PostgresConsumerConfig, TlsClientConfig};
+use crate::proxy::tls;
 
 /// How long the `LISTEN` connection waits before it reconnects after an error.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
@@ -43,7 +51,15 @@ pub(super) async fn start(
     config: &PostgresConsumerConfig,
 ) -> Result<impl Future<Output = ()> + Send + 'static, ConsumerError> {
     let fail = |message: String| dispatcher.start_error(message);
-    let client = connect(&config.dsn)
+    let database = Database::new(&config.dsn, &config.tls).map_err(fail)?;
+    let notifications = if config.partition_notification_dsn.is_empty() {
+        database.clone()
+    } else {
+        Database::new(&config.partition_notification_dsn, &config.tls)
+            .map_err(|e| fail(format!("partition_notification_dsn: {e}")))?
+    };
+    let client = database
+        .connect()
         .await
         .map_err(|e| fail(format!("connect: {}", describe(&e))))?;
     let sql = Sql::new(&config.outbox_table_name);
@@ -59,6 +75,7 @@ pub(super) async fn start(
         for partition in 0..config.num_partitions {
             let worker = Worker {
                 dispatcher: dispatcher.clone(),
+                database: database.clone(),
                 config: config.clone(),
                 sql: sql.clone(),
                 partition,
@@ -67,9 +84,12 @@ pub(super) async fn start(
             tasks.spawn(worker.run().in_current_span());
         }
         if !config.partition_notification_channel.is_empty() {
-            tasks.spawn(listen(dispatcher.clone(), config.clone(), wakers).in_current_span());
+            let channel = quote_identifier(&config.partition_notification_channel);
+            let listening = listen(dispatcher.clone(), notifications, channel, wakers);
+            tasks.spawn(listening.in_current_span());
         }
-        tasks.spawn(count_lag(dispatcher, config, sql, client).in_current_span());
+        let lag = count_lag(dispatcher, database, config.num_partitions, sql, client);
+        tasks.spawn(lag.in_current_span());
         while tasks.join_next().await.is_some() {}
     })
 }
@@ -115,14 +135,56 @@ impl Sql {
     }
 }
 
-async fn connect(dsn: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(dsn, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            debug!(%error, "postgresql connection closed");
+/// How to reach the database: the parsed connection string, and the TLS connector when
+/// `tls.enabled`.
+#[derive(Clone)]
+struct Database {
+    config: tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl Database {
+    fn new(dsn: &str, tls_config: &TlsClientConfig) -> Result<Self, String> {
+        let mut config: tokio_postgres::Config = dsn.parse().map_err(|e| format!("dsn: {e}"))?;
+        let tls = if tls_config.enabled {
+            let client = tls::client_config(tls_config, &mut tls::SystemRoots::default())
+                .map_err(|e| format!("tls: {e}"))?;
+            if config.get_ssl_mode() == SslMode::Prefer {
+                config.ssl_mode(SslMode::Require);
+            }
+            Some(MakeRustlsConnect::new(client))
+        } else {
+            None
+        };
+        Ok(Self { config, tls })
+    }
+
+    /// A connection, its I/O driven by a task of its own.
+    async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
+        fn drive<S, T>(connection: Connection<S, T>)
+        where
+            S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+            T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        {
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    debug!(%error, "postgresql connection closed");
+                }
+            });
         }
-    });
-    Ok(client)
+        match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                drive(connection);
+                Ok(client)
+            }
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                drive(connection);
+                Ok(client)
+            }
+        }
+    }
 }
 
 /// The database's own message when there is one (`relation "x" does not exist`).
@@ -136,6 +198,7 @@ fn describe(error: &tokio_postgres::Error) -> String {
 /// One partition's worker.
 struct Worker {
     dispatcher: Dispatcher,
+    database: Database,
     config: PostgresConsumerConfig,
     sql: Sql,
     partition: u32,
@@ -215,7 +278,7 @@ impl Worker {
     }
 
     async fn open(&self) -> Result<Session, tokio_postgres::Error> {
-        let client = connect(&self.config.dsn).await?;
+        let client = self.database.connect().await?;
         let select = client
             .prepare_typed(&self.sql.select, &[Type::INT4, Type::INT8])
             .await?;
@@ -357,18 +420,17 @@ impl<'a> FromSql<'a> for Payload {
 /// `LISTEN`s on the notification channel and wakes the partition each notification names
 /// (coalesced: a partition holds at most one pending wake-up). Reconnects after 1 s on
 /// errors; polling goes on meanwhile, so a lost notification only delays.
-async fn listen(dispatcher: Dispatcher, config: PostgresConsumerConfig, wakers: Arc<[Notify]>) {
-    let dsn = if config.partition_notification_dsn.is_empty() {
-        &config.dsn
-    } else {
-        &config.partition_notification_dsn
-    };
-    let channel = quote_identifier(&config.partition_notification_channel);
+async fn listen(
+    dispatcher: Dispatcher,
+    database: Database,
+    channel: String,
+    wakers: Arc<[Notify]>,
+) {
     let shutdown = dispatcher.shutdown().clone();
     while !shutdown.is_cancelled() {
         let listened = tokio::select! {
             () = shutdown.cancelled() => return,
-            result = listen_once(dsn, &channel, &wakers) => result,
+            result = listen_once(&database, &channel, &wakers) => result,
         };
         if let Err(error) = listened {
             warn!("postgresql listen: {}", describe(&error));
@@ -381,11 +443,34 @@ async fn listen(dispatcher: Dispatcher, config: PostgresConsumerConfig, wakers: 
 }
 
 async fn listen_once(
-    dsn: &str,
+    database: &Database,
     channel: &str,
     wakers: &[Notify],
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = tokio_postgres::connect(dsn, NoTls).await?;
+    match &database.tls {
+        Some(tls) => {
+            let (client, connection) = database.config.connect(tls.clone()).await?;
+            listen_on(client, connection, channel, wakers).await
+        }
+        None => {
+            let (client, connection) = database.config.connect(NoTls).await?;
+            listen_on(client, connection, channel, wakers).await
+        }
+    }
+}
+
+/// Runs `LISTEN` on `client` and wakes the partitions its notifications name, until the
+/// connection ends.
+async fn listen_on<S, T>(
+    client: Client,
+    mut connection: Connection<S, T>,
+    channel: &str,
+    wakers: &[Notify],
+) -> Result<(), tokio_postgres::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     // The connection makes progress only while `messages` is polled: LISTEN is sent while
     // both run.
@@ -429,16 +514,17 @@ fn quote_identifier(name: &str) -> String {
 /// [`LAG_INTERVAL`].
 async fn count_lag(
     dispatcher: Dispatcher,
-    config: PostgresConsumerConfig,
+    database: Database,
+    num_partitions: u32,
     sql: Sql,
     client: Client,
 ) {
     let shutdown = dispatcher.shutdown().clone();
-    let partitions = i32::try_from(config.num_partitions).unwrap_or(i32::MAX);
+    let partitions = i32::try_from(num_partitions).unwrap_or(i32::MAX);
     let mut client = Some(client);
     loop {
         if client.is_none() {
-            client = connect(&config.dsn).await.ok();
+            client = database.connect().await.ok();
         }
         if let Some(current) = &client {
             match current.query_one(&sql.count, &[&partitions]).await {

@@ -1013,3 +1013,60 @@ async fn a_reused_row_id_still_publishes() {
     server.stop().await;
     outbox.drop_table().await;
 }
+
+/// `tls.enabled`: every connection of the consumer is encrypted (PostgreSQL's own
+/// `pg_stat_ssl` says so for each, told apart by the application name in the DSN) and rows
+/// still arrive; a server certificate the configured CA did not sign stops the start.
+#[tokio::test]
+async fn tls_connections_are_encrypted() {
+    let outbox = Outbox::create("outbox_tls", "JSONB").await;
+    let name = outbox.table.clone();
+    let mut consumer = outbox.consumer(&name, 2);
+    consumer.postgresql.dsn = format!(
+        "{}?application_name={name}",
+        crate::support::postgres::dsn()
+    );
+    consumer.postgresql.partition_notification_channel = format!("{name}_wake");
+    consumer.postgresql.tls.enabled = true;
+
+    // The machine's PostgreSQL presents a certificate of its own: one from a CA made here
+    // does not verify it.
+    let mut refused = consumer.clone();
+    refused.postgresql.tls.server_ca_pem = crate::support::tls::TestCa::new().cert_pem();
+    let error = support::start_error(server_config(vec![refused])).await;
+    assert!(error.contains("postgresql"), "{error}");
+
+    consumer.postgresql.tls.insecure_skip_verify = true;
+    let server = support::start(server_config(vec![consumer])).await;
+    let channel = format!("{NS}:{name}");
+    let mut client = subscriber(&server, &channel).await;
+    let payload = json!({ "channel": channel, "data": { "n": 1 } }).to_string();
+    outbox.insert("publish", &payload, 1).await;
+    let got = publications(&mut client, &channel, 1).await;
+    assert_eq!(got[0].1["n"], json!(1));
+
+    // Two workers, LISTEN and the lag counter: four connections, every one over TLS.
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let row = outbox
+            .db
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE s.ssl) \
+                 FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+                 WHERE a.application_name = $1",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        let (all, encrypted): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!(all, encrypted, "a connection without TLS");
+        if all == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{all} connections, expected 4");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    server.stop().await;
+    outbox.drop_table().await;
+}
