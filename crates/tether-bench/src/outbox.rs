@@ -610,7 +610,7 @@ async fn subscribe(
     token: &str,
     channel: &str,
 ) -> Result<(TcpStream, Vec<u8>), String> {
-    let (mut stream, mut rest) = proxy::open(addr, i, &fault::token_connect(token)).await?;
+    let (mut stream, rest) = proxy::open(addr, i, &fault::token_connect(token)).await?;
     let mut masker = ws::Masker::new(0x0b0c ^ i as u32);
     let mut out = Vec::new();
     text_frame(
@@ -622,32 +622,7 @@ async fn subscribe(
         .write_all(&out)
         .await
         .map_err(|e| format!("write subscribe: {e}"))?;
-    loop {
-        let mut at = 0;
-        while let Some((frame, used)) =
-            ws::parse_frame(&rest[at..]).map_err(|e| format!("frame: {e}"))?
-        {
-            at += used;
-            for line in frame.payload.split(|&b| b == b'\n') {
-                match proxy::read_line(line) {
-                    proxy::Line::Reply(2, Ok(())) => return Ok((stream, rest[at..].to_vec())),
-                    proxy::Line::Reply(2, Err(code)) => {
-                        return Err(format!("subscribe refused: {code}"));
-                    }
-                    _ => {}
-                }
-            }
-        }
-        rest.drain(..at);
-        if stream
-            .read_buf(&mut rest)
-            .await
-            .map_err(|e| format!("read: {e}"))?
-            == 0
-        {
-            return Err("eof before the subscribe reply".to_owned());
-        }
-    }
+    proxy::await_reply(stream, rest, 2, "subscribe").await
 }
 
 /// Reads a subscriber's messages until it is aborted: records each row, answers pings.

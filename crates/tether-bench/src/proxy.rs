@@ -487,7 +487,7 @@ pub(crate) async fn open(
         .await
         .map_err(|e| format!("write upgrade: {e}"))?;
     let mut buf = Vec::with_capacity(1024);
-    let mut rest = loop {
+    let rest = loop {
         if stream
             .read_buf(&mut buf)
             .await
@@ -510,6 +510,18 @@ pub(crate) async fn open(
         .write_all(&out)
         .await
         .map_err(|e| format!("write connect: {e}"))?;
+    await_reply(stream, rest, 1, "connect").await
+}
+
+/// Reads frames from `stream` (`rest`: bytes already read) until the reply with `id`:
+/// returns the stream and the bytes read past it, or why there was none (`what` names the
+/// command in messages: the server's error line, a close, end of stream).
+pub(crate) async fn await_reply(
+    mut stream: TcpStream,
+    mut rest: Vec<u8>,
+    id: u32,
+    what: &str,
+) -> Result<(TcpStream, Vec<u8>), String> {
     loop {
         let mut at = 0;
         while let Some((frame, used)) =
@@ -517,14 +529,16 @@ pub(crate) async fn open(
         {
             at += used;
             if frame.opcode == Opcode::Close {
-                return Err("closed before the connect reply".to_owned());
+                return Err(format!("closed before the {what} reply"));
             }
             for line in frame.payload.split(|&b| b == b'\n') {
                 match read_line(line) {
-                    Line::Reply(1, Ok(())) => return Ok((stream, rest[at..].to_vec())),
-                    Line::Reply(1, Err(_)) => {
+                    Line::Reply(got, Ok(())) if got == id => {
+                        return Ok((stream, rest[at..].to_vec()));
+                    }
+                    Line::Reply(got, Err(_)) if got == id => {
                         let text = String::from_utf8_lossy(&line[..line.len().min(200)]);
-                        return Err(format!("connect refused: {text}"));
+                        return Err(format!("{what} refused: {text}"));
                     }
                     _ => {}
                 }
@@ -537,7 +551,7 @@ pub(crate) async fn open(
             .map_err(|e| format!("read: {e}"))?
             == 0
         {
-            return Err("eof before the connect reply".to_owned());
+            return Err(format!("eof before the {what} reply"));
         }
     }
 }
