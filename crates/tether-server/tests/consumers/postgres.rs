@@ -99,27 +99,36 @@ async fn history(addr: SocketAddr, channel: &str) -> (String, Vec<(u64, Value)>)
     )
 }
 
-/// A labelled figure of `/metrics`, e.g. `tether_consumer_messages_total{consumer="x"}`;
-/// 0 when the series is not there.
-async fn metric(addr: SocketAddr, series: &str) -> f64 {
-    let response = http::request(addr, "GET", "/metrics", "", "")
-        .await
-        .expect("metrics");
-    let prefix = format!("{series} ");
-    response
-        .body()
-        .lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
+/// `tether_consumer_messages_total` of `consumer` on `addr`; 0 before it is exported.
+async fn messages_total(addr: SocketAddr, consumer: &str) -> f64 {
+    consumer_metric(addr, "tether_consumer_messages_total", consumer, &[]).await
 }
 
-fn messages_total(consumer: &str) -> String {
-    format!("tether_consumer_messages_total{{consumer=\"{consumer}\"}}")
+/// `tether_consumer_errors_total` of `consumer` and `kind` (`skipped`, `retried`) on `addr`.
+async fn errors_total(addr: SocketAddr, consumer: &str, kind: &str) -> f64 {
+    consumer_metric(
+        addr,
+        "tether_consumer_errors_total",
+        consumer,
+        &[("kind", kind)],
+    )
+    .await
 }
 
-fn skipped_total(consumer: &str) -> String {
-    format!("tether_consumer_errors_total{{consumer=\"{consumer}\",kind=\"skipped\"}}")
+/// `tether_consumer_lag` of `consumer` on `addr`.
+async fn lag(addr: SocketAddr, consumer: &str) -> f64 {
+    consumer_metric(addr, "tether_consumer_lag", consumer, &[]).await
+}
+
+async fn consumer_metric(
+    addr: SocketAddr,
+    name: &str,
+    consumer: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    let mut all = vec![("consumer", consumer)];
+    all.extend_from_slice(labels);
+    http::metric_with(addr, name, &all).await.unwrap_or(0.0)
 }
 
 /// A client of the server subscribed to `channel`.
@@ -171,8 +180,8 @@ async fn rows_of_every_form_reach_a_subscriber_in_order_and_bad_rows_are_skipped
     assert_eq!(offsets, [1, 2, 3, 4, 5]);
     assert!(outbox.drained_within(WITHIN).await, "the outbox kept rows");
     // Counted before the rows are deleted, so final once the table is empty.
-    assert_eq!(metric(server.addr, &messages_total(&name)).await, 8.0);
-    assert_eq!(metric(server.addr, &skipped_total(&name)).await, 3.0);
+    assert_eq!(messages_total(server.addr, &name).await, 8.0);
+    assert_eq!(errors_total(server.addr, &name, "skipped").await, 3.0);
     let (_, kept) = history(server.addr, &channel).await;
     assert_eq!(kept.len(), 5, "{kept:?}");
 
@@ -337,7 +346,7 @@ async fn text_bytea_and_json_payload_columns_work() {
             .get(0);
         assert_eq!(left, 5, "{column}");
         assert_eq!(
-            metric(server.addr, &skipped_total(&name)).await,
+            errors_total(server.addr, &name, "skipped").await,
             0.0,
             "{column}"
         );
@@ -379,7 +388,7 @@ async fn null_payloads_and_serial_ids_do_not_hold_a_partition() {
     let ns: Vec<i64> = got.iter().map(|(_, d)| d["n"].as_i64().unwrap()).collect();
     assert_eq!(ns, [1, 2]);
     assert!(outbox.drained_within(WITHIN).await);
-    assert_eq!(metric(server.addr, &skipped_total(&name)).await, 1.0);
+    assert_eq!(errors_total(server.addr, &name, "skipped").await, 1.0);
 
     server.stop().await;
     outbox.drop_table().await;
@@ -423,9 +432,8 @@ async fn rows_wait_in_the_outbox_while_the_engine_is_down_and_then_publish_in_or
         outbox.insert("publish", &payload, 0).await;
     }
     // The publishes fail with an internal error: retried, and nothing is deleted meanwhile.
-    let retried = format!("tether_consumer_errors_total{{consumer=\"{name}\",kind=\"retried\"}}");
     let deadline = Instant::now() + WITHIN;
-    while metric(server.addr, &retried).await < 2.0 {
+    while errors_total(server.addr, &name, "retried").await < 2.0 {
         assert!(Instant::now() < deadline, "no retries while Redis was cut");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -434,11 +442,10 @@ async fn rows_wait_in_the_outbox_while_the_engine_is_down_and_then_publish_in_or
         5,
         "rows deleted while their publish failed"
     );
-    assert_eq!(metric(server.addr, &messages_total(&name)).await, 0.0);
+    assert_eq!(messages_total(server.addr, &name).await, 0.0);
     // The rows waiting show as the consumer's lag (counted every 2 s).
-    let lag = format!("tether_consumer_lag{{consumer=\"{name}\"}}");
     let deadline = Instant::now() + WITHIN;
-    while metric(server.addr, &lag).await != 5.0 {
+    while lag(server.addr, &name).await != 5.0 {
         assert!(Instant::now() < deadline, "the lag never showed the 5 rows");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -446,7 +453,7 @@ async fn rows_wait_in_the_outbox_while_the_engine_is_down_and_then_publish_in_or
     proxy.restore();
     assert!(outbox.drained_within(Duration::from_secs(20)).await);
     let deadline = Instant::now() + WITHIN;
-    while metric(server.addr, &lag).await != 0.0 {
+    while lag(server.addr, &name).await != 0.0 {
         assert!(Instant::now() < deadline, "the lag stayed above 0");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -455,7 +462,7 @@ async fn rows_wait_in_the_outbox_while_the_engine_is_down_and_then_publish_in_or
     assert_eq!(ns, [json!(0), json!(1), json!(2), json!(3), json!(4)]);
     let offsets: Vec<u64> = kept.iter().map(|(o, _)| *o).collect();
     assert_eq!(offsets, [1, 2, 3, 4, 5]);
-    assert_eq!(metric(server.addr, &skipped_total(&name)).await, 0.0);
+    assert_eq!(errors_total(server.addr, &name, "skipped").await, 0.0);
 
     server.stop().await;
     support::cluster::delete_keys(&prefix).await;
@@ -520,8 +527,8 @@ async fn two_nodes_share_a_table(test: &str, use_try_lock: bool) {
         let expected: Vec<u64> = (1..=PER_PARTITION as u64).collect();
         assert_eq!(offsets, expected, "partition {p}");
     }
-    let ran_one = metric(one.addr, &messages_total(&name)).await;
-    let ran_two = metric(two.addr, &messages_total(&name)).await;
+    let ran_one = messages_total(one.addr, &name).await;
+    let ran_two = messages_total(two.addr, &name).await;
     eprintln!("{test}: node one ran {ran_one} rows, node two {ran_two}");
     // No row ran twice: nobody crashed, so a second run would be a lock failure.
     assert_eq!(

@@ -221,30 +221,18 @@ pub(crate) async fn consumer_lag(addr: SocketAddr, name: &str) -> f64 {
 
 /// `tether_consumer_errors_total{consumer="<name>",kind="retried"}` of the node on `addr`.
 pub(crate) async fn consumer_retried(addr: SocketAddr, name: &str) -> f64 {
-    let response = http::request(addr, "GET", "/metrics", "", "")
-        .await
-        .expect("metrics");
-    response
-        .body()
-        .lines()
-        .filter(|line| line.starts_with("tether_consumer_errors_total{"))
-        .filter(|line| line.contains(&format!("consumer=\"{name}\"")))
-        .filter(|line| line.contains("kind=\"retried\""))
-        .find_map(|line| line.rsplit_once(' '))
-        .and_then(|(_, value)| value.trim().parse().ok())
-        .unwrap_or(0.0)
+    http::metric_with(
+        addr,
+        "tether_consumer_errors_total",
+        &[("consumer", name), ("kind", "retried")],
+    )
+    .await
+    .unwrap_or(0.0)
 }
 
 async fn consumer_figure(addr: SocketAddr, metric: &str, name: &str) -> f64 {
-    let response = http::request(addr, "GET", "/metrics", "", "")
+    http::metric_with(addr, metric, &[("consumer", name)])
         .await
-        .expect("metrics");
-    let prefix = format!("{metric}{{consumer=\"{name}\"}} ");
-    response
-        .body()
-        .lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0.0)
 }
 

@@ -103,16 +103,32 @@ pub(crate) async fn api(
 /// A figure of the `/metrics` of the server on `addr` (a metric without labels); fails
 /// the test when it is not there.
 pub(crate) async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    metric_with(addr, name, &[])
+        .await
+        .unwrap_or_else(|| panic!("{name} not in /metrics of {addr}"))
+}
+
+/// The figure of the series of metric `name` on `addr` that has every one of `labels`;
+/// `None` when there is no such series (yet).
+pub(crate) async fn metric_with(
+    addr: SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
     let response = request(addr, "GET", "/metrics", "", "")
         .await
         .expect("metrics");
-    let prefix = format!("{name} ");
-    response
-        .body()
-        .lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} in\n{}", response.body()))
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    response.body().lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let rest = series.strip_prefix(name)?;
+        let matches = if labels.is_empty() {
+            rest.is_empty()
+        } else {
+            rest.starts_with('{') && labels.iter().all(|label| rest.contains(label.as_str()))
+        };
+        matches.then(|| value.trim().parse().ok()).flatten()
+    })
 }
 
 /// A JWKS endpoint that answers nothing until `release` is sent, then an empty key set to

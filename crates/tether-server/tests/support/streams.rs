@@ -180,33 +180,19 @@ pub(crate) async fn more_within(client: &mut Client, within: Duration) -> Option
 
 /// `tether_consumer_lag` of consumer `name` on `server`; `None` until it is exported.
 pub(crate) async fn lag(server: &TestServer, name: &str) -> Option<f64> {
-    let response = super::http::request(server.addr, "GET", "/metrics", "", "")
-        .await
-        .expect("metrics");
-    let prefix = format!("tether_consumer_lag{{consumer=\"{name}\"}} ");
-    response
-        .body()
-        .lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .and_then(|value| value.trim().parse().ok())
+    super::http::metric_with(server.addr, "tether_consumer_lag", &[("consumer", name)]).await
 }
 
 /// `tether_consumer_errors_total` of consumer `name` and `kind` (`retried`, `skipped`) on
 /// `server`; 0 until it is exported.
 pub(crate) async fn consumer_errors(server: &TestServer, name: &str, kind: &str) -> f64 {
-    let response = super::http::request(server.addr, "GET", "/metrics", "", "")
-        .await
-        .expect("metrics");
-    let consumer = format!("consumer=\"{name}\"");
-    let kind = format!("kind=\"{kind}\"");
-    response
-        .body()
-        .lines()
-        .filter(|line| line.starts_with("tether_consumer_errors_total{"))
-        .find(|line| line.contains(&consumer) && line.contains(&kind))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
+    super::http::metric_with(
+        server.addr,
+        "tether_consumer_errors_total",
+        &[("consumer", name), ("kind", kind)],
+    )
+    .await
+    .unwrap_or(0.0)
 }
 
 /// `XPENDING <stream> <group> - + 10`: each pending entry's consumer and delivery count.
