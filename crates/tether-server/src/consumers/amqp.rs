@@ -367,7 +367,6 @@ async fn count_lag(
     config: Arc<AmqpConsumerConfig>,
     queues: Vec<ShortString>,
 ) {
-    let shutdown = dispatcher.shutdown().clone();
     let passive = AmqpConsumerConfig {
         declare_queues: false,
         ..(*config).clone()
@@ -400,9 +399,8 @@ async fn count_lag(
                 dispatcher.metrics().lag.set(waiting as f64);
             }
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(LAG_INTERVAL) => {}
+        if !dispatcher.until_next_lag_reading().await {
+            return;
         }
     }
 }

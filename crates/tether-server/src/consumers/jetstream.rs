@@ -37,7 +37,7 @@ use async_nats::jetstream::{self, AckKind, Message};
 use futures_util::StreamExt;
 use tracing::{Instrument, debug, info, warn};
 
-use super::{Backoff, ConsumerError, Dispatcher, Incoming, LAG_INTERVAL};
+use super::{Backoff, ConsumerError, Dispatcher, Incoming};
 use crate::config::NatsJetStreamConsumerConfig;
 use crate::proxy::tls;
 
@@ -306,10 +306,9 @@ impl Source {
         }
     }
 
-    /// Sets `tether_consumer_lag` every [`LAG_INTERVAL`] to the consumer's messages not yet
+    /// Sets `tether_consumer_lag` every [`super::LAG_INTERVAL`] to the consumer's messages not yet
     /// delivered plus those delivered and not acknowledged.
     async fn lag(self: Arc<Self>) {
-        let shutdown = self.dispatcher.shutdown().clone();
         loop {
             let stream = self
                 .context
@@ -328,9 +327,8 @@ impl Source {
                 },
                 Err(error) => debug!("nats_jetstream lag: {error}"),
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(LAG_INTERVAL) => {}
+            if !self.dispatcher.until_next_lag_reading().await {
+                return;
             }
         }
     }

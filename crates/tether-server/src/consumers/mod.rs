@@ -229,6 +229,15 @@ impl Dispatcher {
         &self.node.shutdown
     }
 
+    /// Waits [`LAG_INTERVAL`] between two readings of the lag; `false` when the node shut
+    /// down first.
+    pub(crate) async fn until_next_lag_reading(&self) -> bool {
+        tokio::select! {
+            () = self.shutdown().cancelled() => false,
+            () = tokio::time::sleep(LAG_INTERVAL) => true,
+        }
+    }
+
     /// This node's name (Redis Streams' consumer name, say).
     pub(crate) fn node_name(&self) -> &str {
         &self.node.config.node.name

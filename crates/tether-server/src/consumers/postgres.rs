@@ -36,7 +36,7 @@ use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{Instrument, debug, info, warn};
 
-use super::{Backoff, ConsumerError, Dispatcher, LAG_INTERVAL, Outcome};
+use super::{Backoff, ConsumerError, Dispatcher, Outcome};
 use crate::config::{PostgresConsumerConfig, TlsClientConfig};
 use crate::proxy::tls;
 
@@ -511,7 +511,7 @@ fn quote_identifier(name: &str) -> String {
 }
 
 /// Counts the rows waiting in the consumer's partitions into `tether_consumer_lag` every
-/// [`LAG_INTERVAL`].
+/// [`super::LAG_INTERVAL`].
 async fn count_lag(
     dispatcher: Dispatcher,
     database: Database,
@@ -519,7 +519,6 @@ async fn count_lag(
     sql: Sql,
     client: Client,
 ) {
-    let shutdown = dispatcher.shutdown().clone();
     let partitions = i32::try_from(num_partitions).unwrap_or(i32::MAX);
     let mut client = Some(client);
     loop {
@@ -538,9 +537,8 @@ async fn count_lag(
                 }
             }
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(LAG_INTERVAL) => {}
+        if !dispatcher.until_next_lag_reading().await {
+            return;
         }
     }
 }

@@ -36,7 +36,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, Stre
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisError, Value};
 use tracing::{Instrument, debug, info, warn};
 
-use super::{Backoff, ConsumerError, Dispatcher, Incoming, LAG_INTERVAL, Outcome};
+use super::{Backoff, ConsumerError, Dispatcher, Incoming, Outcome};
 use crate::broker::RedisTls;
 use crate::config::{RedisStreamConsumerConfig, TlsClientConfig};
 
@@ -445,11 +445,10 @@ impl Source {
         }
     }
 
-    /// Sets `tether_consumer_lag` every [`LAG_INTERVAL`] to the entries not yet delivered to
+    /// Sets `tether_consumer_lag` every [`super::LAG_INTERVAL`] to the entries not yet delivered to
     /// the group (`lag`) plus those delivered and not acknowledged (`pending`), over all
     /// streams.
     async fn lag(self: Arc<Self>, conn: MultiplexedConnection) {
-        let shutdown = self.dispatcher.shutdown().clone();
         let mut conn = Some(conn);
         loop {
             if conn.is_none() {
@@ -484,9 +483,8 @@ impl Source {
                     self.dispatcher.metrics().lag.set(waiting as f64);
                 }
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(LAG_INTERVAL) => {}
+            if !self.dispatcher.until_next_lag_reading().await {
+                return;
             }
         }
     }
